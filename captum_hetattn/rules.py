@@ -1,0 +1,427 @@
+r"""Relevance rules: pure, batched tensor math (torch only).
+
+Notation (shared/DESIGN.md §2). Streams ``x, s``; the relevance block ``R[x, s]`` is a
+``(B, n_x, n_s)`` tensor: how much source token ``j`` of stream ``s`` has flowed into token ``i``
+of stream ``x``. The state starts at ``R[x, x] = I`` and ``R[x, s] = 0``; each attention call
+updates it:
+
+- head aggregation with gradient correction (paper eq. 1–3): ``Ā = mean_h(f(G) ⊙ A)``;
+- self-attention (TypeA / TypeC, eq. 4–5): ``R[x, s] += Ā · R[x, s]`` for every source ``s``;
+- cross-attention (TypeB, eq. 6–7): ``R[q, s] += Ā · R[k, s]`` for every source ``s``;
+- noise link (eq. 8–10): a cross call reads ``(R[k, k] − I) / rowsum + I`` instead of ``R[k, k]``.
+
+:func:`propagate` runs these over a sequence of steps (a step is one :class:`AttentionFlow` or a
+parallel group of them, which all read the state from before the group) and returns every block;
+:func:`propagate_row` computes just one readout row by running the linear rules backwards (the
+adjoint), at ``O(Σ n_q·n_k)`` per step instead of ``O(n³)``. The GAE baseline (Chefer et al.,
+ICCV 2021) and attention rollout (Abnar & Zuidema, 2020) live here too, so every method runs on
+the same captured maps.
+
+Relevance is computed in float32 (float64 inputs stay float64), whatever the maps' dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Correction = Literal["pos", "full", "abs", "none"]
+CORRECTIONS: tuple[str, ...] = ("pos", "full", "abs", "none")
+NODE_TYPES: tuple[str, ...] = ("A", "B", "C")
+Rule = Literal["ours", "gae"]
+
+Block = tuple[str, str]
+Relevance = dict[Block, Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionFlow:
+    r"""One head-aggregated attention call: ``query`` stream reads from ``key`` stream.
+
+    Args:
+        query: stream the queries come from (the stream whose relevance is updated).
+        key: stream the keys/values come from (== ``query`` for self-attention).
+        attention: the aggregated map ``Ā`` of shape ``(B, n_query, n_key)``.
+        label: how error messages name the call (e.g. the module name).
+    """
+
+    query: str
+    key: str
+    attention: Tensor
+    label: str = ""
+
+    @property
+    def is_cross(self) -> bool:
+        return self.query != self.key
+
+    @property
+    def name(self) -> str:
+        return self.label or f"{self.query}<-{self.key}"
+
+
+FlowStep = AttentionFlow | Sequence[AttentionFlow]
+
+
+def relevance_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least float32: half-precision maps are promoted, float64 is kept."""
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
+
+
+def resolve_correction(correction: str | Mapping[str, str], node_type: str) -> str:
+    r"""The correction for a node of ``node_type`` (``"A"``, ``"B"`` or ``"C"``).
+
+    Args:
+        correction: one of ``"pos" | "full" | "abs" | "none"``, or a per-type dict such as
+            ``{"A": "abs", "B": "pos", "C": "pos"}`` (every type the graph uses must be given).
+        node_type: the node's type.
+    """
+    if isinstance(correction, Mapping):
+        unknown = set(correction) - set(NODE_TYPES)
+        if unknown:
+            raise ValueError(
+                f"Per-type correction has unknown node type(s) {sorted(unknown)}; "
+                f"use keys from {NODE_TYPES}"
+            )
+        if node_type not in correction:
+            raise ValueError(
+                f"Per-type correction {dict(correction)} gives nothing for type {node_type} nodes"
+            )
+        chosen = correction[node_type]
+    else:
+        chosen = correction
+    if chosen not in CORRECTIONS:
+        raise ValueError(f"Unknown correction {chosen!r}; choose from {CORRECTIONS}")
+    return chosen
+
+
+def aggregate_heads(
+    attention: Tensor, gradient: Tensor | None = None, correction: str = "pos"
+) -> Tensor:
+    r"""Head aggregation with gradient correction (paper eq. 1–3).
+
+    ``Ā = mean_h(f(G) ⊙ A)`` with ``f(G) = max(G, 0)`` (``"pos"``), ``G`` (``"full"``),
+    ``|G|`` (``"abs"``) or ``1`` (``"none"``: raw attention, no gradient needed).
+
+    Args:
+        attention: post-softmax probabilities ``(B, H, n_q, n_k)``.
+        gradient: ``∂objective/∂A``, same shape; may be ``None`` only for ``"none"``.
+        correction: ``"pos" | "full" | "abs" | "none"``.
+
+    Returns:
+        ``(B, n_q, n_k)`` in float32 (float64 if the inputs are float64).
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"Unknown correction {correction!r}; choose from {CORRECTIONS}")
+    if attention.dim() != 4:
+        raise ValueError(
+            f"attention must be (batch, heads, n_query, n_key), got shape {tuple(attention.shape)}"
+        )
+    dtype = relevance_dtype(attention.dtype)
+    attention = attention.to(dtype)
+    if correction == "none":
+        return attention.mean(dim=1)
+    if gradient is None:
+        raise ValueError(f"correction {correction!r} needs the gradient of the attention map")
+    if gradient.shape != attention.shape:
+        raise ValueError(
+            f"gradient shape {tuple(gradient.shape)} != attention shape {tuple(attention.shape)}"
+        )
+    gradient = gradient.to(dtype)
+    if correction == "pos":
+        weight = gradient.clamp(min=0)
+    elif correction == "abs":
+        weight = gradient.abs()
+    else:
+        weight = gradient
+    return (weight * attention).mean(dim=1)
+
+
+def self_rule(relevance: Tensor, attention: Tensor) -> Tensor:
+    r"""Rollout step of self-attention (eq. 4–5): ``R + Ā · R``.
+
+    Args:
+        relevance: ``R[x, s]`` of shape ``(B, n_x, n_s)``.
+        attention: ``Ā`` of shape ``(B, n_x, n_x)``.
+    """
+    return relevance + attention @ relevance
+
+
+def cross_rule(query_relevance: Tensor, attention: Tensor, key_relevance: Tensor) -> Tensor:
+    r"""Cross-attention step (eq. 6–7): ``R[q, s] + Ā · R[k, s]``.
+
+    Args:
+        query_relevance: ``R[q, s]`` of shape ``(B, n_q, n_s)``.
+        attention: ``Ā`` of shape ``(B, n_q, n_k)``.
+        key_relevance: ``R[k, s]`` of shape ``(B, n_k, n_s)``.
+    """
+    return query_relevance + attention @ key_relevance
+
+
+def _residual_rows(relevance: Tensor) -> tuple[Tensor, Tensor]:
+    """``S = R − I`` and its row sums, for a square ``(B, n, n)`` block."""
+    if relevance.dim() != 3 or relevance.shape[-1] != relevance.shape[-2]:
+        raise ValueError(
+            f"normalisation needs a square (B, n, n) block, got {tuple(relevance.shape)}"
+        )
+    eye = torch.eye(relevance.shape[-1], dtype=relevance.dtype, device=relevance.device)
+    residual = relevance - eye
+    return residual, residual.sum(dim=-1, keepdim=True)
+
+
+def noise_link(relevance: Tensor) -> Tensor:
+    r"""Noise link (paper eq. 8–10; GAE's ``handle_residual``): ``(R − I) / rowsum(R − I) + I``.
+
+    Row-wise. A row whose sum is 0 stays the identity row (the reference code gives NaN there).
+
+    Args:
+        relevance: a square block ``R[k, k]`` of shape ``(B, n, n)``.
+    """
+    residual, row_sum = _residual_rows(relevance)
+    zero = row_sum == 0
+    scaled = residual / torch.where(zero, torch.ones_like(row_sum), row_sum)
+    eye = torch.eye(relevance.shape[-1], dtype=relevance.dtype, device=relevance.device)
+    return torch.where(zero, torch.zeros_like(scaled), scaled) + eye
+
+
+def has_zero_residual_row(relevance: Tensor) -> Tensor:
+    """Per example, whether some row of ``R − I`` sums to 0 (where GAE's code divides by 0)."""
+    _, row_sum = _residual_rows(relevance)
+    return (row_sum == 0).flatten(1).any(dim=1)
+
+
+def gae_cross_increment(
+    query_self: Tensor, attention: Tensor, key_self: Tensor, *, normalize: bool = True
+) -> Tensor:
+    r"""GAE's eq. 10 increment (Chefer et al. 2021): ``R̄[q, q]ᵀ · Ā · R̄[k, k]``.
+
+    The full bi-modal update of a cross call (query stream ``q``, key stream ``k``, both from the
+    pre-update state) is ``R[q, k] += gae_cross_increment(R[q,q], Ā, R[k,k])`` (eq. 10; the
+    transpose is in the reference code) and ``R[q, q] += Ā · R[k, q]`` (eq. 11, which is
+    :func:`cross_rule`). ``R̄`` is :func:`noise_link` when ``normalize`` (GAE eq. 8–9).
+
+    Where the reference code divides by a zero row sum it produces NaN, which fills the whole
+    product; its DETR code then replaces NaN by 0, i.e. drops this increment. We reproduce that
+    result per example without computing a NaN.
+
+    Args:
+        query_self: ``R[q, q]`` of shape ``(B, n_q, n_q)``.
+        attention: ``Ā`` of shape ``(B, n_q, n_k)``.
+        key_self: ``R[k, k]`` of shape ``(B, n_k, n_k)``.
+        normalize: apply GAE's normalisation to both blocks.
+    """
+    if not normalize:
+        return query_self.transpose(-1, -2) @ attention @ key_self
+    added = noise_link(query_self).transpose(-1, -2) @ attention @ noise_link(key_self)
+    dropped = has_zero_residual_row(query_self) | has_zero_residual_row(key_self)
+    return torch.where(dropped[:, None, None], torch.zeros_like(added), added)
+
+
+def attention_rollout(attentions: Sequence[Tensor]) -> Tensor:
+    r"""Attention rollout (Abnar & Zuidema 2020): ``Â_l = rownorm(Ā_l + I)``, ``Â_L ⋯ Â_1``.
+
+    Args:
+        attentions: head-averaged maps ``(B, n, n)`` in execution order (e.g. from
+            :func:`aggregate_heads` with ``correction="none"``).
+
+    Returns:
+        ``(B, n, n)``.
+    """
+    if not attentions:
+        raise ValueError("attention_rollout needs at least one attention map")
+    joint: Tensor | None = None
+    for attention in attentions:
+        attention = attention.to(relevance_dtype(attention.dtype))
+        eye = torch.eye(attention.shape[-1], dtype=attention.dtype, device=attention.device)
+        mixed = attention + eye
+        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+        joint = mixed if joint is None else mixed @ joint
+    assert joint is not None
+    return joint
+
+
+# ---------------------------------------------------------------------------- propagation
+def _as_group(step: FlowStep) -> tuple[AttentionFlow, ...]:
+    if isinstance(step, AttentionFlow):
+        return (step,)
+    group = tuple(step)
+    for flow in group:
+        if not isinstance(flow, AttentionFlow):
+            raise TypeError(f"A step holds AttentionFlow objects, got {type(flow).__name__}")
+    return group
+
+
+def _check_flows(sizes: Mapping[str, int], steps: Sequence[FlowStep]) -> tuple[int, Tensor]:
+    """Validate streams and shapes; return the batch size and a reference tensor."""
+    reference: Tensor | None = None
+    for step in steps:
+        for flow in _as_group(step):
+            for role, stream in (("query", flow.query), ("key", flow.key)):
+                if stream not in sizes:
+                    raise ValueError(
+                        f"Attention call '{flow.name}': unknown {role} stream '{stream}' "
+                        f"(streams: {list(sizes)})"
+                    )
+            expected = (sizes[flow.query], sizes[flow.key])
+            shape = tuple(flow.attention.shape)
+            if flow.attention.dim() != 3 or shape[1:] != expected:
+                raise ValueError(
+                    f"Attention call '{flow.name}' has map shape {shape}, expected "
+                    f"(batch, {expected[0]}, {expected[1]}) for streams "
+                    f"'{flow.query}' ({expected[0]} tokens) <- '{flow.key}' ({expected[1]} tokens)"
+                )
+            if reference is not None and shape[0] != reference.shape[0]:
+                raise ValueError(
+                    f"Attention call '{flow.name}' has batch size {shape[0]}, others have "
+                    f"{reference.shape[0]}"
+                )
+            if reference is None:
+                reference = flow.attention
+    if reference is None:
+        raise ValueError("Nothing to propagate: no attention calls were given")
+    return reference.shape[0], reference
+
+
+def initial_relevance(
+    sizes: Mapping[str, int], batch_size: int, *, dtype: torch.dtype, device: torch.device
+) -> Relevance:
+    """``R[x, x] = I`` per stream; off-diagonal blocks are implicit zeros (absent keys)."""
+    return {
+        (stream, stream): torch.eye(n, dtype=dtype, device=device).expand(batch_size, n, n)
+        for stream, n in sizes.items()
+    }
+
+
+def _accumulate(updates: dict, key: object, delta: Tensor) -> None:
+    """Sum the increments a parallel group makes to one block (or one adjoint row)."""
+    updates[key] = updates[key] + delta if key in updates else delta
+
+
+def propagate(
+    sizes: Mapping[str, int],
+    steps: Sequence[FlowStep],
+    *,
+    rule: Rule = "ours",
+    with_noise_link: bool = False,
+    gae_normalize: bool = True,
+    gae_cross_term: Literal["gae", "direct"] = "gae",
+) -> Relevance:
+    r"""Full (all-rows) propagation of the relevance state over the steps.
+
+    Args:
+        sizes: tokens per stream, e.g. ``{"text": 20, "image": 36}``.
+        steps: in execution order; each an :class:`AttentionFlow` or a parallel group (a
+            sequence of flows that all read the state from before the group).
+        rule: ``"ours"`` (the paper's method) or ``"gae"`` (Chefer et al.'s bi-modal rules for
+            cross calls; self calls are the same rule in both).
+        with_noise_link: ours only — cross calls read :func:`noise_link` of ``R[k, k]``
+            instead of ``R[k, k]``.
+        gae_normalize: GAE only — apply its normalisation (eq. 8–9).
+        gae_cross_term: GAE only — ``"gae"`` (eq. 10, :func:`gae_cross_increment`) or
+            ``"direct"``: the paper's replacement ``R[q, k] += Ā · R̄[k, k]``, with which GAE
+            without normalisation equals our method.
+
+    Returns:
+        Dict ``(x, s) -> (B, n_x, n_s)`` with every block, zeros included.
+
+    Examples::
+
+        >>> flows = [AttentionFlow("text", "text", torch.rand(1, 3, 3))]
+        >>> relevance = propagate({"text": 3}, flows)
+        >>> relevance[("text", "text")].shape
+        torch.Size([1, 3, 3])
+    """
+    if rule not in ("ours", "gae"):
+        raise ValueError(f"rule must be 'ours' or 'gae', got {rule!r}")
+    if gae_cross_term not in ("gae", "direct"):
+        raise ValueError(f"gae_cross_term must be 'gae' or 'direct', got {gae_cross_term!r}")
+    batch_size, reference = _check_flows(sizes, steps)
+    dtype = relevance_dtype(reference.dtype)
+    state = initial_relevance(sizes, batch_size, dtype=dtype, device=reference.device)
+
+    def read(x: str, s: str) -> Tensor:
+        block = state.get((x, s))
+        if block is None:
+            return reference.new_zeros(batch_size, sizes[x], sizes[s], dtype=dtype)
+        return block
+
+    for step in steps:
+        updates: dict[Block, Tensor] = {}
+        for flow in _as_group(step):
+            attention = flow.attention.to(dtype)
+            q, k = flow.query, flow.key
+            for s in sizes:
+                if (k, s) not in state:
+                    continue  # zero block: nothing flows
+                source = state[(k, s)]
+                if flow.is_cross and s == k:
+                    if rule == "gae" and gae_cross_term == "gae":
+                        increment = gae_cross_increment(
+                            read(q, q), attention, source, normalize=gae_normalize
+                        )
+                        _accumulate(updates, (q, k), increment)
+                        continue
+                    if (rule == "ours" and with_noise_link) or (rule == "gae" and gae_normalize):
+                        source = noise_link(source)
+                _accumulate(updates, (q, s), attention @ source)
+        for block, delta in updates.items():
+            state[block] = read(*block) + delta
+    return {(x, s): read(x, s).contiguous() for x in sizes for s in sizes}
+
+
+def propagate_row(
+    sizes: Mapping[str, int],
+    steps: Sequence[FlowStep],
+    readout_stream: str,
+    readout_token: int | Tensor,
+) -> dict[str, Tensor]:
+    r"""One readout row of every block, by running the (linear) rules backwards.
+
+    Computes ``R[readout_stream, s][readout_token]`` for every stream ``s`` exactly as
+    :func:`propagate` with ``rule="ours"`` and no noise link would, but propagates a row vector
+    ``u ← u + u_q · Ā`` from the last step to the first instead of whole matrices.
+
+    Args:
+        sizes: tokens per stream.
+        steps: as for :func:`propagate`.
+        readout_stream: the stream whose row is read.
+        readout_token: token index, or a ``(B,)`` tensor of per-example indices.
+
+    Returns:
+        Dict ``s -> (B, n_s)``.
+    """
+    batch_size, reference = _check_flows(sizes, steps)
+    if readout_stream not in sizes:
+        raise ValueError(f"Unknown readout stream '{readout_stream}' (streams: {list(sizes)})")
+    dtype = relevance_dtype(reference.dtype)
+    n_out = sizes[readout_stream]
+    index = torch.as_tensor(readout_token, device=reference.device).long()
+    if index.dim() == 0:
+        index = index.expand(batch_size)
+    if index.shape != (batch_size,):
+        raise ValueError(
+            f"readout_token must be an int or a ({batch_size},) tensor, got {tuple(index.shape)}"
+        )
+    if ((index < 0) | (index >= n_out)).any():
+        raise ValueError(
+            f"readout token {index.tolist()} out of range for stream '{readout_stream}' "
+            f"({n_out} tokens)"
+        )
+    row = torch.nn.functional.one_hot(index, n_out).to(dtype)
+    adjoint: dict[str, Tensor] = {readout_stream: row}
+    for step in reversed(steps):
+        updates: dict[str, Tensor] = {}
+        for flow in _as_group(step):
+            if flow.query not in adjoint:
+                continue
+            delta = (adjoint[flow.query].unsqueeze(1) @ flow.attention.to(dtype)).squeeze(1)
+            _accumulate(updates, flow.key, delta)
+        for stream, delta in updates.items():
+            adjoint[stream] = adjoint[stream] + delta if stream in adjoint else delta
+    return {
+        s: adjoint[s].contiguous() if s in adjoint else row.new_zeros(batch_size, n)
+        for s, n in sizes.items()
+    }
