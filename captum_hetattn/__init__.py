@@ -6,8 +6,26 @@ through self-attention (TypeA/TypeC) and propagated through cross-attention (Typ
 information source kept separate.
 """
 
+from captum_hetattn.binding import BoundRecording, bind_records
+from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 from captum_hetattn.graph import AttentionNode, BoundNode, LayerGraph, Stream
+from captum_hetattn.infer import infer_graph
+from captum_hetattn.presets import graph_for, preset, register_preset
 
 __version__ = "0.1.0"
 
-__all__ = ["AttentionNode", "BoundNode", "LayerGraph", "Stream", "__version__"]
+__all__ = [
+    "AttentionNode",
+    "AttentionRecord",
+    "AttentionRecorder",
+    "BoundNode",
+    "BoundRecording",
+    "LayerGraph",
+    "Stream",
+    "__version__",
+    "bind_records",
+    "graph_for",
+    "infer_graph",
+    "preset",
+    "register_preset",
+]

@@ -415,6 +415,24 @@ class LayerGraph:
                         bound.append(group)
         return bound
 
+    def agrees_with(self, other: LayerGraph, module_names: Iterable[str]) -> bool:
+        r"""Whether two graphs describe the same model the same way.
+
+        Same stream names and readout, and the same concrete calls (module, call index, streams,
+        type) in the same order and groups once bound to ``module_names``. Patterns may differ
+        (a suffix pattern and a full path agree); names and stream descriptions are ignored.
+        """
+        names = list(module_names)
+
+        def signature(graph: LayerGraph) -> tuple[Any, ...]:
+            calls = tuple(
+                tuple((n.name, n.call_index, n.query, n.key, n.type) for n in step)
+                for step in graph.bind(names)
+            )
+            return (graph.stream_names, graph.resolved_readout_stream, graph.readout_token, calls)
+
+        return signature(self) == signature(other)
+
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         steps: list[Any] = []

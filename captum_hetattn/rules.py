@@ -308,6 +308,7 @@ def propagate(
     with_noise_link: bool = False,
     gae_normalize: bool = True,
     gae_cross_term: Literal["gae", "direct"] = "gae",
+    rollout: bool = False,
 ) -> Relevance:
     r"""Full (all-rows) propagation of the relevance state over the steps.
 
@@ -323,6 +324,10 @@ def propagate(
         gae_cross_term: GAE only — ``"gae"`` (eq. 10, :func:`gae_cross_increment`) or
             ``"direct"``: the paper's replacement ``R[q, k] += Ā · R̄[k, k]``, with which GAE
             without normalisation equals our method.
+        rollout: normalise every step like attention rollout: a stream updated by ``m`` calls
+            of a step becomes ``(R + Σ Ā·R) / (1 + m)`` (``rownorm(Ā + I)`` for one self call,
+            since attention rows sum to 1); on one stream this is exactly
+            :func:`attention_rollout`.
 
     Returns:
         Dict ``(x, s) -> (B, n_x, n_s)`` with every block, zeros included.
@@ -369,7 +374,18 @@ def propagate(
                 _accumulate(updates, (q, s), attention @ source)
         for block, delta in updates.items():
             state[block] = read(*block) + delta
+        if rollout:
+            for q, calls in _calls_per_query(step).items():
+                for block in [b for b in state if b[0] == q]:
+                    state[block] = state[block] / (1 + calls)
     return {(x, s): read(x, s).contiguous() for x in sizes for s in sizes}
+
+
+def _calls_per_query(step: FlowStep) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for flow in _as_group(step):
+        counts[flow.query] = counts.get(flow.query, 0) + 1
+    return counts
 
 
 def propagate_row(
@@ -377,12 +393,15 @@ def propagate_row(
     steps: Sequence[FlowStep],
     readout_stream: str,
     readout_token: int | Tensor,
+    *,
+    rollout: bool = False,
 ) -> dict[str, Tensor]:
     r"""One readout row of every block, by running the (linear) rules backwards.
 
     Computes ``R[readout_stream, s][readout_token]`` for every stream ``s`` exactly as
-    :func:`propagate` with ``rule="ours"`` and no noise link would, but propagates a row vector
-    ``u ← u + u_q · Ā`` from the last step to the first instead of whole matrices.
+    :func:`propagate` with ``rule="ours"`` and no noise link would (``rollout`` as there), but
+    propagates a row vector ``u ← u + u_q · Ā`` from the last step to the first instead of whole
+    matrices.
 
     Args:
         sizes: tokens per stream.
@@ -413,6 +432,10 @@ def propagate_row(
     row = torch.nn.functional.one_hot(index, n_out).to(dtype)
     adjoint: dict[str, Tensor] = {readout_stream: row}
     for step in reversed(steps):
+        if rollout:
+            for q, calls in _calls_per_query(step).items():
+                if q in adjoint:
+                    adjoint[q] = adjoint[q] / (1 + calls)
         updates: dict[str, Tensor] = {}
         for flow in _as_group(step):
             if flow.query not in adjoint:

@@ -371,3 +371,23 @@ def test_rules_depend_on_torch_only_and_graph_on_nothing():
                 assert root in sys.stdlib_module_names or root in third_party | {"__future__"}, (
                     f"{filename} imports {root}"
                 )
+
+
+def test_rollout_mode_is_attention_rollout_on_one_stream():
+    maps = random_maps(batch=2, layers=3, heads=2, n=4, seed=5)
+    averaged = [aggregate_heads(m, correction="none") for m in maps]
+    flows = [AttentionFlow("x", "x", a) for a in averaged]
+    reference = attention_rollout(averaged)
+    close(propagate({"x": 4}, flows, rollout=True)[("x", "x")], reference, atol=1e-12)
+    close(propagate_row({"x": 4}, flows, "x", 1, rollout=True)["x"], reference[:, 1], atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rollout_row_mode_equals_full_mode_on_random_graphs(seed):
+    graph = random_graph(seed)
+    sizes = {"a": 4, "b": 3, "c": 5}
+    steps = graph_flows(graph, sizes, batch=2, seed=seed, signed=False)
+    full = propagate(sizes, steps, rollout=True)
+    rows = propagate_row(sizes, steps, "c", 2, rollout=True)
+    for source in sizes:
+        close(rows[source], full[("c", source)][:, 2], atol=1e-12)

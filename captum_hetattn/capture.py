@@ -1,0 +1,976 @@
+r"""Record attention probabilities and their gradients during one forward and one backward.
+
+:class:`AttentionRecorder` is a context manager over a model. Inside it, every attention call the
+model makes is recorded as an :class:`AttentionRecord`: the qualified name of the module that
+computed it, how many times that module ran before in this recording (``call_index``), whether it
+was self- or cross-attention (``role``), the post-softmax probabilities ``A`` of shape
+``(batch, heads, n_query, n_key)`` and, after a backward, ``G = d objective / d A`` (zeros for a
+map that is not on the path to the objective).
+
+Backends (``backend="auto"`` combines them, each module is handled by exactly one):
+
+- ``"hf"``: transformers models whose attention modules dispatch through
+  ``ALL_ATTENTION_FUNCTIONS`` (the model files that define ``eager_attention_forward``). A
+  function is registered in ``transformers.AttentionInterface`` (and the eager mask function in
+  ``AttentionMaskInterface``, otherwise causal masks are silently dropped) under a neutral key
+  that is then set as the attention implementation of the configs those modules read. The
+  function delegates to the model file's *own* eager attention (the default that the module
+  passes to ``get_interface``), so position biases, GQA or soft-capping stay exact, and records
+  the weights that function returns (the tensor the attention output is computed from).
+- ``"softmax"``: hand-written attention (LXMERT, VisualBERT, ViLT, BLIP, Perceiver, custom
+  modules): a :class:`torch.overrides.TorchFunctionMode` catches ``F.softmax``,
+  ``torch.softmax``, ``Tensor.softmax`` and ``nn.Softmax`` and gives each 4-D softmax over the
+  last dimension to the innermost attention module running at that moment (a 3-D
+  ``(batch * heads, n_q, n_k)`` softmax is accepted when the module tells its head count).
+  Deformable attention's sampling-weight softmax is skipped. Modules that route through the
+  ``AttentionInterface`` are switched to ``"eager"`` for the recording so that they compute a
+  softmax too; ``nn.MultiheadAttention`` is handled as in ``"mha"``.
+- ``"mha"``: :class:`torch.nn.MultiheadAttention`. While recording, its calls get
+  ``need_weights=True, average_attn_weights=False`` (so the non-fused path runs and keeps the
+  heads), the returned weights are recorded through their base tensor (the softmax output that
+  the attention output is computed from; the returned view itself is off the gradient path) and
+  the caller gets exactly what it asked for (no weights, or head-averaged weights). The
+  ``nn.TransformerEncoder`` fast path and nested-tensor path are disabled while recording.
+
+Which modules are attention modules: those that route through the ``AttentionInterface``,
+``nn.MultiheadAttention`` instances, and modules whose class name contains ``Attention`` or
+``Attn``. When ``modules`` is given, only calls inside those modules are recorded and each is
+named after the innermost listed module running at that moment.
+
+Role rule (``"self"`` or ``"cross"``), decided per call from the arguments of the module that
+owns the call, captured by a forward pre-hook: if the module was given a key/value input under
+one of the names in :data:`CROSS_INPUT_NAMES` (``encoder_hidden_states``, ``key_value_states``,
+``context``, MHA's ``key``, ...), the call is cross-attention exactly when that input is a tensor
+that *is not the same object* as the query input (the first argument). LXMERT's
+``LxmertAttention(x, x)`` is therefore self-attention and ``LxmertAttention(x, y)`` cross. If the
+module takes no such input, its ``is_cross_attention`` attribute decides, else ``"self"``. Only
+when no module information is available at all does ``n_query != n_key`` decide.
+
+Gradients arrive through tensor hooks registered on every recorded map, so a plain
+``objective.backward()`` inside the context fills ``record.gradient``; at the end of that backward
+(and at the latest when the context exits) maps that got no gradient get zeros.
+:meth:`AttentionRecorder.compute_gradients` is the fast path: ``torch.autograd.grad`` to the maps
+only, no parameter gradient, ``.grad`` never touched.
+
+Activation checkpointing re-runs attention during the backward. A map produced while a backward
+is running is treated as such a recomputation: it is merged into the earlier record of the same
+module (the one with an identical map, else the first not yet merged) instead of creating a new
+record; if the original map was produced without grad (reentrant checkpointing) the recomputed
+map feeds the original record's gradient.
+
+Everything is restored on exit, also when the forward or the backward raised: module hooks,
+tensor hooks, the torch function mode, attention implementations, the registered interface
+entries and the MHA fast-path flag. ``training`` and ``requires_grad`` are never changed.
+
+Limits, by design:
+
+- One gradient pass per recording for ``.backward()`` (a second backward overwrites the maps it
+  reaches); ``compute_gradients`` may be called again with ``retain_graph=True`` (each call
+  overwrites every gradient) unless ``reduce`` already consumed them.
+- In training mode with attention dropout, interface and softmax maps are taken before the
+  dropout; an ``nn.MultiheadAttention`` map is taken after it (its softmax output is not
+  reachable). Attribution is meant for ``eval()`` models, where dropout is the identity.
+- Don't nest two recorders over the same model: the inner one takes the interface calls.
+- ``compute_gradients`` cannot run through reentrant checkpointing (``torch.autograd.grad``
+  refuses it); use ``.backward()`` there.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+import types
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from inspect import Parameter, Signature, signature
+from itertools import count
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "BACKENDS",
+    "CROSS_INPUT_NAMES",
+    "AttentionRecord",
+    "AttentionRecorder",
+]
+
+BACKENDS: tuple[str, ...] = ("auto", "hf", "softmax", "mha")
+
+#: Argument names under which attention modules receive the key/value sequence.
+CROSS_INPUT_NAMES: tuple[str, ...] = (
+    "encoder_hidden_states",
+    "key_value_states",
+    "cross_attention_states",
+    "context",
+    "inputs",
+    "key",
+    "key_states",
+    "memory",
+    "encoder_outputs",
+)
+
+_ATTENTION_CLASS_NAME = re.compile(r"Attention|Attn")
+_HEAD_COUNT_ATTRIBUTES = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+_SOFTMAX_NAMES = frozenset({"softmax", "special_softmax", "_softmax"})
+_SOFTMAX_FUNCTIONS = frozenset(
+    {torch.nn.functional.softmax, torch.softmax, torch.Tensor.softmax, torch.special.softmax}
+)
+_KEY_COUNTER = count()
+
+
+@dataclass(eq=False)
+class AttentionRecord:
+    r"""One attention call recorded by :class:`AttentionRecorder`.
+
+    Args:
+        name: qualified module name, as in ``model.named_modules()``.
+        call_index: 0 for the first call of that module in this recording, 1 for the second...
+        role: ``"self"`` or ``"cross"`` (see the module docstring for the rule).
+        attention: post-softmax probabilities ``(batch, heads, n_query, n_key)``, detached
+            (it shares storage with the live map: don't modify it in place); ``None`` once
+            ``reduce`` has consumed it.
+        gradient: ``d objective / d attention``, same shape; zeros when the map got no gradient;
+            ``None`` before the backward and once ``reduce`` has consumed it.
+        reduced: the value of the recorder's ``reduce`` callable on this record, if given.
+        shape: shape of the map, kept when ``attention`` is dropped.
+    """
+
+    name: str
+    call_index: int
+    role: str
+    attention: Tensor | None
+    gradient: Tensor | None
+    reduced: Tensor | None = None
+    shape: tuple[int, ...] = field(default=(), repr=True)
+
+    def __post_init__(self) -> None:
+        if not self.shape and self.attention is not None:
+            self.shape = tuple(self.attention.shape)
+
+    @property
+    def batch_size(self) -> int:
+        r"""Batch size of the map."""
+        return self.shape[0]
+
+    @property
+    def num_heads(self) -> int:
+        r"""Number of heads of the map."""
+        return self.shape[1]
+
+    @property
+    def n_query(self) -> int:
+        r"""Number of query tokens."""
+        return self.shape[-2]
+
+    @property
+    def n_key(self) -> int:
+        r"""Number of key tokens."""
+        return self.shape[-1]
+
+
+@dataclass(eq=False)
+class _Entry:
+    """Bookkeeping for one record: its live map and the identity of the module that owns it."""
+
+    record: AttentionRecord
+    live: Tensor
+    owner_id: int
+    has_live_grad: bool
+    merged_recompute: bool = False
+
+
+@dataclass
+class _Frame:
+    """One running tracked module: what its pre-hook learned about the call."""
+
+    module: nn.Module
+    role_hint: str | None
+    mha_request: tuple[bool, bool] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Inspecting modules (cached per class: the answers depend on code, not on instances)
+# --------------------------------------------------------------------------------------------
+
+
+def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def _class_code(cls: type) -> Iterator[tuple[type, types.CodeType]]:
+    """Code objects of the functions defined by the classes of ``cls``'s MRO (below nn.Module)."""
+    for klass in cls.__mro__:
+        if klass in (nn.Module, object):
+            continue
+        for attr in vars(klass).values():
+            func = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+            code = getattr(func, "__code__", None)
+            if isinstance(code, types.CodeType):
+                for sub in _code_objects(code):
+                    yield klass, sub
+
+
+@functools.cache
+def _hf_eager_function(cls: type) -> Callable[..., Any] | None:
+    r"""The eager attention function a transformers attention class falls back to, or ``None``.
+
+    A class routes through the ``AttentionInterface`` when one of its methods reads
+    ``ALL_ATTENTION_FUNCTIONS``; the default it hands to ``get_interface`` is a global of its
+    model file whose name contains ``eager`` (``eager_attention_forward`` in ~440 files,
+    ``simple_eager_attention_forward`` and a few others elsewhere). Inspecting ``co_names`` is
+    cheap and needs no source file.
+    """
+    if hasattr(cls, "_can_set_attn_implementation"):
+        return None  # a PreTrainedModel: it reads the registry, it doesn't compute attention
+    fallback: Callable[..., Any] | None = None
+    for klass, code in _class_code(cls):
+        if klass.__module__.startswith("transformers.") and not klass.__module__.startswith(
+            "transformers.models."
+        ):
+            continue  # library base classes, not a model file
+        if "ALL_ATTENTION_FUNCTIONS" not in code.co_names:
+            continue
+        namespace = vars(sys.modules.get(klass.__module__, types.ModuleType("_")))
+        candidates = [
+            n for n in code.co_names if "eager" in n and callable(namespace.get(n))
+        ]
+        if candidates:
+            name = "eager_attention_forward" if "eager_attention_forward" in candidates else None
+            return namespace[name or candidates[0]]
+        if fallback is None and callable(namespace.get("eager_attention_forward")):
+            fallback = namespace["eager_attention_forward"]
+    return fallback
+
+
+@functools.cache
+def _forward_signature(cls: type) -> Signature | None:
+    try:
+        return signature(cls.forward)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bind_call(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """Arguments of one ``module.forward`` call by parameter name (``**kwargs`` flattened)."""
+    sig = _forward_signature(type(module))
+    if sig is None:
+        return None
+    try:
+        bound = sig.bind(module, *args, **kwargs)
+    except TypeError:
+        return None
+    arguments = dict(bound.arguments)
+    for param in sig.parameters.values():
+        if param.kind is Parameter.VAR_KEYWORD and param.name in arguments:
+            arguments.update(arguments.pop(param.name))
+    arguments.pop(next(iter(sig.parameters)), None)  # `self`
+    return arguments
+
+
+def _role_hint(module: nn.Module, args: tuple, kwargs: dict) -> str | None:
+    r"""``"cross"``/``"self"`` from the call's arguments, ``None`` if they don't tell.
+
+    Cross-attention when a key/value input (a name in :data:`CROSS_INPUT_NAMES`) is a tensor that
+    is not the query input object itself.
+    """
+    arguments = _bind_call(module, args, kwargs)
+    if arguments is None:
+        query = args[0] if args else None
+        arguments = dict(kwargs)
+    else:
+        query = next(iter(arguments.values()), None)
+    present = [n for n in CROSS_INPUT_NAMES if n in arguments]
+    if not present:
+        return None
+    for name in present:
+        value = arguments[name]
+        if isinstance(value, Tensor) and value is not query:
+            return "cross"
+        if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+            return "cross"  # e.g. encoder_outputs given as a tuple
+    return "self"
+
+
+def _head_count(module: nn.Module) -> int | None:
+    for attr in _HEAD_COUNT_ATTRIBUTES:
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _is_sampling_attention(module: nn.Module) -> bool:
+    """Deformable attention: its softmax weighs sampling points, not tokens."""
+    return "Deformable" in type(module).__name__ or hasattr(module, "sampling_offsets")
+
+
+def _softmax_dim(func: Callable[..., Any], args: tuple, kwargs: dict) -> int | None:
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    return dim if isinstance(dim, int) else None
+
+
+def _is_softmax(func: Callable[..., Any]) -> bool:
+    try:
+        if func in _SOFTMAX_FUNCTIONS:
+            return True
+    except TypeError:  # unhashable callables
+        return False
+    return getattr(func, "__name__", "") in _SOFTMAX_NAMES
+
+
+class _SoftmaxMode(TorchFunctionMode):
+    """Calls ``callback(output, dim)`` after every softmax run while the mode is active."""
+
+    def __init__(self, callback: Callable[[Tensor, int], None]) -> None:
+        super().__init__()
+        self._callback = callback
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if isinstance(out, Tensor) and _is_softmax(func):
+            dim = _softmax_dim(func, args, kwargs)
+            if dim is not None:
+                self._callback(out, dim)
+        return out
+
+
+def _transformers_interfaces() -> tuple[Any, Any, Callable[..., Any] | None] | None:
+    r"""``(AttentionInterface, AttentionMaskInterface, eager_mask)``, ``None`` without the
+    attention registry; the mask entries are ``None`` before transformers 4.53 (no mask
+    registry: those versions build masks in the model files)."""
+    if "transformers" not in sys.modules:
+        return None  # a model built from transformers would have imported it already
+    try:
+        from transformers.modeling_utils import AttentionInterface
+    except ImportError:  # pragma: no cover - very old transformers
+        return None
+    try:
+        from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    except ImportError:  # pragma: no cover - transformers < 4.53
+        return AttentionInterface, None, None
+    return AttentionInterface, AttentionMaskInterface, eager_mask
+
+
+def _configs_of(model: nn.Module, routed: dict[int, nn.Module]) -> list[Any]:
+    r"""Configs that must name the recording implementation.
+
+    The ``config`` of every routed module (it selects the attention function), the ``config`` of
+    every model that contains one (it selects the mask function: a mismatch silently drops causal
+    masks), and their sub-configs.
+    """
+    found: dict[int, Any] = {}
+
+    def add(cfg: Any) -> None:
+        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation_internal"):
+            return
+        found[id(cfg)] = cfg
+        for key in getattr(cfg, "sub_configs", {}) or {}:
+            add(getattr(cfg, key, None))
+
+    routed_ids = set(routed)
+    for module in model.modules():
+        cfg = getattr(module, "config", None)
+        if cfg is None:
+            continue
+        if id(module) in routed_ids or any(id(m) in routed_ids for m in module.modules()):
+            add(cfg)
+    return list(found.values())
+
+
+# --------------------------------------------------------------------------------------------
+# The recorder
+# --------------------------------------------------------------------------------------------
+
+
+class AttentionRecorder:
+    r"""Context manager that records attention maps ``A`` and their gradients ``G``.
+
+    Args:
+        model: the model (any ``nn.Module``; transformers models and plain torch models).
+        backend: ``"auto"`` (default), ``"hf"``, ``"softmax"`` or ``"mha"``; see the module
+            docstring. ``"auto"`` uses the ``AttentionInterface`` for the modules that route
+            through it, MHA capture for ``nn.MultiheadAttention`` and softmax interception for
+            the remaining attention modules (the torch function mode is only installed when such
+            modules exist, and only active while one of them runs).
+        reduce: optional callable on a complete record (``attention`` and ``gradient`` set); as
+            soon as a record's gradient is known (zeros included) its value is stored in
+            ``record.reduced`` and ``attention``/``gradient`` are dropped to save memory.
+        modules: optional qualified module names; only calls inside these modules are recorded,
+            each under the name of the innermost listed module running.
+
+    Attributes:
+        records: :class:`AttentionRecord` per attention call, in call order.
+        maps: the live (graph-attached) attention tensors in call order, for
+            ``torch.autograd.grad``; valid inside the context (emptied on exit). A map of
+            ``nn.MultiheadAttention`` (or of a 3-D softmax) is ``(batch * heads, n_q, n_k)``;
+            its record is reshaped to 4-D.
+        active_backends: the backends the last ``__enter__`` installed (``"hf"``,
+            ``"softmax"``, ``"mha"``).
+
+    Examples::
+
+        >>> with AttentionRecorder(model) as rec:
+        ...     out = model(**inputs)
+        ...     out.logits[:, 3].sum().backward()          # usage A: hooks fill the gradients
+        >>> with AttentionRecorder(model) as rec:
+        ...     out = model(**inputs)
+        ...     rec.compute_gradients(out.logits[:, 3])    # usage B: no parameter gradients
+        >>> [(r.name, r.call_index, r.role, r.attention.shape) for r in rec.records]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        backend: str = "auto",
+        reduce: Callable[[AttentionRecord], Tensor] | None = None,
+        modules: Iterable[str] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"AttentionRecorder needs a torch.nn.Module, got {type(model).__name__}"
+            )
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if reduce is not None and not callable(reduce):
+            raise TypeError(f"reduce must be callable or None, got {type(reduce).__name__}")
+        self.model = model
+        self.backend = backend
+        self.reduce = reduce
+        self.modules: frozenset[str] | None = None
+        if modules is not None:
+            if isinstance(modules, str):
+                modules = [modules]
+            names = list(modules)
+            known = {n for n, _ in model.named_modules()}
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise ValueError(
+                    f"{type(model).__name__} has no module named {', '.join(map(repr, unknown))}"
+                )
+            self.modules = frozenset(names)
+        self.records: list[AttentionRecord] = []
+        self.maps: list[Tensor] = []
+        self.active_backends: frozenset[str] = frozenset()
+        self._entries: list[_Entry] = []
+        self._stack: ExitStack | None = None
+
+    # ---------------------------------------------------------------- context management
+
+    def __enter__(self) -> AttentionRecorder:
+        if self._stack is not None:
+            raise RuntimeError("this AttentionRecorder is already active")
+        self.records, self.maps, self._entries = [], [], []
+        self._frames: list[_Frame] = []
+        self._call_counts: dict[str, int] = {}
+        self._in_hf = 0
+        self._mode_ids: set[int] = set()
+        self._mode_depth = 0
+        self._hf_ids: set[int] = set()
+        self._hf_ran: set[int] = set()
+        self._hf_dispatched: set[int] = set()
+        self._muted = False
+        self._callback_queued = False
+        self._stack = ExitStack()
+        try:
+            self._install(self._stack)
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._stack is not None:
+                self._finalize_missing()
+        finally:
+            self._close()
+        if exc_type is None and self._hf_ran - self._hf_dispatched:
+            names = sorted(self._names.get(i, "?") for i in self._hf_ran - self._hf_dispatched)
+            warnings.warn(
+                f"{len(names)} attention module(s) of {type(self.model).__name__} ran without "
+                f"calling the AttentionInterface, so they were not recorded (first: {names[0]}); "
+                "record them with backend='softmax'",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if exc_type is None and not self.records:
+            warnings.warn(
+                f"no attention maps were recorded for {type(self.model).__name__}: "
+                f"backend={self.backend!r} found no attention call during the recording (was "
+                "the model run inside the context? does it compute attention with "
+                "F.scaled_dot_product_attention in a hand-written module, or do `modules` name "
+                "modules that never ran?)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _close(self) -> None:
+        stack, self._stack = self._stack, None
+        self._frames = []
+        try:
+            if stack is not None:
+                stack.close()
+        finally:
+            # The live maps hold the autograd graph: don't keep it alive past the context.
+            self.maps = []
+            for entry in self._entries:
+                entry.live = None  # type: ignore[assignment]
+            self._entries = []
+
+    # ---------------------------------------------------------------- installation
+
+    def _install(self, stack: ExitStack) -> None:
+        model = self.model
+        self._names = {id(m): n for n, m in model.named_modules()}
+        in_scope = self._scope()
+        routed: dict[int, nn.Module] = {}
+        mha: dict[int, nn.Module] = {}
+        other: dict[int, nn.Module] = {}
+        for _, module in model.named_modules():
+            if id(module) not in in_scope:
+                continue
+            if isinstance(module, nn.MultiheadAttention):
+                mha[id(module)] = module
+            elif _hf_eager_function(type(module)) is not None and hasattr(
+                getattr(module, "config", None), "_attn_implementation_internal"
+            ):
+                routed[id(module)] = module
+            elif _ATTENTION_CLASS_NAME.search(type(module).__name__):
+                other[id(module)] = module
+        interfaces = _transformers_interfaces() if routed else None
+        if interfaces is None:
+            other.update(routed)  # they only run their default (eager or sdpa) code
+            routed_for_hf: dict[int, nn.Module] = {}
+        else:
+            routed_for_hf = routed
+
+        backend = self.backend
+        use_hf = backend in ("auto", "hf") and bool(routed_for_hf)
+        use_mha = backend in ("auto", "softmax", "mha") and bool(mha)
+        if backend == "hf" and not use_hf:
+            raise ValueError(
+                f"backend='hf': no attention module of {type(model).__name__} dispatches "
+                "through transformers' AttentionInterface; use backend='softmax' or 'auto'"
+            )
+        if backend == "mha" and not use_mha:
+            raise ValueError(
+                f"backend='mha': {type(model).__name__} has no torch.nn.MultiheadAttention "
+                "module in scope; use backend='softmax' or 'auto'"
+            )
+        softmax_modules = dict(other)
+        if backend == "softmax":
+            softmax_modules.update(routed_for_hf)
+        if backend == "auto":
+            # Wrappers (BertAttention around BertSelfAttention) compute nothing themselves.
+            handled = set(routed_for_hf) | set(mha)
+            softmax_modules = {
+                k: m
+                for k, m in softmax_modules.items()
+                if not any(id(s) in handled for s in m.modules())
+            }
+        use_softmax = backend == "softmax" or (backend == "auto" and bool(softmax_modules))
+
+        self._listed = (
+            {id(m) for n, m in model.named_modules() if n in self.modules}
+            if self.modules is not None
+            else None
+        )
+        tracked: dict[int, nn.Module] = {}
+        if use_hf:
+            tracked.update(routed_for_hf)
+        if use_mha:
+            tracked.update(mha)
+        if use_softmax:
+            tracked.update(softmax_modules)
+            tracked.update(other)
+            if backend == "softmax":
+                tracked.update(routed_for_hf)
+        if self._listed is not None:
+            for module in model.modules():
+                if id(module) in self._listed:
+                    tracked[id(module)] = module
+        self.active_backends = frozenset(
+            b for b, on in (("hf", use_hf), ("softmax", use_softmax), ("mha", use_mha)) if on
+        )
+        self._mha_ids = set(mha) if use_mha else set()
+        self._track(stack, tracked)
+
+        if use_hf:
+            assert interfaces is not None
+            self._hf_ids = set(routed_for_hf)
+            self._install_hf(stack, interfaces, routed_for_hf)
+        elif backend == "softmax" and routed_for_hf:
+            self._set_implementation(stack, routed_for_hf, "eager")
+        if use_mha:
+            previous = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
+            stack.callback(torch.backends.mha.set_fastpath_enabled, previous)
+        if use_softmax:
+            # The mode puts every torch call through Python: only switch it on while a module
+            # whose softmax we want is running (about 45% slower forwards otherwise, on ViT-base).
+            plain = set(mha) if backend == "softmax" else set(mha) | set(routed_for_hf)
+            self._mode_ids = set(tracked) - plain
+            self._mode = _SoftmaxMode(self._on_softmax)
+            stack.callback(self._leave_mode, all_levels=True)
+
+    def _scope(self) -> set[int]:
+        """Modules inside the listed ones (all modules without a list)."""
+        if self.modules is None:
+            return {id(m) for m in self.model.modules()}
+        named = dict(self.model.named_modules())
+        return {id(m) for name in self.modules for m in named[name].modules()}
+
+    def _track(self, stack: ExitStack, tracked: dict[int, nn.Module]) -> None:
+        for module in tracked.values():
+            pre = module.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+            stack.callback(pre.remove)
+            post = module.register_forward_hook(
+                self._post_hook, with_kwargs=True, always_call=True
+            )
+            stack.callback(post.remove)
+
+    def _set_implementation(
+        self, stack: ExitStack, routed: dict[int, nn.Module], implementation: str
+    ) -> None:
+        # Set on the configs directly (not via set_attn_implementation): that method skips
+        # sub-models whose file also holds hand-written attention classes and only warns.
+        for cfg in _configs_of(self.model, routed):
+            previous = cfg._attn_implementation_internal
+            stack.callback(setattr, cfg, "_attn_implementation_internal", previous)
+            cfg._attn_implementation_internal = implementation
+
+    def _install_hf(
+        self, stack: ExitStack, interfaces: tuple[Any, Any, Callable], routed: dict
+    ) -> None:
+        attention_interface, mask_interface, eager_mask = interfaces
+        # A fresh neutral key per recording: nested/concurrent recorders never share an entry.
+        key = f"hetattn_record_{next(_KEY_COUNTER)}"
+        attention_interface.register(key, self._hf_attention)
+        stack.callback(attention_interface._global_mapping.pop, key, None)
+        if mask_interface is not None:
+            # Without it the mask builders return no mask for an unknown key: causal masks
+            # would be silently dropped.
+            mask_interface.register(key, eager_mask)
+            stack.callback(mask_interface._global_mapping.pop, key, None)
+        self._set_implementation(stack, routed, key)
+
+    # ---------------------------------------------------------------- module hooks
+
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        hint = _role_hint(module, args, kwargs)
+        frame = _Frame(module, hint)
+        if id(module) in self._hf_ids:
+            self._hf_ran.add(id(module))
+        self._frames.append(frame)
+        if id(module) in self._mode_ids:
+            self._enter_mode()
+        if id(module) in self._mha_ids:
+            return self._force_mha_weights(module, args, kwargs, frame)
+        return None
+
+    def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any):
+        if id(module) in self._mode_ids:
+            self._leave_mode()
+        frame = None
+        for i in range(len(self._frames) - 1, -1, -1):
+            if self._frames[i].module is module:
+                frame = self._frames.pop(i)
+                break
+        if frame is not None and frame.mha_request is not None and output is not None:
+            return self._on_mha_output(module, frame, output)
+        return None
+
+    def _enter_mode(self) -> None:
+        self._mode_depth += 1
+        if self._mode_depth == 1:
+            self._mode.__enter__()
+
+    def _leave_mode(self, all_levels: bool = False) -> None:
+        if self._mode_depth == 0:
+            return
+        self._mode_depth = 0 if all_levels else self._mode_depth - 1
+        if self._mode_depth == 0:
+            self._mode.__exit__(None, None, None)
+
+    # ---------------------------------------------------------------- nn.MultiheadAttention
+
+    @staticmethod
+    def _force_mha_weights(module: nn.Module, args: tuple, kwargs: dict, frame: _Frame):
+        sig = _forward_signature(type(module))
+        assert sig is not None
+        bound = sig.bind(module, *args, **kwargs)
+        frame.mha_request = (
+            bool(bound.arguments.get("need_weights", True)),
+            bool(bound.arguments.get("average_attn_weights", True)),
+        )
+        bound.arguments["need_weights"] = True
+        bound.arguments["average_attn_weights"] = False
+        return bound.args[1:], bound.kwargs
+
+    def _on_mha_output(self, module: nn.Module, frame: _Frame, output: Any):
+        if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], Tensor)):
+            return None
+        attn_output, weights = output
+        # The returned weights are a view of the softmax output; only the base is upstream of
+        # the attention output (in training with dropout it is the dropped-out tensor).
+        live = weights._base if weights._base is not None else weights
+        shaped = weights.detach() if weights.dim() == 4 else weights.detach().unsqueeze(0)
+        if self._in_scope_of_recording(module):
+            self._add_map(module, live, shaped, frame)
+        need_weights, average = frame.mha_request  # type: ignore[misc]
+        if not need_weights:
+            return attn_output, None
+        if average:
+            return attn_output, weights.mean(dim=1 if weights.dim() == 4 else 0)
+        return output
+
+    # ---------------------------------------------------------------- transformers interface
+
+    def _hf_attention(self, module: nn.Module, query, key, value, attention_mask, **kwargs):
+        eager = _hf_eager_function(type(module))
+        if eager is None:  # pragma: no cover - only modules with one are routed here
+            raise RuntimeError(
+                f"{type(module).__name__} has no eager attention function; record it with "
+                "backend='softmax'"
+            )
+        self._hf_dispatched.add(id(module))
+        dropout = kwargs.get("dropout", 0.0)
+        catch: list[Tensor] = []
+        self._in_hf += 1
+        try:
+            if module.training and isinstance(dropout, float) and dropout > 0.0:
+                # The returned weights are dropped out: catch the softmax before the dropout.
+                with _SoftmaxMode(lambda out, dim: catch.append(out)):
+                    attn_output, weights = eager(
+                        module, query, key, value, attention_mask, **kwargs
+                    )
+            else:
+                attn_output, weights = eager(module, query, key, value, attention_mask, **kwargs)
+        finally:
+            self._in_hf -= 1
+        if isinstance(weights, Tensor) and self._in_scope_of_recording(module):
+            matching = [t for t in catch if t.shape == weights.shape]
+            live = matching[-1] if matching else weights
+            self._add_map(module, live, live.detach())
+        return attn_output, weights
+
+    # ---------------------------------------------------------------- softmax interception
+
+    def _on_softmax(self, out: Tensor, dim: int) -> None:
+        if self._in_hf or not self._frames or not out.is_floating_point():
+            return
+        module = self._frames[-1].module
+        if id(module) in self._mha_ids or _is_sampling_attention(module):
+            return
+        if dim not in (-1, out.dim() - 1):
+            return
+        heads = _head_count(module)
+        if out.dim() == 4:
+            if heads is not None and out.shape[1] != heads and out.shape[2] == heads:
+                return  # (batch, n, heads, points) sampling weights, not a token map
+            shaped = out.detach()
+        elif out.dim() == 3 and heads is not None and out.shape[0] % heads == 0:
+            shaped = out.detach().view(out.shape[0] // heads, heads, *out.shape[1:])
+        else:
+            return
+        if self._in_scope_of_recording(module):
+            # an interface module that ran its own code instead (caught here, so recorded)
+            self._hf_dispatched.add(id(module))
+            self._add_map(module, out, shaped)
+
+    # ---------------------------------------------------------------- recording
+
+    def _in_scope_of_recording(self, module: nn.Module) -> bool:
+        if self._listed is None:
+            return True
+        return id(module) in self._listed or any(
+            id(f.module) in self._listed for f in self._frames
+        )
+
+    def _owner(self, module: nn.Module) -> nn.Module:
+        if self._listed is None or id(module) in self._listed:
+            return module
+        for frame in reversed(self._frames):
+            if id(frame.module) in self._listed:
+                return frame.module
+        return module
+
+    def _role(
+        self, module: nn.Module, owner: nn.Module, shaped: Tensor, own: _Frame | None
+    ) -> str:
+        # Most specific first: the computing module's own call, then its tracked callers up
+        # to the owner.
+        seen_frame = False
+        frames = self._frames + ([own] if own is not None else [])
+        for frame in reversed(frames):
+            if frame.module is module or seen_frame:
+                seen_frame = True
+                if frame.role_hint is not None:
+                    return frame.role_hint
+                if frame.module is owner:
+                    break
+        flag = getattr(module, "is_cross_attention", None)
+        if isinstance(flag, bool):
+            return "cross" if flag else "self"
+        if seen_frame:
+            return "self"
+        return "cross" if shaped.shape[-2] != shaped.shape[-1] else "self"
+
+    def _add_map(
+        self, module: nn.Module, live: Tensor, shaped: Tensor, own: _Frame | None = None
+    ) -> None:
+        owner = self._owner(module)
+        name = self._names.get(id(owner), type(owner).__name__)
+        if torch._C._current_graph_task_id() != -1 and self._merge_recompute(owner, live, shaped):
+            return
+        index = self._call_counts.get(name, 0)
+        self._call_counts[name] = index + 1
+        record = AttentionRecord(
+            name=name,
+            call_index=index,
+            role=self._role(module, owner, shaped, own),
+            attention=shaped,
+            gradient=None,
+        )
+        entry = _Entry(record, live, id(owner), live.requires_grad)
+        if live.requires_grad:
+            self._hook(entry, live)
+        self._entries.append(entry)
+        self.records.append(record)
+        self.maps.append(live)
+
+    def _merge_recompute(self, owner: nn.Module, live: Tensor, shaped: Tensor) -> bool:
+        r"""Merge an attention call made during a backward (activation checkpointing)."""
+        candidates = [
+            e for e in self._entries if e.owner_id == id(owner) and not e.merged_recompute
+        ]
+        if not candidates:
+            return False
+        same = [
+            e
+            for e in candidates
+            if e.record.attention is not None
+            and e.record.attention.shape == shaped.shape
+            and torch.equal(e.record.attention, shaped)
+        ]
+        entry = (same or candidates)[0]
+        entry.merged_recompute = True
+        if not entry.has_live_grad and live.requires_grad:
+            # Reentrant checkpointing: the first forward ran without grad, this map is the one
+            # the gradient flows through.
+            entry.has_live_grad = True
+            self._hook(entry, live)
+        return True
+
+    def _hook(self, entry: _Entry, live: Tensor) -> None:
+        assert self._stack is not None
+        handle = live.register_hook(functools.partial(self._on_gradient, entry))
+        self._stack.callback(handle.remove)
+
+    def _on_gradient(self, entry: _Entry, grad: Tensor) -> None:
+        if self._muted:
+            return
+        self._set_gradient(entry, grad)
+        if not self._callback_queued:
+            # Zero-fill the maps that got no gradient once this backward is over.
+            self._callback_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+
+    def _end_of_backward(self) -> None:
+        self._callback_queued = False
+        self._finalize_missing()
+
+    def _set_gradient(self, entry: _Entry, grad: Tensor) -> None:
+        record = entry.record
+        if record.attention is None:
+            return  # already reduced: one gradient pass per recording
+        record.gradient = grad.detach().reshape(record.shape)
+        if self.reduce is not None:
+            self._apply_reduce(record)
+
+    def _apply_reduce(self, record: AttentionRecord) -> None:
+        assert self.reduce is not None
+        record.reduced = self.reduce(record)
+        record.attention = None
+        record.gradient = None
+
+    def _finalize_missing(self) -> None:
+        for entry in self._entries:
+            record = entry.record
+            if record.gradient is None and record.attention is not None:
+                record.gradient = torch.zeros_like(record.attention)
+                if self.reduce is not None:
+                    self._apply_reduce(record)
+
+    # ---------------------------------------------------------------- usage B
+
+    def compute_gradients(self, objective: Tensor, retain_graph: bool = False) -> None:
+        r"""Fill ``record.gradient`` with ``d objective / d A`` for every recorded map.
+
+        Runs ``torch.autograd.grad`` to the maps only: no parameter gradient is computed and no
+        ``.grad`` is touched. Maps off the objective's path get zeros.
+
+        Args:
+            objective: a tensor computed from the model output inside this context; summed when
+                it has more than one element (one scalar per example sums to the batch
+                objective, examples being independent).
+            retain_graph: keep the graph for another gradient computation.
+
+        Returns:
+            None; the gradients (or reduced values) are in :attr:`records`.
+
+        Examples::
+
+            >>> with AttentionRecorder(model) as rec:
+            ...     logits = model(**inputs).logits
+            ...     rec.compute_gradients(logits[:, 1] - logits[:, 0])
+        """
+        if self._stack is None:
+            raise RuntimeError("compute_gradients must be called inside the recorder's context")
+        if not isinstance(objective, Tensor):
+            raise TypeError(f"objective must be a tensor, got {type(objective).__name__}")
+        if objective.numel() != 1:
+            objective = objective.sum()
+        if not objective.requires_grad:
+            raise ValueError(
+                "the objective does not require grad: run the forward inside the recorder with "
+                "grad enabled (not under torch.no_grad) and compute the objective from its output"
+            )
+        pending = [e for e in self._entries if e.has_live_grad and e.record.attention is not None]
+        if self._entries and all(e.record.attention is None for e in self._entries):
+            raise RuntimeError(
+                "every record was already reduced: with `reduce`, a recording takes one "
+                "gradient pass"
+            )
+        if self._entries and not any(e.has_live_grad for e in self._entries):
+            raise ValueError(
+                "none of the recorded attention maps requires grad (was the forward run under "
+                "torch.no_grad or reentrant activation checkpointing - use .backward() there - "
+                "or are all parameters frozen and the inputs not requiring grad?)"
+            )
+        if pending:
+            self._muted = True
+            try:
+                grads = torch.autograd.grad(
+                    objective,
+                    [e.live for e in pending],
+                    allow_unused=True,
+                    retain_graph=retain_graph,
+                )
+            finally:
+                self._muted = False
+            for entry, grad in zip(pending, grads, strict=True):
+                # None: off this objective's path (also overwrites an earlier pass's value)
+                self._set_gradient(entry, torch.zeros_like(entry.live) if grad is None else grad)
+        self._finalize_missing()

@@ -1,0 +1,129 @@
+import json
+
+import pytest
+import torch
+from tiny_models import BUILDERS
+
+from captum_hetattn import AttentionNode, LayerGraph
+from captum_hetattn.binding import bind_records
+from captum_hetattn.capture import AttentionRecorder
+from captum_hetattn.infer import graph_from_records, infer_graph, layer_pattern, tower_of
+from captum_hetattn.presets import PRESETS, graph_for, preset, register_preset
+
+
+def record(model, inputs):
+    with AttentionRecorder(model) as recorder:
+        output = model(**inputs)
+        first = output if isinstance(output, torch.Tensor) else output[0]
+        recorder.compute_gradients(first.float().sum())
+    return recorder.records
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_preset_matches_every_call_and_inference_agrees(family):
+    model, inputs = BUILDERS[family]()
+    graph = graph_for(model)
+    names = [name for name, _ in model.named_modules()]
+    records = record(model, inputs)
+    bound = bind_records(graph, records, names)
+    # every node of the preset matched a call, and every recorded call has a node
+    bound_calls = {(c.record.name, c.record.call_index) for step in bound.steps for c in step}
+    assert bound_calls == {(r.name, r.call_index) for r in records}
+    assert set(bound.sizes) == set(graph.stream_names)
+    inferred = infer_graph(model, **inputs)
+    assert inferred.agrees_with(graph, names), (
+        f"\npreset:   {graph.to_json()}\ninferred: {inferred.to_json()}"
+    )
+
+
+def test_every_preset_file_round_trips_and_has_a_matcher():
+    for name, entry in PRESETS.items():
+        assert entry.architectures or entry.model_types, name
+        assert LayerGraph.from_json(entry.graph.to_json()) == entry.graph
+
+
+def test_lxmert_preset_has_parallel_cross_groups():
+    graph = preset("lxmert")
+    assert [node.type for node in graph.nodes] == ["A", "A", "B", "B", "C", "C"]
+    assert isinstance(graph.steps[2], tuple)
+    assert graph.resolved_readout_stream == "text"
+
+
+def test_unknown_preset_and_model_errors_list_the_known_presets():
+    with pytest.raises(ValueError, match="Unknown preset 'gpt5'.*'lxmert'"):
+        preset("gpt5")
+    with pytest.raises(ValueError, match="No preset layer graph for Linear.*infer_graph"):
+        graph_for(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError):
+        graph_for("bert")
+
+
+def test_register_preset_makes_graph_for_find_a_custom_model():
+    model, _ = BUILDERS["torch_transformer"]()
+    graph = LayerGraph(["tokens"], [AttentionNode("encoder.layers.*.self_attn", query="tokens")])
+    register_preset("my_model", graph, architectures=(type(model).__name__ + "X",))
+    try:
+        assert preset("my_model") is graph
+    finally:
+        del PRESETS["my_model"]
+
+
+def test_binding_errors_name_node_and_module():
+    model, inputs = BUILDERS["bart"]()
+    records = record(model, inputs)
+    names = [name for name, _ in model.named_modules()]
+    graph = graph_for(model)
+    never_called = [r for r in records if "decoder.layers.1" not in r.name]
+    with pytest.raises(ValueError, match="decoder.layers.1.self_attn.*never called"):
+        bind_records(graph, never_called, names)
+    swapped = LayerGraph.from_dict(
+        {**graph.to_dict(), "streams": ["target", "source"]}
+    )
+    swapped = LayerGraph(
+        ["source", "target"],
+        [
+            AttentionNode("encoder.layers.*.self_attn", query="source"),
+            AttentionNode("decoder.layers.*.self_attn", query="source"),
+            AttentionNode("decoder.layers.*.encoder_attn", query="target", key="source"),
+        ],
+    )
+    with pytest.raises(ValueError, match="sees .* tokens in stream 'source'"):
+        bind_records(swapped, records, names)
+    as_self = LayerGraph(
+        ["target"], [AttentionNode("decoder.layers.*.encoder_attn", query="target")]
+    )
+    with pytest.raises(ValueError, match="self-attention node but the recorded call is cross"):
+        bind_records(as_self, records, names)
+    unmatched = LayerGraph(["text"], [AttentionNode("encoder.block.*.attention", query="text")])
+    with pytest.raises(ValueError, match="'encoder.block.\\*.attention'.*matches no module"):
+        bind_records(unmatched, records, names)
+
+
+def test_inference_helpers():
+    assert layer_pattern("encoder.block.3.layer.0.SelfAttention") == (
+        "encoder.block.*.layer.0.SelfAttention"
+    )
+    assert tower_of("model.decoder.layers.11.encoder_attn") == "model.decoder.layers"
+    assert tower_of("encoder.cross_attention.attention.self") == (
+        "encoder.cross_attention.attention.self"
+    )
+
+
+def test_inferred_graph_of_an_unknown_model_names_streams_by_keywords():
+    model, inputs = BUILDERS["bart"]()
+    records = record(model, inputs)
+    graph = graph_from_records(records)  # as if no preset existed
+    assert graph.stream_names == ("source", "target")
+    assert [node.type for node in graph.nodes] == ["A", "C", "B"]
+    assert graph.readout_token == "last"  # the decoder's self-attention is causal
+    spec = json.loads(graph.to_json())
+    assert spec["steps"][2]["key"] == "source"
+
+
+def test_pinned_streams_keep_equal_length_towers_apart():
+    model, inputs = BUILDERS["clip"]()
+    records = record(model, inputs)
+    pinned = graph_from_records(
+        records, streams={"vision_model": "image", "text_model": "text"}
+    )
+    assert set(pinned.stream_names) == {"image", "text"}
