@@ -6,16 +6,38 @@ through self-attention (TypeA/TypeC) and propagated through cross-attention (Typ
 information source kept separate.
 """
 
+from captum_hetattn.attribution import (
+    AttentionRollout,
+    Explanation,
+    GenericAttentionExplainability,
+    HeterogenousAttentionAttribution,
+    RawAttention,
+)
 from captum_hetattn.binding import BoundRecording, bind_records
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 from captum_hetattn.graph import AttentionNode, BoundNode, LayerGraph, Stream
 from captum_hetattn.infer import infer_graph
+from captum_hetattn.mapping import AudioFrames, NoAttribution, PatchGrid, Tokens, to_heatmap
+from captum_hetattn.objectives import Contrast, Ratio, RelativeContrast
 from captum_hetattn.presets import graph_for, preset, register_preset
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttentionNode",
+    "AttentionRollout",
+    "AudioFrames",
+    "Contrast",
+    "Explanation",
+    "GenericAttentionExplainability",
+    "HeterogenousAttentionAttribution",
+    "NoAttribution",
+    "PatchGrid",
+    "Ratio",
+    "RawAttention",
+    "RelativeContrast",
+    "Tokens",
+    "to_heatmap",
     "AttentionRecord",
     "AttentionRecorder",
     "BoundNode",

@@ -1,0 +1,199 @@
+r"""What the gradient explains: Captum targets and contrastive objectives (paper §5.2).
+
+An objective maps the model output to one score per example, ``(B,)``. Captum's ``target`` (int,
+tuple, tensor, list) selects one logit as usual; :class:`Contrast`, :class:`Ratio` and
+:class:`RelativeContrast` compare two targets ("logical inspection": why ``a`` rather than
+``b``); any callable ``output -> (B,)`` works too. Under the ``full`` correction the sign of the
+relevance survives: positive = evidence for ``a``, negative = evidence for ``b``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from captum_hetattn._captum_compat import _select_targets
+
+Target = int | tuple[int, ...] | Tensor | list[Any] | None
+Objective = Callable[[Tensor], Tensor]
+
+
+def check_output(output: Any) -> Tensor:
+    """The model output as a tensor, or a ``TypeError`` that says how to wrap the model."""
+    if isinstance(output, Tensor):
+        return output
+    hint = ""
+    if hasattr(output, "logits"):
+        hint = " (it has .logits: use forward_func=lambda *args: model(*args).logits)"
+    raise TypeError(
+        f"forward_func returned {type(output).__name__}, not a tensor{hint}. Attribution needs a "
+        "tensor of scores: wrap the model, e.g. forward_func=lambda *args: model(*args)[0]"
+    )
+
+
+def _check_index(index: int, size: int, what: str, output: Tensor) -> None:
+    if not -size <= index < size:
+        raise ValueError(
+            f"target {what} {index} is out of range for model output of shape "
+            f"{tuple(output.shape)} ({size} entries)"
+        )
+
+
+def select_target(output: Tensor, target: Target) -> Tensor:
+    r"""One score per example, like Captum's ``target`` (with range checks Captum lacks).
+
+    Args:
+        output: model output ``(B, ...)``.
+        target: ``None`` (output must then be ``(B,)`` or ``(B, 1)``), an int (index of dim 1),
+            a tuple (indices of the dims after the batch), a ``(B,)`` tensor or a list of
+            per-example ints or tuples.
+
+    Returns:
+        ``(B,)``.
+    """
+    output = check_output(output)
+    if target is None:
+        if output.dim() == 1:
+            return output
+        if output[0].numel() == 1:
+            return output.reshape(output.shape[0])
+        raise ValueError(
+            f"target is required: the model output has shape {tuple(output.shape)}, more than "
+            "one score per example"
+        )
+    per_example: list[Any]
+    if isinstance(target, Tensor) and target.numel() > 1:
+        per_example = target.tolist()
+    elif isinstance(target, list):
+        if len(target) != output.shape[0]:
+            raise ValueError(
+                f"target list has {len(target)} entries for a batch of {output.shape[0]}"
+            )
+        per_example = target
+    else:
+        per_example = [target.item() if isinstance(target, Tensor) else target]
+    for entry in per_example:
+        indices = entry if isinstance(entry, tuple) else (entry,)
+        if len(indices) > output.dim() - 1:
+            raise ValueError(
+                f"target {entry} has {len(indices)} indices; the model output of shape "
+                f"{tuple(output.shape)} has {output.dim() - 1} dimension(s) after the batch"
+            )
+        for dim, index in enumerate(indices, start=1):
+            _check_index(int(index), output.shape[dim], f"index (dim {dim})", output)
+    selected = _select_targets(output, target)
+    if selected.dim() != 1:
+        raise ValueError(
+            f"target {target!r} selects shape {tuple(selected.shape)} from output of shape "
+            f"{tuple(output.shape)}; it must select one score per example"
+        )
+    return selected
+
+
+@dataclass(frozen=True)
+class TargetObjective:
+    """Captum's ``target``: the selected logit."""
+
+    target: Target = None
+
+    def __call__(self, output: Tensor) -> Tensor:
+        return select_target(output, self.target)
+
+
+@dataclass(frozen=True)
+class Contrast:
+    r"""``logit_a − logit_b``: evidence for ``a`` rather than ``b``.
+
+    Args:
+        a, b: Captum targets (int, tuple, tensor or list).
+
+    Examples::
+
+        >>> explainer.attribute(inputs, objective=Contrast(3, 5), correction="full")
+    """
+
+    a: Target
+    b: Target
+
+    def __call__(self, output: Tensor) -> Tensor:
+        return select_target(output, self.a) - select_target(output, self.b)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``logit_a / logit_b``."""
+
+    a: Target
+    b: Target
+
+    def __call__(self, output: Tensor) -> Tensor:
+        return select_target(output, self.a) / select_target(output, self.b)
+
+
+@dataclass(frozen=True)
+class RelativeContrast:
+    """``(logit_a − logit_b) / logit_b``."""
+
+    a: Target
+    b: Target
+
+    def __call__(self, output: Tensor) -> Tensor:
+        b = select_target(output, self.b)
+        return (select_target(output, self.a) - b) / b
+
+
+def resolve_objective(target: Target, objective: Objective | None) -> Objective:
+    """The objective to differentiate: ``objective`` if given, else Captum's ``target``."""
+    if objective is None:
+        return TargetObjective(target)
+    if target is not None:
+        raise ValueError("give either target or objective, not both")
+    if not callable(objective):
+        raise TypeError(f"objective must be callable, got {type(objective).__name__}")
+    return objective
+
+
+def primary_target(target: Target, objective: Objective | None) -> Target:
+    """The target that names the explained output position (``a`` of a contrast)."""
+    if objective is None:
+        return target
+    return getattr(objective, "a", getattr(objective, "target", None))
+
+
+def evaluate_objective(objective: Objective, output: Any) -> Tensor:
+    """Apply ``objective`` and check that it gives one finite-typed score per example."""
+    output = check_output(output)
+    scores = objective(output)
+    if not isinstance(scores, Tensor) or scores.shape != (output.shape[0],):
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(
+            f"the objective must return one score per example, shape ({output.shape[0]},); "
+            f"got {shape}"
+        )
+    if not scores.requires_grad:
+        raise ValueError(
+            "the objective does not depend on the model's attention (its score has no gradient); "
+            "check forward_func and the objective"
+        )
+    return scores
+
+
+def readout_from_target(target: Target, output: Tensor, n_tokens: int) -> Tensor | None:
+    r"""The readout token named by a target on a per-token output, or ``None``.
+
+    For outputs ``(B, T, C)`` with one row per token of the readout stream — DETR's
+    ``(B, queries, classes)``, a decoder's ``(B, positions, vocab)`` — ``target=(t, c)`` explains
+    token ``t``. Returns a ``(B,)`` tensor of token indices.
+    """
+    if target is None or output.dim() != 3 or output.shape[1] != n_tokens:
+        return None
+    batch = output.shape[0]
+    if isinstance(target, tuple) and len(target) == 2:
+        return torch.full((batch,), int(target[0]), dtype=torch.long, device=output.device)
+    if isinstance(target, list) and target and all(isinstance(t, tuple) for t in target):
+        return torch.tensor([int(t[0]) for t in target], device=output.device)
+    return None
