@@ -44,7 +44,18 @@ class InputMapping:
         return f"{type(self).__name__}(stream '{self.stream}'{part})"
 
     def to_input(self, relevance: Tensor, inputs: Tensor, position: int) -> Tensor:
+        """Lay ``(B, n_stream)`` token relevance out like ``inputs``."""
         raise NotImplementedError
+
+    def to_tokens(self, attribution: Tensor, n_tokens: int) -> Tensor:
+        """The way back: an input-shaped attribution summed per token, ``(B, n_stream)``
+        (zeros on the stream's tokens this input does not cover)."""
+        raise NotImplementedError
+
+    def _place(self, per_token: Tensor, n_tokens: int) -> Tensor:
+        out = per_token.new_zeros(per_token.shape[0], n_tokens)
+        out[:, self.tokens if self.tokens is not None else slice(None)] = per_token
+        return out
 
 
 def _mismatch(mapping: InputMapping, position: int, inputs: Tensor, why: str) -> ValueError:
@@ -64,6 +75,10 @@ class Tokens(InputMapping):
             raise _mismatch(self, position, inputs, f"{relevance.shape[1]} tokens expected")
         shape = relevance.shape + (1,) * (inputs.dim() - 2)
         return relevance.reshape(shape).expand(inputs.shape)
+
+    def to_tokens(self, attribution: Tensor, n_tokens: int) -> Tensor:
+        per_token = attribution.float().reshape(attribution.shape[0], attribution.shape[1], -1)
+        return self._place(per_token.sum(dim=-1), n_tokens)
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,16 @@ class PatchGrid(InputMapping):
         image = F.interpolate(cells, size=(height, width), mode=self.interpolation, **options)
         return image.expand(batch, channels, height, width)
 
+    def to_tokens(self, attribution: Tensor, n_tokens: int) -> Tensor:
+        batch, _, height, width = attribution.shape
+        covered = len(range(n_tokens)[self.tokens]) if self.tokens is not None else n_tokens
+        prefix, rows, cols = self.layout(covered, height, width)
+        summed = attribution.float().sum(dim=1, keepdim=True)
+        # total attribution per cell (mean × area), so sums over the image are preserved
+        cells = F.adaptive_avg_pool2d(summed, (rows, cols)) * (height * width / (rows * cols))
+        per_token = torch.cat([cells.new_zeros(batch, prefix), cells.reshape(batch, -1)], dim=1)
+        return self._place(per_token, n_tokens)
+
 
 def _grid_rows(cells: int, aspect: float) -> int | None:
     """Rows of a ``rows × cols == cells`` grid whose aspect ratio is closest to ``aspect``."""
@@ -144,6 +169,12 @@ class AudioFrames(InputMapping):
         frames = relevance.repeat_interleave(per_token, dim=1)
         return frames[:, None, :].expand(inputs.shape)
 
+    def to_tokens(self, attribution: Tensor, n_tokens: int) -> Tensor:
+        covered = len(range(n_tokens)[self.tokens]) if self.tokens is not None else n_tokens
+        frames = attribution.float().sum(dim=1)
+        per_token = frames.reshape(frames.shape[0], covered, -1).sum(dim=-1)
+        return self._place(per_token, n_tokens)
+
 
 @dataclass(frozen=True)
 class NoAttribution(InputMapping):
@@ -151,6 +182,9 @@ class NoAttribution(InputMapping):
 
     def to_input(self, relevance: Tensor, inputs: Tensor, position: int) -> Tensor:
         return torch.zeros(inputs.shape, dtype=relevance.dtype, device=relevance.device)
+
+    def to_tokens(self, attribution: Tensor, n_tokens: int) -> Tensor:
+        return attribution.new_zeros(attribution.shape[0], n_tokens, dtype=torch.float32)
 
 
 def default_mappings(

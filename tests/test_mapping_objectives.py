@@ -112,3 +112,17 @@ def test_whisper_audio_frames_end_to_end():
     # two frames per encoder token, constant over mel bins
     assert torch.equal(audio[:, :, 0], audio[:, :, 1]) and torch.equal(audio[:, 0], audio[:, 5])
     assert (audio != 0).any()
+
+
+def test_to_tokens_inverts_to_input_for_every_mapping():
+    relevance = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]])
+    image = torch.zeros(1, 3, 8, 8)
+    grid = PatchGrid("image", prefix_tokens=1, interpolation="nearest")
+    back = grid.to_tokens(grid.to_input(relevance, image, 0), 5)
+    assert back[0].tolist() == [0.0, 48.0, 96.0, 144.0, 192.0]  # 3 channels × 16 pixels each
+    tokens = Tokens("joint", tokens=slice(3, None))
+    features = tokens.to_input(relevance, torch.zeros(1, 2, 4), 0)
+    assert tokens.to_tokens(features, 5)[0].tolist() == [0.0, 0.0, 0.0, 12.0, 16.0]
+    frames = AudioFrames("audio").to_input(relevance, torch.zeros(1, 2, 10), 0)
+    assert AudioFrames("audio").to_tokens(frames, 5)[0].tolist() == [0.0, 4.0, 8.0, 12.0, 16.0]
+    assert NoAttribution().to_tokens(features, 5).sum() == 0

@@ -1,0 +1,51 @@
+r"""Evaluation: localisation, perturbation and segmentation scores, Captum metric wrappers, and
+a dataset runner that compares attribution methods on the same held-out examples."""
+
+from captum_hetattn.evaluation.captum_metrics import infidelity_score, sensitivity_score
+from captum_hetattn.evaluation.methods import (
+    Method,
+    attention_method,
+    captum_method,
+    standard_methods,
+)
+from captum_hetattn.evaluation.runner import (
+    EvaluationResult,
+    MethodScores,
+    StreamScores,
+    evaluate,
+    perturbation_curve,
+)
+from captum_hetattn.evaluation.scores import (
+    IMAGE_FRACTIONS,
+    TEXT_FRACTIONS,
+    evidence_auc,
+    otsu_threshold,
+    perturbation_auc,
+    pointing_chance,
+    pointing_game,
+    relevance_mass,
+    segmentation_iou,
+)
+
+__all__ = [
+    "IMAGE_FRACTIONS",
+    "TEXT_FRACTIONS",
+    "EvaluationResult",
+    "Method",
+    "MethodScores",
+    "StreamScores",
+    "attention_method",
+    "captum_method",
+    "evaluate",
+    "evidence_auc",
+    "infidelity_score",
+    "otsu_threshold",
+    "perturbation_auc",
+    "perturbation_curve",
+    "pointing_chance",
+    "pointing_game",
+    "relevance_mass",
+    "segmentation_iou",
+    "sensitivity_score",
+    "standard_methods",
+]

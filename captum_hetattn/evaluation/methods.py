@@ -1,0 +1,107 @@
+r"""Attribution methods as token-relevance functions, so that all are scored the same way.
+
+A *method* here is a callable ``(zoo_model, batch) -> {stream: (B, n_stream) relevance}``.
+:func:`standard_methods` gives ours in every correction (and with the noise link), GAE, attention
+rollout, raw attention, and Captum's ``IntegratedGradients``, ``Saliency`` and ``InputXGradient``.
+
+Captum's gradient methods attribute the *float* inputs (region features and boxes, pixels, audio
+features); their input-shaped attributions are summed back per token with the input mapping's
+``to_tokens``. Integer inputs (token ids) cannot be attributed by them, so their streams are
+absent from those methods' results (not scored, rather than scored as zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from captum.attr import InputXGradient, IntegratedGradients, Saliency
+from torch import Tensor
+
+from captum_hetattn.attribution import (
+    AttentionRollout,
+    GenericAttentionExplainability,
+    HeterogenousAttentionAttribution,
+    RawAttention,
+    _AttentionAttribution,
+)
+from captum_hetattn.mapping import default_mappings
+from captum_hetattn.zoo import Batch, ZooModel
+
+Method = Callable[[ZooModel, Batch], dict[str, Tensor]]
+
+
+def attention_method(cls: type[_AttentionAttribution], **options: Any) -> Method:
+    """One of our attention-based attributions, with ``explain`` options fixed."""
+
+    def run(zoo: ZooModel, batch: Batch) -> dict[str, Tensor]:
+        explainer = cls(
+            zoo.forward_func, model=zoo.model, graph=zoo.graph, input_mappings=zoo.input_mappings
+        )
+        explanation = explainer.explain(
+            batch.inputs, target=batch.targets,
+            additional_forward_args=batch.additional_forward_args, **options,
+        )
+        return {s: r.detach() for s, r in explanation.relevance.items()}
+
+    return run
+
+
+def captum_method(cls: type, **options: Any) -> Method:
+    """A Captum gradient attribution of the float inputs, summed back per token."""
+
+    def run(zoo: ZooModel, batch: Batch) -> dict[str, Tensor]:
+        inputs = batch.inputs if isinstance(batch.inputs, tuple) else (batch.inputs,)
+        extra = tuple(batch.additional_forward_args or ())
+        floating = [i for i, t in enumerate(inputs) if t.is_floating_point()]
+        fixed = [i for i, t in enumerate(inputs) if not t.is_floating_point()]
+
+        def forward(*args: Tensor) -> Tensor:
+            ordered: list[Any] = [None] * len(inputs)
+            for position, value in zip(floating + fixed, args, strict=False):
+                ordered[position] = value
+            return zoo.forward_func(*ordered, *args[len(inputs):])
+
+        attributions = cls(forward).attribute(
+            tuple(inputs[i] for i in floating),
+            target=batch.targets,
+            additional_forward_args=tuple(inputs[i] for i in fixed) + extra,
+            **options,
+        )
+        sizes = zoo.stream_sizes(batch)
+        mappings = zoo.input_mappings or default_mappings(inputs, sizes)
+        relevance: dict[str, Tensor] = {}
+        for position, attribution in zip(floating, attributions, strict=True):
+            mapping = mappings[position]
+            if not mapping.stream:
+                continue
+            tokens = mapping.to_tokens(attribution.detach(), sizes[mapping.stream])
+            relevance[mapping.stream] = relevance.get(mapping.stream, 0) + tokens
+        return relevance
+
+    return run
+
+
+def standard_methods(include_integrated_gradients: bool = True) -> dict[str, Method]:
+    """Every method the evaluation compares, by display name."""
+    methods: dict[str, Method] = {
+        "ours (pos)": attention_method(HeterogenousAttentionAttribution, correction="pos"),
+        "ours (full)": attention_method(HeterogenousAttentionAttribution, correction="full"),
+        "ours (abs)": attention_method(HeterogenousAttentionAttribution, correction="abs"),
+        "ours (noised)": attention_method(
+            HeterogenousAttentionAttribution, correction="pos", noise_link=True
+        ),
+        "GAE": attention_method(GenericAttentionExplainability),
+        "rollout": attention_method(AttentionRollout),
+        "raw attention": attention_method(RawAttention),
+        "Saliency": captum_method(Saliency, abs=True),
+        "InputXGradient": captum_method(InputXGradient),
+    }
+    if include_integrated_gradients:
+        methods["IntegratedGradients"] = captum_method(
+            IntegratedGradients, n_steps=16, internal_batch_size=256
+        )
+    return methods
+
+
+__all__ = ["Method", "attention_method", "captum_method", "standard_methods"]

@@ -1,0 +1,235 @@
+r"""Tiny trained models on synthetic tasks whose evidence is known.
+
+No model hub is reachable here, so the zoo trains its own small models (minutes on 2 CPU cores)
+and ships their weights as safetensors beside this file, together with the code that retrains
+them: ``python -m captum_hetattn.zoo.train NAME``.
+
+``load(name)`` returns a :class:`ZooModel`:
+
+- ``model`` (the ``nn.Module``), ``forward_func`` (inputs → logits ``(B, C)`` or per-token logits),
+  ``graph`` (:class:`~captum_hetattn.graph.LayerGraph`), ``input_mappings``;
+- ``make_examples(n, seed)`` → a list of :class:`Example` (batch of one each);
+- ``collate(examples)`` → one :class:`Batch`;
+- ``remove(batch, stream, keep)`` → the batch with the tokens of ``stream`` where ``keep`` is
+  False removed (masked out), for perturbation tests;
+- ``accuracy(n, seed)`` → held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from captum_hetattn.graph import LayerGraph
+from captum_hetattn.mapping import InputMapping
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# name -> module (in this package) that defines `build()` returning the ZooModel
+REGISTRY: dict[str, str] = {
+    "shapes_vqa": "captum_hetattn.zoo.shapes_vqa",
+    "shapes_vit": "captum_hetattn.zoo.shapes_vit",
+    "reverse_seq2seq": "captum_hetattn.zoo.reverse_seq2seq",
+    "minilm": "captum_hetattn.zoo.minilm",
+}
+
+
+@dataclass
+class Example:
+    r"""One example (batch of one).
+
+    Attributes:
+        inputs: the first arguments of ``forward_func`` (a tensor or a tuple of tensors).
+        additional_forward_args: further arguments (tuple) or ``None``.
+        label: the correct class.
+        target: the Captum target to explain (defaults to ``label``); per-token models use a
+            tuple such as ``(position, token_id)``.
+        evidence: per stream, a ``(n_tokens,)`` boolean tensor marking the tokens that carry
+            the answer (the ground truth for localisation).
+        image: the rendered input picture ``(H, W, 3)`` uint8, for reports (or ``None``).
+        tokens: display strings per stream (or empty).
+        description: a line for humans ("is there a red circle? → yes").
+    """
+
+    inputs: Tensor | tuple[Tensor, ...]
+    additional_forward_args: tuple[Any, ...] | None
+    label: int
+    evidence: dict[str, Tensor]
+    target: Any = None
+    image: np.ndarray | None = None
+    tokens: dict[str, list[str]] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            self.target = self.label
+
+
+@dataclass
+class Batch:
+    """Several examples stacked along the batch dimension."""
+
+    inputs: Tensor | tuple[Tensor, ...]
+    additional_forward_args: tuple[Any, ...] | None
+    labels: Tensor
+    targets: list[Any]
+    evidence: dict[str, Tensor]  # stream -> (B, n_tokens) bool
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _stack(items: Sequence[Any]) -> Any:
+    first = items[0]
+    if isinstance(first, Tensor):
+        return torch.cat(list(items), dim=0)
+    if isinstance(first, tuple):
+        return tuple(_stack([item[i] for item in items]) for i in range(len(first)))
+    if first is None:
+        return None
+    raise TypeError(f"cannot stack {type(first).__name__}")
+
+
+class ZooModel(ABC):
+    """A trained zoo model and its synthetic task."""
+
+    name: str
+    model: nn.Module
+    graph: LayerGraph
+    input_mappings: tuple[InputMapping, ...] | None = None
+    #: streams whose tokens `remove` can take out, for perturbation tests
+    removable_streams: tuple[str, ...] = ()
+    #: tokens of each stream that a perturbation test always keeps ([CLS], [SEP], ...)
+    protected_tokens: dict[str, tuple[int, ...]] = {}
+
+    @abstractmethod
+    def forward_func(self, *inputs: Any) -> Tensor:
+        """Inputs (and additional args) → logits."""
+
+    @abstractmethod
+    def make_examples(self, n: int, seed: int) -> list[Example]:
+        """``n`` held-out examples drawn with ``seed``."""
+
+    def collate(self, examples: Sequence[Example]) -> Batch:
+        """Stack examples (all zoo tasks have fixed lengths)."""
+        if not examples:
+            raise ValueError("collate needs at least one example")
+        streams = examples[0].evidence.keys()
+        return Batch(
+            inputs=_stack([e.inputs for e in examples]),
+            additional_forward_args=_stack([e.additional_forward_args for e in examples]),
+            labels=torch.tensor([e.label for e in examples]),
+            targets=[e.target for e in examples],
+            evidence={s: torch.stack([e.evidence[s] for e in examples]) for s in streams},
+        )
+
+    def stream_sizes(self, batch: Batch) -> dict[str, int]:
+        """Tokens per stream (every zoo task gives evidence for each of its streams)."""
+        return {stream: int(mask.shape[1]) for stream, mask in batch.evidence.items()}
+
+    def token_mask(self, batch: Batch, stream: str) -> Tensor:
+        """``(B, n)`` True for real tokens that a test may rank or remove (not padding or
+        protected tokens)."""
+        mask = torch.ones_like(batch.evidence[stream], dtype=torch.bool)
+        for index in self.protected_tokens.get(stream, ()):
+            mask[:, index] = False
+        return mask
+
+    def remove(self, batch: Batch, stream: str, keep: Tensor) -> Batch:
+        """The batch with the tokens of ``stream`` where ``keep`` is False taken out."""
+        raise ValueError(f"{self.name}: tokens of stream '{stream}' cannot be removed")
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Tensor:
+        """Predicted class per example."""
+        logits = self.forward_func(*_as_tuple(batch.inputs), *(batch.additional_forward_args or ()))
+        return logits.argmax(dim=-1)
+
+    def accuracy(self, n: int = 500, seed: int = 12345) -> float:
+        """Held-out accuracy on ``n`` examples drawn with ``seed``."""
+        batch = self.collate(self.make_examples(n, seed))
+        return float((self.predict(batch) == batch.labels).float().mean())
+
+    def with_targets(self, batch: Batch, targets: list[Any]) -> Batch:
+        return replace(batch, targets=targets)
+
+
+def _as_tuple(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def weights_path(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def load_weights(model: nn.Module, name: str) -> nn.Module:
+    r"""Load ``weights/<name>.safetensors`` into ``model`` (safetensors only, strict).
+
+    Raises:
+        FileNotFoundError / ValueError: missing or unreadable file, with the command that
+            retrains it.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = weights_path(name)
+    retrain = f"retrain it with: python -m captum_hetattn.zoo.train {name}"
+    if not path.exists():
+        raise FileNotFoundError(f"zoo weights {path} are missing; {retrain}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"zoo weights {path} are corrupted ({err}); {retrain}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"zoo weights {path} do not fit the {name} model ({str(err)[:200]}); {retrain}"
+        ) from None
+    return model.eval()
+
+
+def save_weights(model: nn.Module, name: str) -> Path:
+    """Write the model's state dict to ``weights/<name>.safetensors`` (contiguous tensors)."""
+    from safetensors.torch import save_file
+
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    path = weights_path(name)
+    save_file(state, str(path))
+    return path
+
+
+def load(name: str) -> ZooModel:
+    r"""The trained zoo model ``name`` (one of :data:`REGISTRY`).
+
+    Examples::
+
+        >>> vqa = load("shapes_vqa")
+        >>> batch = vqa.collate(vqa.make_examples(8, seed=0))
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"Unknown zoo model '{name}'; known: {sorted(REGISTRY)}")
+    module = importlib.import_module(REGISTRY[name])
+    build: Callable[..., ZooModel] = module.build
+    return build(trained=True)
+
+
+__all__ = [
+    "REGISTRY",
+    "Batch",
+    "Example",
+    "ZooModel",
+    "load",
+    "load_weights",
+    "save_weights",
+    "weights_path",
+]
