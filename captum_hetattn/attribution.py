@@ -148,6 +148,7 @@ class _AttentionAttribution(Attribution):
         readout_stream: str,
         readout_token: Tensor,
         noise_link: bool,
+        absent: Mapping[str, Tensor],
     ) -> dict[str, Tensor]:
         if noise_link:
             blocks = propagate(recording.sizes, flows, with_noise_link=True)
@@ -279,6 +280,7 @@ class _AttentionAttribution(Attribution):
             for node in step
         }
         key_mass: dict[tuple[str, int], Tensor] = {}
+        causal: set[tuple[str, int]] = set()
 
         def reduce(record: AttentionRecord) -> Tensor | None:
             key = (record.name, record.call_index)
@@ -287,6 +289,8 @@ class _AttentionAttribution(Attribution):
             assert record.attention is not None
             # which keys anyone attends to: zero columns are attention-masked padding
             key_mass[key] = record.attention.detach().sum(dim=(1, 2))
+            if record.n_query == record.n_key and not record.attention.triu(1).any():
+                causal.add(key)
             return aggregate_heads(record.attention, record.gradient, corrections[key])
 
         with torch.enable_grad(), AttentionRecorder(self.model, reduce=reduce) as recorder:
@@ -315,7 +319,10 @@ class _AttentionAttribution(Attribution):
         if stage == "homogeneous":
             relevance = _homogeneous(recording.sizes, flows, readout_stream, token)
         else:
-            relevance = self._propagate(recording, flows, readout_stream, token, noise_link)
+            absent = _absent_tokens(recording, padding, causal, readout_stream, token)
+            relevance = self._propagate(
+                recording, flows, readout_stream, token, noise_link, absent
+            )
         maps = None
         if return_maps:
             maps = {(c.record.name, c.record.call_index): c.record.reduced
@@ -391,6 +398,28 @@ def _homogeneous(
     return relevance
 
 
+def _absent_tokens(
+    recording: BoundRecording,
+    padding: Mapping[str, Tensor],
+    causal: set[tuple[str, int]],
+    readout_stream: str,
+    readout_token: Tensor,
+) -> dict[str, Tensor]:
+    """Tokens that would not exist in a reference run on one example: padding, and in a causal
+    readout stream the positions after the readout token (generation stops there)."""
+    absent = dict(padding)
+    first_self = next(
+        (c for step in recording.steps for c in step
+         if c.node.query == readout_stream and not c.node.is_cross),
+        None,
+    )
+    if first_self is not None and (first_self.record.name, first_self.record.call_index) in causal:
+        positions = torch.arange(recording.sizes[readout_stream], device=readout_token.device)
+        future = positions[None, :] > readout_token[:, None]
+        absent[readout_stream] = absent.get(readout_stream, torch.zeros_like(future)) | future
+    return absent
+
+
 def _padding(
     recording: BoundRecording, key_mass: Mapping[tuple[str, int], Tensor]
 ) -> dict[str, Tensor]:
@@ -436,7 +465,10 @@ class GenericAttentionExplainability(_AttentionAttribution):
     ``pos`` correction; cross calls add ``R̄[q,q]ᵀ·Ā·R̄[k,k]`` to ``R[q,k]`` and ``Ā·R[k,q]`` to
     ``R[q,q]`` (normalisation ``R̄ = (R − I)/rowsum + I``); the readout token's own relevance is
     set to 0. Where the reference divides by a zero row sum (its NaN), the cross term is dropped,
-    as its DETR code ends up doing. Streams beyond the two of a cross call get our rule.
+    as its DETR code ends up doing; rows of tokens that the reference run would not have do not
+    count: padding, and in a causal readout stream the positions after the readout token (it
+    explains token ``j`` of a generation that stopped there). Streams beyond the two of a cross
+    call get our rule.
 
     Args:
         forward_func, model, graph, input_mappings: as for
@@ -470,10 +502,10 @@ class GenericAttentionExplainability(_AttentionAttribution):
                 "normalize=True/False in the constructor, not noise_link"
             )
 
-    def _propagate(self, recording, flows, readout_stream, readout_token, noise_link):
+    def _propagate(self, recording, flows, readout_stream, readout_token, noise_link, absent):
         blocks = propagate(
             recording.sizes, flows, rule="gae", gae_normalize=self.normalize,
-            gae_cross_term=self.cross_term,
+            gae_cross_term=self.cross_term, padding=absent,
         )
         relevance = _read_rows(blocks, recording.sizes, readout_stream, readout_token)
         own = relevance[readout_stream].clone()
@@ -492,7 +524,7 @@ class AttentionRollout(_AttentionAttribution):
     default_correction: ClassVar[Correction] = "none"
     accepts_gradient_corrections: ClassVar[bool] = False
 
-    def _propagate(self, recording, flows, readout_stream, readout_token, noise_link):
+    def _propagate(self, recording, flows, readout_stream, readout_token, noise_link, absent):
         if noise_link:
             blocks = propagate(recording.sizes, flows, with_noise_link=True, rollout=True)
             return _read_rows(blocks, recording.sizes, readout_stream, readout_token)
@@ -508,7 +540,7 @@ class RawAttention(_AttentionAttribution):
     default_correction: ClassVar[Correction] = "none"
     accepts_gradient_corrections: ClassVar[bool] = False
 
-    def _propagate(self, recording, flows, readout_stream, readout_token, noise_link):
+    def _propagate(self, recording, flows, readout_stream, readout_token, noise_link, absent):
         rows = torch.arange(readout_token.shape[0], device=readout_token.device)
         relevance: dict[str, Tensor] = {}
         for group in flows:

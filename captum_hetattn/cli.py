@@ -109,6 +109,7 @@ def curves_figure(result: EvaluationResult) -> bytes:
             axis.set_ylabel("accuracy")
     if streams:
         axes[0][1].legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
     return figure_png(figure)
 
 
@@ -121,6 +122,8 @@ def table_html(result: EvaluationResult) -> str:
     rows = []
     for entry in result.methods:
         for stream, s in entry.streams.items():
+            if s.pointing_game != s.pointing_game and s.positive_auc != s.positive_auc:
+                continue  # nothing measured on this stream
             cells = [s.pointing_game, s.pointing_chance, s.relevance_mass, s.evidence_auc]
             cells_text = [f"{v:.3f}" if v == v else "—" for v in cells]
             aucs = [f"{v:.1f}" if v == v else "—" for v in (s.positive_auc, s.negative_auc)]
@@ -168,7 +171,7 @@ def run_demo(out: Path, n: int, n_show: int, seed: int, with_ig: bool = True) ->
     (out / "figures" / "perturbation_curves.png").write_bytes(curves)
     sections += [
         "<h2>Method table</h2>",
-        f"<p>Model accuracy on these examples: {result.accuracy:.3f}. Pointing game: share of "
+        f"<p>Model accuracy on these examples: {result.model_score:.3f}. Pointing game: share of "
         "examples whose most relevant token is evidence (chance: evidence share). Perturbation: "
         "accuracy while removing tokens, most relevant first (positive, lower AUC is better) or "
         "least relevant first (negative, higher is better).</p>",

@@ -187,14 +187,27 @@ def noise_link(relevance: Tensor) -> Tensor:
     return torch.where(zero, torch.zeros_like(scaled), scaled) + eye
 
 
-def has_zero_residual_row(relevance: Tensor) -> Tensor:
-    """Per example, whether some row of ``R − I`` sums to 0 (where GAE's code divides by 0)."""
+def has_zero_residual_row(relevance: Tensor, padding: Tensor | None = None) -> Tensor:
+    """Per example, whether some row of ``R − I`` sums to 0 (where GAE's code divides by 0).
+
+    Rows of ``padding`` tokens ``(B, n)`` are ignored: the reference code runs on unpadded
+    inputs, where those rows do not exist.
+    """
     _, row_sum = _residual_rows(relevance)
-    return (row_sum == 0).flatten(1).any(dim=1)
+    zero = row_sum.squeeze(-1) == 0
+    if padding is not None:
+        zero = zero & ~padding
+    return zero.any(dim=1)
 
 
 def gae_cross_increment(
-    query_self: Tensor, attention: Tensor, key_self: Tensor, *, normalize: bool = True
+    query_self: Tensor,
+    attention: Tensor,
+    key_self: Tensor,
+    *,
+    normalize: bool = True,
+    query_padding: Tensor | None = None,
+    key_padding: Tensor | None = None,
 ) -> Tensor:
     r"""GAE's eq. 10 increment (Chefer et al. 2021): ``R̄[q, q]ᵀ · Ā · R̄[k, k]``.
 
@@ -212,11 +225,15 @@ def gae_cross_increment(
         attention: ``Ā`` of shape ``(B, n_q, n_k)``.
         key_self: ``R[k, k]`` of shape ``(B, n_k, n_k)``.
         normalize: apply GAE's normalisation to both blocks.
+        query_padding, key_padding: ``(B, n)`` padding tokens of each stream, whose (always
+            zero) rows do not count as zero rows.
     """
     if not normalize:
         return query_self.transpose(-1, -2) @ attention @ key_self
     added = noise_link(query_self).transpose(-1, -2) @ attention @ noise_link(key_self)
-    dropped = has_zero_residual_row(query_self) | has_zero_residual_row(key_self)
+    dropped = has_zero_residual_row(query_self, query_padding) | has_zero_residual_row(
+        key_self, key_padding
+    )
     return torch.where(dropped[:, None, None], torch.zeros_like(added), added)
 
 
@@ -309,6 +326,7 @@ def propagate(
     gae_normalize: bool = True,
     gae_cross_term: Literal["gae", "direct"] = "gae",
     rollout: bool = False,
+    padding: Mapping[str, Tensor] | None = None,
 ) -> Relevance:
     r"""Full (all-rows) propagation of the relevance state over the steps.
 
@@ -328,6 +346,8 @@ def propagate(
             of a step becomes ``(R + Σ Ā·R) / (1 + m)`` (``rownorm(Ā + I)`` for one self call,
             since attention rows sum to 1); on one stream this is exactly
             :func:`attention_rollout`.
+        padding: GAE only — per stream, ``(B, n)`` padding tokens (see
+            :func:`gae_cross_increment`).
 
     Returns:
         Dict ``(x, s) -> (B, n_x, n_s)`` with every block, zeros included.
@@ -365,7 +385,9 @@ def propagate(
                 if flow.is_cross and s == k:
                     if rule == "gae" and gae_cross_term == "gae":
                         increment = gae_cross_increment(
-                            read(q, q), attention, source, normalize=gae_normalize
+                            read(q, q), attention, source, normalize=gae_normalize,
+                            query_padding=(padding or {}).get(q),
+                            key_padding=(padding or {}).get(k),
                         )
                         _accumulate(updates, (q, k), increment)
                         continue

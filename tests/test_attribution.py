@@ -268,6 +268,12 @@ def test_seq2seq_target_position_token_reads_that_decoder_row():
     # causal decoder: nothing flows from later target positions
     assert (explanation.relevance["target"][0, 3:] == 0).all()
     assert (explanation.relevance["source"] > 0).any()
+    # GAE's zero-row rule ignores the positions after the explained one (they do not exist in
+    # a generation that stopped there), so its cross term survives on a causal decoder
+    gae = GenericAttentionExplainability(
+        lambda s, t: model(input_ids=s, decoder_input_ids=t).logits, model=model
+    ).explain((source, target_ids), target=(2, 7))
+    assert (gae.relevance["source"] > 0).any()
 
 
 # ------------------------------------------------------------------ errors and restoration
@@ -334,3 +340,25 @@ def test_model_is_restored_also_when_the_forward_raises(bert):
         assert no_hooks_left(model)
     finally:
         model.eval()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_stream_padding_equals_the_unpadded_run(method, lxmert):
+    model, _, (ids, feats, boxes) = lxmert
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+
+    def forward(i, f, b, m):
+        return model(input_ids=i, visual_feats=f, visual_pos=b, attention_mask=m)
+    explainer = method(
+        lambda i, f, b, m: forward(i, f, b, m).question_answering_score, model=model,
+        input_mappings=[Tokens("text"), Tokens("image"), Tokens("image")],
+    )
+    padded = explainer.explain((ids, feats, boxes), target=1, additional_forward_args=(mask,))
+    alone = explainer.explain(
+        (ids[1:, :4], feats[1:], boxes[1:]), target=1, additional_forward_args=(mask[1:, :4],)
+    )
+    assert (padded.relevance["text"][1, 4:] == 0).all()
+    close(padded.relevance["text"][1:, :4], alone.relevance["text"])
+    close(padded.relevance["image"][1:], alone.relevance["image"])
+    assert alone.relevance["image"].abs().sum() > 0

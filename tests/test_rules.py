@@ -391,3 +391,17 @@ def test_rollout_row_mode_equals_full_mode_on_random_graphs(seed):
     rows = propagate_row(sizes, steps, "c", 2, rollout=True)
     for source in sizes:
         close(rows[source], full[("c", source)][:, 2], atol=1e-12)
+
+
+def test_gae_zero_row_check_ignores_padding_rows():
+    # a padded token's row of R - I is always zero; it must not drop GAE's cross term
+    query_self = torch.eye(3).expand(1, 3, 3).clone()
+    query_self[0, 0, 1] = 1.0
+    query_self[0, 1, 0] = 1.0  # rows 0 and 1 carry relevance, row 2 is padding
+    key_self = T([[[1.0, 1.0], [1.0, 2.0]]])
+    attention = torch.ones(1, 3, 2)
+    dropped = gae_cross_increment(query_self, attention, key_self)
+    kept = gae_cross_increment(
+        query_self, attention, key_self, query_padding=torch.tensor([[False, False, True]])
+    )
+    assert (dropped == 0).all() and (kept != 0).any()

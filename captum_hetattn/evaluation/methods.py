@@ -12,6 +12,7 @@ absent from those methods' results (not scored, rather than scored as zero).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,8 @@ def captum_method(cls: type, **options: Any) -> Method:
         extra = tuple(batch.additional_forward_args or ())
         floating = [i for i, t in enumerate(inputs) if t.is_floating_point()]
         fixed = [i for i, t in enumerate(inputs) if not t.is_floating_point()]
+        if not floating:  # token ids only (text-to-text): nothing these methods can attribute
+            return {}
 
         def forward(*args: Tensor) -> Tensor:
             ordered: list[Any] = [None] * len(inputs)
@@ -62,12 +65,15 @@ def captum_method(cls: type, **options: Any) -> Method:
                 ordered[position] = value
             return zoo.forward_func(*ordered, *args[len(inputs):])
 
-        attributions = cls(forward).attribute(
-            tuple(inputs[i] for i in floating),
-            target=batch.targets,
-            additional_forward_args=tuple(inputs[i] for i in fixed) + extra,
-            **options,
-        )
+        with warnings.catch_warnings():
+            # Captum announces that it switched requires_grad on for our (copied) inputs
+            warnings.filterwarnings("ignore", message="Input Tensor .* did not already require")
+            attributions = cls(forward).attribute(
+                tuple(inputs[i].detach().clone() for i in floating),
+                target=batch.targets,
+                additional_forward_args=tuple(inputs[i] for i in fixed) + extra,
+                **options,
+            )
         sizes = zoo.stream_sizes(batch)
         mappings = zoo.input_mappings or default_mappings(inputs, sizes)
         relevance: dict[str, Tensor] = {}

@@ -18,8 +18,10 @@ them: ``python -m captum_hetattn.zoo.train NAME``.
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,10 @@ class ZooModel(ABC):
         logits = self.forward_func(*_as_tuple(batch.inputs), *(batch.additional_forward_args or ()))
         return logits.argmax(dim=-1)
 
+    def score(self, batch: Batch) -> Tensor:
+        """Per-example score a perturbation test tracks: 1.0 where the prediction is right."""
+        return (self.predict(batch) == batch.labels).float()
+
     def accuracy(self, n: int = 500, seed: int = 12345) -> float:
         """Held-out accuracy on ``n`` examples drawn with ``seed``."""
         batch = self.collate(self.make_examples(n, seed))
@@ -164,6 +170,26 @@ class ZooModel(ABC):
 
 def _as_tuple(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    r"""Train on one thread: on a busy shared 2-core machine two OpenMP threads per process spin
+    against other jobs and make a step several times slower; one thread also makes the float
+    reductions, hence the trained weights, independent of the core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
 def weights_path(name: str) -> Path:
@@ -205,6 +231,7 @@ def save_weights(model: nn.Module, name: str) -> Path:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     path = weights_path(name)
     save_file(state, str(path))
+    path.chmod(0o644)  # safetensors writes 0600; the file ships with the package
     return path
 
 
@@ -231,5 +258,7 @@ __all__ = [
     "load",
     "load_weights",
     "save_weights",
+    "single_thread",
+    "warmup_cosine",
     "weights_path",
 ]
