@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 from captum.attr import IntegratedGradients
+from timing import median_time  # benchmarks/timing.py (scripts run from this folder)
 from transformers import ViTConfig, ViTForImageClassification
 
 from captum_hetattn import (
@@ -24,16 +24,6 @@ from captum_hetattn import (
     HeterogenousAttentionAttribution,
     RawAttention,
 )
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -19,23 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from timing import median_time  # benchmarks/timing.py (scripts run from this folder)
 from transformers import ViTConfig, ViTForImageClassification
 
 from captum_hetattn.capture import AttentionRecorder
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -192,6 +193,52 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_loss: Callable[[], Tensor],
+    check: Callable[[], float],
+    *,
+    steps: int,
+    warmup: int,
+    check_every: int,
+    clip: float | None = None,
+    stop_at: float | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    r"""The zoo's training loop: warm-up + cosine schedule, optional gradient clipping, a
+    held-apart check every ``check_every`` steps (and at the end), early stop at ``stop_at``.
+
+    Args:
+        model: trained in place.
+        optimizer: over ``model``'s parameters.
+        batch_loss: draws a fresh batch and returns its loss (model in train mode).
+        check: a score on the model's own check data (model in eval mode, no grad).
+    """
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, steps)
+    )
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        model.train()
+        loss = batch_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        schedule.step()
+        if step % check_every == 0 or step == steps:
+            model.eval()
+            with torch.no_grad():
+                score = check()
+            log(f"step {step}/{steps}  loss {loss.item():.3f}  check {score:.3f}  "
+                f"{time.perf_counter() - start:.0f} s")
+            if stop_at is not None and score >= stop_at:
+                break
+    model.eval()
+
+
 def weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
 
@@ -256,6 +303,7 @@ __all__ = [
     "Example",
     "ZooModel",
     "load",
+    "fit",
     "load_weights",
     "save_weights",
     "single_thread",

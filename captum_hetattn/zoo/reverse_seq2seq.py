@@ -20,7 +20,6 @@ ignore them); ``<s>`` and ``</s>`` are always kept.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -35,9 +34,9 @@ from captum_hetattn.zoo import (
     Batch,
     Example,
     ZooModel,
+    fit,
     load_weights,
     single_thread,
-    warmup_cosine,
 )
 
 NAME = "reverse_seq2seq"
@@ -208,24 +207,15 @@ def _fit(seed: int, log: Callable[[str], None]) -> ReverseSeq2Seq:
     check = draw(np.random.default_rng([seed, 2]), 500)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, WARMUP, STEPS)
-    )
-    start = time.perf_counter()
-    for step in range(STEPS):
-        model.train()
+    def batch_loss() -> Tensor:
         source, decoder, labels = draw(rng, BATCH_SIZE)
         logits = model(input_ids=source, decoder_input_ids=decoder).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE), labels.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if (step + 1) % 100 == 0 or step + 1 == STEPS:
-            model.eval()
-            exact = _exact_match(model, check)
-            log(f"step {step + 1}/{STEPS}  loss {loss.item():.3f}  check exact match {exact:.3f}  "
-                f"{time.perf_counter() - start:.0f} s")
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, VOCAB_SIZE), labels.reshape(-1)
+        )
+
+    fit(model, optimizer, batch_loss, lambda: _exact_match(model, check),
+        steps=STEPS, warmup=WARMUP, check_every=100, log=log)
     return ReverseSeq2Seq(model.eval())
 
 

@@ -17,7 +17,6 @@ the background value, i.e. makes them look like empty canvas; ``[CLS]`` is never
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -32,9 +31,9 @@ from captum_hetattn.zoo import (
     Batch,
     Example,
     ZooModel,
+    fit,
     load_weights,
     single_thread,
-    warmup_cosine,
 )
 
 NAME = "shapes_vit"
@@ -237,24 +236,15 @@ def _fit(seed: int, log: Callable[[str], None]) -> ShapesViT:
     check_pixels, check_labels_t = to_pixels(check_images), torch.from_numpy(check_labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.05)
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, WARMUP, STEPS)
-    )
-    start = time.perf_counter()
-    for step in range(STEPS):
-        model.train()
+    def batch_loss() -> Tensor:
         images, labels, _, _ = render(rng, BATCH_SIZE)
         logits = model(pixel_values=to_pixels(images)).logits
-        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-        optimizer.step()
-        schedule.step()
-        if (step + 1) % 250 == 0 or step + 1 == STEPS:
-            model.eval()
-            with torch.no_grad():
-                correct = model(pixel_values=check_pixels).logits.argmax(-1) == check_labels_t
-            log(f"step {step + 1}/{STEPS}  loss {loss.item():.3f}  "
-                f"check accuracy {correct.float().mean():.3f}  {time.perf_counter() - start:.0f} s")
+        return torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels))
+
+    def check_accuracy() -> float:
+        predicted = model(pixel_values=check_pixels).logits.argmax(-1)
+        return float((predicted == check_labels_t).float().mean())
+
+    fit(model, optimizer, batch_loss, check_accuracy,
+        steps=STEPS, warmup=WARMUP, check_every=250, clip=CLIP, log=log)
     return ShapesViT(model.eval())

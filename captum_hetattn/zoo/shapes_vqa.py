@@ -25,7 +25,6 @@ The model is a small ``transformers.LxmertForQuestionAnswering`` (hidden 64, 4 h
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -41,9 +40,9 @@ from captum_hetattn.zoo import (
     Batch,
     Example,
     ZooModel,
+    fit,
     load_weights,
     single_thread,
-    warmup_cosine,
 )
 
 NAME = "shapes_vqa"
@@ -372,29 +371,17 @@ def _train(
     val = _encode([_sample(val_rng) for _ in range(1000)], val_rng)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup, max_steps)
-    )
-    start = time.perf_counter()
-    model.train()
-    for step in range(1, max_steps + 1):
+    val_inputs = {k: t for k, t in val.items() if k != "labels"}
+
+    def batch_loss() -> Tensor:
         batch = _encode([_sample(train_rng) for _ in range(batch_size)], train_rng)
         labels = batch.pop("labels")
-        loss = F.cross_entropy(zoo.forward_func(**batch), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        if step % 250 == 0:
-            model.eval()
-            with torch.no_grad():
-                val_inputs = {k: t for k, t in val.items() if k != "labels"}
-                accuracy = float((zoo.forward_func(**val_inputs).argmax(-1) == val["labels"])
-                                 .float().mean())
-            model.train()
-            log(f"step {step}: loss {loss.item():.3f}, validation accuracy {accuracy:.3f} "
-                f"({time.perf_counter() - start:.0f} s)")
-            if accuracy >= target_accuracy:
-                break
+        return F.cross_entropy(zoo.forward_func(**batch), labels)
+
+    def check_accuracy() -> float:
+        predicted = zoo.forward_func(**val_inputs).argmax(-1)
+        return float((predicted == val["labels"]).float().mean())
+
+    fit(model, optimizer, batch_loss, check_accuracy, steps=max_steps, warmup=warmup,
+        check_every=250, clip=1.0, stop_at=target_accuracy, log=log)
     return ShapesVQA(model.eval())
