@@ -13,9 +13,11 @@ sees, in call order:
 - **parallel groups**: consecutive cross calls of one layer with swapped streams (LXMERT-style
   co-attention, both computed from the layer's inputs);
 - **types** A/B/C: from the order, as :class:`LayerGraph` does for any graph;
-- **readout**: the query stream of the last call whose map gets gradient from the model's first
-  output (LXMERT's last vision layer does not reach its answer head); token ``"last"`` if that
-  stream's self-attention is causal (upper triangle exactly zero), else ``0``.
+- **readout**: the query stream of the last call whose map gets gradient from the model's
+  ``logits`` (else its pooled output, else its first output; LXMERT's last vision layer does not
+  reach its answer head); token ``"last"`` if that stream's self-attention is causal (upper
+  triangle exactly zero), else ``0``. A model that does not return the output you explain
+  (BLIP's VQA head returns no answer logits without labels) gets the readout of what it returns.
 
 Stream names: those of the matching preset when one exists (a conflict — one inferred stream
 matching two preset streams — is an error, so inference is still checked against the preset),
@@ -240,6 +242,23 @@ def graph_from_records(
     )
 
 
+def _output_score(output: Any) -> torch.Tensor:
+    """What the readout search differentiates: the model's ``logits``, else its pooled output,
+    else its first output (a tensor, a tuple or a ``ModelOutput``)."""
+    if isinstance(output, torch.Tensor):
+        return output.float().sum()
+    for name in ("logits", "pooler_output", "pooled_output"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor):
+            return value.float().sum()
+    first = output[0]
+    if not isinstance(first, torch.Tensor) or not first.is_floating_point():
+        raise TypeError(
+            f"infer_graph: the model's first output is not a float tensor ({type(output).__name__})"
+        )
+    return first.float().sum()
+
+
 def infer_graph(
     model: nn.Module,
     *example_inputs: Any,
@@ -248,8 +267,8 @@ def infer_graph(
 ) -> LayerGraph:
     r"""Infer the layer graph of ``model`` from one recorded forward and backward pass.
 
-    The backward (of the sum of the model's first output, parameters untouched) only serves to
-    find the readout stream.
+    The backward (of the model's logits, pooled or first output; parameters untouched) only
+    serves to find the readout stream.
 
     Args:
         model: any model whose attention :class:`AttentionRecorder` can capture.
@@ -270,8 +289,7 @@ def infer_graph(
         raise TypeError(f"infer_graph needs an nn.Module, got {type(model).__name__}")
     with AttentionRecorder(model) as recorder:
         output = model(*example_inputs, **example_kwargs)
-        first = output if isinstance(output, torch.Tensor) else output[0]
-        recorder.compute_gradients(first.float().sum())
+        recorder.compute_gradients(_output_score(output))
     preset = find_preset(model)
     return graph_from_records(
         list(recorder.records),

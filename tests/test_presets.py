@@ -127,3 +127,60 @@ def test_pinned_streams_keep_equal_length_towers_apart():
         records, streams={"vision_model": "image", "text_model": "text"}
     )
     assert set(pinned.stream_names) == {"image", "text"}
+
+
+def _ved_bert():
+    import transformers as tf
+
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    encoder = tf.ViTConfig(**small, image_size=16, patch_size=8)
+    decoder = tf.BertConfig(**small, vocab_size=40, is_decoder=True, add_cross_attention=True)
+    config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    model = tf.VisionEncoderDecoderModel(config=config).eval()
+    return model, dict(pixel_values=torch.randn(2, 3, 16, 16),
+                       decoder_input_ids=torch.randint(1, 40, (2, 3)))
+
+
+def _blip(head: str):
+    import transformers as tf
+
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    config = tf.BlipConfig(
+        text_config=dict(**small, vocab_size=40),
+        vision_config=dict(**small, image_size=16, patch_size=8, initializer_range=0.02),
+    )
+    model = getattr(tf, head)(config).eval()
+    ids = torch.randint(1, 40, (2, 5))
+    inputs = dict(input_ids=ids, pixel_values=torch.randn(2, 3, 16, 16))
+    if head == "BlipForQuestionAnswering":
+        inputs["decoder_input_ids"] = torch.randint(1, 40, (2, 3))
+    return model, inputs
+
+
+@pytest.mark.parametrize(
+    "build, preset_name",
+    [
+        (_ved_bert, "vision_encoder_decoder_bert"),
+        (lambda: _blip("BlipForQuestionAnswering"), "blip_vqa"),
+        (lambda: _blip("BlipForConditionalGeneration"), "blip_caption"),
+    ],
+    ids=["ved-bert", "blip-vqa", "blip-caption"],
+)
+def test_presets_beyond_the_tiny_model_families(build, preset_name):
+    model, inputs = build()
+    graph = graph_for(model)
+    assert graph.name == preset_name
+    names = [name for name, _ in model.named_modules()]
+    records = record(model, inputs)
+    bound = bind_records(graph, records, names)
+    bound_calls = {(c.record.name, c.record.call_index) for step in bound.steps for c in step}
+    assert bound_calls == {(r.name, r.call_index) for r in records}
+    inferred = infer_graph(model, **inputs)
+    if preset_name == "blip_vqa":
+        # without labels BLIP's VQA head returns no answer logits, its first output is the image
+        # embedding, so the inferred readout is the image [CLS]; the structure must still agree
+        assert (inferred.readout_stream, inferred.readout_token) == ("image", 0)
+        inferred = LayerGraph.from_dict(
+            {**inferred.to_dict(), "readout": {"stream": "target", "token": "last"}}
+        )
+    assert inferred.agrees_with(graph, names)
