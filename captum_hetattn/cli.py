@@ -116,7 +116,8 @@ def curves_figure(result: EvaluationResult) -> bytes:
 def table_html(result: EvaluationResult) -> str:
     head = (
         "<tr><th class='name'>method</th><th>stream</th><th>pointing game</th><th>chance</th>"
-        "<th>relevance mass</th><th>evidence AUC</th><th>positive AUC ↓</th>"
+        "<th>relevance mass</th><th>evidence AUC</th><th>IoU (Otsu)</th><th>IoU (0.3 Otsu)</th>"
+        "<th>positive AUC ↓</th>"
         "<th>negative AUC ↑</th><th>ms / example</th></tr>"
     )
     rows = []
@@ -124,7 +125,8 @@ def table_html(result: EvaluationResult) -> str:
         for stream, s in entry.streams.items():
             if s.pointing_game != s.pointing_game and s.positive_auc != s.positive_auc:
                 continue  # nothing measured on this stream
-            cells = [s.pointing_game, s.pointing_chance, s.relevance_mass, s.evidence_auc]
+            cells = [s.pointing_game, s.pointing_chance, s.relevance_mass, s.evidence_auc,
+                     s.segmentation_iou, s.segmentation_iou_03]
             cells_text = [f"{v:.3f}" if v == v else "—" for v in cells]
             aucs = [f"{v:.1f}" if v == v else "—" for v in (s.positive_auc, s.negative_auc)]
             rows.append(

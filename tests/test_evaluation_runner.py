@@ -28,6 +28,7 @@ def test_ours_pos_points_at_evidence_and_passes_the_perturbation_test(name):
     assert image.pointing_game >= 2 * image.pointing_chance, image
     assert image.positive_auc < image.negative_auc, image
     assert len(image.positive_curve) == len(image.fractions) == 9
+    assert 0 < image.segmentation_iou <= 1 and 0 < image.segmentation_iou_03 <= 1
     # nothing removed: the model's own accuracy; everything removed: a different score
     assert image.positive_curve[0] == pytest.approx(result.model_score)
 

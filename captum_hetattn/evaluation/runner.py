@@ -1,10 +1,11 @@
 r"""Evaluate attribution methods on a zoo model's held-out examples, all on the same examples.
 
 For every method and every stream with evidence: pointing game (vs. its chance level),
-relevance mass inside the evidence, evidence AUC; for every stream the model can perturb:
-positive and negative perturbation curves (accuracy — or the zoo model's own score, e.g. the
-cosine similarity of ``minilm`` — after removing the most / least relevant tokens first, at the
-GAE protocol's fractions) and their AUCs; and seconds per example.
+relevance mass inside the evidence, evidence AUC, weakly supervised segmentation (IoU of the
+tokens above Otsu's threshold, and above 0.3 × Otsu, with the evidence). For every stream the
+model can perturb: positive and negative perturbation curves (accuracy — or the zoo model's own
+score, e.g. the cosine similarity of ``minilm`` — after removing the most / least relevant
+tokens first, at the GAE protocol's fractions) and their AUCs. And seconds per example.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from captum_hetattn.evaluation.scores import (
     pointing_chance,
     pointing_game,
     relevance_mass,
+    segmentation_iou,
 )
 from captum_hetattn.zoo import Batch, ZooModel
 
@@ -39,6 +41,8 @@ class StreamScores:
     pointing_chance: float = math.nan
     relevance_mass: float = math.nan
     evidence_auc: float = math.nan
+    segmentation_iou: float = math.nan  # threshold at Otsu's value (min-max scaled relevance)
+    segmentation_iou_03: float = math.nan  # at 0.3 × Otsu (the paper's fix)
     positive_auc: float = math.nan
     negative_auc: float = math.nan
     positive_curve: list[float] = field(default_factory=list)
@@ -72,7 +76,7 @@ class EvaluationResult:
         """A plain-text table, one row per method and stream."""
         header = (
             f"{'method':<22}{'stream':<8}{'point':>7}{'chance':>8}{'mass':>7}{'AUC':>7}"
-            f"{'pos↓':>8}{'neg↑':>8}{'s/ex':>9}"
+            f"{'IoU':>7}{'IoU.3':>7}{'pos↓':>8}{'neg↑':>8}{'s/ex':>9}"
         )
         lines = [
             f"{self.model}: {self.n_examples} held-out examples (seed {self.seed}), "
@@ -87,7 +91,8 @@ class EvaluationResult:
                 lines.append(
                     f"{entry.method:<22}{stream:<8}{_fmt(s.pointing_game):>7}"
                     f"{_fmt(s.pointing_chance):>8}{_fmt(s.relevance_mass):>7}"
-                    f"{_fmt(s.evidence_auc):>7}{_fmt(s.positive_auc, 1):>8}"
+                    f"{_fmt(s.evidence_auc):>7}{_fmt(s.segmentation_iou):>7}"
+                    f"{_fmt(s.segmentation_iou_03):>7}{_fmt(s.positive_auc, 1):>8}"
                     f"{_fmt(s.negative_auc, 1):>8}{entry.seconds_per_example:>9.4f}"
                 )
         return "\n".join(lines)
@@ -200,6 +205,12 @@ def evaluate(
                 scores.pointing_chance = float(pointing_chance(ev, cand).mean())
                 scores.relevance_mass = float(relevance_mass(rel, ev, cand).mean())
                 scores.evidence_auc = float(evidence_auc(rel, ev, cand).nanmean())
+                for field_name, k in (("segmentation_iou", 1.0), ("segmentation_iou_03", 0.3)):
+                    ious = [
+                        segmentation_iou(r[c], e[c], k=k)
+                        for r, e, c in zip(rel, ev, cand, strict=True)
+                    ]
+                    setattr(scores, field_name, sum(ious) / len(ious))
             if perturbation and stream in zoo.removable_streams:
                 fractions = list(IMAGE_FRACTIONS if stream == "image" else TEXT_FRACTIONS)
                 scores.fractions = fractions
