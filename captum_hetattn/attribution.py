@@ -18,6 +18,7 @@ the inputs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,30 +34,39 @@ from captum_hetattn._captum_compat import (
     _is_tuple,
     log_usage,
 )
-from captum_hetattn.binding import BoundRecording, bind_records
+from captum_hetattn.binding import (
+    BoundJunction,
+    BoundRecording,
+    bind_records,
+    name_streams,
+    tower_of,
+)
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
-from captum_hetattn.graph import LayerGraph
-from captum_hetattn.infer import infer_graph
-from captum_hetattn.mapping import InputMapping, default_mappings
+from captum_hetattn.dataflow import tokens_view
+from captum_hetattn.graph import BoundNode, LayerGraph
+from captum_hetattn.infer import graph_from_flow, is_causal, trace
+from captum_hetattn.mapping import Gathered, InputMapping, NoAttribution, default_mappings
 from captum_hetattn.objectives import (
     Objective,
     Target,
     evaluate_objective,
-    primary_target,
-    readout_from_target,
     resolve_objective,
 )
 from captum_hetattn.presets import find_preset, preset
 from captum_hetattn.rules import (
     AttentionFlow,
+    FlowStep,
+    TokenMap,
     aggregate_heads,
     propagate,
     propagate_row,
+    read_rows,
+    readout_weights,
     resolve_correction,
 )
 
 Correction = str | Mapping[str, str]
-Readout = int | str | Tensor | None
+Readout = int | str | Tensor | Mapping[str, Any] | None
 STAGES = (None, "homogeneous")
 
 
@@ -65,15 +75,23 @@ class Explanation:
     r"""Token-level result of :meth:`explain`.
 
     Attributes:
-        relevance: per stream, token relevance ``(B, n_stream)``, as propagated (not rescaled).
-        readout_stream: the stream whose row was read.
-        readout_token: ``(B,)`` token index of the row, per example.
+        relevance: per source (input modality), token relevance ``(B, n_source)``, as
+            propagated (not rescaled): ``Σ_x w_xᵀ R[x, s]`` over the readout streams ``x``.
+        readout_stream: the readout stream with the largest readout weight.
+        readout_token: ``(B,)`` its most weighted token, per example.
         graph: the layer graph used.
-        sizes: tokens per stream.
-        padding: per stream, ``(B, n_stream)`` booleans, True where no query attended to the
+        sizes: tokens per source.
+        padding: per source, ``(B, n_source)`` booleans, True where no query attended to the
             token (attention-masked padding).
-        maps: with ``return_maps=True``, each node's aggregated map ``Ā`` ``(B, n_q, n_k)``,
+        maps: with ``return_maps=True``, each bound call's aggregated map ``Ā`` ``(B, n_q, n_k)``,
             keyed by module name and call index.
+        readout: the readout weights ``{stream: (B, n_stream)}`` (see
+            :class:`HeterogenousAttentionAttribution`).
+        streams: tokens per stream (a stream is a token sequence attention runs over; a source
+            is the input modality whose tokens it holds — one stream may hold several).
+        sources: source name → the stream whose columns hold it.
+        stream_relevance: per stream, the relevance of its own token columns ``(B, n_stream)``.
+        calls: every bound call in call order, with its concrete type A/B/C.
     """
 
     relevance: dict[str, Tensor]
@@ -83,6 +101,11 @@ class Explanation:
     sizes: dict[str, int]
     padding: dict[str, Tensor] = field(default_factory=dict)
     maps: dict[tuple[str, int], Tensor] | None = None
+    readout: dict[str, Tensor] = field(default_factory=dict)
+    streams: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    stream_relevance: dict[str, Tensor] = field(default_factory=dict)
+    calls: list[BoundNode] = field(default_factory=list)
 
 
 class _AttentionAttribution(Attribution):
@@ -106,10 +129,11 @@ class _AttentionAttribution(Attribution):
                 when that is a module.
             graph: a :class:`LayerGraph`, a preset name (``"lxmert"``, ``"detr"``, ...), or
                 ``None``: the preset for the model class / ``config.model_type``, else a graph
-                inferred from the first call's inputs.
+                inferred from the data flow of the first call.
             input_mappings: one :class:`~captum_hetattn.mapping.InputMapping` per input
                 (``Tokens("text")``, ``PatchGrid("image")``, ``NoAttribution()``, ...); ``None``
-                guesses them from the input shapes.
+                maps every input by the rows of the streams its elements feed (traced on each
+                call), falling back to its shape where an element feeds several rows.
         """
         super().__init__(forward_func)
         if model is None:
@@ -132,6 +156,7 @@ class _AttentionAttribution(Attribution):
             )
         self.graph: LayerGraph | None = graph
         self.input_mappings = tuple(input_mappings) if input_mappings is not None else None
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ method knobs
     def _check_options(self, correction: Correction, noise_link: bool) -> None:
@@ -144,16 +169,15 @@ class _AttentionAttribution(Attribution):
     def _propagate(
         self,
         recording: BoundRecording,
-        flows: list[list[AttentionFlow]],
-        readout_stream: str,
-        readout_token: Tensor,
+        flows: list[FlowStep],
+        readout: dict[str, Tensor],
         noise_link: bool,
         absent: Mapping[str, Tensor],
     ) -> dict[str, Tensor]:
         if noise_link:
             blocks = propagate(recording.sizes, flows, with_noise_link=True)
-            return _read_rows(blocks, recording.sizes, readout_stream, readout_token)
-        return propagate_row(recording.sizes, flows, readout_stream, readout_token)
+            return read_rows(blocks, recording.sizes, readout)
+        return propagate_row(recording.sizes, flows, readout)
 
     # ------------------------------------------------------------------ Captum face
     @log_usage()
@@ -175,24 +199,25 @@ class _AttentionAttribution(Attribution):
             inputs: a tensor or a tuple of tensors, the first arguments of ``forward_func``
                 (token ids, embeddings, region features, pixel values, audio features).
             target: Captum's target (int, tuple, tensor, list): which output score to explain.
-                For per-token outputs ``(B, T, C)`` — DETR queries, decoder positions — a tuple
-                ``(t, c)`` also makes token ``t`` the readout.
             additional_forward_args: further arguments of ``forward_func`` (not attributed).
             correction: ``"pos"`` (default), ``"full"``, ``"abs"``, ``"none"``, or per type
                 ``{"A": "abs", "B": "pos", "C": "pos"}``.
             noise_link: read ``(R[k,k] − I)/rowsum + I`` in cross-attention (paper eq. 8–10).
-            readout: the token whose row explains the output: an int, a ``(B,)`` tensor,
-                ``"last"`` (last non-padding token), or ``None`` (from the target, else the
-                graph's default, e.g. ``[CLS]``).
+            readout: which final tokens explain the output. ``None`` (default): read from the
+                objective's gradient (see the class docstring); an int, a ``(B,)`` tensor or
+                ``"last"`` (last non-padding token) of the main readout stream; or a dict
+                ``{stream: int | (B,) tensor | (B, n) weights}``.
             objective: instead of ``target``, a callable ``output -> (B,)`` such as
                 ``Contrast(a, b)``.
-            stage: ``"homogeneous"`` stops after the TypeA nodes (semantic inspection, paper
+            stage: ``"homogeneous"`` stops after the TypeA calls (semantic inspection, paper
                 §5.2): the readout row for the readout stream, column sums (attention each token
                 receives) for the others. Use it with ``correction="abs"``.
 
         Returns:
             Attributions shaped like ``inputs`` (tensor for a tensor, tuple for a tuple),
-            contiguous float tensors.
+            contiguous float tensors. Each input is mapped to the stream rows its elements feed
+            (traced through the model), so ids, images, region features, boxes, token type ids
+            and tiled pixels need no mapping; an input that feeds no attention gets zeros.
 
         Examples::
 
@@ -201,29 +226,61 @@ class _AttentionAttribution(Attribution):
         """
         is_tuple = _is_tuple(inputs)
         formatted = _format_tensor_into_tuples(inputs)
-        explanation = self._explain(
+        explanation, recording = self._explain(
             formatted, target, additional_forward_args, correction, noise_link, readout,
             objective, stage, return_maps=False,
         )
-        mappings = self.input_mappings or default_mappings(formatted, explanation.sizes)
-        if len(mappings) != len(formatted):
-            raise ValueError(
-                f"{len(mappings)} input_mappings for {len(formatted)} inputs; give one per input"
-            )
         attributions = []
-        for position, (mapping, tensor) in enumerate(zip(mappings, formatted, strict=True)):
-            if mapping.stream and mapping.stream not in explanation.relevance:
-                raise ValueError(
-                    f"input {position}: mapping names stream '{mapping.stream}', which the graph "
-                    f"does not have (streams: {list(explanation.relevance)})"
-                )
-            relevance = explanation.relevance.get(mapping.stream)
-            if relevance is None:  # NoAttribution without a stream
-                relevance = next(iter(explanation.relevance.values()))
+        for position, tensor in enumerate(formatted):
+            mapping, relevance = self._input_mapping(position, tensor, explanation, recording)
             dtype = tensor.dtype if tensor.is_floating_point() else relevance.dtype
             mapped = mapping.to_input(relevance, tensor, position)
             attributions.append(mapped.to(dtype=dtype, device=tensor.device).contiguous())
         return _format_output(is_tuple, tuple(attributions))
+
+    def _input_mapping(
+        self, position: int, tensor: Tensor, explanation: Explanation,
+        recording: BoundRecording,
+    ) -> tuple[InputMapping, Tensor]:
+        """The mapping of input ``position`` and the relevance it reads."""
+        if self.input_mappings is not None:
+            if len(self.input_mappings) != len(explanation.relevance) and position >= len(
+                self.input_mappings
+            ):
+                raise ValueError(
+                    f"{len(self.input_mappings)} input_mappings for more inputs; give one per "
+                    "input"
+                )
+            mapping = self.input_mappings[position]
+            known = {**explanation.relevance, **explanation.stream_relevance}
+            if mapping.stream and mapping.stream not in known:
+                raise ValueError(
+                    f"input {position}: mapping names stream '{mapping.stream}', which the graph "
+                    f"does not have (sources: {list(explanation.relevance)}, streams: "
+                    f"{list(explanation.stream_relevance)})"
+                )
+            relevance = known.get(mapping.stream)
+            if relevance is None:  # NoAttribution without a stream
+                relevance = next(iter(explanation.relevance.values()))
+            return mapping, relevance
+        fed = recording.inputs.get(position)
+        if fed is None:
+            return NoAttribution(), next(iter(explanation.relevance.values()))
+        if fed.rows is not None:
+            return Gathered(fed.stream, rows=fed.rows), explanation.stream_relevance[fed.stream]
+        # an element feeds several rows (overlapping convolutions): lay out by shape
+        own = {name: explanation.relevance[name] for name, stream in explanation.sources.items()
+               if stream == fed.stream}
+        sizes = {name: r.shape[1] for name, r in own.items()}
+        try:
+            (mapping,) = default_mappings((tensor,), sizes)
+        except ValueError as err:
+            raise ValueError(
+                f"input {position} of shape {tuple(tensor.shape)} feeds stream '{fed.stream}' "
+                "through overlapping windows and its layout cannot be guessed; pass "
+                "input_mappings=[...]"
+            ) from err
+        return mapping, own[mapping.stream]
 
     def explain(
         self,
@@ -238,17 +295,18 @@ class _AttentionAttribution(Attribution):
         stage: str | None = None,
         return_maps: bool = False,
     ) -> Explanation:
-        r"""Token relevance per stream, for users who want tokens rather than input shapes.
+        r"""Token relevance per source, for users who want tokens rather than input shapes.
 
-        Same arguments as :meth:`attribute`, plus ``return_maps`` to keep every node's ``Ā``.
+        Same arguments as :meth:`attribute`, plus ``return_maps`` to keep every call's ``Ā``.
 
         Returns:
             An :class:`Explanation`.
         """
-        return self._explain(
+        explanation, _ = self._explain(
             _format_tensor_into_tuples(inputs), target, additional_forward_args, correction,
             noise_link, readout, objective, stage, return_maps,
         )
+        return explanation
 
     # ------------------------------------------------------------------ engine
     def _explain(
@@ -262,138 +320,257 @@ class _AttentionAttribution(Attribution):
         objective: Objective | None,
         stage: str | None,
         return_maps: bool,
-    ) -> Explanation:
+    ) -> tuple[Explanation, BoundRecording]:
+        r"""record → bind → readout → propagate."""
         correction = self.default_correction if correction is None else correction
         self._check_options(correction, noise_link)
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         score_fn = resolve_objective(target, objective)
-        extra = _format_additional_forward_args(additional_forward_args) or ()
-        graph = self.graph
-        if graph is None:
-            graph = infer_graph(self.model, *inputs, *extra)
-            self.graph = graph
-        names = [name for name, _ in self.model.named_modules()]
-        corrections = {
-            (node.name, node.call_index or 0): resolve_correction(correction, node.type)
-            for step in graph.bind(names)
-            for node in step
-        }
-        key_mass: dict[tuple[str, int], Tensor] = {}
-        causal: set[tuple[str, int]] = set()
-
-        def reduce(record: AttentionRecord) -> Tensor | None:
-            key = (record.name, record.call_index)
-            if key not in corrections:
-                return None
-            assert record.attention is not None
-            # which keys anyone attends to: zero columns are attention-masked padding
-            key_mass[key] = record.attention.detach().sum(dim=(1, 2))
-            if record.n_query == record.n_key and not record.attention.triu(1).any():
-                causal.add(key)
-            return aggregate_heads(record.attention, record.gradient, corrections[key])
-
-        with torch.enable_grad(), AttentionRecorder(self.model, reduce=reduce) as recorder:
-            output = self.forward_func(*inputs, *extra)
-            scores = evaluate_objective(score_fn, output)
-            if any(c != "none" for c in corrections.values()):
-                recorder.compute_gradients(scores.sum())
-        recording = bind_records(graph, recorder.records, names)
-        readout_stream = graph.resolved_readout_stream
-        padding = _padding(recording, key_mass)
-        token = self._readout_token(
-            readout, primary_target(target, objective), output, graph, recording, padding,
-            readout_stream, scores.shape[0],
+        extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
+        traced = tuple(
+            x.detach().requires_grad_(True) if x.is_floating_point() else x for x in inputs
         )
-        flows = [
-            [
-                AttentionFlow(c.node.query, c.node.key, c.record.reduced, c.node.name)
-                for c in step
-                if stage is None or c.node.type == "A"
-            ]
-            for step in recording.steps
-        ]
-        flows = [group for group in flows if group]
-        if not flows:
-            raise ValueError(f"stage={stage!r} leaves no attention node of the graph")
-        if stage == "homogeneous":
-            relevance = _homogeneous(recording.sizes, flows, readout_stream, token)
-        else:
-            absent = _absent_tokens(recording, padding, causal, readout_stream, token)
-            relevance = self._propagate(
-                recording, flows, readout_stream, token, noise_link, absent
+        state = _Capture(correction)
+        with torch.enable_grad(), AttentionRecorder(
+            self.model, reduce=state.reduce, record_io=True
+        ) as recorder:
+            output = self.forward_func(*traced, *extra)
+            scores = evaluate_objective(score_fn, output)
+            recording = self._bind(recorder, [*traced, *extra])
+            state.expect(recording)
+            terminal = _terminal_outputs(recording, recorder.records)
+            grads = recorder.compute_gradients(
+                scores.sum(), also=[out for _, out, _ in terminal]
             )
+        self._warn_unbound(recording)
+        padding = _padding(recording, state.key_mass)
+        weights = self._readout(readout, recording, terminal, grads, padding, scores.shape[0])
+        flows = _flows(recording, stage)
+        if stage == "homogeneous":
+            stream_relevance = _homogeneous(recording.sizes, flows, weights)
+        else:
+            absent = _absent_tokens(recording, padding, state.causal, weights)
+            stream_relevance = self._propagate(recording, flows, weights, noise_link, absent)
+        return self._explanation(
+            recording, stream_relevance, weights, padding, return_maps
+        ), recording
+
+    def _bind(self, recorder: AttentionRecorder, inputs: list[Any]) -> BoundRecording:
+        """Trace the recorded forward and bind the graph (inferred on the first call)."""
+        flow = trace(recorder, inputs)
+        records = recorder.records
+        names = [name for name, _ in self.model.named_modules()]
+        config = getattr(self.model, "config", None)
+        if self.graph is None:
+            towers = {c.query: tower_of(records[i].name) for i, c in enumerate(flow.calls)}
+            stream_names = name_streams(flow, {}, inputs, towers)
+            self.graph = graph_from_flow(records, flow, stream_names)
+        return bind_records(self.graph, records, names, flow, inputs=inputs, config=config)
+
+    def _warn_unbound(self, recording: BoundRecording) -> None:
+        for record in recording.unbound:
+            if record.name in self._warned:
+                continue
+            self._warned.add(record.name)
+            warnings.warn(
+                f"attention module '{record.name}' ran but the layer graph "
+                f"'{self.graph.name if self.graph else ''}' has no node for it, so it is left "
+                "out of the explanation; add a node (or pass graph=None to infer one)",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def _readout(
+        self,
+        readout: Readout,
+        recording: BoundRecording,
+        terminal: list[tuple[str, Tensor | None, int]],
+        grads: list[Tensor | None],
+        padding: Mapping[str, Tensor],
+        batch: int,
+    ) -> dict[str, Tensor]:
+        """Readout weights ``{stream: (B, n)}``: from the gradient, or as the user asked."""
+        from_gradient = _gradient_readout(recording, terminal, grads, batch)
+        if readout is None:
+            return from_gradient
+        if isinstance(readout, Mapping):
+            return {
+                stream: _readout_vector(value, stream, recording, padding, batch)
+                for stream, value in readout.items()
+            }
+        stream = self.graph.readout_stream if self.graph is not None else None
+        if stream is None or stream not in recording.sizes:
+            stream = _main_stream(from_gradient)
+        return {stream: _readout_vector(readout, stream, recording, padding, batch)}
+
+    def _explanation(
+        self,
+        recording: BoundRecording,
+        stream_relevance: dict[str, Tensor],
+        weights: dict[str, Tensor],
+        padding: dict[str, Tensor],
+        return_maps: bool,
+    ) -> Explanation:
+        relevance = {
+            name: stream_relevance[source.stream][:, source.columns].contiguous()
+            for name, source in recording.sources.items()
+        }
+        source_padding = {
+            name: padding[source.stream][:, source.columns]
+            for name, source in recording.sources.items() if source.stream in padding
+        }
+        main = _main_stream(weights)
         maps = None
         if return_maps:
             maps = {(c.record.name, c.record.call_index): c.record.reduced
-                    for step in recording.steps for c in step}
+                    for c in recording.calls}
+        assert self.graph is not None
         return Explanation(
             relevance=relevance,
-            readout_stream=readout_stream,
-            readout_token=token,
-            graph=graph,
-            sizes=dict(recording.sizes),
-            padding=padding,
+            readout_stream=main,
+            readout_token=weights[main].argmax(dim=1),
+            graph=self.graph,
+            sizes={name: r.shape[1] for name, r in relevance.items()},
+            padding=source_padding,
             maps=maps,
+            readout=weights,
+            streams=dict(recording.sizes),
+            sources={name: source.stream for name, source in recording.sources.items()},
+            stream_relevance=stream_relevance,
+            calls=[c.node for c in recording.calls],
         )
 
-    def _readout_token(
-        self,
-        readout: Readout,
-        target: Target,
-        output: Any,
-        graph: LayerGraph,
-        recording: BoundRecording,
-        padding: Mapping[str, Tensor],
-        stream: str,
-        batch: int,
-    ) -> Tensor:
-        n_tokens = recording.sizes[stream]
-        device = next(iter(padding.values())).device if padding else None
-        if readout is None:
-            from_target = readout_from_target(target, output, n_tokens)
-            readout = graph.readout_token if from_target is None else from_target
-        if isinstance(readout, str):
-            if readout != "last":
-                raise ValueError(
-                    f"readout must be an int, a tensor, 'last' or None, got {readout!r}"
-                )
-            real = padding.get(stream)
-            real = torch.ones(batch, n_tokens, dtype=torch.bool) if real is None else ~real
-            positions = torch.arange(n_tokens, device=real.device).expand(batch, n_tokens)
-            token = torch.where(real, positions, torch.full_like(positions, -1)).amax(dim=1)
-        else:
-            token = torch.as_tensor(readout, device=device).long()
-            if token.dim() == 0:
-                token = token.expand(batch)
-        if token.shape != (batch,):
-            raise ValueError(
-                f"readout must give one token per example ({batch}), got {tuple(token.shape)}"
-            )
-        bad = (token < 0) | (token >= n_tokens)
-        if bad.any():
-            raise ValueError(
-                f"readout token {token[bad].tolist()} out of range for stream '{stream}' "
-                f"({n_tokens} tokens)"
-            )
-        return token.contiguous()
+
+class _Capture:
+    """Per-recording state of the ``reduce`` callback: corrections of the bound calls, which
+    keys anyone attends to (padding), which self-attention maps are causal."""
+
+    def __init__(self, correction: Correction) -> None:
+        self.correction = correction
+        self.corrections: dict[tuple[str, int], str] = {}
+        self.key_mass: dict[tuple[str, int], Tensor] = {}
+        self.causal: set[tuple[str, int]] = set()
+
+    def expect(self, recording: BoundRecording) -> None:
+        for call in recording.calls:
+            key = (call.record.name, call.record.call_index)
+            self.corrections[key] = resolve_correction(self.correction, call.node.type)
+
+    def reduce(self, record: AttentionRecord) -> Tensor | None:
+        key = (record.name, record.call_index)
+        if key not in self.corrections:
+            return None
+        assert record.attention is not None
+        # which keys anyone attends to: zero columns are attention-masked padding
+        self.key_mass[key] = record.attention.detach().sum(dim=(1, 2))
+        if is_causal(record.attention):
+            self.causal.add(key)
+        return aggregate_heads(record.attention, record.gradient, self.corrections[key])
 
 
-def _read_rows(
-    blocks: Mapping[tuple[str, str], Tensor], sizes: Mapping[str, int], stream: str, token: Tensor
+def _flows(recording: BoundRecording, stage: str | None) -> list[FlowStep]:
+    flows: list[FlowStep] = []
+    for step in recording.steps:
+        if isinstance(step, BoundJunction):
+            if stage is None:
+                flows.append(TokenMap(step.into, step.origin, step.weights, step.rows, step.label))
+            continue
+        group = [
+            AttentionFlow(c.node.query, c.node.key, c.record.reduced, c.node.name)
+            for c in step
+            if stage is None or c.node.type == "A"
+        ]
+        if group:
+            flows.append(group)
+    if not any(isinstance(f, list) for f in flows):
+        raise ValueError(f"stage={stage!r} leaves no attention call of the graph")
+    return flows
+
+
+def _terminal_outputs(
+    recording: BoundRecording, records: Sequence[AttentionRecord]
+) -> list[tuple[str, Tensor | None, int]]:
+    """``(stream, output of its last call, token dim)`` for every stream that nothing reads
+    after its last call: the objective reads these tokens directly."""
+    flow = recording.flow
+    if flow is None:
+        return []
+    out = []
+    for stream in flow.terminal_streams():
+        last = flow.last_call(stream)
+        name = recording.stream_names.get(stream)
+        if last is None or name is None:
+            continue
+        out.append((name, records[last].output, records[last].token_dim))
+    return out
+
+
+def _gradient_readout(
+    recording: BoundRecording,
+    terminal: list[tuple[str, Tensor | None, int]],
+    grads: list[Tensor | None],
+    batch: int,
 ) -> dict[str, Tensor]:
-    rows = torch.arange(token.shape[0], device=token.device)
-    return {s: blocks[(stream, s)][rows, token].contiguous() for s in sizes}
+    r"""The default readout: ``w_x[i] ∝ ‖∂objective/∂y_x[i]‖`` over the output tokens ``y_x`` of
+    every terminal stream's last call, normalised to sum 1 per example."""
+    weights: dict[str, Tensor] = {}
+    for (stream, _, token_dim), grad in zip(terminal, grads, strict=True):
+        if grad is None:
+            continue
+        norms = tokens_view(grad.detach().float(), token_dim).norm(dim=-1)
+        if norms.shape != (batch, recording.sizes[stream]) or not bool(norms.any()):
+            continue
+        weights[stream] = norms
+    if not weights:
+        raise ValueError(
+            "the objective depends on the final tokens of no stream (no terminal attention "
+            "output got gradient); pass readout= to say which tokens explain the output"
+        )
+    total = sum(w.sum(dim=1) for w in weights.values())
+    total = torch.where(total > 0, total, torch.ones_like(total))
+    return {stream: (w / total[:, None]).contiguous() for stream, w in weights.items()}
+
+
+def _main_stream(weights: Mapping[str, Tensor]) -> str:
+    return max(weights, key=lambda s: float(weights[s].sum()))
+
+
+def _readout_vector(
+    value: Any, stream: str, recording: BoundRecording, padding: Mapping[str, Tensor],
+    batch: int,
+) -> Tensor:
+    if stream not in recording.sizes:
+        raise ValueError(
+            f"readout names stream '{stream}', which the model does not have (streams: "
+            f"{list(recording.sizes)})"
+        )
+    n_tokens = recording.sizes[stream]
+    if isinstance(value, Tensor) and value.dim() == 2:
+        if tuple(value.shape) != (batch, n_tokens):
+            raise ValueError(
+                f"readout weights for stream '{stream}' must be ({batch}, {n_tokens}), got "
+                f"{tuple(value.shape)}"
+            )
+        return value.float()
+    if isinstance(value, str):
+        if value != "last":
+            raise ValueError(f"readout must be an int, a tensor, 'last' or None, got {value!r}")
+        real = padding.get(stream)
+        real = torch.ones(batch, n_tokens, dtype=torch.bool) if real is None else ~real
+        positions = torch.arange(n_tokens, device=real.device).expand(batch, n_tokens)
+        value = torch.where(real, positions, torch.full_like(positions, -1)).amax(dim=1)
+    return readout_weights(recording.sizes, stream, value, batch)[stream]
 
 
 def _homogeneous(
-    sizes: Mapping[str, int], flows: list[list[AttentionFlow]], stream: str, token: Tensor
+    sizes: Mapping[str, int], flows: list[FlowStep], readout: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
-    """Semantic inspection: readout row of the readout stream, column sums of the others."""
+    """Semantic inspection: readout rows of the readout streams, column sums of the others."""
     blocks = propagate(sizes, flows)
-    relevance = _read_rows(blocks, sizes, stream, token)
+    relevance = read_rows(blocks, sizes, readout)
     for other in sizes:
-        if other != stream:
+        if other not in readout:
             relevance[other] = blocks[(other, other)].sum(dim=1).contiguous()
     return relevance
 
@@ -402,21 +579,22 @@ def _absent_tokens(
     recording: BoundRecording,
     padding: Mapping[str, Tensor],
     causal: set[tuple[str, int]],
-    readout_stream: str,
-    readout_token: Tensor,
+    readout: Mapping[str, Tensor],
 ) -> dict[str, Tensor]:
     """Tokens that would not exist in a reference run on one example: padding, and in a causal
-    readout stream the positions after the readout token (generation stops there)."""
+    readout stream the positions after the last readout token (generation stops there)."""
     absent = dict(padding)
-    first_self = next(
-        (c for step in recording.steps for c in step
-         if c.node.query == readout_stream and not c.node.is_cross),
-        None,
-    )
-    if first_self is not None and (first_self.record.name, first_self.record.call_index) in causal:
-        positions = torch.arange(recording.sizes[readout_stream], device=readout_token.device)
-        future = positions[None, :] > readout_token[:, None]
-        absent[readout_stream] = absent.get(readout_stream, torch.zeros_like(future)) | future
+    for stream, weights in readout.items():
+        first_self = next(
+            (c for c in recording.calls if c.node.query == stream and not c.node.is_cross), None
+        )
+        if first_self is None or (first_self.record.name,
+                                  first_self.record.call_index) not in causal:
+            continue
+        positions = torch.arange(weights.shape[1], device=weights.device)
+        last = torch.where(weights > 0, positions, torch.full_like(positions, -1)).amax(dim=1)
+        future = positions[None, :] > last[:, None]
+        absent[stream] = absent.get(stream, torch.zeros_like(future)) | future
     return absent
 
 
@@ -425,12 +603,11 @@ def _padding(
 ) -> dict[str, Tensor]:
     """Per stream, tokens no query of a self call attends to (attention-masked padding)."""
     padding: dict[str, Tensor] = {}
-    for step in recording.steps:
-        for call in step:
-            key = (call.record.name, call.record.call_index)
-            if call.node.is_cross or call.node.query in padding or key not in key_mass:
-                continue
-            padding[call.node.query] = key_mass[key] == 0
+    for call in recording.calls:
+        key = (call.record.name, call.record.call_index)
+        if call.node.is_cross or call.node.query in padding or key not in key_mass:
+            continue
+        padding[call.node.query] = key_mass[key] == 0
     return padding
 
 
@@ -502,15 +679,15 @@ class GenericAttentionExplainability(_AttentionAttribution):
                 "normalize=True/False in the constructor, not noise_link"
             )
 
-    def _propagate(self, recording, flows, readout_stream, readout_token, noise_link, absent):
+    def _propagate(self, recording, flows, readout, noise_link, absent):
         blocks = propagate(
             recording.sizes, flows, rule="gae", gae_normalize=self.normalize,
             gae_cross_term=self.cross_term, padding=absent,
         )
-        relevance = _read_rows(blocks, recording.sizes, readout_stream, readout_token)
-        own = relevance[readout_stream].clone()
-        own[torch.arange(own.shape[0]), readout_token] = 0  # the reference's R_tt[0, 0] = 0
-        relevance[readout_stream] = own
+        relevance = read_rows(blocks, recording.sizes, readout)
+        for stream, weights in readout.items():
+            # the reference's R_tt[0, 0] = 0: the readout tokens' own relevance
+            relevance[stream] = relevance[stream].masked_fill(weights > 0, 0).contiguous()
         return relevance
 
 
@@ -524,13 +701,11 @@ class AttentionRollout(_AttentionAttribution):
     default_correction: ClassVar[Correction] = "none"
     accepts_gradient_corrections: ClassVar[bool] = False
 
-    def _propagate(self, recording, flows, readout_stream, readout_token, noise_link, absent):
+    def _propagate(self, recording, flows, readout, noise_link, absent):
         if noise_link:
             blocks = propagate(recording.sizes, flows, with_noise_link=True, rollout=True)
-            return _read_rows(blocks, recording.sizes, readout_stream, readout_token)
-        return propagate_row(
-            recording.sizes, flows, readout_stream, readout_token, rollout=True
-        )
+            return read_rows(blocks, recording.sizes, readout)
+        return propagate_row(recording.sizes, flows, readout, rollout=True)
 
 
 class RawAttention(_AttentionAttribution):
@@ -540,15 +715,22 @@ class RawAttention(_AttentionAttribution):
     default_correction: ClassVar[Correction] = "none"
     accepts_gradient_corrections: ClassVar[bool] = False
 
-    def _propagate(self, recording, flows, readout_stream, readout_token, noise_link, absent):
-        rows = torch.arange(readout_token.shape[0], device=readout_token.device)
-        relevance: dict[str, Tensor] = {}
-        for group in flows:
-            for flow in group:
-                if flow.query == readout_stream:
-                    relevance[flow.key] = flow.attention[rows, readout_token]
-        template = next(iter(relevance.values()))
-        return {
-            s: relevance[s].contiguous() if s in relevance else template.new_zeros(len(rows), n)
-            for s, n in recording.sizes.items()
-        }
+    def _propagate(self, recording, flows, readout, noise_link, absent):
+        # the last call from each readout stream to each key stream, read at the readout
+        last: dict[tuple[str, str], AttentionFlow] = {}
+        for step in flows:
+            if isinstance(step, list):
+                for flow in step:
+                    if flow.query in readout:
+                        last[(flow.query, flow.key)] = flow
+        read: dict[str, Tensor] = {}
+        for (query, key), flow in last.items():
+            row = (readout[query].unsqueeze(1) @ flow.attention.float()).squeeze(1)
+            read[key] = read[key] + row if key in read else row
+        # tokens spliced into a stream give what their rows received back to their origin
+        junctions = [step for step in flows if isinstance(step, TokenMap)]
+        if not junctions:
+            template = next(iter(read.values()))
+            return {s: read[s].contiguous() if s in read else template.new_zeros(
+                template.shape[0], n) for s, n in recording.sizes.items()}
+        return propagate_row(recording.sizes, junctions, read)

@@ -77,12 +77,13 @@ Limits, by design:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sys
 import types
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from inspect import Parameter, Signature, signature
@@ -139,6 +140,12 @@ class AttentionRecord:
             ``None`` before the backward and once ``reduce`` has consumed it.
         reduced: the value of the recorder's ``reduce`` callable on this record, if given.
         shape: shape of the map, kept when ``attention`` is dropped.
+        query_input, key_input, output: with ``record_io=True``, the live (graph-attached)
+            tensors the attention module was called with (its hidden states; ``key_input``
+            is ``None`` for self-attention) and its output; set inside the recorder's context
+            only, for data-flow analysis.
+        token_dim: the token dimension of those tensors (1; 0 for a sequence-first
+            ``nn.MultiheadAttention`` and for unbatched 2-D hidden states).
     """
 
     name: str
@@ -148,6 +155,10 @@ class AttentionRecord:
     gradient: Tensor | None
     reduced: Tensor | None = None
     shape: tuple[int, ...] = field(default=(), repr=True)
+    query_input: Tensor | None = field(default=None, repr=False)
+    key_input: Tensor | None = field(default=None, repr=False)
+    output: Tensor | None = field(default=None, repr=False)
+    token_dim: int = 1
 
     def __post_init__(self) -> None:
         if not self.shape and self.attention is not None:
@@ -192,6 +203,9 @@ class _Frame:
     module: nn.Module
     role_hint: str | None
     mha_request: tuple[bool, bool] | None = None
+    query_input: Tensor | None = None
+    key_input: Tensor | None = None
+    records: list[AttentionRecord] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,11 +290,15 @@ def _bind_call(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] |
     return arguments
 
 
-def _role_hint(module: nn.Module, args: tuple, kwargs: dict) -> str | None:
-    r"""``"cross"``/``"self"`` from the call's arguments, ``None`` if they don't tell.
+def _call_inputs(
+    module: nn.Module, args: tuple, kwargs: dict
+) -> tuple[str | None, Tensor | None, Tensor | None]:
+    r"""``(role hint, query input, key input)`` of one attention-module call.
 
-    Cross-attention when a key/value input (a name in :data:`CROSS_INPUT_NAMES`) is a tensor that
-    is not the query input object itself.
+    The role hint is ``"cross"``/``"self"`` from the call's arguments, ``None`` if they don't
+    tell: cross-attention when a key/value input (a name in :data:`CROSS_INPUT_NAMES`) is a
+    tensor that is not the query input object itself. The query input is the first argument,
+    the key input that key/value tensor (``None`` for self-attention).
     """
     arguments = _bind_call(module, args, kwargs)
     if arguments is None:
@@ -288,16 +306,27 @@ def _role_hint(module: nn.Module, args: tuple, kwargs: dict) -> str | None:
         arguments = dict(kwargs)
     else:
         query = next(iter(arguments.values()), None)
+    query = query if isinstance(query, Tensor) else None
     present = [n for n in CROSS_INPUT_NAMES if n in arguments]
     if not present:
-        return None
+        return None, query, None
     for name in present:
         value = arguments[name]
         if isinstance(value, Tensor) and value is not query:
-            return "cross"
+            return "cross", query, value
         if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
-            return "cross"  # e.g. encoder_outputs given as a tuple
-    return "self"
+            return "cross", query, value[0]  # e.g. encoder_outputs given as a tuple
+    return "self", query, None
+
+
+def _token_dim(module: nn.Module, hidden: Tensor | None) -> int:
+    """Where the tokens are in a module's hidden states: sequence-first MHA and packed 2-D
+    inputs have them first."""
+    if hidden is not None and hidden.dim() == 2:
+        return 0
+    if isinstance(module, nn.MultiheadAttention) and not module.batch_first:
+        return 0
+    return 1
 
 
 def _head_count(module: nn.Module) -> int | None:
@@ -407,6 +436,9 @@ class AttentionRecorder:
             ``record.reduced`` and ``attention``/``gradient`` are dropped to save memory.
         modules: optional qualified module names; only calls inside these modules are recorded,
             each under the name of the innermost listed module running.
+        record_io: keep each call's live input and output tensors on its record and the calls of
+            every ``nn.Embedding`` in :attr:`embeddings` (inside the context), for
+            :mod:`~captum_hetattn.dataflow`.
 
     Attributes:
         records: :class:`AttentionRecord` per attention call, in call order.
@@ -416,6 +448,8 @@ class AttentionRecorder:
             its record is reshaped to 4-D.
         active_backends: the backends the last ``__enter__`` installed (``"hf"``,
             ``"softmax"``, ``"mha"``).
+        embeddings: with ``record_io``, ``(module name, input ids, output)`` of every
+            ``nn.Embedding`` call, in call order (emptied on exit).
 
     Examples::
 
@@ -435,11 +469,13 @@ class AttentionRecorder:
         backend: str = "auto",
         reduce: Callable[[AttentionRecord], Tensor] | None = None,
         modules: Iterable[str] | None = None,
+        record_io: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"AttentionRecorder needs a torch.nn.Module, got {type(model).__name__}"
             )
+        self.record_io = record_io
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if reduce is not None and not callable(reduce):
@@ -461,6 +497,7 @@ class AttentionRecorder:
             self.modules = frozenset(names)
         self.records: list[AttentionRecord] = []
         self.maps: list[Tensor] = []
+        self.embeddings: list[tuple[str, Tensor, Tensor]] = []
         self.active_backends: frozenset[str] = frozenset()
         self._entries: list[_Entry] = []
         self._stack: ExitStack | None = None
@@ -471,6 +508,7 @@ class AttentionRecorder:
         if self._stack is not None:
             raise RuntimeError("this AttentionRecorder is already active")
         self.records, self.maps, self._entries = [], [], []
+        self.embeddings = []
         self._frames: list[_Frame] = []
         self._call_counts: dict[str, int] = {}
         self._in_hf = 0
@@ -524,8 +562,11 @@ class AttentionRecorder:
         finally:
             # The live maps hold the autograd graph: don't keep it alive past the context.
             self.maps = []
+            self.embeddings = []
             for entry in self._entries:
                 entry.live = None  # type: ignore[assignment]
+            for record in self.records:
+                record.query_input = record.key_input = record.output = None
             self._entries = []
 
     # ---------------------------------------------------------------- installation
@@ -605,6 +646,13 @@ class AttentionRecorder:
         )
         self._mha_ids = set(mha) if use_mha else set()
         self._track(stack, tracked)
+        if self.record_io:
+            for name, module in model.named_modules():
+                if isinstance(module, nn.Embedding):
+                    handle = module.register_forward_hook(
+                        functools.partial(self._on_embedding, name)
+                    )
+                    stack.callback(handle.remove)
 
         if use_hf:
             assert interfaces is not None
@@ -668,8 +716,10 @@ class AttentionRecorder:
     # ---------------------------------------------------------------- module hooks
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        hint = _role_hint(module, args, kwargs)
+        hint, query_input, key_input = _call_inputs(module, args, kwargs)
         frame = _Frame(module, hint)
+        if self.record_io:
+            frame.query_input, frame.key_input = query_input, key_input
         if id(module) in self._hf_ids:
             self._hf_ran.add(id(module))
         self._frames.append(frame)
@@ -688,8 +738,34 @@ class AttentionRecorder:
                 frame = self._frames.pop(i)
                 break
         if frame is not None and frame.mha_request is not None and output is not None:
-            return self._on_mha_output(module, frame, output)
+            replaced = self._on_mha_output(module, frame, output)
+            self._attach_output(module, frame, output)
+            return replaced
+        if frame is not None:
+            self._attach_output(module, frame, output)
         return None
+
+    @contextlib.contextmanager
+    def muted(self) -> Iterator[None]:
+        r"""Inside, backward passes leave the records alone (probes of the data flow)."""
+        previous, self._muted = self._muted, True
+        try:
+            yield
+        finally:
+            self._muted = previous
+
+    def _on_embedding(self, name: str, module: nn.Module, args: tuple, output: Any) -> None:
+        if args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
+            self.embeddings.append((name, args[0], output))
+
+    def _attach_output(self, module: nn.Module, frame: _Frame, output: Any) -> None:
+        """Give the records made inside this call the module's output (``record_io``)."""
+        if not (self.record_io and frame.records):
+            return
+        if isinstance(output, (tuple, list)):
+            output = next((o for o in output if isinstance(o, Tensor)), None)
+        for record in frame.records:
+            record.output = output if isinstance(output, Tensor) else None
 
     def _enter_mode(self) -> None:
         self._mode_depth += 1
@@ -843,6 +919,15 @@ class AttentionRecorder:
             attention=shaped,
             gradient=None,
         )
+        if self.record_io:
+            frame = own or next(
+                (f for f in reversed(self._frames) if f.module is owner or f.module is module),
+                None,
+            )
+            if frame is not None:
+                record.query_input, record.key_input = frame.query_input, frame.key_input
+                record.token_dim = _token_dim(frame.module, frame.query_input)
+                frame.records.append(record)
         entry = _Entry(record, live, id(owner), live.requires_grad)
         if live.requires_grad:
             self._hook(entry, live)
@@ -915,7 +1000,9 @@ class AttentionRecorder:
 
     # ---------------------------------------------------------------- usage B
 
-    def compute_gradients(self, objective: Tensor, retain_graph: bool = False) -> None:
+    def compute_gradients(
+        self, objective: Tensor, retain_graph: bool = False, also: Sequence[Tensor | None] = ()
+    ) -> list[Tensor | None]:
         r"""Fill ``record.gradient`` with ``d objective / d A`` for every recorded map.
 
         Runs ``torch.autograd.grad`` to the maps only: no parameter gradient is computed and no
@@ -926,9 +1013,12 @@ class AttentionRecorder:
                 it has more than one element (one scalar per example sums to the batch
                 objective, examples being independent).
             retain_graph: keep the graph for another gradient computation.
+            also: further tensors of the forward whose gradients to return, computed in the
+                same backward pass (``None`` entries and tensors off the path give ``None``).
 
         Returns:
-            None; the gradients (or reduced values) are in :attr:`records`.
+            The gradients of ``also``; the maps' gradients (or reduced values) are in
+            :attr:`records`.
 
         Examples::
 
@@ -959,18 +1049,23 @@ class AttentionRecorder:
                 "torch.no_grad or reentrant activation checkpointing - use .backward() there - "
                 "or are all parameters frozen and the inputs not requiring grad?)"
             )
-        if pending:
+        extra = [t for t in also if isinstance(t, Tensor) and t.requires_grad]
+        extra_grads: list[Tensor | None] = []
+        if pending or extra:
             self._muted = True
             try:
                 grads = torch.autograd.grad(
                     objective,
-                    [e.live for e in pending],
+                    [e.live for e in pending] + extra,
                     allow_unused=True,
                     retain_graph=retain_graph,
                 )
             finally:
                 self._muted = False
-            for entry, grad in zip(pending, grads, strict=True):
+            extra_grads = list(grads[len(pending):])
+            for entry, grad in zip(pending, grads[: len(pending)], strict=True):
                 # None: off this objective's path (also overwrites an earlier pass's value)
                 self._set_gradient(entry, torch.zeros_like(entry.live) if grad is None else grad)
         self._finalize_missing()
+        by_id = {id(t): g for t, g in zip(extra, extra_grads, strict=True)}
+        return [by_id.get(id(t)) if isinstance(t, Tensor) else None for t in also]

@@ -126,6 +126,74 @@ class AttentionNode:
             raise ValueError(f"Bad AttentionNode spec {dict(data)!r}: {err}") from None
 
 
+JUNCTION_KINDS: tuple[str, ...] = ("probe", "splice", "concat")
+
+
+@dataclass(frozen=True)
+class Junction:
+    r"""Tokens that move from stream ``origin`` into stream ``into`` without attention.
+
+    The rows of ``into`` that receive tokens are replaced by a token map of ``origin``'s
+    tokens (``R[into, s][rows] = M · R[origin, s]``), resolved at run time. Where in the call
+    order it applies is read from the data flow: right after the last call of ``origin`` whose
+    state the rows copy (LLaVA reads the vision tower's second-to-last layer).
+
+    Args:
+        into: the receiving stream (a language model's sequence, a cross call's keys).
+        origin: the stream the tokens come from.
+        kind: how ``M`` is resolved:
+
+            - ``"probe"`` (default): from the recorded forward, by gradient probes — exact for
+              any map in which each origin token feeds rows without attention (splices,
+              concatenation, projection, pixel shuffle, 2×2 merging; a merged row is the mean
+              of its tokens);
+            - ``"splice"``: origin tokens ``skip, skip+1, ...`` replace, in order, the rows of
+              ``into`` whose token id is ``placeholder`` (LLaVA, PaliGemma);
+            - ``"concat"``: origin tokens ``skip, ...`` (``count`` of them, default all) fill
+              the rows from ``offset`` on (a prefix at 0; negative counts from the end).
+        params: the kind's parameters. A value may be ``{"config": "key"}`` (read from the
+            model config, sub-configs searched too) and, for strings,
+            ``{"config": "key", "values": {"default": 1, "full": 0}}``.
+
+    Examples::
+
+        >>> Junction("text", "image", kind="splice",
+        ...          params={"placeholder": {"config": "image_token_id"}, "skip": 1})
+    """
+
+    into: str
+    origin: str
+    kind: str = "probe"
+    params: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
+
+    def __post_init__(self) -> None:
+        if self.kind not in JUNCTION_KINDS:
+            raise ValueError(
+                f"{self.label}: kind must be one of {JUNCTION_KINDS}, got {self.kind!r}"
+            )
+        if self.into == self.origin:
+            raise ValueError(f"{self.label}: a junction joins two different streams")
+        object.__setattr__(self, "params", dict(self.params))
+
+    @property
+    def label(self) -> str:
+        return f"junction '{self.origin}'->'{self.into}'"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"into": self.into, "from": self.origin, "kind": self.kind}
+        out.update(self.params)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Junction:
+        data = dict(data)
+        try:
+            into, origin = data.pop("into"), data.pop("from")
+        except KeyError as err:
+            raise ValueError(f"Junction spec {data!r} lacks {err}") from None
+        return cls(into, origin, data.pop("kind", "probe"), data)
+
+
 Step = AttentionNode | tuple[AttentionNode, ...]
 
 
@@ -223,6 +291,7 @@ class LayerGraph:
     readout_stream: str | None = None
     readout_token: int | str = 0
     name: str = ""
+    junctions: tuple[Junction, ...] = ()
     _types: tuple[NodeType, ...] = field(default=(), repr=False, compare=False)
 
     def __init__(
@@ -232,6 +301,7 @@ class LayerGraph:
         readout_stream: str | None = None,
         readout_token: int | str = 0,
         name: str = "",
+        junctions: Sequence[Junction] = (),
     ) -> None:
         if isinstance(streams, (str, Stream)):
             raise TypeError("streams must be a list of stream names, not a single stream")
@@ -242,6 +312,10 @@ class LayerGraph:
         object.__setattr__(self, "readout_stream", readout_stream)
         object.__setattr__(self, "readout_token", readout_token)
         object.__setattr__(self, "name", name)
+        for junction in junctions:
+            if not isinstance(junction, Junction):
+                raise TypeError(f"junctions holds Junction objects, got {type(junction).__name__}")
+        object.__setattr__(self, "junctions", tuple(junctions))
         object.__setattr__(self, "_types", ())
         self.validate()
 
@@ -333,6 +407,14 @@ class LayerGraph:
                     f"Parallel group {[n.label for n in group]} mixes layer patterns; "
                     "nodes in one group must share the text before '*'"
                 )
+        for junction in self.junctions:
+            for role, stream in (("into", junction.into), ("from", junction.origin)):
+                if stream not in names:
+                    raise ValueError(
+                        f"{junction.label}: unknown {role} stream '{stream}' "
+                        f"(graph streams: {list(names)})"
+                    )
+            used.update((junction.into, junction.origin))
         unused = [n for n in names if n not in used]
         if unused:
             raise ValueError(f"Stream(s) {unused} are declared but no node reads or writes them")
@@ -418,9 +500,10 @@ class LayerGraph:
     def agrees_with(self, other: LayerGraph, module_names: Iterable[str]) -> bool:
         r"""Whether two graphs describe the same model the same way.
 
-        Same stream names and readout, and the same concrete calls (module, call index, streams,
-        type) in the same order and groups once bound to ``module_names``. Patterns may differ
-        (a suffix pattern and a full path agree); names and stream descriptions are ignored.
+        Same stream names (in any order) and readout, and the same concrete calls (module, call
+        index, streams, type) in the same order and groups once bound to ``module_names``.
+        Patterns may differ (a suffix pattern and a full path agree); names and stream
+        descriptions are ignored.
         """
         names = list(module_names)
 
@@ -429,7 +512,8 @@ class LayerGraph:
                 tuple((n.name, n.call_index, n.query, n.key, n.type) for n in step)
                 for step in graph.bind(names)
             )
-            return (graph.stream_names, graph.resolved_readout_stream, graph.readout_token, calls)
+            return (sorted(graph.stream_names), graph.resolved_readout_stream,
+                    graph.readout_token, calls)
 
         return signature(self) == signature(other)
 
@@ -450,6 +534,7 @@ class LayerGraph:
             ],
             "steps": steps,
             "readout": {"stream": self.readout_stream, "token": self.readout_token},
+            **({"junctions": [j.to_dict() for j in self.junctions]} if self.junctions else {}),
         }
 
     @classmethod
@@ -477,6 +562,7 @@ class LayerGraph:
             readout_stream=readout.get("stream"),
             readout_token=readout.get("token", 0),
             name=data.get("name", ""),
+            junctions=[Junction.from_dict(j) for j in data.get("junctions", ())],
         )
 
     def to_json(self, **kwargs: Any) -> str:

@@ -156,24 +156,68 @@ def _grid_rows(cells: int, aspect: float) -> int | None:
 
 @dataclass(frozen=True)
 class AudioFrames(InputMapping):
-    r"""Spectrogram features ``(B, mel, frames)``; each token covers consecutive frames."""
+    r"""Spectrogram features ``(B, mel, frames)`` or ``(B, frames, mel)``; each token covers
+    consecutive frames (the frame axis is the last one whose length is ≥ 2 tokens' worth)."""
 
     def to_input(self, relevance: Tensor, inputs: Tensor, position: int) -> Tensor:
         relevance = self.select(relevance)
-        if inputs.dim() != 3 or inputs.shape[-1] % relevance.shape[1]:
+        axis = _frame_axis(inputs, relevance.shape[1])
+        if axis is None:
             raise _mismatch(
                 self, position, inputs,
-                f"(B, mel, frames) with frames a multiple of {relevance.shape[1]} tokens expected",
+                f"(B, mel, frames) or (B, frames, mel) with frames a multiple of "
+                f"{relevance.shape[1]} tokens expected",
             )
-        per_token = inputs.shape[-1] // relevance.shape[1]
+        per_token = inputs.shape[axis] // relevance.shape[1]
         frames = relevance.repeat_interleave(per_token, dim=1)
-        return frames[:, None, :].expand(inputs.shape)
+        frames = frames[:, None, :] if axis == 2 else frames[:, :, None]
+        return frames.expand(inputs.shape)
 
     def to_tokens(self, attribution: Tensor, n_tokens: int) -> Tensor:
         covered = len(range(n_tokens)[self.tokens]) if self.tokens is not None else n_tokens
-        frames = attribution.float().sum(dim=1)
+        axis = _frame_axis(attribution, covered)
+        frames = attribution.float().sum(dim=1 if axis == 2 else 2)
         per_token = frames.reshape(frames.shape[0], covered, -1).sum(dim=-1)
         return self._place(per_token, n_tokens)
+
+
+def _frame_axis(inputs: Tensor, n_tokens: int) -> int | None:
+    """The frame axis of a 3-D spectrogram: the last axis holding ≥ 2 frames per token."""
+    if inputs.dim() != 3 or not n_tokens:
+        return None
+    for axis in (2, 1):
+        if inputs.shape[axis] % n_tokens == 0 and inputs.shape[axis] > n_tokens:
+            return axis
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class Gathered(InputMapping):
+    r"""Each input element takes the relevance of the stream row it feeds.
+
+    ``rows`` ``(B, elements per example)`` holds that row (``-1``: the element feeds no row,
+    e.g. an image placeholder id whose embedding the model overwrote). Traced per call by
+    :mod:`~captum_hetattn.dataflow` — exact for ids, region features, boxes, token type ids and
+    non-overlapping patches of any layout (tiles, 5-D/6-D pixel values).
+    """
+
+    rows: Tensor | None = None
+
+    def to_input(self, relevance: Tensor, inputs: Tensor, position: int) -> Tensor:
+        assert self.rows is not None
+        if self.rows.shape != (inputs.shape[0], inputs[0].numel()):
+            raise _mismatch(self, position, inputs, f"rows of shape {tuple(self.rows.shape)}")
+        picked = relevance.gather(1, self.rows.clamp(min=0).to(relevance.device))
+        picked = torch.where(self.rows.to(relevance.device) >= 0, picked,
+                             torch.zeros_like(picked))
+        return picked.reshape(inputs.shape)
+
+    def to_tokens(self, attribution: Tensor, n_tokens: int) -> Tensor:
+        assert self.rows is not None
+        flat = attribution.float().reshape(attribution.shape[0], -1)
+        out = flat.new_zeros(flat.shape[0], n_tokens + 1)
+        index = torch.where(self.rows >= 0, self.rows, torch.full_like(self.rows, n_tokens))
+        return out.scatter_add(1, index.to(flat.device), flat)[:, :n_tokens]
 
 
 @dataclass(frozen=True)
@@ -216,8 +260,10 @@ def default_mappings(
                 except ValueError:
                     pass
             candidates = fitting
-        elif tensor.dim() == 3 and _spans_audio_frames(tensor, sizes.get("audio")):
-            candidates = [AudioFrames("audio")]
+        elif tensor.dim() == 3 and any(_spans_audio_frames(tensor, n) for n in sizes.values()):
+            candidates = [AudioFrames(s) for s, n in sizes.items()
+                          if _spans_audio_frames(tensor, n)]
+            candidates = [m for m in candidates if m.stream == "audio"] or candidates
         elif tensor.dim() >= 2:
             candidates = [Tokens(s) for s, n in sizes.items() if n == tensor.shape[1]]
         if len(candidates) != 1:
@@ -232,8 +278,8 @@ def default_mappings(
 
 
 def _spans_audio_frames(tensor: Tensor, n_audio: int | None) -> bool:
-    """A ``(B, mel, frames)`` input whose frames are ≥ 2 per audio token (Whisper: 2)."""
-    return bool(n_audio) and tensor.shape[-1] % n_audio == 0 and tensor.shape[-1] > n_audio
+    """A spectrogram whose frames are ≥ 2 per audio token (Whisper: 2)."""
+    return bool(n_audio) and _frame_axis(tensor, n_audio) is not None
 
 
 def to_heatmap(attribution: Tensor, example: int = 0) -> np.ndarray:

@@ -63,7 +63,36 @@ class AttentionFlow:
         return self.label or f"{self.query}<-{self.key}"
 
 
-FlowStep = AttentionFlow | Sequence[AttentionFlow]
+@dataclass(frozen=True)
+class TokenMap:
+    r"""A junction: rows of stream ``into`` become token mixtures of stream ``origin``.
+
+    Tokens that move between streams without attention (image features spliced at placeholder
+    positions, concatenated prefixes, projections, merges) are a linear map in the token
+    dimension: ``R[into, s][rows] = M · R[origin, s]`` for every source ``s`` (the replaced
+    rows lose their own identity), and the adjoint ``u_origin += (u_into ⊙ rows) · M``,
+    ``u_into ← u_into ⊙ ¬rows``, so row mode stays exact.
+
+    Args:
+        into: the stream whose rows are replaced.
+        origin: the stream the tokens come from.
+        weights: ``M``, ``(B, n_into, n_origin)`` (rows outside ``rows`` are ignored).
+        rows: ``(B, n_into)`` booleans, the replaced rows.
+        label: how error messages name the junction.
+    """
+
+    into: str
+    origin: str
+    weights: Tensor
+    rows: Tensor
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or f"junction {self.origin}->{self.into}"
+
+
+FlowStep = AttentionFlow | TokenMap | Sequence[AttentionFlow]
 
 
 def relevance_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -262,6 +291,8 @@ def attention_rollout(attentions: Sequence[Tensor]) -> Tensor:
 
 # ---------------------------------------------------------------------------- propagation
 def _as_group(step: FlowStep) -> tuple[AttentionFlow, ...]:
+    if isinstance(step, TokenMap):
+        return ()
     if isinstance(step, AttentionFlow):
         return (step,)
     group = tuple(step)
@@ -275,6 +306,21 @@ def _check_flows(sizes: Mapping[str, int], steps: Sequence[FlowStep]) -> tuple[i
     """Validate streams and shapes; return the batch size and a reference tensor."""
     reference: Tensor | None = None
     for step in steps:
+        if isinstance(step, TokenMap):
+            for role, stream in (("into", step.into), ("origin", step.origin)):
+                if stream not in sizes:
+                    raise ValueError(
+                        f"{step.name}: unknown {role} stream '{stream}' (streams: {list(sizes)})"
+                    )
+            expected = (sizes[step.into], sizes[step.origin])
+            if step.weights.dim() != 3 or tuple(step.weights.shape[1:]) != expected:
+                raise ValueError(
+                    f"{step.name} has map shape {tuple(step.weights.shape)}, expected "
+                    f"(batch, {expected[0]}, {expected[1]})"
+                )
+            if reference is None:
+                reference = step.weights
+            continue
         for flow in _as_group(step):
             for role, stream in (("query", flow.query), ("key", flow.key)):
                 if stream not in sizes:
@@ -374,6 +420,18 @@ def propagate(
         return block
 
     for step in steps:
+        if isinstance(step, TokenMap):
+            rows = step.rows[:, :, None]
+            weights = step.weights.to(dtype)
+            for s in sizes:
+                if (step.origin, s) in state:
+                    moved = weights @ state[(step.origin, s)]
+                elif (step.into, s) in state:
+                    moved = torch.zeros_like(state[(step.into, s)])
+                else:
+                    continue
+                state[(step.into, s)] = torch.where(rows, moved, read(step.into, s))
+            continue
         updates: dict[Block, Tensor] = {}
         for flow in _as_group(step):
             attention = flow.attention.to(dtype)
@@ -410,50 +468,104 @@ def _calls_per_query(step: FlowStep) -> dict[str, int]:
     return counts
 
 
-def propagate_row(
-    sizes: Mapping[str, int],
-    steps: Sequence[FlowStep],
-    readout_stream: str,
-    readout_token: int | Tensor,
-    *,
-    rollout: bool = False,
+def readout_weights(
+    sizes: Mapping[str, int], readout_stream: str, readout_token: int | Tensor, batch_size: int,
+    *, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
 ) -> dict[str, Tensor]:
-    r"""One readout row of every block, by running the (linear) rules backwards.
-
-    Computes ``R[readout_stream, s][readout_token]`` for every stream ``s`` exactly as
-    :func:`propagate` with ``rule="ours"`` and no noise link would (``rollout`` as there), but
-    propagates a row vector ``u ← u + u_q · Ā`` from the last step to the first instead of whole
-    matrices.
-
-    Args:
-        sizes: tokens per stream.
-        steps: as for :func:`propagate`.
-        readout_stream: the stream whose row is read.
-        readout_token: token index, or a ``(B,)`` tensor of per-example indices.
-
-    Returns:
-        Dict ``s -> (B, n_s)``.
-    """
-    batch_size, reference = _check_flows(sizes, steps)
+    """The one-hot readout ``{stream: (B, n)}`` of one token per example, range-checked."""
     if readout_stream not in sizes:
         raise ValueError(f"Unknown readout stream '{readout_stream}' (streams: {list(sizes)})")
-    dtype = relevance_dtype(reference.dtype)
     n_out = sizes[readout_stream]
-    index = torch.as_tensor(readout_token, device=reference.device).long()
+    index = torch.as_tensor(readout_token, device=device).long()
     if index.dim() == 0:
         index = index.expand(batch_size)
     if index.shape != (batch_size,):
         raise ValueError(
-            f"readout_token must be an int or a ({batch_size},) tensor, got {tuple(index.shape)}"
+            f"readout token must be an int or a ({batch_size},) tensor, got {tuple(index.shape)}"
         )
     if ((index < 0) | (index >= n_out)).any():
         raise ValueError(
             f"readout token {index.tolist()} out of range for stream '{readout_stream}' "
             f"({n_out} tokens)"
         )
-    row = torch.nn.functional.one_hot(index, n_out).to(dtype)
-    adjoint: dict[str, Tensor] = {readout_stream: row}
+    return {readout_stream: torch.nn.functional.one_hot(index, n_out).to(dtype)}
+
+
+def read_rows(blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[str, Tensor]
+              ) -> dict[str, Tensor]:
+    r"""Relevance of every stream's own tokens: ``Σ_x w_x · R[x, s]`` over the readout streams.
+
+    Args:
+        blocks: every block, as :func:`propagate` returns them.
+        sizes: tokens per stream.
+        readout: ``{stream x: w_x (B, n_x)}`` readout weights.
+    """
+    out: dict[str, Tensor] = {}
+    for s in sizes:
+        total = None
+        for x, weights in readout.items():
+            block = blocks[(x, s)]
+            term = (weights.to(block.dtype).unsqueeze(1) @ block).squeeze(1)
+            total = term if total is None else total + term
+        assert total is not None
+        out[s] = total.contiguous()
+    return out
+
+
+def propagate_row(
+    sizes: Mapping[str, int],
+    steps: Sequence[FlowStep],
+    readout_stream: str | Mapping[str, Tensor],
+    readout_token: int | Tensor | None = None,
+    *,
+    rollout: bool = False,
+) -> dict[str, Tensor]:
+    r"""The readout rows of every block, by running the (linear) rules backwards.
+
+    Computes ``Σ_x w_x · R[x, s]`` for every stream ``s`` exactly as :func:`propagate` with
+    ``rule="ours"`` and no noise link followed by :func:`read_rows` would (``rollout`` as
+    there), but propagates row vectors ``u ← u + u_q · Ā`` (and the junctions' adjoints) from the
+    last step to the first instead of whole matrices.
+
+    Args:
+        sizes: tokens per stream.
+        steps: as for :func:`propagate`.
+        readout_stream: the stream whose row is read, or readout weights
+            ``{stream: (B, n_stream)}`` over the final tokens of several streams.
+        readout_token: with a stream name: token index, or a ``(B,)`` tensor of per-example
+            indices.
+
+    Returns:
+        Dict ``s -> (B, n_s)``.
+    """
+    batch_size, reference = _check_flows(sizes, steps)
+    dtype = relevance_dtype(reference.dtype)
+    if isinstance(readout_stream, str):
+        if readout_token is None:
+            raise ValueError("propagate_row needs a readout token with a readout stream")
+        weights = readout_weights(
+            sizes, readout_stream, readout_token, batch_size, dtype=dtype,
+            device=reference.device,
+        )
+    else:
+        weights = dict(readout_stream)
+        for stream, w in weights.items():
+            if stream not in sizes or tuple(w.shape) != (batch_size, sizes[stream]):
+                raise ValueError(
+                    f"readout weights for stream '{stream}' must be ({batch_size}, "
+                    f"{sizes.get(stream)}), got {tuple(w.shape)} (streams: {list(sizes)})"
+                )
+    adjoint: dict[str, Tensor] = {s: w.to(dtype) for s, w in weights.items()}
     for step in reversed(steps):
+        if isinstance(step, TokenMap):
+            if step.into not in adjoint:
+                continue
+            replaced = step.rows.to(dtype)
+            moved = ((adjoint[step.into] * replaced).unsqueeze(1)
+                     @ step.weights.to(dtype)).squeeze(1)
+            adjoint[step.into] = adjoint[step.into] * (1 - replaced)
+            _accumulate(adjoint, step.origin, moved)
+            continue
         if rollout:
             for q, calls in _calls_per_query(step).items():
                 if q in adjoint:
@@ -465,8 +577,9 @@ def propagate_row(
             delta = (adjoint[flow.query].unsqueeze(1) @ flow.attention.to(dtype)).squeeze(1)
             _accumulate(updates, flow.key, delta)
         for stream, delta in updates.items():
-            adjoint[stream] = adjoint[stream] + delta if stream in adjoint else delta
+            _accumulate(adjoint, stream, delta)
     return {
-        s: adjoint[s].contiguous() if s in adjoint else row.new_zeros(batch_size, n)
+        s: adjoint[s].contiguous() if s in adjoint else reference.new_zeros(
+            batch_size, n, dtype=dtype)
         for s, n in sizes.items()
     }
