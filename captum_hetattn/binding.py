@@ -292,7 +292,7 @@ def name_streams(
     taken = set(names.values())
     keywords = _keyword_table()
     for stream in flow.streams:
-        if stream.index in names or (stream.fresh is not None and stream.fresh.numel() == 0
+        if stream.index in names or (stream.fresh is not None and not stream.fresh.any()
                                      and not stream.calls):
             continue
         path = towers.get(stream.index, stream.tower)

@@ -106,7 +106,7 @@ class FlowStream:
     index: int
     size: int
     calls: list[int] = field(default_factory=list)
-    fresh: Tensor | None = None  # (n,) rows no stream feeds (None: virtual stream, all fed)
+    fresh: Tensor | None = None  # (B, n) rows no other stream feeds
     tower: str = ""
 
 
@@ -532,38 +532,48 @@ class _Builder:
         for (stream, _, _, before), matrix in feeding:
             self.junctions.append(FlowJunction(new.index, stream, before, TokenRows(matrix)))
             fed |= matrix.any(dim=-1)
-        fresh = ~fed
-        if not bool((fresh == fresh[:1]).all()):
-            raise ValueError(
-                f"attention module '{record.name}' [call {record.call_index}]: the rows that "
-                "other streams feed differ across the batch in a way that leaves a different "
-                "number of input tokens per example; explain the examples one at a time"
-            )
-        new.fresh = fresh[0].nonzero().flatten()
-        if new.fresh.numel():
-            self._add_sources(new, tensor, record.token_dim, input_hits)
+        new.fresh = ~fed
+        if new.fresh.any():
+            self._add_sources(new, i, tensor, input_hits)
         return new.index
 
     # ----------------------------------------------------------- sources
-    def _add_sources(self, stream: FlowStream, tensor: Tensor, dim: int, positions) -> None:
+    def _add_sources(self, stream: FlowStream, i: int, tensor: Tensor, positions) -> None:
+        """One source over all the stream's columns, or one per input signature when two
+        inputs feed its fresh rows (single-stream fusion)."""
         positions = [p for p in positions if p in self.input_tensors]
         fresh = stream.fresh
         assert fresh is not None
+        all_columns = torch.arange(stream.size, device=fresh.device)
         if not positions:
-            self.sources.append(FlowSource(stream.index, fresh, (-1,)))
+            self.sources.append(FlowSource(stream.index, all_columns, (-1,)))
             return
         origins = [self.input_tensors[p] for p in positions]
-        dependences = _dependence(tensor, dim, origins, self.batch, exact=len(positions) > 1)
-        for position, dependence in zip(positions, dependences, strict=True):
+        record = self.records[i]
+        dependences = _dependence(
+            tensor, record.token_dim, origins, self.batch, exact=len(positions) > 1
+        )
+        # inputs that reach only rows spliced in from other streams belong to those streams
+        kept = [(p, d) for p, d in zip(positions, dependences, strict=True)
+                if (d.feeds() & fresh).any()]
+        if not kept:
+            self.sources.append(FlowSource(stream.index, all_columns, (-1,)))
+            return
+        positions, dependences = [p for p, _ in kept], [d for _, d in kept]
+        for position, dependence in kept:
             self.inputs.append(InputRows(position, stream.index, dependence.codes))
         if len(positions) == 1:
-            all_columns = torch.arange(stream.size, device=fresh.device)
             self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
             return
-        signatures = torch.stack([d.feeds()[0] for d in dependences], dim=0)  # (inputs, n)
-        runs = _signature_runs(signatures, fresh)
+        feeds = torch.stack([d.feeds() for d in dependences], dim=1)  # (B, inputs, n)
+        if not bool((feeds == feeds[:1]).all() and (fresh == fresh[:1]).all()):
+            raise ValueError(
+                f"attention module '{record.name}' [call {record.call_index}]: its tokens come "
+                f"from {len(positions)} inputs, laid out differently in each example of the "
+                "batch; explain the examples one at a time"
+            )
+        runs = _signature_runs(feeds[0], fresh[0].nonzero().flatten())
         if len(runs) <= 1:
-            all_columns = torch.arange(stream.size, device=fresh.device)
             self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
             return
         for signature, columns in runs:

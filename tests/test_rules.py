@@ -405,3 +405,72 @@ def test_gae_zero_row_check_ignores_padding_rows():
         query_self, attention, key_self, query_padding=torch.tensor([[False, False, True]])
     )
     assert (dropped == 0).all() and (kept != 0).any()
+
+
+# ----------------------------------------------------------------- junctions (token maps)
+def _junction_steps(seed: int):
+    from captum_hetattn.rules import TokenMap
+
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {"image": 4, "text": 6, "keys": 2}
+
+    def amap(q, k):
+        return AttentionFlow(q, k, torch.rand(2, sizes[q], sizes[k], generator=gen))
+
+    splice = torch.zeros(2, 6, 4)
+    rows = torch.zeros(2, 6, dtype=torch.bool)
+    for b, start in enumerate((1, 2)):  # image tokens 1..3 replace three placeholders
+        splice[b, start + torch.arange(3), torch.arange(1, 4)] = 1
+        rows[b, start:start + 3] = True
+    merge = torch.zeros(2, 2, 4)
+    merge[:, 0, :2] = merge[:, 1, 2:] = 0.5  # 2 -> 1 token merge, mean
+    steps = [
+        amap("image", "image"),
+        TokenMap("text", "image", splice, rows),
+        amap("image", "image"),  # after the junction: must not reach the text rows
+        TokenMap("keys", "image", merge, torch.ones(2, 2, dtype=torch.bool)),
+        amap("text", "text"),
+        amap("text", "keys"),
+        amap("text", "text"),
+    ]
+    return sizes, steps
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_junctions_row_mode_equals_full_mode_and_batch_equals_singles(seed):
+    sizes, steps = _junction_steps(seed)
+    full = propagate(sizes, steps)
+    for stream, token in (("text", 5), ("keys", 1), ("image", 0)):
+        rows = propagate_row(sizes, steps, stream, token)
+        for s in sizes:
+            close(rows[s], full[(stream, s)][:, token], atol=1e-5)
+    # a junction replaces the placeholder rows' own identity: their text columns stay empty
+    late = propagate(sizes, steps[:2])
+    close(late[("text", "text")][0, 1:4], torch.zeros(3, 6))
+    close(late[("text", "image")][0, 1:4], propagate(sizes, steps[:1])[("image", "image")][0, 1:4])
+    from captum_hetattn.rules import TokenMap
+
+    for b in range(2):
+        single = [
+            s if isinstance(s, list) else (
+                TokenMap(s.into, s.origin, s.weights[b:b + 1], s.rows[b:b + 1])
+                if isinstance(s, TokenMap) else AttentionFlow(s.query, s.key, s.attention[b:b + 1])
+            )
+            for s in steps
+        ]
+        one = propagate_row(sizes, single, "text", 5)
+        batched = propagate_row(sizes, steps, "text", 5)
+        for s in sizes:
+            close(one[s][0], batched[s][b], atol=1e-5)
+
+
+def test_readout_weights_sum_over_streams():
+    sizes, steps = _junction_steps(0)
+    full = propagate(sizes, steps)
+    weights = {"text": torch.rand(2, 6), "keys": torch.rand(2, 2)}
+    rows = propagate_row(sizes, steps, weights)
+    for s in sizes:
+        expected = sum((w.unsqueeze(1) @ full[(x, s)]).squeeze(1) for x, w in weights.items())
+        close(rows[s], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="readout weights for stream 'text' must be \\(2, 6\\)"):
+        propagate_row(sizes, steps, {"text": torch.rand(2, 5)})

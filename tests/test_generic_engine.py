@@ -1,0 +1,170 @@
+r"""The generic engine on models nobody wrote code for: call order, junctions, readout weights.
+
+Hand-written models here have their own softmax attention; the references are computed by hand
+from the recorded maps, never by the engine's own propagation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import BUILDERS
+from torch import nn
+
+from captum_hetattn import (
+    AttentionNode,
+    AttentionRecorder,
+    HeterogenousAttentionAttribution,
+    LayerGraph,
+)
+
+DIM, HEADS = 16, 2
+
+
+class SoftmaxAttention(nn.Module):
+    """Multi-head attention written out by hand; keys/values from ``context`` when given."""
+
+    def __init__(self, dim: int = DIM, num_heads: int = HEADS) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, hidden_states, context=None):
+        source = hidden_states if context is None else context
+        batch, n, dim = hidden_states.shape
+        split = lambda x: x.view(batch, -1, self.num_heads, dim // self.num_heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(hidden_states)), split(self.k(source)), split(self.v(source))
+        probs = (q @ k.transpose(-1, -2) / (dim // self.num_heads) ** 0.5).softmax(-1)
+        return self.o((probs @ v).transpose(1, 2).reshape(batch, n, dim))
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = SoftmaxAttention()
+        self.norm = nn.LayerNorm(DIM)
+        self.mlp = nn.Sequential(nn.Linear(DIM, 2 * DIM), nn.GELU(), nn.Linear(2 * DIM, DIM))
+
+    def forward(self, x, context=None):
+        x = x + self.attn(self.norm(x), context=context)
+        return x + self.mlp(x)
+
+
+class InterleavedTowers(nn.Module):
+    """Text and image towers of equal length, run layer by layer with a cross layer between."""
+
+    def __init__(self, layers: int = 2) -> None:
+        super().__init__()
+        self.words = nn.Embedding(50, DIM)
+        self.patches = nn.Linear(12, DIM)
+        self.text_layers = nn.ModuleList(Block() for _ in range(layers))
+        self.image_layers = nn.ModuleList(Block() for _ in range(layers))
+        self.cross_layers = nn.ModuleList(Block() for _ in range(layers))
+        self.head = nn.Linear(DIM, 3)
+
+    def forward(self, ids, patches):
+        text, image = self.words(ids), self.patches(patches)
+        for text_layer, image_layer, cross in zip(
+            self.text_layers, self.image_layers, self.cross_layers, strict=True
+        ):
+            text = text_layer(text)
+            image = image_layer(image)
+            text = cross(text, context=image)
+        return self.head(text[:, 0])
+
+
+@pytest.fixture(scope="module")
+def interleaved():
+    torch.manual_seed(0)
+    model = InterleavedTowers().eval()
+    ids = torch.randint(0, 50, (2, 4), generator=torch.Generator().manual_seed(1))
+    patches = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(2))
+    return model, ids, patches
+
+
+def _maps_in_call_order(model, ids, patches):
+    with AttentionRecorder(model) as recorder:
+        model(ids, patches)
+    return [(r.name, r.attention.mean(dim=1)) for r in recorder.records]
+
+
+def _hand_unrolled(calls):
+    """Correction 'none', our rules, applied in the given order with explicit blocks."""
+    eye = torch.eye(4).expand(2, 4, 4)
+    r_tt, r_ti, r_ii = eye.clone(), torch.zeros(2, 4, 4), eye.clone()
+    for name, a in calls:
+        if name.startswith("text"):
+            r_tt, r_ti = r_tt + a @ r_tt, r_ti + a @ r_ti
+        elif name.startswith("image"):
+            r_ii = r_ii + a @ r_ii
+        else:  # cross: text queries, image keys
+            r_ti = r_ti + a @ r_ii
+    return r_tt[:, 0], r_ti[:, 0]
+
+
+def test_interleaved_towers_of_equal_length_bind_in_call_order(interleaved):
+    model, ids, patches = interleaved
+    calls = _maps_in_call_order(model, ids, patches)
+    assert [n.split(".")[0] for n, _ in calls] == ["text_layers", "image_layers",
+                                                   "cross_layers"] * 2
+    text, image = _hand_unrolled(calls)
+    tower_after_tower = sorted(calls, key=lambda c: ("text" not in c[0], "cross" in c[0]))
+    assert not torch.allclose(_hand_unrolled(tower_after_tower)[1], image)  # order matters
+
+    explainer = HeterogenousAttentionAttribution(model)
+    out = explainer.explain((ids, patches), target=1, correction="none")
+    assert len(out.streams) == 2  # equal lengths, two streams
+    assert {c.type for c in out.calls if "cross" in c.name} == {"B"}
+    assert [c.type for c in out.calls if "text_layers" in c.name] == ["A", "C"]
+    assert [c.type for c in out.calls if "image_layers" in c.name] == ["A", "A"]
+    text_name, image_name = out.calls[0].query, out.calls[1].query  # text_layers.0, image_layers.0
+    torch.testing.assert_close(out.relevance[text_name], text)
+    torch.testing.assert_close(out.relevance[image_name], image)
+
+    # a graph that lists the towers one after the other is a template, not an order
+    graph = LayerGraph(
+        ["words", "pixels"],
+        [
+            AttentionNode("text_layers.*.attn", query="words"),
+            AttentionNode("image_layers.*.attn", query="pixels"),
+            AttentionNode("cross_layers.*.attn", query="words", key="pixels"),
+        ],
+    )
+    pinned = HeterogenousAttentionAttribution(model, graph=graph).explain(
+        (ids, patches), target=1, correction="none"
+    )
+    torch.testing.assert_close(pinned.relevance["words"], text)
+    torch.testing.assert_close(pinned.relevance["pixels"], image)
+
+
+def test_graph_that_merges_two_towers_into_one_stream_is_an_error(interleaved):
+    model, ids, patches = interleaved
+    graph = LayerGraph(
+        ["tokens"],
+        [
+            AttentionNode("text_layers.*.attn", query="tokens"),
+            AttentionNode("image_layers.*.attn", query="tokens"),
+        ],
+    )
+    with pytest.raises(ValueError, match="stream 'tokens' holds two different token sequences.*"
+                                         "image_layers.0.attn"):
+        HeterogenousAttentionAttribution(model, graph=graph).explain((ids, patches), target=1)
+
+
+def test_graph_whose_order_contradicts_the_calls_names_the_node():
+    model, inputs = BUILDERS["bart"]()
+    forward = lambda ids, mask, dec: model(  # noqa: E731
+        input_ids=ids, attention_mask=mask, decoder_input_ids=dec
+    ).last_hidden_state[:, -1]
+    graph = LayerGraph(
+        ["source", "target"],
+        [
+            AttentionNode("encoder.layers.*.self_attn", query="source"),
+            AttentionNode("decoder.layers.*.encoder_attn", query="target", key="source"),
+            AttentionNode("decoder.layers.*.self_attn", query="target"),
+        ],
+    )
+    explainer = HeterogenousAttentionAttribution(forward, model=model, graph=graph)
+    args = (inputs["input_ids"], inputs["attention_mask"], inputs["decoder_input_ids"])
+    with pytest.raises(ValueError, match="encoder_attn.*ran after.*self_attn.*contradicts"):
+        explainer.explain(args[0], target=0, additional_forward_args=args[1:])
