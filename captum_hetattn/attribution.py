@@ -228,7 +228,7 @@ class _AttentionAttribution(Attribution):
         formatted = _format_tensor_into_tuples(inputs)
         explanation, recording = self._explain(
             formatted, target, additional_forward_args, correction, noise_link, readout,
-            objective, stage, return_maps=False,
+            objective, stage, return_maps=False, map_inputs=True,
         )
         attributions = []
         for position, tensor in enumerate(formatted):
@@ -320,8 +320,10 @@ class _AttentionAttribution(Attribution):
         objective: Objective | None,
         stage: str | None,
         return_maps: bool,
+        map_inputs: bool = False,
     ) -> tuple[Explanation, BoundRecording]:
-        r"""record → bind → readout → propagate."""
+        r"""record → bind → readout → propagate (``map_inputs``: trace which input element
+        feeds which stream row, for :meth:`attribute`)."""
         correction = self.default_correction if correction is None else correction
         self._check_options(correction, noise_link)
         if stage not in STAGES:
@@ -337,11 +339,12 @@ class _AttentionAttribution(Attribution):
         ) as recorder:
             output = self.forward_func(*traced, *extra)
             scores = evaluate_objective(score_fn, output)
-            recording = self._bind(recorder, [*traced, *extra])
+            recording = self._bind(recorder, [*traced, *extra], map_inputs)
             state.expect(recording)
             terminal = _terminal_outputs(recording, recorder.records)
             grads = recorder.compute_gradients(
-                scores.sum(), also=[out for _, out, _ in terminal]
+                scores.sum(), also=[out for _, out, _ in terminal],
+                maps=any(c != "none" for c in state.corrections.values()),
             )
         self._warn_unbound(recording)
         padding = _padding(recording, state.key_mass)
@@ -356,9 +359,11 @@ class _AttentionAttribution(Attribution):
             recording, stream_relevance, weights, padding, return_maps
         ), recording
 
-    def _bind(self, recorder: AttentionRecorder, inputs: list[Any]) -> BoundRecording:
+    def _bind(
+        self, recorder: AttentionRecorder, inputs: list[Any], map_inputs: bool
+    ) -> BoundRecording:
         """Trace the recorded forward and bind the graph (inferred on the first call)."""
-        flow = trace(recorder, inputs)
+        flow = trace(recorder, inputs, map_inputs=map_inputs)
         records = recorder.records
         names = [name for name, _ in self.model.named_modules()]
         config = getattr(self.model, "config", None)

@@ -1001,7 +1001,11 @@ class AttentionRecorder:
     # ---------------------------------------------------------------- usage B
 
     def compute_gradients(
-        self, objective: Tensor, retain_graph: bool = False, also: Sequence[Tensor | None] = ()
+        self,
+        objective: Tensor,
+        retain_graph: bool = False,
+        also: Sequence[Tensor | None] = (),
+        maps: bool = True,
     ) -> list[Tensor | None]:
         r"""Fill ``record.gradient`` with ``d objective / d A`` for every recorded map.
 
@@ -1015,6 +1019,8 @@ class AttentionRecorder:
             retain_graph: keep the graph for another gradient computation.
             also: further tensors of the forward whose gradients to return, computed in the
                 same backward pass (``None`` entries and tensors off the path give ``None``).
+            maps: ``False`` computes only the gradients of ``also`` (the maps get zeros), a
+                backward that stops at those tensors.
 
         Returns:
             The gradients of ``also``; the maps' gradients (or reduced values) are in
@@ -1038,12 +1044,14 @@ class AttentionRecorder:
                 "grad enabled (not under torch.no_grad) and compute the objective from its output"
             )
         pending = [e for e in self._entries if e.has_live_grad and e.record.attention is not None]
-        if self._entries and all(e.record.attention is None for e in self._entries):
+        if not maps:
+            pending = []
+        if self._entries and maps and all(e.record.attention is None for e in self._entries):
             raise RuntimeError(
                 "every record was already reduced: with `reduce`, a recording takes one "
                 "gradient pass"
             )
-        if self._entries and not any(e.has_live_grad for e in self._entries):
+        if maps and self._entries and not any(e.has_live_grad for e in self._entries):
             raise ValueError(
                 "none of the recorded attention maps requires grad (was the forward run under "
                 "torch.no_grad or reentrant activation checkpointing - use .backward() there - "

@@ -99,6 +99,7 @@ class InputRows:
     position: int
     stream: int
     rows: Tensor | None
+    traced: bool = True
 
 
 @dataclass
@@ -277,6 +278,7 @@ def _dependence(
         )
         return [_token_support(g, t, d, batch) for g, (t, d) in zip(grads, origins, strict=True)]
 
+    # a vectorised backward (is_grads_batched) measured 1.7x slower on CPU: one pass per plane
     planes = max(1, math.ceil(math.log2(max(n_into, 2))))
     index = torch.arange(n_into, device=view.device)
     codes: list[Tensor] = []
@@ -352,6 +354,7 @@ def analyse(
     inputs: Sequence[Tensor | None],
     embeddings: Sequence[tuple[str, Tensor, Tensor]],
     towers: Sequence[str],
+    map_inputs: bool = False,
 ) -> DataFlow:
     r"""Streams, junctions and sources of one recorded forward (``record_io=True``).
 
@@ -362,6 +365,9 @@ def analyse(
         embeddings: the recorder's ``nn.Embedding`` calls; one whose ids are an integer input
             stands for that input.
         towers: per record, the module path before the layer index.
+        map_inputs: also find, for a stream fed by one input, which element feeds which row
+            (``DataFlow.inputs``; streams fed by several inputs always get it). Costs
+            ``2⌈log₂ n⌉`` backward passes through the input's embedding per stream.
 
     Raises:
         ValueError: a call whose hidden states are not traceable (no autograd graph).
@@ -391,7 +397,7 @@ def analyse(
             walker.mark(output, ("input", position, 0))
         elif position is not None:
             walker.mark(output, ("input", position, 0))
-    flow = _Builder(records, walker, input_tensors, towers, batch)
+    flow = _Builder(records, walker, input_tensors, towers, batch, map_inputs)
     return flow.run()
 
 
@@ -418,8 +424,9 @@ def _matching_id_input(ids: Tensor, inputs: Sequence[Tensor | None]) -> int | No
 
 
 class _Builder:
-    def __init__(self, records, walker, input_tensors, towers, batch) -> None:
+    def __init__(self, records, walker, input_tensors, towers, batch, map_inputs) -> None:
         self.records = records
+        self.map_inputs = map_inputs
         self.walker = walker
         self.input_tensors = input_tensors
         self.towers = towers
@@ -548,6 +555,10 @@ class _Builder:
         if not positions:
             self.sources.append(FlowSource(stream.index, all_columns, (-1,)))
             return
+        if len(positions) == 1 and not self.map_inputs:
+            self.inputs.append(InputRows(positions[0], stream.index, None, traced=False))
+            self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
+            return
         origins = [self.input_tensors[p] for p in positions]
         record = self.records[i]
         dependences = _dependence(
@@ -555,7 +566,7 @@ class _Builder:
         )
         # inputs that reach only rows spliced in from other streams belong to those streams
         kept = [(p, d) for p, d in zip(positions, dependences, strict=True)
-                if (d.feeds() & fresh).any()]
+                if (d.codes is None and d.full is None) or (d.feeds() & fresh).any()]
         if not kept:
             self.sources.append(FlowSource(stream.index, all_columns, (-1,)))
             return

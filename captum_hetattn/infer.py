@@ -41,13 +41,16 @@ from captum_hetattn.presets import find_preset
 __all__ = ["graph_from_flow", "infer_graph", "layer_pattern", "tower_of", "trace"]
 
 
-def trace(recorder: AttentionRecorder, inputs: Sequence[Any]) -> DataFlow:
+def trace(
+    recorder: AttentionRecorder, inputs: Sequence[Any], map_inputs: bool = False
+) -> DataFlow:
     r"""The data flow of the forward just recorded by ``recorder`` (``record_io=True``), called
-    inside its context."""
+    inside its context (``map_inputs``: see :func:`~captum_hetattn.dataflow.analyse`)."""
     records = recorder.records
     with recorder.muted():
         return analyse(
-            records, list(inputs), recorder.embeddings, [tower_of(r.name) for r in records]
+            records, list(inputs), recorder.embeddings, [tower_of(r.name) for r in records],
+            map_inputs=map_inputs,
         )
 
 
