@@ -15,7 +15,7 @@ from captum_hetattn.attribution import (
 )
 from captum_hetattn.binding import BoundRecording, bind_records
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
-from captum_hetattn.graph import AttentionNode, BoundNode, LayerGraph, Stream
+from captum_hetattn.graph import AttentionNode, BoundNode, Junction, LayerGraph, Stream
 from captum_hetattn.infer import infer_graph
 from captum_hetattn.mapping import AudioFrames, NoAttribution, PatchGrid, Tokens, to_heatmap
 from captum_hetattn.objectives import Contrast, Ratio, RelativeContrast
@@ -31,6 +31,7 @@ __all__ = [
     "Explanation",
     "GenericAttentionExplainability",
     "HeterogenousAttentionAttribution",
+    "Junction",
     "NoAttribution",
     "PatchGrid",
     "Ratio",

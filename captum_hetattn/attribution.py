@@ -146,6 +146,7 @@ class _AttentionAttribution(Attribution):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model = model
+        self._graph_is_default = graph is None
         if isinstance(graph, str):
             graph = preset(graph)
         elif graph is None:
@@ -349,6 +350,7 @@ class _AttentionAttribution(Attribution):
         self._warn_unbound(recording)
         padding = _padding(recording, state.key_mass)
         weights = self._readout(readout, recording, terminal, grads, padding, scores.shape[0])
+        self._warn_unconnected(recording, weights)
         flows = _flows(recording, stage)
         if stage == "homogeneous":
             stream_relevance = _homogeneous(recording.sizes, flows, weights)
@@ -367,24 +369,56 @@ class _AttentionAttribution(Attribution):
         records = recorder.records
         names = [name for name, _ in self.model.named_modules()]
         config = getattr(self.model, "config", None)
-        if self.graph is None:
-            towers = {c.query: tower_of(records[i].name) for i, c in enumerate(flow.calls)}
-            stream_names = name_streams(flow, {}, inputs, towers)
-            self.graph = graph_from_flow(records, flow, stream_names)
+        if self.graph is not None:
+            try:
+                return bind_records(self.graph, records, names, flow, inputs=inputs,
+                                    config=config)
+            except ValueError as err:
+                if not self._graph_is_default or self.graph is None:
+                    raise
+                # a preset picked by model type that this variant of the model does not fit
+                self._warn(f"preset:{self.graph.name}", (
+                    f"the '{self.graph.name}' preset does not fit this "
+                    f"{type(self.model).__name__} ({err}); using a graph inferred from the "
+                    "data flow instead"
+                ))
+        towers = {c.query: tower_of(records[i].name) for i, c in enumerate(flow.calls)}
+        stream_names = name_streams(flow, {}, inputs, towers)
+        self.graph = graph_from_flow(records, flow, stream_names)
         return bind_records(self.graph, records, names, flow, inputs=inputs, config=config)
+
+    def _warn(self, key: str, message: str) -> None:
+        """A ``UserWarning``, once per explainer and subject."""
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=5)
 
     def _warn_unbound(self, recording: BoundRecording) -> None:
         for record in recording.unbound:
-            if record.name in self._warned:
-                continue
-            self._warned.add(record.name)
-            warnings.warn(
+            self._warn(f"unbound:{record.name}", (
                 f"attention module '{record.name}' ran but the layer graph "
                 f"'{self.graph.name if self.graph else ''}' has no node for it, so it is left "
-                "out of the explanation; add a node (or pass graph=None to infer one)",
-                UserWarning,
-                stacklevel=4,
-            )
+                "out of the explanation; add a node (or pass graph=None to infer one)"
+            ))
+
+    def _warn_unconnected(self, recording: BoundRecording, readout: Mapping[str, Tensor]) -> None:
+        """Sources that no call or junction connects to the readout get zero relevance by
+        construction: say so instead of returning a silent zero."""
+        reached = set(readout)
+        for step in reversed(recording.steps):
+            if isinstance(step, BoundJunction):
+                if step.into in reached:
+                    reached.add(step.origin)
+            else:
+                reached.update(c.node.key for c in step if c.node.query in reached)
+        for name, source in recording.sources.items():
+            if source.stream not in reached:
+                self._warn(f"unconnected:{name}", (
+                    f"source '{name}' (stream '{source.stream}') gets zero relevance: no "
+                    f"attention call or junction of the graph connects it to the readout "
+                    f"stream(s) {sorted(readout)}"
+                ))
 
     def _readout(
         self,
