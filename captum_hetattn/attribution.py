@@ -233,17 +233,17 @@ class _AttentionAttribution(Attribution):
         )
         attributions = []
         for position, tensor in enumerate(formatted):
-            mapping, relevance = self._input_mapping(position, tensor, explanation, recording)
-            dtype = tensor.dtype if tensor.is_floating_point() else relevance.dtype
-            mapped = mapping.to_input(relevance, tensor, position)
+            pairs = self._input_mapping(position, tensor, explanation, recording)
+            mapped = sum(m.to_input(r, tensor, position) for m, r in pairs)
+            dtype = tensor.dtype if tensor.is_floating_point() else mapped.dtype
             attributions.append(mapped.to(dtype=dtype, device=tensor.device).contiguous())
         return _format_output(is_tuple, tuple(attributions))
 
     def _input_mapping(
         self, position: int, tensor: Tensor, explanation: Explanation,
         recording: BoundRecording,
-    ) -> tuple[InputMapping, Tensor]:
-        """The mapping of input ``position`` and the relevance it reads."""
+    ) -> list[tuple[InputMapping, Tensor]]:
+        """The mappings of input ``position`` and the relevance each reads (summed)."""
         if self.input_mappings is not None:
             if len(self.input_mappings) != len(explanation.relevance) and position >= len(
                 self.input_mappings
@@ -263,25 +263,28 @@ class _AttentionAttribution(Attribution):
             relevance = known.get(mapping.stream)
             if relevance is None:  # NoAttribution without a stream
                 relevance = next(iter(explanation.relevance.values()))
-            return mapping, relevance
+            return [(mapping, relevance)]
         fed = recording.inputs.get(position)
-        if fed is None:
-            return NoAttribution(), next(iter(explanation.relevance.values()))
-        if fed.rows is not None:
-            return Gathered(fed.stream, rows=fed.rows), explanation.stream_relevance[fed.stream]
+        if not fed:
+            return [(NoAttribution(), next(iter(explanation.relevance.values())))]
+        if all(item.rows is not None for item in fed):
+            # an input that feeds several streams (a tower and its cross-modal copy) sums them
+            return [(Gathered(item.stream, rows=item.rows),
+                     explanation.stream_relevance[item.stream]) for item in fed]
         # an element feeds several rows (overlapping convolutions): lay out by shape
-        own = {name: explanation.relevance[name] for name, stream in explanation.sources.items()
-               if stream == fed.stream}
+        stream = fed[0].stream
+        own = {name: explanation.relevance[name] for name, source in recording.sources.items()
+               if source.stream == stream}
         sizes = {name: r.shape[1] for name, r in own.items()}
         try:
             (mapping,) = default_mappings((tensor,), sizes)
         except ValueError as err:
             raise ValueError(
-                f"input {position} of shape {tuple(tensor.shape)} feeds stream '{fed.stream}' "
+                f"input {position} of shape {tuple(tensor.shape)} feeds stream '{stream}' "
                 "through overlapping windows and its layout cannot be guessed; pass "
                 "input_mappings=[...]"
             ) from err
-        return mapping, own[mapping.stream]
+        return [(mapping, own[mapping.stream])]
 
     def explain(
         self,
@@ -452,7 +455,8 @@ class _AttentionAttribution(Attribution):
         return_maps: bool,
     ) -> Explanation:
         relevance = {
-            name: stream_relevance[source.stream][:, source.columns].contiguous()
+            name: sum(stream_relevance[stream][:, columns] for stream, columns in source.parts)
+            .contiguous()
             for name, source in recording.sources.items()
         }
         source_padding = {
@@ -513,7 +517,8 @@ def _flows(recording: BoundRecording, stage: str | None) -> list[FlowStep]:
     for step in recording.steps:
         if isinstance(step, BoundJunction):
             if stage is None:
-                flows.append(TokenMap(step.into, step.origin, step.weights, step.rows, step.label))
+                flows.append(TokenMap(step.into, step.origin, step.weights, step.rows, step.label,
+                                      step.additive))
             continue
         group = [
             AttentionFlow(c.node.query, c.node.key, c.record.reduced, c.node.name)

@@ -70,6 +70,7 @@ class BoundJunction:
     weights: Tensor
     rows: Tensor
     kind: str = "probe"
+    additive: bool = False
 
     @property
     def label(self) -> str:
@@ -78,12 +79,14 @@ class BoundJunction:
 
 @dataclass(frozen=True)
 class BoundSource:
-    """An input modality: ``columns`` of ``stream``, fed by model inputs ``inputs``."""
+    """An input modality: ``columns`` of ``stream``, fed by model inputs ``inputs``; ``parts``
+    lists every ``(stream, columns)`` that holds it (several streams built from one input)."""
 
     name: str
     stream: str
     columns: Tensor
     inputs: tuple[int, ...]
+    parts: tuple[tuple[str, Tensor], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class BoundRecording:
     steps: tuple[Step, ...]
     sizes: dict[str, int]
     sources: dict[str, BoundSource] = field(default_factory=dict)
-    inputs: dict[int, BoundInput] = field(default_factory=dict)
+    inputs: dict[int, list[BoundInput]] = field(default_factory=dict)
     unbound: tuple[AttentionRecord, ...] = ()
     flow: DataFlow | None = None
     stream_names: dict[int, str] = field(default_factory=dict)
@@ -374,9 +377,11 @@ def _assemble(
             steps.append((call,))
         if query != key:
             held[query] |= held[key]
-    bound_inputs = {
-        i.position: BoundInput(i.position, names[i.stream], i.rows) for i in flow.inputs
-    }
+    bound_inputs: dict[int, list[BoundInput]] = {}
+    for item in flow.inputs:
+        bound_inputs.setdefault(item.position, []).append(
+            BoundInput(item.position, names[item.stream], item.rows)
+        )
     return BoundRecording(tuple(steps), sizes, sources, bound_inputs, tuple(unbound), flow, names)
 
 
@@ -398,26 +403,40 @@ def _check_size(sizes: dict[str, int], stream: str, size: int, node: BoundNode,
 def _name_sources(
     flow: DataFlow, names: Mapping[int, str], inputs: Sequence[Any]
 ) -> dict[str, BoundSource]:
-    """One source per stream named like the stream; split streams name theirs by input kind."""
+    """One source per stream named like the stream; split streams name theirs by input kind.
+
+    Streams built from the same inputs (BridgeTower's text tower and its cross-modal copy, both
+    from the ids) hold one source: its relevance is the sum over those streams.
+    """
     out: dict[str, BoundSource] = {}
     taken = set(names.values())
     by_stream: dict[int, list[Any]] = {}
     for source in flow.sources:
         by_stream.setdefault(source.stream, []).append(source)
+    by_inputs: dict[tuple[int, ...], str] = {}
     for stream, group in by_stream.items():
-        if len(group) == 1:
-            source = group[0]
-            out[names[stream]] = BoundSource(names[stream], names[stream], source.columns,
-                                             source.inputs)
-            continue
         for k, source in enumerate(group):
-            kinds = [_input_kind(inputs[p]) for p in source.inputs if 0 <= p < len(inputs)]
-            kind = next((k for k in kinds if k), None)
-            name = kind if kind and kind not in taken and kind not in out else None
-            if name is None:
-                name = "image" if "image" not in taken and "image" not in out and any(
-                    p >= 0 for p in source.inputs) else f"{names[stream]}_{k}"
-            out[name] = BoundSource(name, names[stream], source.columns, source.inputs)
+            same = by_inputs.get(source.inputs) if source.inputs != (-1,) else None
+            if same is not None and len(out[same].columns) == len(source.columns):
+                first = out[same]
+                out[same] = BoundSource(first.name, first.stream, first.columns, first.inputs,
+                                        (*first.parts, (names[stream], source.columns)))
+                continue
+            if len(group) == 1:
+                name = names[stream]
+            else:
+                kinds = [_input_kind(inputs[p]) for p in source.inputs if 0 <= p < len(inputs)]
+                kind = next((k for k in kinds if k), None)
+                free = {kind, "image"} - (taken - {names[stream]}) - set(out)
+                if kind and kind in free:
+                    name = kind
+                elif "image" in free and any(p >= 0 for p in source.inputs):
+                    name = "image"
+                else:
+                    name = f"{names[stream]}_{k}"
+            out[name] = BoundSource(name, names[stream], source.columns, source.inputs,
+                                    ((names[stream], source.columns),))
+            by_inputs.setdefault(source.inputs, name)
     return out
 
 
@@ -432,7 +451,8 @@ def _resolve(
 ) -> BoundJunction:
     probed = junction.rows.matrix
     if spec is None or spec.kind == "probe":
-        return BoundJunction(into, origin, junction.weights, probed.any(dim=-1), "probe")
+        return BoundJunction(into, origin, junction.weights, probed.any(dim=-1), "probe",
+                             junction.additive)
     batch, n_into, n_origin = probed.shape
     params = {k: _param(v, config, spec) for k, v in spec.params.items()}
     skip = int(params.get("skip", 0))
@@ -541,5 +561,6 @@ def _assemble_without_flow(
             steps.append((call,))
         if node.is_cross:
             held[node.query] |= held[node.key]
-    sources = {s: BoundSource(s, s, torch.arange(n), ()) for s, n in sizes.items()}
+    sources = {s: BoundSource(s, s, torch.arange(n), (), ((s, torch.arange(n)),))
+               for s, n in sizes.items()}
     return BoundRecording(tuple(steps), sizes, sources, {}, tuple(unbound), None)

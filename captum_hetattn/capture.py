@@ -146,6 +146,9 @@ class AttentionRecord:
             only, for data-flow analysis.
         token_dim: the token dimension of those tensors (1; 0 for a sequence-first
             ``nn.MultiheadAttention`` and for unbatched 2-D hidden states).
+        nodes: the autograd nodes of those tensors (``"query"``, ``"key"``, ``"output"``) as
+            they were when the call ran (a later in-place write, such as image features written
+            into an embedding tensor, moves a tensor's ``grad_fn``).
     """
 
     name: str
@@ -159,6 +162,7 @@ class AttentionRecord:
     key_input: Tensor | None = field(default=None, repr=False)
     output: Tensor | None = field(default=None, repr=False)
     token_dim: int = 1
+    nodes: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.shape and self.attention is not None:
@@ -205,6 +209,7 @@ class _Frame:
     mha_request: tuple[bool, bool] | None = None
     query_input: Tensor | None = None
     key_input: Tensor | None = None
+    nodes: dict[str, Any] = field(default_factory=dict)
     records: list[AttentionRecord] = field(default_factory=list)
 
 
@@ -317,6 +322,18 @@ def _call_inputs(
         if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
             return "cross", query, value[0]  # e.g. encoder_outputs given as a tuple
     return "self", query, None
+
+
+def autograd_node(tensor: Tensor | None) -> Any:
+    """The autograd node a tensor's gradient flows into now (``AccumulateGrad`` for a leaf that
+    requires grad), or ``None``."""
+    if not isinstance(tensor, Tensor):
+        return None
+    if tensor.grad_fn is not None:
+        return tensor.grad_fn
+    if tensor.requires_grad:
+        return tensor.view_as(tensor).grad_fn.next_functions[0][0]
+    return None
 
 
 def _token_dim(module: nn.Module, hidden: Tensor | None) -> int:
@@ -448,8 +465,8 @@ class AttentionRecorder:
             its record is reshaped to 4-D.
         active_backends: the backends the last ``__enter__`` installed (``"hf"``,
             ``"softmax"``, ``"mha"``).
-        embeddings: with ``record_io``, ``(module name, input ids, output)`` of every
-            ``nn.Embedding`` call, in call order (emptied on exit).
+        embeddings: with ``record_io``, ``(module name, input ids, output, output's autograd
+            node)`` of every ``nn.Embedding`` call, in call order (emptied on exit).
 
     Examples::
 
@@ -497,7 +514,7 @@ class AttentionRecorder:
             self.modules = frozenset(names)
         self.records: list[AttentionRecord] = []
         self.maps: list[Tensor] = []
-        self.embeddings: list[tuple[str, Tensor, Tensor]] = []
+        self.embeddings: list[tuple[str, Tensor, Tensor, Any]] = []
         self.active_backends: frozenset[str] = frozenset()
         self._entries: list[_Entry] = []
         self._stack: ExitStack | None = None
@@ -567,6 +584,7 @@ class AttentionRecorder:
                 entry.live = None  # type: ignore[assignment]
             for record in self.records:
                 record.query_input = record.key_input = record.output = None
+                record.nodes = {}
             self._entries = []
 
     # ---------------------------------------------------------------- installation
@@ -720,6 +738,7 @@ class AttentionRecorder:
         frame = _Frame(module, hint)
         if self.record_io:
             frame.query_input, frame.key_input = query_input, key_input
+            frame.nodes = {"query": autograd_node(query_input), "key": autograd_node(key_input)}
         if id(module) in self._hf_ids:
             self._hf_ran.add(id(module))
         self._frames.append(frame)
@@ -754,9 +773,13 @@ class AttentionRecorder:
         finally:
             self._muted = previous
 
-    def _on_embedding(self, name: str, module: nn.Module, args: tuple, output: Any) -> None:
+    def _on_embedding(self, name: str, module: nn.Module, args: tuple, output: Any) -> Any:
         if args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
-            self.embeddings.append((name, args[0], output))
+            self.embeddings.append((name, args[0], output, autograd_node(output)))
+            # the model gets a copy: writing image features into it in place (Kosmos-2) must
+            # leave the recorded lookup as it was
+            return output.clone()
+        return None
 
     def _attach_output(self, module: nn.Module, frame: _Frame, output: Any) -> None:
         """Give the records made inside this call the module's output (``record_io``)."""
@@ -766,6 +789,7 @@ class AttentionRecorder:
             output = next((o for o in output if isinstance(o, Tensor)), None)
         for record in frame.records:
             record.output = output if isinstance(output, Tensor) else None
+            record.nodes["output"] = autograd_node(record.output)
 
     def _enter_mode(self) -> None:
         self._mode_depth += 1
@@ -926,6 +950,7 @@ class AttentionRecorder:
             )
             if frame is not None:
                 record.query_input, record.key_input = frame.query_input, frame.key_input
+                record.nodes.update(frame.nodes)
                 record.token_dim = _token_dim(frame.module, frame.query_input)
                 frame.records.append(record)
         entry = _Entry(record, live, id(owner), live.requires_grad)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from captum_hetattn.capture import AttentionRecord
+from captum_hetattn.capture import AttentionRecord, autograd_node
 
 # the roles a call's tensors play (inputs before output within one call)
 Q_IN, K_IN, OUT = 0, 1, 2
@@ -65,18 +65,20 @@ class TokenRows:
 
 @dataclass
 class FlowJunction:
-    r"""Rows of stream ``into`` replaced by ``weights @ R[origin]`` before call ``before``."""
+    r"""Rows of stream ``into`` replaced by ``weights @ R[origin]`` before call ``before``
+    (``additive``: added to what an earlier junction into the same rows put there).
+
+    ``weights`` is ``rows.matrix`` normalised over every token that feeds a row, from all
+    origins: a merged token is the mean of the tokens it merges, a row fed by two streams (a
+    bridge layer adding two towers' tokens) takes half from each.
+    """
 
     into: int
     origin: int
     before: int
     rows: TokenRows
-
-    @property
-    def weights(self) -> Tensor:
-        """Row-normalised map: a merged token is the mean of the tokens it merges."""
-        matrix = self.rows.matrix.float()
-        return matrix / matrix.sum(dim=-1, keepdim=True).clamp(min=1)
+    weights: Tensor
+    additive: bool = False
 
 
 @dataclass
@@ -165,56 +167,50 @@ def _token_count(tensor: Tensor, token_dim: int) -> int:
 
 
 class _Walker:
-    """Which marked tensors each autograd node depends on (memoised over the whole graph)."""
+    """Which marked tensors an autograd node depends on, as of a given call.
+
+    A node marked only by later calls is transparent: a text layer's output that a later layer
+    reads again must not hide the earlier calls behind it. Each walk stops at the first node on
+    every path that carries a mark of an earlier call or of a model input, so it covers the graph
+    between one call and the previous ones (the residual chain back to the stream's start at
+    most).
+    """
 
     def __init__(self) -> None:
         self.marks: dict[object, set[Mark]] = {}
-        self.below: dict[object, frozenset[Mark]] = {}
 
-    def mark(self, tensor: Tensor | None, mark: Mark) -> None:
-        node = _node(tensor)
+    def mark(self, node: object | None, mark: Mark) -> None:
         if node is not None:
             self.marks.setdefault(node, set()).add(mark)
 
-    def hits(self, tensor: Tensor | None, before: int) -> frozenset[Mark]:
-        r"""Marks reached from ``tensor`` walking towards the inputs, stopping at the first
-        marked node on each path; marks of call ``before`` and later don't count."""
-        node = _node(tensor)
+    def _valid(self, node: object, before: int) -> set[Mark]:
+        return {m for m in self.marks.get(node, ()) if not (m[0] == "call" and m[1] >= before)}
+
+    def hits(self, node: object | None, before: int) -> frozenset[Mark]:
+        r"""Marks reached from ``node`` walking towards the inputs, stopping at the first node on
+        each path with a mark of a call before ``before`` or of an input."""
         if node is None:
             return frozenset()
-        own = {m for m in self.marks.get(node, ()) if not (m[0] == "call" and m[1] >= before)}
+        own = self._valid(node, before)
         if own:
             return frozenset(own)
-        return frozenset(m for m in self._below(node) if not (m[0] == "call" and m[1] >= before))
-
-    def _below(self, root: object) -> frozenset[Mark]:
-        stack = [root]
+        found: set[Mark] = set()
+        seen = {node}
+        stack = [node]
         while stack:
-            node = stack[-1]
-            if node in self.below:
-                stack.pop()
-                continue
-            children = [c for c, _ in getattr(node, "next_functions", ()) if c is not None]
-            pending = [c for c in children if c not in self.marks and c not in self.below]
-            if pending:
-                stack.extend(pending)
-                continue
-            stack.pop()
-            found: set[Mark] = set()
-            for child in children:
-                found |= self.marks[child] if child in self.marks else self.below[child]
-            self.below[node] = frozenset(found)
-        return self.below[root]
+            for child, _ in getattr(stack.pop(), "next_functions", ()):
+                if child is None or child in seen:
+                    continue
+                seen.add(child)
+                valid = self._valid(child, before)
+                if valid:
+                    found |= valid
+                else:
+                    stack.append(child)
+        return frozenset(found)
 
 
-def _node(tensor: Tensor | None) -> object | None:
-    if tensor is None or not isinstance(tensor, Tensor):
-        return None
-    if tensor.grad_fn is not None:
-        return tensor.grad_fn
-    if tensor.requires_grad:  # a leaf: its AccumulateGrad node is what graphs point at
-        return tensor.view_as(tensor).grad_fn.next_functions[0][0]
-    return None
+_node = autograd_node
 
 
 # ------------------------------------------------------------------------------ probing
@@ -352,7 +348,7 @@ def _dependence_by_rows(
 def analyse(
     records: Sequence[AttentionRecord],
     inputs: Sequence[Tensor | None],
-    embeddings: Sequence[tuple[str, Tensor, Tensor]],
+    embeddings: Sequence[tuple[str, Tensor, Tensor, object]],
     towers: Sequence[str],
     map_inputs: bool = False,
 ) -> DataFlow:
@@ -375,28 +371,27 @@ def analyse(
     if not records:
         raise ValueError("no attention call was recorded")
     batch = _batch_size(records)
-    if all(_node(r.query_input) is None for r in records):
+    if all(r.nodes.get("query") is None for r in records):
         raise ValueError(
             "no attention call's hidden states carry an autograd graph, so where their tokens "
             "come from cannot be traced (all parameters frozen and no float input?)"
         )
     walker = _Walker()
     for i, record in enumerate(records):
-        walker.mark(record.query_input, ("call", i, Q_IN))
-        walker.mark(record.key_input, ("call", i, K_IN))
-        walker.mark(record.output, ("call", i, OUT))
+        walker.mark(record.nodes.get("query"), ("call", i, Q_IN))
+        walker.mark(record.nodes.get("key"), ("call", i, K_IN))
+        walker.mark(record.nodes.get("output"), ("call", i, OUT))
     input_tensors: dict[int, tuple[Tensor, int]] = {}
     for position, tensor in enumerate(inputs):
         if isinstance(tensor, Tensor) and tensor.is_floating_point() and tensor.requires_grad:
             input_tensors[position] = (tensor, -1)
-            walker.mark(tensor, ("input", position, 0))
-    for _, ids, output in embeddings:
+            walker.mark(_node(tensor), ("input", position, 0))
+    for _, ids, output, node in embeddings:
         position = _matching_id_input(ids, inputs)
         if position is not None and position not in input_tensors:
             input_tensors[position] = (output, 1)
-            walker.mark(output, ("input", position, 0))
-        elif position is not None:
-            walker.mark(output, ("input", position, 0))
+        if position is not None:
+            walker.mark(node, ("input", position, 0))
     flow = _Builder(records, walker, input_tensors, towers, batch, map_inputs)
     return flow.run()
 
@@ -438,7 +433,8 @@ class _Builder:
         self.inputs: list[InputRows] = []
         # which stream a call's tensor stands for: (record, role side) -> stream
         self.side_stream: dict[tuple[int, str], int] = {}
-        self.probed: dict[object, int] = {}
+        # tensor node -> (stream, its call count then): the tokens of that stream at that time
+        self.probed: dict[object, tuple[int, int]] = {}
         self.constants: dict[int, tuple[Tensor, int]] = {}  # keeps the tensor alive for its id
 
     def run(self) -> DataFlow:
@@ -463,15 +459,24 @@ class _Builder:
                 f"attention module '{record.name}' [call {record.call_index}]: its {side} input "
                 "was not captured (the module was not called with a hidden-states tensor)"
             )
-        node = _node(tensor)
+        node = record.nodes.get(side)
         if node is None:  # a constant (DETR's first decoder queries are zeros): fresh tokens
             if id(tensor) not in self.constants:
                 self.constants[id(tensor)] = (tensor, self._fresh_stream(i, tensor, frozenset()))
             return self.constants[id(tensor)][1]
-        if node in self.probed:
-            return self.probed[node]
         n = _token_count(tensor, record.token_dim)
-        hits = self.walker.hits(tensor, before=i)
+        expected = record.n_query if side == "query" else record.n_key
+        if n != expected:
+            raise NotImplementedError(
+                f"attention module '{record.name}' [call {record.call_index}] computes a map "
+                f"over {expected} tokens from a {side} input of {n} tokens: several sequences "
+                "packed into one call (e.g. a vision tower that packs all images of a batch "
+                "with cu_seqlens) or a windowed layout, which the engine cannot lay out yet; "
+                "explain one example (one image) at a time"
+            )
+        if node in self.probed:
+            return self._reread(i, *self.probed[node])
+        hits = self.walker.hits(node, before=i)
         latest = self._latest_per_stream(hits)
         if latest and side == "query":
             # cheap continuation: the newest state of a stream of the same tower and length
@@ -482,11 +487,29 @@ class _Builder:
                 and self.streams[stream].size == n
                 and self.towers[i] == self.towers[j]
             ):
-                self.probed[node] = stream
+                self.probed[node] = (stream, len(self.streams[stream].calls))
                 return stream
         stream = self._probe_stream(i, tensor, n, latest, hits)
-        self.probed[node] = stream
+        self.probed[node] = (stream, len(self.streams[stream].calls))
         return stream
+
+    def _reread(self, i: int, stream: int, calls_then: int) -> int:
+        """A tensor read again (a decoder's every cross call reads the encoder output): the same
+        stream while it has not changed since, or since just the previous call (a parallel
+        group: LXMERT's two cross directions); else a copy of its state back then (BridgeTower's
+        cross-modal image layer reads the text features from before the text layer ran)."""
+        calls = self.streams[stream].calls
+        if len(calls) == calls_then or (len(calls) == calls_then + 1 and calls[-1] == i - 1):
+            return stream
+        before = calls[calls_then]
+        fork = FlowStream(len(self.streams), self.streams[stream].size, tower=self.towers[i])
+        fork.fresh = torch.zeros(self.batch, fork.size, dtype=torch.bool)
+        self.streams.append(fork)
+        identity = torch.eye(fork.size, dtype=torch.bool).expand(self.batch, -1, -1)
+        self.junctions.append(
+            FlowJunction(fork.index, stream, before, TokenRows(identity), identity.float())
+        )
+        return fork.index
 
     def _latest_per_stream(self, hits: frozenset[Mark]) -> dict[int, tuple[int, int]]:
         """Per stream, the latest of its call tensors among ``hits``."""
@@ -524,8 +547,13 @@ class _Builder:
         feeding = [(o, m) for o, m in zip(origins, maps, strict=True) if m is not None and m.any()]
         if len(feeding) == 1:
             (stream, _, _, _), matrix = feeding[0]
-            if TokenRows(matrix).is_identity() and self.streams[stream].size == n:
+            j, role = latest[stream]
+            calls = self.streams[stream].calls
+            current = calls[-1:] == [j] if role == OUT else not calls or calls[-1] < j
+            if TokenRows(matrix).is_identity() and self.streams[stream].size == n and current:
                 return stream
+            # an older state of a stream (BridgeTower's vision tower goes on while its copy is
+            # fused with text): a new stream that starts as a copy of it
         return self._fresh_stream(i, tensor, hits, feeding)
 
     def _fresh_stream(self, i: int, tensor: Tensor, hits: frozenset[Mark], feeding=()) -> int:
@@ -536,9 +564,15 @@ class _Builder:
         new = FlowStream(len(self.streams), n, tower=self.towers[i])
         self.streams.append(new)
         fed = torch.zeros(self.batch, n, dtype=torch.bool, device=tensor.device)
-        for (stream, _, _, before), matrix in feeding:
-            self.junctions.append(FlowJunction(new.index, stream, before, TokenRows(matrix)))
-            fed |= matrix.any(dim=-1)
+        if feeding:
+            total = sum(m.float().sum(dim=-1, keepdim=True) for _, m in feeding).clamp(min=1)
+            ordered = sorted(feeding, key=lambda item: item[0][3])  # application order
+            for k, ((stream, _, _, before), matrix) in enumerate(ordered):
+                self.junctions.append(FlowJunction(
+                    new.index, stream, before, TokenRows(matrix), matrix.float() / total,
+                    additive=k > 0,
+                ))
+                fed |= matrix.any(dim=-1)
         new.fresh = ~fed
         if new.fresh.any():
             self._add_sources(new, i, tensor, input_hits)
@@ -602,7 +636,7 @@ class _Builder:
             return False
         if key != previous.query:
             return False
-        hits = self.walker.hits(self.records[i].key_input, before=i)
+        hits = self.walker.hits(self.records[i].nodes.get("key"), before=i)
         return ("call", i - 1, OUT) not in hits
 
 

@@ -79,6 +79,8 @@ class TokenMap:
         weights: ``M``, ``(B, n_into, n_origin)`` (rows outside ``rows`` are ignored).
         rows: ``(B, n_into)`` booleans, the replaced rows.
         label: how error messages name the junction.
+        additive: add to the rows instead of replacing them (a row fed by several streams: the
+            first junction replaces, the others add; adjoint ``u_into`` is then kept).
     """
 
     into: str
@@ -86,6 +88,7 @@ class TokenMap:
     weights: Tensor
     rows: Tensor
     label: str = ""
+    additive: bool = False
 
     @property
     def name(self) -> str:
@@ -430,7 +433,10 @@ def propagate(
                     moved = torch.zeros_like(state[(step.into, s)])
                 else:
                     continue
-                state[(step.into, s)] = torch.where(rows, moved, read(step.into, s))
+                kept = read(step.into, s)
+                state[(step.into, s)] = torch.where(
+                    rows, kept + moved if step.additive else moved, kept
+                )
             continue
         updates: dict[Block, Tensor] = {}
         for flow in _as_group(step):
@@ -563,7 +569,8 @@ def propagate_row(
             replaced = step.rows.to(dtype)
             moved = ((adjoint[step.into] * replaced).unsqueeze(1)
                      @ step.weights.to(dtype)).squeeze(1)
-            adjoint[step.into] = adjoint[step.into] * (1 - replaced)
+            if not step.additive:
+                adjoint[step.into] = adjoint[step.into] * (1 - replaced)
             _accumulate(adjoint, step.origin, moved)
             continue
         if rollout:
