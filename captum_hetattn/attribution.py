@@ -343,7 +343,7 @@ class _AttentionAttribution(Attribution):
         ) as recorder:
             output = self.forward_func(*traced, *extra)
             scores = evaluate_objective(score_fn, output)
-            recording = self._bind(recorder, [*traced, *extra], map_inputs)
+            recording = self._bind(recorder, [*traced, *extra], map_inputs, scores.shape[0])
             state.expect(recording)
             terminal = _terminal_outputs(recording, recorder.records)
             grads = recorder.compute_gradients(
@@ -365,10 +365,10 @@ class _AttentionAttribution(Attribution):
         ), recording
 
     def _bind(
-        self, recorder: AttentionRecorder, inputs: list[Any], map_inputs: bool
+        self, recorder: AttentionRecorder, inputs: list[Any], map_inputs: bool, batch: int
     ) -> BoundRecording:
         """Trace the recorded forward and bind the graph (inferred on the first call)."""
-        flow = trace(recorder, inputs, map_inputs=map_inputs)
+        flow = trace(recorder, inputs, map_inputs=map_inputs, batch=batch)
         records = recorder.records
         names = [name for name, _ in self.model.named_modules()]
         config = getattr(self.model, "config", None)
@@ -568,8 +568,11 @@ def _gradient_readout(
         weights[stream] = norms
     if not weights:
         raise ValueError(
-            "the objective depends on the final tokens of no stream (no terminal attention "
-            "output got gradient); pass readout= to say which tokens explain the output"
+            "the objective's gradient is zero at the final tokens of every stream "
+            f"({sorted(recording.stream_names.values())}): a score that does not depend on the "
+            "model's attention (a constant logit, such as a padding token's tied to a zero "
+            "embedding row?), or one read from tokens before the last attention call; pass "
+            "readout= to say which tokens explain the output"
         )
     total = sum(w.sum(dim=1) for w in weights.values())
     total = torch.where(total > 0, total, torch.ones_like(total))

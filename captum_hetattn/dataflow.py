@@ -351,6 +351,7 @@ def analyse(
     embeddings: Sequence[tuple[str, Tensor, Tensor, object]],
     towers: Sequence[str],
     map_inputs: bool = False,
+    batch: int | None = None,
 ) -> DataFlow:
     r"""Streams, junctions and sources of one recorded forward (``record_io=True``).
 
@@ -364,13 +365,14 @@ def analyse(
         map_inputs: also find, for a stream fed by one input, which element feeds which row
             (``DataFlow.inputs``; streams fed by several inputs always get it). Costs
             ``2⌈log₂ n⌉`` backward passes through the input's embedding per stream.
+        batch: the number of examples (default: the batch of the last call).
 
     Raises:
         ValueError: a call whose hidden states are not traceable (no autograd graph).
     """
     if not records:
         raise ValueError("no attention call was recorded")
-    batch = _batch_size(records)
+    batch = batch if batch is not None else _batch_size(records)
     if all(r.nodes.get("query") is None for r in records):
         raise ValueError(
             "no attention call's hidden states carry an autograd graph, so where their tokens "
@@ -397,10 +399,10 @@ def analyse(
 
 
 def _batch_size(records: Sequence[AttentionRecord]) -> int:
-    for record in records:
+    for record in reversed(records):
         if record.query_input is not None and record.query_input.dim() >= 3:
             return tokens_view(record.query_input, record.token_dim).shape[0]
-    return records[0].batch_size
+    return records[-1].batch_size
 
 
 def _matching_id_input(ids: Tensor, inputs: Sequence[Tensor | None]) -> int | None:
@@ -473,6 +475,14 @@ class _Builder:
                 "packed into one call (e.g. a vision tower that packs all images of a batch "
                 "with cu_seqlens) or a windowed layout, which the engine cannot lay out yet; "
                 "explain one example (one image) at a time"
+            )
+        sequences = tokens_view(tensor, record.token_dim).shape[0]
+        if sequences != self.batch:
+            raise NotImplementedError(
+                f"attention module '{record.name}' [call {record.call_index}] runs over "
+                f"{sequences} sequences for a batch of {self.batch} (several images or tiles per "
+                "example, e.g. LLaVA-NeXT's crops), a layout the engine cannot map to examples "
+                "yet"
             )
         if node in self.probed:
             return self._reread(i, *self.probed[node])

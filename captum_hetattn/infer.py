@@ -42,7 +42,10 @@ __all__ = ["graph_from_flow", "infer_graph", "layer_pattern", "tower_of", "trace
 
 
 def trace(
-    recorder: AttentionRecorder, inputs: Sequence[Any], map_inputs: bool = False
+    recorder: AttentionRecorder,
+    inputs: Sequence[Any],
+    map_inputs: bool = False,
+    batch: int | None = None,
 ) -> DataFlow:
     r"""The data flow of the forward just recorded by ``recorder`` (``record_io=True``), called
     inside its context (``map_inputs``: see :func:`~captum_hetattn.dataflow.analyse`)."""
@@ -50,7 +53,7 @@ def trace(
     with recorder.muted():
         return analyse(
             records, list(inputs), recorder.embeddings, [tower_of(r.name) for r in records],
-            map_inputs=map_inputs,
+            map_inputs=map_inputs, batch=batch,
         )
 
 

@@ -1597,7 +1597,7 @@ def _vlm_arch(
             torch.cat([v, torch.zeros(1, 2, *v.shape[2:], dtype=v.dtype)], dim=1) for v in more
         ]
         kwargs = dict(model=model, forward_func=forward, feeds=(0, 1) if n_attr else (0,),
-                      types=types)
+                      types=types, target=int(ids[0, -1]))
         return (
             Arch(name, inputs=(padded_ids, *first[:n_attr]),
                  additional_forward_args=(*first[n_attr:], pad_mask, *padded_more), **kwargs),

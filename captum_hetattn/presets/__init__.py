@@ -176,8 +176,8 @@ def torch_layer_graph(model: nn.Module) -> LayerGraph | None:
             continue
         containers.add(container)
         steps.extend({**node, "module": f"{container}.*.{node['module']}"} for node in nodes)
-    if not steps:
-        return None
+    if not steps or len(steps) != len({node["query"] + node["key"] for node in steps}):
+        return None  # two encoders (a dual tower): the data flow tells them apart, not this table
     used = {stream for node in steps for stream in (node["query"], node["key"])}
     streams = [stream for stream in _TORCH_LAYERS["streams"] if stream in used]
     readout = _TORCH_LAYERS["readout"]["target" if "target" in streams else "source"]

@@ -1,0 +1,239 @@
+r"""The default call on 44 architectures nobody wrote engine code for (``tests/arch_zoo.py``).
+
+For every architecture, with ``HeterogenousAttentionAttribution(forward_func, model=model)`` and
+no hand-made graph: it runs; every recorded call has the type the architecture's own table says;
+every source gets non-zero relevance and every input the score depends on non-zero attribution;
+recorded maps equal the model's eager ``output_attentions`` and recorded gradients equal
+``autograd.grad`` through an independent softmax collector; a batch of 2 equals two single calls;
+padding gets zero and the real tokens equal the unpadded run; the model comes back as it was.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+from arch_zoo import ARCHS, Arch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from captum_hetattn import AttentionRecorder, HeterogenousAttentionAttribution
+
+# Layouts the engine reports instead of guessing (packed / tiled vision towers): a batch of 2 must
+# raise a NotImplementedError naming the module; single examples are explained.
+ONE_EXAMPLE_AT_A_TIME = {
+    "qwen2_vl": "model.visual.blocks.0.attn",
+}
+NOT_SUPPORTED = {
+    "llava_next": "model.vision_tower.encoder.layers.0.self_attn",  # tiles: B·crops sequences
+}
+SUPPORTED = sorted(set(ARCHS) - set(NOT_SUPPORTED))
+
+
+def _example(arch: Arch, index: int) -> Arch:
+    """Example ``index`` of a batch-of-2 architecture as a batch of one."""
+    batch = arch.inputs[0].shape[0]
+    packed = "no-batch-slice" in arch.notes
+
+    def pick(value):
+        if not isinstance(value, Tensor) or value.dim() == 0:
+            return value
+        if value.shape[0] == batch:
+            return value[index : index + 1]
+        if packed and value.shape[0] % batch == 0:  # packed rows, example b owns a block
+            rows = value.shape[0] // batch
+            return value[index * rows : (index + 1) * rows]
+        return value
+
+    return Arch(
+        arch.name, arch.model, arch.forward_func, tuple(pick(x) for x in arch.inputs),
+        tuple(pick(x) for x in arch.additional_forward_args), arch.target, arch.feeds,
+        arch.types, None, None, arch.notes,
+    )
+
+
+def _explain(arch: Arch, explainer=None):
+    explainer = explainer or HeterogenousAttentionAttribution(arch.forward_func, model=arch.model)
+    args = arch.additional_forward_args or None
+    explanation = explainer.explain(arch.inputs, target=arch.target, additional_forward_args=args)
+    attribution = explainer.attribute(
+        arch.inputs, target=arch.target, additional_forward_args=args
+    )
+    return explainer, explanation, attribution
+
+
+def _state(model: nn.Module):
+    """What an explanation must leave as it was."""
+    hooks = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+    implementations = [
+        getattr(getattr(m, "config", None), "_attn_implementation_internal", None)
+        for m in model.modules()
+    ]
+    grads = [p.grad is not None for p in model.parameters()]
+    flags = [p.requires_grad for p in model.parameters()]
+    return hooks, implementations, model.training, any(grads), flags
+
+
+@pytest.fixture(scope="module", params=SUPPORTED)
+def case(request):
+    arch = ARCHS[request.param]()
+    if arch.name in ONE_EXAMPLE_AT_A_TIME:
+        arch = _example(arch, 0)
+    with torch.no_grad():  # transformers installs its own output-capturing hooks on a first call
+        arch.forward_func(*arch.inputs, *arch.additional_forward_args)
+    before = _state(arch.model)
+    explainer, explanation, attribution = _explain(arch)
+    assert _state(arch.model) == before, "the model was not restored"
+    return arch, explainer, explanation, attribution
+
+
+def test_types_sources_and_inputs(case):
+    arch, explainer, explanation, attribution = case
+    # every call typed as the architecture's table says (the table covers every module that ran)
+    for call in explanation.calls:
+        expected = [t for pattern, t in arch.types.items() if re.search(pattern, call.name)]
+        assert expected == [call.type], (call.name, call.query, call.key, call.type, expected)
+    assert explanation.calls, "no attention call was explained"
+    # no source is exactly zero, for any example
+    for name, relevance in explanation.relevance.items():
+        assert relevance.abs().sum(dim=1).gt(0).all(), f"source '{name}' is all zero"
+        assert torch.isfinite(relevance).all()
+    # every input the score depends on gets attribution, shaped like the input
+    for position, tensor in enumerate(arch.inputs):
+        assert attribution[position].shape == tensor.shape
+    for position in arch.feeds:
+        per_example = attribution[position].abs().flatten(1).sum(dim=1)
+        assert per_example.gt(0).all(), f"input {position} got zero attribution"
+
+
+class _SoftmaxCollector(TorchFunctionMode):
+    """Every 4-D softmax output, in order (the test's own interception)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maps: list[Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "__name__", "") == "softmax" and isinstance(out, Tensor) and (
+            out.dim() == 4
+        ):
+            self.maps.append(out)
+        return out
+
+
+def _scores(arch: Arch) -> Tensor:
+    torch.manual_seed(0)
+    return arch.forward_func(*arch.inputs, *arch.additional_forward_args)[:, arch.target].sum()
+
+
+EXACT: dict[str, str] = {}
+
+
+def test_recorded_maps_and_gradients_are_exact(case):
+    arch, *_ = case
+    with AttentionRecorder(arch.model) as recorder:
+        recorder.compute_gradients(_scores(arch))
+    records = recorder.records
+    if arch.output_attentions is not None:
+        reference = [a for a in arch.output_attentions() if a is not None]
+        recorded = [r.attention for r in records]
+        for attention in reference:
+            assert any(
+                a.shape == attention.shape and torch.allclose(a, attention, atol=1e-6)
+                for a in recorded
+            ), f"an eager output_attentions map of {arch.name} was not recorded"
+    # gradients: eager attention, softmax outputs collected by the test, autograd.grad
+    model = arch.model
+    if not hasattr(model, "set_attn_implementation"):
+        return
+    configs = [m.config for m in model.modules()
+               if hasattr(getattr(m, "config", None), "_attn_implementation_internal")]
+    previous = [c._attn_implementation_internal for c in configs]
+    try:
+        for config in configs:
+            config._attn_implementation_internal = "eager"
+        collector = _SoftmaxCollector()
+        with collector:
+            scores = _scores(arch)
+    finally:
+        for config, implementation in zip(configs, previous, strict=True):
+            config._attn_implementation_internal = implementation
+    maps = collector.maps
+    if [tuple(m.shape) for m in maps] != [r.shape for r in records]:
+        return  # softmaxes the recorder does not see as calls (pooling heads, MHA kernels)
+    grads = torch.autograd.grad(scores, maps, allow_unused=True)
+    for record, attention, grad in zip(records, maps, grads, strict=True):
+        torch.testing.assert_close(record.attention, attention.detach(), atol=1e-6, rtol=0)
+        expected = torch.zeros_like(attention) if grad is None else grad
+        torch.testing.assert_close(record.gradient, expected, atol=1e-6, rtol=1e-5)
+    EXACT[arch.name] = "gradients"
+
+
+def test_batch_of_two_equals_two_single_calls(case):
+    arch, explainer, explanation, attribution = case
+    if arch.inputs[0].shape[0] < 2:
+        return  # explained one example at a time (see ONE_EXAMPLE_AT_A_TIME)
+    for index in range(2):
+        single = _example(arch, index)
+        _, one, one_attr = _explain(single, explainer)
+        # ViLT draws its patch order per forward (and per batch size): only the relevance laid
+        # out on the pixels is comparable there, not the order of the patch tokens
+        shuffled = "patch order random" in arch.notes
+        for name, relevance in explanation.relevance.items():
+            if not shuffled:
+                torch.testing.assert_close(one.relevance[name][0], relevance[index], atol=2e-5,
+                                           rtol=1e-4)
+        for position in arch.feeds:
+            torch.testing.assert_close(one_attr[position][0].float(),
+                                       attribution[position][index].float(), atol=2e-5,
+                                       rtol=1e-4)
+
+
+def test_padding_gets_zero_and_real_tokens_equal_the_unpadded_run(case):
+    arch, *_ = case
+    if ARCHS[arch.name]().padded is None:
+        return
+    padded, unpadded, position, pads = ARCHS[arch.name]().padded()
+    # the same score as the full case (target 0 is a padding token with a constant logit in
+    # models whose embeddings are tied to the head)
+    padded, unpadded = (replace(c, target=arch.target) for c in (padded, unpadded))
+    _, _, with_pads = _explain(padded)
+    _, _, without = _explain(unpadded)
+    assert with_pads[position][0, pads].abs().sum() == 0
+    real = [i for i in range(with_pads[position].shape[1]) if i not in pads]
+    torch.testing.assert_close(with_pads[position][:, real].float(), without[position].float(),
+                               atol=2e-5, rtol=1e-4)
+
+
+def test_coverage_of_the_catalogue():
+    assert len(SUPPORTED) >= 30
+    required = {"llava", "qwen2_vl", "idefics3", "smolvlm", "paligemma", "blip2_opt", "clip",
+                "siglip", "visual_bert", "vilt", "lxmert", "detr", "bart", "t5", "whisper",
+                "gpt2", "llama", "handwritten_vqa", "interleaved_towers"}
+    assert required <= set(SUPPORTED)
+    padded = [name for name in SUPPORTED if ARCHS[name]().padded is not None]
+    assert len(padded) >= 8
+
+
+@pytest.mark.parametrize("name", sorted(set(ONE_EXAMPLE_AT_A_TIME) | set(NOT_SUPPORTED)))
+def test_layouts_the_engine_cannot_map_are_errors_naming_the_module(name):
+    arch = ARCHS[name]()
+    module = {**ONE_EXAMPLE_AT_A_TIME, **NOT_SUPPORTED}[name]
+    explainer = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model)
+    with pytest.raises(NotImplementedError, match=re.escape(module)):
+        explainer.explain(arch.inputs, target=arch.target,
+                          additional_forward_args=arch.additional_forward_args or None)
+
+
+def test_exact_gradient_checks_ran_on_most_architectures():
+    # filled by test_recorded_maps_and_gradients_are_exact (pytest runs this file in order)
+    if len(EXACT) < len(SUPPORTED) // 2:
+        pytest.skip("run with the whole module to count the exactness checks")
+    assert len(EXACT) >= 25, sorted(EXACT)
+    print(f"exact gradients checked on {len(EXACT)} architectures")
