@@ -127,9 +127,10 @@ class _AttentionAttribution(Attribution):
                 as a tensor; it must run ``model``.
             model: the ``nn.Module`` whose attention is explained; defaults to ``forward_func``
                 when that is a module.
-            graph: a :class:`LayerGraph`, a preset name (``"lxmert"``, ``"detr"``, ...), or
-                ``None``: the preset for the model class / ``config.model_type``, else a graph
-                inferred from the data flow of the first call.
+            graph: a :class:`LayerGraph`, a preset name (``"lxmert"``, ``"detr"``, ...),
+                ``"infer"`` (a graph inferred from the data flow of the first call), or ``None``:
+                the preset for the model class / ``config.model_type`` if one fits, else
+                inferred.
             input_mappings: one :class:`~captum_hetattn.mapping.InputMapping` per input
                 (``Tokens("text")``, ``PatchGrid("image")``, ``NoAttribution()``, ...); ``None``
                 maps every input by the rows of the streams its elements feed (traced on each
@@ -147,7 +148,9 @@ class _AttentionAttribution(Attribution):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model = model
         self._graph_is_default = graph is None
-        if isinstance(graph, str):
+        if graph == "infer":
+            graph = None  # inferred from the data flow of the first call, even with a preset
+        elif isinstance(graph, str):
             graph = preset(graph)
         elif graph is None:
             graph = find_preset(model)

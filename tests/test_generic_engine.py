@@ -168,3 +168,59 @@ def test_graph_whose_order_contradicts_the_calls_names_the_node():
     args = (inputs["input_ids"], inputs["attention_mask"], inputs["decoder_input_ids"])
     with pytest.raises(ValueError, match="encoder_attn.*ran after.*self_attn.*contradicts"):
         explainer.explain(args[0], target=0, additional_forward_args=args[1:])
+
+
+# ------------------------------------------------------------------------- spliced VLMs
+@pytest.mark.parametrize("name", ["llava", "paligemma", "blip2_opt", "idefics3", "smolvlm"])
+def test_vlm_presets_with_junctions_equal_the_inferred_graph(name):
+    from arch_zoo import ARCHS
+
+    arch = ARCHS[name]()
+    args = dict(target=arch.target, additional_forward_args=arch.additional_forward_args)
+    with_preset = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model)
+    assert with_preset.graph is not None and with_preset.graph.junctions
+    inferred = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model, graph="infer")
+    a = with_preset.explain(arch.inputs, **args)
+    b = inferred.explain(arch.inputs, **args)
+    assert set(a.relevance) == set(b.relevance) >= {"image", "text"}
+    for source in a.relevance:
+        torch.testing.assert_close(a.relevance[source], b.relevance[source])
+    assert [c.type for c in a.calls] == [c.type for c in b.calls]
+
+
+def test_llava_pixels_get_relevance_equal_to_a_hand_written_splice():
+    from arch_zoo import ARCHS
+
+    from captum_hetattn import Junction
+
+    arch = ARCHS["llava"]()
+    args = dict(target=arch.target, additional_forward_args=arch.additional_forward_args)
+    ids, pixels = arch.inputs
+    explainer = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model,
+                                                 graph="infer")
+    id_attr, pixel_attr = explainer.attribute(arch.inputs, **args)
+    assert pixel_attr.abs().flatten(1).sum(dim=1).gt(0).all()
+    placeholder = arch.model.config.image_token_id
+    assert (id_attr[ids == placeholder] == 0).all()  # their rows hold the image, not the text
+    assert explainer.graph.junctions[0].kind == "probe"
+    by_hand = LayerGraph(
+        ["image", "text"],
+        [AttentionNode("vision_tower.encoder.layers.*.self_attn", query="image"),
+         AttentionNode("language_model.layers.*.self_attn", query="text")],
+        junctions=[Junction("text", "image", kind="splice",
+                            params={"placeholder": placeholder, "skip": 1})],
+    )
+    hand = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model, graph=by_hand)
+    for correction in ("pos", "none"):
+        expected = explainer.explain(arch.inputs, correction=correction, **args)
+        got = hand.explain(arch.inputs, correction=correction, **args)
+        torch.testing.assert_close(got.relevance["image"], expected.relevance["image"])
+        assert got.relevance["image"].abs().sum() > 0
+    torch.testing.assert_close(hand.attribute(arch.inputs, **args)[1], pixel_attr)
+    # a wrong placeholder count is an error naming the junction, not a silent zero
+    wrong = LayerGraph.from_dict({**by_hand.to_dict(), "junctions": [
+        {"into": "text", "from": "image", "kind": "splice", "placeholder": placeholder,
+         "skip": 0}]})
+    with pytest.raises(ValueError, match="junction 'image'->'text'.*placeholder tokens"):
+        HeterogenousAttentionAttribution(arch.forward_func, model=arch.model,
+                                         graph=wrong).explain(arch.inputs, **args)
