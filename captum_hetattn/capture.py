@@ -210,6 +210,7 @@ class _Frame:
     query_input: Tensor | None = None
     key_input: Tensor | None = None
     nodes: dict[str, Any] = field(default_factory=dict)
+    others: list[Tensor] = field(default_factory=list)  # further float tensor arguments
     records: list[AttentionRecord] = field(default_factory=list)
 
 
@@ -307,8 +308,8 @@ def _call_inputs(
     """
     arguments = _bind_call(module, args, kwargs)
     if arguments is None:
-        query = args[0] if args else None
         arguments = dict(kwargs)
+        query = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
     else:
         query = next(iter(arguments.values()), None)
     query = query if isinstance(query, Tensor) else None
@@ -336,14 +337,22 @@ def autograd_node(tensor: Tensor | None) -> Any:
     return None
 
 
-def _token_dim(module: nn.Module, hidden: Tensor | None) -> int:
+def _token_dim(module: nn.Module, hidden: Tensor | None, n_tokens: int | None = None) -> int:
     """Where the tokens are in a module's hidden states: sequence-first MHA and packed 2-D
-    inputs have them first."""
+    inputs have them first; per-head ``(B, H, n, d)`` inputs (a module handed projected
+    queries) third."""
     if hidden is not None and hidden.dim() == 2:
         return 0
     if isinstance(module, nn.MultiheadAttention) and not module.batch_first:
         return 0
+    if (hidden is not None and hidden.dim() == 4 and n_tokens is not None
+            and hidden.shape[2] == n_tokens and hidden.shape[1] != n_tokens):
+        return 2
     return 1
+
+
+def _token_count_at(tensor: Tensor, token_dim: int) -> int:
+    return tensor.shape[0 if tensor.dim() == 2 and token_dim == 0 else token_dim]
 
 
 def _head_count(module: nn.Module) -> int | None:
@@ -739,6 +748,9 @@ class AttentionRecorder:
         if self.record_io:
             frame.query_input, frame.key_input = query_input, key_input
             frame.nodes = {"query": autograd_node(query_input), "key": autograd_node(key_input)}
+            frame.others = [a for a in (*args, *kwargs.values())
+                            if isinstance(a, Tensor) and a is not query_input
+                            and a.is_floating_point() and a.dim() >= 2]
         if id(module) in self._hf_ids:
             self._hf_ran.add(id(module))
         self._frames.append(frame)
@@ -949,16 +961,33 @@ class AttentionRecorder:
                 None,
             )
             if frame is not None:
-                record.query_input, record.key_input = frame.query_input, frame.key_input
-                record.nodes.update(frame.nodes)
-                record.token_dim = _token_dim(frame.module, frame.query_input)
-                frame.records.append(record)
+                self._attach_inputs(record, frame, shaped)
         entry = _Entry(record, live, id(owner), live.requires_grad)
         if live.requires_grad:
             self._hook(entry, live)
         self._entries.append(entry)
         self.records.append(record)
         self.maps.append(live)
+
+    @staticmethod
+    def _attach_inputs(record: AttentionRecord, frame: _Frame, shaped: Tensor) -> None:
+        """Give a record (``record_io``) the tensors its module was called with.
+
+        A module whose arguments did not name its key input (``forward(self, x, y)``) but whose
+        map has another key count than query count reads its keys from the argument with that
+        many tokens: it is cross-attention.
+        """
+        record.query_input, record.key_input = frame.query_input, frame.key_input
+        record.nodes.update(frame.nodes)
+        record.token_dim = _token_dim(frame.module, frame.query_input, shaped.shape[-2])
+        n_query, n_key = shaped.shape[-2], shaped.shape[-1]
+        if record.key_input is None and (record.role == "cross" or n_query != n_key):
+            for other in frame.others:
+                if _token_count_at(other, _token_dim(frame.module, other, n_key)) == n_key:
+                    record.role, record.key_input = "cross", other
+                    record.nodes["key"] = autograd_node(other)
+                    break
+        frame.records.append(record)
 
     def _merge_recompute(self, owner: nn.Module, live: Tensor, shaped: Tensor) -> bool:
         r"""Merge an attention call made during a backward (activation checkpointing)."""

@@ -159,6 +159,8 @@ def tokens_view(tensor: Tensor, token_dim: int) -> Tensor:
         return tensor.reshape(1, tensor.shape[0], -1) if token_dim == 0 else tensor.unsqueeze(-1)
     if token_dim == 0:
         tensor = tensor.transpose(0, 1)
+    elif token_dim == 2:  # per-head (B, H, n, d)
+        tensor = tensor.transpose(1, 2)
     return tensor.reshape(tensor.shape[0], tensor.shape[1], -1)
 
 
@@ -308,6 +310,9 @@ def _restore_layout(weights: Tensor, like: Tensor, token_dim: int) -> Tensor:
     if token_dim == 0:
         shape = (like.shape[1], like.shape[0], *like.shape[2:])
         return weights.reshape(shape).transpose(0, 1)
+    if token_dim == 2:
+        shape = (like.shape[0], like.shape[2], like.shape[1], *like.shape[3:])
+        return weights.reshape(shape).transpose(1, 2)
     return weights.reshape(like.shape)
 
 

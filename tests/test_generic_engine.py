@@ -270,3 +270,80 @@ def test_mean_pooling_readout_on_minilm():
     real = mask.sum(dim=1, keepdim=True)
     # near uniform over the real tokens (mean pooling through a last LayerNorm)
     assert ((weights * real)[mask] - 1).abs().max() < 0.75
+
+
+# ------------------------------------------------------------------ module conventions
+class CoreAttention(nn.Module):
+    """Handed projected per-head ``(B, H, n, d)`` queries, keys and values by its block."""
+
+    num_heads = 2
+
+    def forward(self, q, k, v):
+        return (q @ k.transpose(-1, -2) / 4).softmax(-1) @ v
+
+
+class HeadBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(DIM, DIM) for _ in range(4))
+        self.core = CoreAttention()
+        self.norm = nn.LayerNorm(DIM)
+
+    def forward(self, x):
+        batch, n, _ = x.shape
+        split = lambda t: t.view(batch, n, 2, DIM // 2).transpose(1, 2)  # noqa: E731
+        h = self.norm(x)
+        out = self.core(split(self.q(h)), split(self.k(h)), split(self.v(h)))
+        return x + self.o(out.transpose(1, 2).reshape(batch, n, DIM))
+
+
+class PairAttention(nn.Module):
+    """Cross-attention whose keys come in under a name no table knows."""
+
+    num_heads = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(DIM, DIM), nn.Linear(DIM, DIM)
+
+    def forward(self, x, image_feats):
+        scores = self.q(x) @ self.k(image_feats).transpose(-1, -2)
+        return scores.softmax(-1).unsqueeze(1).squeeze(1) @ image_feats
+
+
+class OddConventions(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.words, self.patches = nn.Embedding(30, DIM), nn.Linear(12, DIM)
+        self.text = nn.ModuleList([HeadBlock(), HeadBlock()])
+        self.img = nn.ModuleList([HeadBlock()])
+        self.fuse = PairAttention()
+        self.head = nn.Linear(DIM, 3)
+
+    def forward(self, ids, patches):
+        text, image = self.words(ids), self.patches(patches)
+        for block in self.img:
+            image = block(image)
+        for block in self.text:
+            text = block(text)
+        text = text + self.fuse(text, image)
+        return self.head(text[:, 0])
+
+
+def test_per_head_inputs_and_unnamed_key_arguments_are_traced():
+    torch.manual_seed(0)
+    model = OddConventions().eval()
+    ids = torch.randint(0, 30, (2, 5), generator=torch.Generator().manual_seed(3))
+    patches = torch.randn(2, 3, 12, generator=torch.Generator().manual_seed(4))
+    explainer = HeterogenousAttentionAttribution(model)
+    # |∇A|: one random cross call can have no positive gradient on the read row
+    out = explainer.explain((ids, patches), target=1, correction="abs")
+    assert [(c.name, c.query, c.key, c.type) for c in out.calls] == [
+        ("img.0.core", "image", "image", "A"),
+        ("text.0.core", "text", "text", "A"),
+        ("text.1.core", "text", "text", "A"),
+        ("fuse", "text", "image", "B"),
+    ]
+    assert out.relevance["image"].abs().sum(dim=1).gt(0).all()
+    ids_attr, patch_attr = explainer.attribute((ids, patches), target=1, correction="abs")
+    assert patch_attr.abs().flatten(1).sum(dim=1).gt(0).all()
