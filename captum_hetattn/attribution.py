@@ -35,7 +35,6 @@ from captum_hetattn._captum_compat import (
     log_usage,
 )
 from captum_hetattn.binding import (
-    BoundJunction,
     BoundRecording,
     bind_records,
     name_streams,
@@ -413,7 +412,7 @@ class _AttentionAttribution(Attribution):
         construction: say so instead of returning a silent zero."""
         reached = set(readout)
         for step in reversed(recording.steps):
-            if isinstance(step, BoundJunction):
+            if isinstance(step, TokenMap):
                 if step.into in reached:
                     reached.add(step.origin)
             else:
@@ -518,10 +517,9 @@ class _Capture:
 def _flows(recording: BoundRecording, stage: str | None) -> list[FlowStep]:
     flows: list[FlowStep] = []
     for step in recording.steps:
-        if isinstance(step, BoundJunction):
+        if isinstance(step, TokenMap):
             if stage is None:
-                flows.append(TokenMap(step.into, step.origin, step.weights, step.rows, step.label,
-                                      step.additive))
+                flows.append(step)
             continue
         group = [
             AttentionFlow(c.node.query, c.node.key, c.record.reduced, c.node.name)
@@ -691,9 +689,10 @@ class GenericAttentionExplainability(_AttentionAttribution):
 
     ``pos`` correction; cross calls add ``R̄[q,q]ᵀ·Ā·R̄[k,k]`` to ``R[q,k]`` and ``Ā·R[k,q]`` to
     ``R[q,q]`` (normalisation ``R̄ = (R − I)/rowsum + I``); the readout token's own relevance is
-    set to 0. Where the reference divides by a zero row sum (its NaN), the cross term is dropped,
-    as its DETR code ends up doing; rows of tokens that the reference run would not have do not
-    count: padding, and in a causal readout stream the positions after the readout token (it
+    set to 0 (for a readout vector ``w``, each read token ``j`` loses its own entry
+    ``w_j·R[j, j]``). Where the reference divides by a zero row sum (its NaN), the cross term is
+    dropped, as its DETR code ends up doing; rows of tokens that the reference run would not have
+    do not count: padding, and in a causal readout stream the positions after the readout token (it
     explains token ``j`` of a generation that stopped there). Streams beyond the two of a cross
     call get our rule.
 
@@ -736,8 +735,10 @@ class GenericAttentionExplainability(_AttentionAttribution):
         )
         relevance = read_rows(blocks, recording.sizes, readout)
         for stream, weights in readout.items():
-            # the reference's R_tt[0, 0] = 0: the readout tokens' own relevance
-            relevance[stream] = relevance[stream].masked_fill(weights > 0, 0).contiguous()
+            # the reference's R_tt[0, 0] = 0: the readout tokens' own relevance. For a readout
+            # vector, each read token's own entry w_j·R[j, j] (a one-hot readout zeroes R[r, r])
+            own = weights * blocks[(stream, stream)].diagonal(dim1=-2, dim2=-1)
+            relevance[stream] = (relevance[stream] - own).contiguous()
         return relevance
 
 

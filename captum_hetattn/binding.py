@@ -37,6 +37,7 @@ from torch import Tensor
 from captum_hetattn.capture import AttentionRecord
 from captum_hetattn.dataflow import DataFlow, FlowJunction
 from captum_hetattn.graph import AttentionNode, BoundNode, Junction, LayerGraph, _match_pattern
+from captum_hetattn.rules import TokenMap
 
 _LAYER_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
@@ -61,23 +62,6 @@ class BoundCall:
 
 
 @dataclass(frozen=True)
-class BoundJunction:
-    r"""A junction resolved for this forward: rows of ``into`` replaced by
-    ``weights @ R[origin]`` (``weights`` ``(B, n_into, n_origin)``, ``rows`` ``(B, n_into)``)."""
-
-    into: str
-    origin: str
-    weights: Tensor
-    rows: Tensor
-    kind: str = "probe"
-    additive: bool = False
-
-    @property
-    def label(self) -> str:
-        return f"junction '{self.origin}'->'{self.into}' ({self.kind})"
-
-
-@dataclass(frozen=True)
 class BoundSource:
     """An input modality: ``columns`` of ``stream``, fed by model inputs ``inputs``; ``parts``
     lists every ``(stream, columns)`` that holds it (several streams built from one input)."""
@@ -99,7 +83,7 @@ class BoundInput:
     rows: Tensor | None
 
 
-Step = tuple[BoundCall, ...] | BoundJunction
+Step = tuple[BoundCall, ...] | TokenMap
 
 
 @dataclass(frozen=True)
@@ -120,8 +104,8 @@ class BoundRecording:
         return [c for step in self.steps if isinstance(step, tuple) for c in step]
 
     @property
-    def junctions(self) -> list[BoundJunction]:
-        return [step for step in self.steps if isinstance(step, BoundJunction)]
+    def junctions(self) -> list[TokenMap]:
+        return [step for step in self.steps if isinstance(step, TokenMap)]
 
 
 def bind_records(
@@ -342,7 +326,7 @@ def _assemble(
     for source in sources.values():
         held[source.stream].add(source.name)
     declared = {(j.into, j.origin): j for j in graph.junctions}
-    junctions_before: dict[int, list[BoundJunction]] = {}
+    junctions_before: dict[int, list[TokenMap]] = {}
     for junction in flow.junctions:
         into, origin = names[junction.into], names[junction.origin]
         spec = declared.pop((into, origin), None)
@@ -448,11 +432,11 @@ def _resolve(
     inputs: Sequence[Any],
     config: Any,
     flow: DataFlow,
-) -> BoundJunction:
+) -> TokenMap:
     probed = junction.rows.matrix
     if spec is None or spec.kind == "probe":
-        return BoundJunction(into, origin, junction.weights, probed.any(dim=-1), "probe",
-                             junction.additive)
+        return TokenMap(into, origin, junction.weights, probed.any(dim=-1),
+                        f"junction '{origin}'->'{into}' (probe)", junction.additive)
     batch, n_into, n_origin = probed.shape
     params = {k: _param(v, config, spec) for k, v in spec.params.items()}
     skip = int(params.get("skip", 0))
@@ -481,7 +465,8 @@ def _resolve(
             )
         matrix[:, torch.arange(offset, offset + count), torch.arange(skip, skip + count)] = True
     weights = matrix.float() / matrix.float().sum(dim=-1, keepdim=True).clamp(min=1)
-    return BoundJunction(into, origin, weights, matrix.any(dim=-1), spec.kind)
+    return TokenMap(into, origin, weights, matrix.any(dim=-1),
+                    f"junction '{origin}'->'{into}' ({spec.kind})")
 
 
 def _token_ids(flow: DataFlow, stream: int, inputs: Sequence[Any], n: int,

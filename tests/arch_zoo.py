@@ -1201,36 +1201,12 @@ def layoutlmv3() -> Arch:
 
 
 # =========================================================================== plain PyTorch models
-class TorchSeq2Seq(nn.Module):
-    r"""A plain-PyTorch encoder–decoder on ``nn.TransformerEncoder`` / ``nn.TransformerDecoder``
-    (``nn.MultiheadAttention`` inside); classification head on the last target token."""
+def TorchSeq2Seq() -> nn.Module:  # noqa: N802 - a model class, configured
+    r"""The plain-PyTorch encoder–decoder of ``tiny_models`` (``nn.TransformerEncoder`` /
+    ``nn.TransformerDecoder``), head on the last target token, no nested tensors."""
+    from tiny_models import TinyTorchTransformer
 
-    def __init__(self, vocab: int = VOCAB, dim: int = HIDDEN, heads: int = HEADS) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.position = nn.Parameter(torch.randn(16, dim) * 0.1)
-        encoder_layer = nn.TransformerEncoderLayer(
-            dim, heads, dim_feedforward=FFN, dropout=0.1, batch_first=True
-        )
-        decoder_layer = nn.TransformerDecoderLayer(
-            dim, heads, dim_feedforward=FFN, dropout=0.1, batch_first=True
-        )
-        self.encoder = nn.TransformerEncoder(encoder_layer, LAYERS, enable_nested_tensor=False)
-        self.decoder = nn.TransformerDecoder(decoder_layer, LAYERS)
-        self.head = nn.Linear(dim, 3)
-
-    def forward(
-        self, src: Tensor, tgt: Tensor, src_key_padding_mask: Tensor | None = None
-    ) -> Tensor:
-        src_x = self.embed(src) + self.position[: src.shape[1]]
-        tgt_x = self.embed(tgt) + self.position[: tgt.shape[1]]
-        memory = self.encoder(src_x, src_key_padding_mask=src_key_padding_mask)
-        causal = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
-        out = self.decoder(
-            tgt_x, memory, tgt_mask=causal, tgt_is_causal=True,
-            memory_key_padding_mask=src_key_padding_mask,
-        )
-        return self.head(out[:, -1])
+    return TinyTorchTransformer(head_position=-1, nested=False, causal_flag=True)
 
 
 @_register("torch_seq2seq")

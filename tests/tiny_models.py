@@ -381,10 +381,16 @@ def perceiver() -> Built:
 
 class TinyTorchTransformer(nn.Module):
     r"""A plain-PyTorch encoder–decoder on ``nn.TransformerEncoder`` / ``nn.TransformerDecoder``
-    (``nn.MultiheadAttention`` inside), with a classification head on the first target token."""
+    (``nn.MultiheadAttention`` inside), with a classification head on the target token
+    ``head_position`` (the first by default); ``nested``: the encoder's nested-tensor fast path;
+    ``causal_flag``: tell the decoder its mask is causal (``tgt_is_causal``)."""
 
-    def __init__(self, vocab: int = VOCAB, dim: int = HIDDEN, heads: int = HEADS) -> None:
+    def __init__(
+        self, vocab: int = VOCAB, dim: int = HIDDEN, heads: int = HEADS, head_position: int = 0,
+        nested: bool = True, causal_flag: bool = False,
+    ) -> None:
         super().__init__()
+        self.head_position, self.causal_flag = head_position, causal_flag
         self.embed = nn.Embedding(vocab, dim)
         self.position = nn.Parameter(torch.randn(16, dim) * 0.1)
         encoder_layer = nn.TransformerEncoderLayer(
@@ -393,7 +399,7 @@ class TinyTorchTransformer(nn.Module):
         decoder_layer = nn.TransformerDecoderLayer(
             dim, heads, dim_feedforward=FFN, dropout=0.1, batch_first=True
         )
-        self.encoder = nn.TransformerEncoder(encoder_layer, LAYERS, enable_nested_tensor=True)
+        self.encoder = nn.TransformerEncoder(encoder_layer, LAYERS, enable_nested_tensor=nested)
         self.decoder = nn.TransformerDecoder(decoder_layer, LAYERS)
         self.head = nn.Linear(dim, 3)
 
@@ -405,9 +411,10 @@ class TinyTorchTransformer(nn.Module):
         memory = self.encoder(src_x, src_key_padding_mask=src_key_padding_mask)
         causal = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
         out = self.decoder(
-            tgt_x, memory, tgt_mask=causal, memory_key_padding_mask=src_key_padding_mask
+            tgt_x, memory, tgt_mask=causal, tgt_is_causal=self.causal_flag,
+            memory_key_padding_mask=src_key_padding_mask,
         )
-        return self.head(out[:, 0])
+        return self.head(out[:, self.head_position])
 
 
 @_seeded
