@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from captum_hetattn._captum_compat import _select_targets
@@ -157,13 +156,6 @@ def resolve_objective(target: Target, objective: Objective | None) -> Objective:
     return objective
 
 
-def primary_target(target: Target, objective: Objective | None) -> Target:
-    """The target that names the explained output position (``a`` of a contrast)."""
-    if objective is None:
-        return target
-    return getattr(objective, "a", getattr(objective, "target", None))
-
-
 def evaluate_objective(objective: Objective, output: Any) -> Tensor:
     """Apply ``objective`` and check that it gives one finite-typed score per example."""
     output = check_output(output)
@@ -180,20 +172,3 @@ def evaluate_objective(objective: Objective, output: Any) -> Tensor:
             "check forward_func and the objective"
         )
     return scores
-
-
-def readout_from_target(target: Target, output: Tensor, n_tokens: int) -> Tensor | None:
-    r"""The readout token named by a target on a per-token output, or ``None``.
-
-    For outputs ``(B, T, C)`` with one row per token of the readout stream — DETR's
-    ``(B, queries, classes)``, a decoder's ``(B, positions, vocab)`` — ``target=(t, c)`` explains
-    token ``t``. Returns a ``(B,)`` tensor of token indices.
-    """
-    if target is None or output.dim() != 3 or output.shape[1] != n_tokens:
-        return None
-    batch = output.shape[0]
-    if isinstance(target, tuple) and len(target) == 2:
-        return torch.full((batch,), int(target[0]), dtype=torch.long, device=output.device)
-    if isinstance(target, list) and target and all(isinstance(t, tuple) for t in target):
-        return torch.tensor([int(t[0]) for t in target], device=output.device)
-    return None

@@ -15,7 +15,6 @@ from captum_hetattn.objectives import (
     Contrast,
     Ratio,
     RelativeContrast,
-    readout_from_target,
     resolve_objective,
     select_target,
 )
@@ -93,10 +92,6 @@ def test_objectives_by_hand():
         select_target(output, None)
     with pytest.raises(ValueError, match="either target or objective"):
         resolve_objective(1, Contrast(1, 2))
-    per_token = torch.zeros(2, 5, 3)
-    assert readout_from_target((4, 1), per_token, n_tokens=5).tolist() == [4, 4]
-    assert readout_from_target([(1, 0), (2, 2)], per_token, n_tokens=5).tolist() == [1, 2]
-    assert readout_from_target(1, per_token, n_tokens=5) is None
 
 
 def test_whisper_audio_frames_end_to_end():
