@@ -233,6 +233,11 @@ class _AttentionAttribution(Attribution):
             formatted, target, additional_forward_args, correction, noise_link, readout,
             objective, stage, return_maps=False, map_inputs=True,
         )
+        if self.input_mappings is not None and len(self.input_mappings) != len(formatted):
+            raise ValueError(
+                f"{len(self.input_mappings)} input_mappings for {len(formatted)} inputs; give one "
+                "per input"
+            )
         attributions = []
         for position, tensor in enumerate(formatted):
             pairs = self._input_mapping(position, tensor, explanation, recording)
@@ -247,13 +252,6 @@ class _AttentionAttribution(Attribution):
     ) -> list[tuple[InputMapping, Tensor]]:
         """The mappings of input ``position`` and the relevance each reads (summed)."""
         if self.input_mappings is not None:
-            if len(self.input_mappings) != len(explanation.relevance) and position >= len(
-                self.input_mappings
-            ):
-                raise ValueError(
-                    f"{len(self.input_mappings)} input_mappings for more inputs; give one per "
-                    "input"
-                )
             mapping = self.input_mappings[position]
             known = {**explanation.relevance, **explanation.stream_relevance}
             if mapping.stream and mapping.stream not in known:
