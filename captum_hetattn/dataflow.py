@@ -45,15 +45,10 @@ Mark = tuple[str, int, int]  # ("call", record index, role) / ("input", position
 class TokenRows:
     r"""Which rows of a tensor each token of another feeds, per example.
 
-    ``matrix`` ``(B, n_into, n_from)`` is 1 where into-row ``i`` depends on from-token ``j``;
-    ``fed`` ``(B, n_into)`` marks rows fed by at least one from-token.
+    ``matrix`` ``(B, n_into, n_from)`` is 1 where into-row ``i`` depends on from-token ``j``.
     """
 
     matrix: Tensor
-
-    @property
-    def fed(self) -> Tensor:
-        return self.matrix.any(dim=-1)
 
     def is_identity(self) -> bool:
         batch, n_into, n_from = self.matrix.shape
@@ -101,7 +96,6 @@ class InputRows:
     position: int
     stream: int
     rows: Tensor | None
-    traced: bool = True
 
 
 @dataclass
@@ -130,9 +124,6 @@ class DataFlow:
     sources: list[FlowSource]
     inputs: list[InputRows]
     batch_size: int
-
-    def sizes(self) -> dict[int, int]:
-        return {s.index: s.size for s in self.streams}
 
     def last_call(self, stream: int) -> int | None:
         calls = self.streams[stream].calls
@@ -605,7 +596,7 @@ class _Builder:
             self.sources.append(FlowSource(stream.index, all_columns, (-1,)))
             return
         if len(positions) == 1 and not self.map_inputs:
-            self.inputs.append(InputRows(positions[0], stream.index, None, traced=False))
+            self.inputs.append(InputRows(positions[0], stream.index, None))  # not traced
             self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
             return
         origins = [self.input_tensors[p] for p in positions]
