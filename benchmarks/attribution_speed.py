@@ -51,6 +51,11 @@ def main() -> None:
         seconds[method.__name__] = median_time(
             lambda e=explainer: e.attribute(pixels, target=3), args.repeats
         )
+    # explain(): token relevance without laying it out on the pixels (no input-row probes)
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    seconds["HeterogenousAttentionAttribution.explain"] = median_time(
+        lambda: explainer.explain(pixels, target=3), args.repeats
+    )
     if not args.skip_ig:
         start = time.perf_counter()
         IntegratedGradients(forward).attribute(
