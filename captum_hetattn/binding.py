@@ -265,16 +265,23 @@ def _input_kind(tensor: Any) -> str | None:
         return "text"
     if tensor.dim() >= 4:
         return "image"
+    if tensor.dim() == 2:
+        return "audio"  # a waveform (B, samples)
     return None
+
+
+_GENERIC_NAMES = frozenset({"source", "target"})
 
 
 def name_streams(
     flow: DataFlow, known: Mapping[int, str], inputs: Sequence[Any], towers: Mapping[int, str]
 ) -> dict[int, str]:
     r"""Names for the streams ``known`` leaves unnamed: the first keyword of
-    ``stream_keywords.json`` that matches the stream's module paths, else the kind of the input
-    that feeds it (ids → ``text``, images → ``image``), ``joint`` for a stream fed by two
-    inputs, else ``stream<i>``; a junction-only stream is ``<origin>_tokens``."""
+    ``stream_keywords.json`` that matches the stream's module paths (``source`` / ``target``,
+    the generic encoder / decoder words, only after ``image`` for a stream fed by an image),
+    else the kind of the input that feeds it (ids → ``text``, images → ``image``), ``joint`` for
+    a stream fed by two inputs, else ``stream<i>``; a junction-only stream is
+    ``<origin>_tokens``."""
     names = dict(known)
     taken = set(names.values())
     keywords = _keyword_table()
@@ -283,13 +290,17 @@ def name_streams(
                                      and not stream.calls):
             continue
         path = towers.get(stream.index, stream.tower)
-        candidates = [name for pattern, name in keywords if pattern.search(path)]
+        matched = [name for pattern, name in keywords if pattern.search(path)]
         sources = [s for s in flow.sources if s.stream == stream.index]
+        kinds = sorted({_input_kind(inputs[p]) for source in sources for p in source.inputs
+                        if 0 <= p < len(inputs)} - {None})
+        # an image or audio input names its stream before the generic encoder/decoder words
+        candidates = [n for n in matched if n not in _GENERIC_NAMES]
+        candidates += [k for k in kinds if k != "text"]
+        candidates += [n for n in matched if n in _GENERIC_NAMES]
         if len(sources) > 1:
             candidates.append("joint")
-        for source in sources:
-            kinds = {_input_kind(inputs[p]) for p in source.inputs if 0 <= p < len(inputs)}
-            candidates.extend(sorted(k for k in kinds if k))
+        candidates += kinds
         name = next((c for c in candidates if c not in taken), f"stream{stream.index}")
         names[stream.index] = name
         taken.add(name)
@@ -325,6 +336,12 @@ def _assemble(
     held = {names[s.index]: set() for s in flow.streams}
     for source in sources.values():
         held[source.stream].add(source.name)
+    # streams that are only a token map of others (a cross call's reduced or projected keys)
+    derived: dict[str, set[str]] = {}
+    for junction in flow.junctions:
+        stream = flow.streams[junction.into]
+        if not stream.calls and (stream.fresh is None or not stream.fresh.any()):
+            derived.setdefault(names[junction.into], set()).add(names[junction.origin])
     declared = {(j.into, j.origin): j for j in graph.junctions}
     junctions_before: dict[int, list[TokenMap]] = {}
     for junction in flow.junctions:
@@ -351,7 +368,7 @@ def _assemble(
         _check_size(sizes, query, records[index].n_query, node, records[index])
         _check_size(sizes, key, records[index].n_key, node, records[index])
         typed = BoundNode(node.name, node.call_index, query, key,
-                          _concrete_type(query, key, held), node.node)
+                          _concrete_type(query, key, held, derived), node.node)
         call = BoundCall(typed, records[index])
         previous = steps[-1] if steps else None
         if (flow.calls[index].parallel_with_previous and isinstance(previous, tuple)
@@ -369,8 +386,14 @@ def _assemble(
     return BoundRecording(tuple(steps), sizes, sources, bound_inputs, tuple(unbound), flow, names)
 
 
-def _concrete_type(query: str, key: str, held: Mapping[str, set[str]]) -> str:
-    if query != key:
+def _concrete_type(
+    query: str, key: str, held: Mapping[str, set[str]],
+    derived: Mapping[str, set[str]] | None = None,
+) -> str:
+    """B for cross-attention; self-attention (keys from the query stream itself, also when
+    they are a reduced copy of it: Segformer) is C over a stream holding several sources,
+    else A."""
+    if query != key and (derived or {}).get(key) != {query}:
         return "B"
     return "C" if len(held[query]) > 1 else "A"
 

@@ -145,7 +145,8 @@ class AttentionRecord:
             is ``None`` for self-attention) and its output; set inside the recorder's context
             only, for data-flow analysis.
         token_dim: the token dimension of those tensors (1; 0 for a sequence-first
-            ``nn.MultiheadAttention`` and for unbatched 2-D hidden states).
+            ``nn.MultiheadAttention`` and for unbatched 2-D hidden states; 2 for per-head
+            ``(B, H, n, d)`` inputs); ``key_token_dim`` the same for ``key_input``.
         nodes: the autograd nodes of those tensors (``"query"``, ``"key"``, ``"output"``) as
             they were when the call ran (a later in-place write, such as image features written
             into an embedding tensor, moves a tensor's ``grad_fn``).
@@ -163,6 +164,7 @@ class AttentionRecord:
     output: Tensor | None = field(default=None, repr=False)
     token_dim: int = 1
     nodes: dict[str, Any] = field(default_factory=dict, repr=False)
+    key_token_dim: int = 1
 
     def __post_init__(self) -> None:
         if not self.shape and self.attention is not None:
@@ -211,6 +213,7 @@ class _Frame:
     key_input: Tensor | None = None
     nodes: dict[str, Any] = field(default_factory=dict)
     others: list[Tensor] = field(default_factory=list)  # further float tensor arguments
+    inner_key: Tensor | None = None  # per-head key states seen by the attention interface
     records: list[AttentionRecord] = field(default_factory=list)
 
 
@@ -687,6 +690,8 @@ class AttentionRecorder:
             self._install_hf(stack, interfaces, routed_for_hf)
         elif backend == "softmax" and routed_for_hf:
             self._set_implementation(stack, routed_for_hf, "eager")
+        if use_softmax:
+            self._force_eager(stack, softmax_modules, routed_for_hf if use_hf else {})
         if use_mha:
             previous = torch.backends.mha.get_fastpath_enabled()
             torch.backends.mha.set_fastpath_enabled(False)
@@ -714,6 +719,20 @@ class AttentionRecorder:
                 self._post_hook, with_kwargs=True, always_call=True
             )
             stack.callback(post.remove)
+
+    def _force_eager(
+        self, stack: ExitStack, modules: dict[int, nn.Module], routed: dict[int, nn.Module]
+    ) -> None:
+        """Hand-written attention that picks ``F.scaled_dot_product_attention`` when its config
+        says ``sdpa`` (Falcon) computes no softmax: its configs say ``eager`` while recording
+        (configs of interface modules keep the recording key, which is not ``sdpa`` either)."""
+        keep = {id(c) for c in _configs_of(self.model, routed)} if routed else set()
+        own = [c for c in _configs_of(self.model, modules) if id(c) not in keep]
+        for cfg in own:
+            if cfg._attn_implementation_internal not in (None, "eager"):
+                stack.callback(setattr, cfg, "_attn_implementation_internal",
+                               cfg._attn_implementation_internal)
+                cfg._attn_implementation_internal = "eager"
 
     def _set_implementation(
         self, stack: ExitStack, routed: dict[int, nn.Module], implementation: str
@@ -857,6 +876,10 @@ class AttentionRecorder:
                 "backend='softmax'"
             )
         self._hf_dispatched.add(id(module))
+        if self.record_io and self._frames and self._frames[-1].module is module:
+            # keys the module computed from something it was not handed (Segformer reduces
+            # its hidden states before the keys): the per-head key states stand for them
+            self._frames[-1].inner_key = key
         dropout = kwargs.get("dropout", 0.0)
         catch: list[Tensor] = []
         self._in_hf += 1
@@ -979,12 +1002,16 @@ class AttentionRecorder:
         """
         record.query_input, record.key_input = frame.query_input, frame.key_input
         record.nodes.update(frame.nodes)
-        record.token_dim = _token_dim(frame.module, frame.query_input, shaped.shape[-2])
         n_query, n_key = shaped.shape[-2], shaped.shape[-1]
+        record.token_dim = _token_dim(frame.module, frame.query_input, n_query)
+        record.key_token_dim = _token_dim(frame.module, frame.key_input, n_key)
         if record.key_input is None and (record.role == "cross" or n_query != n_key):
-            for other in frame.others:
-                if _token_count_at(other, _token_dim(frame.module, other, n_key)) == n_key:
-                    record.role, record.key_input = "cross", other
+            candidates = [*frame.others, *([frame.inner_key] if frame.inner_key is not None
+                                            else [])]
+            for other in candidates:
+                dim = _token_dim(frame.module, other, n_key)
+                if _token_count_at(other, dim) == n_key:
+                    record.role, record.key_input, record.key_token_dim = "cross", other, dim
                     record.nodes["key"] = autograd_node(other)
                     break
         frame.records.append(record)

@@ -176,15 +176,19 @@ class _Walker:
         if node is not None:
             self.marks.setdefault(node, set()).add(mark)
 
-    def _valid(self, node: object, before: int) -> set[Mark]:
-        return {m for m in self.marks.get(node, ()) if not (m[0] == "call" and m[1] >= before)}
+    def _valid(self, node: object, before: int, also: Mark | None = None) -> set[Mark]:
+        return {m for m in self.marks.get(node, ())
+                if not (m[0] == "call" and m[1] >= before) or m == also}
 
-    def hits(self, node: object | None, before: int) -> frozenset[Mark]:
+    def hits(
+        self, node: object | None, before: int, also: Mark | None = None
+    ) -> frozenset[Mark]:
         r"""Marks reached from ``node`` walking towards the inputs, stopping at the first node on
-        each path with a mark of a call before ``before`` or of an input."""
+        each path with a mark of a call before ``before``, of an input, or equal to ``also``
+        (a call's keys computed from its own query input)."""
         if node is None:
             return frozenset()
-        own = self._valid(node, before)
+        own = self._valid(node, before, also)
         if own:
             return frozenset(own)
         found: set[Mark] = set()
@@ -195,7 +199,7 @@ class _Walker:
                 if child is None or child in seen:
                     continue
                 seen.add(child)
-                valid = self._valid(child, before)
+                valid = self._valid(child, before, also)
                 if valid:
                     found |= valid
                 else:
@@ -438,6 +442,7 @@ class _Builder:
     def run(self) -> DataFlow:
         for i, record in enumerate(self.records):
             query = self._stream_of(i, record.query_input, "query")
+            self.side_stream[(i, "query")] = query  # the keys may be made from these tokens
             if record.role == "cross" and record.key_input is not None:
                 key = self._stream_of(i, record.key_input, "key")
             else:
@@ -458,11 +463,14 @@ class _Builder:
                 "was not captured (the module was not called with a hidden-states tensor)"
             )
         node = record.nodes.get(side)
+        dim = record.token_dim if side == "query" else record.key_token_dim
         if node is None:  # a constant (DETR's first decoder queries are zeros): fresh tokens
             if id(tensor) not in self.constants:
-                self.constants[id(tensor)] = (tensor, self._fresh_stream(i, tensor, frozenset()))
+                self.constants[id(tensor)] = (
+                    tensor, self._fresh_stream(i, tensor, frozenset(), dim=dim)
+                )
             return self.constants[id(tensor)][1]
-        n = _token_count(tensor, record.token_dim)
+        n = _token_count(tensor, dim)
         expected = record.n_query if side == "query" else record.n_key
         if n != expected:
             raise NotImplementedError(
@@ -472,7 +480,7 @@ class _Builder:
                 "with cu_seqlens) or a windowed layout, which the engine cannot lay out yet; "
                 "explain one example (one image) at a time"
             )
-        sequences = tokens_view(tensor, record.token_dim).shape[0]
+        sequences = tokens_view(tensor, dim).shape[0]
         if sequences != self.batch:
             raise NotImplementedError(
                 f"attention module '{record.name}' [call {record.call_index}] runs over "
@@ -482,7 +490,8 @@ class _Builder:
             )
         if node in self.probed:
             return self._reread(i, *self.probed[node])
-        hits = self.walker.hits(node, before=i)
+        # keys may be computed from the call's own query input (Segformer's reduced keys)
+        hits = self.walker.hits(node, before=i, also=("call", i, Q_IN) if side == "key" else None)
         latest = self._latest_per_stream(hits)
         if latest and side == "query":
             # cheap continuation: the newest state of a stream of the same tower and length
@@ -495,7 +504,7 @@ class _Builder:
             ):
                 self.probed[node] = (stream, len(self.streams[stream].calls))
                 return stream
-        stream = self._probe_stream(i, tensor, n, latest, hits)
+        stream = self._probe_stream(i, tensor, n, latest, hits, dim)
         self.probed[node] = (stream, len(self.streams[stream].calls))
         return stream
 
@@ -536,18 +545,17 @@ class _Builder:
             return record.output, record.token_dim, j + 1
         if self.side_stream.get((j, "query")) == stream:
             return record.query_input, record.token_dim, j
-        return record.key_input, record.token_dim, j
+        return record.key_input, record.key_token_dim, j
 
-    def _probe_stream(self, i, tensor, n, latest, hits) -> int:
-        record = self.records[i]
+    def _probe_stream(self, i, tensor, n, latest, hits, dim) -> int:
         origins = []
         for stream, (j, role) in sorted(latest.items()):
-            state, dim, before = self._state_tensor(stream, j, role)
+            state, state_dim, before = self._state_tensor(stream, j, role)
             if state is None:
                 continue
-            origins.append((stream, state, dim, before))
+            origins.append((stream, state, state_dim, before))
         dependences = _dependence(
-            tensor, record.token_dim, [(t, d) for _, t, d, _ in origins], self.batch
+            tensor, dim, [(t, d) for _, t, d, _ in origins], self.batch
         ) if origins else []
         maps = [d.matrix() for d in dependences]
         feeding = [(o, m) for o, m in zip(origins, maps, strict=True) if m is not None and m.any()]
@@ -560,12 +568,13 @@ class _Builder:
                 return stream
             # an older state of a stream (BridgeTower's vision tower goes on while its copy is
             # fused with text): a new stream that starts as a copy of it
-        return self._fresh_stream(i, tensor, hits, feeding)
+        return self._fresh_stream(i, tensor, hits, feeding, dim)
 
-    def _fresh_stream(self, i: int, tensor: Tensor, hits: frozenset[Mark], feeding=()) -> int:
+    def _fresh_stream(
+        self, i: int, tensor: Tensor, hits: frozenset[Mark], feeding=(), dim: int = 1
+    ) -> int:
         """A new stream: rows fed by other streams through junctions, the rest from inputs."""
-        record = self.records[i]
-        n = _token_count(tensor, record.token_dim)
+        n = _token_count(tensor, dim)
         input_hits = sorted({p for kind, p, _ in hits if kind == "input"})
         new = FlowStream(len(self.streams), n, tower=self.towers[i])
         self.streams.append(new)
@@ -581,11 +590,13 @@ class _Builder:
                 fed |= matrix.any(dim=-1)
         new.fresh = ~fed
         if new.fresh.any():
-            self._add_sources(new, i, tensor, input_hits)
+            self._add_sources(new, i, tensor, input_hits, dim)
         return new.index
 
     # ----------------------------------------------------------- sources
-    def _add_sources(self, stream: FlowStream, i: int, tensor: Tensor, positions) -> None:
+    def _add_sources(
+        self, stream: FlowStream, i: int, tensor: Tensor, positions, dim: int
+    ) -> None:
         """One source over all the stream's columns, or one per input signature when two
         inputs feed its fresh rows (single-stream fusion)."""
         positions = [p for p in positions if p in self.input_tensors]
@@ -601,9 +612,7 @@ class _Builder:
             return
         origins = [self.input_tensors[p] for p in positions]
         record = self.records[i]
-        dependences = _dependence(
-            tensor, record.token_dim, origins, self.batch, exact=len(positions) > 1
-        )
+        dependences = _dependence(tensor, dim, origins, self.batch, exact=len(positions) > 1)
         # inputs that reach only rows spliced in from other streams belong to those streams
         kept = [(p, d) for p, d in zip(positions, dependences, strict=True)
                 if (d.codes is None and d.full is None) or (d.feeds() & fresh).any()]

@@ -157,7 +157,8 @@ def _grid_rows(cells: int, aspect: float) -> int | None:
 @dataclass(frozen=True)
 class AudioFrames(InputMapping):
     r"""Spectrogram features ``(B, mel, frames)`` or ``(B, frames, mel)``; each token covers
-    consecutive frames (the frame axis is the last one whose length is ≥ 2 tokens' worth)."""
+    consecutive frames (the frame axis is the last one whose length is ≥ 2 tokens' worth). A raw
+    waveform ``(B, samples)``: each token covers its share of the samples (nearest token)."""
 
     def to_input(self, relevance: Tensor, inputs: Tensor, position: int) -> Tensor:
         relevance = self.select(relevance)
@@ -166,8 +167,12 @@ class AudioFrames(InputMapping):
             raise _mismatch(
                 self, position, inputs,
                 f"(B, mel, frames) or (B, frames, mel) with frames a multiple of "
-                f"{relevance.shape[1]} tokens expected",
+                f"{relevance.shape[1]} tokens, or a waveform (B, samples), expected",
             )
+        if inputs.dim() == 2:  # a waveform: each token covers its share of the samples
+            spread = F.interpolate(relevance[:, None].float(), size=inputs.shape[1],
+                                   mode="nearest")
+            return spread[:, 0].to(relevance.dtype)
         per_token = inputs.shape[axis] // relevance.shape[1]
         frames = relevance.repeat_interleave(per_token, dim=1)
         frames = frames[:, None, :] if axis == 2 else frames[:, :, None]
@@ -175,6 +180,10 @@ class AudioFrames(InputMapping):
 
     def to_tokens(self, attribution: Tensor, n_tokens: int) -> Tensor:
         covered = len(range(n_tokens)[self.tokens]) if self.tokens is not None else n_tokens
+        if attribution.dim() == 2:  # a waveform: the samples each token covers, summed
+            samples = attribution.float()[:, None]
+            per_token = F.adaptive_avg_pool1d(samples, covered)[:, 0]
+            return self._place(per_token * (attribution.shape[1] / covered), n_tokens)
         axis = _frame_axis(attribution, covered)
         frames = attribution.float().sum(dim=1 if axis == 2 else 2)
         per_token = frames.reshape(frames.shape[0], covered, -1).sum(dim=-1)
@@ -182,8 +191,13 @@ class AudioFrames(InputMapping):
 
 
 def _frame_axis(inputs: Tensor, n_tokens: int) -> int | None:
-    """The frame axis of a 3-D spectrogram: the last axis holding ≥ 2 frames per token."""
-    if inputs.dim() != 3 or not n_tokens:
+    """The frame axis of a 3-D spectrogram (the last axis holding ≥ 2 frames per token), or of
+    a waveform ``(B, samples)`` (≥ 2 samples per token)."""
+    if not n_tokens:
+        return None
+    if inputs.dim() == 2:
+        return 1 if inputs.shape[1] >= 2 * n_tokens else None
+    if inputs.dim() != 3:
         return None
     for axis in (2, 1):
         if inputs.shape[axis] % n_tokens == 0 and inputs.shape[axis] > n_tokens:
@@ -260,7 +274,9 @@ def default_mappings(
                 except ValueError:
                     pass
             candidates = fitting
-        elif tensor.dim() == 3 and any(_spans_audio_frames(tensor, n) for n in sizes.values()):
+        elif tensor.dim() in (2, 3) and tensor.is_floating_point() and any(
+            _spans_audio_frames(tensor, n) for n in sizes.values()
+        ):
             candidates = [AudioFrames(s) for s, n in sizes.items()
                           if _spans_audio_frames(tensor, n)]
             candidates = [m for m in candidates if m.stream == "audio"] or candidates
