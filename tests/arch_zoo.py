@@ -386,6 +386,78 @@ def gemma() -> Arch:
     return _causal_lm_arch("gemma", GemmaForCausalLM(config), r"layers\.\d+\.self_attn$")
 
 
+@_register("falcon")
+def falcon() -> Arch:
+    r"""Falcon LM: hand-written attention that calls ``F.scaled_dot_product_attention`` unless its
+    config says eager (the engine switches it while recording)."""
+    from transformers import FalconConfig, FalconForCausalLM
+
+    config = FalconConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                          num_attention_heads=HEADS, pad_token_id=0)
+    arch = _causal_lm_arch("falcon", FalconForCausalLM(config), r"h\.\d+\.self_attention$")
+    # transformers 5.23's Falcon drops the causal mask when output_attentions=True (its logits
+    # then differ from the sdpa run), so those maps are no reference; the recorded forward
+    # equals the sdpa logits
+    arch.output_attentions = None
+    arch.notes = "output_attentions=True gives non-causal maps and other logits (transformers)"
+    return arch
+
+
+@_register("bloom")
+def bloom() -> Arch:
+    r"""BLOOM LM (ALiBi position bias)."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    config = BloomConfig(vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS,
+                         pad_token_id=0)
+    return _causal_lm_arch("bloom", BloomForCausalLM(config), r"h\.\d+\.self_attention$")
+
+
+@_register("dinov2")
+def dinov2() -> Arch:
+    r"""DINOv2 classifier: 16×16 images, 8×8 patches → [CLS] + 4 patches."""
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    config = Dinov2Config(image_size=16, patch_size=8, num_labels=3, **BERT_LIKE)
+    return _image_classifier_arch("dinov2", Dinov2ForImageClassification(config),
+                                  r"encoder\.layer\.\d+\.attention$", 16)
+
+
+@_register("segformer")
+def segformer() -> Arch:
+    r"""SegFormer classifier: efficient self-attention whose keys are a spatially reduced copy of
+    the tokens (made inside the module), two stages joined by an overlapping patch merge."""
+    from transformers import SegformerConfig, SegformerForImageClassification
+
+    config = SegformerConfig(
+        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+        num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2],
+        num_labels=3,
+    )
+    return _image_classifier_arch("segformer", SegformerForImageClassification(config),
+                                  r"blocks\.\d+\.attention$", 32)
+
+
+@_register("wav2vec2")
+def wav2vec2() -> Arch:
+    r"""wav2vec 2.0 classifier on a raw waveform (convolutional feature encoder, mean pooling)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
+
+    config = Wav2Vec2Config(
+        **BERT_LIKE, conv_dim=(8, 8), conv_stride=(4, 2), conv_kernel=(8, 4),
+        num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2, num_labels=3,
+    )
+    model = Wav2Vec2ForSequenceClassification(config)
+    waveform = _floats(2, 400)
+
+    def forward(values: Tensor) -> Tensor:
+        return model(input_values=values).logits
+
+    return Arch("wav2vec2", model, forward, (waveform,), target=1, feeds=(0,),
+                types={r"layers\.\d+\.attention$": "A"},
+                notes="raw waveform: overlapping convolutions, laid out by AudioFrames")
+
+
 # =============================================================================== encoder–decoders
 def _seq2seq_sizes() -> dict[str, int]:
     return dict(
