@@ -32,13 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model h
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from tiny_models import FFN, HEADS, HIDDEN, LAYERS, VOCAB, _seq2seq_sizes  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-HIDDEN = 32
-LAYERS = 2
-HEADS = 2
-FFN = 37
-VOCAB = 99
 SEED = 0
 
 BERT_LIKE = dict(
@@ -459,18 +455,6 @@ def wav2vec2() -> Arch:
 
 
 # =============================================================================== encoder–decoders
-def _seq2seq_sizes() -> dict[str, int]:
-    return dict(
-        d_model=HIDDEN,
-        encoder_layers=LAYERS,
-        decoder_layers=LAYERS,
-        encoder_attention_heads=HEADS,
-        decoder_attention_heads=HEADS,
-        encoder_ffn_dim=FFN,
-        decoder_ffn_dim=FFN,
-    )
-
-
 BART_TYPES = {
     r"encoder\.layers\.\d+\.self_attn$": "A",
     **_decoder_types(r"decoder\.layers", "self_attn", r"decoder\.layers\.\d+\.encoder_attn$"),

@@ -16,8 +16,8 @@ from dataclasses import replace
 import pytest
 import torch
 from arch_zoo import ARCHS, Arch
+from test_capture import SoftmaxCollector
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from captum_hetattn import AttentionRecorder, HeterogenousAttentionAttribution
 
@@ -111,22 +111,6 @@ def test_types_sources_and_inputs(case):
         assert per_example.gt(0).all(), f"input {position} got zero attribution"
 
 
-class _SoftmaxCollector(TorchFunctionMode):
-    """Every 4-D softmax output, in order (the test's own interception)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maps: list[Tensor] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if getattr(func, "__name__", "") == "softmax" and isinstance(out, Tensor) and (
-            out.dim() == 4
-        ):
-            self.maps.append(out)
-        return out
-
-
 def _scores(arch: Arch) -> Tensor:
     torch.manual_seed(0)
     return arch.forward_func(*arch.inputs, *arch.additional_forward_args)[:, arch.target].sum()
@@ -158,7 +142,7 @@ def test_recorded_maps_and_gradients_are_exact(case):
     try:
         for config in configs:
             config._attn_implementation_internal = "eager"
-        collector = _SoftmaxCollector()
+        collector = SoftmaxCollector()
         with collector:
             scores = _scores(arch)
     finally:
