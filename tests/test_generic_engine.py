@@ -347,3 +347,21 @@ def test_per_head_inputs_and_unnamed_key_arguments_are_traced():
     assert out.relevance["image"].abs().sum(dim=1).gt(0).all()
     ids_attr, patch_attr = explainer.attribute((ids, patches), target=1, correction="abs")
     assert patch_attr.abs().flatten(1).sum(dim=1).gt(0).all()
+
+
+def test_calls_left_out_of_the_graph_and_unconnected_sources_are_reported_once(interleaved):
+    model, ids, patches = interleaved
+    text_only = LayerGraph(["text"], [AttentionNode("text_layers.*.attn", query="text")])
+    explainer = HeterogenousAttentionAttribution(model, graph=text_only)
+    with pytest.warns(UserWarning) as caught:
+        out = explainer.explain((ids, patches), target=1)
+        explainer.explain((ids, patches), target=1)  # the same warnings are not repeated
+    messages = [str(w.message) for w in caught]
+    unbound = [m for m in messages if "has no node for it" in m]
+    assert sorted(m.split("'")[1] for m in unbound) == [
+        "cross_layers.0.attn", "cross_layers.1.attn", "image_layers.0.attn",
+        "image_layers.1.attn",
+    ]
+    unconnected = [m for m in messages if "gets zero relevance" in m]
+    assert len(unconnected) == 1 and "source 'image'" in unconnected[0]
+    assert (out.relevance["image"] == 0).all()
