@@ -141,7 +141,7 @@ def bind_records(
     lookup = _node_lookup(graph, names)
     bound: list[tuple[int, BoundNode]] = []
     unbound: list[AttentionRecord] = []
-    order = _OrderCheck(graph, names)
+    order = _OrderCheck(graph)
     for index, record in enumerate(records):
         node = lookup.get((record.name, record.call_index))
         if node is None:
@@ -191,7 +191,7 @@ def _node_lookup(
 class _OrderCheck:
     """Inside one layer of a layer block, calls must come in the graph's step order."""
 
-    def __init__(self, graph: LayerGraph, names: Sequence[str]) -> None:
+    def __init__(self, graph: LayerGraph) -> None:
         self.position: dict[tuple[str, int | None], tuple[int, int]] = {}
         step_index = 0
         for block_id, block in enumerate(graph._blocks()):
@@ -199,7 +199,6 @@ class _OrderCheck:
                 for node in step if isinstance(step, tuple) else (step,):
                     self.position[node.identity] = (block_id, step_index)
                 step_index += 1
-        self.names = names
         self.last: dict[tuple[int, tuple[str, ...]], tuple[int, AttentionNode]] = {}
 
     def check(self, node: AttentionNode, record: AttentionRecord) -> None:
