@@ -55,6 +55,9 @@ from captum_hetattn.presets import find_preset, preset
 from captum_hetattn.rules import (
     AttentionFlow,
     FlowStep,
+    Gae,
+    Ours,
+    Propagator,
     TokenMap,
     aggregate_heads,
     propagate,
@@ -169,6 +172,10 @@ class _AttentionAttribution(Attribution):
                 f"got {correction!r}"
             )
 
+    def _method(self, noise_link: bool) -> Propagator:
+        """The rules this method propagates with."""
+        return Ours(noise_link=noise_link)
+
     def _propagate(
         self,
         recording: BoundRecording,
@@ -177,10 +184,18 @@ class _AttentionAttribution(Attribution):
         noise_link: bool,
         absent: Mapping[str, Tensor],
     ) -> dict[str, Tensor]:
-        if noise_link:
-            blocks = propagate(recording.sizes, flows, with_noise_link=True)
-            return read_rows(blocks, recording.sizes, readout)
-        return propagate_row(recording.sizes, flows, readout)
+        """Readout rows by the adjoint where the rules are linear, else all blocks."""
+        method = self._method(noise_link)
+        if method.linear:
+            return propagate_row(recording.sizes, flows, readout, rollout=method.rollout)
+        blocks = propagate(recording.sizes, flows, method=method, padding=absent)
+        return self._read(blocks, recording.sizes, readout)
+
+    def _read(
+        self, blocks: dict[tuple[str, str], Tensor], sizes: Mapping[str, int],
+        readout: Mapping[str, Tensor],
+    ) -> dict[str, Tensor]:
+        return read_rows(blocks, sizes, readout)
 
     # ------------------------------------------------------------------ Captum face
     @log_usage()
@@ -726,12 +741,11 @@ class GenericAttentionExplainability(_AttentionAttribution):
                 "normalize=True/False in the constructor, not noise_link"
             )
 
-    def _propagate(self, recording, flows, readout, noise_link, absent):
-        blocks = propagate(
-            recording.sizes, flows, rule="gae", gae_normalize=self.normalize,
-            gae_cross_term=self.cross_term, padding=absent,
-        )
-        relevance = read_rows(blocks, recording.sizes, readout)
+    def _method(self, noise_link: bool) -> Propagator:
+        return Gae(normalize=self.normalize, cross_term=self.cross_term)
+
+    def _read(self, blocks, sizes, readout):
+        relevance = read_rows(blocks, sizes, readout)
         for stream, weights in readout.items():
             # the reference's R_tt[0, 0] = 0: the readout tokens' own relevance. For a readout
             # vector, each read token's own entry w_j·R[j, j] (a one-hot readout zeroes R[r, r])
@@ -750,11 +764,8 @@ class AttentionRollout(_AttentionAttribution):
     default_correction: ClassVar[Correction] = "none"
     accepts_gradient_corrections: ClassVar[bool] = False
 
-    def _propagate(self, recording, flows, readout, noise_link, absent):
-        if noise_link:
-            blocks = propagate(recording.sizes, flows, with_noise_link=True, rollout=True)
-            return read_rows(blocks, recording.sizes, readout)
-        return propagate_row(recording.sizes, flows, readout, rollout=True)
+    def _method(self, noise_link: bool) -> Propagator:
+        return Ours(noise_link=noise_link, rollout=True)
 
 
 class RawAttention(_AttentionAttribution):

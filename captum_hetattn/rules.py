@@ -10,8 +10,9 @@ updates it:
 - cross-attention (TypeB, eq. 6–7): ``R[q, s] += Ā · R[k, s]`` for every source ``s``;
 - noise link (eq. 8–10): a cross call reads ``(R[k, k] − I) / rowsum + I`` instead of ``R[k, k]``.
 
-:func:`propagate` runs these over a sequence of steps (a step is one :class:`AttentionFlow` or a
-parallel group of them, which all read the state from before the group) and returns every block;
+:func:`propagate` runs these over a sequence of steps (a step is one :class:`AttentionFlow`, a
+parallel group of them, which all read the state from before the group, or a :class:`TokenMap`
+junction) with one propagator per method (:class:`Ours`, :class:`Gae`), and returns every block;
 :func:`propagate_row` computes just one readout row by running the linear rules backwards (the
 adjoint), at ``O(Σ n_q·n_k)`` per step instead of ``O(n³)``. The GAE baseline (Chefer et al.,
 ICCV 2021) and attention rollout (Abnar & Zuidema, 2020) live here too, so every method runs on
@@ -22,7 +23,7 @@ Relevance is computed in float32 (float64 inputs stay float64), whatever the map
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -366,6 +367,66 @@ def _accumulate(updates: dict, key: object, delta: Tensor) -> None:
     updates[key] = updates[key] + delta if key in updates else delta
 
 
+@dataclass(frozen=True)
+class Ours:
+    r"""The paper's rules: a cross call adds ``Ā · R[k, s]`` to ``R[q, s]`` for every source.
+
+    Args:
+        noise_link: read :func:`noise_link` of ``R[k, k]`` instead of ``R[k, k]`` (eq. 8–10).
+        rollout: normalise every step like attention rollout (see :func:`propagate`).
+    """
+
+    noise_link: bool = False
+    rollout: bool = False
+
+    @property
+    def linear(self) -> bool:
+        """Whether one readout row can be propagated by the adjoint (:func:`propagate_row`)."""
+        return not self.noise_link
+
+    def key_increment(
+        self, query_self: Callable[[], Tensor], attention: Tensor, key_self: Tensor,
+        query_padding: Tensor | None, key_padding: Tensor | None,
+    ) -> Tensor:
+        """What a cross call adds to ``R[q, k]`` from the key stream's own block ``R[k, k]``."""
+        return attention @ (noise_link(key_self) if self.noise_link else key_self)
+
+
+@dataclass(frozen=True)
+class Gae:
+    r"""GAE's bi-modal rules (Chefer et al., ICCV 2021) for cross calls; self calls as ours.
+
+    Args:
+        normalize: its normalisation (eq. 8–9); ``False`` for the ablation.
+        cross_term: ``"gae"`` (eq. 10, :func:`gae_cross_increment`) or ``"direct"``: the paper's
+            replacement ``R[q, k] += Ā · R̄[k, k]``, with which GAE without normalisation equals
+            :class:`Ours`.
+    """
+
+    normalize: bool = True
+    cross_term: Literal["gae", "direct"] = "gae"
+    rollout: bool = False
+    linear: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cross_term not in ("gae", "direct"):
+            raise ValueError(f"gae_cross_term must be 'gae' or 'direct', got {self.cross_term!r}")
+
+    def key_increment(
+        self, query_self: Callable[[], Tensor], attention: Tensor, key_self: Tensor,
+        query_padding: Tensor | None, key_padding: Tensor | None,
+    ) -> Tensor:
+        if self.cross_term == "gae":
+            return gae_cross_increment(
+                query_self(), attention, key_self, normalize=self.normalize,
+                query_padding=query_padding, key_padding=key_padding,
+            )
+        return attention @ (noise_link(key_self) if self.normalize else key_self)
+
+
+Propagator = Ours | Gae
+
+
 def propagate(
     sizes: Mapping[str, int],
     steps: Sequence[FlowStep],
@@ -376,6 +437,7 @@ def propagate(
     gae_cross_term: Literal["gae", "direct"] = "gae",
     rollout: bool = False,
     padding: Mapping[str, Tensor] | None = None,
+    method: Propagator | None = None,
 ) -> Relevance:
     r"""Full (all-rows) propagation of the relevance state over the steps.
 
@@ -397,6 +459,8 @@ def propagate(
             :func:`attention_rollout`.
         padding: GAE only — per stream, ``(B, n)`` padding tokens (see
             :func:`gae_cross_increment`).
+        method: an :class:`Ours` or :class:`Gae` propagator, instead of the keyword switches
+            above (which build one).
 
     Returns:
         Dict ``(x, s) -> (B, n_x, n_s)`` with every block, zeros included.
@@ -408,10 +472,14 @@ def propagate(
         >>> relevance[("text", "text")].shape
         torch.Size([1, 3, 3])
     """
-    if rule not in ("ours", "gae"):
-        raise ValueError(f"rule must be 'ours' or 'gae', got {rule!r}")
-    if gae_cross_term not in ("gae", "direct"):
-        raise ValueError(f"gae_cross_term must be 'gae' or 'direct', got {gae_cross_term!r}")
+    if method is None:
+        if rule not in ("ours", "gae"):
+            raise ValueError(f"rule must be 'ours' or 'gae', got {rule!r}")
+        method = (
+            Ours(noise_link=with_noise_link, rollout=rollout) if rule == "ours"
+            else Gae(normalize=gae_normalize, cross_term=gae_cross_term, rollout=rollout)
+        )
+    padding = padding or {}
     batch_size, reference = _check_flows(sizes, steps)
     dtype = relevance_dtype(reference.dtype)
     state = initial_relevance(sizes, batch_size, dtype=dtype, device=reference.device)
@@ -445,22 +513,17 @@ def propagate(
             for s in sizes:
                 if (k, s) not in state:
                     continue  # zero block: nothing flows
-                source = state[(k, s)]
-                if flow.is_cross and s == k:
-                    if rule == "gae" and gae_cross_term == "gae":
-                        increment = gae_cross_increment(
-                            read(q, q), attention, source, normalize=gae_normalize,
-                            query_padding=(padding or {}).get(q),
-                            key_padding=(padding or {}).get(k),
-                        )
-                        _accumulate(updates, (q, k), increment)
-                        continue
-                    if (rule == "ours" and with_noise_link) or (rule == "gae" and gae_normalize):
-                        source = noise_link(source)
-                _accumulate(updates, (q, s), attention @ source)
+                if flow.is_cross and s == k:  # the key stream's own block: the methods differ
+                    increment = method.key_increment(
+                        lambda q=q: read(q, q), attention, state[(k, k)], padding.get(q),
+                        padding.get(k),
+                    )
+                else:
+                    increment = attention @ state[(k, s)]
+                _accumulate(updates, (q, s), increment)
         for block, delta in updates.items():
             state[block] = read(*block) + delta
-        if rollout:
+        if method.rollout:
             for q, calls in _calls_per_query(step).items():
                 for block in [b for b in state if b[0] == q]:
                     state[block] = state[block] / (1 + calls)
