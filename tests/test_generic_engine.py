@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from arch_zoo import ARCHS
 from tiny_models import BUILDERS
 from torch import nn
 
@@ -18,68 +19,15 @@ from captum_hetattn import (
     LayerGraph,
 )
 
-DIM, HEADS = 16, 2
-
-
-class SoftmaxAttention(nn.Module):
-    """Multi-head attention written out by hand; keys/values from ``context`` when given."""
-
-    def __init__(self, dim: int = DIM, num_heads: int = HEADS) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-
-    def forward(self, hidden_states, context=None):
-        source = hidden_states if context is None else context
-        batch, n, dim = hidden_states.shape
-        split = lambda x: x.view(batch, -1, self.num_heads, dim // self.num_heads).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.q(hidden_states)), split(self.k(source)), split(self.v(source))
-        probs = (q @ k.transpose(-1, -2) / (dim // self.num_heads) ** 0.5).softmax(-1)
-        return self.o((probs @ v).transpose(1, 2).reshape(batch, n, dim))
-
-
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.attn = SoftmaxAttention()
-        self.norm = nn.LayerNorm(DIM)
-        self.mlp = nn.Sequential(nn.Linear(DIM, 2 * DIM), nn.GELU(), nn.Linear(2 * DIM, DIM))
-
-    def forward(self, x, context=None):
-        x = x + self.attn(self.norm(x), context=context)
-        return x + self.mlp(x)
-
-
-class InterleavedTowers(nn.Module):
-    """Text and image towers of equal length, run layer by layer with a cross layer between."""
-
-    def __init__(self, layers: int = 2) -> None:
-        super().__init__()
-        self.words = nn.Embedding(50, DIM)
-        self.patches = nn.Linear(12, DIM)
-        self.text_layers = nn.ModuleList(Block() for _ in range(layers))
-        self.image_layers = nn.ModuleList(Block() for _ in range(layers))
-        self.cross_layers = nn.ModuleList(Block() for _ in range(layers))
-        self.head = nn.Linear(DIM, 3)
-
-    def forward(self, ids, patches):
-        text, image = self.words(ids), self.patches(patches)
-        for text_layer, image_layer, cross in zip(
-            self.text_layers, self.image_layers, self.cross_layers, strict=True
-        ):
-            text = text_layer(text)
-            image = image_layer(image)
-            text = cross(text, context=image)
-        return self.head(text[:, 0])
+DIM = 16
 
 
 @pytest.fixture(scope="module")
 def interleaved():
-    torch.manual_seed(0)
-    model = InterleavedTowers().eval()
-    ids = torch.randint(0, 50, (2, 4), generator=torch.Generator().manual_seed(1))
-    patches = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(2))
-    return model, ids, patches
+    """Text and image towers of equal length (4 tokens), run layer by layer with a cross layer
+    between (the catalogue's hand-written model)."""
+    arch = ARCHS["interleaved_towers"]()
+    return (arch.model, *arch.inputs)
 
 
 def _maps_in_call_order(model, ids, patches):
@@ -125,9 +73,9 @@ def test_interleaved_towers_of_equal_length_bind_in_call_order(interleaved):
     graph = LayerGraph(
         ["words", "pixels"],
         [
-            AttentionNode("text_layers.*.attn", query="words"),
-            AttentionNode("image_layers.*.attn", query="pixels"),
-            AttentionNode("cross_layers.*.attn", query="words", key="pixels"),
+            AttentionNode("text_layers.*.attention", query="words"),
+            AttentionNode("image_layers.*.attention", query="pixels"),
+            AttentionNode("cross_layers.*.attention", query="words", key="pixels"),
         ],
     )
     pinned = HeterogenousAttentionAttribution(model, graph=graph).explain(
@@ -142,12 +90,12 @@ def test_graph_that_merges_two_towers_into_one_stream_is_an_error(interleaved):
     graph = LayerGraph(
         ["tokens"],
         [
-            AttentionNode("text_layers.*.attn", query="tokens"),
-            AttentionNode("image_layers.*.attn", query="tokens"),
+            AttentionNode("text_layers.*.attention", query="tokens"),
+            AttentionNode("image_layers.*.attention", query="tokens"),
         ],
     )
     with pytest.raises(ValueError, match="stream 'tokens' holds two different token sequences.*"
-                                         "image_layers.0.attn"):
+                                         "image_layers.0.attention"):
         HeterogenousAttentionAttribution(model, graph=graph).explain((ids, patches), target=1)
 
 
@@ -173,8 +121,6 @@ def test_graph_whose_order_contradicts_the_calls_names_the_node():
 # ------------------------------------------------------------------------- spliced VLMs
 @pytest.mark.parametrize("name", ["llava", "paligemma", "blip2_opt", "idefics3", "smolvlm"])
 def test_vlm_presets_with_junctions_equal_the_inferred_graph(name):
-    from arch_zoo import ARCHS
-
     arch = ARCHS[name]()
     args = dict(target=arch.target, additional_forward_args=arch.additional_forward_args)
     with_preset = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model)
@@ -189,8 +135,6 @@ def test_vlm_presets_with_junctions_equal_the_inferred_graph(name):
 
 
 def test_llava_pixels_get_relevance_equal_to_a_hand_written_splice():
-    from arch_zoo import ARCHS
-
     from captum_hetattn import Junction
 
     arch = ARCHS["llava"]()
@@ -228,8 +172,6 @@ def test_llava_pixels_get_relevance_equal_to_a_hand_written_splice():
 
 # ------------------------------------------------------------------------- readout weights
 def test_readout_from_the_gradient_cls_last_token_and_two_towers():
-    from arch_zoo import ARCHS
-
     def readout(name):
         arch = ARCHS[name]()
         explainer = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model)
@@ -351,7 +293,7 @@ def test_per_head_inputs_and_unnamed_key_arguments_are_traced():
 
 def test_calls_left_out_of_the_graph_and_unconnected_sources_are_reported_once(interleaved):
     model, ids, patches = interleaved
-    text_only = LayerGraph(["text"], [AttentionNode("text_layers.*.attn", query="text")])
+    text_only = LayerGraph(["text"], [AttentionNode("text_layers.*.attention", query="text")])
     explainer = HeterogenousAttentionAttribution(model, graph=text_only)
     with pytest.warns(UserWarning) as caught:
         out = explainer.explain((ids, patches), target=1)
@@ -359,8 +301,8 @@ def test_calls_left_out_of_the_graph_and_unconnected_sources_are_reported_once(i
     messages = [str(w.message) for w in caught]
     unbound = [m for m in messages if "has no node for it" in m]
     assert sorted(m.split("'")[1] for m in unbound) == [
-        "cross_layers.0.attn", "cross_layers.1.attn", "image_layers.0.attn",
-        "image_layers.1.attn",
+        "cross_layers.0.attention", "cross_layers.1.attention", "image_layers.0.attention",
+        "image_layers.1.attention",
     ]
     unconnected = [m for m in messages if "gets zero relevance" in m]
     assert len(unconnected) == 1 and "source 'image'" in unconnected[0]
