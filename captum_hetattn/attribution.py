@@ -60,6 +60,7 @@ from captum_hetattn.rules import (
     Propagator,
     TokenMap,
     aggregate_heads,
+    corrected,
     propagate,
     propagate_row,
     read_rows,
@@ -524,6 +525,10 @@ class _Capture:
         self.key_mass[key] = record.attention.detach().sum(dim=(1, 2))
         if is_causal(record.attention):
             self.causal.add(key)
+        if record.layout is not None:  # correct each raw entry, then fold (exact with overlaps)
+            parts = [corrected(p.attention, p.gradient, self.corrections[key])
+                     for p in record.parts]
+            return record.layout.fold(parts).mean(dim=1)
         return aggregate_heads(record.attention, record.gradient, self.corrections[key])
 
 

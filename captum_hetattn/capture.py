@@ -150,6 +150,20 @@ class AttentionRecord:
         nodes: the autograd nodes of those tensors (``"query"``, ``"key"``, ``"output"``) as
             they were when the call ran (a later in-place write, such as image features written
             into an embedding tensor, moves a tensor's ``grad_fn``).
+        call_id: which module call made this map (maps of one call share it: a packed vision
+            tower's per-image maps, a local attention's band and global maps).
+        layout: set by :func:`~captum_hetattn.layouts.canonicalise` on a call whose maps are
+            not one dense ``(batch, heads, n_query, n_key)`` map over its hidden states
+            (windows, bands, blocks, packed sequences): the
+            :class:`~captum_hetattn.layouts.TokenLayout` that folds ``parts`` (the raw maps,
+            each a record of its own) into this record's dense map, which then holds
+            ``attention`` / ``gradient`` folded once every part has its gradient.
+        parts: the raw records of a call with a ``layout``.
+        part_of: on a raw record, the call record it is a part of.
+        states: with ``record_io``, the per-head query and key states ``(B', H, n, d)`` the
+            attention function was handed (interface calls), for layouts.
+        contexts: with ``record_io``, the enclosing modules running when the call was made,
+            innermost first (their input and output: the token order a windowed call permutes).
     """
 
     name: str
@@ -165,6 +179,12 @@ class AttentionRecord:
     token_dim: int = 1
     nodes: dict[str, Any] = field(default_factory=dict, repr=False)
     key_token_dim: int = 1
+    call_id: int = -1
+    layout: Any = field(default=None, repr=False)
+    parts: list[AttentionRecord] = field(default_factory=list, repr=False)
+    part_of: AttentionRecord | None = field(default=None, repr=False)
+    states: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+    contexts: list[Context] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if not self.shape and self.attention is not None:
@@ -192,6 +212,18 @@ class AttentionRecord:
 
 
 @dataclass(eq=False)
+class Context:
+    r"""A module enclosing attention calls, as it ran (``record_io``): its first tensor
+    argument and its output, with their autograd nodes at call time."""
+
+    name: str
+    input: Tensor | None
+    input_node: Any = None
+    output: Tensor | None = None
+    output_node: Any = None
+
+
+@dataclass(eq=False)
 class _Entry:
     """Bookkeeping for one record: its live map and the identity of the module that owns it."""
 
@@ -215,6 +247,8 @@ class _Frame:
     others: list[Tensor] = field(default_factory=list)  # further float tensor arguments
     inner_key: Tensor | None = None  # per-head key states seen by the attention interface
     records: list[AttentionRecord] = field(default_factory=list)
+    call_id: int = -1
+    contexts: list[Context] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,6 +582,8 @@ class AttentionRecorder:
         self._hf_dispatched: set[int] = set()
         self._muted = False
         self._callback_queued = False
+        self._call_ids = count()
+        self._contexts = []
         self._stack = ExitStack()
         try:
             self._install(self._stack)
@@ -683,6 +719,7 @@ class AttentionRecorder:
                         functools.partial(self._on_embedding, name)
                     )
                     stack.callback(handle.remove)
+            self._track_contexts(stack, tracked)
 
         if use_hf:
             assert interfaces is not None
@@ -719,6 +756,37 @@ class AttentionRecorder:
                 self._post_hook, with_kwargs=True, always_call=True
             )
             stack.callback(post.remove)
+
+    def _track_contexts(self, stack: ExitStack, tracked: dict[int, nn.Module]) -> None:
+        """Hooks on the modules enclosing attention modules (``record_io``): a windowed call's
+        hidden states are a permutation of its layer's, and the layer's are in token order."""
+        self._contexts: list[Context] = []
+        names = [self._names[i] for i in tracked if i in self._names]
+        enclosing = {
+            ".".join(name.split(".")[:k]) for name in names for k in range(name.count(".") + 1)
+        }
+        for name, module in self.model.named_modules():
+            if name not in enclosing or id(module) in tracked:
+                continue
+            pre = module.register_forward_pre_hook(
+                functools.partial(self._enter_context, name), with_kwargs=True
+            )
+            post = module.register_forward_hook(self._leave_context, always_call=True)
+            stack.callback(pre.remove)
+            stack.callback(post.remove)
+
+    def _enter_context(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+        self._contexts.append(Context(name, first, autograd_node(first)))
+
+    def _leave_context(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not self._contexts:
+            return
+        context = self._contexts.pop()
+        if isinstance(output, (tuple, list)):
+            output = next((o for o in output if isinstance(o, Tensor)), None)
+        if isinstance(output, Tensor):
+            context.output, context.output_node = output, autograd_node(output)
 
     def _force_eager(
         self, stack: ExitStack, modules: dict[int, nn.Module], routed: dict[int, nn.Module]
@@ -763,8 +831,9 @@ class AttentionRecorder:
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         hint, query_input, key_input = _call_inputs(module, args, kwargs)
-        frame = _Frame(module, hint)
+        frame = _Frame(module, hint, call_id=next(self._call_ids))
         if self.record_io:
+            frame.contexts = self._contexts[::-1]
             frame.query_input, frame.key_input = query_input, key_input
             frame.nodes = {"query": autograd_node(query_input), "key": autograd_node(key_input)}
             frame.others = [a for a in (*args, *kwargs.values())
@@ -876,10 +945,12 @@ class AttentionRecorder:
                 "backend='softmax'"
             )
         self._hf_dispatched.add(id(module))
+        states = None
         if self.record_io and self._frames and self._frames[-1].module is module:
             # keys the module computed from something it was not handed (Segformer reduces
             # its hidden states before the keys): the per-head key states stand for them
             self._frames[-1].inner_key = key
+            states = (query, key)
         dropout = kwargs.get("dropout", 0.0)
         catch: list[Tensor] = []
         self._in_hf += 1
@@ -897,7 +968,9 @@ class AttentionRecorder:
         if isinstance(weights, Tensor) and self._in_scope_of_recording(module):
             matching = [t for t in catch if t.shape == weights.shape]
             live = matching[-1] if matching else weights
-            self._add_map(module, live, live.detach())
+            record = self._add_map(module, live, live.detach())
+            if record is not None and states is not None:
+                record.states = states
         return attn_output, weights
 
     # ---------------------------------------------------------------- softmax interception
@@ -964,11 +1037,11 @@ class AttentionRecorder:
 
     def _add_map(
         self, module: nn.Module, live: Tensor, shaped: Tensor, own: _Frame | None = None
-    ) -> None:
+    ) -> AttentionRecord | None:
         owner = self._owner(module)
         name = self._names.get(id(owner), type(owner).__name__)
         if torch._C._current_graph_task_id() != -1 and self._merge_recompute(owner, live, shaped):
-            return
+            return None
         index = self._call_counts.get(name, 0)
         self._call_counts[name] = index + 1
         record = AttentionRecord(
@@ -991,6 +1064,7 @@ class AttentionRecorder:
         self._entries.append(entry)
         self.records.append(record)
         self.maps.append(live)
+        return record
 
     @staticmethod
     def _attach_inputs(record: AttentionRecord, frame: _Frame, shaped: Tensor) -> None:
@@ -1002,6 +1076,7 @@ class AttentionRecorder:
         """
         record.query_input, record.key_input = frame.query_input, frame.key_input
         record.nodes.update(frame.nodes)
+        record.call_id, record.contexts = frame.call_id, frame.contexts
         n_query, n_key = shaped.shape[-2], shaped.shape[-1]
         record.token_dim = _token_dim(frame.module, frame.query_input, n_query)
         record.key_token_dim = _token_dim(frame.module, frame.key_input, n_key)
@@ -1062,8 +1137,48 @@ class AttentionRecorder:
         if record.attention is None:
             return  # already reduced: one gradient pass per recording
         record.gradient = grad.detach().reshape(record.shape)
-        if self.reduce is not None:
+        if record.part_of is not None:
+            self._complete(record.part_of)
+        elif self.reduce is not None:
             self._apply_reduce(record)
+
+    def _complete(self, call: AttentionRecord) -> None:
+        """Fold the parts of a call with a layout once all have their gradients."""
+        if any(p.gradient is None or p.attention is None for p in call.parts):
+            return
+        call.attention = call.layout.fold([p.attention for p in call.parts])
+        call.gradient = call.layout.fold([p.gradient for p in call.parts])
+        if self.reduce is not None:
+            self._apply_reduce(call)
+            for part in call.parts:
+                part.attention = part.gradient = None
+
+    def use_layouts(
+        self, calls: Sequence[AttentionRecord], drop: Sequence[AttentionRecord] = ()
+    ) -> None:
+        r"""Replace raw records by the calls they are parts of (each call's ``parts`` and
+        ``layout`` set) and leave out ``drop`` (softmaxes that are not over tokens), keeping
+        call order and renumbering ``call_index``; called by
+        :func:`~captum_hetattn.layouts.canonicalise` before any gradient pass."""
+        by_part = {id(p): call for call in calls for p in call.parts}
+        dropped = {id(r) for r in drop}
+        records: list[AttentionRecord] = []
+        for record in self.records:
+            if id(record) in dropped:
+                record.call_index = -1  # out of the recording: no key of a kept call
+                continue
+            call = by_part.get(id(record))
+            if call is None:
+                records.append(record)
+                continue
+            record.part_of = call
+            if call.parts[0] is record:
+                records.append(call)
+        counts: dict[str, int] = {}
+        for record in records:
+            record.call_index = counts.get(record.name, 0)
+            counts[record.name] = record.call_index + 1
+        self.records = records
 
     def _apply_reduce(self, record: AttentionRecord) -> None:
         assert self.reduce is not None
@@ -1076,7 +1191,9 @@ class AttentionRecorder:
             record = entry.record
             if record.gradient is None and record.attention is not None:
                 record.gradient = torch.zeros_like(record.attention)
-                if self.reduce is not None:
+                if record.part_of is not None:
+                    self._complete(record.part_of)
+                elif self.reduce is not None:
                     self._apply_reduce(record)
 
     # ---------------------------------------------------------------- usage B

@@ -124,6 +124,8 @@ class DataFlow:
     sources: list[FlowSource]
     inputs: list[InputRows]
     batch_size: int
+    #: ``(module, reason)`` of softmaxes left out of the recording (not attention over tokens)
+    left_out: list[tuple[str, str]] = field(default_factory=list)
 
     def last_call(self, stream: int) -> int | None:
         calls = self.streams[stream].calls

@@ -36,6 +36,7 @@ from captum_hetattn.binding import bind_records, layer_pattern, name_streams, to
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 from captum_hetattn.dataflow import DataFlow, analyse
 from captum_hetattn.graph import AttentionNode, Junction, LayerGraph
+from captum_hetattn.layouts import canonical_batch, canonicalise
 from captum_hetattn.presets import find_preset
 
 __all__ = ["graph_from_flow", "infer_graph", "layer_pattern", "tower_of", "trace"]
@@ -49,12 +50,16 @@ def trace(
 ) -> DataFlow:
     r"""The data flow of the forward just recorded by ``recorder`` (``record_io=True``), called
     inside its context (``map_inputs``: see :func:`~captum_hetattn.dataflow.analyse`)."""
-    records = recorder.records
+    batch = batch if batch is not None else canonical_batch(inputs)
     with recorder.muted():
-        return analyse(
+        left_out = canonicalise(recorder, batch) if batch is not None else []
+        records = recorder.records
+        flow = analyse(
             records, list(inputs), recorder.embeddings, [tower_of(r.name) for r in records],
             map_inputs=map_inputs, batch=batch,
         )
+    flow.left_out = [(record.name, reason) for record, reason in left_out]
+    return flow
 
 
 def is_causal(attention: Tensor | None) -> bool:

@@ -147,16 +147,28 @@ def aggregate_heads(
     Returns:
         ``(B, n_q, n_k)`` in float32 (float64 if the inputs are float64).
     """
-    if correction not in CORRECTIONS:
-        raise ValueError(f"Unknown correction {correction!r}; choose from {CORRECTIONS}")
     if attention.dim() != 4:
         raise ValueError(
             f"attention must be (batch, heads, n_query, n_key), got shape {tuple(attention.shape)}"
         )
+    return corrected(attention, gradient, correction).mean(dim=1)
+
+
+def corrected(
+    attention: Tensor, gradient: Tensor | None = None, correction: str = "pos"
+) -> Tensor:
+    r"""``f(G) ⊙ A`` per head and entry (any layout): :func:`aggregate_heads` before the mean
+    over heads, for maps that are folded into a dense layout first.
+
+    Returns:
+        A tensor like ``attention`` in float32 (float64 if the inputs are float64).
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"Unknown correction {correction!r}; choose from {CORRECTIONS}")
     dtype = relevance_dtype(attention.dtype)
     attention = attention.to(dtype)
     if correction == "none":
-        return attention.mean(dim=1)
+        return attention
     if gradient is None:
         raise ValueError(f"correction {correction!r} needs the gradient of the attention map")
     if gradient.shape != attention.shape:
@@ -170,7 +182,7 @@ def aggregate_heads(
         weight = gradient.abs()
     else:
         weight = gradient
-    return (weight * attention).mean(dim=1)
+    return weight * attention
 
 
 def self_rule(relevance: Tensor, attention: Tensor) -> Tensor:

@@ -1,0 +1,295 @@
+r"""Token layouts: attention calls whose maps are not one dense ``(B, H, n_q, n_k)`` map over
+their hidden states, folded into one that is.
+
+Windowed attention (Swin) computes ``(B·windows, H, w², w²)`` maps over a shifted,
+window-partitioned copy of its layer's tokens; a packed vision tower (Qwen2-VL) computes one map
+per image over slices of one packed sequence. Each such call gets a :class:`TokenLayout` that
+says where every entry of its raw maps sits in the dense map over the tokens of its *canonical*
+hidden states — the module's own input when it is laid out as ``(batch, tokens, ...)``, else the
+input of the nearest enclosing module that is (a Swin layer's) — and the call then propagates
+exactly like a dense map of the same call would: entries of the dense map that no raw entry
+holds are zero (keys in another window), raw entries of padding slots are dropped (they hold no
+token; their mass went to padding, as with masked keys).
+
+**Where each slot comes from** is read from the autograd graph, not from the model's code: the
+per-head query and key states that the attention function was handed are probed against the
+canonical tokens with forward-mode derivatives (a Jacobian-vector product computed as the
+derivative of a vector-Jacobian product, so it runs on the recorded graph): with
+``K = ⌈log₂ n⌉`` bit planes of the canonical rows, two products per plane tell for each state row
+the one token it is computed from (or none: padding, or several: a slot that is not one token —
+channel attention, pooled keys).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from captum_hetattn.capture import AttentionRecord, AttentionRecorder, Context
+from captum_hetattn.dataflow import _restore_layout, tokens_view
+
+__all__ = ["NO_SOURCE", "SEVERAL_SOURCES", "TokenLayout", "canonicalise", "row_sources"]
+
+#: codes of :func:`row_sources` for rows that are not one token
+NO_SOURCE, SEVERAL_SOURCES = -1, -2
+
+_GENERATOR = torch.Generator().manual_seed(20261124)
+
+
+@dataclass
+class TokenLayout:
+    r"""Where the entries of a call's raw maps go in its dense ``(B, H, n_q, n_k)`` map.
+
+    ``raw_index[e]`` is an element of the raw maps (flattened and concatenated in part order)
+    and ``dense_index[e]`` the element of the dense map it lands on. ``kind`` names the layout
+    for messages (``"windowed"``, ``"packed"``).
+    """
+
+    kind: str
+    dense_shape: tuple[int, int, int, int]
+    raw_index: Tensor
+    dense_index: Tensor
+
+    def fold(self, parts: Sequence[Tensor]) -> Tensor:
+        r"""The dense map of raw maps ``parts`` (anything laid out like them: ``A``, ``G``,
+        ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it."""
+        flat = torch.cat([p.reshape(-1) for p in parts])
+        out = flat.new_zeros(math.prod(self.dense_shape))
+        out.index_add_(0, self.dense_index, flat[self.raw_index])
+        return out.view(self.dense_shape)
+
+
+# ------------------------------------------------------------------------------ probing
+def row_sources(into: Tensor, origin: Tensor, origin_dim: int) -> Tensor:
+    r"""For every row of ``into`` (all dimensions but the last), the row of ``origin``'s
+    ``(B, n)`` tokens (flattened: ``b·n + t``) it is computed from.
+
+    Returns:
+        ``(rows,)`` long: the flat token index, :data:`NO_SOURCE` for a row that depends on no
+        token (padding), :data:`SEVERAL_SOURCES` for one that depends on several.
+    """
+    view = tokens_view(origin, origin_dim)
+    batch, n, _ = view.shape
+    rows = math.prod(into.shape[:-1])
+    unknown = torch.full((rows,), NO_SOURCE, dtype=torch.long, device=into.device)
+    if not (into.requires_grad and origin.requires_grad):
+        return unknown
+    probe = torch.zeros_like(into, requires_grad=True)
+    (pullback,) = torch.autograd.grad(into, origin, probe, create_graph=True, allow_unused=True)
+    if pullback is None or not pullback.requires_grad:
+        return unknown
+    index = torch.arange(batch * n, device=into.device).view(batch, n)
+    planes = max(1, math.ceil(math.log2(max(batch * n, 2))))
+    code = torch.zeros(rows, dtype=torch.long, device=into.device)
+    reached = torch.zeros(rows, dtype=torch.bool, device=into.device)
+    several = torch.zeros(rows, dtype=torch.bool, device=into.device)
+    for plane in range(planes):
+        bit = ((index >> plane) & 1).bool()
+        responses = []
+        for side in (bit, ~bit):
+            weights = torch.randn(view.shape, generator=_GENERATOR).to(view) * side[..., None]
+            (push,) = torch.autograd.grad(
+                pullback, probe, _restore_layout(weights, origin, origin_dim), retain_graph=True
+            )
+            responses.append((push.reshape(rows, -1) != 0).any(dim=-1))
+        on, off = responses
+        code |= on.long() << plane
+        reached |= on | off
+        several |= on & off
+    code = torch.where(reached, code, NO_SOURCE)
+    return torch.where(several, SEVERAL_SOURCES, code)
+
+
+# ------------------------------------------------------------------------------ canonical calls
+@dataclass
+class _Canonical:
+    """Hidden states in ``(batch, tokens)`` order that a call's slots are taken from."""
+
+    tensor: Tensor
+    token_dim: int
+    node: object
+    output: Tensor | None
+    output_node: object
+    where: str
+
+    @property
+    def size(self) -> int:
+        return tokens_view(self.tensor, self.token_dim).shape[1]
+
+
+def _candidates(record: AttentionRecord, side: str) -> list[_Canonical]:
+    """The call's own hidden states, then those of the enclosing modules, innermost first."""
+    tensor = record.query_input if side == "query" else record.key_input
+    dim = record.token_dim if side == "query" else record.key_token_dim
+    out: list[_Canonical] = []
+    if tensor is not None:
+        out.append(_Canonical(tensor, dim, record.nodes.get(side), record.output,
+                              record.nodes.get("output"), f"'{record.name}'"))
+    if side == "query":
+        out += [_from_context(c) for c in record.contexts if _usable(c)]
+    return out
+
+
+def _usable(context: Context) -> bool:
+    return (isinstance(context.input, Tensor) and context.input.is_floating_point()
+            and context.input.dim() >= 2)
+
+
+def _from_context(context: Context) -> _Canonical:
+    dim = 0 if context.input.dim() == 2 else 1
+    return _Canonical(context.input, dim, context.input_node, context.output,
+                      context.output_node, f"'{context.name}'")
+
+
+def _is_plain(record: AttentionRecord, batch: int) -> bool:
+    """One ``(batch, H, n_q, n_k)`` map over the call's own hidden states."""
+    if record.query_input is None or len(record.shape) != 4:
+        return True  # nothing to lay out with: the data flow reports it
+    query = tokens_view(record.query_input, record.token_dim)
+    if record.shape[0] != batch or query.shape[0] != batch or query.shape[1] != record.n_query:
+        return False
+    if record.key_input is not None:
+        key = tokens_view(record.key_input, record.key_token_dim)
+        return key.shape[0] == batch and key.shape[1] == record.n_key
+    return record.n_key == record.n_query or record.role == "cross"
+
+
+def canonicalise(
+    recorder: AttentionRecorder, batch: int
+) -> list[tuple[AttentionRecord, str]]:
+    r"""Give every call of the recording that is not one dense map over its own hidden states a
+    :class:`TokenLayout` (the recorder then holds one record per call, see
+    :meth:`~captum_hetattn.capture.AttentionRecorder.use_layouts`), inside the recorder's
+    context and before the gradient pass.
+
+    Returns:
+        ``(record, reason)`` for softmaxes that are not attention over tokens (left out of the
+        recording, for the caller to report).
+
+    Raises:
+        NotImplementedError: a call whose layout cannot be mapped to tokens exactly, naming the
+            module and what it found.
+    """
+    groups: dict[int, list[AttentionRecord]] = {}
+    for record in recorder.records:
+        groups.setdefault(record.call_id if record.call_id >= 0 else -1 - id(record),
+                          []).append(record)
+    calls: list[AttentionRecord] = []
+    dropped: list[tuple[AttentionRecord, str]] = []
+    for group in groups.values():
+        if len(group) == 1 and _is_plain(group[0], batch):
+            continue
+        call = _lay_out(group, batch)
+        if isinstance(call, str):
+            dropped += [(r, call) for r in group]
+        else:
+            calls.append(call)
+    if calls or dropped:
+        recorder.use_layouts(calls, drop=[r for r, _ in dropped])
+    return dropped
+
+
+def _describe(record: AttentionRecord) -> str:
+    return f"attention module '{record.name}' [call {record.call_index}]"
+
+
+def _lay_out(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
+    first = group[0]
+    if any(r.states is None for r in group):
+        shapes = ", ".join(str(tuple(r.shape)) for r in group)
+        raise NotImplementedError(
+            f"{_describe(first)} computes maps of shape {shapes} that are not one "
+            f"(batch={batch}, heads, n_query, n_key) map over its hidden states, and its query "
+            "and key states were not seen (softmax interception), so its token layout is unknown"
+        )
+    heads = first.shape[1]
+    query = _pick(first, "query", batch, [r.states[0] for r in group])
+    if isinstance(query, str):
+        return query
+    if first.role == "cross" and first.key_input is not None:
+        key = _pick(first, "key", batch, [r.states[1] for r in group])
+        if isinstance(key, str):
+            return key
+    else:
+        key = query
+    n_q, n_k = query[0].size, key[0].size
+    dense_shape = (batch, heads, n_q, n_k)
+    raw, dense, offset = [], [], 0
+    for record, q_src, k_src in zip(group, query[1], key[1], strict=True):
+        if record.shape[1] != heads or len(record.shape) != 4:
+            raise NotImplementedError(
+                f"{_describe(first)}: its maps of one call have different layouts "
+                f"({tuple(first.shape)} and {tuple(record.shape)})"
+            )
+        parts, h, n_rows, n_cols = record.shape[0], heads, record.shape[2], record.shape[3]
+        # every head's row i comes from the same token (key states may have fewer heads: GQA)
+        q_src = q_src.view(parts, -1, n_rows)[:, :1].expand(parts, h, n_rows)
+        k_src = k_src.view(parts, -1, n_cols)[:, :1].expand(parts, h, n_cols)
+        valid = (q_src >= 0)[..., :, None] & (k_src >= 0)[..., None, :]
+        b_q, t_q = q_src.div(n_q, rounding_mode="floor"), q_src % n_q
+        b_k, t_k = k_src.div(n_k, rounding_mode="floor"), k_src % n_k
+        same = b_q[..., :, None] == b_k[..., None, :]
+        if bool((valid & ~same).any()):
+            raise NotImplementedError(
+                f"{_describe(first)}: a map of shape {tuple(record.shape)} pairs tokens of "
+                "different examples (several examples packed into one sequence); explain one "
+                "example at a time"
+            )
+        head = torch.arange(h, device=q_src.device).view(1, h, 1, 1)
+        flat = ((b_q[..., :, None] * h + head) * n_q + t_q[..., :, None]) * n_k + t_k[..., None, :]
+        positions = valid.flatten().nonzero().flatten()
+        raw.append(positions + offset)
+        dense.append(flat.flatten()[positions])
+        offset += math.prod(record.shape)
+    kind = "windowed" if query[0].where != f"'{first.name}'" else "packed"
+    layout = TokenLayout(kind, dense_shape, torch.cat(raw), torch.cat(dense))
+    q_canon, k_canon = query[0], key[0]
+    call = AttentionRecord(
+        name=first.name, call_index=first.call_index, role=first.role, attention=None,
+        gradient=None, shape=dense_shape, query_input=q_canon.tensor,
+        key_input=k_canon.tensor if key is not query else None, output=q_canon.output,
+        token_dim=q_canon.token_dim, key_token_dim=k_canon.token_dim, call_id=first.call_id,
+        layout=layout, parts=list(group),
+    )
+    call.nodes = {"query": q_canon.node, "key": k_canon.node if key is not query else None,
+                  "output": q_canon.output_node}
+    return call
+
+
+def _pick(
+    record: AttentionRecord, side: str, batch: int, states: list[Tensor]
+) -> tuple[_Canonical, list[Tensor]] | str:
+    """The canonical hidden states of one side of a call and each state row's token there, or
+    a reason why the side's slots are not tokens."""
+    tried = []
+    for candidate in _candidates(record, side):
+        if tokens_view(candidate.tensor, candidate.token_dim).shape[0] != batch:
+            tried.append(candidate.where)
+            continue
+        sources = [row_sources(s, candidate.tensor, candidate.token_dim) for s in states]
+        if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
+            return (f"its {side} slots are each computed from several tokens of "
+                    f"{candidate.where}: the softmax is not over tokens (e.g. channel "
+                    "attention)")
+        if not any(bool((s >= 0).any()) for s in sources):
+            tried.append(candidate.where)
+            continue
+        return candidate, sources
+    raise NotImplementedError(
+        f"{_describe(record)}: none of the hidden states around it ({', '.join(tried) or '-'}) "
+        f"hold its {side} tokens as (batch={batch}, tokens) rows (several sequences packed into "
+        "one, or tiles of one example): explain one example at a time"
+    )
+
+
+def canonical_batch(inputs: Sequence[object]) -> int | None:
+    """The batch size of the first batched tensor input (for callers without one)."""
+    for value in inputs:
+        if isinstance(value, Tensor) and value.dim() >= 2:
+            return value.shape[0]
+    return None
+
