@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -98,6 +98,7 @@ class BoundRecording:
     unbound: tuple[AttentionRecord, ...] = ()
     flow: DataFlow | None = None
     stream_names: dict[int, str] = field(default_factory=dict)
+    swapped: tuple[tuple[AttentionNode, AttentionNode], ...] = ()
 
     @property
     def calls(self) -> list[BoundCall]:
@@ -138,7 +139,9 @@ def bind_records(
             graph junction that the forward does not have — naming the node, module or streams.
     """
     names = [n for n in module_names if n]
-    lookup = _node_lookup(graph, names)
+    matches = graph.match(names)
+    lookup = {(module, node.call_index or 0): node
+              for node in graph.nodes for module in matches[node.identity].values()}
     bound: list[tuple[int, BoundNode]] = []
     unbound: list[AttentionRecord] = []
     order = _OrderCheck(graph)
@@ -158,8 +161,7 @@ def bind_records(
                                        "A", node)))
     called = {(b.node.identity, b.name) for _, b in bound}
     for node in graph.nodes:
-        matches = _match_pattern(node.module, names)
-        missing = [m for m in matches.values() if (node.identity, m) not in called]
+        missing = [m for m in matches[node.identity].values() if (node.identity, m) not in called]
         if missing:
             ran = sum(1 for r in records if r.name == missing[0])
             raise ValueError(
@@ -168,26 +170,12 @@ def bind_records(
                 + "; check the graph against the model and the inputs"
             )
     names_of = _stream_names(graph, bound, records, flow)
-    return _assemble(graph, records, bound, unbound, flow, names_of, inputs, config)
+    swapped = _listed_order(graph, bound, records, flow, names_of)
+    recording = _assemble(graph, records, bound, unbound, flow, names_of, inputs, config)
+    return replace(recording, swapped=swapped)
 
 
-# --------------------------------------------------------------------------- matching
-def _node_lookup(
-    graph: LayerGraph, names: Sequence[str]
-) -> dict[tuple[str, int], AttentionNode]:
-    lookup: dict[tuple[str, int], AttentionNode] = {}
-    for node in graph.nodes:
-        found = _match_pattern(node.module, names)
-        if not found:
-            raise ValueError(
-                f"{node.label} matches no module of the model; check the module pattern "
-                "('*' stands for one path segment)"
-            )
-        for module in found.values():
-            lookup[(module, node.call_index or 0)] = node
-    return lookup
-
-
+# --------------------------------------------------------------------------- call order
 class _OrderCheck:
     """Inside one layer of a layer block, calls must come in the graph's step order."""
 
@@ -218,6 +206,73 @@ class _OrderCheck:
 def _layer_key(pattern: str, name: str) -> tuple[str, ...]:
     found = _match_pattern(pattern, [name])
     return next(iter(found), ())
+
+
+def _listed_order(
+    graph: LayerGraph,
+    bound: Sequence[tuple[int, BoundNode]],
+    records: Sequence[AttentionRecord],
+    flow: DataFlow | None,
+    names_of: Mapping[int, str],
+) -> tuple[tuple[AttentionNode, AttentionNode], ...]:
+    r"""Nodes the model began in the other order than the graph lists them (across layer
+    blocks; inside one layer :class:`_OrderCheck` holds calls to the graph's order).
+
+    Binding follows the calls, so such a graph silently stands for another order. Where the two
+    nodes depend on each other — one writes a stream the other reads or writes, streams joined
+    by a junction counting as one — that is an error naming both; otherwise the order cannot
+    change the result and the pair ``(listed first, ran first)`` is returned to be reported.
+    """
+    step_of = {node.identity: i for i, step in enumerate(graph.steps)
+               for node in (step if isinstance(step, tuple) else (step,))}
+    first: dict[tuple[str, int | None], tuple[int, AttentionNode]] = {}
+    for index, node in bound:
+        first.setdefault(node.node.identity, (index, node.node))
+    joined = _joined_streams(graph, flow, names_of)
+
+    def writes(node: AttentionNode) -> str:
+        return joined.get(node.query, node.query)
+
+    def touches(node: AttentionNode) -> set[str]:
+        return {writes(node), joined.get(node.key, node.key)}
+
+    listed = sorted(first.values(), key=lambda item: step_of[item[1].identity])
+    swapped: list[tuple[AttentionNode, AttentionNode]] = []
+    for position, (call, node) in enumerate(listed):
+        for earlier_call, earlier in listed[:position]:
+            if step_of[earlier.identity] == step_of[node.identity] or earlier_call < call:
+                continue
+            if writes(earlier) in touches(node) or writes(node) in touches(earlier):
+                raise ValueError(
+                    f"{node.label} first ran (module '{records[call].name}') before "
+                    f"{earlier.label} (module '{records[earlier_call].name}'), but the graph "
+                    "lists it after; they share a stream, so the graph's order contradicts the "
+                    "model's calls: list the nodes in the order the model runs them"
+                )
+            swapped.append((earlier, node))
+    return tuple(swapped)
+
+
+def _joined_streams(
+    graph: LayerGraph, flow: DataFlow | None, names_of: Mapping[int, str]
+) -> dict[str, str]:
+    """Stream name → one representative of the streams junctions join (the graph's junctions
+    and those the data flow found)."""
+    edges = [(j.into, j.origin) for j in graph.junctions]
+    if flow is not None:
+        edges += [(names_of[j.into], names_of[j.origin]) for j in flow.junctions
+                  if j.into in names_of and j.origin in names_of]
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.get(name, name) != name:
+            name = parent[name]
+        return name
+
+    for into, origin in edges:
+        if root(into) != root(origin):
+            parent[root(into)] = root(origin)
+    return {name: root(name) for edge in edges for name in edge}
 
 
 # --------------------------------------------------------------------------- streams

@@ -20,6 +20,7 @@ This module is plain Python: it knows nothing about torch or transformers.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +30,26 @@ from typing import Any, Literal
 NodeType = Literal["A", "B", "C"]
 NODE_TYPES: tuple[str, ...] = ("A", "B", "C")
 GRAPH_FORMAT_VERSION = 1
+GRAPH_KEYS: tuple[str, ...] = ("format_version", "name", "streams", "steps", "readout", "junctions")
+NODE_KEYS: tuple[str, ...] = ("module", "query", "key", "type", "call_index")
+STREAM_KEYS: tuple[str, ...] = ("name", "description")
+READOUT_KEYS: tuple[str, ...] = ("stream", "token")
+
+
+def _check_keys(data: Mapping[str, Any], valid: Sequence[str], path: str, what: str) -> None:
+    r"""A misspelt key would be ignored silently: raise ``ValueError`` naming it, where it is
+    (``path``, e.g. ``readout.tokn``) and the closest valid key."""
+    unknown = [key for key in data if key not in valid]
+    if not unknown:
+        return
+    first = str(unknown[0])
+    close = difflib.get_close_matches(first, valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    where = f"{path}.{first}" if path else first
+    raise ValueError(
+        f"{what} has unknown fields {sorted(map(str, unknown))} (at '{where}'; valid: "
+        f"{', '.join(valid)}){hint}"
+    )
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,8 @@ class AttentionNode:
         if self.type is not None and self.type not in NODE_TYPES:
             raise ValueError(f"{self.label}: type must be one of {NODE_TYPES}, got {self.type!r}")
         if self.call_index is not None and (
-            not isinstance(self.call_index, int) or self.call_index < 0
+            not isinstance(self.call_index, int) or isinstance(self.call_index, bool)
+            or self.call_index < 0
         ):
             raise ValueError(
                 f"{self.label}: call_index must be a non-negative int, got {self.call_index!r}"
@@ -114,12 +136,9 @@ class AttentionNode:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AttentionNode:
-        unknown = set(data) - {"module", "query", "key", "type", "call_index"}
-        if unknown:
-            raise ValueError(
-                f"AttentionNode spec {dict(data)!r} has unknown fields {sorted(unknown)}"
-            )
+    def from_dict(cls, data: Mapping[str, Any], path: str = "") -> AttentionNode:
+        r"""A node from its dict; ``path`` (``steps[2]``) says where errors point."""
+        _check_keys(data, NODE_KEYS, path, f"AttentionNode spec {dict(data)!r}")
         try:
             return cls(**data)
         except TypeError as err:
@@ -127,6 +146,12 @@ class AttentionNode:
 
 
 JUNCTION_KINDS: tuple[str, ...] = ("probe", "splice", "concat")
+JUNCTION_PARAMS: dict[str, tuple[str, ...]] = {
+    "probe": (),
+    "splice": ("placeholder", "skip"),
+    "concat": ("skip", "count", "offset"),
+}
+CONFIG_PARAM_KEYS: tuple[str, ...] = ("config", "values")
 
 
 @dataclass(frozen=True)
@@ -174,6 +199,16 @@ class Junction:
         if self.into == self.origin:
             raise ValueError(f"{self.label}: a junction joins two different streams")
         object.__setattr__(self, "params", dict(self.params))
+        what = f"{self.label} ({self.kind})"
+        _check_keys(self.params, JUNCTION_PARAMS[self.kind], "params", what)
+        for name, value in self.params.items():
+            if isinstance(value, Mapping):
+                _check_keys(value, CONFIG_PARAM_KEYS, f"params.{name}", what)
+                if "config" not in value:
+                    raise ValueError(
+                        f"{self.label}: parameter '{name}' given as a dict must name a config key: "
+                        f"{{'config': ...}}, got {dict(value)!r}"
+                    )
 
     @property
     def label(self) -> str:
@@ -185,13 +220,19 @@ class Junction:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Junction:
+    def from_dict(cls, data: Mapping[str, Any], path: str = "") -> Junction:
+        r"""A junction from its dict (parameters beside ``into``/``from``/``kind``); ``path``
+        (``junctions[0]``) says where errors point."""
         data = dict(data)
         try:
             into, origin = data.pop("into"), data.pop("from")
         except KeyError as err:
             raise ValueError(f"Junction spec {data!r} lacks {err}") from None
-        return cls(into, origin, data.pop("kind", "probe"), data)
+        kind = data.pop("kind", "probe")
+        if kind in JUNCTION_KINDS:
+            _check_keys(data, ("into", "from", "kind", *JUNCTION_PARAMS[kind]), path,
+                        f"Junction spec '{origin}'->'{into}' ({kind})")
+        return cls(into, origin, kind, data)
 
 
 Step = AttentionNode | tuple[AttentionNode, ...]
@@ -441,6 +482,46 @@ class LayerGraph:
         return self
 
     # ------------------------------------------------------------------ binding to a model
+    def match(
+        self, module_names: Iterable[str]
+    ) -> dict[tuple[str, int | None], dict[tuple[str, ...], str]]:
+        r"""The concrete modules each node stands for.
+
+        Args:
+            module_names: e.g. ``[name for name, _ in model.named_modules()]``.
+
+        Returns:
+            Per node :attr:`~AttentionNode.identity`, its ``*`` values → module name.
+
+        Raises:
+            ValueError: a node matches no module or modules under several prefixes, or two
+                nodes claim the same module and call (a suffix pattern and a full path): it
+                would be applied twice.
+        """
+        names = [n for n in module_names if n]
+        matches: dict[tuple[str, int | None], dict[tuple[str, ...], str]] = {}
+        claimed: dict[tuple[str, int], AttentionNode] = {}
+        for node in self.nodes:
+            found = _match_pattern(node.module, names)
+            if not found:
+                raise ValueError(
+                    f"{node.label} matches no module of the model; check the module pattern "
+                    "('*' stands for one path segment)"
+                )
+            for module in found.values():
+                # a node without call_index stands for the module's first (only) call
+                claim = (module, node.call_index or 0)
+                other = claimed.setdefault(claim, node)
+                if other is not node:
+                    call = "" if node.call_index is None else f" (call {claim[1]})"
+                    raise ValueError(
+                        f"module '{module}'{call} is bound by two nodes, {other.label} and "
+                        f"{node.label}: its map would be applied twice; keep one of them (a "
+                        "pattern also matches the end of a longer module path)"
+                    )
+            matches[node.identity] = found
+        return matches
+
     def bind(self, module_names: Iterable[str]) -> list[tuple[BoundNode, ...]]:
         r"""Unroll the graph over a model's qualified module names.
 
@@ -452,19 +533,10 @@ class LayerGraph:
             (length > 1 for a parallel group).
 
         Raises:
-            ValueError: a node matches no module, or matches modules under several prefixes.
+            ValueError: as :meth:`match`.
         """
-        names = [n for n in module_names if n]
         nodes = self.nodes
-        matches: dict[tuple[str, int | None], dict[tuple[str, ...], str]] = {}
-        for node in nodes:
-            found = _match_pattern(node.module, names)
-            if not found:
-                raise ValueError(
-                    f"{node.label} matches no module of the model; check the module pattern "
-                    "('*' stands for one path segment)"
-                )
-            matches[node.identity] = found
+        matches = self.match(module_names)
 
         typed = iter(nodes)
         resolved_steps = [
@@ -539,30 +611,49 @@ class LayerGraph:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerGraph:
+        r"""A graph from its dict (:meth:`to_dict`, the JSON presets).
+
+        Raises:
+            ValueError: an unknown key anywhere (``readuot``, ``readout.tokn``,
+                ``steps[0].modul``), named with its path and the closest valid key; a missing
+                one; an unsupported ``format_version``; or an invalid graph.
+        """
         if not isinstance(data, Mapping):
             raise TypeError(f"A graph spec must be a dict, got {type(data).__name__}")
+        _check_keys(data, GRAPH_KEYS, "", "Graph spec")
         version = data.get("format_version", GRAPH_FORMAT_VERSION)
         if version != GRAPH_FORMAT_VERSION:
             raise ValueError(f"Unsupported graph format_version {version!r}")
         missing = {"streams", "steps"} - set(data)
         if missing:
             raise ValueError(f"Graph spec lacks {sorted(missing)}")
+        for i, stream in enumerate(data["streams"]):
+            if isinstance(stream, Mapping):
+                _check_keys(stream, STREAM_KEYS, f"streams[{i}]", f"Stream spec {dict(stream)!r}")
         steps: list[Any] = []
         for i, step in enumerate(data["steps"]):
             if isinstance(step, Mapping):
-                steps.append(AttentionNode.from_dict(step))
+                steps.append(AttentionNode.from_dict(step, f"steps[{i}]"))
             elif isinstance(step, (list, tuple)):
-                steps.append(tuple(AttentionNode.from_dict(node) for node in step))
+                steps.append(tuple(AttentionNode.from_dict(node, f"steps[{i}][{j}]")
+                                   for j, node in enumerate(step)))
             else:
                 raise ValueError(f"Graph spec step {i} must be a dict or a list of dicts")
         readout = data.get("readout") or {}
+        if not isinstance(readout, Mapping):
+            raise ValueError(
+                f"Graph spec 'readout' must be a dict {{'stream': ..., 'token': ...}}, got "
+                f"{readout!r}"
+            )
+        _check_keys(readout, READOUT_KEYS, "readout", "Graph spec readout")
         return cls(
             streams=list(data["streams"]),
             steps=steps,
             readout_stream=readout.get("stream"),
             readout_token=readout.get("token", 0),
             name=data.get("name", ""),
-            junctions=[Junction.from_dict(j) for j in data.get("junctions", ())],
+            junctions=[Junction.from_dict(j, f"junctions[{i}]")
+                       for i, j in enumerate(data.get("junctions", ()))],
         )
 
     def to_json(self, **kwargs: Any) -> str:
