@@ -875,6 +875,11 @@ class AttentionRecorder:
 
     def _on_embedding(self, name: str, module: nn.Module, args: tuple, output: Any) -> Any:
         if args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
+            if (not output.requires_grad and output.is_floating_point()
+                    and torch.is_grad_enabled()):
+                # a frozen model on token ids: the lookup becomes the leaf of the autograd graph,
+                # so the hidden states and maps after it have gradients (parameters get none)
+                output = output.detach().requires_grad_()
             self.embeddings.append((name, args[0], output, autograd_node(output)))
             # the model gets a copy: writing image features into it in place (Kosmos-2) must
             # leave the recorded lookup as it was
