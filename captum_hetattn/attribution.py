@@ -21,6 +21,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, ClassVar
 
 import torch
@@ -46,7 +47,10 @@ from captum_hetattn.graph import BoundNode, LayerGraph
 from captum_hetattn.infer import graph_from_flow, is_causal, trace
 from captum_hetattn.mapping import Gathered, InputMapping, NoAttribution, default_mappings
 from captum_hetattn.objectives import (
+    Contrast,
     Objective,
+    Ratio,
+    RelativeContrast,
     Target,
     evaluate_objective,
     resolve_objective,
@@ -348,6 +352,7 @@ class _AttentionAttribution(Attribution):
         self._check_options(correction, noise_link)
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self._check_call(inputs, target, objective, readout)
         score_fn = resolve_objective(target, objective)
         extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
         traced = tuple(
@@ -367,9 +372,11 @@ class _AttentionAttribution(Attribution):
                 maps=any(c != "none" for c in state.corrections.values()),
             )
         self._warn_unbound(recording)
+        self._warn_swapped(recording)
         padding = _padding(recording, state.key_mass)
         weights = self._readout(readout, recording, terminal, grads, padding, scores.shape[0])
         self._warn_unconnected(recording, weights)
+        self._warn_no_gradient(recording, weights, state.no_gradient)
         flows = _flows(recording, stage)
         if stage == "homogeneous":
             stream_relevance = _homogeneous(recording.sizes, flows, weights)
@@ -406,6 +413,29 @@ class _AttentionAttribution(Attribution):
         self.graph = graph_from_flow(records, flow, stream_names)
         return bind_records(self.graph, records, names, flow, inputs=inputs, config=config)
 
+    def _check_call(self, inputs: tuple[Any, ...], target: Target,
+                    objective: Objective | None, readout: Readout) -> None:
+        """What would fail deep inside the model, or silently, is checked before the forward."""
+        _check_inputs(inputs)
+        _check_target(target)
+        if isinstance(objective, (Contrast, Ratio, RelativeContrast)):
+            _check_target(objective.a, f"{type(objective).__name__}.a")
+            _check_target(objective.b, f"{type(objective).__name__}.b")
+        if isinstance(readout, Mapping):
+            for stream, value in readout.items():
+                _check_readout_token(value, f"readout['{stream}']")
+        elif readout is not None:
+            _check_readout_token(readout, "readout")
+        _check_not_meta(self.model)
+        dropout = _active_dropout(self.model)
+        if dropout is not None:
+            self._warn("train-mode", (
+                f"{type(self.model).__name__} is in train() mode with dropout active "
+                f"({dropout}): every call drops different units, so the relevance is not "
+                "deterministic; call model.eval() before explaining (the explainer leaves the "
+                "mode as it is)"
+            ))
+
     def _warn(self, key: str, message: str) -> None:
         """A ``UserWarning``, once per explainer and subject."""
         if key in self._warned:
@@ -413,13 +443,63 @@ class _AttentionAttribution(Attribution):
         self._warned.add(key)
         warnings.warn(message, UserWarning, stacklevel=5)
 
+    def _warn_each(
+        self, kind: str, subjects: Sequence[str], message: Callable[[list[str]], str]
+    ) -> None:
+        """One ``UserWarning`` for the subjects not reported yet by this explainer (a message
+        that names the first and counts them), not one per subject."""
+        new = [s for s in dict.fromkeys(subjects) if f"{kind}:{s}" not in self._warned]
+        if new:
+            self._warned.update(f"{kind}:{s}" for s in new)
+            warnings.warn(message(new), UserWarning, stacklevel=5)
+
     def _warn_unbound(self, recording: BoundRecording) -> None:
-        for record in recording.unbound:
-            self._warn(f"unbound:{record.name}", (
-                f"attention module '{record.name}' ran but the layer graph "
-                f"'{self.graph.name if self.graph else ''}' has no node for it, so it is left "
-                "out of the explanation; add a node (or pass graph=None to infer one)"
-            ))
+        graph = self.graph.name if self.graph else ""
+        self._warn_each("unbound", [record.name for record in recording.unbound], lambda new: (
+            f"{len(new)} attention module(s) ran but the layer graph '{graph}' has no node for "
+            f"them (first: '{new[0]}'), so they are left out of the explanation; add nodes (or "
+            "pass graph=None to infer the graph)"
+        ))
+
+    def _warn_swapped(self, recording: BoundRecording) -> None:
+        pairs = {f"{first.label} / {then.label}": (first, then)
+                 for first, then in recording.swapped}
+
+        def message(new: list[str]) -> str:
+            first, then = pairs[new[0]]
+            return (
+                f"the layer graph lists {first.label} before {then.label}, but the model ran "
+                f"the latter first ({len(new)} such pair(s)); they share no stream, so the "
+                "relevance is the same in either order; list the nodes in call order"
+            )
+
+        self._warn_each("swapped", list(pairs), message)
+
+    def _warn_no_gradient(
+        self, recording: BoundRecording, readout: Mapping[str, Tensor],
+        no_gradient: set[tuple[str, int]],
+    ) -> None:
+        """Calls whose maps got no gradient at all although the graph connects them to the
+        readout: under a gradient correction their maps count as zero, so say so (a branch
+        detached from the output, maps computed without grad?). Calls after the last use of
+        their stream (LLaVA's last vision layer) get none by construction and are not named."""
+        reached = set(readout)
+        silent: list[str] = []
+        for step in reversed(recording.steps):
+            if isinstance(step, TokenMap):
+                if step.into in reached:
+                    reached.add(step.origin)
+                continue
+            silent += [c.record.name for c in step if c.node.query in reached
+                       and (c.record.name, c.record.call_index) in no_gradient]
+            reached.update(c.node.key for c in step if c.node.query in reached)
+        self._warn_each("no-gradient", silent[::-1], lambda new: (
+            f"attention module '{new[0]}' got no gradient from the objective"
+            + (f" (and {len(new) - 1} more)" if len(new) > 1 else "")
+            + ": under the gradient correction its maps count as zero, although the graph "
+            "connects it to the readout (a branch detached from the output, or value vectors "
+            "that are all zero?); correction='none' keeps them"
+        ))
 
     def _warn_unconnected(self, recording: BoundRecording, readout: Mapping[str, Tensor]) -> None:
         """Sources that no call or junction connects to the readout get zero relevance by
@@ -510,6 +590,7 @@ class _Capture:
         self.corrections: dict[tuple[str, int], str] = {}
         self.key_mass: dict[tuple[str, int], Tensor] = {}
         self.causal: set[tuple[str, int]] = set()
+        self.no_gradient: set[tuple[str, int]] = set()
 
     def expect(self, recording: BoundRecording) -> None:
         for call in recording.calls:
@@ -525,6 +606,8 @@ class _Capture:
         self.key_mass[key] = record.attention.detach().sum(dim=(1, 2))
         if is_causal(record.attention):
             self.causal.add(key)
+        if self.corrections[key] != "none" and not _has_gradient(record):
+            self.no_gradient.add(key)
         if record.layout is not None:  # correct each raw entry, then fold (exact with overlaps)
             parts = [corrected(p.attention, p.gradient, self.corrections[key])
                      for p in record.parts]
@@ -612,6 +695,8 @@ def _readout_vector(
             f"{list(recording.sizes)})"
         )
     n_tokens = recording.sizes[stream]
+    if isinstance(value, list):
+        value = torch.tensor(value)
     if isinstance(value, Tensor) and value.dim() == 2:
         if tuple(value.shape) != (batch, n_tokens):
             raise ValueError(
@@ -627,6 +712,153 @@ def _readout_vector(
         positions = torch.arange(n_tokens, device=real.device).expand(batch, n_tokens)
         value = torch.where(real, positions, torch.full_like(positions, -1)).amax(dim=1)
     return readout_weights(recording.sizes, stream, value, batch)[stream]
+
+
+def _has_gradient(record: AttentionRecord) -> bool:
+    """Whether any entry of the call's maps (of each part, for a folded call) got a gradient."""
+    grads = [p.gradient for p in record.parts] if record.layout is not None else [record.gradient]
+    return any(g is not None and bool(g.any()) for g in grads)
+
+
+def _is_int(value: Any) -> bool:
+    """An index: a Python int, not a bool (``True`` would silently mean 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_inputs(inputs: tuple[Any, ...]) -> None:
+    """Inputs are batched along their first dimension (Captum's contract)."""
+    if not inputs:
+        raise ValueError("no inputs: give a tensor or a tuple of tensors")
+    for position, tensor in enumerate(inputs):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(
+                f"input {position} is a {type(tensor).__name__}, not a tensor; pass arguments "
+                "that are not attributed as additional_forward_args"
+            )
+        shape = tuple(tensor.shape)
+        if tensor.is_meta:
+            raise ValueError(f"input {position} is on the 'meta' device: it holds no values")
+        if tensor.dim() == 0:
+            raise ValueError(
+                f"input {position} is a 0-d tensor: inputs are batched along their first "
+                "dimension (x[None] for one example)"
+            )
+        if shape[0] == 0:
+            raise ValueError(f"input {position} has an empty batch (shape {shape}): nothing to "
+                             "explain")
+        if tensor.dim() == 1 and not tensor.is_floating_point():
+            raise ValueError(
+                f"input {position} of shape {shape} has no batch dimension: token ids are "
+                "(batch, tokens), so pass ids[None] for one example (a per-example value "
+                "belongs in additional_forward_args)"
+            )
+
+
+def _check_target(target: Target, what: str = "target") -> None:
+    r"""Captum's target forms, checked before the forward: an int, a tuple of ints, an integer
+    tensor (0-d, or one index per example) or a list of one int or tuple per example. Negative
+    indices count from the end where Captum indexes (int, tuple, list of tuples), not where it
+    gathers (a per-example tensor or list of ints)."""
+    forms = ("an int, a tuple of ints, an integer tensor or a list of ints or tuples (one per "
+             "example)")
+    if target is None or _is_int(target):
+        return
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(
+                f"{what} is a {target.dtype} tensor; target indices must be integers "
+                f"(e.g. {what.split('.')[-1]}.long())"
+            )
+        if target.dim() > 1 and target.numel() != 1:
+            raise ValueError(
+                f"{what} tensor has shape {tuple(target.shape)}; give a 0-d tensor or one index "
+                "per example, shape (batch,)"
+            )
+        if target.numel() > 1:
+            _check_gathered(target.tolist(), what)
+        return
+    if isinstance(target, tuple):
+        if target and all(_is_int(i) for i in target):
+            return
+        raise TypeError(f"{what} {target!r} must be a non-empty tuple of ints")
+    if isinstance(target, list):
+        if not target:
+            raise ValueError(f"{what} is an empty list; give one index per example")
+        if all(_is_int(t) for t in target):
+            _check_gathered(target, what)
+            return
+        if all(isinstance(t, tuple) and t and all(_is_int(i) for i in t) for t in target):
+            return
+        kinds = sorted({type(t).__name__ for t in target})
+        raise TypeError(f"{what} list holds {', '.join(kinds)}: it must be {forms}")
+    raise TypeError(f"{what} must be {forms}, got {type(target).__name__} {target!r}")
+
+
+def _check_gathered(indices: list[int], what: str) -> None:
+    negative = next(((i, v) for i, v in enumerate(indices) if v < 0), None)
+    if negative is not None:
+        raise ValueError(
+            f"{what} for example {negative[0]} is {negative[1]}: a per-example tensor or list "
+            "of ints is gathered, which does not count from the end; give indices >= 0"
+        )
+
+
+def _check_not_meta(model: nn.Module) -> None:
+    """A model on the ``meta`` device has shapes but no values: say so before the forward."""
+    named = chain(model.named_parameters(), model.named_buffers())
+    meta = next((name for name, tensor in named if tensor.is_meta), None)
+    if meta is not None:
+        raise ValueError(
+            f"{type(model).__name__} is on the 'meta' device (first: '{meta}'): it has no "
+            "weights to run; load them (to_empty() and load_state_dict, or from_pretrained "
+            "without a meta device map) before explaining"
+        )
+
+
+def _active_dropout(model: nn.Module) -> str | None:
+    """Where dropout acts in a forward: a dropout module with ``p > 0`` in training mode, or
+    for a model in train() mode a drop rate in its config (attention dropout, LayerDrop, drop
+    path), which models apply without a module."""
+    for name, module in model.named_modules():
+        if not module.training:
+            continue
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return f"module '{name}', p={module.p}"
+        if isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
+            return f"module '{name}', dropout={module.dropout}"
+    config = getattr(model, "config", None)
+    if model.training and hasattr(config, "to_dict"):
+        rates = _drop_rates(config.to_dict())
+        if rates:
+            return f"config {rates[0][0]}={rates[0][1]}"
+    return None
+
+
+def _drop_rates(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    rates: list[tuple[str, float]] = []
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            rates += _drop_rates(value, f"{prefix}{key}.")
+        elif isinstance(value, float) and value > 0 and "drop" in str(key):
+            rates.append((f"{prefix}{key}", value))
+    return rates
+
+
+def _check_readout_token(value: Any, what: str) -> None:
+    """Readout tokens are indices: a float or a bool is an error, never truncated."""
+    if isinstance(value, list):
+        value = torch.tensor(value)
+    if isinstance(value, Tensor):
+        if value.dim() < 2 and (value.is_floating_point() or value.dtype == torch.bool):
+            raise TypeError(
+                f"{what} is a {value.dtype} tensor; token indices must be integers ((batch, n) "
+                "float tensors are readout weights)"
+            )
+    elif not (_is_int(value) or isinstance(value, str)):  # strings: 'last', checked later
+        raise TypeError(
+            f"{what} must be an int, 'last', a (batch,) integer tensor or (batch, n) weights, "
+            f"got {type(value).__name__} {value!r}"
+        )
 
 
 def _homogeneous(
