@@ -705,6 +705,8 @@ class AttentionRecorder:
             ``"softmax"``, ``"mha"``).
         embeddings: with ``record_io``, ``(module name, input ids, output, output's autograd
             node)`` of every ``nn.Embedding`` call, in call order (emptied on exit).
+        skipped: with ``record_io``, ``(module name, reason)`` of softmaxes inside attention
+            modules that were not recorded (pooling or sampling weights, another dimension).
 
     Examples::
 
@@ -753,6 +755,7 @@ class AttentionRecorder:
         self.records: list[AttentionRecord] = []
         self.maps: list[Tensor] = []
         self.embeddings: list[tuple[str, Tensor, Tensor, Any]] = []
+        self.skipped: list[tuple[str, str]] = []
         self.active_backends: frozenset[str] = frozenset()
         self._entries: list[_Entry] = []
         self._stack: ExitStack | None = None
@@ -779,6 +782,7 @@ class AttentionRecorder:
         self._callback_queued = False
         self._call_ids = count()
         self._contexts = []
+        self.skipped = []
         self._stack = ExitStack()
         # first in, last out: the next recording starts once everything is restored
         self._stack.callback(_release, claim)
@@ -1181,6 +1185,14 @@ class AttentionRecorder:
 
     # ---------------------------------------------------------------- softmax interception
 
+    def _skip(self, module: nn.Module, out: Tensor, reason: str) -> None:
+        """A softmax inside an attention module that is not recorded, kept (``record_io``) so
+        that the explainer can say so instead of leaving it out silently."""
+        if self.record_io and self._in_scope_of_recording(module):
+            name = self._names.get(id(self._owner(module)), type(module).__name__)
+            self.skipped.append((name, f"its softmax of shape {tuple(out.shape)} is not "
+                                       f"recorded: {reason}"))
+
     def _on_linear(self, out: Tensor) -> None:
         if self._frames and not self._in_hf:
             self._frames[-1].linears.append(out)
@@ -1189,10 +1201,12 @@ class AttentionRecorder:
         if self._in_hf or not self._frames or not out.is_floating_point():
             return
         module = self._frames[-1].module
-        if id(module) in self._mha_ids or _is_sampling_attention(module):
+        if id(module) in self._mha_ids:
             return
+        if _is_sampling_attention(module):
+            return self._skip(module, out, "it weighs sampling points (deformable attention)")
         if dim not in (-1, out.dim() - 1):
-            return
+            return self._skip(module, out, f"it normalises dimension {dim}, not the last one")
         heads = _head_count(module)
         raw = False
         if out.dim() == 4 and not (
@@ -1204,8 +1218,8 @@ class AttentionRecorder:
         elif self.record_io and out.dim() >= 3:
             # banded (batch, n, heads, 2w+1) or blocked 5-D maps: raw, for the layouts to place
             shaped, raw = out.detach(), True
-        else:
-            return  # (batch, n, heads, points) sampling weights, not a token map
+        else:  # (batch, n) pooling weights, (batch, n, heads, points) sampling weights
+            return self._skip(module, out, "it is not a (batch, heads, queries, keys) map")
         if self._in_scope_of_recording(module):
             # an interface module that ran its own code instead (caught here, so recorded)
             self._hf_dispatched.add(id(module))

@@ -59,6 +59,7 @@ def trace(
             map_inputs=map_inputs, batch=batch,
         )
     flow.left_out = [(record.name, reason) for record, reason in left_out]
+    flow.left_out += recorder.skipped
     return flow
 
 

@@ -430,6 +430,9 @@ def _place_entries(
         if not bool((tokens != NO_SOURCE).any()):
             continue
         row, row_head = _entry_rows(scores, projection, heads)
+        if bool((row == SEVERAL_SOURCES).any()):
+            return ("each of its entries reads several tokens of one projection: the softmax "
+                    "is not over tokens (e.g. channel attention)")
         read = row >= 0
         if not bool(read.any()):
             continue

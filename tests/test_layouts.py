@@ -11,9 +11,11 @@ attention folded into dense maps, checked against references that do not use the
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_hetattn import AttentionRecorder, HeterogenousAttentionAttribution
 from captum_hetattn.infer import trace
@@ -344,3 +346,72 @@ def test_bigbird_block_sparse_maps_reproduce_the_block_sparse_attention():
         assert record.shape == (2, 2, 32, 32)
         torch.testing.assert_close(_dense_times_values(record, values[i], 2), contexts[i],
                                    atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------ nothing silent
+class _TokenAttention(nn.Module):
+    def __init__(self, width: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.qkv = heads, nn.Linear(width, 3 * width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        attention = (q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(dim=-1)
+        return x + (attention @ v).transpose(1, 2).reshape(b, n, c)
+
+
+class _ChannelAttention(_TokenAttention):
+    """DaViT's channel attention (Florence-2): a softmax over channel groups, not tokens."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 4, 1)
+        attention = (q @ k.transpose(-1, -2) / n ** 0.5).softmax(dim=-1)  # (B, H, c/H, c/H)
+        return x + (attention @ v).permute(0, 3, 1, 2).reshape(b, n, c)
+
+
+class _AttentionPool(nn.Module):
+    """Attention pooling: a softmax over tokens with no query tokens."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.score = nn.Linear(width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weights = self.score(x).squeeze(-1).softmax(dim=-1)  # (B, n)
+        return (weights[..., None] * x).sum(dim=1)
+
+
+class _Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.tokens = _TokenAttention()
+        self.channels = _ChannelAttention()
+        self.pool = _AttentionPool()
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self.pool(self.channels(self.tokens(self.embed(ids)))))
+
+
+def test_softmaxes_that_are_not_token_attention_are_reported_by_module():
+    torch.manual_seed(0)
+    model = _Mixed().eval()
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(5))
+    explainer = HeterogenousAttentionAttribution(model, model=model)
+    with pytest.warns(UserWarning) as caught:
+        explanation = explainer.explain(ids, target=1)
+    messages = [str(w.message) for w in caught]
+    channel = [m for m in messages if "'channels'" in m]
+    pool = [m for m in messages if "'pool'" in m]
+    assert channel and "not over tokens" in channel[0], messages
+    assert pool and "(2, 6)" in pool[0], messages
+    assert [c.name for c in explanation.calls] == ["tokens"]
+    assert explanation.relevance["text"].abs().sum() > 0
+    # once per explainer, not per call
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        explainer.explain(ids, target=1)
+    assert not [w for w in again if "'channels'" in str(w.message) or "'pool'" in str(w.message)]
