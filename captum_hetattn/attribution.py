@@ -392,6 +392,11 @@ class _AttentionAttribution(Attribution):
     ) -> BoundRecording:
         """Trace the recorded forward and bind the graph (inferred on the first call)."""
         flow = trace(recorder, inputs, map_inputs=map_inputs, batch=batch)
+        for name, reason in flow.left_out:
+            self._warn(f"left-out:{name}", (
+                f"attention module '{name}' computes a softmax that is left out of the "
+                f"explanation: {reason}"
+            ))
         records = recorder.records
         names = [name for name, _ in self.model.named_modules()]
         config = getattr(self.model, "config", None)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from captum_hetattn.capture import AttentionRecord
-from captum_hetattn.dataflow import DataFlow, FlowJunction
+from captum_hetattn.dataflow import DataFlow, FlowJunction, FlowStream
 from captum_hetattn.graph import AttentionNode, BoundNode, Junction, LayerGraph, _match_pattern
 from captum_hetattn.rules import TokenMap
 
@@ -355,6 +355,10 @@ def name_streams(
         if len(sources) > 1:
             candidates.append("joint")
         candidates += kinds
+        origin = _only_origin(flow, stream)
+        if origin in names and not sources and all(c in _GENERIC_NAMES for c in candidates):
+            # a later stage of one stream (Swin's merged patches): named after the first
+            candidates = [_stage_name(names[origin], taken)]
         name = next((c for c in candidates if c not in taken), f"stream{stream.index}")
         names[stream.index] = name
         taken.add(name)
@@ -368,6 +372,22 @@ def name_streams(
             names[stream.index] = name
             taken.add(name)
     return names
+
+
+def _only_origin(flow: DataFlow, stream: FlowStream) -> int | None:
+    """The one stream all of a stream's rows come from through junctions, if so."""
+    if stream.fresh is None or bool(stream.fresh.any()):
+        return None
+    origins = {j.origin for j in flow.junctions if j.into == stream.index}
+    return origins.pop() if len(origins) == 1 else None
+
+
+def _stage_name(base: str, taken: set[str]) -> str:
+    stem = re.sub(r"_\d+$", "", base)
+    number = 2
+    while f"{stem}_{number}" in taken:
+        number += 1
+    return f"{stem}_{number}"
 
 
 # --------------------------------------------------------------------------- assembly
