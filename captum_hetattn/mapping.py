@@ -219,7 +219,10 @@ class Gathered(InputMapping):
 
     def to_input(self, relevance: Tensor, inputs: Tensor, position: int) -> Tensor:
         assert self.rows is not None
-        if self.rows.shape != (inputs.shape[0], inputs[0].numel()):
+        # packed inputs of one example (a vision tower's patches of several images) have no
+        # batch dimension: all their elements are the example's
+        packed = self.rows.shape == (1, inputs.numel())
+        if self.rows.shape != (inputs.shape[0], inputs[0].numel()) and not packed:
             raise _mismatch(self, position, inputs, f"rows of shape {tuple(self.rows.shape)}")
         picked = relevance.gather(1, self.rows.clamp(min=0).to(relevance.device))
         picked = torch.where(self.rows.to(relevance.device) >= 0, picked,

@@ -415,3 +415,37 @@ def test_softmaxes_that_are_not_token_attention_are_reported_by_module():
         warnings.simplefilter("always")
         explainer.explain(ids, target=1)
     assert not [w for w in again if "'channels'" in str(w.message) or "'pool'" in str(w.message)]
+
+
+def test_packed_vision_tower_folds_one_map_per_image_into_a_block_diagonal_map():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from arch_zoo import ARCHS, IMAGE_TOKEN
+
+    arch = ARCHS["qwen2_vl"]()
+    model = arch.model
+    image = [96] + [IMAGE_TOKEN] * 4 + [95]
+    ids = torch.tensor([[1, *image, *image, 10, 11, 12]])  # one example, two images
+    pixels = torch.randn(32, 96, generator=torch.Generator().manual_seed(6))
+    grid = torch.tensor([[1, 4, 4], [1, 4, 4]])
+    extra = (grid, torch.ones_like(ids), (ids == IMAGE_TOKEN).int())
+
+    def forward(i, px, g, mask, types):
+        return model(input_ids=i, pixel_values=px, image_grid_thw=g, attention_mask=mask,
+                     mm_token_type_ids=types).logits[:, -1]
+
+    records = _record(model, lambda i, px: forward(i, px, *extra)[:, 7].sum(), [ids, pixels],
+                      batch=1)
+    vision = [r for r in records if ".visual." in r.name]
+    assert vision and all(r.layout is not None and r.layout.kind == "packed" for r in vision)
+    for record in vision:
+        first, second = record.parts  # one interface call per image
+        expected = torch.block_diag(first.attention[0, 0], second.attention[0, 0])
+        torch.testing.assert_close(record.attention[0, 0], expected, atol=0, rtol=0)
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    attribution = explainer.attribute((ids, pixels.clone()), target=7,
+                                      additional_forward_args=extra)
+    assert attribution[1].shape == pixels.shape
+    assert attribution[1][:16].abs().sum() > 0 and attribution[1][16:].abs().sum() > 0
