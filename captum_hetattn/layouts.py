@@ -362,7 +362,7 @@ def _lay_out_scores(group: list[AttentionRecord], batch: int) -> AttentionRecord
             f"{_describe(first)}: no hidden states around it hold (batch={batch}, tokens) rows"
         )
     n = canonical.size
-    sources: dict[int, tuple[Tensor, Tensor]] = {}  # id(projection) -> rows' tokens
+    sources: dict[int, tuple[Tensor, dict[int, Tensor]]] = {}  # id(projection) -> tokens
     placed = []
     for record in group:
         entries = _place_entries(record, canonical, heads, sources)
@@ -411,7 +411,7 @@ def _lay_out_scores(group: list[AttentionRecord], batch: int) -> AttentionRecord
 
 def _place_entries(
     record: AttentionRecord, canonical: _Canonical, heads: int,
-    sources: dict[int, tuple[Tensor, Tensor]],
+    sources: dict[int, tuple[Tensor, dict[int, Tensor]]],
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], Tensor, Tensor] | str:
     r"""``(query token, key token, (entry, share), head)`` per placed pair of one raw map
     (flat tensors over the pairs; an entry whose key is an aggregate of several tokens gives one
@@ -419,10 +419,9 @@ def _place_entries(
     scores = record.scores
     size = scores.numel()
     q_token = torch.full((size,), NO_SOURCE, dtype=torch.long)
-    key_row = torch.full((size,), NO_SOURCE, dtype=torch.long)  # into `members` rows
-    head = torch.full((size,), NO_SOURCE, dtype=torch.long)
-    member_blocks: list[Tensor] = []  # per projection: (rows, B·n) share of each token
-    offset = 0
+    k_token = q_token.clone()
+    head = q_token.clone()
+    aggregated: list[tuple[Tensor, Tensor]] = []  # (entries, their key's tokens)
     for projection in record.linears:
         if id(projection) not in sources:
             sources[id(projection)] = _projection_tokens(projection, canonical)
@@ -441,41 +440,42 @@ def _place_entries(
         high = torch.where(read, row, -1).amax(dim=-1)
         query_side = bool(((low == high) | ~read.any(dim=-1)).all())
         read, row, row_head = read.flatten(), row.flatten(), row_head.flatten()
+        token = torch.where(read, tokens[row.clamp(min=0)], NO_SOURCE)
         if query_side:
-            token = torch.where(read, tokens[row.clamp(min=0)], NO_SOURCE)
             if bool((token == SEVERAL_SOURCES).any()):
                 return "its query slots are each computed from several tokens (not tokens)"
             q_token = torch.where(read & (q_token == NO_SOURCE), token, q_token)
         else:
-            fresh = read & (key_row == NO_SOURCE)
-            key_row = torch.where(fresh, row + offset, key_row)
-            offset += members.shape[0]
-            member_blocks.append(members)
+            fresh = read & (k_token == NO_SOURCE)
+            k_token = torch.where(fresh, token, k_token)
+            for key_row, key_tokens in members.items():  # a block aggregate: its tokens
+                entries = (fresh & (row == key_row)).nonzero().flatten()
+                aggregated.append((entries, key_tokens))
         head = torch.where(read & (head == NO_SOURCE), row_head, head)
-    if not member_blocks:
+    if not bool((k_token != NO_SOURCE).any()):
         return "no projection computed before its softmax gives its key slots"
-    members = torch.cat(member_blocks)
-    pairs = ((q_token >= 0) & (key_row >= 0) & (head >= 0)).nonzero().flatten()
-    share = members[key_row[pairs]]  # (pairs, B·n)
-    entry, token = share.nonzero(as_tuple=True)
-    return (q_token[pairs][entry], token, (pairs[entry], share[entry, token]),
-            head[pairs][entry], q_token >= 0)
+    placed = (q_token >= 0) & (head >= 0)
+    direct = (placed & (k_token >= 0)).nonzero().flatten()
+    entries, keys, shares = [direct], [k_token[direct]], [torch.ones(direct.numel())]
+    for rows, key_tokens in aggregated:
+        rows = rows[placed[rows]]
+        entries.append(rows.repeat_interleave(key_tokens.numel()))
+        keys.append(key_tokens.repeat(rows.numel()))
+        shares.append(torch.full((rows.numel() * key_tokens.numel(),), 1 / key_tokens.numel()))
+    entry = torch.cat(entries)
+    return (q_token[entry], torch.cat(keys), (entry, torch.cat(shares)), head[entry],
+            q_token >= 0)
 
 
 def _projection_tokens(
     projection: Tensor, canonical: _Canonical
-) -> tuple[Tensor, Tensor]:
-    r"""The token of each row of a projection and ``members`` ``(rows, B·n)``: each row's share
-    of the tokens it is computed from (one token: 1; an aggregate of k tokens: 1/k each)."""
+) -> tuple[Tensor, dict[int, Tensor]]:
+    r"""The token of each row of a projection, and for each row computed from several tokens
+    (a block aggregate) those tokens."""
     tokens = row_sources(projection, canonical.tensor, canonical.token_dim)
-    view = tokens_view(canonical.tensor, canonical.token_dim)
-    total = view.shape[0] * view.shape[1]
-    members = torch.zeros(tokens.numel(), total)
-    single = tokens >= 0
-    members[single.nonzero().flatten(), tokens[single]] = 1.0
-    for row in (tokens == SEVERAL_SOURCES).nonzero().flatten().tolist():
-        members[row] = _row_members(projection, row, canonical)
-    return tokens, members / members.sum(dim=1, keepdim=True).clamp(min=1)
+    members = {row: _row_members(projection, row, canonical).nonzero().flatten()
+               for row in (tokens == SEVERAL_SOURCES).nonzero().flatten().tolist()}
+    return tokens, members
 
 
 def _row_members(projection: Tensor, row: int, canonical: _Canonical) -> Tensor:

@@ -1,0 +1,98 @@
+"""Cost of explaining models whose attention is windowed, banded or blocked (token layouts).
+
+Run: ``.venv/bin/python benchmarks/layouts_speed.py [--repeats 5] [--threads 2]``
+
+Random weights, CPU, batch 1, medians of ``--repeats`` runs after one warm-up. For each model:
+a plain forward+backward (sdpa where the model has it), ``explain()`` (record, lay out, trace,
+propagate), and the ratio. The layout probes (forward-mode products through the projections) run
+on every call, so the ratio says what they cost on top of the engine.
+
+- Swin-T sized (``SwinConfig()``: 224×224, window 7, 4 stages, 28M parameters);
+- LED: ``LEDConfig()`` sizes (d_model 1024, 12+12 layers, window 1024) on 2048 input tokens with
+  one global token, 16 decoder tokens;
+- LongT5-base sized, transient-global (d_model 768, 12+12 layers), 2048 input tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from timing import median_time  # benchmarks/timing.py (scripts run from this folder)
+
+from captum_hetattn import HeterogenousAttentionAttribution
+
+
+def _swin():
+    from transformers import SwinConfig, SwinForImageClassification
+
+    model = SwinForImageClassification(SwinConfig(num_labels=10)).eval()
+    pixels = torch.randn(1, 3, 224, 224)
+    return model, (lambda x: model(pixel_values=x).logits), (pixels,), None, 3
+
+
+def _led(tokens: int):
+    from transformers import LEDConfig, LEDForConditionalGeneration
+
+    config = LEDConfig(max_encoder_position_embeddings=max(16384, tokens))
+    model = LEDForConditionalGeneration(config).eval()
+    ids = torch.randint(5, 1000, (1, tokens))
+    decoder = torch.randint(5, 1000, (1, 16))
+    glob = torch.zeros_like(ids)
+    glob[:, 0] = 1
+
+    def forward(i, d, g):
+        return model(input_ids=i, decoder_input_ids=d, global_attention_mask=g).logits[:, -1]
+
+    return model, forward, (ids,), (decoder, glob), 7
+
+
+def _longt5(tokens: int):
+    from transformers import LongT5Config, LongT5ForConditionalGeneration
+
+    config = LongT5Config(d_model=768, d_ff=2048, num_layers=12, num_heads=12,
+                          encoder_attention_type="transient-global")
+    model = LongT5ForConditionalGeneration(config).eval()
+    ids = torch.randint(5, 1000, (1, tokens))
+    decoder = torch.randint(5, 1000, (1, 16))
+
+    def forward(i, d):
+        return model(input_ids=i, decoder_input_ids=d).logits[:, -1]
+
+    return model, forward, (ids,), (decoder,), 7
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=2048)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results = {}
+    for name, build in (("swin_t", _swin), ("led", lambda: _led(args.tokens)),
+                        ("longt5_tglobal", lambda: _longt5(args.tokens))):
+        model, forward, inputs, extra, target = build()
+
+        def plain(model=model, forward=forward, inputs=inputs, extra=extra, target=target):
+            model.zero_grad(set_to_none=True)
+            forward(*inputs, *(extra or ()))[0, target].backward()
+
+        explainer = HeterogenousAttentionAttribution(forward, model=model)
+        seconds = {
+            "plain_forward_backward": median_time(plain, args.repeats),
+            "explain": median_time(
+                lambda e=explainer, i=inputs, x=extra, t=target: e.explain(
+                    i, target=t, additional_forward_args=x), args.repeats),
+        }
+        seconds["ratio"] = seconds["explain"] / seconds["plain_forward_backward"]
+        results[name] = seconds
+        print(name, json.dumps({k: round(v, 3) for k, v in seconds.items()}), flush=True)
+    print(json.dumps({"threads": args.threads, "repeats": args.repeats,
+                      "tokens": args.tokens, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
