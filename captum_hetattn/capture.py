@@ -1378,7 +1378,8 @@ class AttentionRecorder:
         if any(p.gradient is None or p.attention is None for p in call.parts):
             return
         call.attention = call.layout.fold([p.attention for p in call.parts])
-        call.gradient = call.layout.fold([p.gradient for p in call.parts])
+        if self.reduce is None:  # a reduce reads the parts; only a plain recording keeps G
+            call.gradient = call.layout.fold([p.gradient for p in call.parts])
         if self.reduce is not None:
             self._apply_reduce(call)
             for part in call.parts:

@@ -67,6 +67,8 @@ def is_causal(attention: Tensor | None) -> bool:
     """Whether a self-attention map is causal (upper triangle exactly zero)."""
     if attention is None or attention.shape[-1] != attention.shape[-2] or attention.shape[-1] < 2:
         return False
+    if bool(attention[..., 0, 1:].any()):  # the first query sees a later key: not causal
+        return False
     upper = torch.triu(torch.ones_like(attention[0, 0], dtype=torch.bool), diagonal=1)
     return bool((attention[..., upper] == 0).all())
 
