@@ -408,11 +408,14 @@ class _AttentionAttribution(Attribution):
                 if not self._graph_is_default or self.graph is None:
                     raise
                 # a preset picked by model type that this variant of the model does not fit
-                self._warn(f"preset:{self.graph.name}", (
-                    f"the '{self.graph.name}' preset does not fit this "
-                    f"{type(self.model).__name__} ({err}); using a graph inferred from the "
-                    "data flow instead"
-                ))
+                # (a graph inferred on an earlier call is inferred again, quietly: inputs of
+                # another length can change the flow, e.g. LED pads to its window)
+                if self.graph.name != "inferred":
+                    self._warn(f"preset:{self.graph.name}", (
+                        f"the '{self.graph.name}' preset does not fit this "
+                        f"{type(self.model).__name__} ({err}); using a graph inferred from the "
+                        "data flow instead"
+                    ))
         towers = {c.query: tower_of(records[i].name) for i, c in enumerate(flow.calls)}
         stream_names = name_streams(flow, {}, inputs, towers)
         self.graph = graph_from_flow(records, flow, stream_names)

@@ -449,3 +449,131 @@ def test_packed_vision_tower_folds_one_map_per_image_into_a_block_diagonal_map()
                                       additional_forward_args=extra)
     assert attribution[1].shape == pixels.shape
     assert attribution[1][:16].abs().sum() > 0 and attribution[1][16:].abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------ generic checks
+def _swinv2():
+    from transformers import Swinv2Config, Swinv2ForImageClassification
+
+    torch.manual_seed(0)
+    config = Swinv2Config(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2],
+                          num_heads=[2, 2], window_size=2, num_labels=3)
+    return Swinv2ForImageClassification(config).eval()
+
+
+def _donut():
+    from transformers import (
+        DonutSwinConfig,
+        MBartConfig,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+    )
+
+    torch.manual_seed(0)
+    encoder = DonutSwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2],
+                              num_heads=[2, 2], window_size=2)
+    decoder = MBartConfig(vocab_size=99, d_model=32, decoder_layers=2, encoder_layers=2,
+                          decoder_attention_heads=2, decoder_ffn_dim=37, is_decoder=True,
+                          add_cross_attention=True, max_position_embeddings=64)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    return VisionEncoderDecoderModel(config).eval()
+
+
+PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+MASK = torch.ones_like(IDS)
+MASK[1, -5:] = 0  # example 1 padded: 11 real tokens
+
+
+def _image_case(build):
+    model = build()
+    return model, (lambda x: model(pixel_values=x).logits), (PIXELS,), (), 1, {
+        r"attention": "A"}, None
+
+
+def _seq2seq_case(build, **kw):
+    model = build()
+
+    def forward(ids, mask, decoder):
+        return model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder,
+                     **kw).logits[:, -1]
+
+    types = {r"(encoder_attn|cross_attn|EncDecAttention)": "B",
+             r"encoder\.(layers|block)\.\d+\.": "A",
+             r"decoder\.(layers|block)\.0\.(self|layer\.0)": "A",
+             r"decoder\.(layers|block)\.1\.(self|layer\.0)": "C"}
+    return model, forward, (IDS,), (MASK, DECODER_IDS), 7, types, 0
+
+
+def _donut_case():
+    model = _donut()
+
+    def forward(pixels, decoder):
+        return model(pixel_values=pixels, decoder_input_ids=decoder).logits[:, -1]
+
+    types = {r"encoder_attn": "B", r"encoder\.encoder\.": "A",
+             r"decoder\.layers\.0\.self_attn": "A", r"decoder\.layers\.1\.self_attn": "C"}
+    return model, forward, (PIXELS,), (DECODER_IDS,), 7, types, None
+
+
+def _bigbird_case():
+    model = _bigbird_pegasus()
+    ids = torch.randint(5, 90, (2, 32), generator=torch.Generator().manual_seed(4))
+
+    def forward(ids, decoder):
+        return model(input_ids=ids, decoder_input_ids=decoder).logits[:, -1]
+
+    types = {r"encoder_attn": "B", r"encoder\.layers\.\d+\.": "A",
+             r"decoder\.layers\.0\.self_attn": "A"}
+    return model, forward, (ids,), (DECODER_IDS,), 7, types, None
+
+
+CASES = {
+    "donut": _donut_case,
+    "bigbird_pegasus": _bigbird_case,
+    "swin": lambda: _image_case(lambda: _swin()[0]),
+    "swinv2": lambda: _image_case(_swinv2),
+    "led": lambda: _seq2seq_case(_led),
+    "longt5_local": lambda: _seq2seq_case(lambda: _longt5("local")),
+    "longt5_tglobal": lambda: _seq2seq_case(lambda: _longt5("transient-global")),
+    "prophetnet": lambda: _seq2seq_case(_prophetnet),
+}
+
+
+def _hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_layout_families_pass_the_generic_checks(name):
+    import re
+
+    model, forward, inputs, extra, target, types, padded_input = CASES[name]()
+    with torch.no_grad():
+        forward(*inputs, *extra)
+    hooks, training = _hooks(model), model.training
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    explanation = explainer.explain(inputs, target=target, additional_forward_args=extra or None)
+    (attribution,) = explainer.attribute(inputs, target=target,
+                                         additional_forward_args=extra or None)
+    assert _hooks(model) == hooks and model.training == training
+    for call in explanation.calls:  # the family's own type table
+        expected = [t for pattern, t in types.items() if re.search(pattern, call.name)]
+        assert expected[:1] == [call.type], (call.name, call.type, expected)
+    assert any(c.name for c in explanation.calls)
+    for source, relevance in explanation.relevance.items():
+        assert relevance.abs().sum(dim=1).gt(0).all(), f"source '{source}' is all zero"
+    assert attribution.shape == inputs[0].shape
+    for index in range(2):  # a batch equals its examples one at a time
+        one = explainer.explain(tuple(x[index:index + 1] for x in inputs), target=target,
+                                additional_forward_args=tuple(x[index:index + 1]
+                                                              for x in extra) or None)
+        for source, relevance in explanation.relevance.items():
+            torch.testing.assert_close(one.relevance[source][0], relevance[index], atol=2e-5,
+                                       rtol=1e-4)
+    if padded_input is not None:  # padding gets zero, the real tokens equal the unpadded run
+        real = int(MASK[1].sum())
+        padded = attribution[1, real:]
+        assert padded.abs().sum() == 0
+        short = explainer.attribute(IDS[1:, :real], target=target,
+                                    additional_forward_args=(MASK[1:, :real], DECODER_IDS[1:]))
+        torch.testing.assert_close(attribution[1:, :real], short, atol=2e-5, rtol=1e-4)
