@@ -8,9 +8,9 @@ propagate), and the ratio. The layout probes (forward-mode products through the 
 on every call, so the ratio says what they cost on top of the engine.
 
 - Swin-T sized (``SwinConfig()``: 224×224, window 7, 4 stages, 28M parameters);
-- LED: ``LEDConfig()`` sizes (d_model 1024, 12+12 layers, window 1024) on 2048 input tokens with
-  one global token, 16 decoder tokens;
-- LongT5-base sized, transient-global (d_model 768, 12+12 layers), 2048 input tokens.
+- LED-base sized (d_model 768, 6+6 layers, 12 heads, window 512) on ``--tokens`` input tokens
+  with one global token, 16 decoder tokens;
+- LongT5-base sized, transient-global (d_model 768, 12+12 layers), ``--tokens`` input tokens.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ def _swin():
 def _led(tokens: int):
     from transformers import LEDConfig, LEDForConditionalGeneration
 
-    config = LEDConfig(max_encoder_position_embeddings=max(16384, tokens))
+    config = LEDConfig(d_model=768, encoder_layers=6, decoder_layers=6,
+                       encoder_attention_heads=12, decoder_attention_heads=12,
+                       encoder_ffn_dim=3072, decoder_ffn_dim=3072, attention_window=512,
+                       max_encoder_position_embeddings=max(16384, tokens))
     model = LEDForConditionalGeneration(config).eval()
     ids = torch.randint(5, 1000, (1, tokens))
     decoder = torch.randint(5, 1000, (1, 16))
