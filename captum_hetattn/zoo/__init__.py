@@ -243,12 +243,41 @@ def weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
 
 
+CHECKSUMS = "SHA256SUMS"  # `sha256sum`'s format, beside the weight files
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checksums(directory: Path) -> dict[str, str]:
+    manifest = directory / CHECKSUMS
+    if not manifest.exists():
+        return {}
+    pairs = (line.split() for line in manifest.read_text().splitlines() if line.strip())
+    return {name.lstrip("*"): digest for digest, name in pairs}
+
+
+def _record_checksum(path: Path) -> None:
+    sums = _checksums(path.parent)
+    sums[path.name] = _sha256(path)
+    lines = [f"{digest}  {name}\n" for name, digest in sorted(sums.items())]
+    (path.parent / CHECKSUMS).write_text("".join(lines))
+
+
 def load_weights(model: nn.Module, name: str) -> nn.Module:
     r"""Load ``weights/<name>.safetensors`` into ``model`` (safetensors only, strict).
 
     Raises:
-        FileNotFoundError / ValueError: missing or unreadable file, with the command that
-            retrains it.
+        FileNotFoundError / ValueError: missing or unreadable file, or one whose sha256 is
+            not the one ``weights/SHA256SUMS`` lists (written by :func:`save_weights`), with
+            the command that retrains it.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -257,6 +286,15 @@ def load_weights(model: nn.Module, name: str) -> nn.Module:
     retrain = f"retrain it with: python -m captum_hetattn.zoo.train {name}"
     if not path.exists():
         raise FileNotFoundError(f"zoo weights {path} are missing; {retrain}")
+    expected = _checksums(path.parent).get(path.name)
+    if expected is None:
+        raise ValueError(f"zoo weights {path} have no checksum in {CHECKSUMS}; {retrain}")
+    actual = _sha256(path)
+    if actual != expected:  # flipped bytes load fine and silently cost accuracy
+        raise ValueError(
+            f"zoo weights {path} are corrupted: sha256 {actual[:12]}… does not match "
+            f"{expected[:12]}… in {CHECKSUMS}; {retrain}"
+        )
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -279,6 +317,7 @@ def save_weights(model: nn.Module, name: str) -> Path:
     path = weights_path(name)
     save_file(state, str(path))
     path.chmod(0o644)  # safetensors writes 0600; the file ships with the package
+    _record_checksum(path)
     return path
 
 
