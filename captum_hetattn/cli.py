@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -205,12 +206,16 @@ def run_explain(name: str, index: int, method_name: str, seed: int, out: Path | 
         labels = example.tokens.get(stream) or [str(i) for i in range(values.shape[1])]
         pairs = ", ".join(f"{t}={v:.3g}" for t, v in zip(labels, values[0].tolist(), strict=False))
         print(f"  {stream}: {pairs}")
+    if not relevance[method_name]:
+        raise ValueError(f"method '{method_name}' produced no relevance for {name} example {index}")
     if out is not None:
         png = example_figure(zoo, example, 0, relevance)
-        if png is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"{name}_{index}.png").write_bytes(png)
-            print(f"figure: {out / f'{name}_{index}.png'}")
+        if png is None:
+            raise ValueError(f"no figure can be drawn for {name} (its inputs have no picture); "
+                             "leave out --out")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}_{index}.png").write_bytes(png)
+        print(f"figure: {out / f'{name}_{index}.png'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--show", type=int, default=6, help="examples drawn in the report")
     demo.add_argument("--seed", type=int, default=12345)
     demo.add_argument("--no-ig", action="store_true", help="skip IntegratedGradients")
+    demo.add_argument("--force", action="store_true", help="write into a non-empty --out")
     ev = commands.add_parser("evaluate", help="method table for a zoo model")
     ev.add_argument("--model", choices=sorted(REGISTRY), default=DEMO_MODEL)
     ev.add_argument("--methods", nargs="*", default=None)
@@ -229,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--no-perturbation", action="store_true")
     ev.add_argument("--json", type=Path, default=None, help="also write the result here")
+    ev.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     ex = commands.add_parser("explain", help="token relevance of one zoo example")
     ex.add_argument("--model", choices=sorted(REGISTRY), default=DEMO_MODEL)
     ex.add_argument("--index", type=int, default=0)
@@ -236,7 +243,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.add_argument("--seed", type=int, default=DISPLAY_SEED)
     ex.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    problem = _check_arguments(args)
+    if problem:
+        {"demo": demo, "evaluate": ev, "explain": ex}[args.command].error(problem)
     torch.manual_seed(0)
+    try:
+        return _run(args)
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as err:
+        print(f"captum-hetattn {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, found before any work starts."""
+    for key, low in (("n", 1), ("show", 0), ("seed", 0), ("index", 0)):
+        value = getattr(args, key, None)
+        if value is not None and value < low:
+            return f"--{key} must be ≥ {low}, got {value}"
+    if getattr(args, "methods", None) or getattr(args, "method", None):
+        known = standard_methods(include_integrated_gradients=True)
+        names = args.methods if args.command == "evaluate" else [args.method]
+        unknown = [m for m in names if m not in known]
+        if unknown:
+            return f"unknown method(s) {unknown}; choose from {sorted(known)}"
+    force = getattr(args, "force", False)
+    if args.command == "demo":
+        return _writable_dir(args.out, force)
+    if args.command == "evaluate" and args.json is not None:
+        if args.json.exists() and not force:
+            return f"{args.json} exists; pass --force to overwrite it"
+        return _writable_dir(args.json.parent, True, "--json's folder")
+    if args.command == "explain" and args.out is not None:
+        return _writable_dir(args.out, True)
+    return None
+
+
+def _writable_dir(path: Path, force: bool, what: str = "--out") -> str | None:
+    if path.exists() and not path.is_dir():
+        return f"{what} {path} is a file, not a folder"
+    # a folder holding an earlier report is this command's own: rewritten without asking
+    own = (path / "report.html").exists()
+    if path.is_dir() and any(path.iterdir()) and not (force or own):
+        return f"{what} {path} is not empty; pass --force to write into it"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        return f"{what} {path} cannot be written ({existing} is not writable)"
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         run_demo(args.out, args.n, args.show, args.seed, with_ig=not args.no_ig)
     elif args.command == "evaluate":

@@ -155,6 +155,41 @@ def perturbation_curve(
     return curve
 
 
+def _check_counts(**counts: int) -> None:
+    """Counts a run needs, checked before any work (a failure after minutes loses it)."""
+    for key, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{key} must be an int, got {type(value).__name__}")
+        if value < (0 if key == "seed" else 1):
+            raise ValueError(f"{key} must be {'≥ 0' if key == 'seed' else '≥ 1'}, got {value}")
+
+
+def _check_relevance(
+    method: str, relevance: Mapping[str, Tensor], full: Batch, part: Batch
+) -> None:
+    """A method's output: known streams, one row per example, the stream's token count, finite."""
+    if not relevance:
+        raise ValueError(f"method '{method}' produced no relevance")
+    batch = len(part)
+    for stream, values in relevance.items():
+        if stream not in full.evidence:
+            raise ValueError(
+                f"method '{method}' returned relevance for stream '{stream}', which the model "
+                f"does not have (its streams: {sorted(full.evidence)})"
+            )
+        expected = (batch, full.evidence[stream].shape[1])
+        if not isinstance(values, Tensor) or tuple(values.shape) != expected:
+            shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(
+                f"method '{method}' returned relevance of shape {shape} for stream "
+                f"'{stream}'; expected {expected} (examples, tokens)"
+            )
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(
+                f"method '{method}' returned NaN or infinite relevance for stream '{stream}'"
+            )
+
+
 def evaluate(
     zoo: ZooModel,
     methods: Mapping[str, Method],
@@ -178,6 +213,9 @@ def evaluate(
     Returns:
         An :class:`EvaluationResult` (``.table()`` for humans, ``.to_dict()`` for JSON).
     """
+    _check_counts(n=n, batch_size=batch_size, seed=seed)
+    if not methods:
+        raise ValueError("no method to evaluate")
     examples = zoo.make_examples(n, seed)
     full = zoo.collate(examples)
     batches = _split(full, batch_size)
@@ -188,7 +226,9 @@ def evaluate(
         start = time.perf_counter()
         parts: dict[str, list[Tensor]] = {}
         for part in batches:
-            for stream, relevance in method(zoo, part).items():
+            produced = method(zoo, part)
+            _check_relevance(name, produced, full, part)
+            for stream, relevance in produced.items():
                 parts.setdefault(stream, []).append(relevance.float().cpu())
             bar.update(1)
         seconds = (time.perf_counter() - start) / len(full)

@@ -26,6 +26,13 @@ def _check(relevance: Tensor, evidence: Tensor) -> None:
             f"relevance {tuple(relevance.shape)} and evidence {tuple(evidence.shape)} must both "
             "be (batch, tokens)"
         )
+    bad = ~torch.isfinite(relevance.float())
+    if bool(bad.any()):
+        example, token = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"relevance holds {int(bad.sum())} NaN or infinite value(s) (first: example "
+            f"{example}, token {token}); a score of it would be meaningless"
+        )
 
 
 def _masked(relevance: Tensor, candidates: Tensor | None) -> Tensor:
@@ -45,11 +52,16 @@ def pointing_game(
         candidates: ``(B, n)`` booleans: tokens that may be pointed at (e.g. not ``[CLS]``).
 
     Returns:
-        ``(B,)`` booleans. Ties are broken by the first index (``argmax``).
+        ``(B,)`` floats: 1 or 0 for one top token; tokens tied at the top share the point
+        (the share of them that are evidence: a random tie-break's expected score), so a
+        constant relevance scores chance, not the first token's luck.
     """
     _check(relevance, evidence)
-    top = _masked(relevance, candidates).argmax(dim=1)
-    return evidence.gather(1, top[:, None]).squeeze(1)
+    masked = _masked(relevance, candidates)
+    top = masked == masked.amax(dim=1, keepdim=True)
+    if candidates is not None:
+        top &= candidates
+    return (top & evidence).sum(1).float() / top.sum(1).clamp(min=1).float()
 
 
 def pointing_chance(evidence: Tensor, candidates: Tensor | None = None) -> Tensor:
