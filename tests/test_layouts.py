@@ -4,9 +4,12 @@ attention folded into dense maps, checked against references that do not use the
 - Swin: the folded maps and gradients equal the raw windowed maps un-windowed by hand (an index
   grid put through the same cyclic shift and window partition), and the relevance equals the
   relevance computed from those hand-made maps.
-- LED (banded + global rows), LongT5 (local blocks; transient-global block aggregates): the
-  folded dense map, applied to the layer's value vectors, reproduces the layer's attention
-  output — the defining property of a dense equivalent.
+- LED (banded + global rows), LongT5 (local blocks; transient-global block aggregates),
+  BigBird-Pegasus (block-sparse), ProphetNet (n-gram stream): the folded dense map, applied to
+  the layer's value vectors, reproduces the layer's attention output — the defining property of
+  a dense equivalent; LED's relevance equals the relevance of dense maps recomputed from its
+  query and key projections with a band mask.
+- The families pass the generic engine checks; softmaxes that are not token attention warn.
 """
 
 from __future__ import annotations
@@ -577,3 +580,49 @@ def test_layout_families_pass_the_generic_checks(name):
         short = explainer.attribute(IDS[1:, :real], target=target,
                                     additional_forward_args=(MASK[1:, :real], DECODER_IDS[1:]))
         torch.testing.assert_close(attribution[1:, :real], short, atol=2e-5, rtol=1e-4)
+
+
+def test_led_relevance_equals_the_relevance_of_dense_maps_recomputed_from_its_projections(
+        monkeypatch):
+    from captum_hetattn import attribution
+
+    model = _led()
+    window = model.config.attention_window[0] // 2
+    heads, n = 2, IDS.shape[1]
+    projections: dict[str, list[Tensor]] = {"query": [], "key": []}
+    for layer in model.led.encoder.layers:
+        attention = layer.self_attn.longformer_self_attn
+        for name in projections:
+            getattr(attention, name).register_forward_hook(
+                # a copy: LED scales its query vectors in place right after
+                lambda m, a, out, name=name: projections[name].append(out.detach().clone()))
+
+    def forward(ids, decoder):
+        return model(input_ids=ids, decoder_input_ids=decoder).logits[:, -1]
+
+    ours = HeterogenousAttentionAttribution(forward, model=model).explain(
+        IDS, target=7, additional_forward_args=(DECODER_IDS,), correction="none")
+    original = attribution._Capture.reduce
+    layer_of = iter(range(100))
+
+    def dense_reference(self, record):  # softmax(q·k/√d) over the band, from the projections
+        if record.layout is None:
+            return original(self, record)
+        key = (record.name, record.call_index)
+        self.key_mass[key] = record.attention.sum(dim=(1, 2))
+        i = next(layer_of) % len(model.led.encoder.layers)
+        q = projections["query"][-len(model.led.encoder.layers) + i].transpose(0, 1)
+        k = projections["key"][-len(model.led.encoder.layers) + i].transpose(0, 1)
+        q = q.reshape(2, n, heads, -1).transpose(1, 2) / (q.shape[-1] // heads) ** 0.5
+        k = k.reshape(2, n, heads, -1).transpose(1, 2)
+        positions = torch.arange(n)
+        band = (positions[:, None] - positions[None, :]).abs() <= window
+        scores = (q @ k.transpose(-1, -2)).masked_fill(~band, float("-inf"))
+        return scores.softmax(dim=-1).mean(dim=1)
+
+    monkeypatch.setattr(attribution._Capture, "reduce", dense_reference)
+    reference = HeterogenousAttentionAttribution(forward, model=model).explain(
+        IDS, target=7, additional_forward_args=(DECODER_IDS,), correction="none")
+    assert ours.relevance["source"].abs().sum() > 0
+    torch.testing.assert_close(ours.relevance["source"], reference.relevance["source"],
+                               atol=1e-6, rtol=1e-5)
