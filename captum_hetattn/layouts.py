@@ -423,17 +423,17 @@ def _place_entries(
     head = q_token.clone()
     aggregated: list[tuple[Tensor, Tensor]] = []  # (entries, their key's tokens)
     for projection in record.linears:
-        if id(projection) not in sources:
-            sources[id(projection)] = _projection_tokens(projection, canonical)
-        tokens, members = sources[id(projection)]
-        if not bool((tokens != NO_SOURCE).any()):
-            continue
-        row, row_head = _entry_rows(scores, projection, heads)
+        row, row_head = _entry_rows(scores, projection, heads)  # values: nothing read, cheap
         if bool((row == SEVERAL_SOURCES).any()):
             return ("each of its entries reads several tokens of one projection: the softmax "
                     "is not over tokens (e.g. channel attention)")
         read = row >= 0
         if not bool(read.any()):
+            continue
+        if id(projection) not in sources:
+            sources[id(projection)] = _projection_tokens(projection, canonical)
+        tokens, members = sources[id(projection)]
+        if not bool((tokens != NO_SOURCE).any()):
             continue
         # query side: one projection row along the softmax dimension (unread entries aside)
         low = torch.where(read, row, row.max() + 1).amin(dim=-1)
