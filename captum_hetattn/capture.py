@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import re
 import sys
 import threading
@@ -386,7 +387,7 @@ def autograd_node(tensor: Tensor | None) -> Any:
         return None
     if tensor.grad_fn is not None:
         return tensor.grad_fn
-    if tensor.requires_grad:
+    if tensor.requires_grad and torch.is_grad_enabled():  # (a view made under no_grad has none)
         return tensor.view_as(tensor).grad_fn.next_functions[0][0]
     return None
 
@@ -406,6 +407,8 @@ def _token_dim(module: nn.Module, hidden: Tensor | None, n_tokens: int | None = 
 
 
 def _token_count_at(tensor: Tensor, token_dim: int) -> int:
+    if token_dim == 1 and tensor.dim() >= 4:  # a channels-last grid (B, h, w, C)
+        return math.prod(tensor.shape[1:-1])
     return tensor.shape[0 if tensor.dim() == 2 and token_dim == 0 else token_dim]
 
 

@@ -38,6 +38,8 @@ from captum_hetattn.capture import AttentionRecord, autograd_node
 
 # the roles a call's tensors play (inputs before output within one call)
 Q_IN, K_IN, OUT = 0, 1, 2
+#: ``token_dim`` of a channels-first feature map ``(B, C, h, w)`` (a layer's input in ViTDet)
+CHANNELS_FIRST = 3
 Mark = tuple[str, int, int]  # ("call", record index, role) / ("input", position, 0) / ("emb", i, 0)
 
 
@@ -147,13 +149,18 @@ class DataFlow:
 
 
 def tokens_view(tensor: Tensor, token_dim: int) -> Tensor:
-    """``(B, n, rest)`` view of hidden states (sequence-first and packed 2-D ones included)."""
+    """``(B, n, rest)`` view of hidden states (sequence-first, packed 2-D and channels-last grids
+    ``(B, h, w, C)`` included)."""
     if tensor.dim() == 2:
         return tensor.reshape(1, tensor.shape[0], -1) if token_dim == 0 else tensor.unsqueeze(-1)
     if token_dim == 0:
         tensor = tensor.transpose(0, 1)
     elif token_dim == 2:  # per-head (B, H, n, d)
         tensor = tensor.transpose(1, 2)
+    elif token_dim == CHANNELS_FIRST:  # a feature map (B, C, h, w): one token per position
+        return tensor.flatten(2).transpose(1, 2)
+    elif tensor.dim() >= 4:  # channels-last token grids (B, h, w, C)
+        return tensor.reshape(tensor.shape[0], -1, tensor.shape[-1])
     return tensor.reshape(tensor.shape[0], tensor.shape[1], -1)
 
 
@@ -310,6 +317,8 @@ def _restore_layout(weights: Tensor, like: Tensor, token_dim: int) -> Tensor:
     if token_dim == 2:
         shape = (like.shape[0], like.shape[2], like.shape[1], *like.shape[3:])
         return weights.reshape(shape).transpose(1, 2)
+    if token_dim == CHANNELS_FIRST:
+        return weights.transpose(1, 2).reshape(like.shape)
     return weights.reshape(like.shape)
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder, Context
-from captum_hetattn.dataflow import _restore_layout, tokens_view
+from captum_hetattn.dataflow import CHANNELS_FIRST, _restore_layout, tokens_view
 
 __all__ = ["NO_SOURCE", "SEVERAL_SOURCES", "TokenLayout", "canonicalise", "row_sources"]
 
@@ -46,7 +46,7 @@ class TokenLayout:
 
     ``raw_index[e]`` is an element of the raw maps (flattened and concatenated in part order)
     and ``dense_index[e]`` the element of the dense map it lands on. ``kind`` names the layout
-    for messages (``"windowed"``, ``"packed"``).
+    for messages (``"windowed"``, ``"packed"``, ``"local"``).
     """
 
     kind: str
@@ -134,7 +134,7 @@ def _candidates(record: AttentionRecord, side: str) -> list[_Canonical]:
         out.append(_Canonical(tensor, dim, record.nodes.get(side), record.output,
                               record.nodes.get("output"), f"'{record.name}'"))
     if side == "query":
-        out += [_from_context(c) for c in record.contexts if _usable(c)]
+        out += [view for c in record.contexts if _usable(c) for view in _from_context(c)]
     return out
 
 
@@ -143,10 +143,13 @@ def _usable(context: Context) -> bool:
             and context.input.dim() >= 2)
 
 
-def _from_context(context: Context) -> _Canonical:
-    dim = 0 if context.input.dim() == 2 else 1
-    return _Canonical(context.input, dim, context.input_node, context.output,
-                      context.output_node, f"'{context.name}'")
+def _from_context(context: Context) -> list[_Canonical]:
+    """A layer's input as tokens: rows, or (4-D) a grid, channels last or first (tried in turn:
+    the probes tell which one the call's slots come from)."""
+    tensor = context.input
+    dims = [0] if tensor.dim() == 2 else [1, CHANNELS_FIRST] if tensor.dim() >= 4 else [1]
+    return [_Canonical(tensor, dim, context.input_node, context.output, context.output_node,
+                       f"'{context.name}'") for dim in dims]
 
 
 def _is_plain(record: AttentionRecord, batch: int) -> bool:
@@ -273,20 +276,24 @@ def _pick(
 ) -> tuple[_Canonical, list[Tensor]] | str:
     """The canonical hidden states of one side of a call and each state row's token there, or
     a reason why the side's slots are not tokens."""
-    tried = []
+    tried: list[str] = []
+    reason = None
     for candidate in _candidates(record, side):
         if tokens_view(candidate.tensor, candidate.token_dim).shape[0] != batch:
             tried.append(candidate.where)
             continue
         sources = [row_sources(s, candidate.tensor, candidate.token_dim) for s in states]
         if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
-            return (f"its {side} slots are each computed from several tokens of "
-                    f"{candidate.where}: the softmax is not over tokens (e.g. channel "
-                    "attention)")
+            reason = reason or (f"its {side} slots are each computed from several tokens of "
+                                f"{candidate.where}: the softmax is not over tokens (e.g. "
+                                "channel attention)")
+            continue
         if not any(bool((s >= 0).any()) for s in sources):
             tried.append(candidate.where)
             continue
         return candidate, sources
+    if reason is not None:
+        return reason
     raise NotImplementedError(
         f"{_describe(record)}: none of the hidden states around it ({', '.join(tried) or '-'}) "
         f"hold its {side} tokens as (batch={batch}, tokens) rows (several sequences packed into "
@@ -304,7 +311,9 @@ def canonical_batch(inputs: Sequence[object]) -> int | None:
 
 
 # ------------------------------------------------------------------------------ softmax calls
-def _entry_rows(scores: Tensor, projection: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+def _entry_rows(
+    scores: Tensor, projection: Tensor, heads: int, part: tuple[int, int] = (0, 1)
+) -> tuple[Tensor, Tensor]:
     r"""For every entry of ``scores``, the row of ``projection`` (all dimensions but the last)
     it is computed from and the head (the column block of ``projection``): bit planes of the
     row (column block) numbers as tangents of forward-mode products, as in
@@ -322,6 +331,12 @@ def _entry_rows(scores: Tensor, projection: Tensor, heads: int) -> tuple[Tensor,
         return none, none
     rows, width = math.prod(projection.shape[:-1]), projection.shape[-1]
     direction = torch.randn(rows, width, generator=_GENERATOR).to(projection)
+    # `part` (k, of): only the k-th of `of` equal column chunks (a fused q|k|v projection)
+    chunk = width // part[1]
+    columns = torch.zeros(width, dtype=torch.bool)
+    columns[part[0] * chunk:(part[0] + 1) * chunk] = True
+    direction = direction * columns.to(direction)
+    width = chunk
 
     def responds(mask: Tensor) -> Tensor:
         tangent = (direction * mask.to(projection)).reshape(projection.shape)
@@ -342,7 +357,9 @@ def _entry_rows(scores: Tensor, projection: Tensor, heads: int) -> tuple[Tensor,
 
     row, reached, several = decode(torch.arange(rows), rows, lambda bit: bit[:, None])
     block = max(1, width // heads)
-    head, _, _ = decode(torch.arange(width) // block, heads, lambda bit: bit[None, :])
+    numbers = torch.zeros(projection.shape[-1], dtype=torch.long)
+    numbers[columns] = torch.arange(width) // block
+    head, _, _ = decode(numbers, heads, lambda bit: (bit & columns)[None, :])
     row = torch.where(several, SEVERAL_SOURCES, torch.where(reached, row, NO_SOURCE))
     return row, torch.where(reached, head, NO_SOURCE)
 
@@ -354,13 +371,28 @@ def _lay_out_scores(group: list[AttentionRecord], batch: int) -> AttentionRecord
     from several tokens (LongT5's transient-global block aggregates) spreads its entry over
     those tokens in equal shares, as a junction spreads a merged token."""
     first = group[0]
-    heads = _heads_of(group)
-    canonical = next((c for c in _candidates(first, "query")
-                      if tokens_view(c.tensor, c.token_dim).shape[0] == batch), None)
-    if canonical is None:
+    candidates = [c for c in _candidates(first, "query")
+                  if tokens_view(c.tensor, c.token_dim).shape[0] == batch]
+    if not candidates:
         raise NotImplementedError(
             f"{_describe(first)}: no hidden states around it hold (batch={batch}, tokens) rows"
         )
+    reason: str | None = None
+    for candidate in candidates:  # the first whose tokens the scores read one by one
+        call = _lay_out_over(group, batch, candidate)
+        if not isinstance(call, str):
+            return call
+        reason = reason or call
+    assert reason is not None
+    return reason
+
+
+def _lay_out_over(
+    group: list[AttentionRecord], batch: int, canonical: _Canonical
+) -> AttentionRecord | str:
+    """:func:`_lay_out_scores` over one choice of the canonical hidden states."""
+    first = group[0]
+    heads = _heads_of(group)
     n = canonical.size
     sources: dict[int, tuple[Tensor, dict[int, Tensor]]] = {}  # id(projection) -> tokens
     placed = []
@@ -397,7 +429,8 @@ def _lay_out_scores(group: list[AttentionRecord], batch: int) -> AttentionRecord
         raw.append(positions[keep] + sum(sizes[:k]))
         dense.append(flat[keep])
         weight.append(share[keep])
-    layout = TokenLayout("local", (batch, heads, n, n), torch.cat(raw), torch.cat(dense),
+    kind = "local" if canonical.where == f"'{first.name}'" else "windowed"
+    layout = TokenLayout(kind, (batch, heads, n, n), torch.cat(raw), torch.cat(dense),
                          torch.cat(weight))
     call = AttentionRecord(
         name=first.name, call_index=first.call_index, role="self", attention=None,
@@ -422,8 +455,7 @@ def _place_entries(
     k_token = q_token.clone()
     head = q_token.clone()
     aggregated: list[tuple[Tensor, Tensor]] = []  # (entries, their key's tokens)
-    for projection in record.linears:
-        row, row_head = _entry_rows(scores, projection, heads)  # values: nothing read, cheap
+    for projection, row, row_head in _projection_reads(scores, record.linears, heads):
         if bool((row == SEVERAL_SOURCES).any()):
             return ("each of its entries reads several tokens of one projection: the softmax "
                     "is not over tokens (e.g. channel attention)")
@@ -465,6 +497,26 @@ def _place_entries(
     entry = torch.cat(entries)
     return (q_token[entry], torch.cat(keys), (entry, torch.cat(shares)), head[entry],
             q_token >= 0)
+
+
+def _projection_reads(scores: Tensor, projections: Sequence[Tensor], heads: int):
+    """Per projection (per q / k / v chunk of a fused one), which row and head each score
+    entry reads (see :func:`_entry_rows`)."""
+    for projection in projections:
+        row, head = _entry_rows(scores, projection, heads)  # values: nothing read, cheap
+        if not bool((row == SEVERAL_SOURCES).any()):
+            yield projection, row, head
+            continue
+        for chunks in (3, 2):  # one output computing queries and keys: read chunk by chunk
+            if projection.shape[-1] % chunks:
+                continue
+            parts = [_entry_rows(scores, projection, heads, (k, chunks)) for k in range(chunks)]
+            if not any(bool((r == SEVERAL_SOURCES).any()) for r, _ in parts):
+                for r, h in parts:
+                    yield projection, r, h
+                break
+        else:
+            yield projection, row, head  # several rows for real: not over tokens
 
 
 def _projection_tokens(

@@ -530,7 +530,27 @@ def _bigbird_case():
     return model, forward, (ids,), (DECODER_IDS,), 7, types, None
 
 
+def _vitdet():
+    from transformers import VitDetConfig, VitDetModel
+
+    torch.manual_seed(0)
+    config = VitDetConfig(image_size=32, pretrain_image_size=32, patch_size=4, hidden_size=32,
+                          num_hidden_layers=2, num_attention_heads=2, window_size=4,
+                          window_block_indices=[0], use_relative_position_embeddings=True)
+    return VitDetModel(config).eval()
+
+
+def _vitdet_case():
+    model = _vitdet()
+
+    def forward(pixels):  # a pooled feature map as class scores
+        return model(pixel_values=pixels).last_hidden_state.mean(dim=(2, 3))
+
+    return model, forward, (PIXELS,), (), 1, {r"attention": "A"}, None
+
+
 CASES = {
+    "vitdet": _vitdet_case,
     "donut": _donut_case,
     "bigbird_pegasus": _bigbird_case,
     "swin": lambda: _image_case(lambda: _swin()[0]),
@@ -626,3 +646,22 @@ def test_led_relevance_equals_the_relevance_of_dense_maps_recomputed_from_its_pr
     assert ours.relevance["source"].abs().sum() > 0
     torch.testing.assert_close(ours.relevance["source"], reference.relevance["source"],
                                atol=1e-6, rtol=1e-5)
+
+
+def test_vitdet_windows_over_a_channels_first_grid_with_a_fused_projection():
+    # ViTDet: layer 0 attends within 4×4 windows of the 8×8 patch grid, its layer input is a
+    # (B, C, h, w) feature map and one qkv projection computes queries and keys
+    model = _vitdet()
+    records = _record(model, lambda x: model(pixel_values=x).last_hidden_state.sum(), [PIXELS])
+    windowed, full = records
+    assert windowed.layout is not None and windowed.layout.kind == "windowed"
+    assert full.layout is None and windowed.shape == full.shape == (2, 2, 64, 64)
+    y, x = torch.arange(64) // 8, torch.arange(64) % 8
+    window = (y // 4) * 2 + x // 4
+    outside = window[:, None] != window[None, :]
+    assert windowed.attention[..., outside].abs().max() == 0
+    torch.testing.assert_close(windowed.attention.sum(-1), torch.ones(2, 2, 64))
+    (part,) = windowed.parts  # (B·windows, H, 16, 16), window-major, row-major inside
+    first_window = (window == 0).nonzero().flatten()
+    torch.testing.assert_close(windowed.attention[0][:, first_window][:, :, first_window],
+                               part.attention[0], atol=0, rtol=0)
