@@ -54,6 +54,12 @@ def trace(
     with recorder.muted():
         left_out = canonicalise(recorder, batch) if batch is not None else []
         records = recorder.records
+        if not records and (left_out or recorder.skipped):
+            reasons = [(r.name, why) for r, why in left_out] + list(recorder.skipped)
+            raise ValueError(
+                "none of the model's softmaxes is attention over its tokens, so there is "
+                "nothing to propagate: " + "; ".join(f"'{n}': {why}" for n, why in reasons[:3])
+            )
         flow = analyse(
             records, list(inputs), recorder.embeddings, [tower_of(r.name) for r in records],
             map_inputs=map_inputs, batch=batch,
