@@ -665,3 +665,13 @@ def test_vitdet_windows_over_a_channels_first_grid_with_a_fused_projection():
     first_window = (window == 0).nonzero().flatten()
     torch.testing.assert_close(windowed.attention[0][:, first_window][:, :, first_window],
                                part.attention[0], atol=0, rtol=0)
+
+
+def test_a_model_without_token_attention_gets_one_clear_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), _ChannelAttention(), _AttentionPool(),
+                          nn.Linear(16, 3)).eval()
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(5))
+    with pytest.raises(ValueError, match=r"none of the model's softmaxes is attention over its "
+                                         r"tokens.*'1': .*not over tokens"):
+        HeterogenousAttentionAttribution(model, model=model).explain(ids, target=1)
