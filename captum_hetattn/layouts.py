@@ -18,6 +18,18 @@ derivative of a vector-Jacobian product, so it runs on the recorded graph): with
 ``K = ⌈log₂ n⌉`` bit planes of the canonical rows, two products per plane tell for each state row
 the one token it is computed from (or none: padding, or several: a slot that is not one token —
 channel attention, pooled keys).
+
+Maps caught at the softmax of hand-written modules (banded Longformer/LED maps with global keys
+and rows, LongT5's blocks, BigBird's block-sparse pieces, ProphetNet's n-gram stream, ViTDet's
+windows) have no per-head states; there every *entry* of the softmax input is placed: bit planes
+of the rows (and of the head's column block) of each ``F.linear`` output the module computed
+before the softmax, as tangents, tell which projection row each score reads — the query side
+reads one row along the softmax dimension, the key side a row that changes along it — and the
+projection rows' tokens come from :func:`row_sources`. A fused ``q|k|v`` projection is read
+chunk by chunk; a key row computed from several tokens (LongT5's transient-global block
+aggregates) spreads its entry over them in equal shares; a later map of the call that recomputes
+rows (Longformer's global tokens) holds those rows. Corrections are applied to raw entries before
+folding (``rules.corrected``), which keeps them exact where entries overlap.
 """
 
 from __future__ import annotations
@@ -32,7 +44,9 @@ from torch import Tensor
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder, Context
 from captum_hetattn.dataflow import CHANNELS_FIRST, _restore_layout, tokens_view
 
-__all__ = ["NO_SOURCE", "SEVERAL_SOURCES", "TokenLayout", "canonicalise", "row_sources"]
+__all__ = [
+    "NO_SOURCE", "SEVERAL_SOURCES", "TokenLayout", "canonicalise", "row_sources", "rows_sources",
+]
 
 #: codes of :func:`row_sources` for rows that are not one token
 NO_SOURCE, SEVERAL_SOURCES = -1, -2
@@ -76,36 +90,51 @@ def row_sources(into: Tensor, origin: Tensor, origin_dim: int) -> Tensor:
         ``(rows,)`` long: the flat token index, :data:`NO_SOURCE` for a row that depends on no
         token (padding), :data:`SEVERAL_SOURCES` for one that depends on several.
     """
+    return rows_sources([into], origin, origin_dim)[0]
+
+
+def rows_sources(intos: Sequence[Tensor], origin: Tensor, origin_dim: int) -> list[Tensor]:
+    r""":func:`row_sources` of several tensors at once (one set of products for all: the
+    pull-back of all of them is one vector-Jacobian product)."""
     view = tokens_view(origin, origin_dim)
     batch, n, _ = view.shape
-    rows = math.prod(into.shape[:-1])
-    unknown = torch.full((rows,), NO_SOURCE, dtype=torch.long, device=into.device)
-    if not (into.requires_grad and origin.requires_grad):
+    rows = [math.prod(t.shape[:-1]) for t in intos]
+    unknown = [torch.full((r,), NO_SOURCE, dtype=torch.long, device=origin.device) for r in rows]
+    live = [i for i, t in enumerate(intos) if t.requires_grad]
+    if not live or not origin.requires_grad:
         return unknown
-    probe = torch.zeros_like(into, requires_grad=True)
-    (pullback,) = torch.autograd.grad(into, origin, probe, create_graph=True, allow_unused=True)
+    probes = [torch.zeros_like(intos[i], requires_grad=True) for i in live]
+    (pullback,) = torch.autograd.grad([intos[i] for i in live], origin, probes,
+                                      create_graph=True, allow_unused=True)
     if pullback is None or not pullback.requires_grad:
         return unknown
-    index = torch.arange(batch * n, device=into.device).view(batch, n)
+    index = torch.arange(batch * n, device=origin.device).view(batch, n)
     planes = max(1, math.ceil(math.log2(max(batch * n, 2))))
-    code = torch.zeros(rows, dtype=torch.long, device=into.device)
-    reached = torch.zeros(rows, dtype=torch.bool, device=into.device)
-    several = torch.zeros(rows, dtype=torch.bool, device=into.device)
+    code = [torch.zeros(rows[i], dtype=torch.long, device=origin.device) for i in live]
+    reached = [torch.zeros(rows[i], dtype=torch.bool, device=origin.device) for i in live]
+    several = [r.clone() for r in reached]
     for plane in range(planes):
         bit = ((index >> plane) & 1).bool()
         responses = []
         for side in (bit, ~bit):
             weights = torch.randn(view.shape, generator=_GENERATOR).to(view) * side[..., None]
-            (push,) = torch.autograd.grad(
-                pullback, probe, _restore_layout(weights, origin, origin_dim), retain_graph=True
-            )
-            responses.append((push.reshape(rows, -1) != 0).any(dim=-1))
-        on, off = responses
-        code |= on.long() << plane
-        reached |= on | off
-        several |= on & off
-    code = torch.where(reached, code, NO_SOURCE)
-    return torch.where(several, SEVERAL_SOURCES, code)
+            pushes = torch.autograd.grad(pullback, probes,
+                                         _restore_layout(weights, origin, origin_dim),
+                                         retain_graph=True, allow_unused=True)
+            responses.append([
+                torch.zeros(rows[i], dtype=torch.bool) if push is None
+                else (push.reshape(rows[i], -1) != 0).any(dim=-1)
+                for i, push in zip(live, pushes, strict=True)
+            ])
+        for k, (on, off) in enumerate(zip(*responses, strict=True)):
+            code[k] |= on.long() << plane
+            reached[k] |= on | off
+            several[k] |= on & off
+    out = list(unknown)
+    for k, i in enumerate(live):
+        out[i] = torch.where(several[k], SEVERAL_SOURCES,
+                             torch.where(reached[k], code[k], NO_SOURCE))
+    return out
 
 
 # ------------------------------------------------------------------------------ canonical calls
@@ -148,8 +177,11 @@ def _from_context(context: Context) -> list[_Canonical]:
     the probes tell which one the call's slots come from)."""
     tensor = context.input
     dims = [0] if tensor.dim() == 2 else [1, CHANNELS_FIRST] if tensor.dim() >= 4 else [1]
-    return [_Canonical(tensor, dim, context.input_node, context.output, context.output_node,
-                       f"'{context.name}'") for dim in dims]
+    # the layer's output stands for the stream after the call only if laid out like its input
+    same = context.output is not None and context.output.shape == tensor.shape
+    output, node = (context.output, context.output_node) if same else (None, None)
+    return [_Canonical(tensor, dim, context.input_node, output, node, f"'{context.name}'")
+            for dim in dims]
 
 
 def _is_plain(record: AttentionRecord, batch: int) -> bool:
@@ -218,15 +250,20 @@ def _lay_out(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
             "and key states were not seen (softmax interception), so its token layout is unknown"
         )
     heads = first.shape[1]
-    query = _pick(first, "query", batch, [r.states[0] for r in group])
+    cross = first.role == "cross" and first.key_input is not None
+    # self-attention: queries and keys probed together against the same tokens (a window's keys
+    # need not be its queries' tokens)
+    states = [s for r in group for s in (r.states[:1] if cross else r.states)]
+    query = _pick(first, "query", batch, states)
     if isinstance(query, str):
         return query
-    if first.role == "cross" and first.key_input is not None:
+    if cross:
         key = _pick(first, "key", batch, [r.states[1] for r in group])
         if isinstance(key, str):
             return key
     else:
-        key = query
+        canonical, sources = query
+        query, key = (canonical, sources[0::2]), (canonical, sources[1::2])
     n_q, n_k = query[0].size, key[0].size
     dense_shape = (batch, heads, n_q, n_k)
     raw, dense, offset = [], [], 0
@@ -262,11 +299,11 @@ def _lay_out(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
     call = AttentionRecord(
         name=first.name, call_index=first.call_index, role=first.role, attention=None,
         gradient=None, shape=dense_shape, query_input=q_canon.tensor,
-        key_input=k_canon.tensor if key is not query else None, output=q_canon.output,
+        key_input=k_canon.tensor if cross else None, output=q_canon.output,
         token_dim=q_canon.token_dim, key_token_dim=k_canon.token_dim, call_id=first.call_id,
         layout=layout, parts=list(group),
     )
-    call.nodes = {"query": q_canon.node, "key": k_canon.node if key is not query else None,
+    call.nodes = {"query": q_canon.node, "key": k_canon.node if cross else None,
                   "output": q_canon.output_node}
     return call
 
@@ -274,15 +311,16 @@ def _lay_out(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
 def _pick(
     record: AttentionRecord, side: str, batch: int, states: list[Tensor]
 ) -> tuple[_Canonical, list[Tensor]] | str:
-    """The canonical hidden states of one side of a call and each state row's token there, or
-    a reason why the side's slots are not tokens."""
+    """The canonical hidden states of one side of a call and each state row's token there
+    (``states``: one tensor per map, or for self-attention a query and a key tensor per map),
+    or a reason why the side's slots are not tokens."""
     tried: list[str] = []
     reason = None
     for candidate in _candidates(record, side):
         if tokens_view(candidate.tensor, candidate.token_dim).shape[0] != batch:
             tried.append(candidate.where)
             continue
-        sources = [row_sources(s, candidate.tensor, candidate.token_dim) for s in states]
+        sources = rows_sources(states, candidate.tensor, candidate.token_dim)
         if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
             reason = reason or (f"its {side} slots are each computed from several tokens of "
                                 f"{candidate.where}: the softmax is not over tokens (e.g. "
@@ -307,7 +345,6 @@ def canonical_batch(inputs: Sequence[object]) -> int | None:
         if isinstance(value, Tensor) and value.dim() >= 2:
             return value.shape[0]
     return None
-
 
 
 # ------------------------------------------------------------------------------ softmax calls
