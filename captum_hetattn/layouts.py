@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder, Context
-from captum_hetattn.dataflow import CHANNELS_FIRST, _restore_layout, tokens_view
+from captum_hetattn.dataflow import CHANNELS_FIRST, _dependence, _restore_layout, tokens_view
 
 __all__ = [
     "NO_SOURCE", "SEVERAL_SOURCES", "TokenLayout", "canonicalise", "row_sources", "rows_sources",
@@ -320,7 +320,7 @@ def _pick(
         if tokens_view(candidate.tensor, candidate.token_dim).shape[0] != batch:
             tried.append(candidate.where)
             continue
-        sources = rows_sources(states, candidate.tensor, candidate.token_dim)
+        sources = _state_tokens(record, side, states, candidate)
         if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
             reason = reason or (f"its {side} slots are each computed from several tokens of "
                                 f"{candidate.where}: the softmax is not over tokens (e.g. "
@@ -337,6 +337,33 @@ def _pick(
         f"hold its {side} tokens as (batch={batch}, tokens) rows (several sequences packed into "
         "one, or tiles of one example): explain one example at a time"
     )
+
+
+def _state_tokens(
+    record: AttentionRecord, side: str, states: list[Tensor], canonical: _Canonical
+) -> list[Tensor]:
+    r"""The canonical token of every row of per-head states: through the module's own hidden
+    states when the canonical ones enclose them — the forward-mode products then only cross the
+    projections, and first-order probes through the partition (which only permutes rows) map the
+    module's rows to the layer's tokens — else directly."""
+    own = record.query_input if side == "query" else record.key_input
+    dim = record.token_dim if side == "query" else record.key_token_dim
+    if own is None or own is canonical.tensor or not own.requires_grad:
+        return rows_sources(states, canonical.tensor, canonical.token_dim)
+    rows = own.reshape(1, -1, own.shape[-1]) if dim != 0 else own.reshape(1, -1)
+    (found,) = _dependence(rows, 1, [(canonical.tensor, canonical.token_dim)], 1, exact=False)
+    fed = found.codes.flatten() >= 0 if found.codes is not None else None
+    if fed is None or bool((torch.bincount(found.codes.flatten()[fed]) > 1).any()):
+        # a token feeding several rows (overlapping windows) or a row fed by several tokens
+        # (a merge before the windows): not a permutation, probe directly
+        return rows_sources(states, canonical.tensor, canonical.token_dim)
+    token_of_row = torch.full((rows.shape[1],), NO_SOURCE, dtype=torch.long)
+    token_of_row[found.codes.flatten()[fed]] = fed.nonzero().flatten()
+    out = []
+    for to_own in rows_sources(states, own, dim):
+        mapped = token_of_row[to_own.clamp(min=0)]
+        out.append(torch.where(to_own >= 0, mapped, to_own))
+    return out
 
 
 def canonical_batch(inputs: Sequence[object]) -> int | None:
