@@ -132,6 +132,7 @@ _SOFTMAX_FUNCTIONS = frozenset(
     {torch.nn.functional.softmax, torch.softmax, torch.Tensor.softmax, torch.special.softmax}
 )
 _KEY_COUNTER = count()
+_SDPA = torch.nn.functional.scaled_dot_product_attention
 
 
 @dataclass(eq=False)
@@ -447,10 +448,12 @@ class _SoftmaxMode(TorchFunctionMode):
         self,
         callback: Callable[[Tensor, int, Any], None],
         on_linear: Callable[[Tensor], None] | None = None,
+        on_fused: Callable[[Tensor], None] | None = None,
     ) -> None:
         super().__init__()
         self._callback = callback
         self._on_linear = on_linear
+        self._on_fused = on_fused
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
@@ -461,6 +464,8 @@ class _SoftmaxMode(TorchFunctionMode):
                 self._callback(out, dim, args[0] if args else kwargs.get("input"))
         elif self._on_linear is not None and func is torch.nn.functional.linear:
             self._on_linear(out)
+        elif self._on_fused is not None and func is _SDPA and isinstance(out, Tensor):
+            self._on_fused(out)
         return out
 
 
@@ -945,7 +950,8 @@ class AttentionRecorder:
             plain = set(mha) if backend == "softmax" else set(mha) | set(routed_for_hf)
             self._mode_ids = set(tracked) - plain
             self._mode = _SoftmaxMode(
-                self._on_softmax, self._on_linear if self.record_io else None
+                self._on_softmax, self._on_linear if self.record_io else None,
+                self._on_fused if self.record_io else None,
             )
             stack.callback(self._leave_mode, all_levels=True)
 
@@ -1195,6 +1201,15 @@ class AttentionRecorder:
             name = self._names.get(id(self._owner(module)), type(module).__name__)
             self.skipped.append((name, f"its softmax of shape {tuple(out.shape)} is not "
                                        f"recorded: {reason}"))
+
+    def _on_fused(self, out: Tensor) -> None:
+        if self._frames and not self._in_hf:
+            module = self._frames[-1].module
+            name = self._names.get(id(self._owner(module)), type(module).__name__)
+            if all(n != name for n, _ in self.skipped):
+                self._skip(module, out, "it computes attention with "
+                           "F.scaled_dot_product_attention, a fused kernel with no map to "
+                           "record; build the model with attn_implementation='eager'")
 
     def _on_linear(self, out: Tensor) -> None:
         if self._frames and not self._in_hf:

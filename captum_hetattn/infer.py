@@ -57,7 +57,7 @@ def trace(
         if not records and (left_out or recorder.skipped):
             reasons = [(r.name, why) for r, why in left_out] + list(recorder.skipped)
             raise ValueError(
-                "none of the model's softmaxes is attention over its tokens, so there is "
+                "no attention map over the model's tokens could be recorded, so there is "
                 "nothing to propagate: " + "; ".join(f"'{n}': {why}" for n, why in reasons[:3])
             )
         flow = analyse(

@@ -672,6 +672,32 @@ def test_a_model_without_token_attention_gets_one_clear_error():
     model = nn.Sequential(nn.Embedding(50, 16), _ChannelAttention(), _AttentionPool(),
                           nn.Linear(16, 3)).eval()
     ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(5))
-    with pytest.raises(ValueError, match=r"none of the model's softmaxes is attention over its "
-                                         r"tokens.*'1': .*not over tokens"):
+    with pytest.raises(ValueError, match=r"no attention map over the model's tokens could be "
+                                         r"recorded.*'1': .*not over tokens"):
         HeterogenousAttentionAttribution(model, model=model).explain(ids, target=1)
+
+
+class _FusedAttention(_TokenAttention):
+    """Hand-written attention through the fused kernel: no map exists to record."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + out.transpose(1, 2).reshape(b, n, c)
+
+
+def test_fused_attention_in_a_hand_written_module_is_reported_by_module():
+    torch.manual_seed(0)
+    model = _Mixed().eval()
+    model.channels = _FusedAttention()
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explanation = HeterogenousAttentionAttribution(model, model=model).explain(ids, target=1)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    import re
+
+    assert any(re.search(r"'channels'.*scaled_dot_product_attention.*eager", m)
+               for m in messages), messages
+    assert [c.name for c in explanation.calls] == ["tokens"]
