@@ -139,6 +139,29 @@ def _keep(store: dict[int, Tensor], index: int, tensor: Tensor) -> None:
     store.setdefault(index, tensor.detach())
 
 
+def _record_with_values(model, forward, inputs, layers):
+    """Records (see :func:`_record`) with each layer's value projection output and the context
+    its attention produced: ``layers`` is ``[(value module, context module, "pre" | "post")]``
+    (the context is the input of a "pre" module, the first output of a "post" one)."""
+    values: dict[int, Tensor] = {}
+    contexts: dict[int, Tensor] = {}
+    hooks = []
+    for i, (value, context, where) in enumerate(layers):
+        hooks.append(value.register_forward_hook(lambda m, a, out, i=i: _keep(values, i, out)))
+        if where == "pre":
+            hooks.append(context.register_forward_pre_hook(
+                lambda m, a, i=i: _keep(contexts, i, a[0])))
+        else:
+            hooks.append(context.register_forward_hook(
+                lambda m, a, out, i=i: _keep(contexts, i, out[0])))
+    try:
+        records = _record(model, forward, inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return records, values, contexts
+
+
 def _dense_times_values(record, value: Tensor, heads: int) -> Tensor:
     """``Σ_k A[b, h, q, k] V[b, k, h]`` → ``(B, n, H·d)``: the context the dense map gives."""
     batch, n = record.shape[0], record.shape[2]
@@ -178,25 +201,16 @@ def test_led_dense_maps_reproduce_the_band_and_global_attention(with_global):
     if with_global:
         glob[:, 0] = 1
     layers = model.led.encoder.layers
-    contexts: dict[int, Tensor] = {}
-    values: dict[int, Tensor] = {}
-    hooks = []
-    for i, layer in enumerate(layers):
-        attention = layer.self_attn.longformer_self_attn
-        hooks.append(attention.value.register_forward_hook(
-            lambda m, a, out, i=i: _keep(values, i, out.transpose(0, 1))))
-        hooks.append(attention.register_forward_hook(
-            lambda m, a, out, i=i: _keep(contexts, i, out[0])))
 
     def forward(ids):
         return model(input_ids=ids, decoder_input_ids=DECODER_IDS,
                      global_attention_mask=glob).logits[:, -1, 7].sum()
 
-    try:
-        records = _record(model, forward, [IDS])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    # the value vectors come sequence-first: (n, B, d)
+    records, values, contexts = _record_with_values(model, forward, [IDS], [
+        (layer.self_attn.longformer_self_attn.value, layer.self_attn.longformer_self_attn,
+         "post") for layer in layers])
+    values = {i: v.transpose(0, 1) for i, v in values.items()}
     encoder = [r for r in records if r.name.startswith("led.encoder.")]
     assert len(encoder) == len(layers)
     for i, record in enumerate(encoder):
@@ -220,24 +234,14 @@ def test_led_dense_maps_reproduce_the_band_and_global_attention(with_global):
 def test_longt5_dense_maps_reproduce_the_blocked_attention(kind):
     model = _longt5(kind)
     blocks = model.encoder.block
-    values: dict[int, Tensor] = {}
-    contexts: dict[int, Tensor] = {}
-    hooks = []
-    for i, block in enumerate(blocks):
-        attention = next(m for n, m in block.named_modules() if n.endswith("Attention"))
-        hooks.append(attention.v.register_forward_hook(
-            lambda m, a, out, i=i: _keep(values, i, out)))
-        hooks.append(attention.o.register_forward_pre_hook(
-            lambda m, a, i=i: _keep(contexts, i, a[0])))
+    attentions = [next(m for n, m in block.named_modules() if n.endswith("Attention"))
+                  for block in blocks]
 
     def forward(ids):
         return model(input_ids=ids, decoder_input_ids=DECODER_IDS).logits[:, -1, 7].sum()
 
-    try:
-        records = _record(model, forward, [IDS])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    records, values, contexts = _record_with_values(
+        model, forward, [IDS], [(a.v, a.o, "pre") for a in attentions])
     encoder = [r for r in records if r.name.startswith("encoder")]
     assert len(encoder) == len(blocks)
     for i, record in enumerate(encoder):
@@ -325,23 +329,13 @@ def test_prophetnet_keeps_its_ngram_stream_and_its_maps_reproduce_both_streams()
 def test_bigbird_block_sparse_maps_reproduce_the_block_sparse_attention():
     model = _bigbird_pegasus()
     ids = torch.randint(5, 90, (2, 32), generator=torch.Generator().manual_seed(4))
-    values: dict[int, Tensor] = {}
-    contexts: dict[int, Tensor] = {}
-    hooks = []
-    for i, layer in enumerate(model.model.encoder.layers):
-        hooks.append(layer.self_attn.self.value.register_forward_hook(
-            lambda m, a, out, i=i: _keep(values, i, out)))
-        hooks.append(layer.self_attn.output.register_forward_pre_hook(
-            lambda m, a, i=i: _keep(contexts, i, a[0])))
 
     def forward(x):
         return model(input_ids=x, decoder_input_ids=DECODER_IDS).logits[:, -1, 7].sum()
 
-    try:
-        records = _record(model, forward, [ids])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    records, values, contexts = _record_with_values(model, forward, [ids], [
+        (layer.self_attn.self.value, layer.self_attn.output, "pre")
+        for layer in model.model.encoder.layers])
     encoder = [r for r in records if r.name.startswith("model.encoder.")]
     assert len(encoder) == 2
     for i, record in enumerate(encoder):
