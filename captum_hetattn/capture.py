@@ -843,10 +843,15 @@ class AttentionRecorder:
             self.embeddings = []
             for entry in self._entries:
                 entry.live = None  # type: ignore[assignment]
-            for record in self.records:
+            # the live tensors hold the autograd graph: a call's parts and layout inputs too
+            kept = list(self.records) + [e.record for e in self._entries]
+            for record in kept:
                 record.query_input = record.key_input = record.output = None
                 record.nodes = {}
+                record.states = record.scores = None
+                record.linears, record.contexts = [], []
             self._entries = []
+            self._contexts = []
 
     # ---------------------------------------------------------------- installation
 
