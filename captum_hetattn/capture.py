@@ -1403,8 +1403,9 @@ class AttentionRecorder:
         call.attention = call.layout.fold([p.attention for p in call.parts])
         if self.reduce is None:  # a reduce reads the parts; only a plain recording keeps G
             call.gradient = call.layout.fold([p.gradient for p in call.parts])
-        if self.reduce is not None:
+        if self.reduce is not None:  # one gradient pass: the parts and indices are spent
             self._apply_reduce(call)
+            call.layout.release()
             for part in call.parts:
                 part.attention = part.gradient = None
 

@@ -69,6 +69,12 @@ class TokenLayout:
     dense_index: Tensor
     weight: Tensor | None = None
 
+    def release(self) -> None:
+        """Drop the index tensors (as large as the raw maps) once the call is folded for good."""
+        empty = torch.zeros(0, dtype=torch.long)
+        self.raw_index = self.dense_index = empty
+        self.weight = None
+
     def fold(self, parts: Sequence[Tensor]) -> Tensor:
         r"""The dense map of raw maps ``parts`` (anything laid out like them: ``A``, ``G``,
         ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it."""
