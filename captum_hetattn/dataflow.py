@@ -618,6 +618,12 @@ class _Builder:
             self.sources.append(FlowSource(stream.index, all_columns, (-1,)))
             return
         if len(positions) == 1 and not self.map_inputs:
+            if not bool(fresh.all()) and not self._feeds_fresh(tensor, dim, positions[0], fresh):
+                # the input reaches this stream only through the rows another stream feeds (a
+                # residual path): its fresh rows are parameter tokens joining those (a [CLS]
+                # concatenated to a later stage's patches, PVT), not a modality of their own;
+                # like GAE's read token, their own share is left out
+                return
             self.inputs.append(InputRows(positions[0], stream.index, None))  # not traced
             self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
             return
@@ -650,6 +656,16 @@ class _Builder:
         for signature, columns in runs:
             feeding = tuple(p for p, on in zip(positions, signature, strict=True) if on)
             self.sources.append(FlowSource(stream.index, columns, feeding or (-1,)))
+
+    def _feeds_fresh(self, tensor: Tensor, dim: int, position: int, fresh: Tensor) -> bool:
+        """Whether model input ``position`` feeds any of a stream's fresh rows (one backward
+        pass from those rows)."""
+        view = tokens_view(tensor, dim)
+        weights = torch.randn(view.shape, generator=_GENERATOR).to(view) * fresh[..., None]
+        (grad,) = torch.autograd.grad(tensor, self.input_tensors[position][0],
+                                      _restore_layout(weights, tensor, dim), retain_graph=True,
+                                      allow_unused=True)
+        return grad is not None and bool(grad.any())
 
     # ----------------------------------------------------------- parallel groups
     def _parallel(self, i: int, query: int, key: int) -> bool:

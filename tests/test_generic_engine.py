@@ -306,3 +306,23 @@ def test_calls_left_out_of_the_graph_and_unconnected_sources_are_reported_once(i
     unconnected = [m for m in messages if "gets zero relevance" in m]
     assert len(unconnected) == 1 and "source 'image'" in unconnected[0]
     assert (out.relevance["image"] == 0).all()
+
+
+def test_a_parameter_token_joining_a_later_stage_is_not_a_source_of_its_own():
+    # PVT concatenates a [CLS] parameter to the merged patches of its last stage: the pixels
+    # reach that stage only through the patch rows, so it holds one source (the image), its
+    # calls are A, and the [CLS]'s own share is left out (no phantom "source" gets it)
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.PvtConfig(image_size=32, num_encoder_blocks=2, depths=[1, 1],
+                          sequence_reduction_ratios=[2, 1], hidden_sizes=[16, 32],
+                          patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2],
+                          mlp_ratios=[2, 2], num_labels=3)
+    model = tf.PvtForImageClassification(config).eval()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    out = HeterogenousAttentionAttribution(lambda x: model(pixel_values=x).logits,
+                                           model=model).explain(pixels, target=1)
+    assert list(out.relevance) == ["image"]
+    assert [c.type for c in out.calls] == ["A", "A"]
+    assert out.relevance["image"].abs().sum(dim=1).gt(0).all()
