@@ -205,6 +205,52 @@ def _is_plain(record: AttentionRecord, batch: int) -> bool:
     return record.n_key == record.n_query or record.role == "cross"
 
 
+def _reads_tokens(record: AttentionRecord) -> bool:
+    r"""Whether a map that looks like one over its hidden states is: a score over tokens reads
+    one query token and one key token, so moving the first token moves only the first row (and
+    for self-attention the first column) of the scores, up to a shift shared by a whole row. A
+    map over channel groups (DaViT's channel attention) moves everywhere, even when it happens to
+    have as many rows as tokens. On maps caught at the softmax the scores are probed; on
+    interface calls, whether the first query row reads only some of its example's tokens."""
+    scores, hidden = record.scores, record.query_input
+    if hidden is None or not hidden.requires_grad:
+        return True
+    if scores is None and record.states is not None:
+        return _state_row_is_local(record.states[0], hidden, record.token_dim)
+    if scores is None or scores.dim() != 4:
+        return True
+    probe = torch.zeros_like(scores, requires_grad=True)
+    (pullback,) = torch.autograd.grad(scores, hidden, probe, create_graph=True, allow_unused=True)
+    if pullback is None or not pullback.requires_grad:
+        return True
+    view = tokens_view(hidden, record.token_dim)
+    tangent = torch.zeros_like(view)
+    tangent[0, 0] = torch.randn(view.shape[-1], generator=_GENERATOR).to(view)
+    (push,) = torch.autograd.grad(pullback, probe, _restore_layout(tangent, hidden,
+                                                                    record.token_dim))
+    moved = push[0].reshape(-1, *push.shape[-2:]).double()  # (heads, rows, cols), example 0
+    elsewhere = moved[:, 1:, 1:] if record.key_input is None else moved[:, 1:, :]
+    if elsewhere.numel() == 0:
+        return True
+    # a shift shared by a whole row (a max subtracted before the softmax, LayoutLMv3) is fine
+    spread = (elsewhere - elsewhere[..., :1]).abs().max()
+    return bool(spread <= 1e-4 * moved.abs().max().clamp(min=1e-30))
+
+
+def _state_row_is_local(states: Tensor, hidden: Tensor, token_dim: int) -> bool:
+    """Whether the first query row handed to the attention function is computed from some of
+    its example's tokens, not from all of them (a channel's row reads every token)."""
+    if not states.requires_grad:
+        return True
+    weights = torch.zeros(states.shape, dtype=states.dtype, device=states.device)
+    weights.view(-1, states.shape[-1])[0] = 1.0
+    (grad,) = torch.autograd.grad(states, hidden, weights, retain_graph=True, allow_unused=True)
+    if grad is None:
+        return True
+    reached = (tokens_view(grad, token_dim)[0] != 0).any(dim=-1)
+    return reached.numel() <= 4 or not bool(reached.all())
+
+
 def canonicalise(
     recorder: AttentionRecorder, batch: int
 ) -> list[tuple[AttentionRecord, str]]:
@@ -228,7 +274,7 @@ def canonicalise(
     calls: list[AttentionRecord] = []
     dropped: list[tuple[AttentionRecord, str]] = []
     for group in groups.values():
-        if len(group) == 1 and _is_plain(group[0], batch):
+        if len(group) == 1 and _is_plain(group[0], batch) and _reads_tokens(group[0]):
             continue
         call = _lay_out(group, batch)
         if isinstance(call, str):

@@ -695,3 +695,42 @@ def test_fused_attention_in_a_hand_written_module_is_reported_by_module():
     assert any(re.search(r"'channels'.*scaled_dot_product_attention.*eager", m)
                for m in messages), messages
     assert [c.name for c in explanation.calls] == ["tokens"]
+
+
+def test_channel_attention_with_as_many_channels_as_tokens_is_not_taken_for_token_attention():
+    # 8 tokens and channel groups of 8: the maps look like (B, H, n, n) over the tokens
+    torch.manual_seed(0)
+    model = _Mixed().eval()
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explanation = HeterogenousAttentionAttribution(model, model=model).explain(ids, target=1)
+    assert [c.name for c in explanation.calls] == ["tokens"]
+    assert any("'channels'" in str(w.message) and "not over tokens" in str(w.message)
+               for w in caught)
+
+
+def test_florence2_channel_attention_is_left_out_and_its_windows_are_laid_out():
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.Florence2VisionConfig(
+        depths=[1, 1], patch_size=[7, 3], patch_stride=[4, 2], patch_padding=[3, 1],
+        patch_prenorm=[False, True], embed_dim=[16, 32], num_heads=[2, 2], num_groups=[2, 2],
+        window_size=2, projection_dim=32, drop_path_rate=0.0)
+    model = tf.Florence2VisionBackbone(config).eval()  # stage 2: 16 tokens, groups of 16
+
+    def forward(pixels):
+        return model(pixels).last_hidden_state.flatten(2).mean(-1)[:, :3]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explanation = HeterogenousAttentionAttribution(forward, model=model).explain(
+            PIXELS, target=1)
+    assert [c.name for c in explanation.calls] == ["blocks.0.0.spatial_block.window_attn",
+                                                    "blocks.1.0.spatial_block.window_attn"]
+    reported = {m for m in ("blocks.0.0.channel_block.channel_attn",
+                            "blocks.1.0.channel_block.channel_attn")
+                if any(f"'{m}'" in str(w.message) for w in caught)}
+    assert len(reported) == 2
+    assert explanation.relevance["image"].abs().sum(dim=1).gt(0).all()
