@@ -52,7 +52,7 @@ def trace(
     inside its context (``map_inputs``: see :func:`~captum_hetattn.dataflow.analyse`)."""
     batch = batch if batch is not None else canonical_batch(inputs)
     with recorder.muted():
-        left_out = canonicalise(recorder, batch) if batch is not None else []
+        left_out = canonicalise(recorder, batch, inputs) if batch is not None else []
         records = recorder.records
         if not records and (left_out or recorder.skipped):
             reasons = [(r.name, why) for r, why in left_out] + list(recorder.skipped)

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder, Context
-from captum_hetattn.dataflow import CHANNELS_FIRST, _dependence, _restore_layout, tokens_view
+from captum_hetattn.dataflow import CHANNELS_FIRST, TILES, _dependence, _restore_layout, tokens_view
 
 __all__ = [
     "NO_SOURCE", "SEVERAL_SOURCES", "TokenLayout", "canonicalise", "row_sources", "rows_sources",
@@ -173,6 +173,46 @@ def _candidates(record: AttentionRecord, side: str) -> list[_Canonical]:
     return out
 
 
+def _tiled(
+    record: AttentionRecord, side: str, batch: int, inputs: Sequence[object]
+) -> _Canonical | None:
+    """The call's own hidden states read as ``k`` consecutive sequences per example (crops of
+    one image, frames of one video), when nothing around the call holds them per example —
+    if a batched float model input confirms it: example ``b``'s sequences depend on input
+    ``b`` only."""
+    tensor = record.query_input if side == "query" else record.key_input
+    dim = record.token_dim if side == "query" else record.key_token_dim
+    if tensor is None or dim != 1 or tensor.dim() < 3 or not tensor.requires_grad:
+        return None
+    sequences = tensor.shape[0]
+    if sequences <= batch or sequences % batch:
+        return None
+    per_example = sequences // batch
+    witnesses = [x for x in inputs if isinstance(x, Tensor) and x.is_floating_point()
+                 and x.requires_grad and x.dim() >= 2 and x.shape[0] == batch]
+    confirmed = False
+    for b in range(batch):
+        weights = torch.zeros(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+        rows = slice(b * per_example, (b + 1) * per_example)  # random: a norm's sum is flat
+        weights[rows] = torch.randn(weights[rows].shape, generator=_GENERATOR).to(weights)
+        grads = torch.autograd.grad(tensor, witnesses, weights, retain_graph=True,
+                                    allow_unused=True) if witnesses else ()
+        for grad in grads:
+            if grad is None:
+                continue
+            reached = grad.flatten(1).ne(0).any(dim=1)
+            if bool(reached[torch.arange(batch) != b].any()):
+                return None  # sequences of one example read another's input: not its tiles
+            confirmed = confirmed or bool(reached[b])
+    if not confirmed:
+        return None
+    tiles = TILES + per_example
+    output = record.output if side == "query" else None
+    same = output is not None and output.shape == tensor.shape
+    return _Canonical(tensor, tiles, record.nodes.get(side), output if same else None,
+                      record.nodes.get("output") if same else None, f"'{record.name}' (tiles)")
+
+
 def _usable(context: Context) -> bool:
     return (isinstance(context.input, Tensor) and context.input.is_floating_point()
             and context.input.dim() >= 2)
@@ -248,7 +288,8 @@ def _state_row_is_local(states: Tensor, hidden: Tensor, token_dim: int) -> bool:
     if not states.requires_grad:
         return True
     weights = torch.zeros(states.shape, dtype=states.dtype, device=states.device)
-    weights.view(-1, states.shape[-1])[0] = 1.0
+    weights.view(-1, states.shape[-1])[0] = torch.randn(states.shape[-1],
+                                                        generator=_GENERATOR).to(weights)
     (grad,) = torch.autograd.grad(states, hidden, weights, retain_graph=True, allow_unused=True)
     if grad is None:
         return True
@@ -257,12 +298,15 @@ def _state_row_is_local(states: Tensor, hidden: Tensor, token_dim: int) -> bool:
 
 
 def canonicalise(
-    recorder: AttentionRecorder, batch: int
+    recorder: AttentionRecorder, batch: int, inputs: Sequence[object] = ()
 ) -> list[tuple[AttentionRecord, str]]:
     r"""Give every call of the recording that is not one dense map over its own hidden states a
     :class:`TokenLayout` (the recorder then holds one record per call, see
     :meth:`~captum_hetattn.capture.AttentionRecorder.use_layouts`), inside the recorder's
     context and before the gradient pass.
+
+    ``inputs`` are the model inputs (float ones traced): they confirm which example a call's
+    tiles (``k`` sequences per example) belong to.
 
     Returns:
         ``(record, reason)`` for softmaxes that are not attention over tokens (left out of the
@@ -281,7 +325,7 @@ def canonicalise(
     for group in groups.values():
         if len(group) == 1 and _is_plain(group[0], batch) and _reads_tokens(group[0]):
             continue
-        call = _lay_out(group, batch)
+        call = _lay_out(group, batch, inputs)
         if isinstance(call, str):
             dropped += [(r, call) for r in group]
         else:
@@ -295,10 +339,12 @@ def _describe(record: AttentionRecord) -> str:
     return f"attention module '{record.name}' [call {record.call_index}]"
 
 
-def _lay_out(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
+def _lay_out(
+    group: list[AttentionRecord], batch: int, inputs: Sequence[object] = ()
+) -> AttentionRecord | str:
     first = group[0]
     if all(r.scores is not None and r.linears for r in group):
-        return _lay_out_scores(group, batch)
+        return _lay_out_scores(group, batch, inputs)
     if any(r.states is None for r in group):
         shapes = ", ".join(str(tuple(r.shape)) for r in group)
         raise NotImplementedError(
@@ -311,11 +357,11 @@ def _lay_out(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
     # self-attention: queries and keys probed together against the same tokens (a window's keys
     # need not be its queries' tokens)
     states = [s for r in group for s in (r.states[:1] if cross else r.states)]
-    query = _pick(first, "query", batch, states)
+    query = _pick(first, "query", batch, states, inputs)
     if isinstance(query, str):
         return query
     if cross:
-        key = _pick(first, "key", batch, [r.states[1] for r in group])
+        key = _pick(first, "key", batch, [r.states[1] for r in group], inputs)
         if isinstance(key, str):
             return key
     else:
@@ -350,7 +396,9 @@ def _lay_out(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
         raw.append(positions + offset)
         dense.append(flat.flatten()[positions])
         offset += math.prod(record.shape)
-    kind = "windowed" if query[0].where != f"'{first.name}'" else "packed"
+    where = query[0].where
+    kind = ("tiled" if where.endswith("(tiles)") else "packed" if where == f"'{first.name}'"
+            else "windowed")
     layout = TokenLayout(kind, dense_shape, torch.cat(raw), torch.cat(dense))
     q_canon, k_canon = query[0], key[0]
     call = AttentionRecord(
@@ -366,14 +414,16 @@ def _lay_out(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
 
 
 def _pick(
-    record: AttentionRecord, side: str, batch: int, states: list[Tensor]
+    record: AttentionRecord, side: str, batch: int, states: list[Tensor],
+    inputs: Sequence[object] = (),
 ) -> tuple[_Canonical, list[Tensor]] | str:
     """The canonical hidden states of one side of a call and each state row's token there
     (``states``: one tensor per map, or for self-attention a query and a key tensor per map),
     or a reason why the side's slots are not tokens."""
     tried: list[str] = []
     reason = None
-    for candidate in _candidates(record, side):
+    tiled = _tiled(record, side, batch, inputs)
+    for candidate in [*_candidates(record, side), *([tiled] if tiled is not None else [])]:
         if tokens_view(candidate.tensor, candidate.token_dim).shape[0] != batch:
             tried.append(candidate.where)
             continue
@@ -486,7 +536,9 @@ def _entry_rows(
     return row, torch.where(reached, head, NO_SOURCE)
 
 
-def _lay_out_scores(group: list[AttentionRecord], batch: int) -> AttentionRecord | str:
+def _lay_out_scores(
+    group: list[AttentionRecord], batch: int, inputs: Sequence[object] = ()
+) -> AttentionRecord | str:
     r"""A call whose maps were caught at the softmax (banded, blocked, global rows): every entry
     of each map is placed by the projections its score reads (query side: the same projection
     row along the softmax dimension; key side: a row that changes along it). A key row computed
@@ -495,6 +547,8 @@ def _lay_out_scores(group: list[AttentionRecord], batch: int) -> AttentionRecord
     first = group[0]
     candidates = [c for c in _candidates(first, "query")
                   if tokens_view(c.tensor, c.token_dim).shape[0] == batch]
+    tiled = _tiled(first, "query", batch, inputs)
+    candidates += [tiled] if tiled is not None else []
     if not candidates:
         raise NotImplementedError(
             f"{_describe(first)}: no hidden states around it hold (batch={batch}, tokens) rows"
@@ -551,7 +605,8 @@ def _lay_out_over(
         raw.append(positions[keep] + sum(sizes[:k]))
         dense.append(flat[keep])
         weight.append(share[keep])
-    kind = "local" if canonical.where == f"'{first.name}'" else "windowed"
+    kind = ("tiled" if canonical.where.endswith("(tiles)") else
+            "local" if canonical.where == f"'{first.name}'" else "windowed")
     layout = TokenLayout(kind, (batch, heads, n, n), torch.cat(raw), torch.cat(dense),
                          torch.cat(weight))
     call = AttentionRecord(

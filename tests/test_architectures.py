@@ -26,9 +26,7 @@ from captum_hetattn import AttentionRecorder, HeterogenousAttentionAttribution
 ONE_EXAMPLE_AT_A_TIME = {
     "qwen2_vl": "model.visual.blocks.0.attn",
 }
-NOT_SUPPORTED = {
-    "llava_next": "model.vision_tower.encoder.layers.0.self_attn",  # tiles: B·crops sequences
-}
+NOT_SUPPORTED: dict[str, str] = {}  # LLaVA-NeXT's crops (B·crops sequences) are tiles now
 SUPPORTED = sorted(set(ARCHS) - set(NOT_SUPPORTED))
 
 

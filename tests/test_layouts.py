@@ -543,7 +543,23 @@ def _vitdet_case():
     return model, forward, (PIXELS,), (), 1, {r"attention": "A"}, None
 
 
+def _timesformer_case():
+    from transformers import TimesformerConfig, TimesformerForVideoClassification
+
+    torch.manual_seed(0)
+    config = TimesformerConfig(image_size=16, patch_size=8, num_frames=2, hidden_size=32,
+                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                               num_labels=3)
+    model = TimesformerForVideoClassification(config).eval()
+    video = torch.randn(2, 2, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    # divided space-time attention: time over (B·patches) sequences of frames, then space over
+    # (B·frames) sequences of patches (tiles: each example's frames read as one sequence)
+    return model, (lambda v: model(pixel_values=v).logits), (video,), (), 1, {
+        r"attention": "A"}, None
+
+
 CASES = {
+    "timesformer": _timesformer_case,
     "vitdet": _vitdet_case,
     "donut": _donut_case,
     "bigbird_pegasus": _bigbird_case,
@@ -734,3 +750,16 @@ def test_florence2_channel_attention_is_left_out_and_its_windows_are_laid_out():
                 if any(f"'{m}'" in str(w.message) for w in caught)}
     assert len(reported) == 2
     assert explanation.relevance["image"].abs().sum(dim=1).gt(0).all()
+
+
+def test_timesformer_explains_both_its_time_and_its_space_attention():
+    model, forward, inputs, *_ = _timesformer_case()
+    records = _record(model, lambda v: forward(v)[:, 1].sum(), list(inputs))
+    kinds = [(r.name.split(".")[-2], r.layout.kind if r.layout else None) for r in records]
+    # time: a permutation of the layer's tokens; space: 2 frames × (1 + 4 patches) per example
+    assert kinds == [("temporal_attention", "windowed"), ("attention", "tiled")] * 2, kinds
+    space = records[1]
+    assert space.shape == (2, 2, 10, 10)
+    # a frame's tokens attend within the frame only
+    frame = torch.arange(10) // 5
+    assert space.attention[..., frame[:, None] != frame[None, :]].abs().max() == 0
