@@ -40,8 +40,9 @@ from captum_hetattn.capture import AttentionRecord, autograd_node
 Q_IN, K_IN, OUT = 0, 1, 2
 #: ``token_dim`` of a channels-first feature map ``(B, C, h, w)`` (a layer's input in ViTDet)
 CHANNELS_FIRST = 3
-#: ``token_dim`` ``TILES + k``: ``(B·k, n, ...)`` hidden states holding ``k`` consecutive
-#: sequences per example (image crops, video frames), read as ``(B, k·n, ...)``
+#: ``token_dim`` ``TILES + k``: ``(B·k, n, d)`` hidden states holding ``k`` consecutive
+#: sequences per example (image crops, video frames), read as ``(B, k·n, d)``; packed rows
+#: ``(B·k, d)`` (every example's image in one sequence) as ``(B, k, d)``
 TILES = 100
 Mark = tuple[str, int, int]  # ("call", record index, role) / ("input", position, 0) / ("emb", i, 0)
 
@@ -154,11 +155,11 @@ class DataFlow:
 def tokens_view(tensor: Tensor, token_dim: int) -> Tensor:
     """``(B, n, rest)`` view of hidden states (sequence-first, packed 2-D and channels-last grids
     ``(B, h, w, C)`` included)."""
+    if token_dim > TILES:  # (B·k, n, d) → (B, k·n, d); packed rows (B·k, d) → (B, k, d)
+        per_example = token_dim - TILES
+        return tensor.reshape(tensor.shape[0] // per_example, -1, tensor.shape[-1])
     if tensor.dim() == 2:
         return tensor.reshape(1, tensor.shape[0], -1) if token_dim == 0 else tensor.unsqueeze(-1)
-    if token_dim > TILES:
-        per_example = token_dim - TILES
-        return tensor.reshape(tensor.shape[0] // per_example, per_example * tensor.shape[1], -1)
     if token_dim == 0:
         tensor = tensor.transpose(0, 1)
     elif token_dim == 2:  # per-head (B, H, n, d)

@@ -182,14 +182,17 @@ def _tiled(
     ``b`` only."""
     tensor = record.query_input if side == "query" else record.key_input
     dim = record.token_dim if side == "query" else record.key_token_dim
-    if tensor is None or dim != 1 or tensor.dim() < 3 or not tensor.requires_grad:
+    tiled_3d = dim == 1 and tensor is not None and tensor.dim() >= 3
+    packed_2d = dim == 0 and tensor is not None and tensor.dim() == 2  # Qwen2-VL's vision rows
+    if not (tiled_3d or packed_2d) or not tensor.requires_grad:
         return None
     sequences = tensor.shape[0]
     if sequences <= batch or sequences % batch:
         return None
     per_example = sequences // batch
+    # a witness: a traced float input split the same way (batch-first, or packed rows)
     witnesses = [x for x in inputs if isinstance(x, Tensor) and x.is_floating_point()
-                 and x.requires_grad and x.dim() >= 2 and x.shape[0] == batch]
+                 and x.requires_grad and x.dim() >= 2 and x.shape[0] % batch == 0]
     confirmed = False
     for b in range(batch):
         weights = torch.zeros(tensor.shape, dtype=tensor.dtype, device=tensor.device)
@@ -200,9 +203,9 @@ def _tiled(
         for grad in grads:
             if grad is None:
                 continue
-            reached = grad.flatten(1).ne(0).any(dim=1)
+            reached = grad.reshape(batch, -1).ne(0).any(dim=1)
             if bool(reached[torch.arange(batch) != b].any()):
-                return None  # sequences of one example read another's input: not its tiles
+                return None  # units of one example read another's input: not its tiles
             confirmed = confirmed or bool(reached[b])
     if not confirmed:
         return None
@@ -441,8 +444,10 @@ def _pick(
         return reason
     raise NotImplementedError(
         f"{_describe(record)}: none of the hidden states around it ({', '.join(tried) or '-'}) "
-        f"hold its {side} tokens as (batch={batch}, tokens) rows (several sequences packed into "
-        "one, or tiles of one example): explain one example at a time"
+        f"hold its {side} tokens as (batch={batch}, tokens) rows (several examples packed into "
+        "one sequence, or tiles), and no traced float input confirms which rows are whose "
+        "(pass the pixel values as an input, not an additional argument), or explain one "
+        "example at a time"
     )
 
 

@@ -219,9 +219,9 @@ class Gathered(InputMapping):
 
     def to_input(self, relevance: Tensor, inputs: Tensor, position: int) -> Tensor:
         assert self.rows is not None
-        # packed inputs of one example (a vision tower's patches of several images) have no
-        # batch dimension: all their elements are the example's
-        packed = self.rows.shape == (1, inputs.numel())
+        # packed inputs (a vision tower's patches of all images, no batch dimension) hold each
+        # example's elements as one block, in example order
+        packed = self.rows.shape[0] * self.rows.shape[1] == inputs.numel()
         if self.rows.shape != (inputs.shape[0], inputs[0].numel()) and not packed:
             raise _mismatch(self, position, inputs, f"rows of shape {tuple(self.rows.shape)}")
         picked = relevance.gather(1, self.rows.clamp(min=0).to(relevance.device))

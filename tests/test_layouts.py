@@ -763,3 +763,38 @@ def test_timesformer_explains_both_its_time_and_its_space_attention():
     # a frame's tokens attend within the frame only
     frame = torch.arange(10) // 5
     assert space.attention[..., frame[:, None] != frame[None, :]].abs().max() == 0
+
+
+def test_packed_vision_tower_of_a_batch_splits_its_rows_by_example():
+    # Qwen2-VL packs every example's image into one sequence (batch 1 for the vision tower);
+    # with the pixel values traced, the split by example is confirmed and each example's rows
+    # become its own stream rows: the batch equals its examples one at a time
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from arch_zoo import ARCHS, IMAGE_TOKEN
+
+    model = ARCHS["qwen2_vl"]().model
+    image = [96] + [IMAGE_TOKEN] * 4 + [95]
+    ids = torch.tensor([[1, *image, 10, 11, 12], [1, *image, 20, 21, 22]])
+    pixels = torch.randn(32, 96, generator=torch.Generator().manual_seed(6))  # 16 rows each
+    grid = torch.tensor([[1, 4, 4], [1, 4, 4]])
+    extra = (grid, torch.ones_like(ids), (ids == IMAGE_TOKEN).int())
+
+    def forward(i, px, g, mask, types):
+        return model(input_ids=i, pixel_values=px, image_grid_thw=g, attention_mask=mask,
+                     mm_token_type_ids=types).logits[:, -1]
+
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    both = explainer.explain((ids, pixels), target=7, additional_forward_args=extra)
+    assert both.relevance["image"].shape == (2, 16)
+    for b in range(2):
+        one = explainer.explain((ids[b:b + 1], pixels[16 * b:16 * (b + 1)]), target=7,
+                                additional_forward_args=tuple(x[b:b + 1] for x in extra))
+        for source, relevance in both.relevance.items():
+            torch.testing.assert_close(one.relevance[source][0], relevance[b], atol=2e-5,
+                                       rtol=1e-4)
+    _, pixel_attr = explainer.attribute((ids, pixels), target=7, additional_forward_args=extra)
+    assert pixel_attr.shape == pixels.shape
+    assert pixel_attr[:16].abs().sum() > 0 and pixel_attr[16:].abs().sum() > 0
