@@ -398,7 +398,10 @@ class _AttentionAttribution(Attribution):
                 f"explanation: {reason}"
             ))
         records = recorder.records
-        names = [name for name, _ in self.model.named_modules()]
+        # modules whose softmax was left out (reported) are not there for the graph to bind: a
+        # layer pattern must not expect them
+        left_out = {name for name, _ in flow.left_out}
+        names = [name for name, _ in self.model.named_modules() if name not in left_out]
         config = getattr(self.model, "config", None)
         if self.graph is not None:
             try:

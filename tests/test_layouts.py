@@ -798,3 +798,30 @@ def test_packed_vision_tower_of_a_batch_splits_its_rows_by_example():
     _, pixel_attr = explainer.attribute((ids, pixels), target=7, additional_forward_args=extra)
     assert pixel_attr.shape == pixels.shape
     assert pixel_attr[:16].abs().sum() > 0 and pixel_attr[16:].abs().sum() > 0
+
+
+def test_a_layer_pattern_of_the_inferred_graph_skips_the_calls_left_out():
+    # layers.0.attn is token attention, layers.1.attn channel attention: the inferred node
+    # "layers.*.attn" must not expect the left-out one
+    class Blocks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(50, 16)
+            self.layers = nn.ModuleList([nn.Module(), nn.Module()])
+            self.layers[0].attn, self.layers[1].attn = _TokenAttention(), _ChannelAttention()
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, ids):
+            x = self.embed(ids)
+            for layer in self.layers:
+                x = layer.attn(x)
+            return self.head(x.mean(dim=1))
+
+    torch.manual_seed(0)
+    model = Blocks().eval()
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explanation = HeterogenousAttentionAttribution(model, model=model).explain(ids, target=1)
+    assert [c.name for c in explanation.calls] == ["layers.0.attn"]
+    assert any("'layers.1.attn'" in str(w.message) for w in caught)
