@@ -393,6 +393,14 @@ class _Mixed(nn.Module):
         return self.head(self.pool(self.channels(self.tokens(self.embed(ids)))))
 
 
+def _explain_with_warnings(model, ids):
+    """The model's explanation of ``ids`` (target 1) and the warning messages it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explanation = HeterogenousAttentionAttribution(model, model=model).explain(ids, target=1)
+    return explanation, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
 def test_softmaxes_that_are_not_token_attention_are_reported_by_module():
     torch.manual_seed(0)
     model = _Mixed().eval()
@@ -702,10 +710,7 @@ def test_fused_attention_in_a_hand_written_module_is_reported_by_module():
     model = _Mixed().eval()
     model.channels = _FusedAttention()
     ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(5))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        explanation = HeterogenousAttentionAttribution(model, model=model).explain(ids, target=1)
-    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    explanation, messages = _explain_with_warnings(model, ids)
     import re
 
     assert any(re.search(r"'channels'.*scaled_dot_product_attention.*eager", m)
@@ -718,12 +723,9 @@ def test_channel_attention_with_as_many_channels_as_tokens_is_not_taken_for_toke
     torch.manual_seed(0)
     model = _Mixed().eval()
     ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(5))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        explanation = HeterogenousAttentionAttribution(model, model=model).explain(ids, target=1)
+    explanation, messages = _explain_with_warnings(model, ids)
     assert [c.name for c in explanation.calls] == ["tokens"]
-    assert any("'channels'" in str(w.message) and "not over tokens" in str(w.message)
-               for w in caught)
+    assert any("'channels'" in m and "not over tokens" in m for m in messages), messages
 
 
 def test_florence2_channel_attention_is_left_out_and_its_windows_are_laid_out():
@@ -820,8 +822,6 @@ def test_a_layer_pattern_of_the_inferred_graph_skips_the_calls_left_out():
     torch.manual_seed(0)
     model = Blocks().eval()
     ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(5))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        explanation = HeterogenousAttentionAttribution(model, model=model).explain(ids, target=1)
+    explanation, messages = _explain_with_warnings(model, ids)
     assert [c.name for c in explanation.calls] == ["layers.0.attn"]
-    assert any("'layers.1.attn'" in str(w.message) for w in caught)
+    assert any("'layers.1.attn'" in m for m in messages), messages
