@@ -428,12 +428,7 @@ class LayerGraph:
         for step in self.steps:
             group = _step_nodes(step)
             for node in group:
-                for role, stream in (("query", node.query), ("key", node.key)):
-                    if stream not in names:
-                        raise ValueError(
-                            f"{node.label}: unknown {role} stream '{stream}' "
-                            f"(graph streams: {list(names)})"
-                        )
+                _check_streams(node.label, (("query", node.query), ("key", node.key)), names)
                 used.update((node.query, node.key))
                 if node.identity in seen:
                     raise ValueError(f"Duplicate {node.label}: the graph lists it twice")
@@ -449,12 +444,8 @@ class LayerGraph:
                     "nodes in one group must share the text before '*'"
                 )
         for junction in self.junctions:
-            for role, stream in (("into", junction.into), ("from", junction.origin)):
-                if stream not in names:
-                    raise ValueError(
-                        f"{junction.label}: unknown {role} stream '{stream}' "
-                        f"(graph streams: {list(names)})"
-                    )
+            _check_streams(junction.label, (("into", junction.into), ("from", junction.origin)),
+                           names)
             used.update((junction.into, junction.origin))
         unused = [n for n in names if n not in used]
         if unused:
@@ -699,3 +690,11 @@ def _match_pattern(pattern: str, names: Sequence[str]) -> dict[tuple[str, ...], 
             "give the full module path"
         )
     return next(iter(prefixes.values()), {})
+
+
+def _check_streams(label: str, roles: Iterable[tuple[str, str]], names: Sequence[str]) -> None:
+    """Every stream a node or junction names is one of the graph's."""
+    for role, stream in roles:
+        if stream not in names:
+            raise ValueError(f"{label}: unknown {role} stream '{stream}' (graph streams: "
+                             f"{list(names)})")
