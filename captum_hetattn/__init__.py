@@ -8,7 +8,9 @@ information source kept separate.
 
 from captum_hetattn.attribution import (
     AttentionRollout,
+    CallMaps,
     Explanation,
+    FlowShare,
     GenericAttentionExplainability,
     HeterogenousAttentionAttribution,
     RawAttention,
@@ -27,8 +29,10 @@ __all__ = [
     "AttentionNode",
     "AttentionRollout",
     "AudioFrames",
+    "CallMaps",
     "Contrast",
     "Explanation",
+    "FlowShare",
     "GenericAttentionExplainability",
     "HeterogenousAttentionAttribution",
     "Junction",

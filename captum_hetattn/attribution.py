@@ -18,6 +18,7 @@ the inputs.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,12 +70,60 @@ from captum_hetattn.rules import (
     propagate_row,
     read_rows,
     readout_weights,
+    residual_shares,
     resolve_correction,
+    value_weighted,
 )
+from captum_hetattn.values import ValueTerms, ValueWatcher, check_weighting, value_terms
 
 Correction = str | Mapping[str, str]
 Readout = int | str | Tensor | Mapping[str, Any] | None
 STAGES = (None, "homogeneous")
+
+
+@dataclass
+class CallMaps:
+    r"""Per-head maps of one bound attention call, kept by ``explain(..., return_maps=True)``.
+
+    Attributes:
+        name: the module's qualified name.
+        call_index: which call of that module (0 for the first).
+        type: the call's node type, ``"A"``, ``"B"`` or ``"C"``.
+        query, key: the query and key streams (equal for self-attention).
+        attention: the raw map ``A`` ``(B, H, n_query, n_key)``, float32, detached.
+        gradient: ``∂objective/∂A`` (zeros where the map got no gradient).
+        corrected: ``f(G) ⊙ A`` with the call's correction (its head mean is ``Ā``).
+        query_states, key_states: the per-head query / key vectors ``(B, H, n, d_head)`` where
+            the backend sees them (modules that use the transformers attention interface),
+            else ``None``.
+    """
+
+    name: str
+    call_index: int
+    type: str
+    query: str
+    key: str
+    attention: Tensor
+    gradient: Tensor
+    corrected: Tensor
+    query_states: Tensor | None = None
+    key_states: Tensor | None = None
+
+
+@dataclass
+class FlowShare:
+    r"""Where the readout's relevance lies after one step of the layer graph.
+
+    Attributes:
+        label: ``"input"`` for the start, else the step's call names (or a junction's name).
+        kind: ``"start"``, the node type ``"A"`` / ``"B"`` / ``"C"``, or ``"junction"``.
+        shares: source → ``(B,)`` relevance of the readout row on that source's tokens after
+            the step (at the start, all of it is on the readout tokens themselves).
+    """
+
+    label: str
+    kind: str
+    shares: dict[str, Tensor]
 
 
 @dataclass
@@ -99,6 +148,11 @@ class Explanation:
         sources: source name → the stream whose columns hold it.
         stream_relevance: per stream, the relevance of its own token columns ``(B, n_stream)``.
         calls: every bound call in call order, with its concrete type A/B/C.
+        call_maps: with ``return_maps=True``, the per-head :class:`CallMaps` of every bound call
+            in call order (for the views in :mod:`captum_hetattn.views`).
+        flow: with ``return_maps=True`` (and no ``stage``), :class:`FlowShare` per step of the
+            layer graph, the start first: how the readout's relevance is shared between sources
+            as the steps run (the full propagation; its last entry sums ``relevance``).
     """
 
     relevance: dict[str, Tensor]
@@ -113,6 +167,8 @@ class Explanation:
     sources: dict[str, str] = field(default_factory=dict)
     stream_relevance: dict[str, Tensor] = field(default_factory=dict)
     calls: list[BoundNode] = field(default_factory=list)
+    call_maps: list[CallMaps] | None = None
+    flow: list[FlowShare] | None = None
 
 
 class _AttentionAttribution(Attribution):
@@ -120,6 +176,10 @@ class _AttentionAttribution(Attribution):
 
     default_correction: ClassVar[Correction] = "pos"
     accepts_gradient_corrections: ClassVar[bool] = True
+    #: whether ``weighting="value"`` is an option (the paper's rules only)
+    accepts_weighting: ClassVar[bool] = False
+    #: whether relevance flows step by step through the graph (``Explanation.flow``)
+    _has_flow: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -215,6 +275,7 @@ class _AttentionAttribution(Attribution):
         readout: Readout = None,
         objective: Objective | None = None,
         stage: str | None = None,
+        weighting: str | None = None,
     ) -> Tensor | tuple[Tensor, ...]:
         r"""Relevance of every input element, laid out like the inputs (Captum's contract).
 
@@ -235,6 +296,18 @@ class _AttentionAttribution(Attribution):
             stage: ``"homogeneous"`` stops after the TypeA calls (semantic inspection, paper
                 §5.2): the readout row for the readout stream, column sums (attention each token
                 receives) for the others. Use it with ``correction="abs"``.
+            weighting: ``None`` (default): the paper's rule, which adds a token's relevance
+                before and after attention with equal weight. ``"value"``
+                (:class:`HeterogenousAttentionAttribution` only): weigh what the map cannot
+                see — each key by the norm of its value vector after the output projection,
+                ``ν_hj = ‖v_hj W_O,h‖``, and each query's update by the share of its attention
+                output ``o_i`` against the hidden state ``x_i`` it reads,
+                ``a_i = ‖o_i‖ / (‖o_i‖ + ‖x_i‖)``::
+
+                    Ā^ν_ij = mean_h(f(G_h) ⊙ A_h)_ij ν_hj / mean_h Σ_k A_hik ν_hk
+                    R[q, s] ← 2 (1 − a) ⊙ R[q, s] + 2 a ⊙ (Ā^ν · R[k, s])
+
+                With equal value norms and ``‖o_i‖ = ‖x_i‖`` this is the default rule.
 
         Returns:
             Attributions shaped like ``inputs`` (tensor for a tensor, tuple for a tuple),
@@ -251,7 +324,7 @@ class _AttentionAttribution(Attribution):
         formatted = _format_tensor_into_tuples(inputs)
         explanation, recording = self._explain(
             formatted, target, additional_forward_args, correction, noise_link, readout,
-            objective, stage, return_maps=False, map_inputs=True,
+            objective, stage, return_maps=False, map_inputs=True, weighting=weighting,
         )
         if self.input_mappings is not None and len(self.input_mappings) != len(formatted):
             raise ValueError(
@@ -318,6 +391,7 @@ class _AttentionAttribution(Attribution):
         objective: Objective | None = None,
         stage: str | None = None,
         return_maps: bool = False,
+        weighting: str | None = None,
     ) -> Explanation:
         r"""Token relevance per source, for users who want tokens rather than input shapes.
 
@@ -328,7 +402,7 @@ class _AttentionAttribution(Attribution):
         """
         explanation, _ = self._explain(
             _format_tensor_into_tuples(inputs), target, additional_forward_args, correction,
-            noise_link, readout, objective, stage, return_maps,
+            noise_link, readout, objective, stage, return_maps, weighting=weighting,
         )
         return explanation
 
@@ -345,11 +419,18 @@ class _AttentionAttribution(Attribution):
         stage: str | None,
         return_maps: bool,
         map_inputs: bool = False,
+        weighting: str | None = None,
     ) -> tuple[Explanation, BoundRecording]:
         r"""record → bind → readout → propagate (``map_inputs``: trace which input element
         feeds which stream row, for :meth:`attribute`)."""
         correction = self.default_correction if correction is None else correction
         self._check_options(correction, noise_link)
+        check_weighting(weighting)
+        if weighting is not None and not self.accepts_weighting:
+            raise ValueError(
+                f"weighting={weighting!r} is an option of HeterogenousAttentionAttribution, not "
+                f"of {type(self).__name__}"
+            )
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self._check_call(inputs, target, objective, readout)
@@ -358,14 +439,22 @@ class _AttentionAttribution(Attribution):
         traced = tuple(
             x.detach().requires_grad_(True) if x.is_floating_point() else x for x in inputs
         )
-        state = _Capture(correction)
+        state = _Capture(correction, keep_heads=return_maps)
+        watcher = ValueWatcher() if weighting == "value" else None
         with torch.enable_grad(), AttentionRecorder(
             self.model, reduce=state.reduce, record_io=True
-        ) as recorder:
+        ) as recorder, watcher or contextlib.nullcontext():
             output = self.forward_func(*traced, *extra)
             scores = evaluate_objective(score_fn, output)
             recording = self._bind(recorder, [*traced, *extra], map_inputs, scores.shape[0])
             state.expect(recording)
+            if watcher is not None:
+                state.values = {
+                    (c.record.name, c.record.call_index): value_terms(
+                        c.record, self.model.get_submodule(c.record.name), watcher)
+                    for c in recording.calls
+                }
+                watcher.close()
             terminal = _terminal_outputs(recording, recorder.records)
             grads = recorder.compute_gradients(
                 scores.sum(), also=[out for _, out, _ in terminal],
@@ -377,15 +466,20 @@ class _AttentionAttribution(Attribution):
         weights = self._readout(readout, recording, terminal, grads, padding, scores.shape[0])
         self._warn_unconnected(recording, weights)
         self._warn_no_gradient(recording, weights, state.no_gradient)
-        flows = _flows(recording, stage)
+        flows = _flows(recording, stage, state.residuals)
         if stage == "homogeneous":
             stream_relevance = _homogeneous(recording.sizes, flows, weights)
         else:
             absent = _absent_tokens(recording, padding, state.causal, weights)
             stream_relevance = self._propagate(recording, flows, weights, noise_link, absent)
-        return self._explanation(
-            recording, stream_relevance, weights, padding, return_maps
-        ), recording
+        explanation = self._explanation(recording, stream_relevance, weights, padding,
+                                        return_maps)
+        if return_maps:
+            explanation.call_maps = _call_maps(recording, state.heads)
+            if stage is None and self._has_flow:
+                method = self._method(noise_link)
+                explanation.flow = _flow_shares(recording, flows, weights, method, absent)
+        return explanation, recording
 
     def _bind(
         self, recorder: AttentionRecorder, inputs: list[Any], map_inputs: bool, batch: int
@@ -596,12 +690,19 @@ class _Capture:
     """Per-recording state of the ``reduce`` callback: corrections of the bound calls, which
     keys anyone attends to (padding), which self-attention maps are causal."""
 
-    def __init__(self, correction: Correction) -> None:
+    def __init__(self, correction: Correction, keep_heads: bool = False) -> None:
         self.correction = correction
+        self.keep_heads = keep_heads
+        #: per call, ``(A, G, f(G) ⊙ A, q, k)`` per head, with ``keep_heads``
+        self.heads: dict[tuple[str, int], tuple[Tensor, ...]] = {}
         self.corrections: dict[tuple[str, int], str] = {}
         self.key_mass: dict[tuple[str, int], Tensor] = {}
         self.causal: set[tuple[str, int]] = set()
         self.no_gradient: set[tuple[str, int]] = set()
+        #: with ``weighting="value"``: per call, what the map cannot see, and the weights of
+        #: the query tokens' own relevance that follow from it
+        self.values: dict[tuple[str, int], ValueTerms] = {}
+        self.residuals: dict[tuple[str, int], Tensor] = {}
 
     def expect(self, recording: BoundRecording) -> None:
         for call in recording.calls:
@@ -622,11 +723,97 @@ class _Capture:
         if record.layout is not None:  # correct each raw entry, then fold (exact with overlaps)
             parts = [corrected(p.attention, p.gradient, self.corrections[key])
                      for p in record.parts]
-            return record.layout.fold(parts).mean(dim=1)
+            folded = record.layout.fold(parts)
+            if self.keep_heads:
+                self._keep(key, record, record.layout.fold([p.attention for p in record.parts]),
+                           record.layout.fold([p.gradient for p in record.parts]), folded)
+            return folded.mean(dim=1)
+        if self.keep_heads:
+            self._keep(key, record, record.attention, record.gradient,
+                       corrected(record.attention, record.gradient, self.corrections[key]))
+        terms = self.values.get(key)
+        if terms is not None:
+            keep, mix = residual_shares(terms.output_norm, terms.input_norm)
+            self.residuals[key] = keep
+            weighted = value_weighted(record.attention, record.gradient, self.corrections[key],
+                                      terms.norms)
+            return mix[:, :, None].to(weighted.dtype) * weighted
         return aggregate_heads(record.attention, record.gradient, self.corrections[key])
 
+    def _keep(self, key: tuple[str, int], record: AttentionRecord, attention: Tensor,
+              gradient: Tensor | None, fixed: Tensor) -> None:
+        """Keep one call's per-head maps (and q/k where they match the dense map's heads)."""
+        def plain(t: Tensor) -> Tensor:
+            return t.detach().float().cpu()
 
-def _flows(recording: BoundRecording, stage: str | None) -> list[FlowStep]:
+        states: tuple[Tensor | None, Tensor | None] = (None, None)
+        if record.states is not None:
+            query, key_states = record.states
+            batch, heads, n_query, n_key = attention.shape
+            if (tuple(query.shape[:3]) == (batch, heads, n_query)
+                    and tuple(key_states.shape[:3]) == (batch, heads, n_key)):
+                states = (plain(query), plain(key_states))
+        gradient = torch.zeros_like(attention) if gradient is None else gradient
+        self.heads[key] = (plain(attention), plain(gradient), plain(fixed), *states)
+
+
+def _call_maps(
+    recording: BoundRecording, heads: Mapping[tuple[str, int], tuple[Tensor, ...]]
+) -> list[CallMaps]:
+    out = []
+    for call in recording.calls:
+        kept = heads.get((call.record.name, call.record.call_index))
+        if kept is None:
+            continue
+        node = call.node
+        out.append(CallMaps(call.record.name, call.record.call_index, node.type, node.query,
+                            node.key, *kept))
+    return out
+
+
+def _flow_shares(
+    recording: BoundRecording,
+    flows: list[FlowStep],
+    readout: Mapping[str, Tensor],
+    method: Propagator,
+    absent: Mapping[str, Tensor],
+) -> list[FlowShare]:
+    """The readout row per source after every step (one full propagation, read as it runs)."""
+    kinds = {c.node.name: c.node.type for c in recording.calls}
+    shares: list[FlowShare] = []
+
+    def read(state: Mapping[tuple[str, str], Tensor]) -> dict[str, Tensor]:
+        rows: dict[str, Tensor] = {}
+        for name, source in recording.sources.items():
+            total = None
+            for stream, columns in source.parts:
+                for x, w in readout.items():
+                    block = state.get((x, stream))
+                    if block is None:
+                        continue
+                    term = (w.to(block.dtype).unsqueeze(1) @ block[:, :, columns]).sum(dim=(1, 2))
+                    total = term if total is None else total + term
+            rows[name] = total if total is not None else next(iter(readout.values())).new_zeros(
+                next(iter(readout.values())).shape[0])
+        return rows
+
+    def on_step(index: int, step: FlowStep | None, state: Mapping[tuple[str, str], Tensor]
+                ) -> None:
+        if step is None:
+            shares.append(FlowShare("input", "start", read(state)))
+        elif isinstance(step, TokenMap):
+            shares.append(FlowShare(step.name, "junction", read(state)))
+        else:
+            group = [step] if isinstance(step, AttentionFlow) else list(step)
+            kind = "+".join(sorted({kinds.get(f.label, "A") for f in group}))
+            shares.append(FlowShare(", ".join(f.name for f in group), kind, read(state)))
+
+    propagate(recording.sizes, flows, method=method, padding=absent, on_step=on_step)
+    return shares
+
+
+def _flows(recording: BoundRecording, stage: str | None,
+           residuals: Mapping[tuple[str, int], Tensor]) -> list[FlowStep]:
     flows: list[FlowStep] = []
     for step in recording.steps:
         if isinstance(step, TokenMap):
@@ -634,7 +821,8 @@ def _flows(recording: BoundRecording, stage: str | None) -> list[FlowStep]:
                 flows.append(step)
             continue
         group = [
-            AttentionFlow(c.node.query, c.node.key, c.record.reduced, c.node.name)
+            AttentionFlow(c.node.query, c.node.key, c.record.reduced, c.node.name,
+                          residuals.get((c.record.name, c.record.call_index)))
             for c in step
             if stage is None or c.node.type == "A"
         ]
@@ -927,6 +1115,9 @@ class HeterogenousAttentionAttribution(_AttentionAttribution):
     ``correction``); self-attention (TypeA/TypeC) updates ``R[x, s] += Ā·R[x, s]``, cross-attention
     (TypeB) ``R[q, s] += Ā·R[k, s]`` for every source ``s``, so each modality's share stays
     separate; the readout token's row of ``R[readout, s]`` is the relevance of stream ``s``.
+    ``weighting="value"`` in :meth:`attribute` / :meth:`explain` also weighs each key by the
+    norm of its projected value vector and each token's update by its attention output's share
+    against its residual (see :meth:`attribute`).
 
     Args:
         forward_func: the model or a function returning scores (see the base class).
@@ -942,7 +1133,11 @@ class HeterogenousAttentionAttribution(_AttentionAttribution):
         ...     model=model, graph="lxmert")
         >>> text, regions, boxes = explainer.attribute(
         ...     (input_ids, visual_feats, visual_pos), target=answer)
+        >>> weighted = explainer.explain(
+        ...     (input_ids, visual_feats, visual_pos), target=answer, weighting="value")
     """
+
+    accepts_weighting: ClassVar[bool] = True
 
 
 class GenericAttentionExplainability(_AttentionAttribution):
@@ -1022,6 +1217,7 @@ class RawAttention(_AttentionAttribution):
 
     default_correction: ClassVar[Correction] = "none"
     accepts_gradient_corrections: ClassVar[bool] = False
+    _has_flow: ClassVar[bool] = False  # one map read at the readout, nothing flows
 
     def _propagate(self, recording, flows, readout, noise_link, absent):
         # the last call from each readout stream to each key stream, read at the readout

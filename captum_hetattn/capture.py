@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import re
 import sys
@@ -289,6 +290,8 @@ def _class_code(cls: type) -> Iterator[tuple[type, types.CodeType]]:
             continue
         for attr in vars(klass).values():
             func = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+            if callable(func):  # through decorators (transformers' @deprecate_kwarg on forward)
+                func = inspect.unwrap(func)
             code = getattr(func, "__code__", None)
             if isinstance(code, types.CodeType):
                 for sub in _code_objects(code):

@@ -48,12 +48,16 @@ class AttentionFlow:
         key: stream the keys/values come from (== ``query`` for self-attention).
         attention: the aggregated map ``Ā`` of shape ``(B, n_query, n_key)``.
         label: how error messages name the call (e.g. the module name).
+        residual: ``(B, n_query)`` weights of the query tokens' own relevance in the update
+            (``R[q, s] ← residual ⊙ R[q, s] + Ā · R[k, s]``); ``None`` is the paper's 1 (see
+            :func:`residual_shares`).
     """
 
     query: str
     key: str
     attention: Tensor
     label: str = ""
+    residual: Tensor | None = None
 
     @property
     def is_cross(self) -> bool:
@@ -183,6 +187,48 @@ def corrected(
     else:
         weight = gradient
     return weight * attention
+
+
+def value_weighted(
+    attention: Tensor, gradient: Tensor | None, correction: str, value_norms: Tensor
+) -> Tensor:
+    r"""Head aggregation that weighs each key by the size of what it passes on.
+
+    ``Ā^ν_ij = mean_h(f(G_h) ⊙ A_h)_ij · ν_hj / c_i`` with ``c_i = mean_h Σ_k A_hik ν_hk``: the
+    keys of a row are re-weighted by their value norms ``ν_hj = ‖v_hj W_O,h‖`` and the row keeps
+    the mass it had (``c_i`` is the attention-weighted mean norm). With equal norms this is
+    :func:`aggregate_heads`.
+
+    Args:
+        attention: ``A`` ``(B, H, n_q, n_k)``.
+        gradient: ``G``, same shape (``None`` = zeros).
+        correction: ``"pos"``, ``"full"``, ``"abs"`` or ``"none"``.
+        value_norms: ``ν`` ``(B, H, n_k)``.
+    """
+    dtype = relevance_dtype(attention.dtype)
+    attention = attention.to(dtype)
+    norms = value_norms.to(dtype)[:, :, None, :]
+    fixed = corrected(attention, None if gradient is None else gradient.to(dtype), correction)
+    scale = (attention * norms).sum(dim=-1).mean(dim=1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (fixed * norms).mean(dim=1) / scale[..., None]
+
+
+def residual_shares(output_norm: Tensor, input_norm: Tensor) -> tuple[Tensor, Tensor]:
+    r"""How a token's update splits between its own state and the attention output.
+
+    With ``a_i = ‖o_i‖ / (‖o_i‖ + ‖x_i‖)`` (attention output ``o``, the hidden state ``x`` the
+    queries read), returns ``(keep, mix) = (2 (1 − a_i), 2 a_i)``: the weights of ``R[q, s]`` and
+    of ``Ā · R[k, s]`` in the update. Both are 1 where ``‖o_i‖ = ‖x_i‖`` — the paper's rule,
+    which adds the relevance before and after attention with equal weight.
+
+    Args:
+        output_norm, input_norm: ``(B, n_q)``.
+    """
+    total = output_norm + input_norm
+    share = torch.where(total > 0, output_norm / torch.where(total > 0, total, 1),
+                        torch.full_like(total, 0.5))
+    return 2 * (1 - share), 2 * share
 
 
 def self_rule(relevance: Tensor, attention: Tensor) -> Tensor:
@@ -352,6 +398,11 @@ def _check_flows(sizes: Mapping[str, int], steps: Sequence[FlowStep]) -> tuple[i
                     f"(batch, {expected[0]}, {expected[1]}) for streams "
                     f"'{flow.query}' ({expected[0]} tokens) <- '{flow.key}' ({expected[1]} tokens)"
                 )
+            if flow.residual is not None and tuple(flow.residual.shape) != (shape[0], shape[1]):
+                raise ValueError(
+                    f"Attention call '{flow.name}' has residual weights of shape "
+                    f"{tuple(flow.residual.shape)}, expected ({shape[0]}, {shape[1]})"
+                )
             if reference is not None and shape[0] != reference.shape[0]:
                 raise ValueError(
                     f"Attention call '{flow.name}' has batch size {shape[0]}, others have "
@@ -450,6 +501,7 @@ def propagate(
     rollout: bool = False,
     padding: Mapping[str, Tensor] | None = None,
     method: Propagator | None = None,
+    on_step: Callable[[int, FlowStep | None, Relevance], None] | None = None,
 ) -> Relevance:
     r"""Full (all-rows) propagation of the relevance state over the steps.
 
@@ -473,6 +525,9 @@ def propagate(
             :func:`gae_cross_increment`).
         method: an :class:`Ours` or :class:`Gae` propagator, instead of the keyword switches
             above (which build one).
+        on_step: called as ``on_step(-1, None, state)`` before the first step and
+            ``on_step(i, step, state)`` after step ``i``, with the (sparse: absent blocks are
+            zero) state, to watch the relevance as it flows; it must not modify the state.
 
     Returns:
         Dict ``(x, s) -> (B, n_x, n_s)`` with every block, zeros included.
@@ -495,6 +550,8 @@ def propagate(
     batch_size, reference = _check_flows(sizes, steps)
     dtype = relevance_dtype(reference.dtype)
     state = initial_relevance(sizes, batch_size, dtype=dtype, device=reference.device)
+    if on_step is not None:
+        on_step(-1, None, state)
 
     def read(x: str, s: str) -> Tensor:
         block = state.get((x, s))
@@ -502,7 +559,7 @@ def propagate(
             return reference.new_zeros(batch_size, sizes[x], sizes[s], dtype=dtype)
         return block
 
-    for step in steps:
+    for index, step in enumerate(steps):
         if isinstance(step, TokenMap):
             rows = step.rows[:, :, None]
             weights = step.weights.to(dtype)
@@ -517,6 +574,8 @@ def propagate(
                 state[(step.into, s)] = torch.where(
                     rows, kept + moved if step.additive else moved, kept
                 )
+            if on_step is not None:
+                on_step(index, step, state)
             continue
         updates: dict[Block, Tensor] = {}
         for flow in _as_group(step):
@@ -533,13 +592,34 @@ def propagate(
                 else:
                     increment = attention @ state[(k, s)]
                 _accumulate(updates, (q, s), increment)
+        for q, keep in _residuals(step, dtype).items():
+            for block in [b for b in state if b[0] == q]:
+                state[block] = keep[:, :, None] * state[block]
         for block, delta in updates.items():
             state[block] = read(*block) + delta
         if method.rollout:
             for q, calls in _calls_per_query(step).items():
                 for block in [b for b in state if b[0] == q]:
                     state[block] = state[block] / (1 + calls)
+        if on_step is not None:
+            on_step(index, step, state)
     return {(x, s): read(x, s).contiguous() for x in sizes for s in sizes}
+
+
+def _residuals(step: FlowStep, dtype: torch.dtype) -> dict[str, Tensor]:
+    """Per query stream, the weight of its own relevance in this step (the mean over its calls
+    that give one; the others count as 1)."""
+    weights: dict[str, list[Tensor | None]] = {}
+    for flow in _as_group(step):
+        weights.setdefault(flow.query, []).append(flow.residual)
+    out: dict[str, Tensor] = {}
+    for q, given in weights.items():
+        if all(w is None for w in given):
+            continue
+        reference = next(w for w in given if w is not None).to(dtype)
+        out[q] = sum((torch.ones_like(reference) if w is None else w.to(dtype)) for w in given
+                     ) / len(given)
+    return out
 
 
 def _calls_per_query(step: FlowStep) -> dict[str, int]:
@@ -658,6 +738,9 @@ def propagate_row(
                 continue
             delta = (adjoint[flow.query].unsqueeze(1) @ flow.attention.to(dtype)).squeeze(1)
             _accumulate(updates, flow.key, delta)
+        for q, keep in _residuals(step, dtype).items():
+            if q in adjoint:
+                adjoint[q] = adjoint[q] * keep
         for stream, delta in updates.items():
             _accumulate(adjoint, stream, delta)
     return {

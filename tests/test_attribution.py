@@ -362,3 +362,38 @@ def test_two_stream_padding_equals_the_unpadded_run(method, lxmert):
     close(padded.relevance["text"][1:, :4], alone.relevance["text"])
     close(padded.relevance["image"][1:], alone.relevance["image"])
     assert alone.relevance["image"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", [HeterogenousAttentionAttribution, AttentionRollout])
+def test_return_maps_keeps_heads_and_the_flow_of_relevance(method, bert, lxmert):
+    """Per-head maps average to the kept Ā; q/k come with interface calls; the flow starts
+    on the readout token and ends at the relevance the explanation returns."""
+    cases = ((bert[1], bert[0], (bert[2],), (bert[3],)), (lxmert[1], lxmert[0], lxmert[2], None))
+    for forward, model, inputs, extra in cases:
+        explainer = method(forward, model=model)
+        correction = "full" if method is HeterogenousAttentionAttribution else "none"
+        explanation = explainer.explain(inputs, target=0, additional_forward_args=extra,
+                                        correction=correction, return_maps=True)
+        assert [(c.name, c.call_index) for c in explanation.call_maps] == list(explanation.maps)
+        for call in explanation.call_maps:
+            close(call.corrected.mean(dim=1), explanation.maps[(call.name, call.call_index)])
+            if correction == "full":
+                close(call.corrected, call.gradient * call.attention)
+            if call.query_states is not None:
+                assert call.query_states.shape[:3] == call.attention.shape[:3]
+        first, last = explanation.flow[0], explanation.flow[-1]
+        assert first.kind == "start"
+        readout_source = next(s for s, stream in explanation.sources.items()
+                              if stream == explanation.readout_stream)
+        close(first.shares[readout_source], torch.ones(inputs[0].shape[0]))
+        for source, relevance in explanation.relevance.items():
+            close(last.shares[source], relevance.sum(dim=1), atol=1e-4)
+        assert {f.kind for f in explanation.flow[1:]} <= {"A", "B", "C", "junction", "B+C",
+                                                          "A+B", "A+C"}
+    # a BERT (attention interface) has its q/k; LXMERT's hand-written attention has not
+    explainer = method(bert[1], model=bert[0])
+    bert_maps = explainer.explain(bert[2], target=0, additional_forward_args=(bert[3],),
+                                  return_maps=True).call_maps
+    assert all(c.query_states is not None for c in bert_maps)
+    assert explainer.explain(bert[2], target=0, additional_forward_args=(bert[3],)
+                             ).call_maps is None

@@ -97,6 +97,9 @@ def standard_methods(include_integrated_gradients: bool = True) -> dict[str, Met
         "ours (noised)": attention_method(
             HeterogenousAttentionAttribution, correction="pos", noise_link=True
         ),
+        "ours (value)": attention_method(
+            HeterogenousAttentionAttribution, correction="pos", weighting="value"
+        ),
         "GAE": attention_method(GenericAttentionExplainability),
         "rollout": attention_method(AttentionRollout),
         "raw attention": attention_method(RawAttention),
