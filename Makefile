@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint demo clean
+.PHONY: install browser test lint demo clean
 
 $(VENV)/.installed: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ install: $(VENV)/.installed
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install
+# headless Chromium for the browser tests of the views (tests/_browser.py); Debian packages,
+# installed only when missing (CI runs as root; elsewhere through sudo)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ($(SUDO) apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+test: install browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
