@@ -94,7 +94,7 @@ def test_two_views_get_distinct_ids(vqa):
     view = head_view(explanation, tokens)
     page = view.fragment() + view.fragment() + model_view(explanation).fragment()
     ids = re.findall(r'\bid="([^"]+)"', page)
-    assert len(ids) == 6 and len(set(ids)) == 6
+    assert len(ids) == 3 and len(set(ids)) == 3
 
 
 def test_numbers_are_short():
@@ -156,6 +156,27 @@ def test_neuron_view_data(vit):
     softmax = (k @ q * data["scale"]).softmax(-1)  # plain scaled dot-product attention here
     attention = torch.tensor(data["attention"][3][5])
     assert torch.allclose(softmax, attention, atol=2e-3)
+
+
+def test_cross_attention_between_streams_of_different_lengths():
+    explanation, examples, _ = _explain("reverse_seq2seq")
+    call = "model.decoder.layers.1.encoder_attn"
+    data = neuron_view(explanation, call, 2, 3, tokens=examples[0].tokens).data
+    assert (data["query"], data["key"], data["type"]) == ("target", "source", "B")
+    assert data["query_tokens"] == examples[0].tokens["target"] and len(data["key_tokens"]) == 10
+    q, k = torch.tensor(data["q"][2][3]), torch.tensor(data["k"][2])
+    assert torch.allclose((k @ q * data["scale"]).softmax(-1),
+                          torch.tensor(data["attention"][2][3]), atol=2e-3)
+    head = head_view(explanation, examples[0].tokens, layer=call).data
+    shown = head["calls"][head["initial"]["call"]]
+    assert len(shown["maps"]["attention"][0]) == 9 and len(shown["maps"]["attention"][0][0]) == 10
+
+
+def test_patch_grids_from_input_mappings(vit):
+    explanation, tokens, zoo = vit
+    assert head_view(explanation, tokens, grids=zoo.input_mappings).data["grids"] == {
+        "image": [1, 6, 6]}
+    assert head_view(explanation, grids={"image": (6, 6)}).data["grids"] == {"image": [1, 6, 6]}
 
 
 def test_bad_input_raises_clear_errors(vqa, vit):
@@ -367,3 +388,29 @@ def test_two_views_in_one_page(browser, vqa, tmp_path):
                            "s.getAttribute('data-head'))")
     assert heads == ["all", "0"]
     assert browser.console_errors() == [] and time.perf_counter() - start < 20
+
+
+def test_inline_display_renders_like_jupyterlab(browser, vqa, tmp_path):
+    """JupyterLab sets an output's HTML with innerHTML, then replaces each <script> with a new
+    one to run it (the notebook's output area does the same with jQuery): the view must draw."""
+    explanation, tokens = vqa
+    fragments = [head_view(explanation, tokens)._repr_html_(), relevance_flow(explanation)
+                 ._repr_html_()]
+    loader = (
+        "<script>var outputs = " + json.dumps(fragments).replace("<", "\\u003c") + ";"
+        "outputs.forEach(function (html) {"
+        "  var host = document.createElement('div'); document.body.appendChild(host);"
+        "  host.innerHTML = html;"
+        "  host.querySelectorAll('script').forEach(function (old) {"
+        "    var s = document.createElement('script');"
+        "    Array.from(old.attributes).forEach(a => s.setAttribute(a.name, a.value));"
+        "    s.textContent = old.textContent;"
+        "    old.parentNode.replaceChild(s, old); });"
+        "});</script>")
+    path = tmp_path / "lab.html"
+    path.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>" + loader
+                    + "</body></html>", encoding="utf-8")
+    browser.open(path)
+    assert browser.script("return document.querySelectorAll('text.hv-token').length") == 20
+    assert browser.script("return document.querySelectorAll('rect.rf-bar').length") == 20
+    assert browser.console_errors() == []

@@ -2,8 +2,9 @@ r"""What every view shares: the :class:`View` object (inline Jupyter display, st
 file), data checks on an :class:`~captum_hetattn.attribution.Explanation`, token labels, patch
 grids, and compact JSON for the page.
 
-A view is rendered as one ``<div>`` with a unique id, the view's data as a JSON ``<script>`` block
-and one inline script (the package files in ``static/``) that draws into that ``<div>``. Nothing is
+A view is rendered as one ``<div>`` with a unique id and one inline script (the package files in
+``static/`` and the view's data as a JSON literal) that draws into that ``<div>``; the script needs
+no other element, so it also runs when a notebook front end re-creates it (JupyterLab). Nothing is
 loaded from the network and nothing is left in the page's global scope, so views display in an
 offline Jupyter / JupyterLab and several views can share one page.
 """
@@ -75,7 +76,8 @@ class View:
     def _data_json(self) -> str:
         if self._json is None:
             text = json.dumps(self.data, separators=(",", ":"), allow_nan=False)
-            # safe inside <script>: no "</script>", no "<!--"
+            # a JS literal safe inside <script>: no "</script>", no "<!--" (<, >, & occur in
+            # strings only; U+2028/9 are escaped by ensure_ascii)
             self._json = text.replace("<", "\\u003c").replace(">", "\\u003e").replace(
                 "&", "\\u0026")
         return self._json
@@ -92,12 +94,10 @@ class View:
             f'<div class="hetattn-view hetattn-{self.kind}" id="{element}" '
             f'data-hetattn-view="{self.kind}"></div>\n'
             f"<style>{_static('views.css')}</style>\n"
-            f'<script type="application/json" id="{element}-data">{self._data_json()}</script>\n'
             "<script>(function () {\n'use strict';\n"
             f"{code}\n"
             f"var root = document.getElementById({json.dumps(element)});\n"
-            f"var data = JSON.parse(document.getElementById({json.dumps(element + '-data')})"
-            ".textContent);\n"
+            f"var data = {self._data_json()};\n"
             f"HV.{self.kind}(root, data);\n"
             "})();</script>"
         )
