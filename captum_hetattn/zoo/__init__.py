@@ -42,6 +42,7 @@ REGISTRY: dict[str, str] = {
     "shapes_vit": "captum_hetattn.zoo.shapes_vit",
     "reverse_seq2seq": "captum_hetattn.zoo.reverse_seq2seq",
     "minilm": "captum_hetattn.zoo.minilm",
+    "shapes_detr": "captum_hetattn.zoo.shapes_detr",
 }
 
 
