@@ -272,6 +272,9 @@ def test_head_view_in_browser(browser, vqa, tmp_path):
     assert browser.script(count + ".length", "key") == 16
     assert browser.script(count + "[5].firstChild.nodeValue", "key") == tokens["image"][5]
     assert browser.script("return document.querySelectorAll('.hv-cell').length") == 16
+    assert browser.script("return Array.from(document.querySelectorAll('text.hv-readout'))"
+                          ".map(t => t.getAttribute('data-side') + t.getAttribute('data-index'))"
+                          ) == ["query0"]  # [CLS], the readout token, is underlined
     every = _lines(browser)
     assert len(every) > 20 and {line[3] for line in every} == {"0", "1", "2", "3"}
     _click(browser, ".hv-head[data-head='2']")  # one head

@@ -376,3 +376,11 @@ def readout_note(explanation: Explanation, example: int) -> str:
     if token is None:
         return ""
     return f"readout: token {int(token[example])} of {explanation.readout_stream!r}"
+
+
+def readout_of(explanation: Explanation, example: int) -> dict[str, Any] | None:
+    """``{"stream", "token"}`` of the readout token (underlined in the views)."""
+    token = getattr(explanation, "readout_token", None)
+    if token is None or getattr(explanation, "readout_stream", None) is None:
+        return None
+    return {"stream": explanation.readout_stream, "token": int(token[example])}

@@ -18,6 +18,7 @@ from captum_hetattn.views._base import (
     check_example,
     patch_grids,
     readout_note,
+    readout_of,
     require_maps,
     resolve_call,
     rounded,
@@ -77,6 +78,7 @@ def head_data(
         "maps": list(chosen),
         "titles": {m: MAP_TITLES[m] for m in chosen},
         "note": readout_note(explanation, example),
+        "readout": readout_of(explanation, example),
         "example": example,
     }
 

@@ -100,7 +100,7 @@ HV.head = function (root, data, options) {
       var scale = 0;
       values.forEach(function (v) { scale = Math.max(scale, Math.abs(v)); });
       var selected = state.pick && state.pick.side === side ? state.pick.index : null;
-      var caption = side + "s (" + stream + ")" +
+      var caption = (side === "key" ? "keys" : "queries") + " (" + stream + ")" +
         (side === "key" ? ": weight received" : ": weight given") +
         (state.pick && state.pick.side !== side ? " (selected token)" : "");
       HV.patchGrid(grids, grid, values, scale || 1, signed, data.tokens[stream], selected,
@@ -166,14 +166,17 @@ HV.head = function (root, data, options) {
     svg.setAttribute("data-lines", lines.length);
 
     function column(tokens, side, x, anchor) {
+      var stream = side === "query" ? c.query : c.key;
       var g = HV.svg("g", {"class": "hv-column", "data-side": side}, svg);
       tokens.forEach(function (label, i) {
         var picked = state.pick && state.pick.side === side && state.pick.index === i;
         var dim = state.pick && state.pick.side === side && !picked;
+        var readout = data.readout && data.readout.stream === stream && data.readout.token === i;
         var text = HV.svg("text", {"class": "hv-token" + (picked ? " hv-selected" : "") +
-          (dim ? " hv-dim" : ""), x: x, y: y(i), "text-anchor": anchor, "data-side": side,
-          "data-index": i}, g, HV.clip(label, 28));
-        HV.title(text, label + " (" + side + " #" + i + ")");
+          (dim ? " hv-dim" : "") + (readout ? " hv-readout" : ""), x: x, y: y(i),
+          "text-anchor": anchor, "data-side": side, "data-index": i}, g, HV.clip(label, 28));
+        HV.title(text, label + " (" + side + " #" + i + (readout ? ", the readout token" : "") +
+          ")");
         text.addEventListener("click", function () { pickToken(side, i); });
       });
     }
