@@ -8,6 +8,7 @@ from captum_hetattn.evaluation.methods import (
     captum_method,
     standard_methods,
 )
+from captum_hetattn.evaluation.odam import ODAM
 from captum_hetattn.evaluation.runner import (
     EvaluationResult,
     MethodScores,
@@ -33,6 +34,7 @@ __all__ = [
     "EvaluationResult",
     "Method",
     "MethodScores",
+    "ODAM",
     "StreamScores",
     "attention_method",
     "captum_method",
