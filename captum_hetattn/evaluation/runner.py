@@ -72,6 +72,19 @@ class EvaluationResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping) -> EvaluationResult:
+        """The result that :meth:`to_dict` wrote (e.g. read back from JSON)."""
+        methods = [
+            MethodScores(
+                entry["method"], float(entry["seconds_per_example"]),
+                {stream: StreamScores(**scores) for stream, scores in entry["streams"].items()},
+            )
+            for entry in data["methods"]
+        ]
+        return cls(data["model"], int(data["n_examples"]), int(data["seed"]),
+                   float(data["model_score"]), methods)
+
     def table(self) -> str:
         """A plain-text table, one row per method and stream."""
         header = (
@@ -141,18 +154,10 @@ def perturbation_curve(
     AUC is better); negative test: least relevant first (higher AUC is better). Protected and
     padding tokens are never removed; the fraction counts the removable tokens.
     """
-    removable = zoo.token_mask(batch, stream)
-    score = relevance.float().masked_fill(~removable, float("nan"))
-    order_key = -score if positive else score
-    order_key = order_key.nan_to_num(float("inf"))  # non-removable tokens sort last
-    ranks = order_key.argsort(dim=1).argsort(dim=1)
-    counts = removable.sum(dim=1)
-    curve = []
-    for fraction in fractions:
-        remove = ranks < torch.round(counts.float() * fraction).long()[:, None]
-        perturbed = zoo.remove(batch, stream, keep=~(remove & removable))
-        curve.append(float(zoo.score(perturbed).mean()))
-    return curve
+    matrix = _perturbation_scores(
+        zoo, batch, relevance, stream, positive=positive, fractions=fractions
+    )
+    return [float(row.mean()) for row in matrix]
 
 
 def _check_counts(**counts: int) -> None:
@@ -190,6 +195,276 @@ def _check_relevance(
             )
 
 
+@dataclass
+class StreamPart:
+    r"""Per-example scores of one method on one stream, for a slice of ``B`` examples.
+
+    Everything :class:`StreamScores` holds is a mean over examples (the pointing game, mass,
+    evidence AUC and IoUs over the examples with evidence in the stream; each point of a
+    perturbation curve over all examples; the curve's AUC is taken of the mean curve), so slices
+    computed apart — in other processes, or in an earlier run — aggregate to the same table.
+    ``nan`` where an example has no evidence; empty curves where not measured.
+    """
+
+    has_evidence: Tensor  # (B,) bool
+    pointing_game: Tensor  # (B,) float32
+    pointing_chance: Tensor  # (B,) float32
+    relevance_mass: Tensor  # (B,) float32
+    evidence_auc: Tensor  # (B,) float32, nan where undefined
+    segmentation_iou: Tensor  # (B,) float64
+    segmentation_iou_03: Tensor  # (B,) float64
+    fractions: list[float] = field(default_factory=list)
+    positive_scores: Tensor | None = None  # (F, B) score of each example at each fraction
+    negative_scores: Tensor | None = None
+
+
+@dataclass
+class MethodPart:
+    """Per-example scores of one method on a slice, and its attribution seconds on the slice."""
+
+    seconds: float
+    streams: dict[str, StreamPart]
+
+
+@dataclass
+class ExampleScores:
+    r"""Everything :func:`aggregate` needs of a slice of examples ``[start, start + size)``:
+    per-example scores of each method, the model's own per-example score, and seconds.
+
+    ``to_dict`` / ``from_dict`` round-trip through JSON exactly (float32 and float64 values
+    survive as JSON numbers).
+    """
+
+    start: int
+    model_score: Tensor  # (B,) float32: ZooModel.score per example
+    methods: dict[str, MethodPart]
+
+    def __len__(self) -> int:
+        return int(self.model_score.shape[0])
+
+    def to_dict(self) -> dict:
+        def tensor(value: Tensor | None) -> dict | None:
+            if value is None:
+                return None
+            return {"dtype": str(value.dtype).removeprefix("torch."),
+                    "shape": list(value.shape), "values": value.flatten().tolist()}
+
+        return {
+            "start": self.start,
+            "model_score": tensor(self.model_score),
+            "methods": {
+                name: {
+                    "seconds": part.seconds,
+                    "streams": {
+                        stream: {
+                            key: (value if key == "fractions" else tensor(value))
+                            for key, value in vars(sp).items()
+                        }
+                        for stream, sp in part.streams.items()
+                    },
+                }
+                for name, part in self.methods.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ExampleScores:
+        def tensor(value: Mapping | None) -> Tensor | None:
+            if value is None:
+                return None
+            dtype = getattr(torch, value["dtype"])
+            return torch.tensor(value["values"], dtype=dtype).reshape(value["shape"])
+
+        methods = {}
+        for name, part in data["methods"].items():
+            streams = {
+                stream: StreamPart(**{
+                    key: (list(value) if key == "fractions" else tensor(value))
+                    for key, value in fields.items()
+                })
+                for stream, fields in part["streams"].items()
+            }
+            methods[name] = MethodPart(float(part["seconds"]), streams)
+        model_score = tensor(data["model_score"])
+        assert model_score is not None
+        return cls(int(data["start"]), model_score, methods)
+
+
+def _perturbation_scores(
+    zoo: ZooModel,
+    batch: Batch,
+    relevance: Tensor,
+    stream: str,
+    *,
+    positive: bool,
+    fractions: Sequence[float],
+) -> Tensor:
+    """``(F, B)``: each example's score after removing each fraction (see
+    :func:`perturbation_curve`)."""
+    removable = zoo.token_mask(batch, stream)
+    score = relevance.float().masked_fill(~removable, float("nan"))
+    order_key = -score if positive else score
+    order_key = order_key.nan_to_num(float("inf"))  # non-removable tokens sort last
+    ranks = order_key.argsort(dim=1).argsort(dim=1)
+    counts = removable.sum(dim=1)
+    rows = []
+    for fraction in fractions:
+        remove = ranks < torch.round(counts.float() * fraction).long()[:, None]
+        perturbed = zoo.remove(batch, stream, keep=~(remove & removable))
+        rows.append(zoo.score(perturbed).float())
+    return torch.stack(rows)
+
+
+def score_examples(
+    zoo: ZooModel,
+    methods: Mapping[str, Method],
+    batch: Batch,
+    *,
+    start: int = 0,
+    batch_size: int = 100,
+    perturbation: bool = True,
+    progress: bool = False,
+) -> ExampleScores:
+    r"""Per-example scores of every method on ``batch`` (a slice of the held-out examples that
+    begins at example ``start``), to be combined with other slices by :func:`aggregate`.
+
+    Args:
+        zoo: a zoo model.
+        methods: display name → method.
+        batch: the examples (:meth:`ZooModel.collate`).
+        start: index of the batch's first example among all examples (kept for ordering).
+        batch_size: examples per attribution call.
+        perturbation: also run the perturbation tests.
+        progress: show a tqdm progress bar.
+    """
+    _check_counts(batch_size=batch_size)
+    if not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be an int ≥ 0, got {start!r}")
+    if not methods:
+        raise ValueError("no method to evaluate")
+    batches = _split(batch, batch_size)
+    model_score = zoo.score(batch).float()
+    parts: dict[str, MethodPart] = {}
+    bar = tqdm(total=len(methods) * len(batches), desc=f"evaluate {zoo.name}", disable=not progress)
+    for name, method in methods.items():
+        begin = time.perf_counter()
+        chunks: dict[str, list[Tensor]] = {}
+        for part in batches:
+            produced = method(zoo, part)
+            _check_relevance(name, produced, batch, part)
+            for stream, relevance in produced.items():
+                chunks.setdefault(stream, []).append(relevance.float().cpu())
+            bar.update(1)
+        seconds = time.perf_counter() - begin
+        streams = {}
+        for stream, pieces in chunks.items():
+            streams[stream] = _stream_part(
+                zoo, batch, torch.cat(pieces), stream, perturbation=perturbation
+            )
+        parts[name] = MethodPart(seconds, streams)
+    bar.close()
+    return ExampleScores(start, model_score, parts)
+
+
+def _stream_part(
+    zoo: ZooModel, batch: Batch, values: Tensor, stream: str, *, perturbation: bool
+) -> StreamPart:
+    evidence = batch.evidence[stream]
+    candidates = zoo.token_mask(batch, stream)
+    has = (evidence & candidates).any(dim=1)
+    size = len(batch)
+    nan32 = torch.full((size,), math.nan)
+    part = StreamPart(
+        has_evidence=has, pointing_game=nan32.clone(), pointing_chance=nan32.clone(),
+        relevance_mass=nan32.clone(), evidence_auc=nan32.clone(),
+        segmentation_iou=torch.full((size,), math.nan, dtype=torch.float64),
+        segmentation_iou_03=torch.full((size,), math.nan, dtype=torch.float64),
+    )
+    if has.any():
+        ev, rel, cand = evidence[has], values[has], candidates[has]
+        part.pointing_game[has] = pointing_game(rel, ev, cand).float()
+        part.pointing_chance[has] = pointing_chance(ev, cand).float()
+        part.relevance_mass[has] = relevance_mass(rel, ev, cand).float()
+        part.evidence_auc[has] = evidence_auc(rel, ev, cand).float()
+        for field_name, k in (("segmentation_iou", 1.0), ("segmentation_iou_03", 0.3)):
+            ious = [
+                segmentation_iou(r[c], e[c], k=k) for r, e, c in zip(rel, ev, cand, strict=True)
+            ]
+            getattr(part, field_name)[has] = torch.tensor(ious, dtype=torch.float64)
+    if perturbation and stream in zoo.removable_streams:
+        part.fractions = list(IMAGE_FRACTIONS if stream == "image" else TEXT_FRACTIONS)
+        part.positive_scores = _perturbation_scores(
+            zoo, batch, values, stream, positive=True, fractions=part.fractions
+        )
+        part.negative_scores = _perturbation_scores(
+            zoo, batch, values, stream, positive=False, fractions=part.fractions
+        )
+    return part
+
+
+def aggregate(model: str, seed: int, parts: Sequence[ExampleScores]) -> EvaluationResult:
+    r"""The result table of slices computed apart (:func:`score_examples`), in example order.
+
+    Means are taken once, over the concatenated per-example scores, so slices give the table of
+    one run over all their examples (up to the float summation order of the attributions'
+    batches); seconds per example = the methods' attribution seconds summed over the slices,
+    divided by the number of examples (process-seconds, not wall-clock).
+
+    Raises:
+        ValueError: no slice, slices that overlap or leave gaps, or that hold different methods.
+    """
+    if not parts:
+        raise ValueError("no slice of examples to aggregate")
+    parts = sorted(parts, key=lambda p: p.start)
+    expected = parts[0].start
+    for part in parts:
+        if part.start != expected:
+            raise ValueError(
+                f"slices must cover consecutive examples: one starts at {part.start}, "
+                f"expected {expected}"
+            )
+        expected += len(part)
+        if list(part.methods) != list(parts[0].methods):
+            raise ValueError(
+                f"slices hold different methods: {list(part.methods)} vs {list(parts[0].methods)}"
+            )
+    n_examples = expected - parts[0].start
+    model_score = float(torch.cat([p.model_score for p in parts]).mean())
+    results = []
+    for name, first in parts[0].methods.items():
+        seconds = sum(p.methods[name].seconds for p in parts) / n_examples
+        streams = {}
+        for stream in first.streams:
+            pieces = [p.methods[name].streams[stream] for p in parts]
+
+            def cat(key: str, pieces: list[StreamPart] = pieces) -> Tensor:
+                return torch.cat([getattr(piece, key) for piece in pieces])
+
+            scores = StreamScores()
+            has = cat("has_evidence")
+            if has.any():
+                scores.pointing_game = float(cat("pointing_game")[has].mean())
+                scores.pointing_chance = float(cat("pointing_chance")[has].mean())
+                scores.relevance_mass = float(cat("relevance_mass")[has].mean())
+                scores.evidence_auc = float(cat("evidence_auc")[has].nanmean())
+                for key in ("segmentation_iou", "segmentation_iou_03"):
+                    ious = cat(key)[has].tolist()
+                    setattr(scores, key, sum(ious) / len(ious))
+            if first.streams[stream].positive_scores is not None:
+                scores.fractions = list(first.streams[stream].fractions)
+                for positive, key in ((True, "positive_scores"), (False, "negative_scores")):
+                    matrix = torch.cat([getattr(piece, key) for piece in pieces], dim=1)
+                    curve = [float(row.mean()) for row in matrix]
+                    auc = perturbation_auc(curve, scores.fractions)
+                    if positive:
+                        scores.positive_curve, scores.positive_auc = curve, auc
+                    else:
+                        scores.negative_curve, scores.negative_auc = curve, auc
+            streams[stream] = scores
+        results.append(MethodScores(name, seconds, streams))
+    return EvaluationResult(model, n_examples, seed, model_score, results)
+
+
 def evaluate(
     zoo: ZooModel,
     methods: Mapping[str, Method],
@@ -212,58 +487,15 @@ def evaluate(
 
     Returns:
         An :class:`EvaluationResult` (``.table()`` for humans, ``.to_dict()`` for JSON).
+
+    Over several processes, resumable, with the same table for the same seed:
+    :func:`captum_hetattn.evaluation.distributed.evaluate_distributed`.
     """
     _check_counts(n=n, batch_size=batch_size, seed=seed)
     if not methods:
         raise ValueError("no method to evaluate")
-    examples = zoo.make_examples(n, seed)
-    full = zoo.collate(examples)
-    batches = _split(full, batch_size)
-    model_score = float(zoo.score(full).mean())
-    results = []
-    bar = tqdm(total=len(methods) * len(batches), desc=f"evaluate {zoo.name}", disable=not progress)
-    for name, method in methods.items():
-        start = time.perf_counter()
-        parts: dict[str, list[Tensor]] = {}
-        for part in batches:
-            produced = method(zoo, part)
-            _check_relevance(name, produced, full, part)
-            for stream, relevance in produced.items():
-                parts.setdefault(stream, []).append(relevance.float().cpu())
-            bar.update(1)
-        seconds = (time.perf_counter() - start) / len(full)
-        relevance = {s: torch.cat(chunks) for s, chunks in parts.items()}
-        streams = {}
-        for stream, values in relevance.items():
-            scores = StreamScores()
-            evidence = full.evidence[stream]
-            candidates = zoo.token_mask(full, stream)
-            has = (evidence & candidates).any(dim=1)
-            if has.any():
-                ev, rel, cand = evidence[has], values[has], candidates[has]
-                scores.pointing_game = float(pointing_game(rel, ev, cand).float().mean())
-                scores.pointing_chance = float(pointing_chance(ev, cand).mean())
-                scores.relevance_mass = float(relevance_mass(rel, ev, cand).mean())
-                scores.evidence_auc = float(evidence_auc(rel, ev, cand).nanmean())
-                for field_name, k in (("segmentation_iou", 1.0), ("segmentation_iou_03", 0.3)):
-                    ious = [
-                        segmentation_iou(r[c], e[c], k=k)
-                        for r, e, c in zip(rel, ev, cand, strict=True)
-                    ]
-                    setattr(scores, field_name, sum(ious) / len(ious))
-            if perturbation and stream in zoo.removable_streams:
-                fractions = list(IMAGE_FRACTIONS if stream == "image" else TEXT_FRACTIONS)
-                scores.fractions = fractions
-                for positive in (True, False):
-                    curve = perturbation_curve(
-                        zoo, full, values, stream, positive=positive, fractions=fractions
-                    )
-                    auc = perturbation_auc(curve, fractions)
-                    if positive:
-                        scores.positive_curve, scores.positive_auc = curve, auc
-                    else:
-                        scores.negative_curve, scores.negative_auc = curve, auc
-            streams[stream] = scores
-        results.append(MethodScores(name, seconds, streams))
-    bar.close()
-    return EvaluationResult(zoo.name, len(full), seed, model_score, results)
+    full = zoo.collate(zoo.make_examples(n, seed))
+    part = score_examples(
+        zoo, methods, full, batch_size=batch_size, perturbation=perturbation, progress=progress
+    )
+    return aggregate(zoo.name, seed, [part])
