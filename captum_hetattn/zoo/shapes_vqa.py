@@ -19,6 +19,12 @@ Evidence (``Example.evidence``):
   skip examples without image evidence.
 - ``"text"``: the content words of the question (the colour and / or shape words).
 
+Each example is a :class:`SceneExample` that also carries its ``scene`` and ``question``;
+:func:`named_object` and :func:`distractor_cells` read, for an ``is there a … ?`` question, the
+cells of the object it names and of the objects that share exactly one of its colour and shape
+(the logical inspection of the paper's §5.2 scores where the evidence for "yes" and for "no"
+lies).
+
 The model is a small ``transformers.LxmertForQuestionAnswering`` (hidden 64, 4 heads, 2 language,
 1 region, 2 cross layers) trained from scratch by :func:`train`.
 """
@@ -91,6 +97,34 @@ class Question:
     answer: str
     evidence_cells: np.ndarray  # (16,) bool
     content_words: frozenset[str]
+
+
+@dataclass
+class SceneExample(Example):
+    r"""An :class:`~captum_hetattn.zoo.Example` that also carries the ``scene`` it shows and the
+    ``question`` it asks (``None`` only when built by hand)."""
+
+    scene: Scene | None = None
+    question: Question | None = None
+
+
+def named_object(question: Question) -> tuple[int, int] | None:
+    r"""``(colour, shape)`` indices of the object an ``is there a <colour> <shape> ?`` question
+    names; ``None`` for the other templates."""
+    if question.words[:3] != ("is", "there", "a"):
+        return None
+    return COLORS.index(question.words[3]), SHAPES.index(question.words[4])
+
+
+def distractor_cells(scene: Scene, question: Question) -> np.ndarray:
+    r"""``(16,)`` bool: the cells whose object shares exactly one of the colour and the shape an
+    ``is there a … ?`` question names (a red square or a blue circle for "a red circle"); all
+    False for the other templates."""
+    named = named_object(question)
+    if named is None:
+        return np.zeros(N_REGIONS, dtype=bool)
+    same_colour, same_shape = scene.colors == named[0], scene.shapes == named[1]
+    return (same_colour ^ same_shape) & (scene.colors >= 0)
 
 
 def _sample_scene(rng: np.random.Generator) -> Scene:
@@ -281,7 +315,7 @@ class ShapesVQA(ZooModel):
             enc = _encode([(scene, question)], rng)
             ids = enc["input_ids"][0].tolist()
             text_evidence = torch.tensor([VOCAB[i] in question.content_words for i in ids])
-            examples.append(Example(
+            examples.append(SceneExample(
                 inputs=(enc["input_ids"], enc["visual_feats"], enc["visual_pos"]),
                 additional_forward_args=(enc["attention_mask"], enc["visual_attention_mask"]),
                 label=int(enc["labels"][0]),
@@ -290,6 +324,8 @@ class ShapesVQA(ZooModel):
                 image=render(scene),
                 tokens={"text": [VOCAB[i] for i in ids], "image": _cell_names(scene)},
                 description=f"{' '.join(question.words[:-1])}? → {question.answer}",
+                scene=scene,
+                question=question,
             ))
         return examples
 
