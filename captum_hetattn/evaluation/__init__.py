@@ -2,6 +2,11 @@ r"""Evaluation: localisation, perturbation and segmentation scores, Captum metri
 a dataset runner that compares attribution methods on the same held-out examples."""
 
 from captum_hetattn.evaluation.captum_metrics import infidelity_score, sensitivity_score
+from captum_hetattn.evaluation.logical import (
+    format_logical,
+    logical_scores,
+    run_logical_inspection,
+)
 from captum_hetattn.evaluation.methods import (
     Method,
     attention_method,
@@ -27,6 +32,12 @@ from captum_hetattn.evaluation.scores import (
     relevance_mass,
     segmentation_iou,
 )
+from captum_hetattn.evaluation.segmentation import (
+    format_tables,
+    run_detection_demo,
+    run_segmentation,
+    segmentation_methods,
+)
 
 __all__ = [
     "IMAGE_FRACTIONS",
@@ -40,14 +51,21 @@ __all__ = [
     "captum_method",
     "evaluate",
     "evidence_auc",
+    "format_logical",
+    "format_tables",
     "infidelity_score",
+    "logical_scores",
     "otsu_threshold",
     "perturbation_auc",
     "perturbation_curve",
     "pointing_chance",
     "pointing_game",
     "relevance_mass",
+    "run_detection_demo",
+    "run_logical_inspection",
+    "run_segmentation",
     "segmentation_iou",
+    "segmentation_methods",
     "sensitivity_score",
     "standard_methods",
 ]

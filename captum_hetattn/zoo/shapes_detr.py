@@ -295,7 +295,10 @@ def coco_evaluate(
     thresholds = (np.linspace(0.5, 0.95, 10) if iou_thresholds is None
                   else np.asarray(iou_thresholds, dtype=float))
     with contextlib.redirect_stdout(io.StringIO()):
-        results = ground_truth.loadRes(detections) if detections else _empty_results(ground_truth)
+        # loadRes writes into the dicts it gets (a segm result gains a numpy bbox): give copies
+        copies = [{k: v for k, v in d.items() if not (iou_type == "segm" and k == "bbox")}
+                  for d in detections]
+        results = ground_truth.loadRes(copies) if copies else _empty_results(ground_truth)
         evaluator = COCOeval(ground_truth, results, iou_type)
         evaluator.params.iouThrs = thresholds
         evaluator.params.areaRng = [list(r) for r in ranges.values()]
@@ -371,6 +374,12 @@ class ShapesDETR(ZooModel):
     def forward_func(self, pixel_values: Tensor) -> Tensor:
         """``(B, 3, 64, 64)`` pixels → ``(B, 10, 4)`` class logits."""
         return self.model(pixel_values=pixel_values).logits
+
+    @property
+    def feature_layer(self) -> torch.nn.Module:
+        """The backbone's last stage: its ``(B, 64, 8, 8)`` output is the feature map the
+        transformer reads (one cell per image token), ODAM's layer."""
+        return self.model.model.backbone.model.encoder.stages[-1]
 
     @staticmethod
     def probabilities(logits: Tensor) -> Tensor:
