@@ -74,6 +74,7 @@ def execute(
         client = NotebookClient(
             notebook, timeout=timeout, kernel_name=KERNEL_NAME, km=manager,
             resources={"metadata": {"path": str(workdir)}}, record_timing=False,
+            coalesce_streams=True,  # one stdout block per cell, however the kernel flushed it
         )
         try:
             client.execute()
