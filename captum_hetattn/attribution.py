@@ -187,6 +187,7 @@ class _AttentionAttribution(Attribution):
         model: nn.Module | None = None,
         graph: LayerGraph | str | None = None,
         input_mappings: Sequence[InputMapping] | None = None,
+        capture: str = "flash",
     ) -> None:
         r"""
         Args:
@@ -202,8 +203,19 @@ class _AttentionAttribution(Attribution):
                 (``Tokens("text")``, ``PatchGrid("image")``, ``NoAttribution()``, ...); ``None``
                 maps every input by the rows of the streams its elements feed (traced on each
                 call), falling back to its shape where an element feeds several rows.
+            capture: ``"flash"`` (default): modules that use the transformers attention
+                interface keep the fast kernel (sdpa) in the forward and each call's map is
+                built inside the backward from its queries, keys and output gradient, one call
+                at a time — equal to eager capture, checked against the module's eager
+                function on the first call of each attention class (a class whose outputs
+                differ is captured eagerly). ``"eager"``: every map is computed eagerly and
+                kept from the forward to the backward. Hand-written attention,
+                ``nn.MultiheadAttention`` and ``weighting="value"`` always capture eagerly.
         """
         super().__init__(forward_func)
+        if capture not in ("flash", "eager"):
+            raise ValueError(f"capture must be 'flash' or 'eager', got {capture!r}")
+        self.capture = capture
         if model is None:
             if not isinstance(forward_func, nn.Module):
                 raise TypeError(
@@ -441,12 +453,15 @@ class _AttentionAttribution(Attribution):
         )
         state = _Capture(correction, keep_heads=return_maps)
         watcher = ValueWatcher() if weighting == "value" else None
+        flash = self.capture == "flash" and watcher is None
         with torch.enable_grad(), AttentionRecorder(
-            self.model, reduce=state.reduce, record_io=True
+            self.model, reduce=state.reduce, record_io=True, flash=flash
         ) as recorder, watcher or contextlib.nullcontext():
             output = self.forward_func(*traced, *extra)
             scores = evaluate_objective(score_fn, output)
-            recording = self._bind(recorder, [*traced, *extra], map_inputs, scores.shape[0])
+            with recorder.tracing():
+                recording = self._bind(recorder, [*traced, *extra], map_inputs,
+                                       scores.shape[0])
             state.expect(recording)
             if watcher is not None:
                 state.values = {
@@ -1153,7 +1168,7 @@ class GenericAttentionExplainability(_AttentionAttribution):
     call get our rule.
 
     Args:
-        forward_func, model, graph, input_mappings: as for
+        forward_func, model, graph, input_mappings, capture: as for
             :class:`HeterogenousAttentionAttribution`.
         normalize: GAE's normalisation (eq. 8–9); ``False`` for the ablation.
         cross_term: ``"gae"`` (eq. 10) or ``"direct"``, the paper's replacement
@@ -1170,8 +1185,9 @@ class GenericAttentionExplainability(_AttentionAttribution):
         input_mappings: Sequence[InputMapping] | None = None,
         normalize: bool = True,
         cross_term: str = "gae",
+        capture: str = "flash",
     ) -> None:
-        super().__init__(forward_func, model, graph, input_mappings)
+        super().__init__(forward_func, model, graph, input_mappings, capture)
         if cross_term not in ("gae", "direct"):
             raise ValueError(f"cross_term must be 'gae' or 'direct', got {cross_term!r}")
         self.normalize = normalize

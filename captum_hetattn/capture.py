@@ -101,8 +101,11 @@ from itertools import count
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from captum_hetattn.flash import FlashAttention, attention_map
 
 __all__ = [
     "BACKENDS",
@@ -173,6 +176,8 @@ class AttentionRecord:
         part_of: on a raw record, the call record it is a part of.
         states: with ``record_io``, the per-head query and key states ``(B', H, n, d)`` the
             attention function was handed (interface calls), for layouts.
+        recompute: on a flash record (``flash=True``) before its gradient arrived, a function
+            that computes its map (no grad) from the saved queries and keys.
         scores, linears, raw: with ``record_io``, for a softmax caught in a hand-written
             module: the softmax input, the ``F.linear`` outputs its module computed before it
             (the projections its slots are read from), and whether the map is not laid out as
@@ -204,6 +209,7 @@ class AttentionRecord:
     linears: list[Tensor] = field(default_factory=list, repr=False)
     raw: bool = False
     heads: int | None = None
+    recompute: Callable[[], Tensor] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.shape and self.attention is not None:
@@ -251,6 +257,7 @@ class _Entry:
     owner_id: int
     has_live_grad: bool
     merged_recompute: bool = False
+    flash: bool = False  # the map arrives from the backward (FlashAttention's sink)
 
 
 @dataclass
@@ -705,6 +712,15 @@ class AttentionRecorder:
         record_io: keep each call's live input and output tensors on its record and the calls of
             every ``nn.Embedding`` in :attr:`embeddings` (inside the context), for
             :mod:`~captum_hetattn.dataflow`.
+        flash: modules that use the transformers attention interface run
+            ``F.scaled_dot_product_attention`` in the forward and their maps are built inside
+            the backward (:mod:`~captum_hetattn.flash`): no map is kept between the forward and
+            the backward. The first call of each attention class is checked against its eager
+            function (outputs equal), else that class is captured eagerly; so are calls with
+            dropout in training, soft-capping, attention sinks or a head mask, and
+            everything under activation checkpointing. A flash record has no ``attention``
+            until its gradient arrives (``recompute()`` gives it earlier) and its entry in
+            :attr:`maps` is a scalar probe.
 
     Attributes:
         records: :class:`AttentionRecord` per attention call, in call order.
@@ -738,12 +754,14 @@ class AttentionRecorder:
         reduce: Callable[[AttentionRecord], Tensor] | None = None,
         modules: Iterable[str] | None = None,
         record_io: bool = False,
+        flash: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"AttentionRecorder needs a torch.nn.Module, got {type(model).__name__}"
             )
         self.record_io = record_io
+        self.flash = flash
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if reduce is not None and not callable(reduce):
@@ -790,6 +808,10 @@ class AttentionRecorder:
         self._hf_ran: set[int] = set()
         self._hf_dispatched: set[int] = set()
         self._muted = False
+        self._flash_checked: dict[type, bool] = {}
+        self._flash_quiet = 0
+        self._checkpointing = self.flash and any(
+            getattr(m, "gradient_checkpointing", False) is True for m in self.model.modules())
         self._callback_queued = False
         self._call_ids = count()
         self._contexts = []
@@ -851,7 +873,7 @@ class AttentionRecorder:
             for record in kept:
                 record.query_input = record.key_input = record.output = None
                 record.nodes = {}
-                record.states = record.scores = None
+                record.states = record.scores = record.recompute = None
                 record.linears, record.contexts = [], []
             self._entries = []
             self._contexts = []
@@ -1179,6 +1201,15 @@ class AttentionRecorder:
             self._frames[-1].inner_key = key
             states = (query, key)
         dropout = kwargs.get("dropout", 0.0)
+        if self._can_flash(module, attention_mask, dropout, kwargs):
+            self._in_hf += 1  # its softmax and sdpa are not calls of their own
+            try:
+                result = self._flash_call(module, eager, query, key, value, attention_mask,
+                                          kwargs, states)
+            finally:
+                self._in_hf -= 1
+            if result is not None:
+                return result
         catch: list[Tensor] = []
         self._in_hf += 1
         try:
@@ -1199,6 +1230,101 @@ class AttentionRecorder:
             if record is not None and states is not None:
                 record.states = states
         return attn_output, weights
+
+    # ---------------------------------------------------------------- flash capture
+
+    def _can_flash(self, module: nn.Module, mask: Any, dropout: Any, kwargs: dict) -> bool:
+        if not self.flash or self._flash_checked.get(type(module)) is False:
+            return False
+        if torch._C._current_graph_task_id() != -1 or self._checkpointing:
+            return False  # recomputations in the backward: eager, merged as usual
+        if module.training and not (isinstance(dropout, float) and dropout == 0.0):
+            return False
+        if any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "sinks", "head_mask")):
+            return False
+        return mask is None or (isinstance(mask, Tensor) and mask.is_floating_point())
+
+    def _flash_call(self, module: nn.Module, eager: Callable[..., Any], query: Tensor,
+                    key: Tensor, value: Tensor, mask: Tensor | None, kwargs: dict,
+                    states: tuple[Tensor, Tensor] | None) -> tuple[Tensor, None] | None:
+        """The call through :class:`~captum_hetattn.flash.FlashAttention`; ``None`` where the
+        first call of its class does not reproduce the eager function (then eager)."""
+        if type(module) not in self._flash_checked:
+            with torch.no_grad():
+                expected, _ = eager(module, query, key, value, mask, **kwargs)
+        groups = query.shape[1] // key.shape[1]
+        if groups > 1:  # grouped-query attention: as the eager functions' repeat_kv
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        scale = kwargs.get("scaling")
+        scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+        if mask is not None:
+            mask = mask[:, :, :, : key.shape[-2]]
+        if type(module) not in self._flash_checked:
+            with torch.no_grad():
+                got = F.scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                                     scale=scale).transpose(1, 2)
+                same = expected.shape == got.shape and torch.allclose(
+                    expected.float(), got.float(), rtol=1e-4, atol=1e-5)
+            self._flash_checked[type(module)] = same
+            if not same:
+                return None
+        if not self._in_scope_of_recording(module):
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                                  scale=scale).transpose(1, 2).contiguous(), None
+        probe = torch.zeros((), requires_grad=True)
+        shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+        entry = self._add_flash(module, probe, shape)
+        if entry is None:
+            return None
+        record = entry.record
+        if states is not None:
+            record.states = states
+        saved_query, saved_key = query.detach(), key.detach()
+        record.recompute = functools.partial(attention_map, saved_query, saved_key,
+                                             None if mask is None else mask.detach(), scale)
+        output = FlashAttention.apply(query, key, value, mask, probe, scale,
+                                      functools.partial(self._on_flash, entry))
+        return output.transpose(1, 2).contiguous(), None
+
+    @contextlib.contextmanager
+    def tracing(self) -> Iterator[None]:
+        r"""Backward passes inside this block (data-flow tracing, which differentiates through
+        the attention calls) do not hand flash maps over: only the gradient pass does."""
+        self._flash_quiet += 1
+        try:
+            yield
+        finally:
+            self._flash_quiet -= 1
+
+    def _add_flash(self, module: nn.Module, probe: Tensor, shape: tuple[int, ...]
+                   ) -> _Entry | None:
+        owner = self._owner(module)
+        name = self._names.get(id(owner), type(owner).__name__)
+        index = self._call_counts.get(name, 0)
+        self._call_counts[name] = index + 1
+        stand_in = torch.empty(shape, device="meta")
+        record = AttentionRecord(name=name, call_index=index,
+                                 role=self._role(module, owner, stand_in, None),
+                                 attention=None, gradient=None, shape=shape)
+        if self.record_io:
+            frame = next((f for f in reversed(self._frames)
+                          if f.module is owner or f.module is module), None)
+            if frame is not None:
+                self._attach_inputs(record, frame, stand_in)
+        entry = _Entry(record, probe, id(owner), True, flash=True)
+        self._entries.append(entry)
+        self.records.append(record)
+        self.maps.append(probe)
+        return entry
+
+    def _on_flash(self, entry: _Entry, attention: Tensor, gradient: Tensor) -> None:
+        record = entry.record
+        if record.reduced is not None or self._flash_quiet:
+            return  # one gradient pass per recording with reduce; or a tracing pass
+        record.attention = attention
+        record.recompute = None
+        self._set_gradient(entry, gradient)
 
     # ---------------------------------------------------------------- softmax interception
 
@@ -1410,7 +1536,7 @@ class AttentionRecorder:
             self._apply_reduce(call)
             call.layout.release()
             for part in call.parts:
-                part.attention = part.gradient = None
+                part.attention = part.gradient = part.recompute = None
 
     def use_layouts(
         self, calls: Sequence[AttentionRecord], drop: Sequence[AttentionRecord] = ()
@@ -1442,12 +1568,15 @@ class AttentionRecorder:
     def _apply_reduce(self, record: AttentionRecord) -> None:
         assert self.reduce is not None
         record.reduced = self.reduce(record)
-        record.attention = None
-        record.gradient = None
+        record.attention = record.gradient = record.recompute = None
 
     def _finalize_missing(self) -> None:
         for entry in self._entries:
             record = entry.record
+            if entry.flash and record.attention is None and record.reduced is None and (
+                    record.recompute is not None):
+                record.attention = record.recompute()  # off the objective's path
+                record.recompute = None
             if record.gradient is None and record.attention is not None:
                 record.gradient = torch.zeros_like(record.attention)
                 if record.part_of is not None:
@@ -1500,10 +1629,12 @@ class AttentionRecorder:
                 "the objective does not require grad: run the forward inside the recorder with "
                 "grad enabled (not under torch.no_grad) and compute the objective from its output"
             )
-        pending = [e for e in self._entries if e.has_live_grad and e.record.attention is not None]
+        pending = [e for e in self._entries if e.has_live_grad and (
+            e.record.attention is not None or (e.flash and e.record.recompute is not None))]
         if not maps:
             pending = []
-        if self._entries and maps and all(e.record.attention is None for e in self._entries):
+        if self._entries and maps and not pending and all(
+                e.record.attention is None for e in self._entries):
             raise RuntimeError(
                 "every record was already reduced: with `reduce`, a recording takes one "
                 "gradient pass"
@@ -1529,6 +1660,8 @@ class AttentionRecorder:
                 self._muted = False
             extra_grads = list(grads[len(pending):])
             for entry, grad in zip(pending, grads[: len(pending)], strict=True):
+                if entry.flash:
+                    continue  # its backward handed the map and its gradient over already
                 # None: off this objective's path (also overwrites an earlier pass's value)
                 self._set_gradient(entry, torch.zeros_like(entry.live) if grad is None else grad)
         self._finalize_missing()

@@ -128,7 +128,9 @@ def graph_from_flow(
         s for j in flow.junctions for s in (j.into, j.origin)
     }
     readout = flow.calls[-1].query if readout_stream is None else readout_stream
-    self_maps = [r.attention for r, c in zip(records, flow.calls, strict=True)
+    self_maps = [r.attention if r.attention is not None or r.recompute is None
+                 else r.recompute()  # a flash record: its map is built in the backward
+                 for r, c in zip(records, flow.calls, strict=True)
                  if c.query == readout and c.key == readout]
     causal = bool(self_maps) and all(is_causal(a) for a in self_maps)
     return LayerGraph(

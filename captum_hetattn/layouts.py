@@ -328,6 +328,9 @@ def canonicalise(
     for group in groups.values():
         if len(group) == 1 and _is_plain(group[0], batch) and _reads_tokens(group[0]):
             continue
+        for record in group:  # a flash record's map is needed now: laying it out reads it
+            if record.attention is None and record.recompute is not None:
+                record.attention = record.recompute()
         call = _lay_out(group, batch, inputs)
         if isinstance(call, str):
             dropped += [(r, call) for r in group]

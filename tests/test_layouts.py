@@ -97,7 +97,10 @@ def test_swin_relevance_equals_the_relevance_of_hand_unwindowed_maps(correction,
     forward = lambda x: model(pixel_values=x).logits  # noqa: E731
     ours = HeterogenousAttentionAttribution(forward, model=model).explain(
         pixels, target=1, correction=correction)
-    geometry = iter(_swin_geometry(model) * 2)
+    blocks = [f"swin.encoder.layers.{i}.blocks.{j}.attention"
+              for i, stage in enumerate(model.swin.encoder.layers)
+              for j in range(len(stage.blocks))]
+    geometry = dict(zip(blocks, _swin_geometry(model), strict=True))
     original = attribution._Capture.reduce
 
     def by_hand(self, record):  # the engine's maps replaced by the hand-made ones
@@ -105,7 +108,7 @@ def test_swin_relevance_equals_the_relevance_of_hand_unwindowed_maps(correction,
             return original(self, record)
         key = (record.name, record.call_index)
         self.key_mass[key] = record.attention.sum(dim=(1, 2))
-        side, window, shift = next(geometry)
+        side, window, shift = geometry[record.name]  # maps arrive in backward order
         (part,) = record.parts
         return aggregate_heads(_unwindow(part.attention, side, window, shift),
                                _unwindow(part.gradient, side, window, shift),

@@ -1,0 +1,134 @@
+"""Flash capture (sdpa in the forward, maps built in the backward) equals eager capture."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from arch_zoo import ARCHS
+from test_architectures import ONE_EXAMPLE_AT_A_TIME, SUPPORTED, _example
+
+from captum_hetattn import HeterogenousAttentionAttribution
+from captum_hetattn.capture import AttentionRecorder
+from captum_hetattn.flash import FlashAttention, attention_map
+
+FLASHED: dict[str, int] = {}
+
+
+@pytest.fixture
+def count_flash(monkeypatch):
+    calls = []
+    original = AttentionRecorder._add_flash
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AttentionRecorder, "_add_flash", counted)
+    return calls
+
+
+def _relevance(arch, capture, correction):
+    explainer = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model,
+                                                 capture=capture)
+    explanation = explainer.explain(arch.inputs, target=arch.target, correction=correction,
+                                    additional_forward_args=arch.additional_forward_args or None,
+                                    return_maps=True)
+    return explanation
+
+
+def _same(eager, flash):
+    assert eager.relevance.keys() == flash.relevance.keys()
+    for source, value in eager.relevance.items():
+        torch.testing.assert_close(flash.relevance[source], value, atol=1e-5, rtol=1e-4)
+    for a, b in zip(eager.call_maps, flash.call_maps, strict=True):
+        assert (a.name, a.call_index) == (b.name, b.call_index)
+        torch.testing.assert_close(b.attention, a.attention, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b.gradient, a.gradient, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_flash_capture_equals_eager_capture(name, count_flash):
+    arch = ARCHS[name]()
+    if name in ONE_EXAMPLE_AT_A_TIME:
+        arch = _example(arch, 0)
+    with torch.no_grad():  # transformers installs its output-capturing hooks on a first call
+        arch.forward_func(*arch.inputs, *arch.additional_forward_args)
+    _same(_relevance(arch, "eager", "full"), _relevance(arch, "flash", "full"))
+    FLASHED[name] = len(count_flash)
+    if arch.padded is not None:  # padded inputs: masks reach the kernel
+        padded = replace(arch.padded()[0], target=arch.target)
+        _same(_relevance(padded, "eager", "pos"), _relevance(padded, "flash", "pos"))
+
+
+def test_flash_capture_is_used_where_the_interface_runs():
+    """The comparison above is not vacuous: most families ran through the flash path,
+    among them causal decoders and encoder-decoders."""
+    if len(FLASHED) < len(SUPPORTED):
+        pytest.skip("needs the parametrised comparison to have run first")
+    flashed = {name for name, count in FLASHED.items() if count}
+    assert {"bert", "gpt2", "llama", "qwen2_gqa", "bart", "vit", "clip", "whisper"} <= flashed
+    assert len(flashed) >= len(SUPPORTED) // 2, sorted(set(SUPPORTED) - flashed)
+
+
+def test_flash_function_gradients_and_its_maps():
+    """The autograd function against the eager formula: outputs, input gradients (also of a
+    learned additive mask such as a position bias), and the (A, G) pair it hands over."""
+    gen = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 3, n, 4, generator=gen, dtype=torch.float64,
+                                     requires_grad=True) for n in (5, 6, 6))
+    mask = torch.randn(1, 3, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    probe = torch.zeros((), requires_grad=True)
+    handed = []
+    output = FlashAttention.apply(query, key, value, mask, probe, 0.5,
+                                  lambda a, g: handed.append((a, g)))
+    attention = attention_map(query, key, mask, 0.5)
+    reference = attention @ value
+    torch.testing.assert_close(output, reference)
+    weights = torch.randn(reference.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((output * weights).sum(), (query, key, value, mask, probe))
+    expected = torch.autograd.grad((reference * weights).sum(), (query, key, value, mask))
+    for a, b in zip(got, expected, strict=False):
+        torch.testing.assert_close(a, b)
+    assert float(got[-1]) == 0.0
+    (maps, gradient), = handed
+    torch.testing.assert_close(maps, attention.detach())
+    (exact,) = torch.autograd.grad((attention @ value.detach() * weights).sum(), attention)
+    torch.testing.assert_close(gradient, exact)
+    assert torch.autograd.gradgradcheck(
+        lambda q, k, v: FlashAttention.apply(q, k, v, None, probe, 0.5, lambda a, g: None),
+        (query, key, value))
+
+
+def test_flash_class_that_differs_from_its_eager_function_is_captured_eagerly():
+    """A module whose eager function does more than sdpa computes (here: a soft-capping it
+    does not announce) fails the first-call check and is recorded eagerly."""
+    import transformers as tf
+    from transformers.models.bert import modeling_bert
+
+    torch.manual_seed(0)
+    config = tf.BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=20, vocab_size=30)
+    model = tf.BertModel(config).eval()
+    ids = torch.randint(3, 30, (2, 5))
+    original = modeling_bert.eager_attention_forward
+
+    def capped(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        scores = torch.tanh(query @ key.transpose(2, 3) * scaling / 2) * 2
+        if attention_mask is not None:
+            scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+        weights = scores.softmax(-1)
+        return (weights @ value).transpose(1, 2).contiguous(), weights
+
+    modeling_bert.eager_attention_forward = capped
+    try:
+        from captum_hetattn import capture
+        capture._hf_eager_function.cache_clear()
+        forward = lambda i: model(input_ids=i).last_hidden_state[:, 0]  # noqa: E731
+        flash = HeterogenousAttentionAttribution(forward, model=model).explain(ids, target=0)
+        eager = HeterogenousAttentionAttribution(forward, model=model, capture="eager").explain(
+            ids, target=0)
+        torch.testing.assert_close(flash.relevance["text"], eager.relevance["text"])
+    finally:
+        modeling_bert.eager_attention_forward = original
+        capture._hf_eager_function.cache_clear()
