@@ -119,11 +119,15 @@ class FlowShare:
         kind: ``"start"``, the node type ``"A"`` / ``"B"`` / ``"C"``, or ``"junction"``.
         shares: source → ``(B,)`` relevance of the readout row on that source's tokens after
             the step (at the start, all of it is on the readout tokens themselves).
+        own: source → ``(B,)`` the part of ``shares`` on the readout tokens' own entries
+            (``Σ_i w_x[i] R[x, x][i, i]``): the identity they start with and what the steps add
+            to it, which displays leave out as GAE's reference code does.
     """
 
     label: str
     kind: str
     shares: dict[str, Tensor]
+    own: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -797,31 +801,38 @@ def _flow_shares(
     kinds = {c.node.name: c.node.type for c in recording.calls}
     shares: list[FlowShare] = []
 
-    def read(state: Mapping[tuple[str, str], Tensor]) -> dict[str, Tensor]:
+    zero = next(iter(readout.values())).new_zeros(next(iter(readout.values())).shape[0])
+
+    def read(state: Mapping[tuple[str, str], Tensor]
+             ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         rows: dict[str, Tensor] = {}
+        own: dict[str, Tensor] = {}
         for name, source in recording.sources.items():
-            total = None
+            rows[name], own[name] = zero, zero
             for stream, columns in source.parts:
                 for x, w in readout.items():
                     block = state.get((x, stream))
                     if block is None:
                         continue
-                    term = (w.to(block.dtype).unsqueeze(1) @ block[:, :, columns]).sum(dim=(1, 2))
-                    total = term if total is None else total + term
-            rows[name] = total if total is not None else next(iter(readout.values())).new_zeros(
-                next(iter(readout.values())).shape[0])
-        return rows
+                    w = w.to(block.dtype)
+                    rows[name] = rows[name] + (w.unsqueeze(1) @ block[:, :, columns]).sum(
+                        dim=(1, 2))
+                    if x == stream:
+                        diagonal = block.diagonal(dim1=1, dim2=2)[:, columns]
+                        own[name] = own[name] + (w[:, columns] * diagonal).sum(dim=1)
+        return rows, own
 
     def on_step(index: int, step: FlowStep | None, state: Mapping[tuple[str, str], Tensor]
                 ) -> None:
         if step is None:
-            shares.append(FlowShare("input", "start", read(state)))
+            label, kind = "input", "start"
         elif isinstance(step, TokenMap):
-            shares.append(FlowShare(step.name, "junction", read(state)))
+            label, kind = step.name, "junction"
         else:
             group = [step] if isinstance(step, AttentionFlow) else list(step)
+            label = ", ".join(f.name for f in group)
             kind = "+".join(sorted({kinds.get(f.label, "A") for f in group}))
-            shares.append(FlowShare(", ".join(f.name for f in group), kind, read(state)))
+        shares.append(FlowShare(label, kind, *read(state)))
 
     propagate(recording.sizes, flows, method=method, padding=absent, on_step=on_step)
     return shares

@@ -137,9 +137,12 @@ def test_relevance_flow_leaves_the_identity_out(vqa):
         steps = data["steps"]
         assert steps[0]["kind"] == "start" and set(steps[0]["values"].values()) == {0.0}
         assert len(steps) == len(explanation.flow) and data["identity"] == {"text": 1.0}
-        for source in ("text", "image"):  # the last step: the relevance, less the identity
-            expected = float(explanation.relevance[source][example].sum())
-            expected -= float(explanation.flow[0].shares[source][example])
+        token = int(explanation.readout_token[example])
+        for source in ("text", "image"):  # the last step: the relevance less the readout
+            relevance = explanation.relevance[source][example].clone()  # token's own entry
+            if source == "text":
+                relevance[token] = 0
+            expected = float(relevance.sum())
             assert steps[-1]["values"][source] == pytest.approx(expected, rel=1e-3, abs=1e-6)
         assert "\u00d72" in steps[4]["label"]  # the two parallel cross calls of one x-layer
     assert steps[-1]["values"]["image"] > 0

@@ -25,8 +25,9 @@ def relevance_flow(explanation: Explanation, *, example: int = 0) -> View:
     r"""Relevance flow: per step of the layer graph, in call order, a stacked bar of the readout
     row's relevance on each source (one colour per source, with a legend), so one sees at which
     layer e.g. the image starts to matter. The readout token's own identity entry (all of the
-    relevance at the start) is left out of every bar, as in GAE's reference code: a bar shows the
-    relevance the steps so far have added on each source's tokens. A toggle shows the sources'
+    relevance at the start) and what the steps add to it are left out of every bar, as in GAE's
+    reference code: a bar shows the relevance the steps so far have put on each source's other
+    tokens. A toggle shows the sources'
     fractions of it instead; hovering or clicking a step shows its numbers.
 
     Args:
@@ -64,9 +65,12 @@ def relevance_flow(explanation: Explanation, *, example: int = 0) -> View:
     steps = []
     for i, share in enumerate(flow):
         values = {}
+        own = getattr(share, "own", None) or {}
         for s in sources:
             value = float(share.shares[s][example]) if s in share.shares else 0.0
-            values[s] = number(value - start[s])
+            # the readout tokens' own entries (identity and what the steps add to it) left out
+            mine = float(own[s][example]) if s in own else start[s]
+            values[s] = number(value - mine)
         steps.append({"label": names[i], "short": short.get(names[i], names[i]),
                       "kind": share.kind, "values": values, "index": i})
     readout_source = [s for s in sources if start[s] != 0.0]
