@@ -577,7 +577,7 @@ def _max_difference(batched: Any, looped: list[Any]) -> float:
 def bench_many_targets(opts: Options) -> Section:
     section = Section("many_targets", TITLES["many_targets"], TARGETS["many_targets"],
                       ["model", "targets", "looped (s)", "batched (s)", "batched / looped",
-                       "max |batched − looped|", "met"])
+                       "max abs difference", "met"])
     from captum_hetattn import HeterogenousAttentionAttribution
 
     available = "targets" in inspect.signature(

@@ -130,3 +130,37 @@ def test_other_settings_are_refused_before_any_work(tmp_path):
     assert read_log(out)[-1]["computed"] == [1]
     with pytest.raises(ValueError, match="unknown method"):
         make_settings("shapes_vqa", ["LIME"], n=8, seed=1)
+
+
+def test_command_lines(tmp_path, capsys):
+    import argparse
+
+    from captum_hetattn.evaluation.distributed import (
+        add_arguments,
+        evaluate_cli,
+        main,
+        wants_distributed,
+    )
+
+    table = tmp_path / "table.json"
+    assert main(["--model", "shapes_vqa", "--methods", "rollout", "--num-examples", "8",
+                 "--shard-size", "4", "--nproc", "1", "--no-perturbation",
+                 "--out", str(tmp_path / "run"), "--json", str(table)]) == 0
+    assert "rollout" in capsys.readouterr().out
+    assert json.loads(table.read_text())["n_examples"] == 8
+    assert main(["--model", "shapes_vqa", "--methods", "GAE", "--num-examples", "8",
+                 "--nproc", "1", "--out", str(tmp_path / "run")]) == 1
+    assert "another evaluation" in capsys.readouterr().err
+    # what `captum-hetattn evaluate` adds to its own options
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="shapes_vqa")
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--no-perturbation", action="store_true")
+    add_arguments(parser, with_common=False)
+    assert not wants_distributed(parser.parse_args([]))
+    args = parser.parse_args(["--shard-size", "4", "--no-perturbation", "--out-dir",
+                              str(tmp_path / "cli")])
+    assert wants_distributed(args)
+    result = evaluate_cli(args, ["rollout"])
+    assert result.n_examples == 8 and read_log(tmp_path / "cli")[-1]["computed"] == [0, 1]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -297,9 +298,8 @@ def run_rank(
         from tqdm.auto import tqdm
 
         from captum_hetattn.evaluation.methods import standard_methods
-        from captum_hetattn.zoo import load
 
-        zoo = load(settings.model)
+        zoo = _load_zoo(settings.model)
         every = standard_methods(include_integrated_gradients="IntegratedGradients"
                                  in settings.methods)
         methods = {name: every[name] for name in settings.methods}
@@ -344,6 +344,14 @@ def run_rank(
     with (out_dir / LOG).open("a") as handle:
         handle.write(json.dumps(entry) + "\n")
     return result
+
+
+@functools.lru_cache(maxsize=2)
+def _load_zoo(name: str) -> Any:
+    """The zoo model, loaded once per process (in-process reruns and ``nproc=1`` reuse it)."""
+    from captum_hetattn.zoo import load
+
+    return load(name)
 
 
 def _backend(requested: str | None, local_world: int) -> str:
@@ -528,6 +536,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, with_common: bool = True) 
         parser.add_argument("--json", type=Path, default=None, help="also write the table here")
         parser.add_argument("--out", "--out-dir", dest="out_dir", type=Path, required=True,
                             help="shards, manifest and log (a rerun resumes from here)")
+        parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     else:
         parser.add_argument("--out-dir", type=Path, default=None,
                             help="with --nproc: shards, manifest and log (a rerun resumes)")
@@ -535,7 +544,28 @@ def add_arguments(parser: argparse.ArgumentParser, *, with_common: bool = True) 
                         help="worker processes to start (ignored under torchrun)")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     parser.add_argument("--backend", choices=["gloo", "nccl"], default=None)
-    parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+
+
+def wants_distributed(args: argparse.Namespace) -> bool:
+    """Whether a parsed ``evaluate`` command line asks for :func:`evaluate_cli`."""
+    return getattr(args, "nproc", 1) > 1 or getattr(args, "out_dir", None) is not None
+
+
+def evaluate_cli(args: argparse.Namespace, method_names: Sequence[str]) -> EvaluationResult:
+    r"""``captum-hetattn evaluate --nproc N [--out-dir DIR] [--shard-size S]``: the arguments of
+    :func:`add_arguments` (``with_common=False``) plus the command's ``model``, ``n``, ``seed``,
+    ``no_perturbation``. Without ``--out-dir`` the shards go to a temporary folder (no resume).
+    """
+    import tempfile
+
+    options = dict(
+        n=args.n, seed=args.seed, nproc=args.nproc, shard_size=args.shard_size,
+        perturbation=not args.no_perturbation, backend=args.backend, progress=True,
+    )
+    if args.out_dir is not None:
+        return evaluate_distributed(args.model, method_names, out_dir=args.out_dir, **options)
+    with tempfile.TemporaryDirectory(prefix="hetattn-eval-") as scratch:
+        return evaluate_distributed(args.model, method_names, out_dir=scratch, **options)
 
 
 def _default_methods() -> list[str]:
@@ -588,6 +618,7 @@ __all__ = [
     "DEFAULT_SHARD_SIZE",
     "Settings",
     "add_arguments",
+    "evaluate_cli",
     "evaluate_distributed",
     "main",
     "make_settings",
@@ -596,6 +627,7 @@ __all__ = [
     "run_rank",
     "shard_path",
     "threads_per_rank",
+    "wants_distributed",
 ]
 
 
