@@ -459,7 +459,8 @@ class _AttentionAttribution(Attribution):
         watcher = ValueWatcher() if weighting == "value" else None
         flash = self.capture == "flash" and watcher is None
         with torch.enable_grad(), AttentionRecorder(
-            self.model, reduce=state.reduce, record_io=True, flash=flash
+            self.model, reduce=state.reduce, record_io=True, flash=flash,
+            reduce_heads=state.reduce_heads,
         ) as recorder, watcher or contextlib.nullcontext():
             output = self.forward_func(*traced, *extra)
             scores = evaluate_objective(score_fn, output)
@@ -722,6 +723,7 @@ class _Capture:
         #: the query tokens' own relevance that follow from it
         self.values: dict[tuple[str, int], ValueTerms] = {}
         self.residuals: dict[tuple[str, int], Tensor] = {}
+        self._partial: dict[tuple[str, int], tuple[Tensor, Tensor, bool, bool]] = {}
 
     def expect(self, recording: BoundRecording) -> None:
         for call in recording.calls:
@@ -758,6 +760,33 @@ class _Capture:
                                       terms.norms)
             return mix[:, :, None].to(weighted.dtype) * weighted
         return aggregate_heads(record.attention, record.gradient, self.corrections[key])
+
+    def reduce_heads(self, record: AttentionRecord, attention: Tensor, gradient: Tensor,
+                     first: int, heads: int) -> Tensor | None:
+        """:meth:`reduce` chunk by chunk of heads (flash capture's backward): the sum of
+        ``f(G) ⊙ A`` over heads and the key mass accumulate; the last chunk gives ``Ā``."""
+        key = (record.name, record.call_index)
+        if key not in self.corrections:
+            return None
+        if self.keep_heads or key in self.values or record.layout is not None:
+            return NotImplemented
+        fixed = corrected(attention, gradient, self.corrections[key]).sum(dim=1)
+        mass = attention.detach().sum(dim=(1, 2))
+        causal = is_causal(attention)
+        touched = bool(gradient.ne(0).any())
+        if first > 0:
+            total, old_mass, old_causal, old_touched = self._partial.pop(key)
+            fixed, mass = total + fixed, old_mass + mass
+            causal, touched = causal and old_causal, touched or old_touched
+        if first + attention.shape[1] < heads:
+            self._partial[key] = (fixed, mass, causal, touched)
+            return None
+        self.key_mass[key] = mass
+        if causal:
+            self.causal.add(key)
+        if self.corrections[key] != "none" and not touched:
+            self.no_gradient.add(key)
+        return fixed / heads
 
     def _keep(self, key: tuple[str, int], record: AttentionRecord, attention: Tensor,
               gradient: Tensor | None, fixed: Tensor) -> None:

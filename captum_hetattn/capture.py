@@ -136,6 +136,8 @@ _SOFTMAX_FUNCTIONS = frozenset(
     {torch.nn.functional.softmax, torch.softmax, torch.Tensor.softmax, torch.special.softmax}
 )
 _KEY_COUNTER = count()
+#: map entries per chunk of heads in a flash call's backward (64 MB of float32)
+FLASH_BUDGET = 2**24
 _SDPA = torch.nn.functional.scaled_dot_product_attention
 
 
@@ -258,6 +260,7 @@ class _Entry:
     has_live_grad: bool
     merged_recompute: bool = False
     flash: bool = False  # the map arrives from the backward (FlashAttention's sink)
+    buffer: tuple[Tensor, Tensor] | None = None  # a flash map's chunks, assembled
 
 
 @dataclass
@@ -721,6 +724,13 @@ class AttentionRecorder:
             everything under activation checkpointing. A flash record has no ``attention``
             until its gradient arrives (``recompute()`` gives it earlier) and its entry in
             :attr:`maps` is a scalar probe.
+        reduce_heads: with ``flash``, optional ``reduce_heads(record, A, G, first_head, heads)``
+            called with chunks of a flash call's heads (at most ``flash_budget`` map entries
+            per chunk) in its backward: it returns the record's reduced value with the last
+            chunk (``None`` before), or ``NotImplemented`` for a record it cannot reduce by
+            chunks (whose chunks are then assembled and given to ``reduce``).
+        flash_budget: map entries (``B · chunk · n_q · n_k``) per chunk with ``reduce_heads``
+            (default :data:`FLASH_BUDGET`).
 
     Attributes:
         records: :class:`AttentionRecord` per attention call, in call order.
@@ -755,6 +765,8 @@ class AttentionRecorder:
         modules: Iterable[str] | None = None,
         record_io: bool = False,
         flash: bool = False,
+        reduce_heads: Callable[[AttentionRecord, Tensor, Tensor, int, int], Any] | None = None,
+        flash_budget: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -762,6 +774,8 @@ class AttentionRecorder:
             )
         self.record_io = record_io
         self.flash = flash
+        self.reduce_heads = reduce_heads
+        self.flash_budget = FLASH_BUDGET if flash_budget is None else int(flash_budget)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if reduce is not None and not callable(reduce):
@@ -1283,8 +1297,12 @@ class AttentionRecorder:
         saved_query, saved_key = query.detach(), key.detach()
         record.recompute = functools.partial(attention_map, saved_query, saved_key,
                                              None if mask is None else mask.detach(), scale)
+        chunk = None
+        if self.reduce_heads is not None:  # one chunk of heads' maps at a time in the backward
+            per_head = shape[0] * shape[2] * shape[3]
+            chunk = max(1, self.flash_budget // max(per_head, 1))
         output = FlashAttention.apply(query, key, value, mask, probe, scale,
-                                      functools.partial(self._on_flash, entry))
+                                      functools.partial(self._on_flash, entry), chunk)
         return output.transpose(1, 2).contiguous(), None
 
     @contextlib.contextmanager
@@ -1318,13 +1336,34 @@ class AttentionRecorder:
         self.maps.append(probe)
         return entry
 
-    def _on_flash(self, entry: _Entry, attention: Tensor, gradient: Tensor) -> None:
+    def _on_flash(self, entry: _Entry, attention: Tensor, gradient: Tensor, first: int = 0,
+                  heads: int | None = None) -> None:
+        """A chunk of heads ``first, first + 1, ...`` of a flash call's maps, from its backward:
+        reduced chunk by chunk where ``reduce_heads`` can, else assembled, then recorded."""
         record = entry.record
         if record.reduced is not None or self._flash_quiet:
             return  # one gradient pass per recording with reduce; or a tracing pass
-        record.attention = attention
-        record.recompute = None
-        self._set_gradient(entry, gradient)
+        heads = attention.shape[1] if heads is None else heads
+        last = first + attention.shape[1] >= heads
+        if first == 0 and last:  # the whole map at once
+            record.attention, record.recompute = attention, None
+            self._set_gradient(entry, gradient)
+            return
+        if self.reduce_heads is not None and record.part_of is None and entry.buffer is None:
+            done = self.reduce_heads(record, attention, gradient, first, heads)
+            if done is not NotImplemented:
+                if last:
+                    record.reduced, record.recompute = done, None
+                return
+        if entry.buffer is None:  # assemble the chunks into the whole map
+            full = (record.shape[0], heads, *attention.shape[2:])
+            entry.buffer = (attention.new_empty(full), gradient.new_empty(full))
+        entry.buffer[0][:, first:first + attention.shape[1]] = attention
+        entry.buffer[1][:, first:first + attention.shape[1]] = gradient
+        if last:
+            (record.attention, assembled), entry.buffer = entry.buffer, None
+            record.recompute = None
+            self._set_gradient(entry, assembled)
 
     # ---------------------------------------------------------------- softmax interception
 

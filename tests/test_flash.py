@@ -80,7 +80,7 @@ def test_flash_function_gradients_and_its_maps():
     probe = torch.zeros((), requires_grad=True)
     handed = []
     output = FlashAttention.apply(query, key, value, mask, probe, 0.5,
-                                  lambda a, g: handed.append((a, g)))
+                                  lambda a, g, *_: handed.append((a, g)))
     attention = attention_map(query, key, mask, 0.5)
     reference = attention @ value
     torch.testing.assert_close(output, reference)
@@ -94,8 +94,16 @@ def test_flash_function_gradients_and_its_maps():
     torch.testing.assert_close(maps, attention.detach())
     (exact,) = torch.autograd.grad((attention @ value.detach() * weights).sum(), attention)
     torch.testing.assert_close(gradient, exact)
+    for chunk_mask in (mask, mask[:, :1]):  # per-head and broadcast masks, by chunks of heads
+        outputs = [FlashAttention.apply(query, key, value, chunk_mask, probe, 0.5,
+                                        lambda *_: None, chunk) for chunk in (None, 1, 2)]
+        grads = [torch.autograd.grad((o * weights).sum(), (query, key, value, chunk_mask))
+                 for o in outputs]
+        for other in grads[1:]:
+            for a, b in zip(other, grads[0], strict=True):
+                torch.testing.assert_close(a, b)
     assert torch.autograd.gradgradcheck(
-        lambda q, k, v: FlashAttention.apply(q, k, v, None, probe, 0.5, lambda a, g: None),
+        lambda q, k, v: FlashAttention.apply(q, k, v, None, probe, 0.5, lambda *_: None),
         (query, key, value))
 
 
@@ -132,3 +140,31 @@ def test_flash_class_that_differs_from_its_eager_function_is_captured_eagerly():
     finally:
         modeling_bert.eager_attention_forward = original
         capture._hf_eager_function.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "qwen2_gqa", "bart"])
+def test_flash_backward_by_chunks_of_heads_equals_the_whole_map(name, monkeypatch):
+    """A budget of one head's map per chunk: maps reduced chunk by chunk (or assembled for
+    return_maps) give what the whole map gives."""
+    from captum_hetattn import capture
+
+    arch = ARCHS[name]()
+    whole = _relevance(arch, "flash", "full")
+    reduced_by_chunks = []
+    original = capture.AttentionRecorder._on_flash
+
+    def spy(self, entry, attention, gradient, first=0, heads=None):
+        reduced_by_chunks.append(attention.shape[1] < (heads or attention.shape[1]))
+        return original(self, entry, attention, gradient, first, heads)
+
+    monkeypatch.setattr(capture.AttentionRecorder, "_on_flash", spy)
+    n = arch.inputs[0].shape[-1]
+    monkeypatch.setattr(capture, "FLASH_BUDGET", arch.inputs[0].shape[0] * n * n)
+    chunked = _relevance(arch, "flash", "full")  # return_maps: chunks assembled
+    explainer = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model)
+    plain = explainer.explain(arch.inputs, target=arch.target, correction="full",
+                              additional_forward_args=arch.additional_forward_args or None)
+    assert any(reduced_by_chunks)
+    _same(whole, chunked)
+    for source, value in whole.relevance.items():
+        torch.testing.assert_close(plain.relevance[source], value, atol=1e-5, rtol=1e-4)
