@@ -14,6 +14,7 @@ from captum_hetattn.attribution import (
     GenericAttentionExplainability,
     HeterogenousAttentionAttribution,
     RawAttention,
+    generation_targets,
 )
 from captum_hetattn.binding import BoundRecording, bind_records
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
@@ -51,6 +52,7 @@ __all__ = [
     "Stream",
     "__version__",
     "bind_records",
+    "generation_targets",
     "graph_for",
     "infer_graph",
     "preset",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -292,6 +292,7 @@ class _AttentionAttribution(Attribution):
         objective: Objective | None = None,
         stage: str | None = None,
         weighting: str | None = None,
+        targets: Sequence[Target] | None = None,
     ) -> Tensor | tuple[Tensor, ...]:
         r"""Relevance of every input element, laid out like the inputs (Captum's contract).
 
@@ -324,12 +325,20 @@ class _AttentionAttribution(Attribution):
                     R[q, s] ← 2 (1 − a) ⊙ R[q, s] + 2 a ⊙ (Ā^ν · R[k, s])
 
                 With equal value norms and ``‖o_i‖ = ‖x_i‖`` this is the default rule.
+            targets: instead of ``target``, ``K`` targets explained from one forward (each
+                anything ``target`` accepts — an int, a tuple such as ``(position, token)``
+                or ``(query, class)``, a per-example list or tensor — applied to the whole
+                batch): one backward pass per target over the same forward graph. The results
+                get a target dimension after the batch: ``(B, K, ...)``. Relevance equals ``K``
+                separate calls (tested); see :func:`generation_targets` for a ``generate()``
+                output.
 
         Returns:
             Attributions shaped like ``inputs`` (tensor for a tensor, tuple for a tuple),
-            contiguous float tensors. Each input is mapped to the stream rows its elements feed
-            (traced through the model), so ids, images, region features, boxes, token type ids
-            and tiled pixels need no mapping; an input that feeds no attention gets zeros.
+            contiguous float tensors (``(B, K, *input.shape[1:])`` with ``targets``). Each
+            input is mapped to the stream rows its elements feed (traced through the model),
+            so ids, images, region features, boxes, token type ids and tiled pixels need no
+            mapping; an input that feeds no attention gets zeros.
 
         Examples::
 
@@ -341,16 +350,21 @@ class _AttentionAttribution(Attribution):
         explanation, recording = self._explain(
             formatted, target, additional_forward_args, correction, noise_link, readout,
             objective, stage, return_maps=False, map_inputs=True, weighting=weighting,
+            targets=targets,
         )
         if self.input_mappings is not None and len(self.input_mappings) != len(formatted):
             raise ValueError(
                 f"{len(self.input_mappings)} input_mappings for {len(formatted)} inputs; give one "
                 "per input"
             )
+        per_target = [explanation] if targets is None else _split_targets(explanation)
         attributions = []
         for position, tensor in enumerate(formatted):
-            pairs = self._input_mapping(position, tensor, explanation, recording)
-            mapped = sum(m.to_input(r, tensor, position) for m, r in pairs)
+            mapped_targets = []
+            for each in per_target:
+                pairs = self._input_mapping(position, tensor, each, recording)
+                mapped_targets.append(sum(m.to_input(r, tensor, position) for m, r in pairs))
+            mapped = mapped_targets[0] if targets is None else torch.stack(mapped_targets, 1)
             dtype = tensor.dtype if tensor.is_floating_point() else mapped.dtype
             attributions.append(mapped.to(dtype=dtype, device=tensor.device).contiguous())
         return _format_output(is_tuple, tuple(attributions))
@@ -408,10 +422,13 @@ class _AttentionAttribution(Attribution):
         stage: str | None = None,
         return_maps: bool = False,
         weighting: str | None = None,
+        targets: Sequence[Target] | None = None,
     ) -> Explanation:
         r"""Token relevance per source, for users who want tokens rather than input shapes.
 
         Same arguments as :meth:`attribute`, plus ``return_maps`` to keep every call's ``Ā``.
+        With ``targets=[...]`` every per-example field gets a target dimension after the batch
+        (``relevance[source]`` is ``(B, K, n)``, ``readout_token`` ``(B, K)``).
 
         Returns:
             An :class:`Explanation`.
@@ -419,6 +436,7 @@ class _AttentionAttribution(Attribution):
         explanation, _ = self._explain(
             _format_tensor_into_tuples(inputs), target, additional_forward_args, correction,
             noise_link, readout, objective, stage, return_maps, weighting=weighting,
+            targets=targets,
         )
         return explanation
 
@@ -436,6 +454,7 @@ class _AttentionAttribution(Attribution):
         return_maps: bool,
         map_inputs: bool = False,
         weighting: str | None = None,
+        targets: Sequence[Target] | None = None,
     ) -> tuple[Explanation, BoundRecording]:
         r"""record → bind → readout → propagate (``map_inputs``: trace which input element
         feeds which stream row, for :meth:`attribute`)."""
@@ -449,8 +468,10 @@ class _AttentionAttribution(Attribution):
             )
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        self._check_call(inputs, target, objective, readout)
-        score_fn = resolve_objective(target, objective)
+        objectives = self._objectives(inputs, target, objective, readout, targets)
+        if targets is not None and return_maps:
+            raise ValueError("return_maps=True keeps one target's maps: explain one target "
+                             "at a time (target=...) to get them")
         extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
         traced = tuple(
             x.detach().requires_grad_(True) if x.is_floating_point() else x for x in inputs
@@ -458,15 +479,17 @@ class _AttentionAttribution(Attribution):
         state = _Capture(correction, keep_heads=return_maps)
         watcher = ValueWatcher() if weighting == "value" else None
         flash = self.capture == "flash" and watcher is None
+        passes = []
         with torch.enable_grad(), AttentionRecorder(
             self.model, reduce=state.reduce, record_io=True, flash=flash,
             reduce_heads=state.reduce_heads,
         ) as recorder, watcher or contextlib.nullcontext():
             output = self.forward_func(*traced, *extra)
-            scores = evaluate_objective(score_fn, output)
+            scores = [_score(score_fn, output, index if targets is not None else None)
+                      for index, score_fn in enumerate(objectives)]
             with recorder.tracing():
                 recording = self._bind(recorder, [*traced, *extra], map_inputs,
-                                       scores.shape[0])
+                                       scores[0].shape[0])
             state.expect(recording)
             if watcher is not None:
                 state.values = {
@@ -476,30 +499,71 @@ class _AttentionAttribution(Attribution):
                 }
                 watcher.close()
             terminal = _terminal_outputs(recording, recorder.records)
-            grads = recorder.compute_gradients(
-                scores.sum(), also=[out for _, out, _ in terminal],
-                maps=any(c != "none" for c in state.corrections.values()),
-            )
+            recorder.keep_layouts = len(scores) > 1
+            for index, score in enumerate(scores):  # one forward, a backward per target
+                if index:
+                    recorder.rearm()
+                    state.rearm()
+                grads = recorder.compute_gradients(
+                    score.sum(), also=[out for _, out, _ in terminal],
+                    maps=any(c != "none" for c in state.corrections.values()),
+                    retain_graph=index + 1 < len(scores),
+                )
+                passes.append((grads, _flows(recording, stage, state.residuals),
+                               set(state.causal), set(state.no_gradient)))
         self._warn_unbound(recording)
         self._warn_swapped(recording)
         padding = _padding(recording, state.key_mass)
-        weights = self._readout(readout, recording, terminal, grads, padding, scores.shape[0])
-        self._warn_unconnected(recording, weights)
-        self._warn_no_gradient(recording, weights, state.no_gradient)
-        flows = _flows(recording, stage, state.residuals)
-        if stage == "homogeneous":
-            stream_relevance = _homogeneous(recording.sizes, flows, weights)
-        else:
-            absent = _absent_tokens(recording, padding, state.causal, weights)
-            stream_relevance = self._propagate(recording, flows, weights, noise_link, absent)
-        explanation = self._explanation(recording, stream_relevance, weights, padding,
-                                        return_maps)
-        if return_maps:
-            explanation.call_maps = _call_maps(recording, state.heads)
-            if stage is None and self._has_flow:
-                method = self._method(noise_link)
-                explanation.flow = _flow_shares(recording, flows, weights, method, absent)
-        return explanation, recording
+        explanations = []
+        for grads, flows, causal, no_gradient in passes:
+            weights = self._readout(readout, recording, terminal, grads, padding,
+                                    scores[0].shape[0])
+            self._warn_unconnected(recording, weights)
+            self._warn_no_gradient(recording, weights, no_gradient)
+            if stage == "homogeneous":
+                stream_relevance = _homogeneous(recording.sizes, flows, weights)
+            else:
+                absent = _absent_tokens(recording, padding, causal, weights)
+                stream_relevance = self._propagate(recording, flows, weights, noise_link,
+                                                   absent)
+            explanation = self._explanation(recording, stream_relevance, weights, padding,
+                                            return_maps)
+            if return_maps:
+                explanation.call_maps = _call_maps(recording, state.heads)
+                if stage is None and self._has_flow:
+                    method = self._method(noise_link)
+                    explanation.flow = _flow_shares(recording, flows, weights, method, absent)
+            explanations.append(explanation)
+        if targets is None:
+            return explanations[0], recording
+        return _stack_targets(explanations), recording
+
+    def _objectives(self, inputs: tuple[Tensor, ...], target: Target,
+                    objective: Objective | None, readout: Readout, targets: Any
+                    ) -> list[Callable[[Any], Tensor]]:
+        """One score function, or one per entry of ``targets``, checked."""
+        if targets is None:
+            self._check_call(inputs, target, objective, readout)
+            return [resolve_objective(target, objective)]
+        if target is not None or objective is not None:
+            raise ValueError("give targets=[...] or target / objective, not both")
+        if isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence) or (
+                isinstance(targets, tuple) and targets and _is_int(targets[0])):
+            raise TypeError(
+                "targets must be a list of targets (each an int, a tuple such as (position, "
+                f"token), a tensor or a per-example list), got {targets!r}")
+        if not targets:
+            raise ValueError("targets is empty: give at least one target")
+        out = []
+        for index, each in enumerate(targets):
+            if each is None:
+                raise ValueError(f"targets[{index}] is None")
+            try:
+                self._check_call(inputs, each, None, readout)
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"targets[{index}]: {err}") from err
+            out.append(resolve_objective(each, None))
+        return out
 
     def _bind(
         self, recorder: AttentionRecorder, inputs: list[Any], map_inputs: bool, batch: int
@@ -725,6 +789,12 @@ class _Capture:
         self.residuals: dict[tuple[str, int], Tensor] = {}
         self._partial: dict[tuple[str, int], tuple[Tensor, Tensor, bool, bool]] = {}
 
+    def rearm(self) -> None:
+        """Before another gradient pass: what depends on the gradient is computed again."""
+        self.no_gradient = set()
+        self.heads = {}
+        self._partial = {}
+
     def expect(self, recording: BoundRecording) -> None:
         for call in recording.calls:
             key = (call.record.name, call.record.call_index)
@@ -803,6 +873,74 @@ class _Capture:
                 states = (plain(query), plain(key_states))
         gradient = torch.zeros_like(attention) if gradient is None else gradient
         self.heads[key] = (plain(attention), plain(gradient), plain(fixed), *states)
+
+
+def _score(score_fn: Callable[[Any], Tensor], output: Any, index: int | None) -> Tensor:
+    """The objective on the output; an error names the entry of ``targets`` at fault."""
+    if index is None:
+        return evaluate_objective(score_fn, output)
+    try:
+        return evaluate_objective(score_fn, output)
+    except (ValueError, TypeError, IndexError) as err:
+        raise type(err)(f"targets[{index}]: {err}") from err
+
+
+def _stack_targets(explanations: list[Explanation]) -> Explanation:
+    """One explanation per target → one with a target dimension after the batch."""
+    first = explanations[0]
+
+    def stack(field_name: str) -> dict[str, Tensor]:
+        return {key: torch.stack([getattr(e, field_name)[key] for e in explanations], 1)
+                for key in getattr(first, field_name)}
+
+    return replace(first, relevance=stack("relevance"), readout=stack("readout"),
+                   stream_relevance=stack("stream_relevance"),
+                   readout_token=torch.stack([e.readout_token for e in explanations], 1))
+
+
+def _split_targets(explanation: Explanation) -> list[Explanation]:
+    """The inverse of :func:`_stack_targets`: one explanation per target."""
+    count = explanation.readout_token.shape[1]
+
+    def pick(values: Mapping[str, Tensor], k: int) -> dict[str, Tensor]:
+        return {key: value[:, k] for key, value in values.items()}
+
+    return [replace(explanation, relevance=pick(explanation.relevance, k),
+                    readout=pick(explanation.readout, k),
+                    stream_relevance=pick(explanation.stream_relevance, k),
+                    readout_token=explanation.readout_token[:, k]) for k in range(count)]
+
+
+def generation_targets(generated: Tensor, start: int, *, shift: int = 1) -> list[list[tuple]]:
+    r"""Targets that explain every generated token of a ``generate()`` output, for
+    ``targets=...``: ``K = n − start`` targets, target ``k`` being, for every example ``b``,
+    ``(start + k − shift, generated[b, start + k])`` — the logits row that predicted that
+    token (``shift=1`` for decoder-only and seq2seq models run on the output itself as
+    decoder input; ``shift=0`` where row ``i`` predicts token ``i``).
+
+    Args:
+        generated: ``(B, n)`` token ids, such as ``model.generate(...)`` returns.
+        start: the first position to explain (the prompt's length for a decoder-only model,
+            1 after a seq2seq decoder's start token).
+        shift: how far the logits row lies before the token it predicts.
+
+    Returns:
+        A list of ``K`` per-example target lists.
+
+    Examples::
+
+        >>> out = model.generate(input_ids, max_new_tokens=8)
+        >>> targets = generation_targets(out, start=input_ids.shape[1])
+        >>> explanation = explainer.explain(out, targets=targets)  # (B, K, n) relevance
+    """
+    if not isinstance(generated, Tensor) or generated.dim() != 2:
+        raise TypeError("generated must be a (batch, length) tensor of token ids")
+    if not 0 <= start - shift < generated.shape[1] or start >= generated.shape[1]:
+        raise ValueError(
+            f"start={start} (shift={shift}) leaves no generated token to explain in "
+            f"{generated.shape[1]} positions")
+    return [[(position - shift, int(token)) for token in generated[:, position].tolist()]
+            for position in range(start, generated.shape[1])]
 
 
 def _call_maps(

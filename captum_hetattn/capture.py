@@ -261,6 +261,8 @@ class _Entry:
     merged_recompute: bool = False
     flash: bool = False  # the map arrives from the backward (FlashAttention's sink)
     buffer: tuple[Tensor, Tensor] | None = None  # a flash map's chunks, assembled
+    shaped: Tensor | None = None  # the record's map as first recorded (for another pass)
+    recompute: Callable[[], Tensor] | None = None  # a flash record's, for another pass
 
 
 @dataclass
@@ -775,6 +777,8 @@ class AttentionRecorder:
         self.record_io = record_io
         self.flash = flash
         self.reduce_heads = reduce_heads
+        #: keep layouts after a reduce, for another gradient pass (:meth:`rearm`)
+        self.keep_layouts = False
         self.flash_budget = FLASH_BUDGET if flash_budget is None else int(flash_budget)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -1295,8 +1299,8 @@ class AttentionRecorder:
         if states is not None:
             record.states = states
         saved_query, saved_key = query.detach(), key.detach()
-        record.recompute = functools.partial(attention_map, saved_query, saved_key,
-                                             None if mask is None else mask.detach(), scale)
+        record.recompute = entry.recompute = functools.partial(
+            attention_map, saved_query, saved_key, None if mask is None else mask.detach(), scale)
         chunk = None
         if self.reduce_heads is not None:  # one chunk of heads' maps at a time in the backward
             per_head = shape[0] * shape[2] * shape[3]
@@ -1480,7 +1484,7 @@ class AttentionRecorder:
             )
             if frame is not None:
                 self._attach_inputs(record, frame, shaped)
-        entry = _Entry(record, live, id(owner), live.requires_grad)
+        entry = _Entry(record, live, id(owner), live.requires_grad, shaped=shaped)
         if live.requires_grad:
             self._hook(entry, live)
         self._entries.append(entry)
@@ -1573,7 +1577,8 @@ class AttentionRecorder:
             call.gradient = call.layout.fold([p.gradient for p in call.parts])
         if self.reduce is not None:  # one gradient pass: the parts and indices are spent
             self._apply_reduce(call)
-            call.layout.release()
+            if not self.keep_layouts:
+                call.layout.release()
             for part in call.parts:
                 part.attention = part.gradient = part.recompute = None
 
@@ -1603,6 +1608,25 @@ class AttentionRecorder:
             record.call_index = counts.get(record.name, 0)
             counts[record.name] = record.call_index + 1
         self.records = records
+
+    def rearm(self) -> None:
+        r"""Ready every record for another gradient pass over the same forward (the previous
+        pass ran with ``retain_graph=True``; with ``reduce`` and layouts, set
+        :attr:`keep_layouts` before the first pass): maps as recorded, no gradient, nothing
+        reduced."""
+        if self._stack is None:
+            raise RuntimeError("rearm must be called inside the recorder's context")
+        for entry in self._entries:
+            record = entry.record
+            record.gradient = record.reduced = None
+            entry.buffer = None
+            if entry.flash:
+                record.attention, record.recompute = None, entry.recompute
+            else:
+                record.attention = entry.shaped
+        for record in self.records:
+            if record.layout is not None:
+                record.attention = record.gradient = record.reduced = None
 
     def _apply_reduce(self, record: AttentionRecord) -> None:
         assert self.reduce is not None
