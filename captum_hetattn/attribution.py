@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any, ClassVar
@@ -63,6 +63,7 @@ from captum_hetattn.rules import (
     Gae,
     Ours,
     Propagator,
+    RowAdjoint,
     TokenMap,
     aggregate_heads,
     corrected,
@@ -70,6 +71,7 @@ from captum_hetattn.rules import (
     propagate_row,
     read_rows,
     readout_weights,
+    relevance_dtype,
     residual_shares,
     resolve_correction,
     value_weighted,
@@ -504,23 +506,30 @@ class _AttentionAttribution(Attribution):
                 if index:
                     recorder.rearm()
                     state.rearm()
-                grads = recorder.compute_gradients(
-                    score.sum(), also=[out for _, out, _ in terminal],
-                    maps=any(c != "none" for c in state.corrections.values()),
-                    retain_graph=index + 1 < len(scores),
-                )
-                passes.append((grads, _flows(recording, stage, state.residuals),
-                               set(state.causal), set(state.no_gradient)))
+                with self._streaming(state, recording, terminal, readout, noise_link, stage,
+                                     return_maps, scores[0].shape[0]):
+                    grads = recorder.compute_gradients(
+                        score.sum(), also=[out for _, out, _ in terminal],
+                        maps=any(c != "none" for c in state.corrections.values()),
+                        retain_graph=index + 1 < len(scores),
+                    )
+                streamed = state.stream.result() if state.stream is not None else None
+                maps = state.stream.maps if state.stream is not None else None
+                passes.append((grads, None if streamed is not None else _flows(
+                    recording, stage, state.residuals, maps), set(state.causal),
+                    set(state.no_gradient), streamed))
         self._warn_unbound(recording)
         self._warn_swapped(recording)
         padding = _padding(recording, state.key_mass)
         explanations = []
-        for grads, flows, causal, no_gradient in passes:
+        for grads, flows, causal, no_gradient, streamed in passes:
             weights = self._readout(readout, recording, terminal, grads, padding,
                                     scores[0].shape[0])
             self._warn_unconnected(recording, weights)
             self._warn_no_gradient(recording, weights, no_gradient)
-            if stage == "homogeneous":
+            if streamed is not None:
+                stream_relevance = streamed
+            elif stage == "homogeneous":
                 stream_relevance = _homogeneous(recording.sizes, flows, weights)
             else:
                 absent = _absent_tokens(recording, padding, causal, weights)
@@ -537,6 +546,59 @@ class _AttentionAttribution(Attribution):
         if targets is None:
             return explanations[0], recording
         return _stack_targets(explanations), recording
+
+    @contextlib.contextmanager
+    def _streaming(self, state: _Capture, recording: BoundRecording,
+                   terminal: list[tuple[str, Tensor | None, int]], readout: Readout,
+                   noise_link: bool, stage: str | None, return_maps: bool, batch: int
+                   ) -> Iterator[None]:
+        """Set up the streaming adjoint for one gradient pass where it applies: linear rules,
+        no stage, no maps to return, and a readout known before the maps arrive (given, or
+        read from the gradient of the one terminal stream, which arrives first)."""
+        method = self._method(noise_link)
+        wired = type(self)._propagate is _AttentionAttribution._propagate
+        if not (wired and method.linear and stage is None and not return_maps):
+            yield
+            return
+        given = self._given_readout(readout, recording, batch)
+        hooked = [out for _, out, _ in terminal if isinstance(out, Tensor) and out.requires_grad]
+        if given is None and (readout is not None or len(terminal) != 1 or len(hooked) != 1):
+            yield
+            return
+        state.stream = _Streaming(recording, state.residuals, method.rollout)
+        handle = None
+        if given is not None:
+            state.stream.set_readout(given)
+        else:
+            def on_gradient(grad: Tensor) -> None:
+                try:
+                    weights = _gradient_readout(recording, terminal, [grad], batch)
+                except ValueError:
+                    return  # no readout from this gradient: the full flows will say so
+                state.stream.set_readout(weights)
+
+            handle = hooked[0].register_hook(on_gradient)
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    def _given_readout(self, readout: Readout, recording: BoundRecording, batch: int
+                       ) -> dict[str, Tensor] | None:
+        """The readout weights :meth:`_readout` gives for a ``readout`` that needs neither the
+        gradient nor the padding (not ``None``, not ``"last"``), else ``None``."""
+        if readout is None or isinstance(readout, str):
+            return None
+        if isinstance(readout, Mapping):
+            if any(isinstance(v, str) for v in readout.values()):
+                return None
+            return {stream: _readout_vector(value, stream, recording, {}, batch)
+                    for stream, value in readout.items()}
+        stream = self.graph.readout_stream if self.graph is not None else None
+        if stream is None or stream not in recording.sizes:
+            return None  # the main stream is read from the gradient
+        return {stream: _readout_vector(readout, stream, recording, {}, batch)}
 
     def _objectives(self, inputs: tuple[Tensor, ...], target: Target,
                     objective: Objective | None, readout: Readout, targets: Any
@@ -770,6 +832,54 @@ class _AttentionAttribution(Attribution):
         )
 
 
+class _Streaming:
+    r"""The streaming adjoint: where the rules are linear, the readout rows are propagated during
+    the backward pass, which meets the calls in reverse order — the adjoint's order — so each
+    ``Ā`` is used as soon as it is reduced and dropped (maps that arrive early wait until the
+    steps after them have run). Exactly :func:`~captum_hetattn.rules.propagate_row` on the same
+    maps. Until the readout is known no step runs and every map waits (the caller then falls
+    back to the full flows)."""
+
+    def __init__(self, recording: BoundRecording, residuals: Mapping[tuple[str, int], Tensor],
+                 rollout: bool) -> None:
+        self.recording, self.residuals, self.rollout = recording, residuals, rollout
+        self.steps = list(recording.steps)
+        self.next = len(self.steps) - 1
+        self.keys = {(c.record.name, c.record.call_index) for c in recording.calls}
+        self.maps: dict[tuple[str, int], Tensor] = {}
+        self.adjoint: RowAdjoint | None = None
+        self.reference: Tensor | None = None
+
+    def set_readout(self, weights: Mapping[str, Tensor]) -> None:
+        dtype = relevance_dtype(next(iter(weights.values())).dtype)
+        self.adjoint = RowAdjoint(self.recording.sizes, weights, rollout=self.rollout,
+                                  dtype=dtype)
+        self._advance()
+
+    def offer(self, key: tuple[str, int], reduced: Tensor) -> None:
+        self.maps[key] = reduced
+        self.reference = reduced
+        self._advance()
+
+    def _advance(self) -> None:
+        while self.adjoint is not None and self.next >= 0:
+            step = self.steps[self.next]
+            if not isinstance(step, TokenMap):
+                keys = [(c.record.name, c.record.call_index) for c in step]
+                if any(k not in self.maps for k in keys):
+                    return  # a map of this step has not arrived yet
+                step = [AttentionFlow(c.node.query, c.node.key, self.maps.pop(k), c.node.name,
+                                      self.residuals.get(k)) for c, k in zip(step, keys,
+                                                                              strict=True)]
+            self.adjoint.step(step)
+            self.next -= 1
+
+    def result(self) -> dict[str, Tensor] | None:
+        if self.adjoint is None or self.next >= 0 or self.reference is None:
+            return None
+        return self.adjoint.result(self.reference)
+
+
 class _Capture:
     """Per-recording state of the ``reduce`` callback: corrections of the bound calls, which
     keys anyone attends to (padding), which self-attention maps are causal."""
@@ -788,12 +898,15 @@ class _Capture:
         self.values: dict[tuple[str, int], ValueTerms] = {}
         self.residuals: dict[tuple[str, int], Tensor] = {}
         self._partial: dict[tuple[str, int], tuple[Tensor, Tensor, bool, bool]] = {}
+        #: with a streaming adjoint: reduced maps go to it (records keep an empty tensor)
+        self.stream: _Streaming | None = None
 
     def rearm(self) -> None:
         """Before another gradient pass: what depends on the gradient is computed again."""
         self.no_gradient = set()
         self.heads = {}
         self._partial = {}
+        self.stream = None
 
     def expect(self, recording: BoundRecording) -> None:
         for call in recording.calls:
@@ -801,6 +914,17 @@ class _Capture:
             self.corrections[key] = resolve_correction(self.correction, call.node.type)
 
     def reduce(self, record: AttentionRecord) -> Tensor | None:
+        return self._streamed(record, self._reduce(record))
+
+    def _streamed(self, record: AttentionRecord, reduced: Any) -> Any:
+        """Hand a reduced map to the streaming adjoint (the record keeps an empty tensor)."""
+        key = (record.name, record.call_index)
+        if self.stream is None or not isinstance(reduced, Tensor) or key not in self.stream.keys:
+            return reduced
+        self.stream.offer(key, reduced)
+        return reduced.new_empty(0)
+
+    def _reduce(self, record: AttentionRecord) -> Tensor | None:
         key = (record.name, record.call_index)
         if key not in self.corrections:
             return None
@@ -856,7 +980,7 @@ class _Capture:
             self.causal.add(key)
         if self.corrections[key] != "none" and not touched:
             self.no_gradient.add(key)
-        return fixed / heads
+        return self._streamed(record, fixed / heads)
 
     def _keep(self, key: tuple[str, int], record: AttentionRecord, attention: Tensor,
               gradient: Tensor | None, fixed: Tensor) -> None:
@@ -1006,7 +1130,10 @@ def _flow_shares(
 
 
 def _flows(recording: BoundRecording, stage: str | None,
-           residuals: Mapping[tuple[str, int], Tensor]) -> list[FlowStep]:
+           residuals: Mapping[tuple[str, int], Tensor],
+           maps: Mapping[tuple[str, int], Tensor] | None = None) -> list[FlowStep]:
+    """The steps with their maps (``maps`` where given, else the records' reduced maps)."""
+    maps = maps or {}
     flows: list[FlowStep] = []
     for step in recording.steps:
         if isinstance(step, TokenMap):
@@ -1014,8 +1141,9 @@ def _flows(recording: BoundRecording, stage: str | None,
                 flows.append(step)
             continue
         group = [
-            AttentionFlow(c.node.query, c.node.key, c.record.reduced, c.node.name,
-                          residuals.get((c.record.name, c.record.call_index)))
+            AttentionFlow(c.node.query, c.node.key,
+                          maps.get((c.record.name, c.record.call_index), c.record.reduced),
+                          c.node.name, residuals.get((c.record.name, c.record.call_index)))
             for c in step
             if stage is None or c.node.type == "A"
         ]

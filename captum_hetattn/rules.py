@@ -716,19 +716,44 @@ def propagate_row(
                     f"readout weights for stream '{stream}' must be ({batch_size}, "
                     f"{sizes.get(stream)}), got {tuple(w.shape)} (streams: {list(sizes)})"
                 )
-    adjoint: dict[str, Tensor] = {s: w.to(dtype) for s, w in weights.items()}
+    adjoint = RowAdjoint(sizes, weights, rollout=rollout, dtype=dtype)
     for step in reversed(steps):
+        adjoint.step(step)
+    return adjoint.result(reference)
+
+
+class RowAdjoint:
+    r"""The readout rows propagated backwards one step at a time (the loop of
+    :func:`propagate_row`), for callers that get the steps' maps one by one in reverse order —
+    during the backward pass, each map used and dropped at once.
+
+    Args:
+        sizes: tokens per stream.
+        readout: readout weights ``{stream: (B, n_stream)}``.
+        rollout: as for :func:`propagate_row`.
+        dtype: the relevance dtype.
+    """
+
+    def __init__(self, sizes: Mapping[str, int], readout: Mapping[str, Tensor], *,
+                 rollout: bool = False, dtype: torch.dtype = torch.float32) -> None:
+        self.sizes, self.rollout, self.dtype = dict(sizes), rollout, dtype
+        self.adjoint: dict[str, Tensor] = {s: w.to(dtype) for s, w in readout.items()}
+        self.batch = next(iter(readout.values())).shape[0]
+
+    def step(self, step: FlowStep) -> None:
+        """Run one step (the last not yet run) backwards."""
+        adjoint, dtype = self.adjoint, self.dtype
         if isinstance(step, TokenMap):
             if step.into not in adjoint:
-                continue
+                return
             replaced = step.rows.to(dtype)
             moved = ((adjoint[step.into] * replaced).unsqueeze(1)
                      @ step.weights.to(dtype)).squeeze(1)
             if not step.additive:
                 adjoint[step.into] = adjoint[step.into] * (1 - replaced)
             _accumulate(adjoint, step.origin, moved)
-            continue
-        if rollout:
+            return
+        if self.rollout:
             for q, calls in _calls_per_query(step).items():
                 if q in adjoint:
                     adjoint[q] = adjoint[q] / (1 + calls)
@@ -743,8 +768,11 @@ def propagate_row(
                 adjoint[q] = adjoint[q] * keep
         for stream, delta in updates.items():
             _accumulate(adjoint, stream, delta)
-    return {
-        s: adjoint[s].contiguous() if s in adjoint else reference.new_zeros(
-            batch_size, n, dtype=dtype)
-        for s, n in sizes.items()
-    }
+
+    def result(self, reference: Tensor) -> dict[str, Tensor]:
+        """``{stream: (B, n)}``, zeros for streams the readout never reached."""
+        return {
+            s: self.adjoint[s].contiguous() if s in self.adjoint else reference.new_zeros(
+                self.batch, n, dtype=self.dtype)
+            for s, n in self.sizes.items()
+        }

@@ -1,4 +1,5 @@
-"""Flash capture (sdpa in the forward, maps built in the backward) equals eager capture."""
+"""Flash capture (sdpa in the forward, maps built in the backward) and the streaming adjoint
+(readout rows propagated during the backward) equal eager capture with full-matrix flows."""
 
 from dataclasses import replace
 
@@ -12,6 +13,7 @@ from captum_hetattn.capture import AttentionRecorder
 from captum_hetattn.flash import FlashAttention, attention_map
 
 FLASHED: dict[str, int] = {}
+STREAMED: dict[str, bool] = {}
 
 
 @pytest.fixture
@@ -27,19 +29,37 @@ def count_flash(monkeypatch):
     return calls
 
 
-def _relevance(arch, capture, correction):
+def _relevance(arch, capture, correction, return_maps=True):
     explainer = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model,
                                                  capture=capture)
     explanation = explainer.explain(arch.inputs, target=arch.target, correction=correction,
                                     additional_forward_args=arch.additional_forward_args or None,
-                                    return_maps=True)
+                                    return_maps=return_maps)
     return explanation
+
+
+@pytest.fixture
+def count_streams(monkeypatch):
+    from captum_hetattn import attribution
+
+    results = []
+    original = attribution._Streaming.result
+
+    def counted(self):
+        value = original(self)
+        results.append(value is not None)
+        return value
+
+    monkeypatch.setattr(attribution._Streaming, "result", counted)
+    return results
 
 
 def _same(eager, flash):
     assert eager.relevance.keys() == flash.relevance.keys()
     for source, value in eager.relevance.items():
         torch.testing.assert_close(flash.relevance[source], value, atol=1e-5, rtol=1e-4)
+    if flash.call_maps is None:
+        return
     for a, b in zip(eager.call_maps, flash.call_maps, strict=True):
         assert (a.name, a.call_index) == (b.name, b.call_index)
         torch.testing.assert_close(b.attention, a.attention, atol=1e-5, rtol=1e-4)
@@ -47,27 +67,48 @@ def _same(eager, flash):
 
 
 @pytest.mark.parametrize("name", SUPPORTED)
-def test_flash_capture_equals_eager_capture(name, count_flash):
+def test_flash_capture_equals_eager_capture(name, count_flash, count_streams):
     arch = ARCHS[name]()
     if name in ONE_EXAMPLE_AT_A_TIME:
         arch = _example(arch, 0)
     with torch.no_grad():  # transformers installs its output-capturing hooks on a first call
         arch.forward_func(*arch.inputs, *arch.additional_forward_args)
-    _same(_relevance(arch, "eager", "full"), _relevance(arch, "flash", "full"))
+    # eager maps kept to the end and full flows, against flash capture streamed where it can
+    eager = _relevance(arch, "eager", "full")
+    _same(eager, _relevance(arch, "flash", "full", return_maps=False))
     FLASHED[name] = len(count_flash)
+    STREAMED[name] = any(count_streams)
     if arch.padded is not None:  # padded inputs: masks reach the kernel
         padded = replace(arch.padded()[0], target=arch.target)
-        _same(_relevance(padded, "eager", "pos"), _relevance(padded, "flash", "pos"))
+        _same(_relevance(padded, "eager", "pos"),
+              _relevance(padded, "flash", "pos", return_maps=False))
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "bart", "t5", "llava", "swin"])
+def test_flash_maps_and_gradients_equal_eager_ones(name):
+    if name == "swin":
+        from test_layouts import _swin
+
+        model, pixels = _swin()
+        arch = ARCHS["vit"]()
+        arch = replace(arch, model=model, inputs=(pixels,), additional_forward_args=(),
+                       forward_func=lambda x: model(pixel_values=x).logits, target=1)
+    else:
+        arch = ARCHS[name]()
+    _same(_relevance(arch, "eager", "full"), _relevance(arch, "flash", "full"))
 
 
 def test_flash_capture_is_used_where_the_interface_runs():
-    """The comparison above is not vacuous: most families ran through the flash path,
-    among them causal decoders and encoder-decoders."""
+    """The comparison above is not vacuous: most families ran through the flash path and the
+    streaming adjoint, among them causal decoders and encoder-decoders."""
     if len(FLASHED) < len(SUPPORTED):
         pytest.skip("needs the parametrised comparison to have run first")
     flashed = {name for name, count in FLASHED.items() if count}
     assert {"bert", "gpt2", "llama", "qwen2_gqa", "bart", "vit", "clip", "whisper"} <= flashed
     assert len(flashed) >= len(SUPPORTED) // 2, sorted(set(SUPPORTED) - flashed)
+    streamed = {name for name, used in STREAMED.items() if used}
+    assert {"bert", "gpt2", "bart", "vit", "t5", "detr"} <= streamed
+    assert len(streamed) >= len(SUPPORTED) // 2, sorted(set(SUPPORTED) - streamed)
 
 
 def test_flash_function_gradients_and_its_maps():
