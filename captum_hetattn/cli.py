@@ -2,7 +2,10 @@ r"""``captum-hetattn``: demo report, evaluation and single explanations on the b
 
 - ``captum-hetattn demo [--out DIR]``: on the trained two-stream VQA model, explain a few
   held-out examples with every method, evaluate all methods on a few hundred examples, write an
-  offline HTML report, PNG figures and ``metrics.json``, and print the method table.
+  offline HTML report, PNG figures and ``metrics.json``, and print the method table. The report
+  also holds ours as image + text figures, the logical inspection of yes/no questions
+  (``Contrast(yes, no)`` under ``full``: red/blue maps) and, inline, the head view, model view
+  and relevance flow of one example (:mod:`captum_hetattn.views`).
 - ``captum-hetattn evaluate --model NAME [--methods ...] [--n N]``: the table for any zoo model.
 - ``captum-hetattn explain --model NAME [--index I] [--method M]``: token relevance of one
   example, printed (and drawn with ``--out``).
@@ -22,13 +25,17 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
+from captum_hetattn.attribution import Explanation, HeterogenousAttentionAttribution
 from captum_hetattn.evaluation import EvaluationResult, evaluate, standard_methods
 from captum_hetattn.evaluation.methods import Method
 from captum_hetattn.mapping import PatchGrid
+from captum_hetattn.objectives import Contrast
 from captum_hetattn.visualization import (
     draw_overlay,
+    explanation_readout_token,
     figure_png,
     grid_heatmap,
+    plot_explanation,
     png_tag,
     report_html,
     text_html,
@@ -37,6 +44,8 @@ from captum_hetattn.zoo import REGISTRY, Example, ZooModel, load
 
 DEMO_MODEL = "shapes_vqa"
 DISPLAY_SEED = 2024  # examples drawn for pictures; the table uses the evaluation seed
+#: examples drawn (with DISPLAY_SEED) to find yes/no questions for the logical inspection
+INSPECTION_POOL = 24
 
 
 def image_grid(zoo: ZooModel, n_tokens: int) -> PatchGrid | None:
@@ -88,6 +97,105 @@ def example_figure(
         heat = grid_heatmap(tokens, example.image.shape[:2], grid)
         draw_overlay(axis, example.image, heat, method)
     return figure_png(figure)
+
+
+def explainer(zoo: ZooModel) -> HeterogenousAttentionAttribution:
+    return HeterogenousAttentionAttribution(
+        zoo.forward_func, model=zoo.model, graph=zoo.graph, input_mappings=zoo.input_mappings
+    )
+
+
+def explain_with_maps(zoo: ZooModel, examples: list[Example]) -> Explanation:
+    """Ours (pos) on ``examples`` with every call's maps kept (for the views)."""
+    batch = zoo.collate(examples)
+    return explainer(zoo).explain(
+        batch.inputs, target=batch.targets, additional_forward_args=batch.additional_forward_args,
+        correction="pos", return_maps=True,
+    )
+
+
+def image_text_figure(
+    zoo: ZooModel, example: Example, index: int, explanation: Explanation
+) -> bytes | None:
+    """Ours (pos) of one example: the image overlay beside the coloured question tokens, the
+    readout token greyed."""
+    tokens = example.tokens.get("text")
+    if example.image is None or not tokens or "text" not in explanation.relevance:
+        return None
+    image = explanation.relevance.get("image")
+    grid = image_grid(zoo, image.shape[1]) if image is not None else None
+    figure = plot_explanation(explanation, index, example.image, tokens, grid=grid,
+                              title=f"ours (pos): {example.description}")
+    return figure_png(figure)
+
+
+def yes_no_examples(pool: list[Example]) -> list[Example]:
+    """The first example of ``pool`` whose answer is "yes" and the first whose answer is "no"
+    (fewer when the pool lacks one)."""
+    from captum_hetattn.zoo.shapes_vqa import ANSWER_ID
+
+    chosen: list[Example] = []
+    for answer in ("yes", "no"):
+        chosen += [e for e in pool if e.label == ANSWER_ID[answer]][:1]
+    return chosen
+
+
+def logical_inspection_figure(zoo: ZooModel, examples: list[Example]) -> bytes | None:
+    r"""The paper's Fig. 8 on yes/no questions: ``Contrast(yes, no)`` under the ``full``
+    correction, red = evidence for "yes", blue = evidence for "no"."""
+    from captum_hetattn.zoo.shapes_vqa import ANSWER_ID
+
+    if not examples or any(e.image is None or not e.tokens.get("text") for e in examples):
+        return None
+    batch = zoo.collate(examples)
+    objective = Contrast(ANSWER_ID["yes"], ANSWER_ID["no"])
+    explanation = explainer(zoo).explain(
+        batch.inputs, objective=objective, correction="full",
+        additional_forward_args=batch.additional_forward_args,
+    )
+    with torch.no_grad():
+        margin = objective(zoo.forward_func(*batch.inputs, *batch.additional_forward_args))
+    image = explanation.relevance.get("image")
+    grid = image_grid(zoo, image.shape[1]) if image is not None else None
+    figure, axes = plt.subplots(
+        len(examples), 3, figsize=(8.0, 2.7 * len(examples)), squeeze=False,
+        gridspec_kw={"width_ratios": (1.0, 1.0, 1.6)},
+    )
+    for row, example in enumerate(examples):
+        plot_explanation(
+            explanation, row, example.image, example.tokens["text"], signed=True, grid=grid,
+            answers=("yes", "no"), axes=list(axes[row]),
+        )
+        axes[row][2].set_title(
+            f"{example.description}   (logit yes − no: {float(margin[row]):+.2f})", fontsize=8
+        )
+    figure.tight_layout()
+    return figure_png(figure)
+
+
+def views_html(zoo: ZooModel, example: Example, explanation: Explanation, index: int) -> str:
+    """Head view, model view and relevance flow of one example, inline (no external file)."""
+    from captum_hetattn.views import head_view, model_view, relevance_flow
+
+    grids = {}
+    image = explanation.relevance.get("image")
+    if image is not None:
+        grid = image_grid(zoo, image.shape[1])
+        if grid is not None:
+            grids["image"] = grid
+    tokens = {s: list(t) for s, t in example.tokens.items() if t}
+    parts = [
+        "<h3>Head view</h3><p>Per attention call and head: lines from query tokens to the key "
+        "tokens they attend to (raw A, corrected f(G)⊙A, or the gradient).</p>",
+        head_view(explanation, tokens, example=index, grids=grids)._repr_html_(),
+        "<h3>Model view</h3><p>Every head of every call, by node type and stream pair; click a "
+        "thumbnail for its head view.</p>",
+        model_view(explanation, tokens, example=index, grids=grids)._repr_html_(),
+        "<h3>Relevance flow</h3><p>How the readout's relevance is shared between the sources "
+        "after each step of the layer graph (the readout token's own share left out).</p>",
+        relevance_flow(explanation, example=index)._repr_html_(),
+    ]
+    return "".join(parts)
 
 
 def curves_figure(result: EvaluationResult) -> bytes:
@@ -145,8 +253,13 @@ def run_demo(out: Path, n: int, n_show: int, seed: int, with_ig: bool = True) ->
     (out / "figures").mkdir(exist_ok=True)
     zoo = load(DEMO_MODEL)
     methods = select_methods(None, with_ig=with_ig)
-    shown = zoo.make_examples(n_show, DISPLAY_SEED)
-    relevance = explain_examples(zoo, shown, methods)
+    # the same seed draws the same examples first: the shown ones are the pool's first n_show
+    pool = zoo.make_examples(max(n_show, INSPECTION_POOL), DISPLAY_SEED)
+    shown = pool[:n_show]
+    relevance = explain_examples(zoo, shown, methods) if shown else {}
+    # ours (pos) with its maps, for the image + text figures, the readout token and the views
+    maps_examples = shown or pool[:1]
+    explanation = explain_with_maps(zoo, maps_examples)
     sections = [
         f"<p>Model <b>{zoo.name}</b> (LXMERT architecture trained on synthetic shapes; see "
         "<code>captum_hetattn.zoo</code>). Every method explains the same examples; the table "
@@ -161,14 +274,24 @@ def run_demo(out: Path, n: int, n_show: int, seed: int, with_ig: bool = True) ->
             parts.append(png_tag(png, f"example {index}"))
         text_tokens = example.tokens.get("text")
         if text_tokens:
+            # the readout token's own share (1 for the attention methods) would wash out the rest
+            readout = explanation_readout_token(explanation, "text", index)
             rows = "".join(
                 f"<tr><td class='name'>{m}</td><td class='name'>"
-                f"{text_html(text_tokens, relevance[m]['text'][index][: len(text_tokens)])}"
-                "</td></tr>"
+                f"{text_html(text_tokens, relevance[m]['text'][index], readout)}</td></tr>"
                 for m in relevance if "text" in relevance[m]
             )
             parts.append(f"<table>{rows}</table>")
+        combined = image_text_figure(zoo, example, index, explanation)
+        if combined is not None:
+            (out / "figures" / f"example_{index}_image_text.png").write_bytes(combined)
+            parts.append(png_tag(combined, f"example {index}: image and text"))
         example_sections.append(f"<div class='example'>{''.join(parts)}</div>")
+    inspection = logical_inspection_figure(zoo, yes_no_examples(pool))
+    if inspection is not None:
+        (out / "figures" / "logical_inspection.png").write_bytes(inspection)
+    views_example = maps_examples[0]
+    views = views_html(zoo, views_example, explanation, 0)
     result = evaluate(zoo, methods, n=n, seed=seed)
     curves = curves_figure(result)
     (out / "figures" / "perturbation_curves.png").write_bytes(curves)
@@ -181,7 +304,23 @@ def run_demo(out: Path, n: int, n_show: int, seed: int, with_ig: bool = True) ->
         table_html(result),
         png_tag(curves, "perturbation curves"),
         "<h2>Examples</h2>",
+        "<p>Text rows and the image + text figures (ours, pos correction) leave the readout "
+        "token's own share out (drawn grey): its identity entry would swamp every other token.</p>",
         *example_sections,
+    ]
+    if inspection is not None:
+        sections += [
+            "<h2 id='logical-inspection'>Logical inspection: why “yes” rather than “no”?</h2>",
+            "<p>Objective <code>Contrast(yes, no)</code> (logit of “yes” minus logit of “no”) "
+            "under the <code>full</code> correction, so the sign survives: <b style='color:#c00'>"
+            "red</b> is evidence for “yes”, <b style='color:#00c'>blue</b> evidence for “no” "
+            "(the paper's Fig. 8). Each stream has its own symmetric scale.</p>",
+            png_tag(inspection, "logical inspection"),
+        ]
+    sections += [
+        "<h2 id='views'>Interactive views</h2>",
+        f"<p>Ours (pos) on “{views_example.description}”.</p>",
+        views,
     ]
     metrics = {
         "model": zoo.name,

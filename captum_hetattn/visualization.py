@@ -265,26 +265,29 @@ def _luminance(rgba: Sequence[float]) -> float:
 
 def _draw_tokens(axis: Axes, tokens: Sequence[str], colours: np.ndarray,
                  readout_token: int | None, fontsize: float) -> None:
-    """Tokens as coloured boxes flowing left to right, wrapped at the axis' width (the font
-    shrinks until they fit)."""
+    """Tokens as coloured boxes flowing left to right from the axis' top-left corner, wrapped at
+    its width (the font shrinks until they fit). Offsets are in points, so a later layout change
+    (``tight_layout``) moves the boxes without stretching the gaps between them."""
     axis.set_axis_off()
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
     n = len(tokens)
     readout = None if readout_token is None else int(readout_token) % max(n, 1)
     renderer = axis.figure.canvas.get_renderer()
+    to_points = 72.0 / axis.figure.dpi
     box = axis.get_window_extent(renderer)
-    width, height = max(box.width, 1.0), max(box.height, 1.0)
+    width, height = max(box.width, 1.0) * to_points, max(box.height, 1.0) * to_points
     size = fontsize
     while True:
         texts = []
-        x, y = 0.0, 1.0
-        line = 0.0
+        margin = 0.4 * size  # the box's padding around the text
+        x, y, line = margin, margin, 0.0
         for i, token in enumerate(tokens):
             is_readout = i == readout
             face = colours[i]
-            text = axis.text(
-                x, y, str(token), transform=axis.transAxes, ha="left", va="top", fontsize=size,
+            text = axis.annotate(
+                str(token), xy=(0.0, 1.0), xycoords="axes fraction", xytext=(x, -y),
+                textcoords="offset points", ha="left", va="top", fontsize=size,
                 color=READOUT_TEXT if is_readout else
                 ("white" if _luminance(face) < 0.45 else "black"),
                 fontstyle="italic" if is_readout else "normal",
@@ -293,23 +296,23 @@ def _draw_tokens(axis: Axes, tokens: Sequence[str], colours: np.ndarray,
                       "linestyle": "--" if is_readout else "-", "linewidth": 0.6},
             )
             extent = text.get_window_extent(renderer)
-            pad = 0.9 * size * axis.figure.dpi / 72.0
-            step = (extent.width + pad) / width
-            line = max(line, (extent.height + 1.2 * pad) / height)
-            if x > 0 and x + step > 1.0:
-                x, y = 0.0, y - line
-                text.set_position((x, y))
+            step = extent.width * to_points + 2.2 * margin
+            line = max(line, extent.height * to_points + 2.4 * margin)
+            if x > margin and x + step > width:
+                x, y = margin, y + line
+                text.xyann = (x, -y)
             x += step
             texts.append(text)
-        if y - 1.5 * line >= 0 or size <= 4:
+        if y + 1.5 * line <= height or size <= 4:
             break
         for text in texts:
             text.remove()
         size -= 1
     if readout is not None and n:
-        axis.text(0.0, y - line, f"grey: readout token '{tokens[readout]}' (its own share left "
-                  "out)", transform=axis.transAxes, ha="left", va="top", fontsize=6,
-                  color=READOUT_TEXT)
+        axis.annotate(f"grey: readout token '{tokens[readout]}' (its own share left out)",
+                      xy=(0.0, 1.0), xycoords="axes fraction", xytext=(0.0, -(y + line)),
+                      textcoords="offset points", ha="left", va="top", fontsize=6,
+                      color=READOUT_TEXT)
 
 
 def _check_lengths(tokens: Sequence[str], text_relevance: RelevanceLike) -> np.ndarray:

@@ -60,9 +60,21 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
         for part in html.split(attribute)[1:]:
             value = part[1:].split(part[0])[0]
             assert value.startswith("data:") or value.startswith("#"), value
-    figures = sorted((tmp_path / "figures").glob("*.png"))
-    assert len(figures) == 3  # two examples and the perturbation curves
+    figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    # per example: the methods' overlays and ours as image + text; the curves; the yes/no
+    # contrast maps (logical inspection)
+    assert figures == ["example_0.png", "example_0_image_text.png", "example_1.png",
+                       "example_1_image_text.png", "logical_inspection.png",
+                       "perturbation_curves.png"]
     assert html.count("data:image/png;base64,") == len(figures)
+    assert "Contrast(yes, no)" in html and 'alt="logical inspection"' in html
+    assert html.count('alt="example 0: image and text"') == 1
+    # the readout token ([CLS]) is greyed in every text row rather than swamping it
+    text_rows = html.count("</td><td class='name'><span")
+    assert text_rows >= 2 * 5 and html.count('class="readout"') == text_rows
+    # head view, model view and relevance flow of one example, inline with distinct ids
+    assert [html.count(f'data-hetattn-view="{kind}"') for kind in ("head", "model", "flow")] \
+        == [1, 1, 1]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     methods = {entry["method"] for entry in saved["evaluation"]["methods"]}
     assert methods == set(standard_methods()) == set(metrics["methods"])
