@@ -12,6 +12,10 @@ from captum_hetattn.cli import run_demo
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    from _browser import binaries
+
+    if binaries() is None:  # skip before running the demo for nothing
+        pytest.skip("the browser test of the demo report needs chromium and chromium-driver")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("demo")
