@@ -74,11 +74,21 @@ def _vector(relevance: RelevanceLike) -> np.ndarray:
     return np.nan_to_num(values.reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def _readout_index(readout_token: int | Tensor | None, n: int) -> int | None:
+    """The readout token's position among ``n`` tokens (negative counts from the end); None
+    when there is none or it lies outside them (e.g. a token that is not drawn)."""
+    if readout_token is None:
+        return None
+    index = int(readout_token)
+    return index % n if -n <= index < n else None
+
+
 def _without_readout(values: np.ndarray, readout_token: int | None) -> np.ndarray:
     """``values`` with the readout token's entry set to 0 (a copy)."""
     values = values.copy()
-    if readout_token is not None and -len(values) <= int(readout_token) < len(values):
-        values[int(readout_token)] = 0.0
+    index = _readout_index(readout_token, len(values))
+    if index is not None:
+        values[index] = 0.0
     return values
 
 
@@ -147,8 +157,9 @@ def token_colors(
     else:
         positions = np.clip(np.abs(values) / top, 0.0, 1.0)
     colours = np.asarray(colour_map(positions), dtype=np.float64).reshape(len(values), 4)
-    if readout_token is not None and -len(values) <= int(readout_token) < len(values):
-        colours[int(readout_token)] = mcolors.to_rgba(READOUT_FACE)
+    index = _readout_index(readout_token, len(values))
+    if index is not None:
+        colours[index] = mcolors.to_rgba(READOUT_FACE)
     return colours
 
 
@@ -272,7 +283,7 @@ def _draw_tokens(axis: Axes, tokens: Sequence[str], colours: np.ndarray,
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
     n = len(tokens)
-    readout = None if readout_token is None else int(readout_token) % max(n, 1)
+    readout = _readout_index(readout_token, n)
     renderer = axis.figure.canvas.get_renderer()
     to_points = 72.0 / axis.figure.dpi
     box = axis.get_window_extent(renderer)
@@ -515,6 +526,14 @@ def explanation_readout_token(explanation: Explanation, source: str, example: in
 
     Returns:
         int or None.
+
+    Examples::
+
+        >>> explanation = explainer.explain(inputs, target=label)  # LXMERT: read at text [CLS]
+        >>> explanation_readout_token(explanation, "text", 0)
+        0
+        >>> explanation_readout_token(explanation, "image", 0) is None
+        True
     """
     stream = (explanation.sources or {}).get(source, source)
     if stream != explanation.readout_stream:
@@ -592,11 +611,18 @@ def text_html(tokens: Sequence[str], relevance: Tensor, readout_token: int | Non
             own share, 1 for attention methods, would wash out every other token), or None.
 
     Returns:
-        str: one ``<span>`` per token (its value in the ``title`` tooltip).
+        str: one ``<span>`` per token (its value in the ``title`` tooltip); the readout token's
+        span has ``class="readout"``.
+
+    Examples::
+
+        >>> explanation = explainer.explain(inputs, target=label)
+        >>> text_html(words, explanation.relevance["text"][0],
+        ...           readout_token=explanation_readout_token(explanation, "text", 0))
     """
     values = _vector(relevance)
     scale = relevance_scale(values[: len(tokens)], readout_token=readout_token) or 1.0
-    readout = None if readout_token is None else int(readout_token) % max(len(tokens), 1)
+    readout = _readout_index(readout_token, len(tokens))
     spans = []
     for i, (token, value) in enumerate(zip(tokens, values.tolist(), strict=False)):
         if i == readout:

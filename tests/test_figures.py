@@ -188,3 +188,15 @@ def test_plot_explanation_finds_the_readout_token(vqa, tmp_path):
     assert (contrast.relevance["text"][1, 1:] < 0).any()  # signed: something speaks for "no"
     with pytest.raises(ValueError, match="no source 'audio'"):
         plot_explanation(plain, 0, example.image, example.tokens["text"], text_source="audio")
+
+
+def test_a_readout_token_outside_the_drawn_tokens_is_ignored():
+    values = torch.tensor([0.2, 0.4, 0.8])
+    np.testing.assert_allclose(token_colors(values, readout_token=5), token_colors(values))
+    np.testing.assert_allclose(token_colors(values, readout_token=-1)[2], to_rgba(READOUT_FACE))
+    assert relevance_scale(values, readout_token=-1) == pytest.approx(0.4)
+    assert 'class="readout"' not in text_html(["a", "b"], values, readout_token=2)
+    figure = plot_image_text(scene(), None, ["a", "b"], values, readout_token=2)
+    notes = [t.get_text() for t in panel(figure, "text").texts if "readout" in t.get_text()]
+    plt.close(figure)
+    assert notes == []
