@@ -392,12 +392,17 @@ class LayerGraph:
         return blocks
 
     def _infer_types(self) -> tuple[NodeType, ...]:
-        """B for cross nodes; C for self nodes on a stream already fused by a B node; else A.
+        """B for cross nodes; C for self nodes on a stream already fused by a B node or by a
+        splice / concatenation junction; else A.
 
         A layer block repeats, so a B node into stream x anywhere in a block makes every self
         node on x in that block C (from its second layer on, it sees fused tokens).
         """
-        fused: set[str] = set()
+        # a stream that receives another stream's tokens by a splice or a concatenation holds
+        # two sources from its first call on (probed junctions may also merge one stream
+        # into its own later stage, which fuses nothing: the binding decides those per call)
+        fused: set[str] = {j.into for j in self.junctions
+                           if j.kind in ("splice", "concat") and j.into != j.origin}
         types: dict[int, NodeType] = {}
         for block in self._blocks():
             nodes = [node for step in block for node in _step_nodes(step)]
