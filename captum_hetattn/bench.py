@@ -11,7 +11,7 @@ ratio are measured in the same run, alternately. Sections (keys for ``only=``):
    hand-written). Target ≤ 0.7.
 2. ``long_context`` — BERT-base and GPT-2 small (causal) at ``lengths`` tokens (default 512 /
    2048 / 4096 / 8192): time and peak memory of ours vs the plain sdpa forward+backward, each
-   measured in a fresh subprocess (peak RSS from ``getrusage``, or
+   measured in a fresh subprocess (its peak RSS, ``VmHWM``, or
    ``torch.cuda.max_memory_allocated`` on a GPU). A length whose predicted time (quadratic
    growth from the last measured length) exceeds ``budget_s``, or whose predicted memory exceeds
    what the machine has free, is skipped and reported as such. Targets at 4096: memory ≤ 1.3×,
@@ -440,18 +440,27 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     build = {"bert": build_bert, "gpt2": build_gpt2}[spec["model"]]
     case = build(1, spec["quick"], tokens=spec["tokens"])
     _to_device(case, device)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB (Linux)
+    baseline = _peak_rss_mib()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.max_memory_allocated() / 2**20
     function = case.plain if spec["mode"] == "plain" else case.ours
     seconds = median_times({"run": function}, spec["repeats"], _sync_for(device))["run"]
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mib()
     return {"seconds": seconds, "peak_mib": peak, "baseline_mib": baseline,
             "attention": case.attention}
+
+
+def _peak_rss_mib() -> float:
+    r"""This process's peak resident memory in MiB: ``VmHWM`` of ``/proc/self/status`` (the
+    high-water mark of this program's own memory). ``getrusage``'s ``ru_maxrss`` is the
+    fallback: on Linux it keeps the peak of the process before ``exec`` — the parent's size at
+    the fork — so a worker started from a big benchmark process would report the parent's."""
+    with suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -495,21 +504,23 @@ def bench_long_context(opts: Options) -> Section:
     if opts.quick:
         section.notes.append("Quick mode: BERT only (GPT-2 small runs in the full benchmark).")
     for model in models:
-        last: dict[str, tuple[int, dict[str, Any]]] = {}
+        measured: dict[str, list[tuple[int, dict[str, Any]]]] = {"plain": [], "ours": []}
         for tokens in sorted(opts.lengths):
             results: dict[str, dict[str, Any]] = {}
             for mode in ("plain", "ours"):
                 skip = None
                 if mode == "ours" and "error" in results.get("plain", {}):
                     skip = "not run: the plain run did not finish"
-                elif mode in last:
-                    previous_tokens, previous = last[mode]
-                    scale = (tokens / previous_tokens) ** 2
-                    predicted_s = previous["seconds"] * scale * (opts.repeats + 1) + 5
-                    grown = max(previous["peak_mib"] - previous["baseline_mib"], 0) * scale
+                elif measured[mode]:
+                    points = measured[mode][-2:]
+                    seconds = _extrapolate([(t, r["seconds"]) for t, r in points], tokens)
+                    predicted_s = seconds * (opts.repeats + 1) + 5
+                    grown = _extrapolate(
+                        [(t, max(r["peak_mib"] - r["baseline_mib"], 0)) for t, r in points],
+                        tokens)
                     if predicted_s > opts.budget_s:
-                        skip = (f"skipped: ~{predicted_s:.0f} s predicted (quadratic from "
-                                f"{previous_tokens}) > budget {opts.budget_s:.0f} s")
+                        skip = (f"skipped: ~{predicted_s:.0f} s predicted (a + b·n² through "
+                                f"the measured lengths) > budget {opts.budget_s:.0f} s")
                     elif opts.device == "cpu" and grown > 0.8 * free_mib:
                         skip = (f"skipped: ~{grown / 1024:.1f} GiB predicted > 80% of the "
                                 f"{free_mib / 1024:.1f} GiB free")
@@ -519,7 +530,7 @@ def bench_long_context(opts: Options) -> Section:
                 results[mode] = ready.get((model, tokens, mode)) or _run_worker(
                     spec(model, tokens, mode), opts.budget_s)
                 if "error" not in results[mode]:
-                    last[mode] = (tokens, results[mode])
+                    measured[mode].append((tokens, results[mode]))
             plain, ours = results["plain"], results["ours"]
             name = {"bert": "BERT-base", "gpt2": "GPT-2 small"}[model]
             if opts.quick:
@@ -545,7 +556,7 @@ def bench_long_context(opts: Options) -> Section:
             section.rows.append(row)
             section.data.append({"model": name, "tokens": tokens, "plain": plain, "ours": ours})
     memory = "torch.cuda.max_memory_allocated" if opts.device == "cuda" else \
-        "peak RSS (getrusage ru_maxrss) of a fresh process"
+        "peak RSS (VmHWM) of a fresh process"
     at_once = "; quick mode starts them all at once" if opts.quick else ""
     section.notes.insert(0, (
         f"Each cell is one fresh process (build the model at batch 1, warm up, {opts.repeats} "
@@ -554,6 +565,18 @@ def bench_long_context(opts: Options) -> Section:
         "options."
     ))
     return section
+
+
+def _extrapolate(points: list[tuple[int, float]], n: int) -> float:
+    """``a + b·n²`` through the last two measured points (``b·n²`` through one); never less than
+    the last value. Attention's share grows with n², the rest (weights, projections) slower, so
+    this errs on the high side: a length is skipped too early rather than run out of memory."""
+    (n1, v1) = points[-1]
+    if len(points) == 1 or points[0][0] == n1:
+        return v1 * (n / n1) ** 2
+    (n0, v0) = points[0]
+    b = max((v1 - v0) / (n1**2 - n0**2), 0.0)
+    return max(v1 + b * (n**2 - n1**2), v1)
 
 
 def _cell(result: dict[str, Any], key: str, digits: int = 3) -> str:
@@ -656,7 +679,7 @@ def bench_evaluation(opts: Options) -> Section:
                        "vs one process"])
     methods = list(EVALUATION_METHODS[:1] if opts.quick else EVALUATION_METHODS)
     n = opts.eval_n
-    shard = max(4, math.ceil(n / 8))
+    shard = max(4, math.ceil(n / 4))  # two shards per rank: few calls, little per-call cost
     every = standard_methods(include_integrated_gradients=False)
     zoo = load("shapes_vqa")
     scratch = Path(tempfile.mkdtemp(prefix="hetattn-bench-"))
