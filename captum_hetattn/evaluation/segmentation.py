@@ -169,7 +169,7 @@ def explained_queries(zoo: ZooModel, n: int, seed: int, threshold: float = 0.5
 
 
 def relevance_maps(zoo: ZooModel, pixels: Tensor, targets: Sequence[tuple[int, int]],
-                   methods: Mapping[str, Method], batch_size: int = 32,
+                   methods: Mapping[str, Method], batch_size: int = 128,
                    progress: Callable[[str], None] | None = None) -> dict[str, Tensor]:
     r"""Image-token relevance ``(N, n_image)`` of every method for ``N`` (pixels, target) pairs,
     in batches of ``batch_size`` (one forward + backward per batch and method)."""
@@ -202,7 +202,7 @@ def run_segmentation(
     methods: Mapping[str, Method] | None = None,
     threshold: float | None = None,
     n_figures: int = 6,
-    batch_size: int = 32,
+    batch_size: int = 128,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     r"""The paper's weakly supervised segmentation experiment on ``n`` held-out scenes.
@@ -225,10 +225,11 @@ def run_segmentation(
     Returns:
         A JSON-ready dict: ``tables`` (``"otsu"`` and ``"0.3 otsu"`` → method → metric → value
         in percent; COCO's -1 where no object of a size exists), ``paper`` (the paper's
-        Tables 1–2), ``n_scenes``, ``n_objects``, ``n_queries``, ``detection`` (box AP of the
-        detector on these scenes), ``iou_thresholds``, ``area_ranges``, ``seconds``,
-        ``figures`` (paths, with ``out_dir``) and ``figure_png`` (name → PNG bytes; left out of
-        the JSON file).
+        Tables 1–2), ``constant_maps`` (per method, how many explained queries got a map of
+        one value everywhere, hence an empty mask), ``n_scenes``, ``n_objects``,
+        ``n_queries``, ``detection`` (box AP of the detector on these queries),
+        ``iou_thresholds``, ``area_ranges``, ``seconds``, ``figures`` (paths, with
+        ``out_dir``) and ``figure_png`` (name → PNG bytes; left out of the JSON file).
     """
     from captum_hetattn.zoo.shapes_detr import (
         AREA_RANGES,
@@ -279,6 +280,10 @@ def run_segmentation(
         "methods": list(methods),
         "tables": tables,
         "paper": PAPER_TABLES,
+        # maps with one value everywhere binarise to empty masks (GAE's reference rule drops a
+        # whole cross term when any row of R − I sums to 0, which can leave no image relevance)
+        "constant_maps": {name: int((maps[name].amax(dim=1) <= maps[name].amin(dim=1)).sum())
+                          if len(queries) else 0 for name in methods},
     }
     figures = {}
     if n_figures > 0 and queries:
@@ -339,6 +344,10 @@ def format_tables(result: Mapping[str, Any], *, markdown: bool = False,
               f"{result['query_threshold']}) on {result['n_scenes']} held-out scenes (seed "
               f"{result['seed']}), {result['n_objects']} objects; IoU thresholds "
               f"{result['iou_thresholds'][0]:.2f}:0.05:0.95; percent")
+    constant = result.get("constant_maps", {})
+    if any(constant.values()):
+        header += "\nmaps of one value (empty masks): " + ", ".join(
+            f"{m} {constant[m]}" for m in methods if constant.get(m))
     for label, title in TABLE_TITLES.items():
         table = result["tables"][label]
         paper = result.get("paper", PAPER_TABLES)[label]
