@@ -367,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=12345)
     demo.add_argument("--no-ig", action="store_true", help="skip IntegratedGradients")
     demo.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    demo.add_argument("--model", choices=[DEMO_MODEL, "shapes_detr"], default=DEMO_MODEL,
+                      help="shapes_detr: the detection report (the paper's segmentation "
+                           "Tables 1-2, Fig. 2-4-like figures, logical inspection)")
     ev = commands.add_parser("evaluate", help="method table for a zoo model")
     ev.add_argument("--model", choices=sorted(REGISTRY), default=DEMO_MODEL)
     ev.add_argument("--methods", nargs="*", default=None)
@@ -375,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--no-perturbation", action="store_true")
     ev.add_argument("--json", type=Path, default=None, help="also write the result here")
     ev.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    ev.add_argument("--task", choices=["methods", "segmentation", "logical"], default="methods",
+                    help="segmentation: the paper's Tables 1-2 (--model shapes_detr); logical: "
+                         "logical inspection (--model shapes_vqa)")
+    ev.add_argument("--out", type=Path, default=None, help="figures of --task segmentation")
     ex = commands.add_parser("explain", help="token relevance of one zoo example")
     ex.add_argument("--model", choices=sorted(REGISTRY), default=DEMO_MODEL)
     ex.add_argument("--index", type=int, default=0)
@@ -405,6 +412,16 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         unknown = [m for m in names if m not in known]
         if unknown:
             return f"unknown method(s) {unknown}; choose from {sorted(known)}"
+    task = getattr(args, "task", "methods")
+    needs = {"segmentation": "shapes_detr", "logical": DEMO_MODEL}.get(task)
+    if args.command == "evaluate" and needs is not None and args.model != needs:
+        return f"--task {task} needs --model {needs}, got {args.model}"
+    if args.command == "evaluate" and task == "methods" and args.model == "shapes_detr":
+        return "shapes_detr is evaluated with --task segmentation"
+    if args.command == "evaluate" and args.out is not None:
+        problem = _writable_dir(args.out, True)
+        if problem:
+            return problem
     force = getattr(args, "force", False)
     if args.command == "demo":
         return _writable_dir(args.out, force)
@@ -431,8 +448,29 @@ def _writable_dir(path: Path, force: bool, what: str = "--out") -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "demo":
+    if args.command == "demo" and args.model == "shapes_detr":
+        from captum_hetattn.evaluation.logical import format_logical
+        from captum_hetattn.evaluation.segmentation import format_tables, run_detection_demo
+
+        result = run_detection_demo(args.out, seed=args.seed)
+        print(format_tables(result["segmentation"], with_paper=True))
+        print(format_logical(result["logical"]))
+        print(f"\nreport: {result['report']}  ({result['seconds']:.0f} s)")
+    elif args.command == "demo":
         run_demo(args.out, args.n, args.show, args.seed, with_ig=not args.no_ig)
+    elif args.command == "evaluate" and args.task in ("segmentation", "logical"):
+        from captum_hetattn.evaluation.logical import format_logical, run_logical_inspection
+        from captum_hetattn.evaluation.segmentation import format_tables, run_segmentation
+
+        if args.task == "segmentation":
+            found = run_segmentation(args.model, n=args.n, seed=args.seed, out_dir=args.out)
+            print(format_tables(found, with_paper=True))
+        else:
+            found = run_logical_inspection(args.model, n=args.n, seed=args.seed)
+            print(format_logical(found))
+        if args.json:
+            args.json.write_text(json.dumps(
+                {k: v for k, v in found.items() if k != "figure_png"}, indent=1))
     elif args.command == "evaluate":
         result = evaluate(
             load(args.model), select_methods(args.methods), n=args.n, seed=args.seed,

@@ -88,3 +88,17 @@ def test_masks_find_objects(result):
     # an honest floor, not a ranking: the explained queries are real detections, so the
     # methods that read the detection's own cross-attention find some of its object at IoU 0.2
     assert max(result["tables"]["0.3 otsu"][m]["AP20"] for m in METHOD_ORDER) > 10.0
+
+
+def test_cli_evaluate_segmentation(tmp_path, capsys):
+    from captum_hetattn.cli import main
+
+    out = tmp_path / "tables.json"
+    assert main(["evaluate", "--model", "shapes_detr", "--task", "segmentation", "--n", "4",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Table 1" in printed and "Table 2" in printed
+    assert set(json.loads(out.read_text())["tables"]) == set(THRESHOLDS)
+    with pytest.raises(SystemExit):  # segmentation needs the detector
+        main(["evaluate", "--model", "shapes_vqa", "--task", "segmentation"])
+    assert "needs --model shapes_detr" in capsys.readouterr().err
