@@ -875,7 +875,15 @@ class _Streaming:
             self.next -= 1
 
     def result(self) -> dict[str, Tensor] | None:
+        """The readout rows, or ``None`` where no step ran (the maps all wait in ``maps``)."""
         if self.adjoint is None or self.next >= 0 or self.reference is None:
+            if self.next < len(self.steps) - 1 and any(
+                    not isinstance(step, TokenMap) for step in self.steps[self.next + 1:]):
+                # steps ran and dropped their maps, but some map never came: nothing to fall
+                # back to (every bound call is reduced by the end of the pass)
+                raise RuntimeError(
+                    "the streaming adjoint stopped at step "
+                    f"{self.next} of {len(self.steps)}: a bound call was never reduced")
             return None
         return self.adjoint.result(self.reference)
 
