@@ -750,7 +750,9 @@ def run_benchmarks(
     Args:
         out: the markdown report.
         quick: tiny models and sizes (a smoke test of the harness; numbers mean nothing).
-        only: section keys to run (:data:`SECTIONS`); the others are listed as not run.
+        only: section keys to run (:data:`SECTIONS`); the others keep the figures of an earlier
+            run written to ``out`` in the same mode (noted as carried over), or are listed as
+            not run — so a long benchmark can be run in parts.
         repeats: timed runs per median (default 5; quick 1).
         threads: torch threads (default: every core this process may use; quick: 1).
         budget_s: longest a long-context measurement may take (default 900 s; quick 120 s);
@@ -797,17 +799,39 @@ def run_benchmarks(
             log(f"bench: {key} done in {sections[key].seconds:.1f} s")
     total = time.perf_counter() - began
     load_end = _load()
+    stamp = f"{info['date']}, commit {info['commit'] or '?'}, load {load_start:.1f}–{load_end:.1f}"
+    saved = {key: {"title": s.title, "target": s.target, "header": s.header, "rows": s.rows,
+                   "notes": s.notes, "data": s.data, "seconds": s.seconds, "run": stamp}
+             for key, s in sections.items()}
+    for key, earlier in _earlier_sections(out, opts.quick).items():
+        if key not in sections:  # left out by `only`: keep the earlier run's figures
+            saved[key] = earlier
+            sections[key] = Section(key, earlier["title"], earlier["target"], earlier["header"],
+                                    earlier["rows"], earlier["notes"] + [
+                                        f"Carried over from an earlier run ({earlier['run']})."],
+                                    earlier["data"], earlier["seconds"])
     out.write_text(_report(info, opts, sections, chosen, total, load_start, load_end))
     data = {
         "machine": info,
         "options": vars(opts),
         "load_average": [load_start, load_end],
         "total_seconds": total,
-        "sections": {key: {"rows": s.rows, "notes": s.notes, "data": s.data,
-                           "seconds": s.seconds} for key, s in sections.items()},
+        "sections": {key: saved[key] for key in SECTIONS if key in saved},
     }
     out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
     return data
+
+
+def _earlier_sections(out: Path, quick: bool) -> dict[str, dict[str, Any]]:
+    """Sections of an earlier run written to the same place in the same mode (for ``only``)."""
+    try:
+        earlier = json.loads(out.with_suffix(".json").read_text())
+        if earlier["options"]["quick"] != quick:
+            return {}
+        return {key: value for key, value in earlier["sections"].items()
+                if key in SECTIONS and "run" in value}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _report(info: dict[str, Any], opts: Options, sections: dict[str, Section],

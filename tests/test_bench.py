@@ -29,6 +29,14 @@ def test_quick_run_writes_every_section(tmp_path):
     long = saved["sections"]["long_context"]["data"][0]
     assert "error" not in long["plain"] and "error" not in long["ours"], long
     assert long["plain"]["peak_mib"] > 0
+    # a run of one section keeps the others' figures from the earlier run (a run in parts)
+    bench.run_benchmarks(out=out, quick=True, only=["integrated_gradients"], log=lambda _: None)
+    again = out.read_text()
+    assert again.count("Carried over from an earlier run") == len(bench.SECTIONS) - 1
+    for key in bench.SECTIONS:
+        assert f"## {bench.TITLES[key]}" in again, key
+    resaved = json.loads(out.with_suffix(".json").read_text())["sections"]
+    assert resaved["batch"]["rows"] == saved["sections"]["batch"]["rows"]
 
 
 def test_unknown_section_is_refused(tmp_path):
