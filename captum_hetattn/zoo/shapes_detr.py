@@ -538,7 +538,7 @@ def build(trained: bool = True) -> ShapesDETR:
 def train(seed: int = 0, log: Callable[[str], None] = print,
           steps: int = STEPS) -> ShapesDETR:
     r"""Train from scratch on freshly drawn scenes (CPU, one thread: 10 000 steps of 16 scenes,
-    about 15 minutes of CPU time; 32 minutes of wall time on the shared 2-core machine).
+    an estimated 12–15 minutes of CPU time; 32 minutes of wall time on the shared 2-core machine).
 
     AdamW (backbone at half the learning rate), warm-up + cosine schedule, gradient clipping,
     Conditional DETR's Hungarian-matched focal / L1 / GIoU losses with auxiliary losses on every
