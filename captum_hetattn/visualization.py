@@ -27,21 +27,17 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from captum.attr import visualization as viz
+from matplotlib import colors as mcolors
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")  # headless: reports are written, never shown
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from captum.attr import visualization as viz  # noqa: E402
-from matplotlib import colors as mcolors  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from captum_hetattn.mapping import PatchGrid, to_heatmap  # noqa: E402
+from captum_hetattn.mapping import PatchGrid, to_heatmap
 
 if TYPE_CHECKING:
     from captum_hetattn.attribution import Explanation
