@@ -759,7 +759,7 @@ def run_benchmarks(
             lengths predicted to exceed it are skipped and reported.
         lengths: long-context token counts (default 512, 2048, 4096, 8192; quick 64).
         device: ``"cpu"`` or ``"cuda"`` (default: cuda when there is one).
-        eval_n / eval_repeats: examples and runs of the evaluation throughput (default 200 / 5;
+        eval_n / eval_repeats: examples and runs of the evaluation throughput (default 1000 / 5;
             quick 8 / 1).
 
     Returns:
@@ -779,7 +779,7 @@ def run_benchmarks(
         budget_s=float(budget_s if budget_s is not None else (120 if quick else 900)),
         lengths=tuple(lengths or (QUICK_LENGTHS if quick else DEFAULT_LENGTHS)),
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-        eval_n=eval_n or (8 if quick else 200),
+        eval_n=eval_n or (8 if quick else 1000),
         eval_repeats=eval_repeats or (1 if quick else 5),
     )
     out = Path(out)
