@@ -45,8 +45,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,14 +370,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-@contextmanager
-def _threads(count: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _threads(count: int):
+    """Torch threads set to ``count`` inside the block (the evaluation runner's helper)."""
+    from captum_hetattn.evaluation.distributed import _threads as threads
+
+    return threads(count)
 
 
 # ---------------------------------------------------------------------------------------------

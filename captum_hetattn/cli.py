@@ -6,7 +6,12 @@ r"""``captum-hetattn``: demo report, evaluation and single explanations on the b
   also holds ours as image + text figures, the logical inspection of yes/no questions
   (``Contrast(yes, no)`` under ``full``: red/blue maps) and, inline, the head view, model view
   and relevance flow of one example (:mod:`captum_hetattn.views`).
-- ``captum-hetattn evaluate --model NAME [--methods ...] [--n N]``: the table for any zoo model.
+- ``captum-hetattn evaluate --model NAME [--methods ...] [--n N]``: the table for any zoo model;
+  ``--nproc N [--out-dir DIR]`` shards the examples over processes (resumable from ``DIR``);
+  ``--task segmentation`` (``shapes_detr``) / ``--task logical`` (``shapes_vqa``): the paper's
+  experiments in kind.
+- ``captum-hetattn bench [--only ...] [--quick]``: the scale benchmarks, written to
+  ``benchmarks/results.md``.
 - ``captum-hetattn explain --model NAME [--index I] [--method M]``: token relevance of one
   example, printed (and drawn with ``--out``).
 """
@@ -25,8 +30,9 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
+from captum_hetattn import bench
 from captum_hetattn.attribution import Explanation, HeterogenousAttentionAttribution
-from captum_hetattn.evaluation import EvaluationResult, evaluate, standard_methods
+from captum_hetattn.evaluation import EvaluationResult, distributed, evaluate, standard_methods
 from captum_hetattn.evaluation.methods import Method
 from captum_hetattn.mapping import PatchGrid
 from captum_hetattn.objectives import Contrast
@@ -382,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="segmentation: the paper's Tables 1-2 (--model shapes_detr); logical: "
                          "logical inspection (--model shapes_vqa)")
     ev.add_argument("--out", type=Path, default=None, help="figures of --task segmentation")
+    distributed.add_arguments(ev, with_common=False)  # --nproc, --out-dir, --shard-size
+    be = commands.add_parser("bench", help="scale benchmarks -> benchmarks/results.md")
+    bench.add_arguments(be)
     ex = commands.add_parser("explain", help="token relevance of one zoo example")
     ex.add_argument("--model", choices=sorted(REGISTRY), default=DEMO_MODEL)
     ex.add_argument("--index", type=int, default=0)
@@ -391,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     problem = _check_arguments(args)
     if problem:
-        {"demo": demo, "evaluate": ev, "explain": ex}[args.command].error(problem)
+        {"demo": demo, "evaluate": ev, "explain": ex, "bench": be}[args.command].error(problem)
     torch.manual_seed(0)
     try:
         return _run(args)
@@ -402,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_arguments(args: argparse.Namespace) -> str | None:
     """What is wrong with the command line, found before any work starts."""
-    for key, low in (("n", 1), ("show", 0), ("seed", 0), ("index", 0)):
+    for key, low in (("n", 1), ("show", 0), ("seed", 0), ("index", 0), ("nproc", 1),
+                     ("shard_size", 1), ("repeats", 1)):
         value = getattr(args, key, None)
         if value is not None and value < low:
             return f"--{key} must be ≥ {low}, got {value}"
@@ -418,6 +428,8 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         return f"--task {task} needs --model {needs}, got {args.model}"
     if args.command == "evaluate" and task == "methods" and args.model == "shapes_detr":
         return "shapes_detr is evaluated with --task segmentation"
+    if args.command == "evaluate" and task != "methods" and distributed.wants_distributed(args):
+        return "--nproc / --out-dir work with --task methods"
     if args.command == "evaluate" and args.out is not None:
         problem = _writable_dir(args.out, True)
         if problem:
@@ -472,13 +484,17 @@ def _run(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(
                 {k: v for k, v in found.items() if k != "figure_png"}, indent=1))
     elif args.command == "evaluate":
-        result = evaluate(
-            load(args.model), select_methods(args.methods), n=args.n, seed=args.seed,
-            perturbation=not args.no_perturbation,
-        )
+        methods = select_methods(args.methods)
+        if distributed.wants_distributed(args):  # shards over processes, resumable
+            result = distributed.evaluate_cli(args, list(methods))
+        else:
+            result = evaluate(load(args.model), methods, n=args.n, seed=args.seed,
+                              perturbation=not args.no_perturbation)
         print(result.table())
         if args.json:
             args.json.write_text(json.dumps(result.to_dict(), indent=1))
+    elif args.command == "bench":
+        return bench.run_from_args(args)
     else:
         run_explain(args.model, args.index, args.method, args.seed, args.out)
     return 0

@@ -42,3 +42,13 @@ def test_quick_run_writes_every_section(tmp_path):
 def test_unknown_section_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark"):
         bench.run_benchmarks(out=tmp_path / "r.md", quick=True, only=["speed"])
+
+
+def test_cli_bench_command(tmp_path, capsys):
+    from captum_hetattn.cli import main
+
+    out = tmp_path / "r.md"
+    assert main(["bench", "--quick", "--only", "integrated_gradients", "--out", str(out)]) == 0
+    assert "Integrated" in out.read_text() and str(out) in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--only", "speed"])

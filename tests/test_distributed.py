@@ -133,14 +133,7 @@ def test_other_settings_are_refused_before_any_work(tmp_path):
 
 
 def test_command_lines(tmp_path, capsys):
-    import argparse
-
-    from captum_hetattn.evaluation.distributed import (
-        add_arguments,
-        evaluate_cli,
-        main,
-        wants_distributed,
-    )
+    from captum_hetattn.evaluation.distributed import main
 
     table = tmp_path / "table.json"
     assert main(["--model", "shapes_vqa", "--methods", "rollout", "--num-examples", "8",
@@ -151,16 +144,15 @@ def test_command_lines(tmp_path, capsys):
     assert main(["--model", "shapes_vqa", "--methods", "GAE", "--num-examples", "8",
                  "--nproc", "1", "--out", str(tmp_path / "run")]) == 1
     assert "another evaluation" in capsys.readouterr().err
-    # what `captum-hetattn evaluate` adds to its own options
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="shapes_vqa")
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=12345)
-    parser.add_argument("--no-perturbation", action="store_true")
-    add_arguments(parser, with_common=False)
-    assert not wants_distributed(parser.parse_args([]))
-    args = parser.parse_args(["--shard-size", "4", "--no-perturbation", "--out-dir",
-                              str(tmp_path / "cli")])
-    assert wants_distributed(args)
-    result = evaluate_cli(args, ["rollout"])
-    assert result.n_examples == 8 and read_log(tmp_path / "cli")[-1]["computed"] == [0, 1]
+    # `captum-hetattn evaluate --out-dir` (the command line users have) runs the same runner
+    from captum_hetattn.cli import main as cli
+
+    assert cli(["evaluate", "--methods", "rollout", "--n", "8", "--shard-size", "4",
+                "--no-perturbation", "--out-dir", str(tmp_path / "cli")]) == 0
+    assert "rollout" in capsys.readouterr().out
+    assert read_log(tmp_path / "cli")[-1]["computed"] == [0, 1]
+    with pytest.raises(SystemExit):
+        cli(["evaluate", "--task", "logical", "--nproc", "2"])
+    assert "--task methods" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["evaluate", "--nproc", "0"])
