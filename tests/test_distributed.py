@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from captum_hetattn.evaluation import evaluate, standard_methods
 from captum_hetattn.evaluation.distributed import (
@@ -25,12 +24,7 @@ METHODS = ["ours (pos)", "rollout", "Saliency"]
 N, SEED, SHARD = 16, 4321, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

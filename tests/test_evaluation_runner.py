@@ -9,14 +9,7 @@ from captum_hetattn.cli import main, run_demo
 from captum_hetattn.evaluation import evaluate, perturbation_curve, standard_methods
 from captum_hetattn.zoo import load
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: a second thread costs more than it gives on the 2-core CI machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", ["shapes_vqa", "shapes_vit"])

@@ -25,12 +25,7 @@ from captum_hetattn.visualization import (
 TOKENS = ["[CLS]", "is", "there", "a", "red", "circle", "?", "[SEP]"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def scene() -> np.ndarray:

@@ -14,14 +14,7 @@ from captum_hetattn.zoo import shapes_vqa as sv
 HELD_OUT_SEED = 12345
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    r"""The model's matrices are tiny: with two intra-op threads on a busy 2-core machine a
-    forward was measured 15× slower than with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
