@@ -1293,8 +1293,6 @@ class AttentionRecorder:
         probe = torch.zeros((), requires_grad=True)
         shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
         entry = self._add_flash(module, probe, shape)
-        if entry is None:
-            return None
         record = entry.record
         if states is not None:
             record.states = states
@@ -1319,8 +1317,7 @@ class AttentionRecorder:
         finally:
             self._flash_quiet -= 1
 
-    def _add_flash(self, module: nn.Module, probe: Tensor, shape: tuple[int, ...]
-                   ) -> _Entry | None:
+    def _add_flash(self, module: nn.Module, probe: Tensor, shape: tuple[int, ...]) -> _Entry:
         owner = self._owner(module)
         name = self._names.get(id(owner), type(owner).__name__)
         index = self._call_counts.get(name, 0)
