@@ -29,6 +29,7 @@ browser:
 
 test: install browser
 	$(VENV)/bin/ruff check .
+	$(PY) tools/house_report.py  # room sizes: a warning-only report
 	$(PY) -m pytest -q
 
 # the main job: explain and evaluate the bundled VQA model, write ./hetattn-report/
