@@ -9,8 +9,7 @@ from arch_zoo import ARCHS
 from test_architectures import ONE_EXAMPLE_AT_A_TIME, SUPPORTED, _example
 
 from captum_hetattn import HeterogenousAttentionAttribution
-from captum_hetattn.capture import AttentionRecorder
-from captum_hetattn.flash import FlashAttention, attention_map
+from captum_hetattn.capture.backends.flash import FlashAttention, FlashBackend, attention_map
 
 FLASHED: dict[str, int] = {}
 STREAMED: dict[str, bool] = {}
@@ -19,13 +18,13 @@ STREAMED: dict[str, bool] = {}
 @pytest.fixture
 def count_flash(monkeypatch):
     calls = []
-    original = AttentionRecorder._add_flash
+    original = FlashBackend._add_flash
 
     def counted(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(AttentionRecorder, "_add_flash", counted)
+    monkeypatch.setattr(FlashBackend, "_add_flash", counted)
     return calls
 
 
@@ -171,8 +170,8 @@ def test_flash_class_that_differs_from_its_eager_function_is_captured_eagerly():
 
     modeling_bert.eager_attention_forward = capped
     try:
-        from captum_hetattn import capture
-        capture._hf_eager_function.cache_clear()
+        from captum_hetattn.capture import introspect
+        introspect.hf_eager_function.cache_clear()
         forward = lambda i: model(input_ids=i).last_hidden_state[:, 0]  # noqa: E731
         flash = HeterogenousAttentionAttribution(forward, model=model).explain(ids, target=0)
         eager = HeterogenousAttentionAttribution(forward, model=model, capture="eager").explain(
@@ -180,7 +179,7 @@ def test_flash_class_that_differs_from_its_eager_function_is_captured_eagerly():
         torch.testing.assert_close(flash.relevance["text"], eager.relevance["text"])
     finally:
         modeling_bert.eager_attention_forward = original
-        capture._hf_eager_function.cache_clear()
+        introspect.hf_eager_function.cache_clear()
 
 
 @pytest.mark.parametrize("name", ["bert", "gpt2", "qwen2_gqa", "bart"])
@@ -192,13 +191,13 @@ def test_flash_backward_by_chunks_of_heads_equals_the_whole_map(name, monkeypatc
     arch = ARCHS[name]()
     whole = _relevance(arch, "flash", "full")
     reduced_by_chunks = []
-    original = capture.AttentionRecorder._on_flash
+    original = FlashBackend._on_flash
 
     def spy(self, entry, attention, gradient, first=0, heads=None):
         reduced_by_chunks.append(attention.shape[1] < (heads or attention.shape[1]))
         return original(self, entry, attention, gradient, first, heads)
 
-    monkeypatch.setattr(capture.AttentionRecorder, "_on_flash", spy)
+    monkeypatch.setattr(FlashBackend, "_on_flash", spy)
     n = arch.inputs[0].shape[-1]
     monkeypatch.setattr(capture, "FLASH_BUDGET", arch.inputs[0].shape[0] * n * n)
     chunked = _relevance(arch, "flash", "full")  # return_maps: chunks assembled

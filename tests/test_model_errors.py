@@ -15,10 +15,13 @@ from torch import Tensor, nn
 
 from captum_hetattn import HeterogenousAttentionAttribution, capture
 from captum_hetattn.capture import AttentionRecorder
+from captum_hetattn.capture.backends import interface as interface_backend
+from captum_hetattn.capture.backends import softmax as softmax_backend
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-CAPTURE_FILE = capture.__file__
+CAPTURE_FILE = softmax_backend.__file__  # the softmax mode and its handler
+INTERCEPTION_FILES = (CAPTURE_FILE, interface_backend.__file__)
 
 
 class HandAttention(nn.Module):
@@ -75,7 +78,7 @@ def model_frames(exc: BaseException) -> list[tuple[str, str]]:
 def interception_frames(exc: BaseException) -> list[tuple[str, str]]:
     return [
         (file, name) for file, name in frames(exc)
-        if (file == CAPTURE_FILE and name in ("__torch_function__", "_hf_attention"))
+        if (file in INTERCEPTION_FILES and name in ("__torch_function__", "_hf_attention"))
         or name == "handle_torch_function"
     ]
 
@@ -168,8 +171,8 @@ def test_errors_of_the_recorder_itself_keep_its_frames(monkeypatch):
     def broken(module: nn.Module) -> int:
         raise KeyError("recorder bug")
 
-    # reached from the recorder's own softmax handler, inside capture.py
-    monkeypatch.setattr(capture, "_head_count", broken)
+    # reached from the recorder's own softmax handler, inside the softmax backend
+    monkeypatch.setattr(softmax_backend, "head_count", broken)
     caught = failure(lambda: recorded(model, lambda: model(ids)))
     assert isinstance(caught, KeyError)
     names = frames(caught)

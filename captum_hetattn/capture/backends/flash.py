@@ -1,0 +1,227 @@
+r"""Flash capture: attention with the fast kernel in the forward and the map built inside the
+backward (``AttentionRecorder(flash=True)``, for modules that use the ``AttentionInterface``).
+
+Eager capture keeps every call's ``(B, H, n_q, n_k)`` map alive from the forward to the backward
+(the backward of ``A @ V`` needs it), so memory grows with ``L · H · n²``. Here the forward runs
+``F.scaled_dot_product_attention`` (which keeps only ``Q, K, V`` and the output) and the backward
+recomputes, one call at a time, ``A = softmax(Q Kᵀ · scale + mask)`` and takes
+``G = ∂y/∂A = dO · Vᵀ`` from the output gradient — exactly the pair the eager capture records —
+hands both to a callback (which reduces them at once) and returns the usual gradients of
+``Q, K, V`` (and of an additive mask that requires grad, such as a learned position bias).
+
+The callback runs inside the backward, per call and chunk of heads, so a callback that reduces the
+maps at once leaves at most one chunk of one call's maps alive at a time.
+
+:class:`FlashBackend` decides which interface calls run so (the first call of each attention
+class is checked against its eager function; dropout in training, soft-capping, attention sinks,
+head masks and activation checkpointing stay eager) and records them; :class:`FlashAttention`
+and :func:`attention_map` are the kernel and the map.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from captum_hetattn.capture.session import Entry, Session
+
+if TYPE_CHECKING:
+    from captum_hetattn.capture.recorder import AttentionRecorder
+
+Sink = Callable[[Tensor, Tensor], None]
+
+
+def attention_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    r"""``softmax(Q Kᵀ · scale + mask)`` in (at least) float32, cast back to the query's dtype
+    (as the transformers eager attention functions compute it)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores + mask
+    dtype = torch.promote_types(query.dtype, torch.float32)  # float64 stays float64
+    return torch.softmax(scores, dim=-1, dtype=dtype).to(query.dtype)
+
+
+class FlashAttention(torch.autograd.Function):
+    r"""``sdpa(Q, K, V, mask, scale)`` whose backward calls ``sink(A, G, first_head, heads)``.
+
+    The backward runs over chunks of heads (``chunk`` heads at a time; all at once when
+    ``None``), so it holds one chunk's ``(B, chunk, n_q, n_k)`` temporaries at a time; the sink
+    gets each chunk's maps with the index of its first head and the total head count.
+    ``probe`` is a scalar that requires grad: asking ``torch.autograd.grad`` for it makes a
+    backward run through this call without keeping any map (its gradient is 0).
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, mask, probe, scale, sink, chunk=None):  # noqa: D102
+        ctx.save_for_backward(query, key, value, mask)
+        ctx.scale, ctx.sink, ctx.chunk = scale, sink, chunk
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: D102
+        query, key, value, mask = ctx.saved_tensors
+        heads = query.shape[1]
+        chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
+        grad_query, grad_key, grad_value = (torch.empty_like(t) for t in (query, key, value))
+        grad_mask = None
+        wants_mask = mask is not None and ctx.needs_input_grad[3]
+        for first in range(0, heads, chunk):
+            part = slice(first, first + chunk)
+            head_mask = None
+            if mask is not None:
+                head_mask = mask[:, part] if mask.dim() == 4 and mask.shape[1] == heads else mask
+            q, k, v, d_out = query[:, part], key[:, part], value[:, part], grad_output[:, part]
+            attention = attention_map(q, k, head_mask, ctx.scale)
+            gradient = torch.matmul(d_out, v.transpose(-1, -2))  # ∂y/∂A = dO · Vᵀ
+            grad_value[:, part] = torch.matmul(attention.transpose(-1, -2), d_out)
+            grad_scores = attention * (gradient - (gradient * attention).sum(-1, keepdim=True))
+            grad_query[:, part] = torch.matmul(grad_scores, k) * ctx.scale
+            grad_key[:, part] = torch.matmul(grad_scores.transpose(-1, -2), q) * ctx.scale
+            if wants_mask:
+                if mask.dim() == 4 and mask.shape[1] == heads and heads > 1:
+                    if grad_mask is None:
+                        grad_mask = torch.zeros_like(mask)
+                    grad_mask[:, part] = _sum_to(grad_scores, grad_mask[:, part].shape)
+                else:
+                    partial = _sum_to(grad_scores, mask.shape)
+                    grad_mask = partial if grad_mask is None else grad_mask + partial
+            ctx.sink(attention.detach(), gradient.detach(), first, heads)
+            del attention, gradient, grad_scores
+        return grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None
+
+
+def _sum_to(gradient: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient back to ``shape``."""
+    while gradient.dim() > len(shape):
+        gradient = gradient.sum(0)
+    for dim, size in enumerate(shape):
+        if size == 1 and gradient.shape[dim] != 1:
+            gradient = gradient.sum(dim, keepdim=True)
+    return gradient
+
+
+class FlashBackend:
+    r"""Runs interface calls through :class:`FlashAttention` and records their maps from the
+    backward.
+
+    Args:
+        recorder: the recorder the maps go to (its ``reduce_heads`` and ``flash_budget``).
+        session: the running recording.
+    """
+
+    def __init__(self, recorder: AttentionRecorder, session: Session) -> None:
+        self.recorder = recorder
+        self.session = session
+        #: per attention class: whether its first call reproduced its eager function
+        self.checked: dict[type, bool] = {}
+
+    def install(self, stack: ExitStack) -> None:
+        r"""Nothing to install (the interface function calls :meth:`call`) and nothing to undo:
+        kept for the backends' common shape."""
+
+    def can_flash(self, module: nn.Module, mask: Any, dropout: Any, kwargs: dict) -> bool:
+        r"""Whether this interface call can run through :class:`FlashAttention`."""
+        if self.checked.get(type(module)) is False:
+            return False
+        if torch._C._current_graph_task_id() != -1 or self.session.checkpointing:
+            return False  # recomputations in the backward: eager, merged as usual
+        if module.training and not (isinstance(dropout, float) and dropout == 0.0):
+            return False
+        if any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "sinks", "head_mask")):
+            return False
+        return mask is None or (isinstance(mask, Tensor) and mask.is_floating_point())
+
+    def _reproduces(self, module: nn.Module, eager: Callable[..., Any], query: Tensor,
+                    key: Tensor, value: Tensor, mask: Tensor | None, kwargs: dict,
+                    expanded: tuple[Tensor, Tensor, Tensor | None, float]) -> bool:
+        """The first call of a class: whether sdpa gives its eager function's output."""
+        with torch.no_grad():
+            expected, _ = eager(module, query, key, value, mask, **kwargs)
+            full_key, full_value, cut_mask, scale = expanded
+            got = F.scaled_dot_product_attention(query, full_key, full_value, attn_mask=cut_mask,
+                                                 scale=scale).transpose(1, 2)
+            same = expected.shape == got.shape and torch.allclose(
+                expected.float(), got.float(), rtol=1e-4, atol=1e-5)
+        self.checked[type(module)] = same
+        return same
+
+    def call(self, module: nn.Module, eager: Callable[..., Any], query: Tensor,
+             key: Tensor, value: Tensor, mask: Tensor | None, kwargs: dict,
+             states: tuple[Tensor, Tensor] | None) -> tuple[Tensor, None] | None:
+        r"""The call through :class:`FlashAttention`; ``None`` where the first call of its
+        class does not reproduce the eager function (then eager)."""
+        original = (query, key, value, mask)
+        groups = query.shape[1] // key.shape[1]
+        if groups > 1:  # grouped-query attention: as the eager functions' repeat_kv
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        scale = kwargs.get("scaling")
+        scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+        if mask is not None:
+            mask = mask[:, :, :, : key.shape[-2]]
+        if type(module) not in self.checked and not self._reproduces(
+                module, eager, *original, kwargs, (key, value, mask, scale)):
+            return None
+        if not self.session.in_scope(module):
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                                  scale=scale).transpose(1, 2).contiguous(), None
+        probe = torch.zeros((), requires_grad=True)
+        shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+        entry = self._add_flash(module, probe, shape)
+        record = entry.record
+        if states is not None:
+            record.states = states
+        saved_query, saved_key = query.detach(), key.detach()
+        record.recompute = entry.recompute = functools.partial(
+            attention_map, saved_query, saved_key, None if mask is None else mask.detach(), scale)
+        chunk = None
+        if self.recorder.reduce_heads is not None:  # one chunk of heads' maps at a time
+            per_head = shape[0] * shape[2] * shape[3]
+            chunk = max(1, self.recorder.flash_budget // max(per_head, 1))
+        output = FlashAttention.apply(query, key, value, mask, probe, scale,
+                                      functools.partial(self._on_flash, entry), chunk)
+        return output.transpose(1, 2).contiguous(), None
+
+    def _add_flash(self, module: nn.Module, probe: Tensor, shape: tuple[int, ...]) -> Entry:
+        """A record whose map arrives in the backward; ``probe`` stands for it in ``maps``."""
+        owner = self.session.owner(module)
+        record = self.session.new_record(module, owner, shape, None)
+        entry = Entry(record, probe, id(owner), True, flash=True)
+        self.recorder._keep(entry)
+        return entry
+
+    def _on_flash(self, entry: Entry, attention: Tensor, gradient: Tensor, first: int = 0,
+                  heads: int | None = None) -> None:
+        """A chunk of heads ``first, first + 1, ...`` of a flash call's maps, from its backward:
+        reduced chunk by chunk where ``reduce_heads`` can, else assembled, then recorded."""
+        record = entry.record
+        if record.reduced is not None or self.session.tracing:
+            return  # one gradient pass per recording with reduce; or a tracing pass
+        heads = attention.shape[1] if heads is None else heads
+        last = first + attention.shape[1] >= heads
+        if first == 0 and last:  # the whole map at once
+            record.attention, record.recompute = attention, None
+            self.recorder._set_gradient(entry, gradient)
+            return
+        reduce_heads = self.recorder.reduce_heads
+        if reduce_heads is not None and record.part_of is None and entry.buffer is None:
+            done = reduce_heads(record, attention, gradient, first, heads)
+            if done is not NotImplemented:
+                if last:
+                    record.reduced, record.recompute = done, None
+                return
+        if entry.buffer is None:  # assemble the chunks into the whole map
+            full = (record.shape[0], heads, *attention.shape[2:])
+            entry.buffer = (attention.new_empty(full), gradient.new_empty(full))
+        entry.buffer[0][:, first:first + attention.shape[1]] = attention
+        entry.buffer[1][:, first:first + attention.shape[1]] = gradient
+        if last:
+            (record.attention, assembled), entry.buffer = entry.buffer, None
+            record.recompute = None
+            self.recorder._set_gradient(entry, assembled)

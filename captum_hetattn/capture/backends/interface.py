@@ -1,0 +1,110 @@
+r"""transformers' ``AttentionInterface``: models whose attention modules dispatch through
+``ALL_ATTENTION_FUNCTIONS`` (the model files that define ``eager_attention_forward``).
+
+A function is registered in ``transformers.AttentionInterface`` (and the eager mask function in
+``AttentionMaskInterface``, otherwise causal masks are silently dropped) under a neutral key that
+is then set as the attention implementation of the configs those modules read. The function
+delegates to the model file's *own* eager attention (the default that the module passes to
+``get_interface``), so position biases, GQA or soft-capping stay exact, and records the weights
+that function returns (the tensor the attention output is computed from); with ``flash`` it runs
+the call through :class:`~captum_hetattn.capture.backends.flash.FlashBackend` instead.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from itertools import count
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+from captum_hetattn.capture.backends.softmax import SoftmaxMode
+from captum_hetattn.capture.introspect import hf_eager_function, set_implementation
+from captum_hetattn.capture.session import Session
+
+if TYPE_CHECKING:
+    from captum_hetattn.capture.backends.flash import FlashBackend
+    from captum_hetattn.capture.recorder import AttentionRecorder
+
+_KEY_COUNTER = count()
+
+
+class InterfaceBackend:
+    r"""Records the plan's ``interface`` modules through a registered attention function.
+
+    Args:
+        recorder: the recorder the maps go to.
+        session: the running recording.
+        flash: the flash backend, with ``flash=True``.
+    """
+
+    def __init__(self, recorder: AttentionRecorder, session: Session,
+                 flash: FlashBackend | None = None) -> None:
+        self.recorder = recorder
+        self.session = session
+        self.flash = flash
+
+    def install(self, stack: ExitStack) -> None:
+        r"""Register the attention function (and the eager mask function) under a fresh key
+        and name it in the interface modules' configs, until ``stack`` closes."""
+        plan = self.session.plan
+        assert plan.interfaces is not None
+        attention_interface, mask_interface, eager_mask = plan.interfaces
+        # A fresh neutral key per recording: nested/concurrent recorders never share an entry.
+        key = f"hetattn_record_{next(_KEY_COUNTER)}"
+        attention_interface.register(key, self._hf_attention)
+        stack.callback(attention_interface._global_mapping.pop, key, None)
+        if mask_interface is not None:
+            # Without it the mask builders return no mask for an unknown key: causal masks
+            # would be silently dropped.
+            mask_interface.register(key, eager_mask)
+            stack.callback(mask_interface._global_mapping.pop, key, None)
+        set_implementation(stack, self.recorder.model, plan.interface, key)
+
+    def _hf_attention(self, module: nn.Module, query, key, value, attention_mask, **kwargs):
+        # (named as before the split: tracebacks and tests know the interception by this name)
+        eager = hf_eager_function(type(module))
+        if eager is None:  # pragma: no cover - only modules with one are routed here
+            raise RuntimeError(
+                f"{type(module).__name__} has no eager attention function; record it with "
+                "backend='softmax'"
+            )
+        session = self.session
+        session.interface_dispatched.add(id(module))
+        states = None
+        if session.record_io and session.frames and session.frames[-1].module is module:
+            # keys the module computed from something it was not handed (Segformer reduces
+            # its hidden states before the keys): the per-head key states stand for them
+            session.frames[-1].inner_key = key
+            states = (query, key)
+        dropout = kwargs.get("dropout", 0.0)
+        flash = self.flash
+        if flash is not None and flash.can_flash(module, attention_mask, dropout, kwargs):
+            session.in_interface += 1  # its softmax and sdpa are not calls of their own
+            try:
+                result = flash.call(module, eager, query, key, value, attention_mask, kwargs,
+                                    states)
+            finally:
+                session.in_interface -= 1
+            if result is not None:
+                return result
+        catch: list[Tensor] = []
+        session.in_interface += 1
+        try:
+            if module.training and isinstance(dropout, float) and dropout > 0.0:
+                # The returned weights are dropped out: catch the softmax before the dropout.
+                with SoftmaxMode(lambda out, dim, scores: catch.append(out)):
+                    attn_output, weights = eager(
+                        module, query, key, value, attention_mask, **kwargs
+                    )
+            else:
+                attn_output, weights = eager(module, query, key, value, attention_mask, **kwargs)
+        finally:
+            session.in_interface -= 1
+        if isinstance(weights, Tensor) and session.in_scope(module):
+            matching = [t for t in catch if t.shape == weights.shape]
+            live = matching[-1] if matching else weights
+            record = self.recorder._add_map(module, live, live.detach())
+            if record is not None and states is not None:
+                record.states = states
+        return attn_output, weights

@@ -1,0 +1,174 @@
+r"""The state of one recording, created when the recorder is entered and dropped when it exits:
+the tracked module calls running now (frames), how often each module was recorded, the entries
+behind the records, the enclosing modules running now, and the flags the backends share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any
+
+from torch import Tensor, nn
+
+from captum_hetattn.capture.introspect import autograd_node, token_count_at, token_dim
+from captum_hetattn.capture.plan import Plan
+from captum_hetattn.capture.record import AttentionRecord, Context
+
+
+@dataclass(eq=False)
+class Entry:
+    r"""Bookkeeping for one record: its live map and the identity of the module that owns it."""
+
+    record: AttentionRecord
+    live: Tensor
+    owner_id: int
+    has_live_grad: bool
+    merged_recompute: bool = False
+    flash: bool = False  # the map arrives from the backward (FlashAttention's sink)
+    buffer: tuple[Tensor, Tensor] | None = None  # a flash map's chunks, assembled
+    shaped: Tensor | None = None  # the record's map as first recorded (for another pass)
+    recompute: Callable[[], Tensor] | None = None  # a flash record's, for another pass
+
+
+@dataclass
+class Frame:
+    r"""One running tracked module: what its pre-hook learned about the call."""
+
+    module: nn.Module
+    role_hint: str | None
+    mha_request: tuple[bool, bool] | None = None
+    query_input: Tensor | None = None
+    key_input: Tensor | None = None
+    nodes: dict[str, Any] = field(default_factory=dict)
+    others: list[Tensor] = field(default_factory=list)  # further float tensor arguments
+    inner_key: Tensor | None = None  # per-head key states seen by the attention interface
+    records: list[AttentionRecord] = field(default_factory=list)
+    call_id: int = -1
+    contexts: list[Context] = field(default_factory=list)
+    linears: list[Tensor] = field(default_factory=list)  # F.linear outputs (record_io)
+
+
+@dataclass(eq=False)
+class Session:
+    r"""Everything one recording changes while it runs.
+
+    Args:
+        plan: what the recording handles.
+        stack: undoes everything the recording installed, in reverse order.
+        record_io: whether records get their call's tensors.
+        checkpointing: a module of the model uses activation checkpointing (flash is off).
+        frames: the tracked module calls running now, outermost first.
+        contexts: the enclosing (untracked) modules running now, outermost first.
+        entries: one per record, in call order.
+        call_counts: records so far per module name (the next ``call_index``).
+        call_ids: numbers the tracked calls.
+        in_interface: > 0 while the interface function runs (its softmax is not a call).
+        interface_ran, interface_dispatched: interface modules that ran, and those that went
+            through the interface (or were recorded otherwise).
+        muted: backward passes leave the records alone.
+        tracing: > 0 while flash calls must not hand their maps over.
+        callback_queued: an end-of-backward callback is queued.
+    """
+
+    plan: Plan
+    stack: ExitStack
+    record_io: bool = False
+    checkpointing: bool = False
+    frames: list[Frame] = field(default_factory=list)
+    contexts: list[Context] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+    call_counts: dict[str, int] = field(default_factory=dict)
+    call_ids: count = field(default_factory=count)
+    in_interface: int = 0
+    interface_ran: set[int] = field(default_factory=set)
+    interface_dispatched: set[int] = field(default_factory=set)
+    muted: bool = False
+    tracing: int = 0
+    callback_queued: bool = False
+
+    def in_scope(self, module: nn.Module) -> bool:
+        r"""Whether a call of ``module`` now is recorded (inside a listed module)."""
+        listed = self.plan.listed
+        if listed is None:
+            return True
+        return id(module) in listed or any(id(f.module) in listed for f in self.frames)
+
+    def owner(self, module: nn.Module) -> nn.Module:
+        r"""The module a call of ``module`` is recorded under: the innermost listed one."""
+        listed = self.plan.listed
+        if listed is None or id(module) in listed:
+            return module
+        for frame in reversed(self.frames):
+            if id(frame.module) in listed:
+                return frame.module
+        return module
+
+    def name_of(self, module: nn.Module) -> str:
+        r"""Qualified name of ``module`` (its class name for a module outside the model)."""
+        return self.plan.names.get(id(module), type(module).__name__)
+
+    def role(self, module: nn.Module, owner: nn.Module, shape: tuple[int, ...],
+             own: Frame | None) -> str:
+        r"""``"self"`` or ``"cross"`` for a map of ``shape`` computed by ``module``: from the
+        computing module's own call, then its tracked callers up to the owner."""
+        seen_frame = False
+        frames = self.frames + ([own] if own is not None else [])
+        for frame in reversed(frames):
+            if frame.module is module or seen_frame:
+                seen_frame = True
+                if frame.role_hint is not None:
+                    return frame.role_hint
+                if frame.module is owner:
+                    break
+        flag = getattr(module, "is_cross_attention", None)
+        if isinstance(flag, bool):
+            return "cross" if flag else "self"
+        if seen_frame:
+            return "self"
+        return "cross" if shape[-2] != shape[-1] else "self"
+
+    def new_record(self, module: nn.Module, owner: nn.Module, shape: tuple[int, ...],
+                   attention: Tensor | None, own: Frame | None = None) -> AttentionRecord:
+        r"""A record for a map of ``shape`` computed by ``module`` now, numbered under its
+        owner's name and given its call's tensors (``record_io``)."""
+        name = self.name_of(owner)
+        index = self.call_counts.get(name, 0)
+        self.call_counts[name] = index + 1
+        record = AttentionRecord(name=name, call_index=index,
+                                 role=self.role(module, owner, shape, own),
+                                 attention=attention, gradient=None, shape=shape)
+        if self.record_io:
+            frame = own or next(
+                (f for f in reversed(self.frames) if f.module is owner or f.module is module),
+                None,
+            )
+            if frame is not None:
+                _attach_inputs(record, frame, shape)
+        return record
+
+
+def _attach_inputs(record: AttentionRecord, frame: Frame, shape: tuple[int, ...]) -> None:
+    """Give a record (``record_io``) the tensors its module was called with.
+
+    A module whose arguments did not name its key input (``forward(self, x, y)``) but whose
+    map has another key count than query count reads its keys from the argument with that
+    many tokens: it is cross-attention.
+    """
+    record.query_input, record.key_input = frame.query_input, frame.key_input
+    record.nodes.update(frame.nodes)
+    record.call_id, record.contexts = frame.call_id, frame.contexts
+    n_query, n_key = shape[-2], shape[-1]
+    record.token_dim = token_dim(frame.module, frame.query_input, n_query)
+    record.key_token_dim = token_dim(frame.module, frame.key_input, n_key)
+    if record.key_input is None and (record.role == "cross" or n_query != n_key):
+        candidates = [*frame.others, *([frame.inner_key] if frame.inner_key is not None
+                                        else [])]
+        for other in candidates:
+            dim = token_dim(frame.module, other, n_key)
+            if token_count_at(other, dim) == n_key:
+                record.role, record.key_input, record.key_token_dim = "cross", other, dim
+                record.nodes["key"] = autograd_node(other)
+                break
+    frame.records.append(record)

@@ -1,0 +1,151 @@
+r"""Module hooks that follow the model's calls while recording: a frame per running tracked
+module (its role hint and, with ``record_io``, its inputs), the enclosing modules running now,
+and the model's embedding lookups."""
+
+from __future__ import annotations
+
+import functools
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from captum_hetattn.capture.backends.mha import MhaBackend
+from captum_hetattn.capture.backends.softmax import SoftmaxBackend
+from captum_hetattn.capture.introspect import autograd_node, call_inputs
+from captum_hetattn.capture.record import Context
+from captum_hetattn.capture.session import Frame, Session
+
+
+class CallTracker:
+    r"""Forward hooks on the tracked modules (and, with ``record_io``, on the modules enclosing
+    them and on every ``nn.Embedding``).
+
+    Args:
+        session: the running recording (its frames and contexts).
+        embeddings: where embedding lookups go (``record_io``).
+        softmax: the softmax backend, switched on while its modules run.
+        mha: the MHA backend, given its modules' calls.
+    """
+
+    def __init__(self, session: Session, embeddings: list, softmax: SoftmaxBackend | None,
+                 mha: MhaBackend | None) -> None:
+        self.session = session
+        self.embeddings = embeddings
+        self.softmax = softmax
+        self.mha = mha
+
+    def install(self, stack: ExitStack, model: nn.Module) -> None:
+        r"""Hook the plan's tracked modules (and with ``record_io`` the enclosing modules and
+        embeddings) until ``stack`` closes."""
+        tracked = self.session.plan.tracked
+        for module in tracked.values():
+            pre = module.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+            stack.callback(pre.remove)
+            post = module.register_forward_hook(
+                self._post_hook, with_kwargs=True, always_call=True
+            )
+            stack.callback(post.remove)
+        if self.session.record_io:
+            for name, module in model.named_modules():
+                if isinstance(module, nn.Embedding):
+                    handle = module.register_forward_hook(
+                        functools.partial(self._on_embedding, name)
+                    )
+                    stack.callback(handle.remove)
+            self._track_contexts(stack, model)
+
+    def _track_contexts(self, stack: ExitStack, model: nn.Module) -> None:
+        """Hooks on the modules enclosing attention modules (``record_io``): a windowed call's
+        hidden states are a permutation of its layer's, and the layer's are in token order."""
+        plan = self.session.plan
+        names = [plan.names[i] for i in plan.tracked if i in plan.names]
+        enclosing = {
+            ".".join(name.split(".")[:k]) for name in names for k in range(name.count(".") + 1)
+        }
+        for name, module in model.named_modules():
+            if name not in enclosing or id(module) in plan.tracked:
+                continue
+            pre = module.register_forward_pre_hook(
+                functools.partial(self._enter_context, name), with_kwargs=True
+            )
+            post = module.register_forward_hook(self._leave_context, always_call=True)
+            stack.callback(pre.remove)
+            stack.callback(post.remove)
+
+    def _enter_context(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+        self.session.contexts.append(Context(name, first, autograd_node(first)))
+
+    def _leave_context(self, module: nn.Module, args: tuple, output: Any) -> None:
+        contexts = self.session.contexts
+        if not contexts:
+            return
+        context = contexts.pop()
+        if isinstance(output, (tuple, list)):
+            output = next((o for o in output if isinstance(o, Tensor)), None)
+        if isinstance(output, Tensor):
+            context.output, context.output_node = output, autograd_node(output)
+
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        session = self.session
+        hint, query_input, key_input = call_inputs(module, args, kwargs)
+        frame = Frame(module, hint, call_id=next(session.call_ids))
+        if session.record_io:
+            frame.contexts = session.contexts[::-1]
+            frame.query_input, frame.key_input = query_input, key_input
+            frame.nodes = {"query": autograd_node(query_input), "key": autograd_node(key_input)}
+            frame.others = [a for a in (*args, *kwargs.values())
+                            if isinstance(a, Tensor) and a is not query_input
+                            and a.is_floating_point() and a.dim() >= 2]
+        plan = session.plan
+        if id(module) in plan.interface:
+            session.interface_ran.add(id(module))
+        session.frames.append(frame)
+        if id(module) in plan.mode:
+            self.softmax.enter()  # type: ignore[union-attr]
+        if id(module) in plan.mha:
+            return self.mha.force_weights(module, args, kwargs, frame)  # type: ignore[union-attr]
+        return None
+
+    def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any):
+        session = self.session
+        if id(module) in session.plan.mode:
+            self.softmax.leave()  # type: ignore[union-attr]
+        frames = session.frames
+        frame = None
+        for i in range(len(frames) - 1, -1, -1):
+            if frames[i].module is module:
+                frame = frames.pop(i)
+                break
+        if frame is not None and frame.mha_request is not None and output is not None:
+            replaced = self.mha.on_output(module, frame, output)  # type: ignore[union-attr]
+            self._attach_output(frame, output)
+            return replaced
+        if frame is not None:
+            self._attach_output(frame, output)
+        return None
+
+    def _attach_output(self, frame: Frame, output: Any) -> None:
+        """Give the records made inside this call the module's output (``record_io``)."""
+        if not (self.session.record_io and frame.records):
+            return
+        if isinstance(output, (tuple, list)):
+            output = next((o for o in output if isinstance(o, Tensor)), None)
+        for record in frame.records:
+            record.output = output if isinstance(output, Tensor) else None
+            record.nodes["output"] = autograd_node(record.output)
+
+    def _on_embedding(self, name: str, module: nn.Module, args: tuple, output: Any) -> Any:
+        if args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
+            if (not output.requires_grad and output.is_floating_point()
+                    and torch.is_grad_enabled()):
+                # a frozen model on token ids: the lookup becomes the leaf of the autograd graph,
+                # so the hidden states and maps after it have gradients (parameters get none)
+                output = output.detach().requires_grad_()
+            self.embeddings.append((name, args[0], output, autograd_node(output)))
+            # the model gets a copy: writing image features into it in place (Kosmos-2) must
+            # leave the recorded lookup as it was
+            return output.clone()
+        return None
