@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from captum_hetattn.capture.introspect import add_config
+
 
 @dataclass(eq=False)
 class Claim:
@@ -35,17 +37,9 @@ def _shared_objects(model: nn.Module) -> list[Any]:
     their sub-configs (attention implementation). A second model that wraps some of the same
     modules, or that was built from the same config object, shares them."""
     found: dict[int, Any] = {}
-
-    def add_config(cfg: Any) -> None:
-        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation_internal"):
-            return
-        found[id(cfg)] = cfg
-        for key in getattr(cfg, "sub_configs", {}) or {}:
-            add_config(getattr(cfg, key, None))
-
     for module in model.modules():
         found.setdefault(id(module), module)
-        add_config(getattr(module, "config", None))
+        add_config(found, getattr(module, "config", None))
     return list(found.values())
 
 

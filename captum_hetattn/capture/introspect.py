@@ -225,6 +225,16 @@ def transformers_interfaces() -> tuple[Any, Any, Callable[..., Any] | None] | No
     return AttentionInterface, AttentionMaskInterface, eager_mask
 
 
+def add_config(found: dict[int, Any], cfg: Any) -> None:
+    r"""Add ``cfg`` (a transformers config: one with an attention implementation) and its
+    sub-configs to ``found`` (``id -> config``)."""
+    if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation_internal"):
+        return
+    found[id(cfg)] = cfg
+    for key in getattr(cfg, "sub_configs", {}) or {}:
+        add_config(found, getattr(cfg, key, None))
+
+
 def configs_of(model: nn.Module, routed: dict[int, nn.Module]) -> list[Any]:
     r"""Configs that must name the recording implementation.
 
@@ -238,21 +248,13 @@ def configs_of(model: nn.Module, routed: dict[int, nn.Module]) -> list[Any]:
         silently drops causal masks), and their sub-configs.
     """
     found: dict[int, Any] = {}
-
-    def add(cfg: Any) -> None:
-        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation_internal"):
-            return
-        found[id(cfg)] = cfg
-        for key in getattr(cfg, "sub_configs", {}) or {}:
-            add(getattr(cfg, key, None))
-
     routed_ids = set(routed)
     for module in model.modules():
         cfg = getattr(module, "config", None)
         if cfg is None:
             continue
         if id(module) in routed_ids or any(id(m) in routed_ids for m in module.modules()):
-            add(cfg)
+            add_config(found, cfg)
     return list(found.values())
 
 

@@ -1,5 +1,6 @@
-r"""The capture backends, one class each, each with an ``install(stack)`` that changes the model
-(or the process) until the recording's :class:`contextlib.ExitStack` closes:
+r"""The capture backends, one class each (a :class:`~captum_hetattn.capture.backends.base.Backend`
+with an ``install(stack)`` that changes the model, or the process, until the recording's
+:class:`contextlib.ExitStack` closes):
 
 - :mod:`~captum_hetattn.capture.backends.interface`: transformers' ``AttentionInterface``;
 - :mod:`~captum_hetattn.capture.backends.softmax`: softmax interception in hand-written modules;

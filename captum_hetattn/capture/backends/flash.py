@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_hetattn.capture.backends.base import Backend
 from captum_hetattn.capture.session import Entry, Session
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def _sum_to(gradient: Tensor, shape: torch.Size) -> Tensor:
     return gradient
 
 
-class FlashBackend:
+class FlashBackend(Backend):
     r"""Runs interface calls through :class:`FlashAttention` and records their maps from the
     backward.
 
@@ -116,8 +117,7 @@ class FlashBackend:
     """
 
     def __init__(self, recorder: AttentionRecorder, session: Session) -> None:
-        self.recorder = recorder
-        self.session = session
+        super().__init__(recorder, session)
         #: per attention class: whether its first call reproduced its eager function
         self.checked: dict[type, bool] = {}
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from captum_hetattn.capture.backends.base import Backend
 from captum_hetattn.capture.backends.softmax import SoftmaxMode
 from captum_hetattn.capture.introspect import hf_eager_function, set_implementation
 from captum_hetattn.capture.session import Session
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 _KEY_COUNTER = count()
 
 
-class InterfaceBackend:
+class InterfaceBackend(Backend):
     r"""Records the plan's ``interface`` modules through a registered attention function.
 
     Args:
@@ -40,8 +41,7 @@ class InterfaceBackend:
 
     def __init__(self, recorder: AttentionRecorder, session: Session,
                  flash: FlashBackend | None = None) -> None:
-        self.recorder = recorder
-        self.session = session
+        super().__init__(recorder, session)
         self.flash = flash
 
     def install(self, stack: ExitStack) -> None:

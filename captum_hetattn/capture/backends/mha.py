@@ -11,29 +11,23 @@ disabled while recording.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
+from captum_hetattn.capture.backends.base import Backend
 from captum_hetattn.capture.claims import FastPath
 from captum_hetattn.capture.introspect import forward_signature
-from captum_hetattn.capture.session import Frame, Session
-
-if TYPE_CHECKING:
-    from captum_hetattn.capture.recorder import AttentionRecorder
+from captum_hetattn.capture.session import Frame
 
 
-class MhaBackend:
+class MhaBackend(Backend):
     r"""Records the plan's ``mha`` modules from the weights they are asked to return.
 
     Args:
         recorder: the recorder the maps go to.
         session: the running recording.
     """
-
-    def __init__(self, recorder: AttentionRecorder, session: Session) -> None:
-        self.recorder = recorder
-        self.session = session
 
     def install(self, stack: ExitStack) -> None:
         r"""Disable the MHA fast path (process-wide) until ``stack`` closes."""

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from captum_hetattn.capture.backends.base import Backend
 from captum_hetattn.capture.introspect import (
     configs_of,
     head_count,
@@ -81,7 +82,7 @@ class SoftmaxMode(TorchFunctionMode):
         return out
 
 
-class SoftmaxBackend:
+class SoftmaxBackend(Backend):
     r"""Records the softmaxes of the plan's ``softmax`` modules through :class:`SoftmaxMode`.
 
     Args:
@@ -90,8 +91,7 @@ class SoftmaxBackend:
     """
 
     def __init__(self, recorder: AttentionRecorder, session: Session) -> None:
-        self.recorder = recorder
-        self.session = session
+        super().__init__(recorder, session)
         self.depth = 0  # tracked calls running that want the mode on
         record_io = session.record_io
         self.mode = SoftmaxMode(self._on_softmax, self._on_linear if record_io else None,
