@@ -154,8 +154,7 @@ def bind_graph(graph: LayerGraph, module_names: Iterable[str]) -> list[tuple[Bou
     """
     matches = graph.match(module_names)
     expected = [
-        _Expected(matches[node.identity][layer], node.call_index or 0,
-                  "cross" if node.is_cross else "self")
+        _Expected(matches[node.identity][layer], node.call_index or 0, _role(node))
         for layer, step in _unrolled(graph, matches) for node in step
     ]
     pairing = _pair(graph, matches, expected)
@@ -202,11 +201,10 @@ def _pair(
             pairing.unbound.append(call)
             continue
         pairing.layers[index] = order.check(node, call)
-        if call.role != ("cross" if node.is_cross else "self"):
+        if call.role != _role(node):
             raise ValueError(
-                f"{node.label} (module '{call.name}') is a "
-                f"{'cross' if node.is_cross else 'self'}-attention node but the recorded call is "
-                f"{call.role}-attention"
+                f"{node.label} (module '{call.name}') is a {_role(node)}-attention node but the "
+                f"recorded call is {call.role}-attention"
             )
         pairing.bound.append((index, BoundNode(call.name, node.call_index, node.query,
                                                node.key, "A", node)))
@@ -221,6 +219,11 @@ def _pair(
                 + "; check the graph against the model and the inputs"
             )
     return pairing
+
+
+def _role(node: AttentionNode) -> str:
+    """The role a recorded call of ``node`` has (``AttentionRecord.role``)."""
+    return "cross" if node.is_cross else "self"
 
 
 def _unrolled(
