@@ -112,8 +112,8 @@ def bind_records(
         graph: the layer graph.
         records: :attr:`AttentionRecorder.records` of one forward (and backward) pass.
         module_names: the model's qualified module names (``named_modules()``).
-        flow: the :func:`~captum_hetattn.dataflow.analyse` result of the same forward; without
-            it, streams are taken from the graph as they are and there are no junctions.
+        flow: the :func:`~captum_hetattn.binding.dataflow.analyse` result of the same forward;
+            without it, streams are taken from the graph as they are and there are no junctions.
         inputs: the model inputs (for junctions that read token ids).
         config: the model config (for junction parameters read from it).
 

@@ -1,7 +1,7 @@
 r"""Junctions: tokens that move from one stream into another without attention.
 
-Plain Python, like the whole graph room; the binding resolves each junction's token map at run
-time (:mod:`captum_hetattn.binding.junctions`).
+Plain Python, like the whole core of the graph room; the binding resolves each junction's token
+map at run time (:mod:`captum_hetattn.binding.junctions`).
 """
 
 from __future__ import annotations

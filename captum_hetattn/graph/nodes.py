@@ -9,7 +9,8 @@ the stream its keys/values come from, and its type:
 - ``"B"``: co-/cross-attention (query stream != key stream);
 - ``"C"``: self-attention over a stream that has already received another source via a B node.
 
-Plain Python, like the whole graph room: it knows nothing about torch or transformers.
+Plain Python, like the whole core of the graph room: it knows nothing about torch or
+transformers.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 r"""The dict / JSON form of a layer graph: its keys, its format version, and the check that
 names a misspelt key (with where it is and the closest valid one) instead of ignoring it.
 
-Plain Python, like the whole graph room.
+Plain Python (no torch), like the whole core of the graph room: nodes, junctions, layer graphs.
 """
 
 from __future__ import annotations
