@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_hetattn import AttentionRecorder, HeterogenousAttentionAttribution
-from captum_hetattn.infer import trace
+from captum_hetattn.binding import trace
 
 torch.set_num_threads(1)
 

@@ -5,10 +5,10 @@ import torch
 from tiny_models import BUILDERS
 
 from captum_hetattn import AttentionNode, LayerGraph
-from captum_hetattn.binding import bind_records, name_streams
+from captum_hetattn.binding import bind_records, layer_pattern, name_streams, tower_of, trace
 from captum_hetattn.capture import AttentionRecorder
-from captum_hetattn.infer import graph_from_flow, infer_graph, layer_pattern, tower_of, trace
-from captum_hetattn.presets import PRESETS, graph_for, preset, register_preset
+from captum_hetattn.graph.inference import graph_from_flow, infer_graph
+from captum_hetattn.graph.presets import PRESETS, graph_for, preset, register_preset
 
 
 def record(model, inputs):

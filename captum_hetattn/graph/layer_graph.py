@@ -1,296 +1,42 @@
 r"""Layer graphs: which attention modules a model runs, in which order, between which streams.
 
-A *stream* is one information source (``text``, ``image``, ``queries`` ...). An
-:class:`AttentionNode` names an attention module (a pattern over qualified module names where
-``*`` stands for one path segment, usually the layer index), the stream its queries come from and
-the stream its keys/values come from, and its type:
+A :class:`LayerGraph` is an ordered list of steps over named streams; a step is one
+:class:`~captum_hetattn.graph.nodes.AttentionNode` or a *parallel group* (a tuple/list of nodes
+that the model computes from the same inputs, so they all read the relevance state from before the
+group). Consecutive steps whose patterns share the text before their first ``*`` form a *layer
+block* and are unrolled layer by layer: ``decoder.layers.*.self_attn`` followed by
+``decoder.layers.*.encoder_attn`` runs self, cross, self, cross, ... like the model does.
 
-- ``"A"``: homogenous self-attention (query stream == key stream, stream not yet fused);
-- ``"B"``: co-/cross-attention (query stream != key stream);
-- ``"C"``: self-attention over a stream that has already received another source via a B node.
-
-A :class:`LayerGraph` is an ordered list of steps; a step is one node or a *parallel group* (a
-tuple/list of nodes that the model computes from the same inputs, so they all read the relevance
-state from before the group). Consecutive steps whose patterns share the text before their first
-``*`` form a *layer block* and are unrolled layer by layer: ``decoder.layers.*.self_attn`` followed
-by ``decoder.layers.*.encoder_attn`` runs self, cross, self, cross, ... like the model does.
-
-This module is plain Python: it knows nothing about torch or transformers.
+This module is plain Python: it knows nothing about torch or transformers (binding a graph to a
+model is :mod:`captum_hetattn.binding.bind`'s job; :meth:`LayerGraph.bind` hands it over).
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
-NodeType = Literal["A", "B", "C"]
-NODE_TYPES: tuple[str, ...] = ("A", "B", "C")
-GRAPH_FORMAT_VERSION = 1
-GRAPH_KEYS: tuple[str, ...] = ("format_version", "name", "streams", "steps", "readout", "junctions")
-NODE_KEYS: tuple[str, ...] = ("module", "query", "key", "type", "call_index")
-STREAM_KEYS: tuple[str, ...] = ("name", "description")
-READOUT_KEYS: tuple[str, ...] = ("stream", "token")
-
-
-def _check_keys(data: Mapping[str, Any], valid: Sequence[str], path: str, what: str) -> None:
-    r"""A misspelt key would be ignored silently: raise ``ValueError`` naming it, where it is
-    (``path``, e.g. ``readout.tokn``) and the closest valid key."""
-    unknown = [key for key in data if key not in valid]
-    if not unknown:
-        return
-    first = str(unknown[0])
-    close = difflib.get_close_matches(first, valid, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    where = f"{path}.{first}" if path else first
-    raise ValueError(
-        f"{what} has unknown fields {sorted(map(str, unknown))} (at '{where}'; valid: "
-        f"{', '.join(valid)}){hint}"
-    )
-
-
-@dataclass(frozen=True)
-class Stream:
-    r"""One information source of a model.
-
-    Args:
-        name: short identifier used by nodes and outputs (``"text"``, ``"image"``, ...).
-        description: free text for humans (what the tokens are).
-    """
-
-    name: str
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"Stream name must be a non-empty string, got {self.name!r}")
-
-
-@dataclass(frozen=True)
-class AttentionNode:
-    r"""One attention module (or a family of them, one per layer) in a :class:`LayerGraph`.
-
-    Args:
-        module: qualified module name, or a pattern where ``*`` matches one path segment
-            (``"encoder.layer.*.attention.self"``). A pattern may also match a suffix of the
-            real names (``bert.encoder.layer.0.attention.self``) as long as that is unambiguous.
-        query: stream the queries come from (and the stream whose relevance the call updates).
-        key: stream the keys/values come from; defaults to ``query`` (self-attention).
-        type: ``"A"``, ``"B"`` or ``"C"``; ``None`` lets the graph infer it from its structure.
-        call_index: for modules that run more than once per forward (LXMERT's
-            ``visual_attention`` runs text→image, then image→text), which call this node is
-            (0-based, per layer). ``None`` means the module runs once.
-    """
-
-    module: str
-    query: str
-    key: str | None = None
-    type: NodeType | None = None
-    call_index: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.module, str) or not self.module.strip("."):
-            raise ValueError(
-                f"AttentionNode module must be a non-empty string, got {self.module!r}"
-            )
-        if self.key is None:
-            object.__setattr__(self, "key", self.query)
-        if self.type is not None and self.type not in NODE_TYPES:
-            raise ValueError(f"{self.label}: type must be one of {NODE_TYPES}, got {self.type!r}")
-        if self.call_index is not None and (
-            not isinstance(self.call_index, int) or isinstance(self.call_index, bool)
-            or self.call_index < 0
-        ):
-            raise ValueError(
-                f"{self.label}: call_index must be a non-negative int, got {self.call_index!r}"
-            )
-
-    @property
-    def is_cross(self) -> bool:
-        return self.query != self.key
-
-    @property
-    def label(self) -> str:
-        """How errors and reports name this node."""
-        call = "" if self.call_index is None else f"[call {self.call_index}]"
-        return f"node '{self.module}{call}' ({self.query}<-{self.key})"
-
-    @property
-    def identity(self) -> tuple[str, int | None]:
-        return (self.module, self.call_index)
-
-    @property
-    def block_key(self) -> str | None:
-        """Text before the first ``*``; nodes sharing it are unrolled layer by layer."""
-        return self.module.split("*", 1)[0] if "*" in self.module else None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"module": self.module, "query": self.query, "key": self.key}
-        if self.type is not None:
-            out["type"] = self.type
-        if self.call_index is not None:
-            out["call_index"] = self.call_index
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], path: str = "") -> AttentionNode:
-        r"""A node from its dict; ``path`` (``steps[2]``) says where errors point."""
-        _check_keys(data, NODE_KEYS, path, f"AttentionNode spec {dict(data)!r}")
-        try:
-            return cls(**data)
-        except TypeError as err:
-            raise ValueError(f"Bad AttentionNode spec {dict(data)!r}: {err}") from None
-
-
-JUNCTION_KINDS: tuple[str, ...] = ("probe", "splice", "concat")
-JUNCTION_PARAMS: dict[str, tuple[str, ...]] = {
-    "probe": (),
-    "splice": ("placeholder", "skip"),
-    "concat": ("skip", "count", "offset"),
-}
-CONFIG_PARAM_KEYS: tuple[str, ...] = ("config", "values")
-
-
-@dataclass(frozen=True)
-class Junction:
-    r"""Tokens that move from stream ``origin`` into stream ``into`` without attention.
-
-    The rows of ``into`` that receive tokens are replaced by a token map of ``origin``'s
-    tokens (``R[into, s][rows] = M · R[origin, s]``), resolved at run time. Where in the call
-    order it applies is read from the data flow: right after the last call of ``origin`` whose
-    state the rows copy (LLaVA reads the vision tower's second-to-last layer).
-
-    Args:
-        into: the receiving stream (a language model's sequence, a cross call's keys).
-        origin: the stream the tokens come from.
-        kind: how ``M`` is resolved:
-
-            - ``"probe"`` (default): from the recorded forward, by gradient probes — exact for
-              any map in which each origin token feeds rows without attention (splices,
-              concatenation, projection, pixel shuffle, 2×2 merging; a merged row is the mean
-              of its tokens);
-            - ``"splice"``: origin tokens ``skip, skip+1, ...`` replace, in order, the rows of
-              ``into`` whose token id is ``placeholder`` (LLaVA, PaliGemma);
-            - ``"concat"``: origin tokens ``skip, ...`` (``count`` of them, default all) fill
-              the rows from ``offset`` on (a prefix at 0; negative counts from the end).
-        params: the kind's parameters. A value may be ``{"config": "key"}`` (read from the
-            model config, sub-configs searched too) and, for strings,
-            ``{"config": "key", "values": {"default": 1, "full": 0}}``.
-
-    Examples::
-
-        >>> Junction("text", "image", kind="splice",
-        ...          params={"placeholder": {"config": "image_token_id"}, "skip": 1})
-    """
-
-    into: str
-    origin: str
-    kind: str = "probe"
-    params: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
-
-    def __post_init__(self) -> None:
-        if self.kind not in JUNCTION_KINDS:
-            raise ValueError(
-                f"{self.label}: kind must be one of {JUNCTION_KINDS}, got {self.kind!r}"
-            )
-        if self.into == self.origin:
-            raise ValueError(f"{self.label}: a junction joins two different streams")
-        object.__setattr__(self, "params", dict(self.params))
-        what = f"{self.label} ({self.kind})"
-        _check_keys(self.params, JUNCTION_PARAMS[self.kind], "params", what)
-        for name, value in self.params.items():
-            if isinstance(value, Mapping):
-                _check_keys(value, CONFIG_PARAM_KEYS, f"params.{name}", what)
-                if "config" not in value:
-                    raise ValueError(
-                        f"{self.label}: parameter '{name}' given as a dict must name a config key: "
-                        f"{{'config': ...}}, got {dict(value)!r}"
-                    )
-
-    @property
-    def label(self) -> str:
-        return f"junction '{self.origin}'->'{self.into}'"
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"into": self.into, "from": self.origin, "kind": self.kind}
-        out.update(self.params)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], path: str = "") -> Junction:
-        r"""A junction from its dict (parameters beside ``into``/``from``/``kind``); ``path``
-        (``junctions[0]``) says where errors point."""
-        data = dict(data)
-        try:
-            into, origin = data.pop("into"), data.pop("from")
-        except KeyError as err:
-            raise ValueError(f"Junction spec {data!r} lacks {err}") from None
-        kind = data.pop("kind", "probe")
-        if kind in JUNCTION_KINDS:
-            _check_keys(data, ("into", "from", "kind", *JUNCTION_PARAMS[kind]), path,
-                        f"Junction spec '{origin}'->'{into}' ({kind})")
-        return cls(into, origin, kind, data)
-
-
-Step = AttentionNode | tuple[AttentionNode, ...]
-
-
-@dataclass(frozen=True)
-class BoundNode:
-    r"""A node bound to one concrete module of a model (one layer of a pattern)."""
-
-    name: str
-    call_index: int | None
-    query: str
-    key: str
-    type: NodeType
-    node: AttentionNode
-
-    @property
-    def is_cross(self) -> bool:
-        return self.query != self.key
-
-    @property
-    def label(self) -> str:
-        call = "" if self.call_index is None else f"[call {self.call_index}]"
-        return f"module '{self.name}{call}' ({self.query}<-{self.key}, from {self.node.label})"
-
-
-def _coerce_stream(stream: str | Stream | Mapping[str, Any]) -> Stream:
-    if isinstance(stream, Stream):
-        return stream
-    if isinstance(stream, str):
-        return Stream(stream)
-    if isinstance(stream, Mapping):
-        return Stream(**stream)
-    raise TypeError(f"A stream must be a str, Stream or dict, got {type(stream).__name__}")
-
-
-def _coerce_step(step: Any, position: int) -> Step:
-    if isinstance(step, AttentionNode):
-        return step
-    if isinstance(step, (tuple, list)):
-        nodes = tuple(step)
-        if not nodes:
-            raise ValueError(f"Step {position} is an empty parallel group")
-        for node in nodes:
-            if not isinstance(node, AttentionNode):
-                raise TypeError(
-                    f"Step {position}: a parallel group holds AttentionNode objects, "
-                    f"got {type(node).__name__}"
-                )
-        return nodes
-    raise TypeError(
-        f"Step {position} must be an AttentionNode or a tuple/list of them, "
-        f"got {type(step).__name__}"
-    )
-
-
-def _step_nodes(step: Step) -> tuple[AttentionNode, ...]:
-    return step if isinstance(step, tuple) else (step,)
+from captum_hetattn.graph.junctions import Junction
+from captum_hetattn.graph.nodes import (
+    AttentionNode,
+    BoundNode,
+    NodeType,
+    Step,
+    Stream,
+    _coerce_step,
+    _coerce_stream,
+    _step_nodes,
+)
+from captum_hetattn.graph.spec import (
+    GRAPH_FORMAT_VERSION,
+    GRAPH_KEYS,
+    READOUT_KEYS,
+    STREAM_KEYS,
+    _check_keys,
+)
 
 
 @dataclass(frozen=True)
@@ -531,39 +277,11 @@ class LayerGraph:
         Raises:
             ValueError: as :meth:`match`.
         """
-        nodes = self.nodes
-        matches = self.match(module_names)
+        # the one binder (captum_hetattn.binding.bind) pairs calls with nodes; it imports the
+        # graph, so it is imported when a graph is bound, not with the graph
+        from captum_hetattn.binding.bind import bind_graph
 
-        typed = iter(nodes)
-        resolved_steps = [
-            tuple(next(typed) for _ in _step_nodes(step)) for step in self.steps
-        ]
-        bound: list[tuple[BoundNode, ...]] = []
-        position = 0
-        for block in self._blocks():
-            steps = resolved_steps[position : position + len(block)]
-            position += len(block)
-            layer_keys = sorted(
-                {key for step in steps for node in step for key in matches[node.identity]},
-                key=_natural_key,
-            )
-            for layer in layer_keys:
-                for step in steps:
-                    group = tuple(
-                        BoundNode(
-                            name=matches[node.identity][layer],
-                            call_index=node.call_index,
-                            query=node.query,
-                            key=node.key,
-                            type=node.type,  # type: ignore[arg-type]
-                            node=node,
-                        )
-                        for node in step
-                        if layer in matches[node.identity]
-                    )
-                    if group:
-                        bound.append(group)
-        return bound
+        return bind_graph(self, module_names)
 
     def agrees_with(self, other: LayerGraph, module_names: Iterable[str]) -> bool:
         r"""Whether two graphs describe the same model the same way.
@@ -667,9 +385,6 @@ class LayerGraph:
     def __hash__(self) -> int:
         return hash(self.to_json(sort_keys=True))
 
-
-def _natural_key(parts: tuple[str, ...]) -> tuple[tuple[int, Any], ...]:
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
 def _match_pattern(pattern: str, names: Sequence[str]) -> dict[tuple[str, ...], str]:

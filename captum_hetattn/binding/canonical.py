@@ -1,0 +1,213 @@
+r"""The canonical hidden states of an attention call, and where each slot of its maps comes from.
+
+A call's maps are laid out over the tokens of its *canonical* hidden states: the module's own
+input when it is laid out as ``(batch, tokens, ...)``, else the input of the nearest enclosing
+module that is (a Swin layer's), else its own states read as ``k`` tiles per example.
+:func:`row_sources` finds the token every row of a tensor is computed from (forward-mode
+products on the recorded graph, bit planes of the canonical rows); a :class:`TokenLayout`
+says where each entry of the raw maps lands in the dense map
+(see :mod:`~captum_hetattn.binding.layouts`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from captum_hetattn.binding.tokens import CHANNELS_FIRST, TILES, _restore_layout, tokens_view
+from captum_hetattn.capture import AttentionRecord, Context
+
+#: codes of :func:`row_sources` for rows that are not one token
+NO_SOURCE, SEVERAL_SOURCES = -1, -2
+
+# one random stream for every probe of the layouts (the same draws in the same order as before)
+_GENERATOR = torch.Generator().manual_seed(20261124)
+
+
+@dataclass
+class TokenLayout:
+    r"""Where the entries of a call's raw maps go in its dense ``(B, H, n_q, n_k)`` map.
+
+    ``raw_index[e]`` is an element of the raw maps (flattened and concatenated in part order)
+    and ``dense_index[e]`` the element of the dense map it lands on. ``kind`` names the layout
+    for messages (``"windowed"``, ``"packed"``, ``"local"``).
+    """
+
+    kind: str
+    dense_shape: tuple[int, int, int, int]
+    raw_index: Tensor
+    dense_index: Tensor
+    weight: Tensor | None = None
+
+    def release(self) -> None:
+        """Drop the index tensors (as large as the raw maps) once the call is folded for good."""
+        empty = torch.zeros(0, dtype=torch.long)
+        self.raw_index = self.dense_index = empty
+        self.weight = None
+
+    def fold(self, parts: Sequence[Tensor]) -> Tensor:
+        r"""The dense map of raw maps ``parts`` (anything laid out like them: ``A``, ``G``,
+        ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it."""
+        flat = torch.cat([p.reshape(-1) for p in parts])
+        out = flat.new_zeros(math.prod(self.dense_shape))
+        values = flat[self.raw_index]
+        if self.weight is not None:  # an aggregated key spread over its tokens
+            values = values * self.weight.to(values)
+        out.index_add_(0, self.dense_index, values)
+        return out.view(self.dense_shape)
+
+
+# ------------------------------------------------------------------------------ probing
+def row_sources(into: Tensor, origin: Tensor, origin_dim: int) -> Tensor:
+    r"""For every row of ``into`` (all dimensions but the last), the row of ``origin``'s
+    ``(B, n)`` tokens (flattened: ``b·n + t``) it is computed from.
+
+    Returns:
+        ``(rows,)`` long: the flat token index, :data:`NO_SOURCE` for a row that depends on no
+        token (padding), :data:`SEVERAL_SOURCES` for one that depends on several.
+    """
+    return rows_sources([into], origin, origin_dim)[0]
+
+
+def rows_sources(intos: Sequence[Tensor], origin: Tensor, origin_dim: int) -> list[Tensor]:
+    r""":func:`row_sources` of several tensors at once (one set of products for all: the
+    pull-back of all of them is one vector-Jacobian product)."""
+    view = tokens_view(origin, origin_dim)
+    batch, n, _ = view.shape
+    rows = [math.prod(t.shape[:-1]) for t in intos]
+    unknown = [torch.full((r,), NO_SOURCE, dtype=torch.long, device=origin.device) for r in rows]
+    live = [i for i, t in enumerate(intos) if t.requires_grad]
+    if not live or not origin.requires_grad:
+        return unknown
+    probes = [torch.zeros_like(intos[i], requires_grad=True) for i in live]
+    (pullback,) = torch.autograd.grad([intos[i] for i in live], origin, probes,
+                                      create_graph=True, allow_unused=True)
+    if pullback is None or not pullback.requires_grad:
+        return unknown
+    index = torch.arange(batch * n, device=origin.device).view(batch, n)
+    planes = max(1, math.ceil(math.log2(max(batch * n, 2))))
+    code = [torch.zeros(rows[i], dtype=torch.long, device=origin.device) for i in live]
+    reached = [torch.zeros(rows[i], dtype=torch.bool, device=origin.device) for i in live]
+    several = [r.clone() for r in reached]
+    for plane in range(planes):
+        bit = ((index >> plane) & 1).bool()
+        responses = []
+        for side in (bit, ~bit):
+            weights = torch.randn(view.shape, generator=_GENERATOR).to(view) * side[..., None]
+            pushes = torch.autograd.grad(pullback, probes,
+                                         _restore_layout(weights, origin, origin_dim),
+                                         retain_graph=True, allow_unused=True)
+            responses.append([
+                torch.zeros(rows[i], dtype=torch.bool) if push is None
+                else (push.reshape(rows[i], -1) != 0).any(dim=-1)
+                for i, push in zip(live, pushes, strict=True)
+            ])
+        for k, (on, off) in enumerate(zip(*responses, strict=True)):
+            code[k] |= on.long() << plane
+            reached[k] |= on | off
+            several[k] |= on & off
+    out = list(unknown)
+    for k, i in enumerate(live):
+        out[i] = torch.where(several[k], SEVERAL_SOURCES,
+                             torch.where(reached[k], code[k], NO_SOURCE))
+    return out
+
+
+# ------------------------------------------------------------------------------ canonical calls
+@dataclass
+class _Canonical:
+    """Hidden states in ``(batch, tokens)`` order that a call's slots are taken from."""
+
+    tensor: Tensor
+    token_dim: int
+    node: object
+    output: Tensor | None
+    output_node: object
+    where: str
+
+    @property
+    def size(self) -> int:
+        return tokens_view(self.tensor, self.token_dim).shape[1]
+
+
+def _candidates(record: AttentionRecord, side: str) -> list[_Canonical]:
+    """The call's own hidden states, then those of the enclosing modules, innermost first."""
+    tensor = record.query_input if side == "query" else record.key_input
+    dim = record.token_dim if side == "query" else record.key_token_dim
+    out: list[_Canonical] = []
+    if tensor is not None:
+        out.append(_Canonical(tensor, dim, record.nodes.get(side), record.output,
+                              record.nodes.get("output"), f"'{record.name}'"))
+    if side == "query":
+        out += [view for c in record.contexts if _usable(c) for view in _from_context(c)]
+    return out
+
+
+def _tiled(
+    record: AttentionRecord, side: str, batch: int, inputs: Sequence[object]
+) -> _Canonical | None:
+    """The call's own hidden states read as ``k`` consecutive sequences per example (crops of
+    one image, frames of one video), when nothing around the call holds them per example —
+    if a batched float model input confirms it: example ``b``'s sequences depend on input
+    ``b`` only."""
+    tensor = record.query_input if side == "query" else record.key_input
+    dim = record.token_dim if side == "query" else record.key_token_dim
+    tiled_3d = dim == 1 and tensor is not None and tensor.dim() >= 3
+    packed_2d = dim == 0 and tensor is not None and tensor.dim() == 2  # Qwen2-VL's vision rows
+    if not (tiled_3d or packed_2d) or not tensor.requires_grad:
+        return None
+    sequences = tensor.shape[0]
+    if sequences <= batch or sequences % batch:
+        return None
+    per_example = sequences // batch
+    # a witness: a traced float input split the same way (batch-first, or packed rows)
+    witnesses = [x for x in inputs if isinstance(x, Tensor) and x.is_floating_point()
+                 and x.requires_grad and x.dim() >= 2 and x.shape[0] % batch == 0]
+    confirmed = False
+    for b in range(batch):
+        weights = torch.zeros(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+        rows = slice(b * per_example, (b + 1) * per_example)  # random: a norm's sum is flat
+        weights[rows] = torch.randn(weights[rows].shape, generator=_GENERATOR).to(weights)
+        grads = torch.autograd.grad(tensor, witnesses, weights, retain_graph=True,
+                                    allow_unused=True) if witnesses else ()
+        for grad in grads:
+            if grad is None:
+                continue
+            reached = grad.reshape(batch, -1).ne(0).any(dim=1)
+            if bool(reached[torch.arange(batch) != b].any()):
+                return None  # units of one example read another's input: not its tiles
+            confirmed = confirmed or bool(reached[b])
+    if not confirmed:
+        return None
+    tiles = TILES + per_example
+    output = record.output if side == "query" else None
+    same = output is not None and output.shape == tensor.shape
+    return _Canonical(tensor, tiles, record.nodes.get(side), output if same else None,
+                      record.nodes.get("output") if same else None, f"'{record.name}' (tiles)")
+
+
+def _usable(context: Context) -> bool:
+    return (isinstance(context.input, Tensor) and context.input.is_floating_point()
+            and context.input.dim() >= 2)
+
+
+def _from_context(context: Context) -> list[_Canonical]:
+    """A layer's input as tokens: rows, or (4-D) a grid, channels last or first (tried in turn:
+    the probes tell which one the call's slots come from)."""
+    tensor = context.input
+    dims = [0] if tensor.dim() == 2 else [1, CHANNELS_FIRST] if tensor.dim() >= 4 else [1]
+    # the layer's output stands for the stream after the call only if laid out like its input
+    same = context.output is not None and context.output.shape == tensor.shape
+    output, node = (context.output, context.output_node) if same else (None, None)
+    return [_Canonical(tensor, dim, context.input_node, output, node, f"'{context.name}'")
+            for dim in dims]
+
+
+
+def _describe(record: AttentionRecord) -> str:
+    return f"attention module '{record.name}' [call {record.call_index}]"
+

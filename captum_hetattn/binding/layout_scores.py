@@ -1,0 +1,275 @@
+r"""Token layouts of calls whose maps were caught at the softmax (banded Longformer/LED maps with
+global keys and rows, LongT5's blocks, BigBird's block-sparse pieces, ProphetNet's n-gram stream,
+ViTDet's windows): they have no per-head states, so every *entry* of the softmax input is placed.
+
+Bit planes of the rows (and of the head's column block) of each ``F.linear`` output the module
+computed before the softmax, as tangents, tell which projection row each score reads — the query
+side reads one row along the softmax dimension, the key side a row that changes along it — and
+the projection rows' tokens come from :func:`~captum_hetattn.binding.canonical.row_sources`. A
+fused ``q|k|v`` projection is read chunk by chunk; a key row computed from several tokens
+(LongT5's transient-global block aggregates) spreads its entry over them in equal shares; a later
+map of the call that recomputes rows (Longformer's global tokens) holds those rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from captum_hetattn.binding.canonical import (
+    _GENERATOR,
+    NO_SOURCE,
+    SEVERAL_SOURCES,
+    TokenLayout,
+    _candidates,
+    _Canonical,
+    _describe,
+    _tiled,
+    row_sources,
+)
+from captum_hetattn.binding.tokens import tokens_view
+from captum_hetattn.capture import AttentionRecord
+
+
+def _entry_rows(
+    scores: Tensor, projection: Tensor, heads: int, part: tuple[int, int] = (0, 1)
+) -> tuple[Tensor, Tensor]:
+    r"""For every entry of ``scores``, the row of ``projection`` (all dimensions but the last)
+    it is computed from and the head (the column block of ``projection``): bit planes of the
+    row (column block) numbers as tangents of forward-mode products, as in
+    :func:`row_sources` (zero or not is exact where ratios of values are not). ``part=(k, m)``
+    probes only the k-th of m equal column chunks (the queries or keys of a fused projection).
+
+    Returns:
+        ``(row, head)`` long, shaped like ``scores``: :data:`NO_SOURCE` where the entry does not
+        read ``projection``, :data:`SEVERAL_SOURCES` where it reads several of its rows.
+    """
+    none = torch.full(scores.shape, NO_SOURCE, dtype=torch.long, device=scores.device)
+    probe = torch.zeros_like(scores, requires_grad=True)
+    (pullback,) = torch.autograd.grad(scores, projection, probe, create_graph=True,
+                                      allow_unused=True)
+    if pullback is None or not pullback.requires_grad:
+        return none, none
+    rows, width = math.prod(projection.shape[:-1]), projection.shape[-1]
+    direction = torch.randn(rows, width, generator=_GENERATOR).to(projection)
+    # `part` (k, of): only the k-th of `of` equal column chunks (a fused q|k|v projection)
+    chunk = width // part[1]
+    columns = torch.zeros(width, dtype=torch.bool)
+    columns[part[0] * chunk:(part[0] + 1) * chunk] = True
+    direction = direction * columns.to(direction)
+    width = chunk
+
+    def responds(mask: Tensor) -> Tensor:
+        tangent = (direction * mask.to(projection)).reshape(projection.shape)
+        (out,) = torch.autograd.grad(pullback, probe, tangent, retain_graph=True)
+        return out != 0
+
+    def decode(numbers: Tensor, count: int, as_mask) -> tuple[Tensor, Tensor, Tensor]:
+        code = torch.zeros(scores.shape, dtype=torch.long, device=scores.device)
+        reached = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        several = reached.clone()
+        for plane in range(max(1, math.ceil(math.log2(max(count, 2))))):
+            bit = ((numbers >> plane) & 1).bool()
+            on, off = responds(as_mask(bit)), responds(as_mask(~bit))
+            code |= on.long() << plane
+            reached |= on | off
+            several |= on & off
+        return code, reached, several
+
+    row, reached, several = decode(torch.arange(rows), rows, lambda bit: bit[:, None])
+    block = max(1, width // heads)
+    numbers = torch.zeros(projection.shape[-1], dtype=torch.long)
+    numbers[columns] = torch.arange(width) // block
+    head, _, _ = decode(numbers, heads, lambda bit: (bit & columns)[None, :])
+    row = torch.where(several, SEVERAL_SOURCES, torch.where(reached, row, NO_SOURCE))
+    return row, torch.where(reached, head, NO_SOURCE)
+
+
+def _lay_out_scores(
+    group: list[AttentionRecord], batch: int, inputs: Sequence[object] = ()
+) -> AttentionRecord | str:
+    r"""A call whose maps were caught at the softmax (banded, blocked, global rows): every entry
+    of each map is placed by the projections its score reads (query side: the same projection
+    row along the softmax dimension; key side: a row that changes along it). A key row computed
+    from several tokens (LongT5's transient-global block aggregates) spreads its entry over
+    those tokens in equal shares, as a junction spreads a merged token."""
+    first = group[0]
+    candidates = [c for c in _candidates(first, "query")
+                  if tokens_view(c.tensor, c.token_dim).shape[0] == batch]
+    tiled = _tiled(first, "query", batch, inputs)
+    candidates += [tiled] if tiled is not None else []
+    if not candidates:
+        raise NotImplementedError(
+            f"{_describe(first)}: no hidden states around it hold (batch={batch}, tokens) rows"
+        )
+    reason: str | None = None
+    for candidate in candidates:  # the first whose tokens the scores read one by one
+        call = _lay_out_over(group, batch, candidate)
+        if not isinstance(call, str):
+            return call
+        reason = reason or call
+    assert reason is not None
+    return reason
+
+
+def _lay_out_over(
+    group: list[AttentionRecord], batch: int, canonical: _Canonical
+) -> AttentionRecord | str:
+    """:func:`_lay_out_scores` over one choice of the canonical hidden states."""
+    first = group[0]
+    heads = _heads_of(group)
+    n = canonical.size
+    sources: dict[int, tuple[Tensor, dict[int, Tensor]]] = {}  # id(projection) -> tokens
+    placed = []
+    for record in group:
+        entries = _place_entries(record, canonical, heads, sources)
+        if isinstance(entries, str):
+            return entries
+        q_token, k_token, shares, head, queried = entries
+        b_q = q_token.div(n, rounding_mode="floor")
+        if bool(((k_token >= 0) & (b_q != k_token.div(n, rounding_mode="floor"))).any()):
+            raise NotImplementedError(
+                f"{_describe(first)}: a map pairs tokens of different examples"
+            )
+        flat = ((b_q * heads + head) * n + q_token % n) * n + k_token % n
+        mass = record.attention.reshape(-1)
+        share = torch.zeros_like(mass).index_add_(0, shares[0], shares[1].to(mass))
+        lost = (mass * (1 - share))[queried].sum()  # on a query token, off any key token
+        if float(lost) > 1e-3 * float(mass[queried].sum()):
+            raise NotImplementedError(
+                f"{_describe(first)}: {float(lost):.3g} of the attention mass of its map of "
+                f"shape {tuple(record.shape)} lies on entries that are not one (query token, "
+                "key token) pair of its hidden states, so the map cannot be laid out exactly"
+            )
+        placed.append((shares[0], flat, shares[1]))
+    # a later map of the call recomputes rows an earlier one had (Longformer's global tokens:
+    # their output rows are overwritten), so the later one holds those rows
+    raw, dense, weight, taken = [], [], [], torch.zeros(0, dtype=torch.long)
+    sizes = [math.prod(r.shape) for r in group]
+    for k in range(len(group) - 1, -1, -1):
+        positions, flat, share = placed[k]
+        rows = flat.div(n, rounding_mode="floor")
+        keep = ~torch.isin(rows, taken)
+        taken = torch.cat([taken, rows[keep].unique()])
+        raw.append(positions[keep] + sum(sizes[:k]))
+        dense.append(flat[keep])
+        weight.append(share[keep])
+    kind = ("tiled" if canonical.where.endswith("(tiles)") else
+            "local" if canonical.where == f"'{first.name}'" else "windowed")
+    layout = TokenLayout(kind, (batch, heads, n, n), torch.cat(raw), torch.cat(dense),
+                         torch.cat(weight))
+    call = AttentionRecord(
+        name=first.name, call_index=first.call_index, role="self", attention=None,
+        gradient=None, shape=layout.dense_shape, query_input=canonical.tensor, key_input=None,
+        output=canonical.output, token_dim=canonical.token_dim, call_id=first.call_id,
+        layout=layout, parts=list(group),
+    )
+    call.nodes = {"query": canonical.node, "key": None, "output": canonical.output_node}
+    return call
+
+
+def _place_entries(
+    record: AttentionRecord, canonical: _Canonical, heads: int,
+    sources: dict[int, tuple[Tensor, dict[int, Tensor]]],
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], Tensor, Tensor] | str:
+    r"""``(query token, key token, (entry, share), head)`` per placed pair of one raw map
+    (flat tensors over the pairs; an entry whose key is an aggregate of several tokens gives one
+    pair per token, ``share`` ``1/|tokens|`` each) and which entries have a query token."""
+    scores = record.scores
+    size = scores.numel()
+    q_token = torch.full((size,), NO_SOURCE, dtype=torch.long)
+    k_token = q_token.clone()
+    head = q_token.clone()
+    aggregated: list[tuple[Tensor, Tensor]] = []  # (entries, their key's tokens)
+    for projection, row, row_head in _projection_reads(scores, record.linears, heads):
+        if bool((row == SEVERAL_SOURCES).any()):
+            return ("each of its entries reads several tokens of one projection: the softmax "
+                    "is not over tokens (e.g. channel attention)")
+        read = row >= 0
+        if not bool(read.any()):
+            continue
+        if id(projection) not in sources:
+            sources[id(projection)] = _projection_tokens(projection, canonical)
+        tokens, members = sources[id(projection)]
+        if not bool((tokens != NO_SOURCE).any()):
+            continue
+        # query side: one projection row along the softmax dimension (unread entries aside)
+        low = torch.where(read, row, row.max() + 1).amin(dim=-1)
+        high = torch.where(read, row, -1).amax(dim=-1)
+        query_side = bool(((low == high) | ~read.any(dim=-1)).all())
+        read, row, row_head = read.flatten(), row.flatten(), row_head.flatten()
+        token = torch.where(read, tokens[row.clamp(min=0)], NO_SOURCE)
+        if query_side:
+            if bool((token == SEVERAL_SOURCES).any()):
+                return "its query slots are each computed from several tokens (not tokens)"
+            q_token = torch.where(read & (q_token == NO_SOURCE), token, q_token)
+        else:
+            fresh = read & (k_token == NO_SOURCE)
+            k_token = torch.where(fresh, token, k_token)
+            for key_row, key_tokens in members.items():  # a block aggregate: its tokens
+                entries = (fresh & (row == key_row)).nonzero().flatten()
+                aggregated.append((entries, key_tokens))
+        head = torch.where(read & (head == NO_SOURCE), row_head, head)
+    if not bool((k_token != NO_SOURCE).any()):
+        return "no projection computed before its softmax gives its key slots"
+    placed = (q_token >= 0) & (head >= 0)
+    direct = (placed & (k_token >= 0)).nonzero().flatten()
+    entries, keys, shares = [direct], [k_token[direct]], [torch.ones(direct.numel())]
+    for rows, key_tokens in aggregated:
+        rows = rows[placed[rows]]
+        entries.append(rows.repeat_interleave(key_tokens.numel()))
+        keys.append(key_tokens.repeat(rows.numel()))
+        shares.append(torch.full((rows.numel() * key_tokens.numel(),), 1 / key_tokens.numel()))
+    entry = torch.cat(entries)
+    return (q_token[entry], torch.cat(keys), (entry, torch.cat(shares)), head[entry],
+            q_token >= 0)
+
+
+def _projection_reads(scores: Tensor, projections: Sequence[Tensor], heads: int):
+    """Per projection (per q / k / v chunk of a fused one), which row and head each score
+    entry reads (see :func:`_entry_rows`)."""
+    for projection in projections:
+        row, head = _entry_rows(scores, projection, heads)  # values: nothing read, cheap
+        if not bool((row == SEVERAL_SOURCES).any()):
+            yield projection, row, head
+            continue
+        for chunks in (3, 2):  # one output computing queries and keys: read chunk by chunk
+            if projection.shape[-1] % chunks:
+                continue
+            parts = [_entry_rows(scores, projection, heads, (k, chunks)) for k in range(chunks)]
+            if not any(bool((r == SEVERAL_SOURCES).any()) for r, _ in parts):
+                for r, h in parts:
+                    yield projection, r, h
+                break
+        else:
+            yield projection, row, head  # several rows for real: not over tokens
+
+
+def _projection_tokens(
+    projection: Tensor, canonical: _Canonical
+) -> tuple[Tensor, dict[int, Tensor]]:
+    r"""The token of each row of a projection, and for each row computed from several tokens
+    (a block aggregate) those tokens."""
+    tokens = row_sources(projection, canonical.tensor, canonical.token_dim)
+    members = {row: _row_members(projection, row, canonical).nonzero().flatten()
+               for row in (tokens == SEVERAL_SOURCES).nonzero().flatten().tolist()}
+    return tokens, members
+
+
+def _row_members(projection: Tensor, row: int, canonical: _Canonical) -> Tensor:
+    """``(B·n,)``: the tokens one projection row depends on (one reverse pass)."""
+    weights = torch.zeros_like(projection).reshape(-1, projection.shape[-1])
+    weights[row] = torch.randn(projection.shape[-1], generator=_GENERATOR).to(weights)
+    (grad,) = torch.autograd.grad(projection, canonical.tensor, weights.view_as(projection),
+                                  retain_graph=True, allow_unused=True)
+    if grad is None:
+        return torch.zeros(tokens_view(canonical.tensor, canonical.token_dim).shape[:2].numel())
+    return (tokens_view(grad, canonical.token_dim) != 0).any(dim=-1).flatten().float()
+
+
+def _heads_of(group: list[AttentionRecord]) -> int:
+    """The head count of a call's module (a banded or blocked map does not say where heads are)."""
+    return next((r.heads for r in group if r.heads), group[0].shape[1])

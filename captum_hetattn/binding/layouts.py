@@ -1,0 +1,338 @@
+r"""Token layouts: attention calls whose maps are not one dense ``(B, H, n_q, n_k)`` map over
+their hidden states, folded into one that is.
+
+Windowed attention (Swin) computes ``(B·windows, H, w², w²)`` maps over a shifted,
+window-partitioned copy of its layer's tokens; a packed vision tower (Qwen2-VL) computes one map
+per image over slices of one packed sequence. Each such call gets a :class:`TokenLayout` that
+says where every entry of its raw maps sits in the dense map over the tokens of its *canonical*
+hidden states — the module's own input when it is laid out as ``(batch, tokens, ...)``, else the
+input of the nearest enclosing module that is (a Swin layer's) — and the call then propagates
+exactly like a dense map of the same call would: entries of the dense map that no raw entry
+holds are zero (keys in another window), raw entries of padding slots are dropped (they hold no
+token; their mass went to padding, as with masked keys).
+
+**Where each slot comes from** is read from the autograd graph, not from the model's code: the
+per-head query and key states that the attention function was handed are probed against the
+canonical tokens with forward-mode derivatives (a Jacobian-vector product computed as the
+derivative of a vector-Jacobian product, so it runs on the recorded graph): with
+``K = ⌈log₂ n⌉`` bit planes of the canonical rows, two products per plane tell for each state row
+the one token it is computed from (or none: padding, or several: a slot that is not one token —
+channel attention, pooled keys).
+
+Maps caught at the softmax of hand-written modules (banded, blocked, global rows) have no
+per-head states; there every *entry* of the softmax input is placed by the projections its score
+reads (:mod:`~captum_hetattn.binding.layout_scores`). The canonical hidden states and the probes
+live in :mod:`~captum_hetattn.binding.canonical`. Corrections are applied to raw entries before
+folding (``rules.corrected``), which keeps them exact where entries overlap.
+
+``canonicalise`` leaves the recorder's records as they are and hands it the laid-out calls
+(``recorder.use_layouts(calls, drop)``); every field of a record keeps its name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from captum_hetattn.binding.canonical import (
+    _GENERATOR,
+    NO_SOURCE,
+    SEVERAL_SOURCES,
+    TokenLayout,
+    _candidates,
+    _Canonical,
+    _describe,
+    _tiled,
+    row_sources,
+    rows_sources,
+)
+from captum_hetattn.binding.dataflow import _dependence
+from captum_hetattn.binding.layout_scores import _lay_out_scores
+from captum_hetattn.binding.tokens import _restore_layout, tokens_view
+from captum_hetattn.capture import AttentionRecord, AttentionRecorder
+
+__all__ = [
+    "NO_SOURCE", "SEVERAL_SOURCES", "TokenLayout", "canonicalise", "row_sources", "rows_sources",
+]
+
+
+def _is_plain(record: AttentionRecord, batch: int) -> bool:
+    """One ``(batch, H, n_q, n_k)`` map over the call's own hidden states."""
+    if record.query_input is None:
+        return True  # nothing to lay out with: the data flow reports it
+    if record.raw or len(record.shape) != 4:
+        return False
+    query = tokens_view(record.query_input, record.token_dim)
+    if record.shape[0] != batch or query.shape[0] != batch or query.shape[1] != record.n_query:
+        return False
+    if record.key_input is not None:
+        key = tokens_view(record.key_input, record.key_token_dim)
+        return key.shape[0] == batch and key.shape[1] == record.n_key
+    return record.n_key == record.n_query or record.role == "cross"
+
+
+def _reads_tokens(record: AttentionRecord) -> bool:
+    r"""Whether a map that looks like one over its hidden states is: a score over tokens reads
+    one query token and one key token, so moving the first token moves only the first row (and
+    for self-attention the first column) of the scores, up to a shift shared by a whole row. A
+    map over channel groups (DaViT's channel attention) moves (almost) everywhere, even when it
+    happens to have as many rows as tokens. On maps caught at the softmax the scores are probed; on
+    interface calls, whether the first query row reads only some of its example's tokens."""
+    scores, hidden = record.scores, record.query_input
+    if hidden is None or not hidden.requires_grad:
+        return True
+    if scores is None and record.states is not None:
+        return _state_row_is_local(record.states[0], hidden, record.token_dim)
+    if scores is None or scores.dim() != 4:
+        return True
+    probe = torch.zeros_like(scores, requires_grad=True)
+    (pullback,) = torch.autograd.grad(scores, hidden, probe, create_graph=True, allow_unused=True)
+    if pullback is None or not pullback.requires_grad:
+        return True
+    view = tokens_view(hidden, record.token_dim)
+    tangent = torch.zeros_like(view)
+    tangent[0, 0] = torch.randn(view.shape[-1], generator=_GENERATOR).to(view)
+    (push,) = torch.autograd.grad(pullback, probe, _restore_layout(tangent, hidden,
+                                                                    record.token_dim))
+    moved = push[0].reshape(-1, *push.shape[-2:]).double()  # (heads, rows, cols), example 0
+    elsewhere = moved[:, 1:, 1:] if record.key_input is None else moved[:, 1:, :]
+    if elsewhere.numel() == 0:
+        return True
+    # a shift shared by a whole row (a max subtracted before the softmax, LayoutLMv3) is fine,
+    # and so are a few more rows and columns (queries and keys projected by a convolution over
+    # neighbouring tokens, CvT); a map over channels moves almost everywhere
+    spread = (elsewhere[..., 1:] - elsewhere[..., :1]).abs()  # against each row's first entry
+    if spread.numel() == 0:
+        return True
+    moving = spread > 1e-4 * moved.abs().max().clamp(min=1e-30)
+    return float(moving.double().mean()) < 0.9
+
+
+def _state_row_is_local(states: Tensor, hidden: Tensor, token_dim: int) -> bool:
+    """Whether the first query row handed to the attention function is computed from some of
+    its example's tokens, not from all of them (a channel's row reads every token)."""
+    if not states.requires_grad:
+        return True
+    weights = torch.zeros(states.shape, dtype=states.dtype, device=states.device)
+    weights.view(-1, states.shape[-1])[0] = torch.randn(states.shape[-1],
+                                                        generator=_GENERATOR).to(weights)
+    (grad,) = torch.autograd.grad(states, hidden, weights, retain_graph=True, allow_unused=True)
+    if grad is None:
+        return True
+    reached = (tokens_view(grad, token_dim)[0] != 0).any(dim=-1)
+    return reached.numel() <= 4 or not bool(reached.all())
+
+
+def canonicalise(
+    recorder: AttentionRecorder, batch: int, inputs: Sequence[object] = ()
+) -> list[tuple[AttentionRecord, str]]:
+    r"""Give every call of the recording that is not one dense map over its own hidden states a
+    :class:`TokenLayout` (the recorder then holds one record per call, see
+    :meth:`~captum_hetattn.capture.AttentionRecorder.use_layouts`), inside the recorder's
+    context and before the gradient pass.
+
+    ``inputs`` are the model inputs (float ones traced): they confirm which example a call's
+    tiles (``k`` sequences per example) belong to.
+
+    Returns:
+        ``(record, reason)`` for softmaxes that are not attention over tokens (left out of the
+        recording, for the caller to report).
+
+    Raises:
+        NotImplementedError: a call whose layout cannot be mapped to tokens exactly, naming the
+            module and what it found.
+    """
+    groups: dict[int, list[AttentionRecord]] = {}
+    for record in recorder.records:
+        groups.setdefault(record.call_id if record.call_id >= 0 else -1 - id(record),
+                          []).append(record)
+    calls: list[AttentionRecord] = []
+    dropped: list[tuple[AttentionRecord, str]] = []
+    for group in groups.values():
+        if len(group) == 1 and _is_plain(group[0], batch) and _reads_tokens(group[0]):
+            continue
+        for record in group:  # a flash record's map is needed now: laying it out reads it
+            if record.attention is None and record.recompute is not None:
+                record.attention = record.recompute()
+        call = _lay_out(group, batch, inputs)
+        if isinstance(call, str):
+            dropped += [(r, call) for r in group]
+        else:
+            calls.append(call)
+    if calls or dropped:
+        recorder.use_layouts(calls, drop=[r for r, _ in dropped])
+    return dropped
+
+
+
+def _lay_out(
+    group: list[AttentionRecord], batch: int, inputs: Sequence[object] = ()
+) -> AttentionRecord | str:
+    r"""The laid-out call of one group of raw maps (one call), or why its softmax is not
+    attention over tokens."""
+    first = group[0]
+    if all(r.scores is not None and r.linears for r in group):
+        return _lay_out_scores(group, batch, inputs)
+    if any(r.states is None for r in group):
+        shapes = ", ".join(str(tuple(r.shape)) for r in group)
+        raise NotImplementedError(
+            f"{_describe(first)} computes maps of shape {shapes} that are not one "
+            f"(batch={batch}, heads, n_query, n_key) map over its hidden states, and its query "
+            "and key states were not seen (softmax interception), so its token layout is unknown"
+        )
+    cross = first.role == "cross" and first.key_input is not None
+    # self-attention: queries and keys probed together against the same tokens (a window's keys
+    # need not be its queries' tokens)
+    states = [s for r in group for s in (r.states[:1] if cross else r.states)]
+    query = _pick(first, "query", batch, states, inputs)
+    if isinstance(query, str):
+        return query
+    if cross:
+        key = _pick(first, "key", batch, [r.states[1] for r in group], inputs)
+        if isinstance(key, str):
+            return key
+    else:
+        canonical, sources = query
+        query, key = (canonical, sources[0::2]), (canonical, sources[1::2])
+    return _lay_out_states(group, batch, query, key, cross)
+
+
+def _lay_out_states(
+    group: list[AttentionRecord],
+    batch: int,
+    query: tuple[_Canonical, list[Tensor]],
+    key: tuple[_Canonical, list[Tensor]],
+    cross: bool,
+) -> AttentionRecord:
+    r"""The call of raw maps whose query and key state rows' tokens are known (``query`` and
+    ``key``: the canonical hidden states and, per map, each state row's token there)."""
+    first = group[0]
+    heads = first.shape[1]
+    n_q, n_k = query[0].size, key[0].size
+    dense_shape = (batch, heads, n_q, n_k)
+    raw, dense, offset = [], [], 0
+    for record, q_src, k_src in zip(group, query[1], key[1], strict=True):
+        if record.shape[1] != heads or len(record.shape) != 4:
+            raise NotImplementedError(
+                f"{_describe(first)}: its maps of one call have different layouts "
+                f"({tuple(first.shape)} and {tuple(record.shape)})"
+            )
+        positions, flat = _dense_entries(record, q_src, k_src, heads, n_q, n_k, first)
+        raw.append(positions + offset)
+        dense.append(flat)
+        offset += math.prod(record.shape)
+    where = query[0].where
+    kind = ("tiled" if where.endswith("(tiles)") else "packed" if where == f"'{first.name}'"
+            else "windowed")
+    layout = TokenLayout(kind, dense_shape, torch.cat(raw), torch.cat(dense))
+    q_canon, k_canon = query[0], key[0]
+    call = AttentionRecord(
+        name=first.name, call_index=first.call_index, role=first.role, attention=None,
+        gradient=None, shape=dense_shape, query_input=q_canon.tensor,
+        key_input=k_canon.tensor if cross else None, output=q_canon.output,
+        token_dim=q_canon.token_dim, key_token_dim=k_canon.token_dim, call_id=first.call_id,
+        layout=layout, parts=list(group),
+    )
+    call.nodes = {"query": q_canon.node, "key": k_canon.node if cross else None,
+                  "output": q_canon.output_node}
+    return call
+
+
+def _dense_entries(
+    record: AttentionRecord, q_src: Tensor, k_src: Tensor, heads: int, n_q: int, n_k: int,
+    first: AttentionRecord,
+) -> tuple[Tensor, Tensor]:
+    r"""The entries of one raw map that hold a (query token, key token) pair, and the element
+    of the dense ``(B, heads, n_q, n_k)`` map each lands on."""
+    parts, h, n_rows, n_cols = record.shape[0], heads, record.shape[2], record.shape[3]
+    # every head's row i comes from the same token (key states may have fewer heads: GQA)
+    q_src = q_src.view(parts, -1, n_rows)[:, :1].expand(parts, h, n_rows)
+    k_src = k_src.view(parts, -1, n_cols)[:, :1].expand(parts, h, n_cols)
+    valid = (q_src >= 0)[..., :, None] & (k_src >= 0)[..., None, :]
+    b_q, t_q = q_src.div(n_q, rounding_mode="floor"), q_src % n_q
+    b_k, t_k = k_src.div(n_k, rounding_mode="floor"), k_src % n_k
+    same = b_q[..., :, None] == b_k[..., None, :]
+    if bool((valid & ~same).any()):
+        raise NotImplementedError(
+            f"{_describe(first)}: a map of shape {tuple(record.shape)} pairs tokens of "
+            "different examples (several examples packed into one sequence); explain one "
+            "example at a time"
+        )
+    head = torch.arange(h, device=q_src.device).view(1, h, 1, 1)
+    flat = ((b_q[..., :, None] * h + head) * n_q + t_q[..., :, None]) * n_k + t_k[..., None, :]
+    positions = valid.flatten().nonzero().flatten()
+    return positions, flat.flatten()[positions]
+
+
+def _pick(
+    record: AttentionRecord, side: str, batch: int, states: list[Tensor],
+    inputs: Sequence[object] = (),
+) -> tuple[_Canonical, list[Tensor]] | str:
+    """The canonical hidden states of one side of a call and each state row's token there
+    (``states``: one tensor per map, or for self-attention a query and a key tensor per map),
+    or a reason why the side's slots are not tokens."""
+    tried: list[str] = []
+    reason = None
+    tiled = _tiled(record, side, batch, inputs)
+    for candidate in [*_candidates(record, side), *([tiled] if tiled is not None else [])]:
+        if tokens_view(candidate.tensor, candidate.token_dim).shape[0] != batch:
+            tried.append(candidate.where)
+            continue
+        sources = _state_tokens(record, side, states, candidate)
+        if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
+            reason = reason or (f"its {side} slots are each computed from several tokens of "
+                                f"{candidate.where}: the softmax is not over tokens (e.g. "
+                                "channel attention)")
+            continue
+        if not any(bool((s >= 0).any()) for s in sources):
+            tried.append(candidate.where)
+            continue
+        return candidate, sources
+    if reason is not None:
+        return reason
+    raise NotImplementedError(
+        f"{_describe(record)}: none of the hidden states around it ({', '.join(tried) or '-'}) "
+        f"hold its {side} tokens as (batch={batch}, tokens) rows (several examples packed into "
+        "one sequence, or tiles), and no traced float input confirms which rows are whose "
+        "(pass the pixel values as an input, not an additional argument), or explain one "
+        "example at a time"
+    )
+
+
+def _state_tokens(
+    record: AttentionRecord, side: str, states: list[Tensor], canonical: _Canonical
+) -> list[Tensor]:
+    r"""The canonical token of every row of per-head states: through the module's own hidden
+    states when the canonical ones enclose them — the forward-mode products then only cross the
+    projections, and first-order probes through the partition (which only permutes rows) map the
+    module's rows to the layer's tokens — else directly."""
+    own = record.query_input if side == "query" else record.key_input
+    dim = record.token_dim if side == "query" else record.key_token_dim
+    if own is None or own is canonical.tensor or not own.requires_grad:
+        return rows_sources(states, canonical.tensor, canonical.token_dim)
+    rows = own.reshape(1, -1, own.shape[-1]) if dim != 0 else own.reshape(1, -1)
+    (found,) = _dependence(rows, 1, [(canonical.tensor, canonical.token_dim)], 1, exact=False)
+    fed = found.codes.flatten() >= 0 if found.codes is not None else None
+    if fed is None or bool((torch.bincount(found.codes.flatten()[fed]) > 1).any()):
+        # a token feeding several rows (overlapping windows) or a row fed by several tokens
+        # (a merge before the windows): not a permutation, probe directly
+        return rows_sources(states, canonical.tensor, canonical.token_dim)
+    token_of_row = torch.full((rows.shape[1],), NO_SOURCE, dtype=torch.long)
+    token_of_row[found.codes.flatten()[fed]] = fed.nonzero().flatten()
+    out = []
+    for to_own in rows_sources(states, own, dim):
+        mapped = token_of_row[to_own.clamp(min=0)]
+        out.append(torch.where(to_own >= 0, mapped, to_own))
+    return out
+
+
+def canonical_batch(inputs: Sequence[object]) -> int | None:
+    """The batch size of the first batched tensor input (for callers without one)."""
+    for value in inputs:
+        if isinstance(value, Tensor) and value.dim() >= 2:
+            return value.shape[0]
+    return None
+

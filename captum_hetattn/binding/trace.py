@@ -1,0 +1,60 @@
+r"""Trace one recorded forward: lay out its calls over their tokens, then read its data flow.
+
+:func:`trace` is the first step of binding: :func:`~captum_hetattn.binding.layouts.canonicalise`
+folds every call that is not one dense map over its hidden states (windows, packed towers, banded
+maps), then :func:`~captum_hetattn.binding.dataflow.analyse` finds the streams, junctions and
+sources of the forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from captum_hetattn.binding.dataflow import DataFlow, analyse
+from captum_hetattn.binding.layouts import canonical_batch, canonicalise
+from captum_hetattn.binding.streams import tower_of
+from captum_hetattn.capture import AttentionRecorder
+
+__all__ = ["trace"]
+
+
+def trace(
+    recorder: AttentionRecorder,
+    inputs: Sequence[Any],
+    map_inputs: bool = False,
+    batch: int | None = None,
+) -> DataFlow:
+    r"""The data flow of the forward just recorded by ``recorder`` (``record_io=True``), called
+    inside its context.
+
+    Args:
+        recorder: the recorder of the forward, still inside its context.
+        inputs: the model inputs by position (float ones traced).
+        map_inputs: see :func:`~captum_hetattn.binding.dataflow.analyse`.
+        batch: the number of examples (default: the batch of the first batched input).
+
+    Returns:
+        The :class:`~captum_hetattn.binding.dataflow.DataFlow`, with ``left_out`` the
+        ``(module, reason)`` of softmaxes that are not attention over tokens.
+
+    Raises:
+        ValueError: nothing over the model's tokens could be recorded.
+    """
+    batch = batch if batch is not None else canonical_batch(inputs)
+    with recorder.muted():
+        left_out = canonicalise(recorder, batch, inputs) if batch is not None else []
+        records = recorder.records
+        if not records and (left_out or recorder.skipped):
+            reasons = [(r.name, why) for r, why in left_out] + list(recorder.skipped)
+            raise ValueError(
+                "no attention map over the model's tokens could be recorded, so there is "
+                "nothing to propagate: " + "; ".join(f"'{n}': {why}" for n, why in reasons[:3])
+            )
+        flow = analyse(
+            records, list(inputs), recorder.embeddings, [tower_of(r.name) for r in records],
+            map_inputs=map_inputs, batch=batch,
+        )
+    flow.left_out = [(record.name, reason) for record, reason in left_out]
+    flow.left_out += recorder.skipped
+    return flow
