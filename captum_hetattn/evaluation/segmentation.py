@@ -465,38 +465,15 @@ def run_detection_demo(out_dir: str | Path, n: int = 60, seed: int = 12345,
     ``logical_inspection.json`` and the PNG files). Returns ``{"report": path, "segmentation":
     result, "logical": result, "seconds": s}``.
     """
-    from captum_hetattn.evaluation.logical import format_logical, run_logical_inspection
-    from captum_hetattn.visualization import png_tag, report_html
+    from captum_hetattn.evaluation.logical import run_logical_inspection
+    from captum_hetattn.visualization.report import write_detection_report
 
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     segmentation = run_segmentation(n=n, seed=seed, out_dir=out)
     logical = run_logical_inspection(n=n_vqa, seed=seed, out_dir=out)
-    captions = {
-        "relevance": "Relevance of each explained query (rows: methods; columns: the first "
-                     "queries of the held-out scenes, not chosen), like the paper's Fig. 2.",
-        "otsu": "Masks at Otsu's threshold (Table 1), like the paper's Fig. 3.",
-        "0.3 otsu": "Masks at 0.3 × Otsu's threshold (Table 2), like the paper's Fig. 4.",
-    }
-    sections = [
-        "<p>Weakly supervised segmentation with the <code>shapes_detr</code> Conditional DETR "
-        "(paper §5.1): every query with class probability &gt; 0.5 is explained; its image "
-        "relevance is min-max scaled, binarised, upsampled and scored with pycocotools as an "
-        "instance mask (IoU from 0.2). The paper's COCO numbers are in brackets; our scenes "
-        "are synthetic, so compare the order of the methods, not the values.</p>",
-        f"<pre>{html.escape(format_tables(segmentation).split(chr(10))[0])}</pre>",
-        tables_html(segmentation),
-    ]
-    for kind, png in segmentation["figure_png"].items():
-        sections.append(f"<div class='example'><p>{html.escape(captions[kind])}</p>"
-                        f"{png_tag(png, kind)}</div>")
-    sections.append("<h2>Logical inspection (shapes_vqa, paper §5.2, Fig. 8)</h2>")
-    sections.append(f"<pre>{html.escape(format_logical(logical))}</pre>")
-    if logical.get("figure_png"):
-        sections.append(png_tag(logical["figure_png"], "logical inspection"))
-    path = out / "report.html"
-    path.write_text(report_html("captum-hetattn: detection demo", sections))
+    path = write_detection_report(out, segmentation, logical)
     return {"report": str(path), "segmentation": segmentation, "logical": logical,
             "seconds": round(time.perf_counter() - start, 1)}
 
