@@ -65,6 +65,15 @@ def run_demo(out: Path, n: int, n_show: int, seed: int, with_ig: bool = True) ->
 
 
 def run_explain(name: str, index: int, method_name: str, seed: int, out: Path | None) -> None:
+    r"""Print one method's token relevance of one zoo example (and draw it into ``out``).
+
+    Args:
+        name: the zoo model.
+        index: which example (drawn with ``seed``).
+        method_name: a display name of :func:`~captum_hetattn.evaluation.standard_methods`.
+        seed: the examples' seed.
+        out: a folder for the figure, or None.
+    """
     zoo = load(name)
     methods = select_methods([method_name])
     example = zoo.make_examples(index + 1, seed)[index]
@@ -87,6 +96,14 @@ def run_explain(name: str, index: int, method_name: str, seed: int, out: Path | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    r"""``captum-hetattn``: parse the command line, check it, run the command.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        int: the exit status (1 on a reported error).
+    """
     parser = argparse.ArgumentParser(prog="captum-hetattn", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="the main job: report on the bundled VQA model")
