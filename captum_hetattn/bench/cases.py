@@ -199,7 +199,6 @@ def build_detr(quick: bool, queries: int = 20) -> tuple[Case, list[tuple[int, in
     return Case(name, model, forward, (pixels,), None, targets[0]), targets
 
 
-
 # ---------------------------------------------------------------------------------------------
 # timing
 
@@ -222,20 +221,20 @@ def median_times(functions: dict[str, Callable[[], object]], repeats: int,
 
 
 def sync_for(device: str) -> Callable[[], None]:
+    """What waits for the device's queued work before a clock is read (nothing on a CPU)."""
     if device == "cuda":
         return torch.cuda.synchronize
     return lambda: None
 
 
-
 def to_device(case: Case, device: str) -> None:
+    """Move the case's model and inputs to ``device`` (in place)."""
     if device == "cpu":
         return
     case.model.to(device)
     case.inputs = tuple(t.to(device) for t in case.inputs)
     if case.extra is not None:
         case.extra = tuple(t.to(device) if isinstance(t, Tensor) else t for t in case.extra)
-
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -266,7 +265,6 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
 
 
 __all__ = [

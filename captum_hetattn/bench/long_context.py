@@ -16,6 +16,8 @@ from captum_hetattn.bench.report import TARGETS, TITLES, Options, Section
 
 
 def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One measurement in a fresh process (``cases.py --worker``); ``{"error": ...}`` when it
+    fails or runs past ``timeout`` seconds."""
     # run cases.py as a script: the plain side then never imports captum_hetattn
     script = Path(__file__).resolve().with_name("cases.py")
     command = [sys.executable, str(script), "--worker", json.dumps(spec)]

@@ -15,6 +15,7 @@ import torch
 
 
 def cores() -> int:
+    """The CPU cores this process may use."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -22,6 +23,7 @@ def cores() -> int:
 
 
 def cpu_model() -> str:
+    """The CPU's name."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -32,6 +34,7 @@ def cpu_model() -> str:
 
 
 def memory_gib(key: str = "MemTotal") -> float:
+    """A ``/proc/meminfo`` entry in GiB (NaN where there is none)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -42,6 +45,7 @@ def memory_gib(key: str = "MemTotal") -> float:
 
 
 def load_average() -> float:
+    """The 1-minute load average (NaN where there is none)."""
     try:
         return os.getloadavg()[0]
     except OSError:

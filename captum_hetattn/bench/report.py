@@ -17,6 +17,8 @@ SECTIONS: tuple[str, ...] = (
 
 @dataclass
 class Section:
+    """One section of the report: its table, notes and the numbers behind them."""
+
     key: str
     title: str
     target: str
@@ -55,14 +57,16 @@ TARGETS = {
 
 
 def met(value: float, bound: float, below: bool = True) -> str:
+    """The "met" cell: whether ``value`` is within ``bound`` (below or above it)."""
     if value is None or math.isnan(value):
         return "—"
     return "yes" if (value <= bound if below else value >= bound) else "**no**"
 
 
-
 @dataclass
 class Options:
+    """The options of a run, defaults filled in (:func:`run_benchmarks`)."""
+
     quick: bool
     repeats: int
     threads: int
@@ -71,7 +75,6 @@ class Options:
     device: str
     eval_n: int
     eval_repeats: int
-
 
 
 def earlier_sections(out: Path, quick: bool) -> dict[str, dict[str, Any]]:
@@ -88,6 +91,7 @@ def earlier_sections(out: Path, quick: bool) -> dict[str, dict[str, Any]]:
 
 def report_markdown(info: dict[str, Any], opts: Options, sections: dict[str, Section],
             chosen: Sequence[str], total: float, load_start: float, load_end: float) -> str:
+    """The markdown of ``benchmarks/results.md``: the machine, then every section."""
     gpu = info["gpu"] or "no GPU"
     mode = ("**quick mode**: tiny models and sizes — checks the harness, the numbers mean "
             "nothing" if opts.quick else "real sizes, random weights (no download)")

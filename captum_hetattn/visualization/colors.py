@@ -127,7 +127,6 @@ def token_colors(
     return colours
 
 
-
 def explanation_readout_token(explanation: Explanation, source: str, example: int) -> int | None:
     r"""The readout token's index among ``source``'s tokens, or None when the readout stream is
     another stream (or ``source`` is only part of its stream).
@@ -155,7 +154,6 @@ def explanation_readout_token(explanation: Explanation, source: str, example: in
     if stream in streams and explanation.sizes.get(source) != streams[stream]:
         return None  # the source is part of a stream: its columns are not the stream's
     return int(explanation.readout_token[example])
-
 
 
 __all__ = [
