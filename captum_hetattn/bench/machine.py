@@ -79,7 +79,7 @@ def machine() -> dict[str, Any]:
 
 def torch_threads(count: int):
     """Torch threads set to ``count`` inside the block (the evaluation runner's helper)."""
-    from captum_hetattn.evaluation.distributed import _threads as threads
+    from captum_hetattn.evaluation.distributed import torch_threads as threads
 
     return threads(count)
 

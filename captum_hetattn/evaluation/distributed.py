@@ -245,7 +245,8 @@ def threads_per_rank(local_world: int) -> int:
 
 
 @contextmanager
-def _threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``count`` inside the block (restored after it)."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -445,7 +446,7 @@ def evaluate_distributed(
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, settings)
     if nproc == 1:
-        with _threads(threads_per_rank(1)):
+        with torch_threads(threads_per_rank(1)):
             result = run_rank(settings, out_dir, 0, 1, progress=progress)
         assert result is not None
         return result
@@ -646,6 +647,7 @@ __all__ = [
     "run_rank",
     "shard_path",
     "threads_per_rank",
+    "torch_threads",
     "wants_distributed",
 ]
 

@@ -392,7 +392,7 @@ def plot_contrast(
 
     Examples::
 
-        >>> from captum_hetattn.objectives import Contrast
+        >>> from captum_hetattn import Contrast
         >>> from captum_hetattn.visualization import plot_contrast
         >>> explanation = explainer.explain(inputs, objective=Contrast(yes, no),
         ...                                 correction="full")
