@@ -14,8 +14,14 @@ import torch
 
 from captum_hetattn import HeterogenousAttentionAttribution
 from captum_hetattn.attribution import CallMaps, Explanation, FlowShare
-from captum_hetattn.views import View, head_view, model_view, neuron_view, relevance_flow
-from captum_hetattn.views._base import rounded
+from captum_hetattn.visualization.views import (
+    View,
+    head_view,
+    model_view,
+    neuron_view,
+    relevance_flow,
+)
+from captum_hetattn.visualization.views._base import rounded
 from captum_hetattn.zoo import load
 
 torch.set_num_threads(1)

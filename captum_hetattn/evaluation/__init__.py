@@ -11,6 +11,8 @@ from captum_hetattn.evaluation.methods import (
     Method,
     attention_method,
     captum_method,
+    check_method_names,
+    select_methods,
     standard_methods,
 )
 from captum_hetattn.evaluation.odam import ODAM
@@ -49,6 +51,7 @@ __all__ = [
     "StreamScores",
     "attention_method",
     "captum_method",
+    "check_method_names",
     "evaluate",
     "evidence_auc",
     "format_logical",
@@ -66,6 +69,7 @@ __all__ = [
     "run_segmentation",
     "segmentation_iou",
     "segmentation_methods",
+    "select_methods",
     "sensitivity_score",
     "standard_methods",
 ]

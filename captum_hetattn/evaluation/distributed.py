@@ -111,7 +111,7 @@ def make_settings(
     perturbation: bool = True,
 ) -> Settings:
     """Checked settings: a known zoo model and known method names, positive counts."""
-    from captum_hetattn.evaluation.methods import standard_methods
+    from captum_hetattn.evaluation.methods import check_method_names
     from captum_hetattn.zoo import REGISTRY
 
     for key, value, low in (("n", n, 1), ("seed", seed, 0), ("shard_size", shard_size, 1),
@@ -126,10 +126,9 @@ def make_settings(
         method_names = [method_names]
     if not method_names:
         raise ValueError("no method to evaluate")
-    known = standard_methods(include_integrated_gradients=True)
-    unknown = [m for m in method_names if m not in known]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(known)}")
+    problem = check_method_names(method_names)
+    if problem:
+        raise ValueError(problem)
     if len(set(method_names)) != len(method_names):
         raise ValueError(f"a method is named twice in {list(method_names)}")
     return Settings(zoo_name, tuple(method_names), n, seed, shard_size, batch_size,
@@ -246,7 +245,8 @@ def threads_per_rank(local_world: int) -> int:
 
 
 @contextmanager
-def _threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``count`` inside the block (restored after it)."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -273,6 +273,23 @@ def run_rank(
     out_dir = Path(out_dir)
     began = time.perf_counter()
     done: dict[int, ExampleScores] = {}
+    todo = _shards_to_do(settings, out_dir, rank, world, done)
+    computed = _compute_shards(settings, out_dir, todo[rank::world], rank, progress)
+    if world > 1:
+        gathered: list[Any] | None = [None] * world if rank == 0 else None
+        dist.gather_object(computed, gathered, dst=0)
+    else:
+        gathered = [computed]
+    if rank != 0:
+        return None
+    assert gathered is not None
+    return _collect(settings, out_dir, gathered, done, world, began)
+
+
+def _shards_to_do(settings: Settings, out_dir: Path, rank: int, world: int,
+                  done: dict[int, ExampleScores]) -> list[int]:
+    """Rank 0 checks ``out_dir`` and reads the shards already there into ``done``; every rank
+    gets the shards still to compute (or rank 0's error, raised on every rank)."""
     message: dict[str, Any]
     if rank == 0:
         try:
@@ -292,35 +309,38 @@ def run_rank(
         message = box[0]
     if "error" in message:
         raise ValueError(message["error"])
-    mine = message["todo"][rank::world]
+    return message["todo"]
+
+
+def _compute_shards(settings: Settings, out_dir: Path, mine: list[int], rank: int,
+                    progress: bool) -> dict[int, dict]:
+    """Score and write this rank's shards; their scores as dicts, by shard index."""
     computed: dict[int, dict] = {}
-    if mine:
-        from tqdm.auto import tqdm
+    if not mine:
+        return computed
+    from tqdm.auto import tqdm
 
-        from captum_hetattn.evaluation.methods import standard_methods
+    from captum_hetattn.evaluation.methods import select_methods
 
-        zoo = _load_zoo(settings.model)
-        every = standard_methods(include_integrated_gradients="IntegratedGradients"
-                                 in settings.methods)
-        methods = {name: every[name] for name in settings.methods}
-        examples = zoo.make_examples(settings.n, settings.seed)  # the examples evaluate() draws
-        for index in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress):
-            start, stop = settings.shard_range(index)
-            tic = time.perf_counter()
-            part = score_examples(
-                zoo, methods, zoo.collate(examples[start:stop]), start=start,
-                batch_size=settings.batch_size, perturbation=settings.perturbation,
-            )
-            _write_shard(out_dir, settings, index, part, rank, time.perf_counter() - tic)
-            computed[index] = part.to_dict()
-    if world > 1:
-        gathered: list[Any] | None = [None] * world if rank == 0 else None
-        dist.gather_object(computed, gathered, dst=0)
-    else:
-        gathered = [computed]
-    if rank != 0:
-        return None
-    assert gathered is not None
+    zoo = _load_zoo(settings.model)
+    methods = select_methods(settings.methods)
+    examples = zoo.make_examples(settings.n, settings.seed)  # the examples evaluate() draws
+    for index in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress):
+        start, stop = settings.shard_range(index)
+        tic = time.perf_counter()
+        part = score_examples(
+            zoo, methods, zoo.collate(examples[start:stop]), start=start,
+            batch_size=settings.batch_size, perturbation=settings.perturbation,
+        )
+        _write_shard(out_dir, settings, index, part, rank, time.perf_counter() - tic)
+        computed[index] = part.to_dict()
+    return computed
+
+
+def _collect(settings: Settings, out_dir: Path, gathered: list[Any],
+             done: dict[int, ExampleScores], world: int, began: float) -> EvaluationResult:
+    """Rank 0: every shard (found or gathered) aggregated into the table, written with a line
+    of the run log."""
     new: list[int] = []
     for payload in gathered:
         for index, data in payload.items():
@@ -426,7 +446,7 @@ def evaluate_distributed(
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, settings)
     if nproc == 1:
-        with _threads(threads_per_rank(1)):
+        with torch_threads(threads_per_rank(1)):
             result = run_rank(settings, out_dir, 0, 1, progress=progress)
         assert result is not None
         return result
@@ -627,6 +647,7 @@ __all__ = [
     "run_rank",
     "shard_path",
     "threads_per_rank",
+    "torch_threads",
     "wants_distributed",
 ]
 

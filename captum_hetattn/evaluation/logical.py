@@ -32,8 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_hetattn.attribution import HeterogenousAttentionAttribution
-from captum_hetattn.objectives import Contrast
+from captum_hetattn import Contrast, HeterogenousAttentionAttribution
 from captum_hetattn.zoo import ZooModel
 
 #: objective name → (explain options for a batch, sign per example) given yes/no ids and the
@@ -176,13 +175,17 @@ def run_logical_inspection(
                                            n_figure) if n_figure and figure_rows else b"")
     result["seconds"] = round(time.perf_counter() - start, 1)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if result["figure_png"]:
-            (out / "logical_inspection.png").write_bytes(result["figure_png"])
-        (out / "logical_inspection.json").write_text(json.dumps(
-            {k: v for k, v in result.items() if k != "figure_png"}, indent=1))
+        _write_logical(Path(out_dir), result)
     return result
+
+
+def _write_logical(out: Path, result: Mapping[str, Any]) -> None:
+    """Write ``logical_inspection.png`` (when drawn) and ``logical_inspection.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if result["figure_png"]:
+        (out / "logical_inspection.png").write_bytes(result["figure_png"])
+    (out / "logical_inspection.json").write_text(json.dumps(
+        {k: v for k, v in result.items() if k != "figure_png"}, indent=1))
 
 
 def format_logical(result: Mapping[str, Any]) -> str:

@@ -13,26 +13,30 @@ absent from those methods' results (not scored, rather than scored as zero).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor
 
-from captum_hetattn.attribution import (
+from captum_hetattn import (
     AttentionRollout,
     GenericAttentionExplainability,
     HeterogenousAttentionAttribution,
     RawAttention,
-    _AttentionAttribution,
 )
 from captum_hetattn.mapping import default_mappings
 from captum_hetattn.zoo import Batch, ZooModel
 
 Method = Callable[[ZooModel, Batch], dict[str, Tensor]]
+#: the attention-based attributions (one ``explain`` interface)
+AttentionExplainer = (
+    HeterogenousAttentionAttribution | GenericAttentionExplainability | AttentionRollout
+    | RawAttention
+)
 
 
-def attention_method(cls: type[_AttentionAttribution], **options: Any) -> Method:
+def attention_method(cls: type[AttentionExplainer], **options: Any) -> Method:
     """One of our attention-based attributions, with ``explain`` options fixed."""
 
     def run(zoo: ZooModel, batch: Batch) -> dict[str, Tensor]:
@@ -113,4 +117,50 @@ def standard_methods(include_integrated_gradients: bool = True) -> dict[str, Met
     return methods
 
 
-__all__ = ["Method", "attention_method", "captum_method", "standard_methods"]
+def check_method_names(names: Sequence[str]) -> str | None:
+    r"""What is wrong with a list of method names, or None when every one is a standard method.
+
+    Args:
+        names: display names (keys of :func:`standard_methods`).
+
+    Returns:
+        str or None: the message naming the unknown methods and the known ones.
+    """
+    known = standard_methods(include_integrated_gradients=True)
+    unknown = [name for name in names if name not in known]
+    return f"unknown method(s) {unknown}; choose from {sorted(known)}" if unknown else None
+
+
+def select_methods(names: Sequence[str] | None = None, *,
+                   include_integrated_gradients: bool = True) -> dict[str, Method]:
+    r"""The standard methods named in ``names``, in that order.
+
+    Args:
+        names: display names; None or empty: every method of :func:`standard_methods`.
+        include_integrated_gradients: with no ``names``, whether ``IntegratedGradients`` (the
+            slowest) is among them.
+
+    Returns:
+        dict: display name → method.
+
+    Raises:
+        ValueError: a name that is not a standard method.
+    """
+    if not names:
+        return standard_methods(include_integrated_gradients=include_integrated_gradients)
+    problem = check_method_names(names)
+    if problem:
+        raise ValueError(problem)
+    every = standard_methods(include_integrated_gradients=True)
+    return {name: every[name] for name in names}
+
+
+__all__ = [
+    "AttentionExplainer",
+    "Method",
+    "attention_method",
+    "captum_method",
+    "check_method_names",
+    "select_methods",
+    "standard_methods",
+]

@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 from captum.attr import LayerGradientXActivation
+from captum.log import log_usage
 from torch import Tensor, nn
-
-from captum_hetattn._captum_compat import log_usage
 
 
 class ODAM(LayerGradientXActivation):

@@ -34,13 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_hetattn.attribution import (
-    AttentionRollout,
-    GenericAttentionExplainability,
-    HeterogenousAttentionAttribution,
-    RawAttention,
-)
-from captum_hetattn.evaluation.methods import Method, attention_method
+from captum_hetattn.evaluation.methods import Method, standard_methods
 from captum_hetattn.evaluation.odam import ODAM
 from captum_hetattn.zoo import Batch, ZooModel
 
@@ -98,18 +92,10 @@ def odam_method(layer: Callable[[ZooModel], torch.nn.Module] | None = None) -> M
 
 
 def segmentation_methods() -> dict[str, Method]:
-    """The methods of the segmentation experiment, by display name (:data:`METHOD_ORDER`)."""
-    ours = HeterogenousAttentionAttribution
-    return {
-        "GAE": attention_method(GenericAttentionExplainability),
-        "ODAM": odam_method(),
-        "ours (abs)": attention_method(ours, correction="abs"),
-        "ours (pos)": attention_method(ours, correction="pos"),
-        "ours (noised)": attention_method(ours, correction="pos", noise_link=True),
-        "ours (full)": attention_method(ours, correction="full"),
-        "rollout": attention_method(AttentionRollout),
-        "raw attention": attention_method(RawAttention),
-    }
+    """The methods of the segmentation experiment, by display name (:data:`METHOD_ORDER`): the
+    attention methods of :func:`~captum_hetattn.evaluation.standard_methods` and ODAM."""
+    methods = {**standard_methods(include_integrated_gradients=False), "ODAM": odam_method()}
+    return {name: methods[name] for name in METHOD_ORDER}
 
 
 # ------------------------------------------------------------------ masks
@@ -231,12 +217,7 @@ def run_segmentation(
         ``iou_thresholds``, ``area_ranges``, ``seconds``, ``figures`` (paths, with
         ``out_dir``) and ``figure_png`` (name → PNG bytes; left out of the JSON file).
     """
-    from captum_hetattn.zoo.shapes_detr import (
-        AREA_RANGES,
-        GRID,
-        coco_evaluate,
-        coco_ground_truth,
-    )
+    from captum_hetattn.zoo.shapes_detr import AREA_RANGES, coco_evaluate, coco_ground_truth
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -250,19 +231,7 @@ def run_segmentation(
     targets = [(d.query, d.label) for _, d in queries]
     maps = relevance_maps(zoo, pixels[image_ids], targets, methods, batch_size, progress)
     ground_truth = coco_ground_truth(scenes)
-    size = tuple(pixels.shape[-2:])
-    tables: dict[str, dict[str, dict[str, float]]] = {}
-    for label, k in THRESHOLDS.items():
-        tables[label] = {}
-        for name in methods:
-            results = []
-            for row, (image_id, detection) in enumerate(queries):
-                grid = binarise(maps[name][row], k).reshape(GRID, GRID)
-                results.append({"image_id": image_id, "category_id": detection.label,
-                                "score": detection.score,
-                                "segmentation": _rle(upsample(grid, size))})  # type: ignore[arg-type]
-            summary = coco_evaluate(ground_truth, results, "segm", IOU_THRESHOLDS)
-            tables[label][name] = {m: _percent(v) for m, v in summary.items()}
+    tables = _mask_tables(maps, queries, methods, ground_truth, tuple(pixels.shape[-2:]))
     detection = coco_evaluate(ground_truth, [
         {"image_id": i, "category_id": d.label, "bbox": list(d.box), "score": d.score}
         for i, d in queries], "bbox")
@@ -285,6 +254,39 @@ def run_segmentation(
         "constant_maps": {name: int((maps[name].amax(dim=1) <= maps[name].amin(dim=1)).sum())
                           if len(queries) else 0 for name in methods},
     }
+    result["figure_png"] = _figures(scenes, queries, maps, methods, n_figures)
+    result["seconds"] = round(time.perf_counter() - start_time, 1)
+    if out_dir is not None:
+        _write_segmentation(Path(out_dir), result)
+    return result
+
+
+def _mask_tables(maps: Mapping[str, Tensor], queries: Sequence[tuple[int, Any]],
+                 methods: Sequence[str], ground_truth: Any,
+                 size: tuple[int, int]) -> dict[str, dict[str, dict[str, float]]]:
+    """COCO mask AP / AR (percent) of every method's binarised maps, per threshold."""
+    from captum_hetattn.zoo.shapes_detr import GRID, coco_evaluate
+
+    tables: dict[str, dict[str, dict[str, float]]] = {}
+    for label, k in THRESHOLDS.items():
+        tables[label] = {}
+        for name in methods:
+            results = []
+            for row, (image_id, detection) in enumerate(queries):
+                grid = binarise(maps[name][row], k).reshape(GRID, GRID)
+                results.append({"image_id": image_id, "category_id": detection.label,
+                                "score": detection.score,
+                                "segmentation": _rle(upsample(grid, size))})  # type: ignore[arg-type]
+            summary = coco_evaluate(ground_truth, results, "segm", IOU_THRESHOLDS)
+            tables[label][name] = {m: _percent(v) for m, v in summary.items()}
+    return tables
+
+
+def _figures(scenes: Sequence[Any], queries: Sequence[tuple[int, Any]],
+             maps: Mapping[str, Tensor], methods: Sequence[str],
+             n_figures: int) -> dict[str, bytes]:
+    """The relevance and mask figures (PNG) of the first ``n_figures`` scenes."""
+    image_ids = [i for i, _ in queries]
     figures = {}
     if n_figures > 0 and queries:
         # the most confident query of each of the first scenes (scene order, not chosen)
@@ -295,20 +297,21 @@ def run_segmentation(
             figures[kind] = segmentation_figure(
                 [scenes[image_ids[i]] for i in shown], [queries[i][1] for i in shown],
                 {name: maps[name][shown] for name in methods}, kind)
-    result["figure_png"] = figures
-    result["seconds"] = round(time.perf_counter() - start_time, 1)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {}
-        for kind, png in figures.items():
-            path = out / f"segmentation_{kind.replace(' ', '')}.png"
-            path.write_bytes(png)
-            paths[kind] = str(path)
-        result["figures"] = paths
-        (out / "segmentation.json").write_text(json.dumps(
-            {k: v for k, v in result.items() if k != "figure_png"}, indent=1))
-    return result
+    return figures
+
+
+def _write_segmentation(out: Path, result: dict[str, Any]) -> None:
+    """Write the figures and ``segmentation.json`` into ``out``; ``result["figures"]`` gets
+    their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for kind, png in result["figure_png"].items():
+        path = out / f"segmentation_{kind.replace(' ', '')}.png"
+        path.write_bytes(png)
+        paths[kind] = str(path)
+    result["figures"] = paths
+    (out / "segmentation.json").write_text(json.dumps(
+        {k: v for k, v in result.items() if k != "figure_png"}, indent=1))
 
 
 def _percent(value: float) -> float:
@@ -462,38 +465,15 @@ def run_detection_demo(out_dir: str | Path, n: int = 60, seed: int = 12345,
     ``logical_inspection.json`` and the PNG files). Returns ``{"report": path, "segmentation":
     result, "logical": result, "seconds": s}``.
     """
-    from captum_hetattn.evaluation.logical import format_logical, run_logical_inspection
-    from captum_hetattn.visualization import png_tag, report_html
+    from captum_hetattn.evaluation.logical import run_logical_inspection
+    from captum_hetattn.visualization.report import write_detection_report
 
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     segmentation = run_segmentation(n=n, seed=seed, out_dir=out)
     logical = run_logical_inspection(n=n_vqa, seed=seed, out_dir=out)
-    captions = {
-        "relevance": "Relevance of each explained query (rows: methods; columns: the first "
-                     "queries of the held-out scenes, not chosen), like the paper's Fig. 2.",
-        "otsu": "Masks at Otsu's threshold (Table 1), like the paper's Fig. 3.",
-        "0.3 otsu": "Masks at 0.3 × Otsu's threshold (Table 2), like the paper's Fig. 4.",
-    }
-    sections = [
-        "<p>Weakly supervised segmentation with the <code>shapes_detr</code> Conditional DETR "
-        "(paper §5.1): every query with class probability &gt; 0.5 is explained; its image "
-        "relevance is min-max scaled, binarised, upsampled and scored with pycocotools as an "
-        "instance mask (IoU from 0.2). The paper's COCO numbers are in brackets; our scenes "
-        "are synthetic, so compare the order of the methods, not the values.</p>",
-        f"<pre>{html.escape(format_tables(segmentation).split(chr(10))[0])}</pre>",
-        tables_html(segmentation),
-    ]
-    for kind, png in segmentation["figure_png"].items():
-        sections.append(f"<div class='example'><p>{html.escape(captions[kind])}</p>"
-                        f"{png_tag(png, kind)}</div>")
-    sections.append("<h2>Logical inspection (shapes_vqa, paper §5.2, Fig. 8)</h2>")
-    sections.append(f"<pre>{html.escape(format_logical(logical))}</pre>")
-    if logical.get("figure_png"):
-        sections.append(png_tag(logical["figure_png"], "logical inspection"))
-    path = out / "report.html"
-    path.write_text(report_html("captum-hetattn: detection demo", sections))
+    path = write_detection_report(out, segmentation, logical)
     return {"report": str(path), "segmentation": segmentation, "logical": logical,
             "seconds": round(time.perf_counter() - start, 1)}
 

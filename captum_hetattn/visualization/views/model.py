@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from captum_hetattn.attribution import Explanation
-from captum_hetattn.views._base import GridSpec, View
-from captum_hetattn.views.head import check_maps, head_data
+from captum_hetattn import Explanation
+from captum_hetattn.visualization.views._base import GridSpec, View
+from captum_hetattn.visualization.views.head import check_maps, head_data
 
 TYPE_NAMES = {"A": "TypeA (self-attention)", "B": "TypeB (cross-attention)",
               "C": "TypeC (self-attention over fused streams)"}
@@ -31,12 +31,12 @@ def model_view(
     Args:
         explanation: from ``explain(..., return_maps=True)``.
         tokens: token labels per stream (for the opened head view); see
-            :func:`~captum_hetattn.views.head_view`.
+            :func:`~captum_hetattn.visualization.views.head_view`.
         example: which example of the batch.
         map: ``"corrected"`` (``f(G) ⊙ A`` per head, default), ``"attention"`` (raw ``A``) or
             ``"gradient"`` (``∂objective/∂A``).
         grids: image streams to draw as patch grids in the opened head view; see
-            :func:`~captum_hetattn.views.head_view`.
+            :func:`~captum_hetattn.visualization.views.head_view`.
 
     Returns:
         View: with ``_repr_html_()``, ``.html`` and ``.save(path)``.

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from captum_hetattn.attribution import Explanation
-from captum_hetattn.views._base import (
+from captum_hetattn import Explanation
+from captum_hetattn.visualization.views._base import (
     View,
     batch_size,
     number,

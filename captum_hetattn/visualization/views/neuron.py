@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from captum_hetattn.attribution import Explanation
-from captum_hetattn.views._base import (
+from captum_hetattn import Explanation
+from captum_hetattn.visualization.views._base import (
     CallRef,
     View,
     call_label,
@@ -44,7 +44,7 @@ def neuron_view(
         head: the head, ``0 <= head < H``.
         query_token: the query token shown first, ``0 <= query_token < n_query``.
         example: which example of the batch.
-        tokens: token labels per stream; see :func:`~captum_hetattn.views.head_view`.
+        tokens: token labels per stream; see :func:`~captum_hetattn.visualization.views.head_view`.
 
     Returns:
         View: with ``_repr_html_()``, ``.html`` and ``.save(path)``.

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from captum_hetattn.attribution import CallMaps, Explanation
-from captum_hetattn.views._base import (
+from captum_hetattn import CallMaps, Explanation
+from captum_hetattn.visualization.views._base import (
     MAP_NAMES,
     MAP_TITLES,
     CallRef,

@@ -1,5 +1,5 @@
 r"""What every view shares: the :class:`View` object (inline Jupyter display, standalone page,
-file), data checks on an :class:`~captum_hetattn.attribution.Explanation`, token labels, patch
+file), data checks on an :class:`~captum_hetattn.Explanation`, token labels, patch
 grids, and compact JSON for the page.
 
 A view is rendered as one ``<div>`` with a unique id and one inline script (the package files in
@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_hetattn.attribution import CallMaps, Explanation
-from captum_hetattn.mapping import PatchGrid
+from captum_hetattn import CallMaps, Explanation, PatchGrid
 
 #: a call is named by its position in ``explanation.call_maps``, its module name (first call), or
 #: ``(module name, call index)``
@@ -45,15 +44,17 @@ MAP_TITLES = {
 
 
 def _static(name: str) -> str:
-    return (resources.files("captum_hetattn.views") / "static" / name).read_text(encoding="utf-8")
+    folder = resources.files("captum_hetattn.visualization.views") / "static"
+    return (folder / name).read_text(encoding="utf-8")
 
 
 class View:
     r"""An interactive view: inline HTML for Jupyter, a standalone page, or a file.
 
-    Views are made by :func:`~captum_hetattn.views.head_view`,
-    :func:`~captum_hetattn.views.model_view`, :func:`~captum_hetattn.views.neuron_view` and
-    :func:`~captum_hetattn.views.relevance_flow`; this class only renders them.
+    Views are made by :func:`~captum_hetattn.visualization.views.head_view`,
+    :func:`~captum_hetattn.visualization.views.model_view`,
+    :func:`~captum_hetattn.visualization.views.neuron_view` and
+    :func:`~captum_hetattn.visualization.views.relevance_flow`; this class only renders them.
 
     Every rendering (:meth:`fragment`, ``_repr_html_``, :attr:`html`) gets fresh element ids, so
     the same view can be shown twice in one notebook or page.

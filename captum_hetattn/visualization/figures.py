@@ -1,8 +1,5 @@
-r"""Pictures of token relevance: image overlays drawn with ``captum.attr.visualization``, text as
-coloured boxes (figures) or HTML, and a self-contained (offline) HTML report with figures inlined
-as base64 PNG.
-
-Figures (matplotlib, PNG):
+r"""Figures of token relevance (matplotlib): image overlays drawn with
+``captum.attr.visualization``, text as coloured boxes.
 
 - :func:`plot_image_text`: the image with its relevance blended over it, beside the text tokens
   as coloured boxes (magnitude, max-scaled).
@@ -10,19 +7,15 @@ Figures (matplotlib, PNG):
   ``Contrast(a, b)`` under ``correction="full"``): red = evidence for ``a``, blue = for ``b``, a
   diverging colour map centred at 0 with a symmetric scale.
 - :func:`plot_explanation`: either of them for one example of an
-  :class:`~captum_hetattn.attribution.Explanation`.
+  :class:`~captum_hetattn.Explanation`.
 
-Every display leaves the **readout token's own share** out (as GAE's reference code does: its
-identity entry, 1, swamps everything else): the readout token is drawn grey and does not set the
-colour scale (:func:`relevance_scale`, :func:`token_colors`, :func:`text_html`). All-zero,
-single-sign and non-finite maps draw without error (non-finite values count as 0; an all-zero
-map draws the plain image with a note).
+The readout token is drawn grey and does not set the colour scale
+(:mod:`captum_hetattn.visualization.colors`). All-zero, single-sign and non-finite maps draw
+without error (non-finite values count as 0; an all-zero map draws the plain image with a note).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,126 +30,29 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from captum_hetattn.mapping import PatchGrid, to_heatmap
+from captum_hetattn import PatchGrid, to_heatmap
+from captum_hetattn.visualization.colors import (
+    MAGNITUDE_CMAP,
+    READOUT_TEXT,
+    SIGNED_CMAP,
+    RelevanceLike,
+    as_vector,
+    explanation_readout_token,
+    readout_index,
+    relevance_scale,
+    token_colors,
+    without_readout,
+)
 
 if TYPE_CHECKING:
-    from captum_hetattn.attribution import Explanation
+    from captum_hetattn import Explanation
 
-#: what a relevance vector may be given as
-RelevanceLike = Tensor | np.ndarray | Sequence[float]
 #: an image: ``H × W × 3`` (or ``× 1``, or ``H × W``) uint8 / float array, or a ``(C, H, W)``
 #: tensor
 ImageLike = Tensor | np.ndarray
 #: how image tokens lie over the picture: a :class:`~captum_hetattn.mapping.PatchGrid`,
 #: ``(rows, cols)`` (the last ``rows * cols`` tokens) or None (inferred from the token count)
 GridLike = PatchGrid | tuple[int, int] | None
-
-#: colour of the readout token's box (neutral: its own share is left out)
-READOUT_FACE = "#d9d9d9"
-READOUT_TEXT = "#7a7a7a"
-#: colour maps: magnitude (Captum's default for positive maps) and signed (red = positive)
-MAGNITUDE_CMAP = "Greens"
-SIGNED_CMAP = "bwr"
-
-
-# ------------------------------------------------------------------------------ helpers
-
-def _vector(relevance: RelevanceLike) -> np.ndarray:
-    """1-D float64 array with non-finite values set to 0."""
-    if isinstance(relevance, Tensor):
-        values = relevance.detach().to("cpu", torch.float64).numpy()
-    else:
-        values = np.asarray(relevance, dtype=np.float64)
-    return np.nan_to_num(values.reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _readout_index(readout_token: int | Tensor | None, n: int) -> int | None:
-    """The readout token's position among ``n`` tokens (negative counts from the end); None
-    when there is none or it lies outside them (e.g. a token that is not drawn)."""
-    if readout_token is None:
-        return None
-    index = int(readout_token)
-    return index % n if -n <= index < n else None
-
-
-def _without_readout(values: np.ndarray, readout_token: int | None) -> np.ndarray:
-    """``values`` with the readout token's entry set to 0 (a copy)."""
-    values = values.copy()
-    index = _readout_index(readout_token, len(values))
-    if index is not None:
-        values[index] = 0.0
-    return values
-
-
-def relevance_scale(relevance: RelevanceLike, *, readout_token: int | None = None) -> float:
-    r"""The colour scale of a relevance vector: its largest magnitude, the readout token's own
-    entry left out (non-finite values count as 0).
-
-    Args:
-        relevance: ``(n,)`` token relevance (tensor, array or list).
-        readout_token: index of the readout token in ``relevance``, or None.
-
-    Returns:
-        float: ``max |relevance|`` over the other tokens; 0.0 when they are all zero.
-
-    Examples::
-
-        >>> relevance_scale([1.0, 0.2, -0.4], readout_token=0)
-        0.4
-    """
-    values = _without_readout(_vector(relevance), readout_token)
-    return float(np.abs(values).max()) if values.size else 0.0
-
-
-def token_colors(
-    relevance: RelevanceLike,
-    *,
-    readout_token: int | None = None,
-    signed: bool = False,
-    cmap: str | mcolors.Colormap | None = None,
-    scale: float | None = None,
-) -> np.ndarray:
-    r"""The RGBA colour of every token's box, as :func:`plot_image_text` and
-    :func:`plot_contrast` draw them.
-
-    Magnitude (``signed=False``): ``|r| / scale`` on a sequential colour map (0 is white).
-    Signed (``signed=True``): ``r / scale`` on a diverging colour map centred at 0 with the
-    symmetric range ``[-scale, scale]`` (default: red positive, blue negative, 0 white). The
-    scale is :func:`relevance_scale` (the readout token left out); the readout token itself is
-    drawn neutral grey (:data:`READOUT_FACE`). An all-zero vector gives the colour of 0 for
-    every token; no colour is ever NaN.
-
-    Args:
-        relevance: ``(n,)`` token relevance.
-        readout_token: index of the readout token, or None.
-        signed: diverging (signed) rather than magnitude colours.
-        cmap: a matplotlib colour map or its name; default :data:`MAGNITUDE_CMAP` /
-            :data:`SIGNED_CMAP`.
-        scale: the value drawn at full colour (default :func:`relevance_scale`); values beyond
-            it saturate.
-
-    Returns:
-        np.ndarray: ``(n, 4)`` RGBA in ``[0, 1]``.
-
-    Examples::
-
-        >>> colours = token_colors(torch.tensor([1.0, 0.5, 0.1]), readout_token=0)
-        >>> colours[1]  # the largest non-readout token: full colour
-    """
-    values = _vector(relevance)
-    colour_map = plt.get_cmap(cmap or (SIGNED_CMAP if signed else MAGNITUDE_CMAP))
-    top = relevance_scale(values, readout_token=readout_token) if scale is None else float(scale)
-    if not np.isfinite(top) or top <= 0:
-        top = 1.0
-    if signed:
-        positions = (np.clip(values / top, -1.0, 1.0) + 1.0) / 2.0
-    else:
-        positions = np.clip(np.abs(values) / top, 0.0, 1.0)
-    colours = np.asarray(colour_map(positions), dtype=np.float64).reshape(len(values), 4)
-    index = _readout_index(readout_token, len(values))
-    if index is not None:
-        colours[index] = mcolors.to_rgba(READOUT_FACE)
-    return colours
 
 
 def _as_rgb(image: ImageLike) -> np.ndarray:
@@ -279,7 +175,7 @@ def _draw_tokens(axis: Axes, tokens: Sequence[str], colours: np.ndarray,
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
     n = len(tokens)
-    readout = _readout_index(readout_token, n)
+    readout = readout_index(readout_token, n)
     renderer = axis.figure.canvas.get_renderer()
     to_points = 72.0 / axis.figure.dpi
     box = axis.get_window_extent(renderer)
@@ -323,7 +219,7 @@ def _draw_tokens(axis: Axes, tokens: Sequence[str], colours: np.ndarray,
 
 
 def _check_lengths(tokens: Sequence[str], text_relevance: RelevanceLike) -> np.ndarray:
-    values = _vector(text_relevance)
+    values = as_vector(text_relevance)
     if len(values) < len(tokens):
         raise ValueError(f"{len(tokens)} tokens but relevance for {len(values)}")
     return values[: len(tokens)]
@@ -360,7 +256,7 @@ def _plot(image: ImageLike, image_relevance: RelevanceLike | None, tokens: Seque
     if image_relevance is not None:
         image_values: Any = image_relevance
         if image_readout_token is not None:
-            image_values = _without_readout(_vector(image_relevance), image_readout_token)
+            image_values = without_readout(as_vector(image_relevance), image_readout_token)
         heat = _image_heat(image_values, rgb.shape[:2], grid)
     _draw_image(image_axis, rgb, heat, signed=signed, cmap=cmap, label=labels[0])
     image_axis.set_title("image relevance", fontsize=8)
@@ -496,7 +392,7 @@ def plot_contrast(
 
     Examples::
 
-        >>> from captum_hetattn.objectives import Contrast
+        >>> from captum_hetattn import Contrast
         >>> from captum_hetattn.visualization import plot_contrast
         >>> explanation = explainer.explain(inputs, objective=Contrast(yes, no),
         ...                                 correction="full")
@@ -511,35 +407,6 @@ def plot_contrast(
                  show_input=show_input, fontsize=fontsize)
 
 
-def explanation_readout_token(explanation: Explanation, source: str, example: int) -> int | None:
-    r"""The readout token's index among ``source``'s tokens, or None when the readout stream is
-    another stream (or ``source`` is only part of its stream).
-
-    Args:
-        explanation: from ``explain``.
-        source: a source name (e.g. ``"text"``).
-        example: which example of the batch.
-
-    Returns:
-        int or None.
-
-    Examples::
-
-        >>> explanation = explainer.explain(inputs, target=label)  # LXMERT: read at text [CLS]
-        >>> explanation_readout_token(explanation, "text", 0)
-        0
-        >>> explanation_readout_token(explanation, "image", 0) is None
-        True
-    """
-    stream = (explanation.sources or {}).get(source, source)
-    if stream != explanation.readout_stream:
-        return None
-    streams = explanation.streams or {}
-    if stream in streams and explanation.sizes.get(source) != streams[stream]:
-        return None  # the source is part of a stream: its columns are not the stream's
-    return int(explanation.readout_token[example])
-
-
 def plot_explanation(
     explanation: Explanation,
     example: int,
@@ -552,7 +419,7 @@ def plot_explanation(
     **options: Any,
 ) -> Figure:
     r""":func:`plot_image_text` (or, with ``signed=True``, :func:`plot_contrast`) of one example
-    of an :class:`~captum_hetattn.attribution.Explanation`, the readout token found from it.
+    of an :class:`~captum_hetattn.Explanation`, the readout token found from it.
 
     Args:
         explanation: from ``explain`` (``HeterogenousAttentionAttribution`` or a baseline).
@@ -587,7 +454,7 @@ def plot_explanation(
     return draw(image, None if picture is None else picture[example], tokens, text, **options)
 
 
-# ------------------------------------------------------------------------------ HTML
+# ------------------------------------------------------------------------------ PNG
 
 def figure_png(figure: plt.Figure) -> bytes:
     """The figure as PNG bytes (the figure is closed)."""
@@ -597,85 +464,13 @@ def figure_png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def text_html(tokens: Sequence[str], relevance: Tensor, readout_token: int | None = None) -> str:
-    r"""Tokens as HTML spans, green for positive and red for negative relevance (max-scaled).
-
-    Args:
-        tokens: the token labels.
-        relevance: ``(n,)`` relevance, ``n ≥ len(tokens)``.
-        readout_token: index of the readout token: drawn grey and left out of the scale (its
-            own share, 1 for attention methods, would wash out every other token), or None.
-
-    Returns:
-        str: one ``<span>`` per token (its value in the ``title`` tooltip); the readout token's
-        span has ``class="readout"``.
-
-    Examples::
-
-        >>> explanation = explainer.explain(inputs, target=label)
-        >>> text_html(words, explanation.relevance["text"][0],
-        ...           readout_token=explanation_readout_token(explanation, "text", 0))
-    """
-    values = _vector(relevance)
-    scale = relevance_scale(values[: len(tokens)], readout_token=readout_token) or 1.0
-    readout = _readout_index(readout_token, len(tokens))
-    spans = []
-    for i, (token, value) in enumerate(zip(tokens, values.tolist(), strict=False)):
-        if i == readout:
-            spans.append(
-                f'<span class="readout" style="background:{READOUT_FACE};color:{READOUT_TEXT};'
-                'padding:1px 3px;margin:1px;border-radius:3px;font-style:italic" '
-                f'title="readout token (own share {value:.3g} left out)">'
-                f"{html.escape(token)}</span>"
-            )
-            continue
-        strength = min(abs(value) / scale, 1.0)
-        colour = (
-            f"rgba(0,160,60,{strength:.2f})" if value >= 0 else f"rgba(220,40,40,{strength:.2f})"
-        )
-        spans.append(
-            f'<span style="background:{colour};padding:1px 3px;margin:1px;border-radius:3px" '
-            f'title="{value:.3g}">{html.escape(token)}</span>'
-        )
-    return " ".join(spans)
-
-
-def png_tag(png: bytes, alt: str) -> str:
-    """An ``<img>`` with the PNG inlined as a ``data:`` URL."""
-    encoded = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
-
-
-REPORT_STYLE = """
-body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:12px 0}
-td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f0f0f0} td.name,th.name{text-align:left}
-img{max-width:100%} .example{margin:18px 0;padding:8px;border-top:1px solid #ddd}
-"""
-
-
-def report_html(title: str, sections: Sequence[str]) -> str:
-    """A complete offline HTML page (no external resource) from body sections."""
-    body = "\n".join(sections)
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{REPORT_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}"
-        "</body></html>"
-    )
-
-
 __all__ = [
+    "GridLike",
+    "ImageLike",
     "draw_overlay",
-    "explanation_readout_token",
     "figure_png",
     "grid_heatmap",
     "plot_contrast",
     "plot_explanation",
     "plot_image_text",
-    "png_tag",
-    "relevance_scale",
-    "report_html",
-    "text_html",
-    "token_colors",
 ]

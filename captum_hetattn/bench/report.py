@@ -1,0 +1,126 @@
+r"""The benchmark report: its sections (title, target, table, notes), the options of a run, and
+the markdown written to ``benchmarks/results.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SECTIONS: tuple[str, ...] = (
+    "batch", "long_context", "many_targets", "integrated_gradients", "evaluation",
+)
+
+
+@dataclass
+class Section:
+    """One section of the report: its table, notes and the numbers behind them."""
+
+    key: str
+    title: str
+    target: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    data: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", "", f"Target: {self.target}.", ""]
+        if self.rows:
+            lines += ["| " + " | ".join(self.header) + " |",
+                      "| " + " | ".join("---" for _ in self.header) + " |"]
+            lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+            lines.append("")
+        lines += [f"- {note}" for note in self.notes]
+        lines.append(f"- Section wall time: {self.seconds:.1f} s.")
+        return "\n".join(lines) + "\n"
+
+
+TITLES = {
+    "batch": "1. One attribution vs a plain forward+backward",
+    "long_context": "2. Long context: time and peak memory",
+    "many_targets": "3. Many targets on one input",
+    "integrated_gradients": "4. Integrated Gradients vs ours",
+    "evaluation": "5. Evaluation throughput",
+}
+TARGETS = {
+    "batch": "ours / plain ≤ 0.7",
+    "long_context": "at 4096 tokens, peak memory ≤ 1.3× plain and time ≤ 1.5× plain",
+    "many_targets": "batched / looped ≤ 0.6 for 20 targets",
+    "integrated_gradients": "IntegratedGradients(n_steps=50) / ours ≥ 40",
+    "evaluation": "none set (examples per second with 1 and 2 processes are reported)",
+}
+
+
+def met(value: float, bound: float, below: bool = True) -> str:
+    """The "met" cell: whether ``value`` is within ``bound`` (below or above it)."""
+    if value is None or math.isnan(value):
+        return "—"
+    return "yes" if (value <= bound if below else value >= bound) else "**no**"
+
+
+@dataclass
+class Options:
+    """The options of a run, defaults filled in (:func:`run_benchmarks`)."""
+
+    quick: bool
+    repeats: int
+    threads: int
+    budget_s: float
+    lengths: tuple[int, ...]
+    device: str
+    eval_n: int
+    eval_repeats: int
+
+
+def earlier_sections(out: Path, quick: bool) -> dict[str, dict[str, Any]]:
+    """Sections of an earlier run written to the same place in the same mode (for ``only``)."""
+    try:
+        earlier = json.loads(out.with_suffix(".json").read_text())
+        if earlier["options"]["quick"] != quick:
+            return {}
+        return {key: value for key, value in earlier["sections"].items()
+                if key in SECTIONS and "run" in value}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def report_markdown(info: dict[str, Any], opts: Options, sections: dict[str, Section],
+            chosen: Sequence[str], total: float, load_start: float, load_end: float) -> str:
+    """The markdown of ``benchmarks/results.md``: the machine, then every section."""
+    gpu = info["gpu"] or "no GPU"
+    mode = ("**quick mode**: tiny models and sizes — checks the harness, the numbers mean "
+            "nothing" if opts.quick else "real sizes, random weights (no download)")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `captum-hetattn bench` ({mode}).",
+        "",
+        f"- Machine: {info['cpu']}, {info['cores']} cores available, "
+        f"{info['memory_gib']} GiB RAM, {gpu}; device used: {opts.device}, "
+        f"{opts.threads} torch threads.",
+        f"- Versions: torch {info['torch']}, transformers {info['transformers']}, "
+        f"captum {info['captum']}, Python {info['python']}; commit {info['commit'] or '?'}.",
+        f"- Date: {info['date']}; total {total:.0f} s.",
+        f"- Medians of {opts.repeats} runs after one warm-up; both sides of a ratio measured "
+        "in the same run, in turn.",
+        f"- Load average (1 min): {load_start:.1f} at start, {load_end:.1f} at end"
+        + (" — other work was running: timings are less reliable."
+           if max(load_start, load_end) > 0.5 * info["cores"] + 0.5 else "."),
+        "",
+    ]
+    for key in SECTIONS:
+        if key in sections:
+            lines.append(sections[key].markdown())
+        else:
+            lines += [f"## {TITLES[key]}", "", f"Target: {TARGETS[key]}.", "",
+                      f"- Not run (`only={list(chosen)}`).", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["SECTIONS", "TARGETS", "TITLES", "Options", "Section", "earlier_sections", "met",
+           "report_markdown"]
