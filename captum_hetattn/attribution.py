@@ -63,6 +63,7 @@ from captum_hetattn.rules import (
     Gae,
     Ours,
     Propagator,
+    Rollout,
     RowAdjoint,
     TokenMap,
     aggregate_heads,
@@ -270,7 +271,7 @@ class _AttentionAttribution(Attribution):
         """Readout rows by the adjoint where the rules are linear, else all blocks."""
         method = self._method(noise_link)
         if method.linear:
-            return propagate_row(recording.sizes, flows, readout, rollout=method.rollout)
+            return propagate_row(recording.sizes, flows, readout, method=method)
         blocks = propagate(recording.sizes, flows, method=method, padding=absent)
         return self._read(blocks, recording.sizes, readout)
 
@@ -565,7 +566,7 @@ class _AttentionAttribution(Attribution):
         if given is None and (readout is not None or len(terminal) != 1 or len(hooked) != 1):
             yield
             return
-        state.stream = _Streaming(recording, state.residuals, method.rollout)
+        state.stream = _Streaming(recording, state.residuals, method)
         handle = None
         if given is not None:
             state.stream.set_readout(given)
@@ -841,8 +842,8 @@ class _Streaming:
     back to the full flows)."""
 
     def __init__(self, recording: BoundRecording, residuals: Mapping[tuple[str, int], Tensor],
-                 rollout: bool) -> None:
-        self.recording, self.residuals, self.rollout = recording, residuals, rollout
+                 method: Propagator) -> None:
+        self.recording, self.residuals, self.method = recording, residuals, method
         self.steps = list(recording.steps)
         self.next = len(self.steps) - 1
         self.keys = {(c.record.name, c.record.call_index) for c in recording.calls}
@@ -852,7 +853,7 @@ class _Streaming:
 
     def set_readout(self, weights: Mapping[str, Tensor]) -> None:
         dtype = relevance_dtype(next(iter(weights.values())).dtype)
-        self.adjoint = RowAdjoint(self.recording.sizes, weights, rollout=self.rollout,
+        self.adjoint = RowAdjoint(self.recording.sizes, weights, method=self.method,
                                   dtype=dtype)
         self._advance()
 
@@ -1538,7 +1539,7 @@ class AttentionRollout(_AttentionAttribution):
     accepts_gradient_corrections: ClassVar[bool] = False
 
     def _method(self, noise_link: bool) -> Propagator:
-        return Ours(noise_link=noise_link, rollout=True)
+        return Rollout(noise_link=noise_link)
 
 
 class RawAttention(_AttentionAttribution):
