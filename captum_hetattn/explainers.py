@@ -19,7 +19,7 @@ are the faces: their options, their propagator, and the mapping of inputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -34,7 +34,7 @@ from captum_hetattn._captum_compat import (
 )
 from captum_hetattn.binding import BoundRecording
 from captum_hetattn.engine.checks import check_options
-from captum_hetattn.engine.pipeline import Options, run
+from captum_hetattn.engine.pipeline import Correction, Options, run
 from captum_hetattn.engine.readout import Readout
 from captum_hetattn.engine.report import Report
 from captum_hetattn.engine.result import Explanation
@@ -44,8 +44,6 @@ from captum_hetattn.mapping import Gathered, InputMapping, NoAttribution, defaul
 from captum_hetattn.objectives import Objective, Target
 from captum_hetattn.presets import find_preset, preset
 from captum_hetattn.rules.propagators import Gae, Ours, Propagator, Raw, Rollout
-
-Correction = str | Mapping[str, str]
 
 
 class _AttentionAttribution(Attribution):
