@@ -39,17 +39,17 @@ def _relevance(arch, capture, correction, return_maps=True):
 
 @pytest.fixture
 def count_streams(monkeypatch):
-    from captum_hetattn import attribution
+    from captum_hetattn.engine import streaming as attribution
 
     results = []
-    original = attribution._Streaming.result
+    original = attribution.Streaming.result
 
     def counted(self):
         value = original(self)
         results.append(value is not None)
         return value
 
-    monkeypatch.setattr(attribution._Streaming, "result", counted)
+    monkeypatch.setattr(attribution.Streaming, "result", counted)
     return results
 
 

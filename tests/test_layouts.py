@@ -90,7 +90,7 @@ def test_swin_maps_and_gradients_equal_the_unwindowed_windows():
 
 @pytest.mark.parametrize("correction", ["none", "pos"])
 def test_swin_relevance_equals_the_relevance_of_hand_unwindowed_maps(correction, monkeypatch):
-    from captum_hetattn import attribution
+    from captum_hetattn.engine import reduce as attribution
     from captum_hetattn.rules import aggregate_heads
 
     model, pixels = _swin()
@@ -101,7 +101,7 @@ def test_swin_relevance_equals_the_relevance_of_hand_unwindowed_maps(correction,
               for i, stage in enumerate(model.swin.encoder.layers)
               for j in range(len(stage.blocks))]
     geometry = dict(zip(blocks, _swin_geometry(model), strict=True))
-    original = attribution._Capture._reduce
+    original = attribution.Capture._reduce
 
     def by_hand(self, record):  # the engine's maps replaced by the hand-made ones
         if record.layout is None:
@@ -114,7 +114,7 @@ def test_swin_relevance_equals_the_relevance_of_hand_unwindowed_maps(correction,
                                _unwindow(part.gradient, side, window, shift),
                                self.corrections[key])
 
-    monkeypatch.setattr(attribution._Capture, "_reduce", by_hand)
+    monkeypatch.setattr(attribution.Capture, "_reduce", by_hand)
     reference = HeterogenousAttentionAttribution(forward, model=model).explain(
         pixels, target=1, correction=correction)
     assert set(ours.relevance) == set(reference.relevance) == {"image"}
@@ -625,7 +625,7 @@ def test_layout_families_pass_the_generic_checks(name):
 
 def test_led_relevance_equals_the_relevance_of_dense_maps_recomputed_from_its_projections(
         monkeypatch):
-    from captum_hetattn import attribution
+    from captum_hetattn.engine import reduce as attribution
 
     model = _led()
     window = model.config.attention_window[0] // 2
@@ -643,7 +643,7 @@ def test_led_relevance_equals_the_relevance_of_dense_maps_recomputed_from_its_pr
 
     ours = HeterogenousAttentionAttribution(forward, model=model).explain(
         IDS, target=7, additional_forward_args=(DECODER_IDS,), correction="none")
-    original = attribution._Capture._reduce
+    original = attribution.Capture._reduce
     layer_of = iter(range(100))
 
     def dense_reference(self, record):  # softmax(q·k/√d) over the band, from the projections
@@ -661,7 +661,7 @@ def test_led_relevance_equals_the_relevance_of_dense_maps_recomputed_from_its_pr
         scores = (q @ k.transpose(-1, -2)).masked_fill(~band, float("-inf"))
         return scores.softmax(dim=-1).mean(dim=1)
 
-    monkeypatch.setattr(attribution._Capture, "_reduce", dense_reference)
+    monkeypatch.setattr(attribution.Capture, "_reduce", dense_reference)
     reference = HeterogenousAttentionAttribution(forward, model=model).explain(
         IDS, target=7, additional_forward_args=(DECODER_IDS,), correction="none")
     assert ours.relevance["source"].abs().sum() > 0

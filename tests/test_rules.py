@@ -6,6 +6,9 @@ import torch
 from captum_hetattn import AttentionNode, LayerGraph
 from captum_hetattn.rules import (
     AttentionFlow,
+    Gae,
+    Ours,
+    Rollout,
     aggregate_heads,
     attention_rollout,
     cross_rule,
@@ -202,9 +205,9 @@ def test_random_graphs_cover_all_node_types():
     "options",
     [
         {},
-        {"with_noise_link": True},
-        {"rule": "gae"},
-        {"rule": "gae", "gae_normalize": False},
+        {"method": Ours(noise_link=True)},
+        {"method": Gae()},
+        {"method": Gae(normalize=False)},
     ],
 )
 def test_batch_of_n_equals_n_single_calls(options):
@@ -244,7 +247,7 @@ def test_noise_link_applies_to_the_key_streams_own_block_only():
     sizes = {"q": 1, "k": 2}
     key_self = AttentionFlow("k", "k", T([[[0.0, 2.0], [0.0, 0.0]]]))  # R[k,k] -> [[1,2],[0,1]]
     cross = AttentionFlow("q", "k", T([[[1.0, 1.0]]]))
-    linked = propagate(sizes, [key_self, cross], with_noise_link=True)
+    linked = propagate(sizes, [key_self, cross], Ours(noise_link=True))
     plain = propagate(sizes, [key_self, cross])
     close(plain[("q", "k")], [[[1.0, 3.0]]])
     # noise_link([[1, 2], [0, 1]]) = [[1, 1], [0, 1]] (row 2 of R - I is zero: stays identity)
@@ -262,7 +265,7 @@ def test_propagate_errors_name_the_call():
     with pytest.raises(ValueError, match="Nothing to propagate"):
         propagate({"text": 3}, [])
     with pytest.raises(ValueError, match="rule must be"):
-        propagate({"text": 3, "image": 4}, [flow], rule="lrp")
+        propagate({"text": 3, "image": 4}, [flow], method="lrp")
 
 
 # ----------------------------------------------------------------- the paper's GAE claim
@@ -337,11 +340,10 @@ def test_gae_reference_and_the_papers_equivalence_claim(normalize, direct):
         close(ours[("text", "text")][0], ref_tt, atol=1e-10)
         close(ours[("text", "image")][0], ref_ti, atol=1e-10)
         close(ours_row["image"][0], ref_ti[0], atol=1e-10)
-        gae_direct = propagate(sizes, steps, rule="gae", gae_normalize=False,
-                               gae_cross_term="direct")
+        gae_direct = propagate(sizes, steps, Gae(normalize=False, cross_term="direct"))
         close(gae_direct[("text", "image")][0], ref_ti, atol=1e-10)
     else:
-        gae = propagate(sizes, steps, rule="gae", gae_normalize=normalize)
+        gae = propagate(sizes, steps, Gae(normalize=normalize))
         close(gae[("text", "text")][0], ref_tt, atol=1e-10)
         close(gae[("text", "image")][0], ref_ti, atol=1e-10)
         # and GAE really differs from ours here (the claim is not vacuous)
@@ -358,24 +360,27 @@ def test_rules_depend_on_torch_only_and_graph_on_nothing():
 
     package = Path(captum_hetattn.__file__).parent
     graph = ("graph/spec.py", "graph/nodes.py", "graph/junctions.py", "graph/layer_graph.py")
-    allowed = {"rules.py": {"torch"}, **{filename: set() for filename in graph}}
-    for filename, third_party in allowed.items():
-        tree = ast.parse((package / filename).read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                roots = {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                # the graph room's own modules, and the binder LayerGraph.bind hands over to
-                if filename in graph and (node.module or "").startswith(
-                        ("captum_hetattn.graph.", "captum_hetattn.binding.bind")):
+    # a room is a module or a package; each may import its own modules (and the graph the binder
+    # LayerGraph.bind hands over to)
+    allowed = {"rules": ({"torch"}, ("captum_hetattn.rules.",)),
+               **{room: (set(), ("captum_hetattn.graph.", "captum_hetattn.binding.bind"))
+                  for room in graph}}
+    for room, (third_party, own) in allowed.items():
+        path = package / room
+        for filename in [path] if path.is_file() else sorted(path.glob("*.py")):
+            tree = ast.parse(filename.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    roots = {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom):
+                    if (node.module or "").startswith(own):
+                        continue
+                    roots = {(node.module or "").split(".")[0]}
+                else:
                     continue
-                roots = {(node.module or "").split(".")[0]}
-            else:
-                continue
-            for root in roots:
-                assert root in sys.stdlib_module_names or root in third_party | {"__future__"}, (
-                    f"{filename} imports {root}"
-                )
+                for root in roots:
+                    known = sys.stdlib_module_names | third_party | {"__future__"}
+                    assert root in known, f"{filename} imports {root}"
 
 
 def test_rollout_mode_is_attention_rollout_on_one_stream():
@@ -383,8 +388,9 @@ def test_rollout_mode_is_attention_rollout_on_one_stream():
     averaged = [aggregate_heads(m, correction="none") for m in maps]
     flows = [AttentionFlow("x", "x", a) for a in averaged]
     reference = attention_rollout(averaged)
-    close(propagate({"x": 4}, flows, rollout=True)[("x", "x")], reference, atol=1e-12)
-    close(propagate_row({"x": 4}, flows, "x", 1, rollout=True)["x"], reference[:, 1], atol=1e-12)
+    close(propagate({"x": 4}, flows, Rollout())[("x", "x")], reference, atol=1e-12)
+    close(propagate_row({"x": 4}, flows, "x", 1, method=Rollout())["x"], reference[:, 1],
+          atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -392,8 +398,8 @@ def test_rollout_row_mode_equals_full_mode_on_random_graphs(seed):
     graph = random_graph(seed)
     sizes = {"a": 4, "b": 3, "c": 5}
     steps = graph_flows(graph, sizes, batch=2, seed=seed, signed=False)
-    full = propagate(sizes, steps, rollout=True)
-    rows = propagate_row(sizes, steps, "c", 2, rollout=True)
+    full = propagate(sizes, steps, Rollout())
+    rows = propagate_row(sizes, steps, "c", 2, method=Rollout())
     for source in sizes:
         close(rows[source], full[("c", source)][:, 2], atol=1e-12)
 

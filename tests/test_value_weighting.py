@@ -11,9 +11,10 @@ from captum_hetattn import (
     GenericAttentionExplainability,
     HeterogenousAttentionAttribution,
 )
-from captum_hetattn import attribution as attribution_module
 from captum_hetattn.capture import AttentionRecorder
 from captum_hetattn.dataflow import tokens_view
+from captum_hetattn.engine import pipeline as attribution_module
+from captum_hetattn.engine.values import ValueTerms, ValueWatcher, value_terms
 from captum_hetattn.rules import (
     AttentionFlow,
     aggregate_heads,
@@ -23,7 +24,6 @@ from captum_hetattn.rules import (
     residual_shares,
     value_weighted,
 )
-from captum_hetattn.values import ValueTerms, ValueWatcher, value_terms
 
 
 def close(a, b, atol=1e-5):

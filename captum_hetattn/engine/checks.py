@@ -1,0 +1,205 @@
+r"""What would fail deep inside the model, or silently, is checked before the forward: the
+inputs, the targets and objectives, the model (meta device, active dropout) and the options."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from captum_hetattn.engine.readout import check_readout_token, is_int
+from captum_hetattn.engine.report import Report
+from captum_hetattn.engine.values import check_weighting
+from captum_hetattn.objectives import Contrast, Objective, Ratio, RelativeContrast, Target
+
+STAGES = (None, "homogeneous")
+
+
+def check_call(model: nn.Module, report: Report, inputs: tuple[Any, ...], target: Target,
+               objective: Objective | None, readout: Any) -> None:
+    r"""Check one call's inputs, target, objective and readout, and the model, before the
+    forward (the model's dropout is only reported).
+
+    Args:
+        model: the module explained.
+        report: where the warnings go.
+        inputs: the formatted inputs.
+        target: Captum's target.
+        objective: the objective, or ``None``.
+        readout: the ``readout`` argument.
+    """
+    check_inputs(inputs)
+    check_target(target)
+    if isinstance(objective, (Contrast, Ratio, RelativeContrast)):
+        check_target(objective.a, f"{type(objective).__name__}.a")
+        check_target(objective.b, f"{type(objective).__name__}.b")
+    if isinstance(readout, Mapping):
+        for stream, value in readout.items():
+            check_readout_token(value, f"readout['{stream}']")
+    elif readout is not None:
+        check_readout_token(readout, "readout")
+    check_not_meta(model)
+    dropout = active_dropout(model)
+    if dropout is not None:
+        report.train_mode(type(model).__name__, dropout)
+
+
+def check_inputs(inputs: tuple[Any, ...]) -> None:
+    """Inputs are batched along their first dimension (Captum's contract)."""
+    if not inputs:
+        raise ValueError("no inputs: give a tensor or a tuple of tensors")
+    for position, tensor in enumerate(inputs):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(
+                f"input {position} is a {type(tensor).__name__}, not a tensor; pass arguments "
+                "that are not attributed as additional_forward_args"
+            )
+        shape = tuple(tensor.shape)
+        if tensor.is_meta:
+            raise ValueError(f"input {position} is on the 'meta' device: it holds no values")
+        if tensor.dim() == 0:
+            raise ValueError(
+                f"input {position} is a 0-d tensor: inputs are batched along their first "
+                "dimension (x[None] for one example)"
+            )
+        if shape[0] == 0:
+            raise ValueError(f"input {position} has an empty batch (shape {shape}): nothing to "
+                             "explain")
+        if tensor.dim() == 1 and not tensor.is_floating_point():
+            raise ValueError(
+                f"input {position} of shape {shape} has no batch dimension: token ids are "
+                "(batch, tokens), so pass ids[None] for one example (a per-example value "
+                "belongs in additional_forward_args)"
+            )
+
+
+def check_target(target: Target, what: str = "target") -> None:
+    r"""Captum's target forms, checked before the forward: an int, a tuple of ints, an integer
+    tensor (0-d, or one index per example) or a list of one int or tuple per example. Negative
+    indices count from the end where Captum indexes (int, tuple, list of tuples), not where it
+    gathers (a per-example tensor or list of ints)."""
+    forms = ("an int, a tuple of ints, an integer tensor or a list of ints or tuples (one per "
+             "example)")
+    if target is None or is_int(target):
+        return
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(
+                f"{what} is a {target.dtype} tensor; target indices must be integers "
+                f"(e.g. {what.split('.')[-1]}.long())"
+            )
+        if target.dim() > 1 and target.numel() != 1:
+            raise ValueError(
+                f"{what} tensor has shape {tuple(target.shape)}; give a 0-d tensor or one index "
+                "per example, shape (batch,)"
+            )
+        if target.numel() > 1:
+            check_gathered(target.tolist(), what)
+        return
+    if isinstance(target, tuple):
+        if target and all(is_int(i) for i in target):
+            return
+        raise TypeError(f"{what} {target!r} must be a non-empty tuple of ints")
+    if isinstance(target, list):
+        if not target:
+            raise ValueError(f"{what} is an empty list; give one index per example")
+        if all(is_int(t) for t in target):
+            check_gathered(target, what)
+            return
+        if all(isinstance(t, tuple) and t and all(is_int(i) for i in t) for t in target):
+            return
+        kinds = sorted({type(t).__name__ for t in target})
+        raise TypeError(f"{what} list holds {', '.join(kinds)}: it must be {forms}")
+    raise TypeError(f"{what} must be {forms}, got {type(target).__name__} {target!r}")
+
+
+def check_gathered(indices: list[int], what: str) -> None:
+    negative = next(((i, v) for i, v in enumerate(indices) if v < 0), None)
+    if negative is not None:
+        raise ValueError(
+            f"{what} for example {negative[0]} is {negative[1]}: a per-example tensor or list "
+            "of ints is gathered, which does not count from the end; give indices >= 0"
+        )
+
+
+def check_not_meta(model: nn.Module) -> None:
+    """A model on the ``meta`` device has shapes but no values: say so before the forward."""
+    named = chain(model.named_parameters(), model.named_buffers())
+    meta = next((name for name, tensor in named if tensor.is_meta), None)
+    if meta is not None:
+        raise ValueError(
+            f"{type(model).__name__} is on the 'meta' device (first: '{meta}'): it has no "
+            "weights to run; load them (to_empty() and load_state_dict, or from_pretrained "
+            "without a meta device map) before explaining"
+        )
+
+
+def active_dropout(model: nn.Module) -> str | None:
+    """Where dropout acts in a forward: a dropout module with ``p > 0`` in training mode, or
+    for a model in train() mode a drop rate in its config (attention dropout, LayerDrop, drop
+    path), which models apply without a module."""
+    for name, module in model.named_modules():
+        if not module.training:
+            continue
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return f"module '{name}', p={module.p}"
+        if isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
+            return f"module '{name}', dropout={module.dropout}"
+    config = getattr(model, "config", None)
+    if model.training and hasattr(config, "to_dict"):
+        rates = drop_rates(config.to_dict())
+        if rates:
+            return f"config {rates[0][0]}={rates[0][1]}"
+    return None
+
+
+def drop_rates(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    rates: list[tuple[str, float]] = []
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            rates += drop_rates(value, f"{prefix}{key}.")
+        elif isinstance(value, float) and value > 0 and "drop" in str(key):
+            rates.append((f"{prefix}{key}", value))
+    return rates
+
+
+def check_options(
+    explainer: str,
+    correction: Any,
+    noise_link: bool,
+    weighting: str | None,
+    stage: str | None,
+    *,
+    uses_gradient: bool,
+    weighs_values: bool,
+    noise_link_refusal: str | None,
+) -> None:
+    r"""The method's options, checked once per call.
+
+    Args:
+        explainer: the explainer's class name (for the messages).
+        correction: the correction (after the class default).
+        noise_link: the ``noise_link`` argument.
+        weighting: the ``weighting`` argument.
+        stage: the ``stage`` argument.
+        uses_gradient: whether the method takes a gradient correction (else only ``"none"``).
+        weighs_values: whether ``weighting="value"`` is an option of the method.
+        noise_link_refusal: why the method refuses ``noise_link=True`` (``None``: it takes it).
+    """
+    if noise_link and noise_link_refusal is not None:
+        raise ValueError(noise_link_refusal)
+    if not uses_gradient and correction != "none":
+        raise ValueError(
+            f"{explainer} uses no gradient: correction must be 'none', got {correction!r}"
+        )
+    check_weighting(weighting)
+    if weighting is not None and not weighs_values:
+        raise ValueError(
+            f"weighting={weighting!r} is an option of HeterogenousAttentionAttribution, not "
+            f"of {explainer}"
+        )
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")

@@ -1,0 +1,205 @@
+r"""Every readout rule and check, once: which final tokens explain the output.
+
+The readout weights ``{stream: (B, n)}`` come from the objective's gradient at the output tokens
+of the streams nothing reads after their last call (:func:`gradient_readout`), or from the
+user's ``readout`` (an int, a ``(B,)`` tensor, ``"last"``, ``(B, n)`` weights, or a dict of
+them per stream), range-checked by :func:`~captum_hetattn.rules.ops.readout_weights`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from captum_hetattn.binding import BoundRecording
+from captum_hetattn.capture import AttentionRecord
+from captum_hetattn.dataflow import tokens_view
+from captum_hetattn.rules.ops import readout_weights
+
+Readout = int | str | Tensor | Mapping[str, Any] | None
+#: ``(stream, output of its last call, token dim)`` of a stream nothing reads afterwards
+Terminal = tuple[str, Tensor | None, int]
+
+
+def is_int(value: Any) -> bool:
+    """An index: a Python int, not a bool (``True`` would silently mean 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_readout_token(value: Any, what: str) -> None:
+    """Readout tokens are indices: a float or a bool is an error, never truncated."""
+    if isinstance(value, list):
+        value = torch.tensor(value)
+    if isinstance(value, Tensor):
+        if value.dim() < 2 and (value.is_floating_point() or value.dtype == torch.bool):
+            raise TypeError(
+                f"{what} is a {value.dtype} tensor; token indices must be integers ((batch, n) "
+                "float tensors are readout weights)"
+            )
+    elif not (is_int(value) or isinstance(value, str)):  # strings: 'last', checked later
+        raise TypeError(
+            f"{what} must be an int, 'last', a (batch,) integer tensor or (batch, n) weights, "
+            f"got {type(value).__name__} {value!r}"
+        )
+
+
+def resolve_readout(
+    readout: Readout,
+    main_stream: str | None,
+    recording: BoundRecording,
+    terminal: list[Terminal],
+    grads: list[Tensor | None],
+    padding: Mapping[str, Tensor],
+    batch: int,
+) -> dict[str, Tensor]:
+    r"""Readout weights ``{stream: (B, n)}``: from the gradient, or as the user asked.
+
+    Args:
+        readout: the ``readout`` argument.
+        main_stream: the graph's readout stream (``None``: the gradient's main stream).
+        recording: the bound recording.
+        terminal: the terminal streams' outputs (:func:`terminal_outputs`).
+        grads: the objective's gradient at each of them.
+        padding: per stream, ``(B, n)`` padding tokens (for ``"last"``).
+        batch: the batch size.
+    """
+    from_gradient = gradient_readout(recording, terminal, grads, batch)
+    given = user_readout(readout, main_stream, recording, padding, batch)
+    if given is not None:
+        return given
+    if readout is None:
+        return from_gradient
+    stream = main_of(from_gradient)
+    return {stream: readout_vector(readout, stream, recording, padding, batch)}
+
+
+def user_readout(
+    readout: Readout, main_stream: str | None, recording: BoundRecording,
+    padding: Mapping[str, Tensor], batch: int,
+) -> dict[str, Tensor] | None:
+    """The weights the user's ``readout`` gives by itself; ``None`` where the gradient is
+    needed (no readout, or tokens of a main stream the graph does not name)."""
+    if readout is None:
+        return None
+    if isinstance(readout, Mapping):
+        return {stream: readout_vector(value, stream, recording, padding, batch)
+                for stream, value in readout.items()}
+    if main_stream is None or main_stream not in recording.sizes:
+        return None  # the main stream is read from the gradient
+    return {main_stream: readout_vector(readout, main_stream, recording, padding, batch)}
+
+
+def known_readout(readout: Readout, main_stream: str | None, recording: BoundRecording,
+                  batch: int) -> dict[str, Tensor] | None:
+    """The weights :func:`resolve_readout` gives for a ``readout`` that needs neither the
+    gradient nor the padding (no ``"last"``), else ``None``: known before the maps arrive."""
+    if isinstance(readout, str) or (isinstance(readout, Mapping) and any(
+            isinstance(v, str) for v in readout.values())):
+        return None
+    return user_readout(readout, main_stream, recording, {}, batch)
+
+
+def terminal_outputs(
+    recording: BoundRecording, records: Sequence[AttentionRecord]
+) -> list[Terminal]:
+    """``(stream, output of its last call, token dim)`` for every stream that nothing reads
+    after its last call: the objective reads these tokens directly."""
+    flow = recording.flow
+    if flow is None:
+        return []
+    out = []
+    for stream in flow.terminal_streams():
+        last = flow.last_call(stream)
+        name = recording.stream_names.get(stream)
+        if last is None or name is None:
+            continue
+        out.append((name, records[last].output, records[last].token_dim))
+    return out
+
+
+def gradient_readout(
+    recording: BoundRecording,
+    terminal: list[Terminal],
+    grads: list[Tensor | None],
+    batch: int,
+) -> dict[str, Tensor]:
+    r"""The default readout: ``w_x[i] ∝ ‖∂objective/∂y_x[i]‖`` over the output tokens ``y_x`` of
+    every terminal stream's last call, normalised to sum 1 per example."""
+    weights: dict[str, Tensor] = {}
+    for (stream, _, token_dim), grad in zip(terminal, grads, strict=True):
+        if grad is None:
+            continue
+        norms = tokens_view(grad.detach().float(), token_dim).norm(dim=-1)
+        if norms.shape != (batch, recording.sizes[stream]) or not bool(norms.any()):
+            continue
+        weights[stream] = norms
+    if not weights:
+        raise ValueError(
+            "the objective's gradient is zero at the final tokens of every stream "
+            f"({sorted(recording.stream_names.values())}): a score that does not depend on the "
+            "model's attention (a constant logit, such as a padding token's tied to a zero "
+            "embedding row?), or one read from tokens before the last attention call; pass "
+            "readout= to say which tokens explain the output"
+        )
+    total = sum(w.sum(dim=1) for w in weights.values())
+    total = torch.where(total > 0, total, torch.ones_like(total))
+    return {stream: (w / total[:, None]).contiguous() for stream, w in weights.items()}
+
+
+def main_of(weights: Mapping[str, Tensor]) -> str:
+    return max(weights, key=lambda s: float(weights[s].sum()))
+
+
+def readout_vector(
+    value: Any, stream: str, recording: BoundRecording, padding: Mapping[str, Tensor],
+    batch: int,
+) -> Tensor:
+    if stream not in recording.sizes:
+        raise ValueError(
+            f"readout names stream '{stream}', which the model does not have (streams: "
+            f"{list(recording.sizes)})"
+        )
+    n_tokens = recording.sizes[stream]
+    if isinstance(value, list):
+        value = torch.tensor(value)
+    if isinstance(value, Tensor) and value.dim() == 2:
+        if tuple(value.shape) != (batch, n_tokens):
+            raise ValueError(
+                f"readout weights for stream '{stream}' must be ({batch}, {n_tokens}), got "
+                f"{tuple(value.shape)}"
+            )
+        return value.float()
+    if isinstance(value, str):
+        if value != "last":
+            raise ValueError(f"readout must be an int, a tensor, 'last' or None, got {value!r}")
+        real = padding.get(stream)
+        real = torch.ones(batch, n_tokens, dtype=torch.bool) if real is None else ~real
+        positions = torch.arange(n_tokens, device=real.device).expand(batch, n_tokens)
+        value = torch.where(real, positions, torch.full_like(positions, -1)).amax(dim=1)
+    return readout_weights(recording.sizes, stream, value, batch)[stream]
+
+
+def absent_tokens(
+    recording: BoundRecording,
+    padding: Mapping[str, Tensor],
+    causal: set[tuple[str, int]],
+    readout: Mapping[str, Tensor],
+) -> dict[str, Tensor]:
+    """Tokens that would not exist in a reference run on one example: padding, and in a causal
+    readout stream the positions after the last readout token (generation stops there)."""
+    absent = dict(padding)
+    for stream, weights in readout.items():
+        first_self = next(
+            (c for c in recording.calls if c.node.query == stream and not c.node.is_cross), None
+        )
+        if first_self is None or (first_self.record.name,
+                                  first_self.record.call_index) not in causal:
+            continue
+        positions = torch.arange(weights.shape[1], device=weights.device)
+        last = torch.where(weights > 0, positions, torch.full_like(positions, -1)).amax(dim=1)
+        future = positions[None, :] > last[:, None]
+        absent[stream] = absent.get(stream, torch.zeros_like(future)) | future
+    return absent

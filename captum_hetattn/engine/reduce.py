@@ -1,0 +1,163 @@
+r"""Head reduction: the recorder's ``reduce`` callbacks, which turn each bound call's per-head
+map and gradient into its aggregated map ``Ā`` as soon as the gradient arrives — a whole map at
+once (:meth:`Capture.reduce`) or flash capture's chunks of heads (:meth:`Capture.reduce_heads`),
+both ending in the same bookkeeping (:meth:`Capture._note`) and the same hand-off to the
+streaming adjoint (:meth:`Capture._streamed`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from captum_hetattn.binding import BoundRecording
+from captum_hetattn.capture import AttentionRecord
+from captum_hetattn.engine.values import ValueTerms
+from captum_hetattn.infer import is_causal
+from captum_hetattn.rules.ops import (
+    aggregate_heads,
+    corrected,
+    residual_shares,
+    resolve_correction,
+    value_weighted,
+)
+
+if TYPE_CHECKING:
+    from captum_hetattn.engine.streaming import Streaming
+
+Key = tuple[str, int]
+
+
+class Capture:
+    r"""Per-recording state of the ``reduce`` callback: corrections of the bound calls, which
+    keys anyone attends to (padding), which self-attention maps are causal.
+
+    Args:
+        correction: the call's correction (one, or one per node type).
+        keep_heads: keep every call's per-head maps (``return_maps=True``).
+    """
+
+    def __init__(self, correction: str | Mapping[str, str], keep_heads: bool = False) -> None:
+        self.correction = correction
+        self.keep_heads = keep_heads
+        #: per call, ``(A, G, f(G) ⊙ A, q, k)`` per head, with ``keep_heads``
+        self.heads: dict[Key, tuple[Tensor, ...]] = {}
+        self.corrections: dict[Key, str] = {}
+        self.key_mass: dict[Key, Tensor] = {}
+        self.causal: set[Key] = set()
+        self.no_gradient: set[Key] = set()
+        #: with ``weighting="value"``: per call, what the map cannot see, and the weights of
+        #: the query tokens' own relevance that follow from it
+        self.values: dict[Key, ValueTerms] = {}
+        self.residuals: dict[Key, Tensor] = {}
+        self._partial: dict[Key, tuple[Tensor, Tensor, bool, bool]] = {}
+        #: with a streaming adjoint: reduced maps go to it (records keep an empty tensor)
+        self.stream: Streaming | None = None
+
+    def rearm(self) -> None:
+        """Before another gradient pass: what depends on the gradient is computed again."""
+        self.no_gradient = set()
+        self.heads = {}
+        self._partial = {}
+        self.stream = None
+
+    def expect(self, recording: BoundRecording) -> None:
+        """The bound calls and their corrections (calls not bound are not reduced)."""
+        for call in recording.calls:
+            key = (call.record.name, call.record.call_index)
+            self.corrections[key] = resolve_correction(self.correction, call.node.type)
+
+    def reduce(self, record: AttentionRecord) -> Tensor | None:
+        """The recorder's callback for a whole map: ``Ā``, or ``None`` for an unbound call."""
+        return self._streamed(record, self._reduce(record))
+
+    def reduce_heads(self, record: AttentionRecord, attention: Tensor, gradient: Tensor,
+                     first: int, heads: int) -> Tensor | None:
+        """:meth:`reduce` chunk by chunk of heads (flash capture's backward): the sum of
+        ``f(G) ⊙ A`` over heads and the key mass accumulate; the last chunk gives ``Ā``."""
+        key = (record.name, record.call_index)
+        if key not in self.corrections:
+            return None
+        if self.keep_heads or key in self.values or record.layout is not None:
+            return NotImplemented
+        fixed = corrected(attention, gradient, self.corrections[key]).sum(dim=1)
+        mass = attention.detach().sum(dim=(1, 2))
+        causal = is_causal(attention)
+        touched = bool(gradient.ne(0).any())
+        if first > 0:
+            total, old_mass, old_causal, old_touched = self._partial.pop(key)
+            fixed, mass = total + fixed, old_mass + mass
+            causal, touched = causal and old_causal, touched or old_touched
+        if first + attention.shape[1] < heads:
+            self._partial[key] = (fixed, mass, causal, touched)
+            return None
+        self._note(key, mass, causal, touched)
+        return self._streamed(record, fixed / heads)
+
+    def _note(self, key: Key, mass: Tensor, causal: bool, touched: bool) -> None:
+        """What a reduced call tells besides ``Ā``: which keys anyone attends to (zero columns
+        are attention-masked padding), whether it is causal, whether it got a gradient."""
+        self.key_mass[key] = mass
+        if causal:
+            self.causal.add(key)
+        if self.corrections[key] != "none" and not touched:
+            self.no_gradient.add(key)
+
+    def _streamed(self, record: AttentionRecord, reduced: Any) -> Any:
+        """Hand a reduced map to the streaming adjoint (the record keeps an empty tensor)."""
+        key = (record.name, record.call_index)
+        if self.stream is None or not isinstance(reduced, Tensor) or key not in self.stream.keys:
+            return reduced
+        self.stream.offer(key, reduced)
+        return reduced.new_empty(0)
+
+    def _reduce(self, record: AttentionRecord) -> Tensor | None:
+        key = (record.name, record.call_index)
+        if key not in self.corrections:
+            return None
+        assert record.attention is not None
+        correction = self.corrections[key]
+        # (whether it got a gradient matters only under a correction: no sync otherwise)
+        self._note(key, record.attention.detach().sum(dim=(1, 2)), is_causal(record.attention),
+                   correction == "none" or _has_gradient(record))
+        if record.layout is not None:  # correct each raw entry, then fold (exact with overlaps)
+            parts = [corrected(p.attention, p.gradient, correction) for p in record.parts]
+            folded = record.layout.fold(parts)
+            if self.keep_heads:
+                self._keep(key, record, record.layout.fold([p.attention for p in record.parts]),
+                           record.layout.fold([p.gradient for p in record.parts]), folded)
+            return folded.mean(dim=1)
+        if self.keep_heads:
+            self._keep(key, record, record.attention, record.gradient,
+                       corrected(record.attention, record.gradient, correction))
+        terms = self.values.get(key)
+        if terms is not None:
+            keep, mix = residual_shares(terms.output_norm, terms.input_norm)
+            self.residuals[key] = keep
+            weighted = value_weighted(record.attention, record.gradient, correction, terms.norms)
+            return mix[:, :, None].to(weighted.dtype) * weighted
+        return aggregate_heads(record.attention, record.gradient, correction)
+
+    def _keep(self, key: Key, record: AttentionRecord, attention: Tensor,
+              gradient: Tensor | None, fixed: Tensor) -> None:
+        """Keep one call's per-head maps (and q/k where they match the dense map's heads)."""
+        def plain(t: Tensor) -> Tensor:
+            return t.detach().float().cpu()
+
+        states: tuple[Tensor | None, Tensor | None] = (None, None)
+        if record.states is not None:
+            query, key_states = record.states
+            batch, heads, n_query, n_key = attention.shape
+            if (tuple(query.shape[:3]) == (batch, heads, n_query)
+                    and tuple(key_states.shape[:3]) == (batch, heads, n_key)):
+                states = (plain(query), plain(key_states))
+        gradient = torch.zeros_like(attention) if gradient is None else gradient
+        self.heads[key] = (plain(attention), plain(gradient), plain(fixed), *states)
+
+
+def _has_gradient(record: AttentionRecord) -> bool:
+    """Whether any entry of the call's maps (of each part, for a folded call) got a gradient."""
+    grads = [p.gradient for p in record.parts] if record.layout is not None else [record.gradient]
+    return any(g is not None and bool(g.any()) for g in grads)

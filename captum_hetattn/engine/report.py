@@ -1,0 +1,141 @@
+r"""What the engine tells the user without failing: every warning text, each said once per
+explainer and subject (:class:`Report`)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+from captum_hetattn.binding import BoundRecording
+from captum_hetattn.rules.ops import TokenMap
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside the package (the user's call)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+class Report:
+    r"""The warnings one explainer has given (each subject once)."""
+
+    def __init__(self) -> None:
+        self.warned: set[str] = set()
+
+    def warn(self, key: str, message: str) -> None:
+        """A ``UserWarning``, once per explainer and subject."""
+        if key in self.warned:
+            return
+        self.warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
+
+    def warn_each(
+        self, kind: str, subjects: Sequence[str], message: Callable[[list[str]], str]
+    ) -> None:
+        """One ``UserWarning`` for the subjects not reported yet by this explainer (a message
+        that names the first and counts them), not one per subject."""
+        new = [s for s in dict.fromkeys(subjects) if f"{kind}:{s}" not in self.warned]
+        if new:
+            self.warned.update(f"{kind}:{s}" for s in new)
+            warnings.warn(message(new), UserWarning, stacklevel=_user_stacklevel())
+
+    # ------------------------------------------------------------------ before the forward
+    def train_mode(self, model_name: str, dropout: str) -> None:
+        self.warn("train-mode", (
+            f"{model_name} is in train() mode with dropout active "
+            f"({dropout}): every call drops different units, so the relevance is not "
+            "deterministic; call model.eval() before explaining (the explainer leaves the "
+            "mode as it is)"
+        ))
+
+    # ------------------------------------------------------------------ binding
+    def left_out(self, name: str, reason: str) -> None:
+        self.warn(f"left-out:{name}", (
+            f"attention module '{name}' computes a softmax that is left out of the "
+            f"explanation: {reason}"
+        ))
+
+    def preset_misfit(self, preset: str, model_name: str, err: Exception) -> None:
+        self.warn(f"preset:{preset}", (
+            f"the '{preset}' preset does not fit this "
+            f"{model_name} ({err}); using a graph inferred from the "
+            "data flow instead"
+        ))
+
+    def unbound(self, recording: BoundRecording, graph: str) -> None:
+        self.warn_each("unbound", [record.name for record in recording.unbound], lambda new: (
+            f"{len(new)} attention module(s) ran but the layer graph '{graph}' has no node for "
+            f"them (first: '{new[0]}'), so they are left out of the explanation; add nodes (or "
+            "pass graph=None to infer the graph)"
+        ))
+
+    def swapped(self, recording: BoundRecording) -> None:
+        pairs = {f"{first.label} / {then.label}": (first, then)
+                 for first, then in recording.swapped}
+
+        def message(new: list[str]) -> str:
+            first, then = pairs[new[0]]
+            return (
+                f"the layer graph lists {first.label} before {then.label}, but the model ran "
+                f"the latter first ({len(new)} such pair(s)); they share no stream, so the "
+                "relevance is the same in either order; list the nodes in call order"
+            )
+
+        self.warn_each("swapped", list(pairs), message)
+
+    # ------------------------------------------------------------------ after the readout
+    def no_gradient(
+        self, recording: BoundRecording, readout: Mapping[str, Tensor],
+        no_gradient: set[tuple[str, int]],
+    ) -> None:
+        """Calls whose maps got no gradient at all although the graph connects them to the
+        readout: under a gradient correction their maps count as zero, so say so (a branch
+        detached from the output, maps computed without grad?). Calls after the last use of
+        their stream (LLaVA's last vision layer) get none by construction and are not named."""
+        silent: list[str] = []
+        for step, reached in _reach(recording, readout)[0]:
+            silent += [c.record.name for c in step if c.node.query in reached
+                       and (c.record.name, c.record.call_index) in no_gradient]
+        self.warn_each("no-gradient", silent[::-1], lambda new: (
+            f"attention module '{new[0]}' got no gradient from the objective"
+            + (f" (and {len(new) - 1} more)" if len(new) > 1 else "")
+            + ": under the gradient correction its maps count as zero, although the graph "
+            "connects it to the readout (a branch detached from the output, or value vectors "
+            "that are all zero?); correction='none' keeps them"
+        ))
+
+    def unconnected(self, recording: BoundRecording, readout: Mapping[str, Tensor]) -> None:
+        """Sources that no call or junction connects to the readout get zero relevance by
+        construction: say so instead of returning a silent zero."""
+        reached = _reach(recording, readout)[1]
+        for name, source in recording.sources.items():
+            if source.stream not in reached:
+                self.warn(f"unconnected:{name}", (
+                    f"source '{name}' (stream '{source.stream}') gets zero relevance: no "
+                    f"attention call or junction of the graph connects it to the readout "
+                    f"stream(s) {sorted(readout)}"
+                ))
+
+
+def _reach(recording: BoundRecording, readout: Mapping[str, Tensor]
+           ) -> tuple[list[tuple[list, frozenset[str]]], set[str]]:
+    """Walk the steps back from the readout: each call step with the streams it can reach the
+    readout from (before the step), and every stream reached in the end."""
+    reached = set(readout)
+    steps: list[tuple[list, frozenset[str]]] = []
+    for step in reversed(recording.steps):
+        if isinstance(step, TokenMap):
+            if step.into in reached:
+                reached.add(step.origin)
+            continue
+        steps.append((step, frozenset(reached)))
+        reached.update(c.node.key for c in step if c.node.query in reached)
+    return steps, reached

@@ -1,0 +1,444 @@
+r"""Pure relevance math (torch only): head aggregation, the rules of one call, the noise link,
+GAE's cross term, attention rollout's closed form, and the readout rows.
+
+Notation (shared/DESIGN.md §2). Streams ``x, s``; the relevance block ``R[x, s]`` is a
+``(B, n_x, n_s)`` tensor: how much source token ``j`` of stream ``s`` has flowed into token ``i``
+of stream ``x``. The state starts at ``R[x, x] = I`` and ``R[x, s] = 0``; each attention call
+updates it:
+
+- head aggregation with gradient correction (paper eq. 1–3): ``Ā = mean_h(f(G) ⊙ A)``;
+- self-attention (TypeA / TypeC, eq. 4–5): ``R[x, s] += Ā · R[x, s]`` for every source ``s``;
+- cross-attention (TypeB, eq. 6–7): ``R[q, s] += Ā · R[k, s]`` for every source ``s``;
+- noise link (eq. 8–10): a cross call reads ``(R[k, k] − I) / rowsum + I`` instead of ``R[k, k]``.
+
+The increment of one call, ``Ā · R[k, s]`` (:func:`flow_increment`), and its adjoint on a readout
+row, ``u_q · Ā`` (:func:`row_increment`), are defined once here and used by the full propagation
+and the row adjoint (:mod:`captum_hetattn.rules.adjoint`); :func:`self_rule` and
+:func:`cross_rule` are the one-call updates built from them.
+
+Relevance is computed in float32 (float64 inputs stay float64), whatever the maps' dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Correction = Literal["pos", "full", "abs", "none"]
+CORRECTIONS: tuple[str, ...] = ("pos", "full", "abs", "none")
+NODE_TYPES: tuple[str, ...] = ("A", "B", "C")
+
+Block = tuple[str, str]
+Relevance = dict[Block, Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionFlow:
+    r"""One head-aggregated attention call: ``query`` stream reads from ``key`` stream.
+
+    Args:
+        query: stream the queries come from (the stream whose relevance is updated).
+        key: stream the keys/values come from (== ``query`` for self-attention).
+        attention: the aggregated map ``Ā`` of shape ``(B, n_query, n_key)``.
+        label: how error messages name the call (e.g. the module name).
+        residual: ``(B, n_query)`` weights of the query tokens' own relevance in the update
+            (``R[q, s] ← residual ⊙ R[q, s] + Ā · R[k, s]``); ``None`` is the paper's 1 (see
+            :func:`residual_shares`).
+    """
+
+    query: str
+    key: str
+    attention: Tensor
+    label: str = ""
+    residual: Tensor | None = None
+
+    @property
+    def is_cross(self) -> bool:
+        return self.query != self.key
+
+    @property
+    def name(self) -> str:
+        return self.label or f"{self.query}<-{self.key}"
+
+
+@dataclass(frozen=True)
+class TokenMap:
+    r"""A junction: rows of stream ``into`` become token mixtures of stream ``origin``.
+
+    Tokens that move between streams without attention (image features spliced at placeholder
+    positions, concatenated prefixes, projections, merges) are a linear map in the token
+    dimension: ``R[into, s][rows] = M · R[origin, s]`` for every source ``s`` (the replaced
+    rows lose their own identity), and the adjoint ``u_origin += (u_into ⊙ rows) · M``,
+    ``u_into ← u_into ⊙ ¬rows``, so row mode stays exact.
+
+    Args:
+        into: the stream whose rows are replaced.
+        origin: the stream the tokens come from.
+        weights: ``M``, ``(B, n_into, n_origin)`` (rows outside ``rows`` are ignored).
+        rows: ``(B, n_into)`` booleans, the replaced rows.
+        label: how error messages name the junction.
+        additive: add to the rows instead of replacing them (a row fed by several streams: the
+            first junction replaces, the others add; adjoint ``u_into`` is then kept).
+    """
+
+    into: str
+    origin: str
+    weights: Tensor
+    rows: Tensor
+    label: str = ""
+    additive: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.label or f"junction {self.origin}->{self.into}"
+
+
+FlowStep = AttentionFlow | TokenMap | Sequence[AttentionFlow]
+
+
+def relevance_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least float32: half-precision maps are promoted, float64 is kept."""
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
+
+
+def resolve_correction(correction: str | Mapping[str, str], node_type: str) -> str:
+    r"""The correction for a node of ``node_type`` (``"A"``, ``"B"`` or ``"C"``).
+
+    Args:
+        correction: one of ``"pos" | "full" | "abs" | "none"``, or a per-type dict such as
+            ``{"A": "abs", "B": "pos", "C": "pos"}`` (every type the graph uses must be given).
+        node_type: the node's type.
+    """
+    if isinstance(correction, Mapping):
+        unknown = set(correction) - set(NODE_TYPES)
+        if unknown:
+            raise ValueError(
+                f"Per-type correction has unknown node type(s) {sorted(unknown)}; "
+                f"use keys from {NODE_TYPES}"
+            )
+        if node_type not in correction:
+            raise ValueError(
+                f"Per-type correction {dict(correction)} gives nothing for type {node_type} nodes"
+            )
+        chosen = correction[node_type]
+    else:
+        chosen = correction
+    if chosen not in CORRECTIONS:
+        raise ValueError(f"Unknown correction {chosen!r}; choose from {CORRECTIONS}")
+    return chosen
+
+
+def aggregate_heads(
+    attention: Tensor, gradient: Tensor | None = None, correction: str = "pos"
+) -> Tensor:
+    r"""Head aggregation with gradient correction (paper eq. 1–3).
+
+    ``Ā = mean_h(f(G) ⊙ A)`` with ``f(G) = max(G, 0)`` (``"pos"``), ``G`` (``"full"``),
+    ``|G|`` (``"abs"``) or ``1`` (``"none"``: raw attention, no gradient needed).
+
+    Args:
+        attention: post-softmax probabilities ``(B, H, n_q, n_k)``.
+        gradient: ``∂objective/∂A``, same shape; may be ``None`` only for ``"none"``.
+        correction: ``"pos" | "full" | "abs" | "none"``.
+
+    Returns:
+        ``(B, n_q, n_k)`` in float32 (float64 if the inputs are float64).
+    """
+    if attention.dim() != 4:
+        raise ValueError(
+            f"attention must be (batch, heads, n_query, n_key), got shape {tuple(attention.shape)}"
+        )
+    return corrected(attention, gradient, correction).mean(dim=1)
+
+
+def corrected(
+    attention: Tensor, gradient: Tensor | None = None, correction: str = "pos"
+) -> Tensor:
+    r"""``f(G) ⊙ A`` per head and entry (any layout): :func:`aggregate_heads` before the mean
+    over heads, for maps that are folded into a dense layout first.
+
+    Returns:
+        A tensor like ``attention`` in float32 (float64 if the inputs are float64).
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"Unknown correction {correction!r}; choose from {CORRECTIONS}")
+    dtype = relevance_dtype(attention.dtype)
+    attention = attention.to(dtype)
+    if correction == "none":
+        return attention
+    if gradient is None:
+        raise ValueError(f"correction {correction!r} needs the gradient of the attention map")
+    if gradient.shape != attention.shape:
+        raise ValueError(
+            f"gradient shape {tuple(gradient.shape)} != attention shape {tuple(attention.shape)}"
+        )
+    gradient = gradient.to(dtype)
+    if correction == "pos":
+        weight = gradient.clamp(min=0)
+    elif correction == "abs":
+        weight = gradient.abs()
+    else:
+        weight = gradient
+    return weight * attention
+
+
+def value_weighted(
+    attention: Tensor, gradient: Tensor | None, correction: str, value_norms: Tensor
+) -> Tensor:
+    r"""Head aggregation that weighs each key by the size of what it passes on.
+
+    ``Ā^ν_ij = mean_h(f(G_h) ⊙ A_h)_ij · ν_hj / c_i`` with ``c_i = mean_h Σ_k A_hik ν_hk``: the
+    keys of a row are re-weighted by their value norms ``ν_hj = ‖v_hj W_O,h‖`` and the row keeps
+    the mass it had (``c_i`` is the attention-weighted mean norm). With equal norms this is
+    :func:`aggregate_heads`.
+
+    Args:
+        attention: ``A`` ``(B, H, n_q, n_k)``.
+        gradient: ``G``, same shape (``None`` = zeros).
+        correction: ``"pos"``, ``"full"``, ``"abs"`` or ``"none"``.
+        value_norms: ``ν`` ``(B, H, n_k)``.
+    """
+    dtype = relevance_dtype(attention.dtype)
+    attention = attention.to(dtype)
+    norms = value_norms.to(dtype)[:, :, None, :]
+    fixed = corrected(attention, None if gradient is None else gradient.to(dtype), correction)
+    scale = (attention * norms).sum(dim=-1).mean(dim=1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (fixed * norms).mean(dim=1) / scale[..., None]
+
+
+def residual_shares(output_norm: Tensor, input_norm: Tensor) -> tuple[Tensor, Tensor]:
+    r"""How a token's update splits between its own state and the attention output.
+
+    With ``a_i = ‖o_i‖ / (‖o_i‖ + ‖x_i‖)`` (attention output ``o``, the hidden state ``x`` the
+    queries read), returns ``(keep, mix) = (2 (1 − a_i), 2 a_i)``: the weights of ``R[q, s]`` and
+    of ``Ā · R[k, s]`` in the update. Both are 1 where ``‖o_i‖ = ‖x_i‖`` — the paper's rule,
+    which adds the relevance before and after attention with equal weight.
+
+    Args:
+        output_norm, input_norm: ``(B, n_q)``.
+    """
+    total = output_norm + input_norm
+    share = torch.where(total > 0, output_norm / torch.where(total > 0, total, 1),
+                        torch.full_like(total, 0.5))
+    return 2 * (1 - share), 2 * share
+
+def flow_increment(attention: Tensor, key_relevance: Tensor) -> Tensor:
+    r"""What one call adds to ``R[q, s]``: ``Ā · R[k, s]`` (eq. 4–7).
+
+    Args:
+        attention: ``Ā`` of shape ``(B, n_q, n_k)``.
+        key_relevance: ``R[k, s]`` of shape ``(B, n_k, n_s)``.
+
+    Returns:
+        ``(B, n_q, n_s)``.
+    """
+    return attention @ key_relevance
+
+
+def row_increment(row: Tensor, weights: Tensor) -> Tensor:
+    r"""The adjoint of :func:`flow_increment` on readout rows: ``u · M`` per example.
+
+    Args:
+        row: ``u`` of shape ``(B, n_q)``.
+        weights: ``M`` of shape ``(B, n_q, n_k)`` (a map ``Ā`` or a junction's token map).
+
+    Returns:
+        ``(B, n_k)``.
+    """
+    return (row.unsqueeze(1) @ weights).squeeze(1)
+
+
+def self_rule(relevance: Tensor, attention: Tensor) -> Tensor:
+    r"""Rollout step of self-attention (eq. 4–5): ``R + Ā · R``.
+
+    Args:
+        relevance: ``R[x, s]`` of shape ``(B, n_x, n_s)``.
+        attention: ``Ā`` of shape ``(B, n_x, n_x)``.
+    """
+    return cross_rule(relevance, attention, relevance)
+
+
+def cross_rule(query_relevance: Tensor, attention: Tensor, key_relevance: Tensor) -> Tensor:
+    r"""Cross-attention step (eq. 6–7): ``R[q, s] + Ā · R[k, s]``.
+
+    Args:
+        query_relevance: ``R[q, s]`` of shape ``(B, n_q, n_s)``.
+        attention: ``Ā`` of shape ``(B, n_q, n_k)``.
+        key_relevance: ``R[k, s]`` of shape ``(B, n_k, n_s)``.
+    """
+    return query_relevance + flow_increment(attention, key_relevance)
+
+
+
+def _residual_rows(relevance: Tensor) -> tuple[Tensor, Tensor]:
+    """``S = R − I`` and its row sums, for a square ``(B, n, n)`` block."""
+    if relevance.dim() != 3 or relevance.shape[-1] != relevance.shape[-2]:
+        raise ValueError(
+            f"normalisation needs a square (B, n, n) block, got {tuple(relevance.shape)}"
+        )
+    eye = torch.eye(relevance.shape[-1], dtype=relevance.dtype, device=relevance.device)
+    residual = relevance - eye
+    return residual, residual.sum(dim=-1, keepdim=True)
+
+
+def noise_link(relevance: Tensor) -> Tensor:
+    r"""Noise link (paper eq. 8–10; GAE's ``handle_residual``): ``(R − I) / rowsum(R − I) + I``.
+
+    Row-wise. A row whose sum is 0 stays the identity row (the reference code gives NaN there).
+
+    Args:
+        relevance: a square block ``R[k, k]`` of shape ``(B, n, n)``.
+    """
+    residual, row_sum = _residual_rows(relevance)
+    zero = row_sum == 0
+    scaled = residual / torch.where(zero, torch.ones_like(row_sum), row_sum)
+    eye = torch.eye(relevance.shape[-1], dtype=relevance.dtype, device=relevance.device)
+    return torch.where(zero, torch.zeros_like(scaled), scaled) + eye
+
+
+def has_zero_residual_row(relevance: Tensor, padding: Tensor | None = None) -> Tensor:
+    """Per example, whether some row of ``R − I`` sums to 0 (where GAE's code divides by 0).
+
+    Rows of ``padding`` tokens ``(B, n)`` are ignored: the reference code runs on unpadded
+    inputs, where those rows do not exist.
+    """
+    _, row_sum = _residual_rows(relevance)
+    zero = row_sum.squeeze(-1) == 0
+    if padding is not None:
+        zero = zero & ~padding
+    return zero.any(dim=1)
+
+
+def gae_cross_increment(
+    query_self: Tensor,
+    attention: Tensor,
+    key_self: Tensor,
+    *,
+    normalize: bool = True,
+    query_padding: Tensor | None = None,
+    key_padding: Tensor | None = None,
+) -> Tensor:
+    r"""GAE's eq. 10 increment (Chefer et al. 2021): ``R̄[q, q]ᵀ · Ā · R̄[k, k]``.
+
+    The full bi-modal update of a cross call (query stream ``q``, key stream ``k``, both from the
+    pre-update state) is ``R[q, k] += gae_cross_increment(R[q,q], Ā, R[k,k])`` (eq. 10; the
+    transpose is in the reference code) and ``R[q, q] += Ā · R[k, q]`` (eq. 11, which is
+    :func:`cross_rule`). ``R̄`` is :func:`noise_link` when ``normalize`` (GAE eq. 8–9).
+
+    Where the reference code divides by a zero row sum it produces NaN, which fills the whole
+    product; its DETR code then replaces NaN by 0, i.e. drops this increment. We reproduce that
+    result per example without computing a NaN.
+
+    Args:
+        query_self: ``R[q, q]`` of shape ``(B, n_q, n_q)``.
+        attention: ``Ā`` of shape ``(B, n_q, n_k)``.
+        key_self: ``R[k, k]`` of shape ``(B, n_k, n_k)``.
+        normalize: apply GAE's normalisation to both blocks.
+        query_padding, key_padding: ``(B, n)`` padding tokens of each stream, whose (always
+            zero) rows do not count as zero rows.
+    """
+    if not normalize:
+        return query_self.transpose(-1, -2) @ attention @ key_self
+    added = noise_link(query_self).transpose(-1, -2) @ attention @ noise_link(key_self)
+    dropped = has_zero_residual_row(query_self, query_padding) | has_zero_residual_row(
+        key_self, key_padding
+    )
+    return torch.where(dropped[:, None, None], torch.zeros_like(added), added)
+
+
+def as_group(step: FlowStep) -> tuple[AttentionFlow, ...]:
+    """The attention calls of a step (none for a junction), checked."""
+    if isinstance(step, TokenMap):
+        return ()
+    if isinstance(step, AttentionFlow):
+        return (step,)
+    group = tuple(step)
+    for flow in group:
+        if not isinstance(flow, AttentionFlow):
+            raise TypeError(f"A step holds AttentionFlow objects, got {type(flow).__name__}")
+    return group
+
+
+def calls_per_query(step: FlowStep) -> dict[str, int]:
+    """How many calls of a step update each query stream."""
+    counts: dict[str, int] = {}
+    for flow in as_group(step):
+        counts[flow.query] = counts.get(flow.query, 0) + 1
+    return counts
+
+
+def accumulate(updates: dict, key: object, delta: Tensor) -> None:
+    """Sum the increments a parallel group makes to one block (or one adjoint row)."""
+    updates[key] = updates[key] + delta if key in updates else delta
+
+
+def attention_rollout(attentions: Sequence[Tensor]) -> Tensor:
+    r"""Attention rollout (Abnar & Zuidema 2020): ``Â_l = rownorm(Ā_l + I)``, ``Â_L ⋯ Â_1``.
+
+    Args:
+        attentions: head-averaged maps ``(B, n, n)`` in execution order (e.g. from
+            :func:`aggregate_heads` with ``correction="none"``).
+
+    Returns:
+        ``(B, n, n)``.
+    """
+    if not attentions:
+        raise ValueError("attention_rollout needs at least one attention map")
+    joint: Tensor | None = None
+    for attention in attentions:
+        attention = attention.to(relevance_dtype(attention.dtype))
+        eye = torch.eye(attention.shape[-1], dtype=attention.dtype, device=attention.device)
+        mixed = attention + eye
+        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+        joint = mixed if joint is None else mixed @ joint
+    assert joint is not None
+    return joint
+
+
+def readout_weights(
+    sizes: Mapping[str, int], readout_stream: str, readout_token: int | Tensor, batch_size: int,
+    *, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
+) -> dict[str, Tensor]:
+    """The one-hot readout ``{stream: (B, n)}`` of one token per example, range-checked."""
+    if readout_stream not in sizes:
+        raise ValueError(f"Unknown readout stream '{readout_stream}' (streams: {list(sizes)})")
+    n_out = sizes[readout_stream]
+    index = torch.as_tensor(readout_token, device=device).long()
+    if index.dim() == 0:
+        index = index.expand(batch_size)
+    if index.shape != (batch_size,):
+        raise ValueError(
+            f"readout token must be an int or a ({batch_size},) tensor, got {tuple(index.shape)}"
+        )
+    if ((index < 0) | (index >= n_out)).any():
+        raise ValueError(
+            f"readout token {index.tolist()} out of range for stream '{readout_stream}' "
+            f"({n_out} tokens)"
+        )
+    return {readout_stream: torch.nn.functional.one_hot(index, n_out).to(dtype)}
+
+
+def read_rows(blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[str, Tensor]
+              ) -> dict[str, Tensor]:
+    r"""Relevance of every stream's own tokens: ``Σ_x w_x · R[x, s]`` over the readout streams.
+
+    Args:
+        blocks: every block, as :func:`propagate` returns them.
+        sizes: tokens per stream.
+        readout: ``{stream x: w_x (B, n_x)}`` readout weights.
+    """
+    out: dict[str, Tensor] = {}
+    for s in sizes:
+        total = None
+        for x, weights in readout.items():
+            block = blocks[(x, s)]
+            term = row_increment(weights.to(block.dtype), block)
+            total = term if total is None else total + term
+        assert total is not None
+        out[s] = total.contiguous()
+    return out
