@@ -6,23 +6,49 @@ through self-attention (TypeA/TypeC) and propagated through cross-attention (Typ
 information source kept separate.
 """
 
-from captum_hetattn.attribution import (
+import warnings
+from typing import Any
+
+from captum_hetattn.capture import AttentionRecord, AttentionRecorder
+from captum_hetattn.engine.result import CallMaps, Explanation, FlowShare
+from captum_hetattn.engine.targets import generation_targets
+from captum_hetattn.explainers import (
     AttentionRollout,
-    CallMaps,
-    Explanation,
-    FlowShare,
     GenericAttentionExplainability,
     HeterogenousAttentionAttribution,
     RawAttention,
-    generation_targets,
 )
-from captum_hetattn.binding import BoundRecording, bind_records
-from captum_hetattn.capture import AttentionRecord, AttentionRecorder
-from captum_hetattn.graph import AttentionNode, BoundNode, Junction, LayerGraph, Stream
-from captum_hetattn.infer import infer_graph
+from captum_hetattn.graph import AttentionNode, Junction, LayerGraph, Stream
+from captum_hetattn.graph.inference import infer_graph
+from captum_hetattn.graph.presets import graph_for, preset, register_preset
 from captum_hetattn.mapping import AudioFrames, NoAttribution, PatchGrid, Tokens, to_heatmap
 from captum_hetattn.objectives import Contrast, Ratio, RelativeContrast
-from captum_hetattn.presets import graph_for, preset, register_preset
+
+#: binding internals that this module exported before they had a room of their own: still
+#: importable from here for one release, with a DeprecationWarning naming where they live now
+_MOVED = {
+    "BoundNode": "captum_hetattn.graph",
+    "BoundRecording": "captum_hetattn.binding",
+    "bind_records": "captum_hetattn.binding",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module 'captum_hetattn' has no attribute {name!r}")
+    warnings.warn(
+        f"captum_hetattn.{name} is an internal of the binding step: import it from {home}; "
+        "this alias goes away in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    import importlib
+
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once: `from captum_hetattn import X` looks the name up twice
+    return value
+
 
 __version__ = "0.1.0"
 
@@ -46,12 +72,9 @@ __all__ = [
     "to_heatmap",
     "AttentionRecord",
     "AttentionRecorder",
-    "BoundNode",
-    "BoundRecording",
     "LayerGraph",
     "Stream",
     "__version__",
-    "bind_records",
     "generation_targets",
     "graph_for",
     "infer_graph",

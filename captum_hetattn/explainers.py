@@ -40,9 +40,9 @@ from captum_hetattn.engine.report import Report
 from captum_hetattn.engine.result import Explanation
 from captum_hetattn.engine.targets import split_targets
 from captum_hetattn.graph import LayerGraph
+from captum_hetattn.graph.presets import find_preset, preset
 from captum_hetattn.mapping import Gathered, InputMapping, NoAttribution, default_mappings
 from captum_hetattn.objectives import Objective, Target
-from captum_hetattn.presets import find_preset, preset
 from captum_hetattn.rules.propagators import Gae, Ours, Propagator, Raw, Rollout
 
 

@@ -211,8 +211,8 @@ class Gathered(InputMapping):
 
     ``rows`` ``(B, elements per example)`` holds that row (``-1``: the element feeds no row,
     e.g. an image placeholder id whose embedding the model overwrote). Traced per call by
-    :mod:`~captum_hetattn.dataflow` — exact for ids, region features, boxes, token type ids and
-    non-overlapping patches of any layout (tiles, 5-D/6-D pixel values).
+    :mod:`~captum_hetattn.binding.dataflow` — exact for ids, region features, boxes, token type ids
+    and non-overlapping patches of any layout (tiles, 5-D/6-D pixel values).
     """
 
     rows: Tensor | None = None

@@ -11,8 +11,8 @@ from captum_hetattn import (
     GenericAttentionExplainability,
     HeterogenousAttentionAttribution,
 )
+from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecorder
-from captum_hetattn.dataflow import tokens_view
 from captum_hetattn.engine import pipeline as attribution_module
 from captum_hetattn.engine.values import ValueTerms, ValueWatcher, value_terms
 from captum_hetattn.rules import (

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from captum_hetattn import HeterogenousAttentionAttribution
-from captum_hetattn.attribution import CallMaps, Explanation, FlowShare
+from captum_hetattn import CallMaps, Explanation, FlowShare, HeterogenousAttentionAttribution
 from captum_hetattn.visualization.views import (
     View,
     head_view,

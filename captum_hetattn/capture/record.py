@@ -5,10 +5,10 @@ the field order) by the room that owns them:
 
 - **capture** (:mod:`captum_hetattn.capture`): which module, which call, the map, its gradient,
   its reduced value;
-- **io for data flow** (``record_io``, read by :mod:`~captum_hetattn.dataflow`): the live
+- **io for data flow** (``record_io``, read by :mod:`~captum_hetattn.binding.dataflow`): the live
   tensors the call was made with and their autograd nodes, the enclosing modules, and for a
   softmax caught in a hand-written module its scores and projections;
-- **layouts** (:mod:`~captum_hetattn.layouts`): how a call whose maps are not one dense
+- **layouts** (:mod:`~captum_hetattn.binding.layouts`): how a call whose maps are not one dense
   ``(batch, heads, n_query, n_key)`` map folds into one;
 - **values** (:mod:`~captum_hetattn.values`) read the io fields (inputs, output, ``linears``)
   and the layout, and write nothing.
@@ -73,13 +73,13 @@ class AttentionRecord:
             are read from), and whether the map is not laid out as
             ``(batch, heads, n_query, n_key)`` (banded, blocked).
 
-    Written by layouts (:func:`~captum_hetattn.layouts.canonicalise`):
+    Written by layouts (:func:`~captum_hetattn.binding.layouts.canonicalise`):
 
     Args:
         layout: on a call whose maps are not one dense ``(batch, heads, n_query, n_key)`` map
             over its hidden states (windows, bands, blocks, packed sequences): the
-            :class:`~captum_hetattn.layouts.TokenLayout` that folds ``parts`` (the raw maps,
-            each a record of its own) into this record's dense map, which then holds
+            :class:`~captum_hetattn.binding.canonical.TokenLayout` that folds ``parts`` (the raw
+            maps, each a record of its own) into this record's dense map, which then holds
             ``attention`` / ``gradient`` folded once every part has its gradient.
         parts: the raw records of a call with a ``layout``.
         part_of: on a raw record, the call record it is a part of.

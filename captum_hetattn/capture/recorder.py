@@ -43,7 +43,7 @@ class AttentionRecorder:
             each under the name of the innermost listed module running.
         record_io: keep each call's live input and output tensors on its record and the calls of
             every ``nn.Embedding`` in :attr:`embeddings` (inside the context), for
-            :mod:`~captum_hetattn.dataflow`.
+            :mod:`~captum_hetattn.binding.dataflow`.
         flash: modules that use the transformers attention interface run
             ``F.scaled_dot_product_attention`` in the forward and their maps are built inside
             the backward (:mod:`~captum_hetattn.capture.backends.flash`): no map is kept between
@@ -307,7 +307,7 @@ class AttentionRecorder:
         r"""Replace raw records by the calls they are parts of (each call's ``parts`` and
         ``layout`` set) and leave out ``drop`` (softmaxes that are not over tokens), keeping
         call order and renumbering ``call_index``; called by
-        :func:`~captum_hetattn.layouts.canonicalise` before any gradient pass.
+        :func:`~captum_hetattn.binding.layouts.canonicalise` before any gradient pass.
 
         Args:
             calls: the call records, each with its ``parts`` and ``layout``.

@@ -28,7 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from captum_hetattn._captum_compat import _format_additional_forward_args
-from captum_hetattn.binding import BoundRecording, bind_records, name_streams, tower_of
+from captum_hetattn.binding.bind import BoundRecording, bind_records
+from captum_hetattn.binding.streams import name_streams, stream_towers
+from captum_hetattn.binding.trace import trace
 from captum_hetattn.capture import AttentionRecorder
 from captum_hetattn.engine.readout import (
     Readout,
@@ -50,7 +52,7 @@ from captum_hetattn.engine.streaming import streaming
 from captum_hetattn.engine.targets import Score, score, score_functions, stack_targets
 from captum_hetattn.engine.values import ValueWatcher, value_terms
 from captum_hetattn.graph import LayerGraph
-from captum_hetattn.infer import graph_from_flow, trace
+from captum_hetattn.graph.inference import graph_from_flow
 from captum_hetattn.objectives import Objective, Target
 from captum_hetattn.rules.adjoint import propagate
 from captum_hetattn.rules.ops import AttentionFlow, FlowStep, TokenMap, read_rows
@@ -211,8 +213,7 @@ def bind(host: Host, recorder: AttentionRecorder, inputs: list[Any], map_inputs:
             # another length can change the flow, e.g. LED pads to its window)
             if host.graph.name != "inferred":
                 host.report.preset_misfit(host.graph.name, type(host.model).__name__, err)
-    towers = {c.query: tower_of(records[i].name) for i, c in enumerate(flow.calls)}
-    stream_names = name_streams(flow, {}, inputs, towers)
+    stream_names = name_streams(flow, {}, inputs, stream_towers(records, flow))
     host.graph = graph_from_flow(records, flow, stream_names)
     return bind_records(host.graph, records, names, flow, inputs=inputs, config=config)
 

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from captum_hetattn.binding import BoundRecording
+from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
-from captum_hetattn.dataflow import tokens_view
 from captum_hetattn.rules.ops import readout_weights
 
 Readout = int | str | Tensor | Mapping[str, Any] | None

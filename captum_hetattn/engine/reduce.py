@@ -15,7 +15,7 @@ from torch import Tensor
 from captum_hetattn.binding import BoundRecording
 from captum_hetattn.capture import AttentionRecord
 from captum_hetattn.engine.values import ValueTerms
-from captum_hetattn.infer import is_causal
+from captum_hetattn.graph.inference import is_causal
 from captum_hetattn.rules.ops import (
     aggregate_heads,
     corrected,

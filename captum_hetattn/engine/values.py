@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
-from captum_hetattn.dataflow import tokens_view
 
 _PRODUCTS = frozenset({torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm})
 #: autograd nodes that only move or copy a tensor's entries (between ``A @ V`` and ``W_O``)

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_hetattn.graph.presets import preset
 from captum_hetattn.mapping import Tokens
-from captum_hetattn.presets import preset
 from captum_hetattn.zoo import Batch, Example, ZooModel
 
 NAME = "minilm"

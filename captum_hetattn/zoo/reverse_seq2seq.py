@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from transformers import BartConfig, BartForConditionalGeneration
 
+from captum_hetattn.graph.presets import preset
 from captum_hetattn.mapping import Tokens
-from captum_hetattn.presets import preset
 from captum_hetattn.zoo import (
     Batch,
     Example,

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_hetattn.graph.presets import preset
 from captum_hetattn.mapping import PatchGrid
-from captum_hetattn.presets import preset
 from captum_hetattn.zoo import (
     Example,
     ZooModel,

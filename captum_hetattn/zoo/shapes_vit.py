@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 from transformers import ViTConfig, ViTForImageClassification
 
+from captum_hetattn.graph.presets import preset
 from captum_hetattn.mapping import PatchGrid
-from captum_hetattn.presets import preset
 from captum_hetattn.zoo import (
     Batch,
     Example,

@@ -40,7 +40,7 @@ def relevance_flow(explanation: Explanation, *, example: int = 0) -> View:
 
     Examples::
 
-        >>> from captum_hetattn.views import relevance_flow
+        >>> from captum_hetattn.visualization.views import relevance_flow
         >>> relevance_flow(explanation, example=1).save("flow.html")
     """
     flow = getattr(explanation, "flow", None)

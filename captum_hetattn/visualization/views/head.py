@@ -130,7 +130,7 @@ def head_view(
     Examples::
 
         >>> from captum_hetattn import HeterogenousAttentionAttribution
-        >>> from captum_hetattn.views import head_view
+        >>> from captum_hetattn.visualization.views import head_view
         >>> explanation = HeterogenousAttentionAttribution(model).explain(
         ...     inputs, target=3, return_maps=True)
         >>> head_view(explanation, {"text": words, "image": patches},

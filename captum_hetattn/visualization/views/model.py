@@ -43,7 +43,7 @@ def model_view(
 
     Examples::
 
-        >>> from captum_hetattn.views import model_view
+        >>> from captum_hetattn.visualization.views import model_view
         >>> model_view(explanation, {"text": words}, map="attention").save("model.html")
     """
     chosen = check_maps([map])

@@ -55,7 +55,7 @@ def neuron_view(
 
     Examples::
 
-        >>> from captum_hetattn.views import neuron_view
+        >>> from captum_hetattn.visualization.views import neuron_view
         >>> neuron_view(explanation, "bert.encoder.layer.0.attention.self", head=1,
         ...             query_token=0, tokens={"text": words}).save("neurons.html")
     """
