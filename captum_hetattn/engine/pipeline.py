@@ -141,7 +141,7 @@ def run(host: Host, inputs: tuple[Tensor, ...], additional_forward_args: Any,
     flash = host.capture == "flash" and watcher is None
     with torch.enable_grad(), AttentionRecorder(
         host.model, reduce=capture.reduce, record_io=True, flash=flash,
-        reduce_heads=capture.reduce_heads,
+        reduce_heads=capture.reduce_heads, keep_layouts=len(score_fns) > 1,
     ) as recorder, watcher or contextlib.nullcontext():
         scores, recording = _record(host, recorder, traced, extra, score_fns, options, capture,
                                     watcher)
@@ -223,7 +223,6 @@ def _backward(host: Host, recorder: AttentionRecorder, capture: Capture,
               recording: BoundRecording, terminal: list[Terminal], scores: list[Tensor],
               options: Options) -> list[_Pass]:
     """One backward per target over the same forward graph (the recorder re-armed between)."""
-    recorder.keep_layouts = len(scores) > 1
     batch = scores[0].shape[0]
     passes = []
     for index, each in enumerate(scores):
