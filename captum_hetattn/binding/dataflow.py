@@ -1,7 +1,7 @@
 r"""Data flow between attention calls, read from the autograd graph of one recorded forward.
 
 What a layer graph needs and a model does not say, found from where each attention call's
-inputs come from (shared/DESIGN.md §10), never from token counts:
+inputs come from (docs/architecture.md §2), never from token counts:
 
 - **streams**: a call continues the stream whose latest state its input is (same tower, same
   length), else its input is *probed* (below): an exact identity map from one stream continues

@@ -7,11 +7,12 @@ together), summed over channels, through a ReLU::
 
     H = ReLU( Σ_c  ∂y_(query, class) / ∂F_c  ⊙  F_c )
 
-The paper we implement (``shared/seeds/002_c6205159a335d231.txt``) uses ODAM as its second
-baseline for DETR. :class:`ODAM` computes it with Captum's
-:class:`~captum.attr.LayerGradientXActivation` (gradient × activation of the layer's output)
-and reduces the channel dimension, so it takes Captum's targets: ``target=(query, class)`` for
-a detector whose forward returns ``(B, queries, classes)`` logits.
+The paper we implement ("Generic Interpretation Approach for Transformer Models Incorporating
+Heterogenous Attention Structures") uses ODAM as its second baseline for DETR. :class:`ODAM`
+computes it with Captum's :class:`~captum.attr.LayerGradientXActivation` (gradient ×
+activation of the layer's output) and reduces the channel dimension, so it takes Captum's
+targets: ``target=(query, class)`` for a detector whose forward returns
+``(B, queries, classes)`` logits.
 """
 
 from __future__ import annotations

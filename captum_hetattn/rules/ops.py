@@ -1,7 +1,7 @@
 r"""Pure relevance math (torch only): head aggregation, the rules of one call, the noise link,
 GAE's cross term, attention rollout's closed form, and the readout rows.
 
-Notation (shared/DESIGN.md §2). Streams ``x, s``; the relevance block ``R[x, s]`` is a
+Notation (docs/architecture.md §1). Streams ``x, s``; the relevance block ``R[x, s]`` is a
 ``(B, n_x, n_s)`` tensor: how much source token ``j`` of stream ``s`` has flowed into token ``i``
 of stream ``x``. The state starts at ``R[x, x] = I`` and ``R[x, s] = 0``; each attention call
 updates it:
