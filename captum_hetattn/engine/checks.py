@@ -31,6 +31,7 @@ def check_call(model: nn.Module, report: Report, inputs: tuple[Any, ...], target
         objective: the objective, or ``None``.
         readout: the ``readout`` argument.
     """
+    check_autograd(inputs)
     check_inputs(inputs)
     check_target(target)
     if isinstance(objective, (Contrast, Ratio, RelativeContrast)):
@@ -74,6 +75,35 @@ def check_inputs(inputs: tuple[Any, ...]) -> None:
                 "(batch, tokens), so pass ids[None] for one example (a per-example value "
                 "belongs in additional_forward_args)"
             )
+        check_finite(tensor, f"input {position}")
+
+
+def check_finite(tensor: Tensor, what: str) -> None:
+    r"""A NaN or an infinity in a float input makes its example's relevance NaN everywhere:
+    refused, naming the example and the first element at fault."""
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return
+    bad = (~torch.isfinite(tensor.detach())).nonzero()[0].tolist()
+    value = tensor.detach()[tuple(bad)].item()
+    raise ValueError(
+        f"{what} holds {value} at {tuple(bad)} (example {bad[0]}): a non-finite value makes "
+        "that example's relevance NaN everywhere; replace it (torch.nan_to_num) or drop the "
+        "example"
+    )
+
+
+def check_autograd(inputs: tuple[Any, ...]) -> None:
+    r"""Explanations are computed from gradients: refuse ``torch.inference_mode()`` and inputs
+    made under it (``torch.no_grad()`` is fine: the explainers turn grad on themselves)."""
+    made = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.is_inference()]
+    if torch.is_inference_mode_enabled() or made:
+        where = (f"input(s) {made} were made under torch.inference_mode()" if made and
+                 not torch.is_inference_mode_enabled() else "torch.inference_mode() is on")
+        raise RuntimeError(
+            f"{where}: explanations need autograd (the attention maps' gradients), which "
+            "inference mode switches off; call attribute / explain outside "
+            "torch.inference_mode() (torch.no_grad() is fine) and make the inputs there too"
+        )
 
 
 def check_target(target: Target, what: str = "target") -> None:
@@ -203,3 +233,19 @@ def check_options(
         )
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+
+def check_finite_relevance(relevance: Mapping[str, Tensor]) -> None:
+    r"""A NaN or an infinity that arose inside the model (a non-finite weight or activation;
+    the inputs were checked before the forward) is refused, naming the example and source,
+    instead of a relevance that is NaN."""
+    for source, value in relevance.items():
+        finite = torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(1)
+        if bool(finite.all()):
+            continue
+        examples = (~finite).nonzero().flatten().tolist()
+        raise ValueError(
+            f"the relevance of example(s) {examples} (source '{source}') is not finite: a NaN "
+            "or an infinity arose inside the model (its inputs are finite), e.g. from a "
+            "non-finite weight or an overflow; check the model's output for these examples"
+        )

@@ -32,10 +32,12 @@ from captum_hetattn.binding.bind import BoundRecording, bind_records
 from captum_hetattn.binding.streams import name_streams, stream_towers
 from captum_hetattn.binding.trace import trace
 from captum_hetattn.capture import AttentionRecorder
+from captum_hetattn.engine.checks import check_finite_relevance
 from captum_hetattn.engine.readout import (
     Readout,
     Terminal,
     absent_tokens,
+    check_not_padding,
     resolve_readout,
     terminal_outputs,
 )
@@ -256,6 +258,7 @@ def _explain_pass(host: Host, recording: BoundRecording, terminal: list[Terminal
     """The explanation of one target from its backward pass."""
     weights = resolve_readout(options.readout, _readout_stream(host), recording, terminal,
                               done.grads, padding, batch)
+    check_not_padding(weights, padding)
     host.report.unconnected(recording, weights)
     host.report.no_gradient(recording, weights, done.no_gradient)
     absent: dict[str, Tensor] = {}
@@ -272,6 +275,7 @@ def _explain_pass(host: Host, recording: BoundRecording, terminal: list[Terminal
     assert host.graph is not None
     explanation = assemble(recording, host.graph, stream_relevance, weights, padding,
                            options.return_maps)
+    check_finite_relevance(explanation.relevance)
     if options.return_maps:
         explanation.call_maps = call_maps(recording, capture.heads)
         if options.stage is None and options.propagator.has_flow:

@@ -182,6 +182,29 @@ def readout_vector(
     return readout_weights(recording.sizes, stream, value, batch)[stream]
 
 
+def check_not_padding(weights: Mapping[str, Tensor], padding: Mapping[str, Tensor]) -> None:
+    r"""A readout must read a real token: an example whose readout weight lies on padding tokens
+    only (tokens no query attends to) would get the padding token's own row as its explanation.
+
+    Raises:
+        ValueError: naming the stream, the example and the padding token(s) read.
+    """
+    for stream, weight in weights.items():
+        pad = padding.get(stream)
+        if pad is None or pad.shape != weight.shape:
+            continue
+        read = weight.detach() != 0
+        on_padding = (read & ~pad.to(read.device)).sum(1) == 0
+        for example in (read.any(1) & on_padding).nonzero().flatten().tolist():
+            tokens = read[example].nonzero().flatten().tolist()
+            raise ValueError(
+                f"the readout of example {example} reads only padding: token(s) {tokens} of "
+                f"stream '{stream}' are masked (no query attends to them), so the explanation "
+                "would be the padding token's own row; read a real token (readout='last' "
+                "takes each example's last non-padding token, or pass the index per example)"
+            )
+
+
 def absent_tokens(
     recording: BoundRecording,
     padding: Mapping[str, Tensor],

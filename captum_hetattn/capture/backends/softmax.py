@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from captum_hetattn.capture.backends.base import Backend
+from captum_hetattn.capture.backends.base import Backend, clear_empty_rows
 from captum_hetattn.capture.introspect import (
     configs_of,
     head_count,
@@ -180,6 +180,9 @@ class SoftmaxBackend(Backend):
             shaped, raw = out.detach(), True
         else:  # (batch, n) pooling weights, (batch, n, heads, points) sampling weights
             return self._skip(module, out, "it is not a (batch, heads, queries, keys) map")
+        if not raw and isinstance(scores, Tensor) and scores.shape == out.shape:
+            # a query row whose every score is masked has no keys: zero, as in the other captures
+            shaped = clear_empty_rows(shaped, scores.detach().view(shaped.shape))
         if session.in_scope(module):
             # an interface module that ran its own code instead (caught here, so recorded)
             session.interface_dispatched.add(id(module))
