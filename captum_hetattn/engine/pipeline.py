@@ -42,7 +42,7 @@ from captum_hetattn.engine.readout import (
     terminal_outputs,
 )
 from captum_hetattn.engine.reduce import Capture
-from captum_hetattn.engine.report import Report
+from captum_hetattn.engine.report import Report, no_attention
 from captum_hetattn.engine.result import (
     Explanation,
     assemble,
@@ -166,6 +166,9 @@ def _record(host: Host, recorder: AttentionRecorder, traced: tuple[Any, ...],
             watcher: ValueWatcher | None) -> tuple[list[Tensor], BoundRecording]:
     """The forward, the scores, the binding, and (``weighting="value"``) the value terms."""
     output = host.forward_func(*traced, *extra)
+    reasons, foreign = recorder.census()
+    if not recorder.records or len(foreign) == len({r.name for r in recorder.records}):
+        raise ValueError(no_attention(type(host.model).__name__, reasons, foreign))
     scores = [score(score_fn, output, index if options.targets is not None else None)
               for index, score_fn in enumerate(score_fns)]
     with recorder.tracing():

@@ -244,6 +244,8 @@ class FlashBackend(Backend):
         scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
         if mask is not None:
             mask = mask[:, :, :, : key.shape[-2]]
+            if mask.shape[-1] not in (1, key.shape[-2]):
+                return None  # a mask over other keys than the call has: eager decides
         mask = _with_terms(mask, score_terms(eager, kwargs), query, key)
         if mask is False:
             self.checked[type(module)] = False  # a term that is no additive bias: eager

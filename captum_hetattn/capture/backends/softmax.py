@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
+from inspect import signature
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,6 +37,7 @@ _SOFTMAX_FUNCTIONS = frozenset(
     {torch.nn.functional.softmax, torch.softmax, torch.Tensor.softmax, torch.special.softmax}
 )
 _SDPA = torch.nn.functional.scaled_dot_product_attention
+_MHA_FORWARD = torch.nn.functional.multi_head_attention_forward
 
 
 def _softmax_dim(func: Callable[..., Any], args: tuple, kwargs: dict) -> int | None:
@@ -70,6 +72,8 @@ class SoftmaxMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
+        if func is _MHA_FORWARD:
+            return self._multi_head_attention(func, args, kwargs)
         out = func(*args, **kwargs)
         if isinstance(out, Tensor) and _is_softmax(func):
             dim = _softmax_dim(func, args, kwargs)
@@ -80,6 +84,25 @@ class SoftmaxMode(TorchFunctionMode):
         elif self._on_fused is not None and func is _SDPA and isinstance(out, Tensor):
             self._on_fused(out)
         return out
+
+
+    def _multi_head_attention(self, func, args: tuple, kwargs: dict):
+        """``F.multi_head_attention_forward`` (WavLM's attention, hand-written modules): the
+        mode is off while it handles a call, so the softmax inside is not seen; the call runs
+        with per-head weights asked for (its non-fused path), the softmax output they view is
+        handed over as the call's softmax (as the ``nn.MultiheadAttention`` capture does), and
+        the caller gets what it asked for."""
+        bound = signature(func).bind(*args, **kwargs)
+        bound.apply_defaults()
+        need, average = bound.arguments["need_weights"], bound.arguments["average_attn_weights"]
+        bound.arguments["need_weights"], bound.arguments["average_attn_weights"] = True, False
+        output, weights = func(*bound.args, **bound.kwargs)
+        if isinstance(weights, Tensor):
+            # the softmax output ((batch·heads, queries, keys)) is upstream of the output
+            self._callback(weights._base if weights._base is not None else weights, -1, None)
+        if not need:
+            return output, None
+        return output, weights.mean(dim=-3) if average else weights
 
 
 class SoftmaxBackend(Backend):
