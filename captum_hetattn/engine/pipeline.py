@@ -38,6 +38,7 @@ from captum_hetattn.engine.readout import (
     Terminal,
     absent_tokens,
     check_not_padding,
+    masked_tokens,
     resolve_readout,
     terminal_outputs,
 )
@@ -261,7 +262,7 @@ def _explain_pass(host: Host, recording: BoundRecording, terminal: list[Terminal
     """The explanation of one target from its backward pass."""
     weights = resolve_readout(options.readout, _readout_stream(host), recording, terminal,
                               done.grads, padding, batch)
-    check_not_padding(weights, padding)
+    check_not_padding(weights, masked_tokens(recording))
     host.report.unconnected(recording, weights)
     host.report.no_gradient(recording, weights, done.no_gradient)
     absent: dict[str, Tensor] = {}

@@ -45,6 +45,18 @@ def clear_empty_rows(attention: Tensor, mask: Tensor | None) -> Tensor:
     return attention.masked_fill(empty.unsqueeze(-1), 0.0)
 
 
+def masked_keys(mask: Tensor | None, batch: int) -> Tensor | None:
+    r"""``(batch, n_k)``: the keys an additive mask (or masked scores) hides from every query
+    and head; ``None`` when it hides none or is not laid out
+    ``(batch | 1, heads | 1, n_q, n_k)``."""
+    if mask is None or not isinstance(mask, Tensor) or not mask.is_floating_point():
+        return None
+    if mask.dim() != 4 or mask.shape[0] not in (1, batch) or 0 in mask.shape:
+        return None
+    hidden = (mask <= torch.finfo(mask.dtype).min / 2).all(-2).all(1)
+    return hidden.expand(batch, -1) if bool(hidden.any()) else None
+
+
 class Backend:
     r"""One way of capturing attention maps, for the modules the plan gives it.
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_hetattn.capture.backends.base import Backend, clear_empty_rows
+from captum_hetattn.capture.backends.base import Backend, clear_empty_rows, masked_keys
 from captum_hetattn.capture.session import Entry, Session
 
 if TYPE_CHECKING:
@@ -260,6 +260,7 @@ class FlashBackend(Backend):
         shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
         entry = self._add_flash(module, probe, shape)
         record = entry.record
+        record.masked_keys = masked_keys(mask, shape[0])
         if states is not None:
             record.states = states
         saved_query, saved_key = query.detach(), key.detach()

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from captum_hetattn.capture.backends.base import Backend, clear_empty_rows
+from captum_hetattn.capture.backends.base import Backend, clear_empty_rows, masked_keys
 from captum_hetattn.capture.introspect import (
     configs_of,
     head_count,
@@ -203,13 +203,17 @@ class SoftmaxBackend(Backend):
             shaped, raw = out.detach(), True
         else:  # (batch, n) pooling weights, (batch, n, heads, points) sampling weights
             return self._skip(module, out, "it is not a (batch, heads, queries, keys) map")
+        hidden = None
         if not raw and isinstance(scores, Tensor) and scores.shape == out.shape:
             # a query row whose every score is masked has no keys: zero, as in the other captures
             shaped = clear_empty_rows(shaped, scores.detach().view(shaped.shape))
+            hidden = masked_keys(scores.detach().view(shaped.shape), shaped.shape[0])
         if session.in_scope(module):
             # an interface module that ran its own code instead (caught here, so recorded)
             session.interface_dispatched.add(id(module))
             record = self.recorder._add_map(module, out, shaped)
+            if record is not None:
+                record.masked_keys = hidden
             if record is not None and session.record_io and isinstance(scores, Tensor):
                 record.scores, record.raw, record.heads = scores, raw, heads
                 record.linears = list(session.frames[-1].linears)
