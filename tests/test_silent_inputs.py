@@ -49,7 +49,21 @@ def test_non_finite_inside_the_model_is_refused_naming_the_example():
         model.vit.embeddings.patch_embeddings.projection.bias[0] = float("inf")
     explainer = HeterogenousAttentionAttribution(lambda x: model(pixel_values=x).logits,
                                                  model=model)
-    with pytest.raises(ValueError, match=r"example\(s\) \[0, 1\].*not finite.*inside the model"):
+    with pytest.raises(ValueError, match=r"'vit.layers.0.attention' \[call 0\] gives a NaN or an "
+                                         r"infinity for example\(s\) \[0, 1\].*"
+                                         r"'vit.embeddings.patch_embeddings.projection.bias'"):
+        explainer.attribute(pixels, target=0)
+
+
+def test_non_finite_weight_is_named():
+    model, pixels = _vit()
+    with torch.no_grad():
+        model.vit.layers[1].attention.q_proj.weight[0, 0] = float("nan")
+    explainer = HeterogenousAttentionAttribution(lambda x: model(pixel_values=x).logits,
+                                                 model=model)
+    with pytest.raises(ValueError, match=r"attention module 'vit.layers.1.attention' \[call 0\] "
+                                         r"gives a NaN.*example\(s\) \[0, 1\].*"
+                                         "'vit.layers.1.attention.q_proj.weight' holds a NaN"):
         explainer.attribute(pixels, target=0)
 
 

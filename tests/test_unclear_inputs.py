@@ -116,3 +116,11 @@ def test_cli_explain_refuses_bad_arguments_before_the_work(arguments, message, t
     import re
 
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_ids_without_tokens_are_refused_before_the_forward():
+    model, _ = _bert()
+    explainer = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits,
+                                                 model=model)
+    with pytest.raises(ValueError, match=r"input 0 of shape \(1, 0\) is empty along dimension 1"):
+        explainer.attribute(torch.zeros(1, 0, dtype=torch.long), target=0)

@@ -32,7 +32,7 @@ from captum_hetattn.binding.bind import BoundRecording, bind_records
 from captum_hetattn.binding.streams import name_streams, stream_towers
 from captum_hetattn.binding.trace import trace
 from captum_hetattn.capture import AttentionRecorder
-from captum_hetattn.engine.checks import check_finite_relevance
+from captum_hetattn.engine.checks import check_finite_calls, check_finite_relevance
 from captum_hetattn.engine.readout import (
     Readout,
     Terminal,
@@ -170,6 +170,7 @@ def _record(host: Host, recorder: AttentionRecorder, traced: tuple[Any, ...],
     reasons, foreign = recorder.census()
     if not recorder.records or len(foreign) == len({r.name for r in recorder.records}):
         raise ValueError(no_attention(type(host.model).__name__, reasons, foreign))
+    check_finite_calls(recorder.records, host.model)
     scores = [score(score_fn, output, index if options.targets is not None else None)
               for index, score_fn in enumerate(score_fns)]
     with recorder.tracing():
@@ -279,7 +280,7 @@ def _explain_pass(host: Host, recording: BoundRecording, terminal: list[Terminal
     assert host.graph is not None
     explanation = assemble(recording, host.graph, stream_relevance, weights, padding,
                            options.return_maps)
-    check_finite_relevance(explanation.relevance)
+    check_finite_relevance(explanation.relevance, host.model)
     if options.return_maps:
         explanation.call_maps = call_maps(recording, capture.heads)
         if options.stage is None and options.propagator.has_flow:
