@@ -260,12 +260,12 @@ def check_finite_calls(records: Sequence[Any], model: nn.Module) -> None:
     r"""After the forward: the first attention call whose output is not finite (its inputs were
     checked) is refused by name and example, before the binding would misread it."""
     for record in records:
-        # its output, its map (eager capture) and its per-head queries and keys (a kernel can
-        # give a finite output from NaN scores)
-        tensors = [record.output, record.attention, *(record.states or ())]
+        # its output and its per-head queries and keys (a kernel can give a finite output
+        # from NaN scores); the maps themselves are not read (one pass over every map)
+        tensors = [record.output, *(record.states or ())]
         tensors = [t for t in tensors if isinstance(t, Tensor) and t.is_floating_point()
                    and t.dim() >= 2 and t.shape[0] == _batch_of(record)]
-        if not tensors:
+        if all(bool(torch.isfinite(t.detach()).all()) for t in tensors):
             continue
         finite = torch.stack([torch.isfinite(t.detach()).reshape(t.shape[0], -1).all(1)
                               for t in tensors]).all(0)
