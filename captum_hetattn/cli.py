@@ -64,6 +64,10 @@ def run_demo(out: Path, n: int, n_show: int, seed: int, with_ig: bool = True) ->
     return metrics
 
 
+#: ``explain --index`` draws that many examples first (they come in order from the seed)
+EXPLAIN_INDEX_LIMIT = 10_000
+
+
 def run_explain(name: str, index: int, method_name: str, seed: int, out: Path | None) -> None:
     r"""Print one method's token relevance of one zoo example (and draw it into ``out``).
 
@@ -179,6 +183,9 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         if args.json.exists() and not force:
             return f"{args.json} exists; pass --force to overwrite it"
         return _writable_dir(args.json.parent, True, "--json's folder")
+    if args.command == "explain" and args.index >= EXPLAIN_INDEX_LIMIT:
+        return (f"--index must be < {EXPLAIN_INDEX_LIMIT}, got {args.index}: explain draws "
+                "examples 0..index in order from --seed (pick another --seed for others)")
     if args.command == "explain" and args.out is not None:
         return _writable_dir(args.out, True)
     return None
@@ -192,6 +199,8 @@ def _writable_dir(path: Path, force: bool, what: str = "--out") -> str | None:
     if path.is_dir() and any(path.iterdir()) and not (force or own):
         return f"{what} {path} is not empty; pass --force to write into it"
     existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{what} {path} cannot be made: {existing} is a file, not a folder"
     if not os.access(existing, os.W_OK):
         return f"{what} {path} cannot be written ({existing} is not writable)"
     return None

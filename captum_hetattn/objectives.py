@@ -24,6 +24,13 @@ Objective = Callable[[Tensor], Tensor]
 def check_output(output: Any) -> Tensor:
     """The model output as a tensor, or a ``TypeError`` that says how to wrap the model."""
     if isinstance(output, Tensor):
+        if output.dim() == 0:
+            raise ValueError(
+                "forward_func returned a 0-d tensor (one number for the whole batch): Captum's "
+                "forward_func returns one score, or one row of scores, per example (shape "
+                "(batch,) or (batch, classes)); drop the .sum() / .mean() over the batch, or "
+                "explain one example at a time"
+            )
         return output
     hint = ""
     if hasattr(output, "logits"):

@@ -15,19 +15,6 @@ FLASHED: dict[str, int] = {}
 STREAMED: dict[str, bool] = {}
 
 
-@pytest.fixture
-def count_flash(monkeypatch):
-    calls = []
-    original = FlashBackend._add_flash
-
-    def counted(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(FlashBackend, "_add_flash", counted)
-    return calls
-
-
 def _relevance(arch, capture, correction, return_maps=True):
     explainer = HeterogenousAttentionAttribution(arch.forward_func, model=arch.model,
                                                  capture=capture)

@@ -364,6 +364,10 @@ def analyse(
             walker.mark(_node(tensor), ("input", position, 0))
     for _, ids, output, node in embeddings:
         position = _matching_id_input(ids, inputs)
+        if tuple(output.shape[: ids.dim()]) != tuple(ids.shape):
+            # not a lookup of these ids (an nn.Embedding subclass handed the attention mask
+            # first that embeds positions of its own, BioGPT): it does not stand for the input
+            position = None
         if position is not None and position not in input_tensors:
             input_tensors[position] = (output, 1)
         if position is not None:

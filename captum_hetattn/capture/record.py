@@ -83,6 +83,8 @@ class AttentionRecord:
             ``attention`` / ``gradient`` folded once every part has its gradient.
         parts: the raw records of a call with a ``layout``.
         part_of: on a raw record, the call record it is a part of.
+        masked_keys: ``(B, n_k)`` keys the call's mask hides from every query (attention-masked
+            padding), where the capture saw a mask or masked scores.
     """
 
     # capture
@@ -96,6 +98,7 @@ class AttentionRecord:
     heads: int | None = None
     recompute: Callable[[], Tensor] | None = field(default=None, repr=False)
     call_id: int = -1
+    masked_keys: Tensor | None = field(default=None, repr=False)
     # io for data flow (record_io)
     query_input: Tensor | None = field(default=None, repr=False)
     key_input: Tensor | None = field(default=None, repr=False)

@@ -401,6 +401,36 @@ class AttentionRecorder:
         record.reduced = self.reduce(record)
         record.attention = record.gradient = record.recompute = None
 
+    def census(self) -> tuple[list[tuple[str, str]], list[str]]:
+        r"""Why the model's attention modules left no record (inside the context, after the
+        forward): ``(name, reason)`` per attention module of the plan, and the class names of
+        calls recorded from modules outside the model (a forward that ran another model)."""
+        session = self._session
+        assert session is not None, "census() is read inside the recording"
+        plan, skipped = session.plan, dict(self.skipped)
+        recorded = {r.name for r in self.records}
+        reasons = []
+        for key, module in plan.tracked.items():
+            name = plan.names.get(key, type(module).__name__)
+            if name in recorded or (plan.listed is not None and key in plan.listed and key
+                                    not in plan.interface | plan.softmax | plan.mha):
+                continue
+            if key not in session.ran:
+                reason = "it did not run in forward_func"
+            elif name in skipped:
+                reason = skipped[name]
+            elif key in plan.interface:
+                reason = "it ran but called no attention function of transformers' interface"
+            elif key in plan.mha:
+                reason = "it ran but returned no attention weights"
+            else:
+                reason = ("it ran but computed no softmax while it ran (a fused kernel, or the "
+                          "softmax computed elsewhere)")
+            reasons.append((name, reason))
+        known = set(plan.names.values())
+        foreign = list(dict.fromkeys(r.name for r in self.records if r.name not in known))
+        return reasons, foreign
+
     def _finalize_missing(self) -> None:
         for entry in self._session.entries:  # type: ignore[union-attr]
             record = entry.record

@@ -67,6 +67,7 @@ class Session:
         in_interface: > 0 while the interface function runs (its softmax is not a call).
         interface_ran, interface_dispatched: interface modules that ran, and those that went
             through the interface (or were recorded otherwise).
+        ran: the tracked modules that ran.
         muted: backward passes leave the records alone.
         tracing: > 0 while flash calls must not hand their maps over.
         callback_queued: an end-of-backward callback is queued.
@@ -84,6 +85,7 @@ class Session:
     in_interface: int = 0
     interface_ran: set[int] = field(default_factory=set)
     interface_dispatched: set[int] = field(default_factory=set)
+    ran: set[int] = field(default_factory=set)
     muted: bool = False
     tracing: int = 0
     callback_queued: bool = False

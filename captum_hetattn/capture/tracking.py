@@ -100,6 +100,7 @@ class CallTracker:
                             if isinstance(a, Tensor) and a is not query_input
                             and a.is_floating_point() and a.dim() >= 2]
         plan = session.plan
+        session.ran.add(id(module))
         if id(module) in plan.interface:
             session.interface_ran.add(id(module))
         session.frames.append(frame)

@@ -3,7 +3,7 @@ inputs, the targets and objectives, the model (meta device, active dropout) and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -31,6 +31,7 @@ def check_call(model: nn.Module, report: Report, inputs: tuple[Any, ...], target
         objective: the objective, or ``None``.
         readout: the ``readout`` argument.
     """
+    check_autograd(inputs)
     check_inputs(inputs)
     check_target(target)
     if isinstance(objective, (Contrast, Ratio, RelativeContrast)):
@@ -68,12 +69,44 @@ def check_inputs(inputs: tuple[Any, ...]) -> None:
         if shape[0] == 0:
             raise ValueError(f"input {position} has an empty batch (shape {shape}): nothing to "
                              "explain")
+        if 0 in shape[1:]:
+            raise ValueError(f"input {position} of shape {shape} is empty along dimension "
+                             f"{shape.index(0, 1)}: no tokens to explain")
         if tensor.dim() == 1 and not tensor.is_floating_point():
             raise ValueError(
                 f"input {position} of shape {shape} has no batch dimension: token ids are "
                 "(batch, tokens), so pass ids[None] for one example (a per-example value "
                 "belongs in additional_forward_args)"
             )
+        check_finite(tensor, f"input {position}")
+
+
+def check_finite(tensor: Tensor, what: str) -> None:
+    r"""A NaN or an infinity in a float input makes its example's relevance NaN everywhere:
+    refused, naming the example and the first element at fault."""
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return
+    bad = (~torch.isfinite(tensor.detach())).nonzero()[0].tolist()
+    value = tensor.detach()[tuple(bad)].item()
+    raise ValueError(
+        f"{what} holds {value} at {tuple(bad)} (example {bad[0]}): a non-finite value makes "
+        "that example's relevance NaN everywhere; replace it (torch.nan_to_num) or drop the "
+        "example"
+    )
+
+
+def check_autograd(inputs: tuple[Any, ...]) -> None:
+    r"""Explanations are computed from gradients: refuse ``torch.inference_mode()`` and inputs
+    made under it (``torch.no_grad()`` is fine: the explainers turn grad on themselves)."""
+    made = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.is_inference()]
+    if torch.is_inference_mode_enabled() or made:
+        where = (f"input(s) {made} were made under torch.inference_mode()" if made and
+                 not torch.is_inference_mode_enabled() else "torch.inference_mode() is on")
+        raise RuntimeError(
+            f"{where}: explanations need autograd (the attention maps' gradients), which "
+            "inference mode switches off; call attribute / explain outside "
+            "torch.inference_mode() (torch.no_grad() is fine) and make the inputs there too"
+        )
 
 
 def check_target(target: Target, what: str = "target") -> None:
@@ -203,3 +236,60 @@ def check_options(
         )
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+
+def _non_finite_parameter(model: nn.Module) -> str:
+    """Where a NaN inside the model comes from: its first non-finite parameter or buffer."""
+    named = chain(model.named_parameters(), model.named_buffers())
+    culprit = next((name for name, t in named
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if culprit is None:
+        return "e.g. an overflow; check the model's output for these examples"
+    return f"the model's '{culprit}' holds a NaN or an infinity"
+
+
+def _batch_of(record: Any) -> int | None:
+    """The batch of a record's output (its map's first dimension otherwise)."""
+    for tensor in (record.output, record.attention):
+        if isinstance(tensor, Tensor) and tensor.dim() >= 2:
+            return tensor.shape[0]
+    return None
+
+
+def check_finite_calls(records: Sequence[Any], model: nn.Module) -> None:
+    r"""After the forward: the first attention call whose output is not finite (its inputs were
+    checked) is refused by name and example, before the binding would misread it."""
+    for record in records:
+        # its output and its per-head queries and keys (a kernel can give a finite output
+        # from NaN scores); the maps themselves are not read (one pass over every map)
+        tensors = [record.output, *(record.states or ())]
+        tensors = [t for t in tensors if isinstance(t, Tensor) and t.is_floating_point()
+                   and t.dim() >= 2 and t.shape[0] == _batch_of(record)]
+        if all(bool(torch.isfinite(t.detach()).all()) for t in tensors):
+            continue
+        finite = torch.stack([torch.isfinite(t.detach()).reshape(t.shape[0], -1).all(1)
+                              for t in tensors]).all(0)
+        if bool(finite.all()):
+            continue
+        examples = (~finite).nonzero().flatten().tolist()
+        raise ValueError(
+            f"attention module '{record.name}' [call {record.call_index}] gives a NaN or an "
+            f"infinity for example(s) {examples} although the inputs are finite: "
+            f"{_non_finite_parameter(model)}"
+        )
+
+
+def check_finite_relevance(relevance: Mapping[str, Tensor], model: nn.Module) -> None:
+    r"""A NaN or an infinity that arose inside the model (a non-finite weight or activation;
+    the inputs were checked before the forward) is refused, naming the example and source (and
+    the first non-finite parameter or buffer, if one is), instead of a relevance that is NaN."""
+    for source, value in relevance.items():
+        finite = torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(1)
+        if bool(finite.all()):
+            continue
+        examples = (~finite).nonzero().flatten().tolist()
+        raise ValueError(
+            f"the relevance of example(s) {examples} (source '{source}') is not finite: a NaN "
+            "or an infinity arose inside the model (its inputs are finite): "
+            f"{_non_finite_parameter(model)}"
+        )

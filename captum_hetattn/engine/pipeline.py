@@ -32,15 +32,18 @@ from captum_hetattn.binding.bind import BoundRecording, bind_records
 from captum_hetattn.binding.streams import name_streams, stream_towers
 from captum_hetattn.binding.trace import trace
 from captum_hetattn.capture import AttentionRecorder
+from captum_hetattn.engine.checks import check_finite_calls, check_finite_relevance
 from captum_hetattn.engine.readout import (
     Readout,
     Terminal,
     absent_tokens,
+    check_not_padding,
+    masked_tokens,
     resolve_readout,
     terminal_outputs,
 )
 from captum_hetattn.engine.reduce import Capture
-from captum_hetattn.engine.report import Report
+from captum_hetattn.engine.report import Report, no_attention
 from captum_hetattn.engine.result import (
     Explanation,
     assemble,
@@ -164,6 +167,10 @@ def _record(host: Host, recorder: AttentionRecorder, traced: tuple[Any, ...],
             watcher: ValueWatcher | None) -> tuple[list[Tensor], BoundRecording]:
     """The forward, the scores, the binding, and (``weighting="value"``) the value terms."""
     output = host.forward_func(*traced, *extra)
+    reasons, foreign = recorder.census()
+    if not recorder.records or len(foreign) == len({r.name for r in recorder.records}):
+        raise ValueError(no_attention(type(host.model).__name__, reasons, foreign))
+    check_finite_calls(recorder.records, host.model)
     scores = [score(score_fn, output, index if options.targets is not None else None)
               for index, score_fn in enumerate(score_fns)]
     with recorder.tracing():
@@ -256,6 +263,7 @@ def _explain_pass(host: Host, recording: BoundRecording, terminal: list[Terminal
     """The explanation of one target from its backward pass."""
     weights = resolve_readout(options.readout, _readout_stream(host), recording, terminal,
                               done.grads, padding, batch)
+    check_not_padding(weights, masked_tokens(recording))
     host.report.unconnected(recording, weights)
     host.report.no_gradient(recording, weights, done.no_gradient)
     absent: dict[str, Tensor] = {}
@@ -272,6 +280,7 @@ def _explain_pass(host: Host, recording: BoundRecording, terminal: list[Terminal
     assert host.graph is not None
     explanation = assemble(recording, host.graph, stream_relevance, weights, padding,
                            options.return_maps)
+    check_finite_relevance(explanation.relevance, host.model)
     if options.return_maps:
         explanation.call_maps = call_maps(recording, capture.heads)
         if options.stage is None and options.propagator.has_flow:

@@ -182,6 +182,44 @@ def readout_vector(
     return readout_weights(recording.sizes, stream, value, batch)[stream]
 
 
+def masked_tokens(recording: BoundRecording) -> dict[str, Tensor]:
+    r"""Per stream, ``(B, n)``: tokens the attention mask hides from every query of one of the
+    stream's self calls (as the capture saw the mask; calls laid out otherwise say nothing)."""
+    masked: dict[str, Tensor] = {}
+    for call in recording.calls:
+        hidden, stream = call.record.masked_keys, call.node.query
+        if call.node.is_cross or hidden is None or stream not in recording.sizes:
+            continue
+        if hidden.shape[1] != recording.sizes[stream]:
+            continue
+        masked[stream] = hidden if stream not in masked else masked[stream] | hidden
+    return masked
+
+
+def check_not_padding(weights: Mapping[str, Tensor], masked: Mapping[str, Tensor]) -> None:
+    r"""A readout must read a real token: an example whose readout weight lies on tokens the
+    attention mask hides only (padding; :func:`masked_tokens`) would be explained by the
+    padding token's own row.
+
+    Raises:
+        ValueError: naming the stream, the example and the padding token(s) read.
+    """
+    for stream, weight in weights.items():
+        pad = masked.get(stream)
+        if pad is None or pad.shape != weight.shape:
+            continue
+        read = weight.detach() != 0
+        only_padding = read.any(1) & ((read & ~pad.to(read.device)).sum(1) == 0)
+        for example in only_padding.nonzero().flatten().tolist():
+            tokens = read[example].nonzero().flatten().tolist()
+            raise ValueError(
+                f"the readout of example {example} reads only padding: token(s) {tokens} of "
+                f"stream '{stream}' are hidden by the attention mask, so the explanation would "
+                "be the padding token's own row; read a real token (readout='last' takes each "
+                "example's last non-padding token, or pass the index per example)"
+            )
+
+
 def absent_tokens(
     recording: BoundRecording,
     padding: Mapping[str, Tensor],

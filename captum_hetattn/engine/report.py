@@ -24,6 +24,27 @@ def _user_stacklevel() -> int:
     return level
 
 
+def no_attention(model_name: str, reasons: Sequence[tuple[str, str]],
+                 foreign: Sequence[str]) -> str:
+    r"""The error text when the forward left no attention record of the model: which
+    modules look like attention and why each gave none, or which other model's calls ran."""
+    head = f"no attention call of {model_name} (model=) was recorded"
+    if foreign:
+        head += (f"; the attention calls forward_func made belong to another model "
+                 f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, not "
+                 f"modules of {model_name}): pass the model forward_func runs as model=")
+    if not reasons:
+        return head + f"; {model_name} has no module that looks like attention (a class " \
+            "named *Attention* / *Attn*, nn.MultiheadAttention, or one using transformers' " \
+            "AttentionInterface)"
+    listed = "; ".join(f"'{name}': {why}" for name, why in reasons[:6])
+    more = f" (and {len(reasons) - 6} more)" if len(reasons) > 6 else ""
+    if not foreign and all(why == "it did not run in forward_func" for _, why in reasons):
+        head += (f"; none of its {len(reasons)} attention modules ran: does forward_func run "
+                 "another model? pass that one as model=")
+    return f"{head}. Modules that look like attention: {listed}{more}"
+
+
 class Report:
     r"""The warnings one explainer has given (each subject once)."""
 

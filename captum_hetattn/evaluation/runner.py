@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -465,6 +466,26 @@ def aggregate(model: str, seed: int, parts: Sequence[ExampleScores]) -> Evaluati
     return EvaluationResult(model, n_examples, seed, model_score, results)
 
 
+def check_methods(methods: Any) -> None:
+    r"""``methods`` maps display names to callables ``(zoo, batch) -> attributions``: checked
+    before any example is made (a method given by its name is told where the callables are)."""
+    if not isinstance(methods, Mapping):
+        raise TypeError(f"methods must be a dict of name -> method, got {type(methods).__name__}")
+    if not methods:
+        raise ValueError("no method to evaluate")
+    for name, method in methods.items():
+        if callable(method):
+            continue
+        hint = ""
+        if isinstance(method, str):
+            hint = (f" (a name: use standard_methods()[{method!r}], from "
+                    "captum_hetattn.evaluation)")
+        raise TypeError(
+            f"methods[{name!r}] is a {type(method).__name__} {method!r}, not a method: give a "
+            f"callable (zoo, batch) -> attributions{hint}"
+        )
+
+
 def evaluate(
     zoo: ZooModel,
     methods: Mapping[str, Method],
@@ -492,8 +513,7 @@ def evaluate(
     :func:`captum_hetattn.evaluation.distributed.evaluate_distributed`.
     """
     _check_counts(n=n, batch_size=batch_size, seed=seed)
-    if not methods:
-        raise ValueError("no method to evaluate")
+    check_methods(methods)
     full = zoo.collate(zoo.make_examples(n, seed))
     part = score_examples(
         zoo, methods, full, batch_size=batch_size, perturbation=perturbation, progress=progress

@@ -76,16 +76,20 @@ def graph_from_flow(
     for record in records:
         counts[record.name] = counts.get(record.name, 0) + 1
     streams_of: dict[tuple[str, int | None], set[tuple[str, str]]] = {}
+    runs_of: dict[str, set[int]] = {}  # per pattern: how often its modules run
     for record, call in zip(records, flow.calls, strict=True):
         key = (layer_pattern(record.name), record.call_index if counts[record.name] > 1 else None)
         streams_of.setdefault(key, set()).add((names[call.query], names[call.key]))
+        runs_of.setdefault(key[0], set()).add(counts[record.name])
     steps: list[Any] = []
     seen: set[tuple[str, int | None]] = set()
     for record, call in zip(records, flow.calls, strict=True):
         index = record.call_index if counts[record.name] > 1 else None
         pattern = layer_pattern(record.name)
-        if len(streams_of[(pattern, index)]) > 1:
-            pattern = record.name  # one pattern over several streams: name each module
+        if len(streams_of[(pattern, index)]) > 1 or len(runs_of[pattern]) > 1:
+            # one pattern over several streams, or over modules run a different number of
+            # times (a recurrent section looped over): name each module
+            pattern = record.name
         if (pattern, index) in seen:
             continue
         seen.add((pattern, index))

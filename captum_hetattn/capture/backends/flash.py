@@ -21,6 +21,7 @@ and :func:`attention_map` are the kernel and the map.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_hetattn.capture.backends.base import Backend
+from captum_hetattn.capture.backends.base import Backend, clear_empty_rows, masked_keys
 from captum_hetattn.capture.session import Entry, Session
 
 if TYPE_CHECKING:
@@ -40,12 +41,69 @@ Sink = Callable[[Tensor, Tensor], None]
 
 def attention_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     r"""``softmax(Q Kᵀ · scale + mask)`` in (at least) float32, cast back to the query's dtype
-    (as the transformers eager attention functions compute it)."""
+    (as the transformers eager attention functions compute it); a row whose every key is
+    masked with ``-inf`` is zero, as ``F.scaled_dot_product_attention`` computes it (a plain
+    softmax would give NaN)."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale
     if mask is not None:
         scores = scores + mask
     dtype = torch.promote_types(query.dtype, torch.float32)  # float64 stays float64
-    return torch.softmax(scores, dim=-1, dtype=dtype).to(query.dtype)
+    attention = torch.softmax(scores, dim=-1, dtype=dtype)
+    if mask is not None:
+        attention = attention.nan_to_num(0.0)
+    return attention.to(query.dtype)
+
+
+def recorded_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    r"""The map a flash call records: :func:`attention_map` with its empty rows cleared."""
+    return clear_empty_rows(attention_map(query, key, mask, scale), mask)
+
+
+#: arguments every eager attention function takes that the kernel sees (or refuses) itself
+_KERNEL_ARGUMENTS = frozenset({"module", "query", "key", "value", "attention_mask", "scaling",
+                               "dropout", "softcap", "s_aux", "sinks", "head_mask", "kwargs"})
+
+
+@functools.cache
+def _declared(eager: Callable[..., Any]) -> frozenset[str]:
+    """The parameters an eager function names beyond the kernel's own."""
+    try:
+        names = inspect.signature(eager).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return frozenset()
+    return frozenset(names) - _KERNEL_ARGUMENTS
+
+
+def score_terms(eager: Callable[..., Any], kwargs: dict) -> list[Tensor]:
+    r"""Tensors the eager function is handed by a name it declares and the kernel does not see
+    (T5-style ``position_bias``): candidates for an additive term of the scores, which the
+    class check verifies before a call of the class runs through the kernel."""
+    return [kwargs[name] for name in sorted(_declared(eager))
+            if isinstance(kwargs.get(name), Tensor)]
+
+
+def _log_maps_agree(expected: Tensor, got: Tensor) -> bool:
+    """Whether two maps have the same scores up to a constant per row: their logs, centred over
+    the keys each row attends to, agree relative to their own spread (so a bias that moves a
+    near-uniform map of a tiny model is seen, where comparing outputs or maps would pass)."""
+    if expected.shape != got.shape:
+        return False
+    if not expected.numel():
+        return True
+    expected, got = expected.float(), got.float()
+    live = expected > 0
+    if not torch.equal(live, got > 0):
+        return False
+    weight = live.float()
+    count = weight.sum(-1, keepdim=True).clamp(min=1)
+
+    def centred(values: Tensor) -> Tensor:
+        return (values - (values * weight).sum(-1, keepdim=True) / count) * weight
+
+    logs = expected.clamp(min=1e-30).log()
+    spread = float(centred(logs).abs().max())
+    difference = centred(logs - got.clamp(min=1e-30).log())
+    return float(difference.abs().max()) <= 1e-3 * spread + 1e-5
 
 
 class FlashAttention(torch.autograd.Function):
@@ -92,9 +150,26 @@ class FlashAttention(torch.autograd.Function):
                 else:
                     partial = _sum_to(grad_scores, mask.shape)
                     grad_mask = partial if grad_mask is None else grad_mask + partial
-            ctx.sink(attention.detach(), gradient.detach(), first, heads)
+            ctx.sink(clear_empty_rows(attention.detach(), head_mask), gradient.detach(), first,
+                     heads)
             del attention, gradient, grad_scores
         return grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None
+
+
+def _with_terms(mask: Tensor | None, terms: list[Tensor], query: Tensor,
+                key: Tensor) -> Tensor | None | bool:
+    """``mask`` plus the score terms (each broadcast to the scores' shape); ``False`` where a
+    term cannot be one."""
+    scores = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+    for term in terms:
+        if not term.is_floating_point():
+            return False
+        try:
+            torch.broadcast_shapes(term.shape, scores)
+        except RuntimeError:
+            return False
+        mask = term if mask is None else mask + term
+    return mask
 
 
 def _sum_to(gradient: Tensor, shape: torch.Size) -> Tensor:
@@ -139,15 +214,25 @@ class FlashBackend(Backend):
 
     def _reproduces(self, module: nn.Module, eager: Callable[..., Any], query: Tensor,
                     key: Tensor, value: Tensor, mask: Tensor | None, kwargs: dict,
-                    expanded: tuple[Tensor, Tensor, Tensor | None, float]) -> bool:
-        """The first call of a class: whether sdpa gives its eager function's output."""
+                    expanded: tuple[Tensor, Tensor, Tensor | None, float]) -> bool | None:
+        """The first call of a class whose terms matter: whether sdpa gives its eager function's
+        output and map (scores compared up to a constant per row, so a bias the kernel misses
+        is seen however small the model's weights are). ``None`` (undecided: this call eager,
+        the next one checked) when the call's score terms are all zero."""
+        terms = score_terms(eager, kwargs)
+        if terms and all(not bool(t.detach().any()) for t in terms):
+            return None  # a call where the bias does not matter cannot tell whether it is seen
         with torch.no_grad():
-            expected, _ = eager(module, query, key, value, mask, **kwargs)
+            expected, weights = eager(module, query, key, value, mask, **kwargs)
             full_key, full_value, cut_mask, scale = expanded
             got = F.scaled_dot_product_attention(query, full_key, full_value, attn_mask=cut_mask,
                                                  scale=scale).transpose(1, 2)
             same = expected.shape == got.shape and torch.allclose(
                 expected.float(), got.float(), rtol=1e-4, atol=1e-5)
+            if same and isinstance(weights, Tensor):  # the first example's map is enough
+                first = None if cut_mask is None else cut_mask[:1]
+                same = _log_maps_agree(weights[:1], attention_map(query[:1], full_key[:1],
+                                                                   first, scale))
         self.checked[type(module)] = same
         return same
 
@@ -165,6 +250,12 @@ class FlashBackend(Backend):
         scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
         if mask is not None:
             mask = mask[:, :, :, : key.shape[-2]]
+            if mask.shape[-1] not in (1, key.shape[-2]):
+                return None  # a mask over other keys than the call has: eager decides
+        mask = _with_terms(mask, score_terms(eager, kwargs), query, key)
+        if mask is False:
+            self.checked[type(module)] = False  # a term that is no additive bias: eager
+            return None
         if type(module) not in self.checked and not self._reproduces(
                 module, eager, *original, kwargs, (key, value, mask, scale)):
             return None
@@ -175,11 +266,12 @@ class FlashBackend(Backend):
         shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
         entry = self._add_flash(module, probe, shape)
         record = entry.record
+        record.masked_keys = masked_keys(mask, shape[0])
         if states is not None:
             record.states = states
         saved_query, saved_key = query.detach(), key.detach()
         record.recompute = entry.recompute = functools.partial(
-            attention_map, saved_query, saved_key, None if mask is None else mask.detach(), scale)
+            recorded_map, saved_query, saved_key, None if mask is None else mask.detach(), scale)
         chunk = None
         if self.recorder.reduce_heads is not None:  # one chunk of heads' maps at a time
             per_head = shape[0] * shape[2] * shape[3]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from captum_hetattn.capture.backends.base import Backend
+from captum_hetattn.capture.backends.base import Backend, clear_empty_rows, masked_keys
 from captum_hetattn.capture.backends.softmax import SoftmaxMode
 from captum_hetattn.capture.introspect import hf_eager_function, set_implementation
 from captum_hetattn.capture.session import Session
@@ -104,7 +104,13 @@ class InterfaceBackend(Backend):
         if isinstance(weights, Tensor) and session.in_scope(module):
             matching = [t for t in catch if t.shape == weights.shape]
             live = matching[-1] if matching else weights
-            record = self.recorder._add_map(module, live, live.detach())
+            kept = live.detach()
+            if isinstance(attention_mask, Tensor) and attention_mask.dim() == kept.dim():
+                # rows that hide every key record zero, as the flash capture's (no keys, no share)
+                kept = clear_empty_rows(kept, attention_mask[..., : kept.shape[-1]])
+            record = self.recorder._add_map(module, live, kept)
+            if record is not None:
+                record.masked_keys = masked_keys(attention_mask, kept.shape[0])
             if record is not None and states is not None:
                 record.states = states
         return attn_output, weights

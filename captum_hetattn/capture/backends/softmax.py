@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
+from inspect import signature
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from captum_hetattn.capture.backends.base import Backend
+from captum_hetattn.capture.backends.base import Backend, clear_empty_rows, masked_keys
 from captum_hetattn.capture.introspect import (
     configs_of,
     head_count,
@@ -36,6 +37,7 @@ _SOFTMAX_FUNCTIONS = frozenset(
     {torch.nn.functional.softmax, torch.softmax, torch.Tensor.softmax, torch.special.softmax}
 )
 _SDPA = torch.nn.functional.scaled_dot_product_attention
+_MHA_FORWARD = torch.nn.functional.multi_head_attention_forward
 
 
 def _softmax_dim(func: Callable[..., Any], args: tuple, kwargs: dict) -> int | None:
@@ -70,6 +72,8 @@ class SoftmaxMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
+        if func is _MHA_FORWARD:
+            return self._multi_head_attention(func, args, kwargs)
         out = func(*args, **kwargs)
         if isinstance(out, Tensor) and _is_softmax(func):
             dim = _softmax_dim(func, args, kwargs)
@@ -80,6 +84,25 @@ class SoftmaxMode(TorchFunctionMode):
         elif self._on_fused is not None and func is _SDPA and isinstance(out, Tensor):
             self._on_fused(out)
         return out
+
+
+    def _multi_head_attention(self, func, args: tuple, kwargs: dict):
+        """``F.multi_head_attention_forward`` (WavLM's attention, hand-written modules): the
+        mode is off while it handles a call, so the softmax inside is not seen; the call runs
+        with per-head weights asked for (its non-fused path), the softmax output they view is
+        handed over as the call's softmax (as the ``nn.MultiheadAttention`` capture does), and
+        the caller gets what it asked for."""
+        bound = signature(func).bind(*args, **kwargs)
+        bound.apply_defaults()
+        need, average = bound.arguments["need_weights"], bound.arguments["average_attn_weights"]
+        bound.arguments["need_weights"], bound.arguments["average_attn_weights"] = True, False
+        output, weights = func(*bound.args, **bound.kwargs)
+        if isinstance(weights, Tensor):
+            # the softmax output ((batch·heads, queries, keys)) is upstream of the output
+            self._callback(weights._base if weights._base is not None else weights, -1, None)
+        if not need:
+            return output, None
+        return output, weights.mean(dim=-3) if average else weights
 
 
 class SoftmaxBackend(Backend):
@@ -180,10 +203,17 @@ class SoftmaxBackend(Backend):
             shaped, raw = out.detach(), True
         else:  # (batch, n) pooling weights, (batch, n, heads, points) sampling weights
             return self._skip(module, out, "it is not a (batch, heads, queries, keys) map")
+        hidden = None
+        if not raw and isinstance(scores, Tensor) and scores.shape == out.shape:
+            # a query row whose every score is masked has no keys: zero, as in the other captures
+            shaped = clear_empty_rows(shaped, scores.detach().view(shaped.shape))
+            hidden = masked_keys(scores.detach().view(shaped.shape), shaped.shape[0])
         if session.in_scope(module):
             # an interface module that ran its own code instead (caught here, so recorded)
             session.interface_dispatched.add(id(module))
             record = self.recorder._add_map(module, out, shaped)
+            if record is not None:
+                record.masked_keys = hidden
             if record is not None and session.record_io and isinstance(scores, Tensor):
                 record.scores, record.raw, record.heads = scores, raw, heads
                 record.linears = list(session.frames[-1].linears)
