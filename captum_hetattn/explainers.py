@@ -33,7 +33,7 @@ from captum_hetattn._captum_compat import (
     log_usage,
 )
 from captum_hetattn.binding import BoundRecording
-from captum_hetattn.engine.checks import check_options
+from captum_hetattn.engine.checks import check_flag, check_options
 from captum_hetattn.engine.pipeline import Correction, Options, run
 from captum_hetattn.engine.readout import Readout
 from captum_hetattn.engine.report import Report
@@ -129,6 +129,7 @@ class _AttentionAttribution(Attribution):
             uses_gradient=self.accepts_gradient_corrections,
             weighs_values=self.accepts_weighting, noise_link_refusal=self.noise_link_refusal,
         )
+        check_flag("include_own", call.get("include_own", False))
         return Options(correction=correction, noise_link=noise_link,
                        propagator=self._propagator(noise_link), **call)
 
@@ -147,6 +148,7 @@ class _AttentionAttribution(Attribution):
         stage: str | None = None,
         weighting: str | None = None,
         targets: Sequence[Target] | None = None,
+        include_own: bool = False,
     ) -> Tensor | tuple[Tensor, ...]:
         r"""Relevance of every input element, laid out like the inputs (Captum's contract).
 
@@ -186,6 +188,12 @@ class _AttentionAttribution(Attribution):
                 get a target dimension after the batch: ``(B, K, ...)``. Relevance equals ``K``
                 separate calls (tested); see :func:`generation_targets` for a ``generate()``
                 output.
+            include_own: ``False`` (default): the read tokens' own share is left out — every
+                read token ``j`` starts with the identity and keeps ``w_j·R[j, j]`` (its
+                residual path), which says nothing about the evidence and would swamp the rest
+                (a ``[CLS]`` readout: 1.0 against 1e-5 elsewhere); it is kept apart in
+                ``Explanation.own`` (GAE's ``R[0, 0] = 0``, generalised to every method).
+                ``True``: the paper's raw readout row, own share included.
 
         Returns:
             Attributions shaped like ``inputs`` (tensor for a tensor, tuple for a tuple),
@@ -204,7 +212,7 @@ class _AttentionAttribution(Attribution):
         options = self._options(
             correction, noise_link, readout=readout, target=target, objective=objective,
             targets=targets, stage=stage, return_maps=False, weighting=weighting,
-            map_inputs=True,
+            map_inputs=True, include_own=include_own,
         )
         explanation, recording = run(self, formatted, additional_forward_args, options)
         if self.input_mappings is not None and len(self.input_mappings) != len(formatted):
@@ -278,6 +286,7 @@ class _AttentionAttribution(Attribution):
         return_maps: bool = False,
         weighting: str | None = None,
         targets: Sequence[Target] | None = None,
+        include_own: bool = False,
     ) -> Explanation:
         r"""Token relevance per source, for users who want tokens rather than input shapes.
 
@@ -285,12 +294,18 @@ class _AttentionAttribution(Attribution):
         With ``targets=[...]`` every per-example field gets a target dimension after the batch
         (``relevance[source]`` is ``(B, K, n)``, ``readout_token`` ``(B, K)``).
 
+        Args:
+            include_own: ``False`` (default): ``relevance`` and ``stream_relevance`` are the
+                context relevance, the read tokens' own share (``w_j·R[j, j]``) taken out and
+                kept in ``Explanation.own``; ``True``: the paper's raw readout row.
+
         Returns:
             An :class:`Explanation`.
         """
         options = self._options(
             correction, noise_link, readout=readout, target=target, objective=objective,
             targets=targets, stage=stage, return_maps=return_maps, weighting=weighting,
+            include_own=include_own,
         )
         explanation, _ = run(self, _format_tensor_into_tuples(inputs), additional_forward_args,
                              options)

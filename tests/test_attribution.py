@@ -372,8 +372,10 @@ def test_return_maps_keeps_heads_and_the_flow_of_relevance(method, bert, lxmert)
     for forward, model, inputs, extra in cases:
         explainer = method(forward, model=model)
         correction = "full" if method is HeterogenousAttentionAttribution else "none"
+        # the flow is the paper's raw row, own share included: asked for explicitly
         explanation = explainer.explain(inputs, target=0, additional_forward_args=extra,
-                                        correction=correction, return_maps=True)
+                                        correction=correction, return_maps=True,
+                                        include_own=True)
         assert [(c.name, c.call_index) for c in explanation.call_maps] == list(explanation.maps)
         for call in explanation.call_maps:
             close(call.corrected.mean(dim=1), explanation.maps[(call.name, call.call_index)])

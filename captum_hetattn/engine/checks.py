@@ -203,3 +203,9 @@ def check_options(
         )
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+
+def check_flag(name: str, value: Any) -> None:
+    """A yes/no option is a bool (``include_own="no"`` would otherwise read as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")

@@ -74,7 +74,7 @@ def stack_targets(explanations: list[Explanation]) -> Explanation:
                 for key in getattr(first, field_name)}
 
     return replace(first, relevance=stack("relevance"), readout=stack("readout"),
-                   stream_relevance=stack("stream_relevance"),
+                   stream_relevance=stack("stream_relevance"), own=stack("own"),
                    readout_token=torch.stack([e.readout_token for e in explanations], 1))
 
 
@@ -88,6 +88,7 @@ def split_targets(explanation: Explanation) -> list[Explanation]:
     return [replace(explanation, relevance=pick(explanation.relevance, k),
                     readout=pick(explanation.readout, k),
                     stream_relevance=pick(explanation.stream_relevance, k),
+                    own=pick(explanation.own, k),
                     readout_token=explanation.readout_token[:, k]) for k in range(count)]
 
 
