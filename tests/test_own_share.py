@@ -236,3 +236,14 @@ def test_include_own_must_be_a_bool(classifier):
     with pytest.raises(TypeError, match="include_own"):
         HeterogenousAttentionAttribution(forward, model=model).attribute(
             ids, target=0, additional_forward_args=(mask,), include_own="yes")
+
+
+def test_displays_grey_a_single_readout_token_only(classifier, pooled):
+    """A [CLS] readout greys [CLS] (so a raw row draws like the default); a mean-pooled
+    readout reads every word, whose context relevance is shown: none is greyed."""
+    from captum_hetattn.visualization import explanation_readout_token
+
+    for (model, forward, ids, mask), expected in ((classifier, 0), (pooled, None)):
+        explanation = HeterogenousAttentionAttribution(forward, model=model).explain(
+            ids, target=0, additional_forward_args=(mask,))
+        assert explanation_readout_token(explanation, "text", 0) == expected
