@@ -36,7 +36,7 @@ from captum_hetattn.evaluation.demo import (
     explain_examples,
     run_vqa_demo,
 )
-from captum_hetattn.evaluation.methods import check_method_names, select_methods
+from captum_hetattn.evaluation.methods import check_method_names, methods_for, select_methods
 from captum_hetattn.visualization.report import example_figure, write_demo_report
 from captum_hetattn.zoo import REGISTRY, load
 
@@ -222,11 +222,12 @@ def _run(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(
                 {k: v for k, v in found.items() if k != "figure_png"}, indent=1))
     elif args.command == "evaluate":
-        methods = select_methods(args.methods)
+        zoo = load(args.model)
+        methods = methods_for(zoo, args.methods)  # no gradient methods on token ids alone
         if distributed.wants_distributed(args):  # shards over processes, resumable
             result = distributed.evaluate_cli(args, list(methods))
         else:
-            result = evaluate(load(args.model), methods, n=args.n, seed=args.seed,
+            result = evaluate(zoo, methods, n=args.n, seed=args.seed,
                               perturbation=not args.no_perturbation)
         print(result.table())
         if args.json:

@@ -96,3 +96,19 @@ def test_similarity_model_perturbation_tracks_its_score():
     text = result.methods[0].streams["text"]
     assert 0 < result.model_score < 1  # a mean cosine similarity, not a constant accuracy
     assert text.positive_auc < text.negative_auc, text
+
+
+def test_cli_evaluate_with_the_default_methods_on_token_ids_alone(capsys):
+    """``evaluate --model reverse_seq2seq`` (token ids only) with every default method: Captum's
+    gradient methods have nothing to attribute there and are left out, the rest run."""
+    from captum_hetattn.evaluation import methods_for
+
+    main(["evaluate", "--model", "reverse_seq2seq", "--n", "4", "--no-perturbation"])
+    printed = capsys.readouterr().out
+    assert "ours (pos)" in printed and "raw attention" in printed
+    assert "Saliency" not in printed and "IntegratedGradients" not in printed
+    assert set(methods_for(load("reverse_seq2seq"))) == set(standard_methods()) - {
+        "Saliency", "InputXGradient", "IntegratedGradients"}
+    # a model with float inputs keeps them; named methods stay as named
+    assert set(methods_for(load("shapes_vit"))) == set(standard_methods())
+    assert list(methods_for(load("reverse_seq2seq"), ["Saliency"])) == ["Saliency"]
