@@ -161,8 +161,9 @@ class _AttentionAttribution(Attribution):
                 ``{"A": "abs", "B": "pos", "C": "pos"}``.
             noise_link: read ``(R[k,k] − I)/rowsum + I`` in cross-attention (paper eq. 8–10).
             readout: which final tokens explain the output. ``None`` (default): read from the
-                objective's gradient (see the class docstring); an int, a ``(B,)`` tensor or
-                ``"last"`` (last non-padding token) of the main readout stream; or a dict
+                objective's gradient (see the class docstring); an int, a ``(B,)`` tensor
+                (negative indices count from the end) or ``"last"`` (last non-padding token)
+                of the main readout stream; or a dict
                 ``{stream: int | (B,) tensor | (B, n) weights}``.
             objective: instead of ``target``, a callable ``output -> (B,)`` such as
                 ``Contrast(a, b)``.

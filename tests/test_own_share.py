@@ -247,3 +247,19 @@ def test_displays_grey_a_single_readout_token_only(classifier, pooled):
         explanation = HeterogenousAttentionAttribution(forward, model=model).explain(
             ids, target=0, additional_forward_args=(mask,))
         assert explanation_readout_token(explanation, "text", 0) == expected
+
+
+def test_a_negative_readout_counts_from_the_end(classifier):
+    """``readout=-1`` reads the last token, as ``target=-1`` picks the last class; per
+    example too; beyond the stream's length it is refused by name."""
+    model, forward, ids, mask = classifier
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    last = explainer.explain(ids, target=0, additional_forward_args=(mask,), readout=-1)
+    assert last.readout_token.tolist() == [6, 6, 6]
+    same = explainer.explain(ids, target=0, additional_forward_args=(mask,), readout=6)
+    torch.testing.assert_close(last.relevance["text"], same.relevance["text"])
+    mixed = explainer.explain(ids, target=0, additional_forward_args=(mask,),
+                              readout=torch.tensor([0, -3, 2]))
+    assert mixed.readout_token.tolist() == [0, 4, 2]
+    with pytest.raises(ValueError, match="out of range for stream 'text'"):
+        explainer.explain(ids, target=0, additional_forward_args=(mask,), readout=-8)
