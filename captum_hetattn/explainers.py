@@ -38,7 +38,7 @@ from captum_hetattn.engine.pipeline import Correction, Options, run
 from captum_hetattn.engine.readout import Readout
 from captum_hetattn.engine.report import Report
 from captum_hetattn.engine.result import Explanation
-from captum_hetattn.engine.targets import split_targets
+from captum_hetattn.engine.targets import plain_indices, split_targets
 from captum_hetattn.graph import LayerGraph
 from captum_hetattn.graph.presets import find_preset, preset
 from captum_hetattn.mapping import Gathered, InputMapping, NoAttribution, default_mappings
@@ -130,6 +130,10 @@ class _AttentionAttribution(Attribution):
             weighs_values=self.accepts_weighting, noise_link_refusal=self.noise_link_refusal,
         )
         check_flag("include_own", call.get("include_own", False))
+        call["target"], call["readout"] = (plain_indices(call["target"]),
+                                           plain_indices(call["readout"]))
+        if call["targets"] is not None:
+            call["targets"] = [plain_indices(t) for t in call["targets"]]
         return Options(correction=correction, noise_link=noise_link,
                        propagator=self._propagator(noise_link), **call)
 

@@ -263,3 +263,27 @@ def test_a_negative_readout_counts_from_the_end(classifier):
     assert mixed.readout_token.tolist() == [0, 4, 2]
     with pytest.raises(ValueError, match="out of range for stream 'text'"):
         explainer.explain(ids, target=0, additional_forward_args=(mask,), readout=-8)
+
+
+def test_numpy_integer_targets_and_readouts_are_taken_as_ints(classifier):
+    np = pytest.importorskip("numpy")
+    model, forward, ids, mask = classifier
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    expected = explainer.attribute(ids, target=2, additional_forward_args=(mask,))
+    logits = forward(ids, mask).detach().numpy()
+    for target in (np.int64(2), np.int32(2), [np.int64(2)] * 3):
+        torch.testing.assert_close(
+            explainer.attribute(ids, target=target, additional_forward_args=(mask,)), expected)
+    torch.testing.assert_close(
+        explainer.attribute(ids, target=logits.argmax(axis=1).tolist(),
+                            additional_forward_args=(mask,)),
+        explainer.attribute(ids, target=[int(t) for t in logits.argmax(axis=1)],
+                            additional_forward_args=(mask,)))
+    several = explainer.explain(ids, targets=[np.int64(0), np.int64(2)],
+                                additional_forward_args=(mask,))
+    assert several.relevance["text"].shape == (3, 2, 7)
+    read = explainer.explain(ids, target=0, additional_forward_args=(mask,),
+                             readout=np.int64(-1))
+    assert read.readout_token.tolist() == [6, 6, 6]
+    with pytest.raises(TypeError, match="target"):
+        explainer.attribute(ids, target=np.float64(2.0), additional_forward_args=(mask,))

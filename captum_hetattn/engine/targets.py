@@ -20,6 +20,22 @@ from captum_hetattn.objectives import Objective, Target, evaluate_objective, res
 Score = Callable[[Any], Tensor]
 
 
+def plain_indices(value: Any) -> Any:
+    """NumPy integer scalars (``np.int64(3)``, what ``array.argmax()`` gives) as Python ints,
+    inside tuples and lists too, so that a target or readout index from NumPy is taken like
+    an int; everything else unchanged (and checked as given)."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype") and getattr(
+            value, "ndim", None) == 0 and value.dtype.kind in "iu":
+        return int(value)
+    if isinstance(value, tuple):
+        return tuple(plain_indices(v) for v in value)
+    if isinstance(value, list):
+        return [plain_indices(v) for v in value]
+    return value
+
+
 def score_functions(model: nn.Module, report: Report, inputs: tuple[Tensor, ...],
                     target: Target, objective: Objective | None, readout: Any, targets: Any
                     ) -> list[Score]:
