@@ -112,3 +112,27 @@ def test_cli_evaluate_with_the_default_methods_on_token_ids_alone(capsys):
     # a model with float inputs keeps them; named methods stay as named
     assert set(methods_for(load("shapes_vit"))) == set(standard_methods())
     assert list(methods_for(load("reverse_seq2seq"), ["Saliency"])) == ["Saliency"]
+
+
+def test_cli_help_describes_every_option(capsys):
+    """Every option of every command says what it does; defaults and method names shown."""
+    import argparse
+
+    from captum_hetattn.cli import build_parser
+
+    _, commands = build_parser()
+    for name, parser in commands.items():
+        for action in parser._actions:
+            assert action.help and action.help != argparse.SUPPRESS or (
+                action.help == argparse.SUPPRESS and "--quiet" in action.option_strings), (
+                name, action.option_strings)
+    with pytest.raises(SystemExit) as exit_code:
+        main(["evaluate", "--help"])
+    assert exit_code.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(default: 200)" in shown and "(default: 12345)" in shown
+    for method in standard_methods():
+        assert repr(method) in shown
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "demo" in capsys.readouterr().out
