@@ -68,7 +68,8 @@ class _AttentionAttribution(Attribution):
         r"""
         Args:
             forward_func: the model, or any function of the inputs that returns scores (logits)
-                as a tensor; it must run ``model``.
+                as a tensor (a transformers model output with a ``logits`` tensor is read at
+                its logits); it must run ``model``.
             model: the ``nn.Module`` whose attention is explained; defaults to ``forward_func``
                 when that is a module.
             graph: a :class:`LayerGraph`, a preset name (``"lxmert"``, ``"detr"``, ...),

@@ -287,3 +287,31 @@ def test_numpy_integer_targets_and_readouts_are_taken_as_ints(classifier):
     assert read.readout_token.tolist() == [6, 6, 6]
     with pytest.raises(TypeError, match="target"):
         explainer.attribute(ids, target=np.float64(2.0), additional_forward_args=(mask,))
+
+
+def test_the_docstring_example_runs_on_a_transformers_classifier():
+    """``HeterogenousAttentionAttribution(model).attribute(pixel_values, target=3)``, as the
+    docstring shows, on a ViT classifier: its ``ModelOutput`` is read at its logits."""
+    torch.manual_seed(0)
+    model = tf.ViTForImageClassification(tf.ViTConfig(**SMALL, image_size=16, patch_size=4,
+                                                      num_labels=5)).eval()
+    pixel_values = torch.randn(2, 3, 16, 16)
+    attributions = HeterogenousAttentionAttribution(model).attribute(pixel_values, target=3)
+    wrapped = HeterogenousAttentionAttribution(
+        lambda x: model(x).logits, model=model).attribute(pixel_values, target=3)
+    assert attributions.shape == pixel_values.shape
+    torch.testing.assert_close(attributions, wrapped)
+
+
+def test_an_output_without_scores_says_how_to_wrap_the_model(classifier):
+    """A model whose output has no logits (an encoder's hidden states): the message gives
+    one complete fix that works, the model named."""
+    model, _, ids, mask = classifier
+    with pytest.raises(TypeError) as raised:
+        HeterogenousAttentionAttribution(model.bert).attribute(ids, target=0)
+    message = str(raised.value)
+    assert "last_hidden_state" in message and "model=model" in message
+    fixed = HeterogenousAttentionAttribution(
+        lambda *args: model.bert(*args).last_hidden_state[:, 0].sum(-1, keepdim=True),
+        model=model.bert)  # the kind of fix the message gives runs
+    assert fixed.attribute(ids, target=0).shape == ids.shape
