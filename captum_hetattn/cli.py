@@ -37,7 +37,8 @@ from captum_hetattn.evaluation.demo import (
     run_vqa_demo,
 )
 from captum_hetattn.evaluation.methods import check_method_names, methods_for, select_methods
-from captum_hetattn.visualization.report import example_figure, write_demo_report
+from captum_hetattn.visualization.figures import figure_png
+from captum_hetattn.visualization.report import method_figure, write_demo_report
 from captum_hetattn.zoo import REGISTRY, load
 
 
@@ -86,12 +87,12 @@ def run_explain(name: str, index: int, method_name: str, seed: int, out: Path | 
     if not relevance[method_name]:
         raise ValueError(f"method '{method_name}' produced no relevance for {name} example {index}")
     if out is not None:
-        png = example_figure(zoo, example, 0, relevance)
-        if png is None:
-            raise ValueError(f"no figure can be drawn for {name} (its inputs have no picture); "
-                             "leave out --out")
+        figure = method_figure(zoo, example, method_name, relevance[method_name])
+        if figure is None:
+            raise ValueError(f"no figure can be drawn for {name} with {method_name} (no picture "
+                             "or no image relevance); leave out --out")
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{name}_{index}.png").write_bytes(png)
+        (out / f"{name}_{index}.png").write_bytes(figure_png(figure))
         print(f"figure: {out / f'{name}_{index}.png'}")
 
 

@@ -136,3 +136,27 @@ def test_cli_help_describes_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "demo" in capsys.readouterr().out
+
+
+def test_cli_explain_out_draws_text_relevance_and_colour_bars(tmp_path, capsys):
+    """``explain --out``: the picture with its relevance and a colour bar, and for a model with
+    text the words coloured by their relevance with theirs."""
+    import matplotlib.pyplot as plt
+
+    from captum_hetattn.evaluation import select_methods
+    from captum_hetattn.evaluation.demo import DISPLAY_SEED, explain_examples
+    from captum_hetattn.visualization.report import method_figure
+
+    for name, with_text in (("shapes_vqa", True), ("shapes_vit", False)):
+        zoo = load(name)
+        example = zoo.make_examples(2, DISPLAY_SEED)[1]
+        relevance = explain_examples(zoo, [example], select_methods(["ours (pos)"]))
+        figure = method_figure(zoo, example, "ours (pos)", relevance["ours (pos)"])
+        bars = [axis for axis in figure.axes if axis.get_label() == "<colorbar>"]
+        assert len(bars) == (2 if with_text else 1)
+        texts = {t.get_text().strip() for axis in figure.axes for t in axis.texts}
+        if with_text:
+            assert set(example.tokens["text"][1:4]) <= texts  # the words are drawn
+        plt.close(figure)
+    main(["explain", "--model", "shapes_vqa", "--index", "1", "--out", str(tmp_path)])
+    assert (tmp_path / "shapes_vqa_1.png").stat().st_size > 0

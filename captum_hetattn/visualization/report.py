@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from captum_hetattn import Explanation, PatchGrid
@@ -23,6 +24,8 @@ from captum_hetattn.visualization.figures import (
     figure_png,
     grid_heatmap,
     plot_explanation,
+    plot_image,
+    plot_image_text,
 )
 from captum_hetattn.visualization.html import png_tag, report_html, text_html
 
@@ -82,6 +85,33 @@ def example_figure(
         heat = grid_heatmap(tokens, example.image.shape[:2], grid)
         draw_overlay(axis, example.image, heat, method)
     return figure_png(figure)
+
+
+def method_figure(
+    zoo: ZooModel, example: Example, method: str, relevance: Mapping[str, Tensor]
+) -> Figure | None:
+    r"""One method's relevance of one example (``captum-hetattn explain --out``): the picture
+    with its relevance blended over it and a colour bar, beside the text tokens coloured by
+    their relevance where the example has text.
+
+    Args:
+        zoo: the zoo model.
+        example: the example drawn.
+        method: the method's name (the title).
+        relevance: stream → ``(1, n_stream)`` relevance of the example.
+
+    Returns:
+        The figure; None when the example has no picture or the method no image relevance.
+    """
+    image = relevance.get("image")
+    if example.image is None or image is None:
+        return None
+    grid = image_grid(zoo, image.shape[1])
+    title = f"{method}: {example.description}" if example.description else method
+    tokens, text = example.tokens.get("text"), relevance.get("text")
+    if not tokens or text is None:
+        return plot_image(example.image, image[0], grid=grid, title=title)
+    return plot_image_text(example.image, image[0], tokens, text[0], grid=grid, title=title)
 
 
 def image_text_figure(
@@ -399,6 +429,7 @@ __all__ = [
     "example_figure",
     "example_section",
     "image_grid",
+    "method_figure",
     "image_text_figure",
     "logical_inspection_figure",
     "table_html",
