@@ -54,6 +54,10 @@ def image_grid(zoo: ZooModel, n_tokens: int) -> PatchGrid | None:
     return None
 
 
+#: pictures per row of :func:`example_figure`
+THUMBNAILS_PER_ROW = 6
+
+
 def example_figure(
     zoo: ZooModel, example: Example, index: int, relevance: dict[str, dict[str, Tensor]]
 ) -> bytes | None:
@@ -71,12 +75,19 @@ def example_figure(
     if example.image is None:
         return None
     methods = [m for m in relevance if "image" in relevance[m]]
-    columns = 1 + len(methods)
-    figure, axes = plt.subplots(1, columns, figsize=(1.9 * columns, 2.3))
+    # at most THUMBNAILS_PER_ROW pictures a row: the report shows the figure at its own size,
+    # so the titles stay readable (12 in one row were shrunk to ~6 px)
+    columns = min(THUMBNAILS_PER_ROW, 1 + len(methods))
+    rows = -(-(1 + len(methods)) // columns)
+    figure, grid_axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows),
+                                     squeeze=False)
+    axes = list(grid_axes.flat)
+    for unused in axes[1 + len(methods):]:
+        unused.set_axis_off()
     axes[0].imshow(example.image)
     axes[0].set_axis_off()
     axes[0].set_title("input", fontsize=8)
-    for axis, method in zip(axes[1:], methods, strict=True):
+    for axis, method in zip(axes[1:], methods, strict=False):
         tokens = relevance[method]["image"][index]
         grid = image_grid(zoo, tokens.shape[0])
         if grid is None:
