@@ -133,8 +133,7 @@ class _AttentionAttribution(Attribution):
         check_flag("include_own", call.get("include_own", False))
         call["target"], call["readout"] = (plain_indices(call["target"]),
                                            plain_indices(call["readout"]))
-        if call["targets"] is not None:
-            call["targets"] = [plain_indices(t) for t in call["targets"]]
+        call["targets"] = plain_indices(call["targets"])  # a list's entries, if a list
         return Options(correction=correction, noise_link=noise_link,
                        propagator=self._propagator(noise_link), **call)
 

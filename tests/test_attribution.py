@@ -287,8 +287,10 @@ def test_clear_errors(bert, lxmert):
     raw = HeterogenousAttentionAttribution(
         lambda i, m: model(input_ids=i, attention_mask=m), model=model
     )
-    with pytest.raises(TypeError, match="SequenceClassifierOutput.*model\\(\\*args\\).logits"):
-        raw.attribute(ids, target=0, additional_forward_args=(mask,))
+    # a ModelOutput with logits is read at its logits now (issue 18: the docstring example on
+    # a transformers model); an output without scores is still a TypeError (test_own_share)
+    close(raw.attribute(ids, target=0, additional_forward_args=(mask,)),
+          explainer.attribute(ids, target=0, additional_forward_args=(mask,)))
     with pytest.raises(ValueError, match="Unknown preset 'lxmert2'.*'lxmert'"):
         HeterogenousAttentionAttribution(forward, model=model, graph="lxmert2")
     with pytest.raises(TypeError, match="pass the model as model="):
