@@ -9,7 +9,13 @@ information source kept separate.
 import warnings
 from typing import Any
 
-from captum_hetattn.capture import AttentionRecord, AttentionRecorder
+with warnings.catch_warnings():
+    # tqdm.auto (which Captum and transformers import) warns "IProgress not found" once in a
+    # notebook without ipywidgets, then draws text bars: imported here first, without that line
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    import tqdm.autonotebook  # noqa: F401
+
+from captum_hetattn.capture import AttentionRecord, AttentionRecorder  # noqa: E402
 from captum_hetattn.engine.result import CallMaps, Explanation, FlowShare
 from captum_hetattn.engine.targets import generation_targets
 from captum_hetattn.explainers import (

@@ -36,8 +36,9 @@ from captum_hetattn.evaluation.demo import (
     explain_examples,
     run_vqa_demo,
 )
-from captum_hetattn.evaluation.methods import check_method_names, select_methods
-from captum_hetattn.visualization.report import example_figure, write_demo_report
+from captum_hetattn.evaluation.methods import check_method_names, methods_for, select_methods
+from captum_hetattn.visualization.figures import figure_png
+from captum_hetattn.visualization.report import method_figure, write_demo_report
 from captum_hetattn.zoo import REGISTRY, load
 
 
@@ -90,13 +91,109 @@ def run_explain(name: str, index: int, method_name: str, seed: int, out: Path | 
     if not relevance[method_name]:
         raise ValueError(f"method '{method_name}' produced no relevance for {name} example {index}")
     if out is not None:
-        png = example_figure(zoo, example, 0, relevance)
-        if png is None:
-            raise ValueError(f"no figure can be drawn for {name} (its inputs have no picture); "
-                             "leave out --out")
+        figure = method_figure(zoo, example, method_name, relevance[method_name])
+        if figure is None:
+            raise ValueError(f"no figure can be drawn for {name} with {method_name} (no picture "
+                             "or no image relevance); leave out --out")
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{name}_{index}.png").write_bytes(png)
+        (out / f"{name}_{index}.png").write_bytes(figure_png(figure))
         print(f"figure: {out / f'{name}_{index}.png'}")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default where there is one to show (not ``None``, not a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    r"""The ``captum-hetattn`` parser and its commands' parsers (``--help`` of each lists every
+    option with what it does and its default).
+
+    Returns:
+        ``(parser, {command: subparser})``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="captum-hetattn", description=__doc__.split("\n")[0].replace("``", ""),
+        epilog="captum-hetattn COMMAND --help: that command's options and their defaults")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = _HelpFormatter
+    built = {
+        "demo": commands.add_parser(
+            "demo", formatter_class=formatter, help="the main job: report on the bundled VQA model",
+            description="Explain held-out examples of the bundled model with every method, score "
+                        "every method, write an offline HTML report, figures and metrics.json."),
+        "evaluate": commands.add_parser(
+            "evaluate", formatter_class=formatter, help="method table for a zoo model",
+            description="Score attribution methods on a zoo model's held-out examples (pointing "
+                        "game, relevance mass, AUC, segmentation IoU, perturbation AUCs)."),
+        "bench": commands.add_parser(
+            "bench", formatter_class=formatter,
+            help="scale benchmarks -> benchmarks/results.md"),
+        "explain": commands.add_parser(
+            "explain", formatter_class=formatter, help="token relevance of one zoo example",
+            description="Print the token relevance of one held-out example of a zoo model "
+                        "(and draw it with --out)."),
+    }
+    _demo_arguments(built["demo"])
+    _evaluate_arguments(built["evaluate"])
+    bench.add_arguments(built["bench"])
+    _explain_arguments(built["explain"])
+    return parser, built
+
+
+def _method_names() -> str:
+    from captum_hetattn.evaluation.methods import standard_methods
+
+    return ", ".join(repr(name) for name in standard_methods())
+
+
+def _demo_arguments(demo: argparse.ArgumentParser) -> None:
+    demo.add_argument("--out", type=Path, default=Path("hetattn-report"),
+                      help="the report's folder")
+    demo.add_argument("--n", type=int, default=300, help="examples for the method table")
+    demo.add_argument("--show", type=int, default=6, help="examples drawn in the report")
+    demo.add_argument("--seed", type=int, default=12345, help="seed of the held-out examples")
+    demo.add_argument("--no-ig", action="store_true", help="skip IntegratedGradients")
+    demo.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    demo.add_argument("--model", choices=[DEMO_MODEL, "shapes_detr"], default=DEMO_MODEL,
+                      help="shapes_detr: the detection report (the paper's segmentation "
+                           "Tables 1-2, Fig. 2-4-like figures, logical inspection)")
+
+
+def _evaluate_arguments(ev: argparse.ArgumentParser) -> None:
+    ev.add_argument("--model", choices=sorted(REGISTRY), default=DEMO_MODEL,
+                    help="the zoo model")
+    ev.add_argument("--methods", nargs="*", default=None, metavar="METHOD",
+                    help=f"methods to score, by name ({_method_names()}); default: every one "
+                         "that applies to the model (Captum's gradient methods need float "
+                         "inputs)")
+    ev.add_argument("--n", type=int, default=200, help="held-out examples")
+    ev.add_argument("--seed", type=int, default=12345, help="seed of the held-out examples")
+    ev.add_argument("--no-perturbation", action="store_true",
+                    help="skip the perturbation tests (the slowest part)")
+    ev.add_argument("--json", type=Path, default=None, help="also write the result here")
+    ev.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    ev.add_argument("--task", choices=["methods", "segmentation", "logical"], default="methods",
+                    help="segmentation: the paper's Tables 1-2 (--model shapes_detr); logical: "
+                         "logical inspection (--model shapes_vqa)")
+    ev.add_argument("--out", type=Path, default=None, help="figures of --task segmentation")
+    distributed.add_arguments(ev, with_common=False)  # --nproc, --out-dir, --shard-size
+
+
+def _explain_arguments(ex: argparse.ArgumentParser) -> None:
+    ex.add_argument("--model", choices=sorted(REGISTRY), default=DEMO_MODEL,
+                    help="the zoo model")
+    ex.add_argument("--index", type=int, default=0, help="which held-out example")
+    ex.add_argument("--method", default="ours (pos)", metavar="METHOD",
+                    help=f"the method, by name ({_method_names()})")
+    ex.add_argument("--seed", type=int, default=DISPLAY_SEED,
+                    help="seed of the held-out examples")
+    ex.add_argument("--out", type=Path, default=None,
+                    help="a folder: also draw the example there (PNG)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,43 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         int: the exit status (1 on a reported error).
     """
-    parser = argparse.ArgumentParser(prog="captum-hetattn", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="the main job: report on the bundled VQA model")
-    demo.add_argument("--out", type=Path, default=Path("hetattn-report"))
-    demo.add_argument("--n", type=int, default=300, help="examples for the method table")
-    demo.add_argument("--show", type=int, default=6, help="examples drawn in the report")
-    demo.add_argument("--seed", type=int, default=12345)
-    demo.add_argument("--no-ig", action="store_true", help="skip IntegratedGradients")
-    demo.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    demo.add_argument("--model", choices=[DEMO_MODEL, "shapes_detr"], default=DEMO_MODEL,
-                      help="shapes_detr: the detection report (the paper's segmentation "
-                           "Tables 1-2, Fig. 2-4-like figures, logical inspection)")
-    ev = commands.add_parser("evaluate", help="method table for a zoo model")
-    ev.add_argument("--model", choices=sorted(REGISTRY), default=DEMO_MODEL)
-    ev.add_argument("--methods", nargs="*", default=None)
-    ev.add_argument("--n", type=int, default=200)
-    ev.add_argument("--seed", type=int, default=12345)
-    ev.add_argument("--no-perturbation", action="store_true")
-    ev.add_argument("--json", type=Path, default=None, help="also write the result here")
-    ev.add_argument("--force", action="store_true", help="overwrite an existing --json file")
-    ev.add_argument("--task", choices=["methods", "segmentation", "logical"], default="methods",
-                    help="segmentation: the paper's Tables 1-2 (--model shapes_detr); logical: "
-                         "logical inspection (--model shapes_vqa)")
-    ev.add_argument("--out", type=Path, default=None, help="figures of --task segmentation")
-    distributed.add_arguments(ev, with_common=False)  # --nproc, --out-dir, --shard-size
-    be = commands.add_parser("bench", help="scale benchmarks -> benchmarks/results.md")
-    bench.add_arguments(be)
-    ex = commands.add_parser("explain", help="token relevance of one zoo example")
-    ex.add_argument("--model", choices=sorted(REGISTRY), default=DEMO_MODEL)
-    ex.add_argument("--index", type=int, default=0)
-    ex.add_argument("--method", default="ours (pos)")
-    ex.add_argument("--seed", type=int, default=DISPLAY_SEED)
-    ex.add_argument("--out", type=Path, default=None)
+    parser, commands = build_parser()
     args = parser.parse_args(argv)
     problem = _check_arguments(args)
     if problem:
-        {"demo": demo, "evaluate": ev, "explain": ex, "bench": be}[args.command].error(problem)
+        commands[args.command].error(problem)
     torch.manual_seed(0)
     try:
         return _run(args)
@@ -231,11 +296,12 @@ def _run(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(
                 {k: v for k, v in found.items() if k != "figure_png"}, indent=1))
     elif args.command == "evaluate":
-        methods = select_methods(args.methods)
+        zoo = load(args.model)
+        methods = methods_for(zoo, args.methods)  # no gradient methods on token ids alone
         if distributed.wants_distributed(args):  # shards over processes, resumable
             result = distributed.evaluate_cli(args, list(methods))
         else:
-            result = evaluate(load(args.model), methods, n=args.n, seed=args.seed,
+            result = evaluate(zoo, methods, n=args.n, seed=args.seed,
                               perturbation=not args.no_perturbation)
         print(result.table())
         if args.json:

@@ -33,12 +33,12 @@ from captum_hetattn._captum_compat import (
     log_usage,
 )
 from captum_hetattn.binding import BoundRecording
-from captum_hetattn.engine.checks import check_options
+from captum_hetattn.engine.checks import check_flag, check_options
 from captum_hetattn.engine.pipeline import Correction, Options, run
 from captum_hetattn.engine.readout import Readout
 from captum_hetattn.engine.report import Report
 from captum_hetattn.engine.result import Explanation
-from captum_hetattn.engine.targets import split_targets
+from captum_hetattn.engine.targets import plain_indices, split_targets
 from captum_hetattn.graph import LayerGraph
 from captum_hetattn.graph.presets import find_preset, preset
 from captum_hetattn.mapping import Gathered, InputMapping, NoAttribution, default_mappings
@@ -68,7 +68,8 @@ class _AttentionAttribution(Attribution):
         r"""
         Args:
             forward_func: the model, or any function of the inputs that returns scores (logits)
-                as a tensor; it must run ``model``.
+                as a tensor (a transformers model output with a ``logits`` tensor is read at
+                its logits); it must run ``model``.
             model: the ``nn.Module`` whose attention is explained; defaults to ``forward_func``
                 when that is a module.
             graph: a :class:`LayerGraph`, a preset name (``"lxmert"``, ``"detr"``, ...),
@@ -129,6 +130,10 @@ class _AttentionAttribution(Attribution):
             uses_gradient=self.accepts_gradient_corrections,
             weighs_values=self.accepts_weighting, noise_link_refusal=self.noise_link_refusal,
         )
+        check_flag("include_own", call.get("include_own", False))
+        call["target"], call["readout"] = (plain_indices(call["target"]),
+                                           plain_indices(call["readout"]))
+        call["targets"] = plain_indices(call["targets"])  # a list's entries, if a list
         return Options(correction=correction, noise_link=noise_link,
                        propagator=self._propagator(noise_link), **call)
 
@@ -147,6 +152,7 @@ class _AttentionAttribution(Attribution):
         stage: str | None = None,
         weighting: str | None = None,
         targets: Sequence[Target] | None = None,
+        include_own: bool = False,
     ) -> Tensor | tuple[Tensor, ...]:
         r"""Relevance of every input element, laid out like the inputs (Captum's contract).
 
@@ -159,8 +165,9 @@ class _AttentionAttribution(Attribution):
                 ``{"A": "abs", "B": "pos", "C": "pos"}``.
             noise_link: read ``(R[k,k] − I)/rowsum + I`` in cross-attention (paper eq. 8–10).
             readout: which final tokens explain the output. ``None`` (default): read from the
-                objective's gradient (see the class docstring); an int, a ``(B,)`` tensor or
-                ``"last"`` (last non-padding token) of the main readout stream; or a dict
+                objective's gradient (see the class docstring); an int, a ``(B,)`` tensor
+                (negative indices count from the end) or ``"last"`` (last non-padding token)
+                of the main readout stream; or a dict
                 ``{stream: int | (B,) tensor | (B, n) weights}``.
             objective: instead of ``target``, a callable ``output -> (B,)`` such as
                 ``Contrast(a, b)``.
@@ -186,6 +193,12 @@ class _AttentionAttribution(Attribution):
                 get a target dimension after the batch: ``(B, K, ...)``. Relevance equals ``K``
                 separate calls (tested); see :func:`generation_targets` for a ``generate()``
                 output.
+            include_own: ``False`` (default): the read tokens' own share is left out — every
+                read token ``j`` starts with the identity and keeps ``w_j·R[j, j]`` (its
+                residual path), which says nothing about the evidence and would swamp the rest
+                (a ``[CLS]`` readout: 1.0 against 1e-5 elsewhere); it is kept apart in
+                ``Explanation.own`` (GAE's ``R[0, 0] = 0``, generalised to every method).
+                ``True``: the paper's raw readout row, own share included.
 
         Returns:
             Attributions shaped like ``inputs`` (tensor for a tensor, tuple for a tuple),
@@ -204,7 +217,7 @@ class _AttentionAttribution(Attribution):
         options = self._options(
             correction, noise_link, readout=readout, target=target, objective=objective,
             targets=targets, stage=stage, return_maps=False, weighting=weighting,
-            map_inputs=True,
+            map_inputs=True, include_own=include_own,
         )
         explanation, recording = run(self, formatted, additional_forward_args, options)
         if self.input_mappings is not None and len(self.input_mappings) != len(formatted):
@@ -278,6 +291,7 @@ class _AttentionAttribution(Attribution):
         return_maps: bool = False,
         weighting: str | None = None,
         targets: Sequence[Target] | None = None,
+        include_own: bool = False,
     ) -> Explanation:
         r"""Token relevance per source, for users who want tokens rather than input shapes.
 
@@ -285,12 +299,18 @@ class _AttentionAttribution(Attribution):
         With ``targets=[...]`` every per-example field gets a target dimension after the batch
         (``relevance[source]`` is ``(B, K, n)``, ``readout_token`` ``(B, K)``).
 
+        Args:
+            include_own: ``False`` (default): ``relevance`` and ``stream_relevance`` are the
+                context relevance, the read tokens' own share (``w_j·R[j, j]``) taken out and
+                kept in ``Explanation.own``; ``True``: the paper's raw readout row.
+
         Returns:
             An :class:`Explanation`.
         """
         options = self._options(
             correction, noise_link, readout=readout, target=target, objective=objective,
             targets=targets, stage=stage, return_maps=return_maps, weighting=weighting,
+            include_own=include_own,
         )
         explanation, _ = run(self, _format_tensor_into_tuples(inputs), additional_forward_args,
                              options)

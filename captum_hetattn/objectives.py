@@ -22,7 +22,9 @@ Objective = Callable[[Tensor], Tensor]
 
 
 def check_output(output: Any) -> Tensor:
-    """The model output as a tensor, or a ``TypeError`` that says how to wrap the model."""
+    """The model output as a tensor: a tensor as it is, a model output with a ``logits``
+    tensor (a transformers ``ModelOutput`` of a classifier, a language model, a detector) at
+    its logits; anything else is a ``TypeError`` that says how to wrap the model."""
     if isinstance(output, Tensor):
         if output.dim() == 0:
             raise ValueError(
@@ -32,12 +34,17 @@ def check_output(output: Any) -> Tensor:
                 "explain one example at a time"
             )
         return output
-    hint = ""
-    if hasattr(output, "logits"):
-        hint = " (it has .logits: use forward_func=lambda *args: model(*args).logits)"
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    fields = [k for k, v in output.items() if isinstance(v, Tensor)] if hasattr(
+        output, "items") else []
+    field = f".{fields[0]}" if fields else "[0]"
+    hint = f" (its tensors: {', '.join(fields)})" if fields else ""
     raise TypeError(
-        f"forward_func returned {type(output).__name__}, not a tensor{hint}. Attribution needs a "
-        "tensor of scores: wrap the model, e.g. forward_func=lambda *args: model(*args)[0]"
+        f"forward_func returned {type(output).__name__}, not a tensor of scores{hint}. Wrap "
+        f"the model so that it returns the scores to explain, and name the model: "
+        f"HeterogenousAttentionAttribution(lambda *args: model(*args){field}, model=model)"
     )
 
 

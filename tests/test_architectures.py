@@ -97,8 +97,15 @@ def test_types_sources_and_inputs(case):
         expected = [t for pattern, t in arch.types.items() if re.search(pattern, call.name)]
         assert expected == [call.type], (call.name, call.query, call.key, call.type, expected)
     assert explanation.calls, "no attention call was explained"
-    # no source is exactly zero, for any example
+    # no source is exactly zero, for any example — but a source made of read tokens only (an
+    # attention-pooling probe read alone) holds nothing but their own share, which is out of
+    # ``relevance`` (Explanation.own): its raw row must be non-zero
     for name, relevance in explanation.relevance.items():
+        stream = explanation.sources[name]
+        weights, own = explanation.readout.get(stream), explanation.own.get(stream)
+        if (weights is not None and weights.shape == relevance.shape
+                and bool((weights != 0).all())):
+            relevance = relevance + own
         assert relevance.abs().sum(dim=1).gt(0).all(), f"source '{name}' is all zero"
         assert torch.isfinite(relevance).all()
     # every input the score depends on gets attribution, shaped like the input

@@ -287,8 +287,10 @@ def test_clear_errors(bert, lxmert):
     raw = HeterogenousAttentionAttribution(
         lambda i, m: model(input_ids=i, attention_mask=m), model=model
     )
-    with pytest.raises(TypeError, match="SequenceClassifierOutput.*model\\(\\*args\\).logits"):
-        raw.attribute(ids, target=0, additional_forward_args=(mask,))
+    # a ModelOutput with logits is read at its logits now (issue 18: the docstring example on
+    # a transformers model); an output without scores is still a TypeError (test_own_share)
+    close(raw.attribute(ids, target=0, additional_forward_args=(mask,)),
+          explainer.attribute(ids, target=0, additional_forward_args=(mask,)))
     with pytest.raises(ValueError, match="Unknown preset 'lxmert2'.*'lxmert'"):
         HeterogenousAttentionAttribution(forward, model=model, graph="lxmert2")
     with pytest.raises(TypeError, match="pass the model as model="):
@@ -372,8 +374,10 @@ def test_return_maps_keeps_heads_and_the_flow_of_relevance(method, bert, lxmert)
     for forward, model, inputs, extra in cases:
         explainer = method(forward, model=model)
         correction = "full" if method is HeterogenousAttentionAttribution else "none"
+        # the flow is the paper's raw row, own share included: asked for explicitly
         explanation = explainer.explain(inputs, target=0, additional_forward_args=extra,
-                                        correction=correction, return_maps=True)
+                                        correction=correction, return_maps=True,
+                                        include_own=True)
         assert [(c.name, c.call_index) for c in explanation.call_maps] == list(explanation.maps)
         for call in explanation.call_maps:
             close(call.corrected.mean(dim=1), explanation.maps[(call.name, call.call_index)])

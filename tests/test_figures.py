@@ -195,3 +195,21 @@ def test_a_readout_token_outside_the_drawn_tokens_is_ignored():
     notes = [t.get_text() for t in panel(figure, "text").texts if "readout" in t.get_text()]
     plt.close(figure)
     assert notes == []
+
+
+def test_method_thumbnails_keep_readable_titles():
+    """The report's row of method thumbnails (eleven methods): wrapped into rows, so the report
+    (at most 1200 px wide) shows the titles at ≥ 10 px instead of shrinking one long row."""
+    from captum_hetattn.visualization.report import example_figure
+    from captum_hetattn.zoo import load
+
+    zoo = load("shapes_vit")
+    example = zoo.make_examples(1, 3)[0]
+    generator = torch.Generator().manual_seed(0)
+    relevance = {f"method {i}": {"image": torch.rand(1, 37, generator=generator)}
+                 for i in range(11)}
+    png = example_figure(zoo, example, 0, relevance)
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    title_px = 8 / 72 * 110 * min(1.0, 1200 / width)  # 8 pt titles at the PNG's 110 dpi
+    assert title_px >= 10, (width, height)
+    assert height > 1.5 * 2.3 * 110  # two rows

@@ -60,7 +60,8 @@ def test_interleaved_towers_of_equal_length_bind_in_call_order(interleaved):
     assert not torch.allclose(_hand_unrolled(tower_after_tower)[1], image)  # order matters
 
     explainer = HeterogenousAttentionAttribution(model)
-    out = explainer.explain((ids, patches), target=1, correction="none")
+    # against the paper's raw row unrolled by hand: the read token's own share asked for
+    out = explainer.explain((ids, patches), target=1, correction="none", include_own=True)
     assert len(out.streams) == 2  # equal lengths, two streams
     assert {c.type for c in out.calls if "cross" in c.name} == {"B"}
     assert [c.type for c in out.calls if "text_layers" in c.name] == ["A", "C"]
@@ -79,7 +80,7 @@ def test_interleaved_towers_of_equal_length_bind_in_call_order(interleaved):
         ],
     )
     pinned = HeterogenousAttentionAttribution(model, graph=graph).explain(
-        (ids, patches), target=1, correction="none"
+        (ids, patches), target=1, correction="none", include_own=True
     )
     torch.testing.assert_close(pinned.relevance["words"], text)
     torch.testing.assert_close(pinned.relevance["pixels"], image)

@@ -55,3 +55,21 @@ def test_notebook_is_saved_executed(path):
     assert not _errors(notebook)
     assert any(cell.outputs for cell in code)
     assert path.stat().st_size < MAX_SAVED_BYTES
+
+
+def test_no_iprogress_warning_in_a_notebook_without_ipywidgets(tmp_path):
+    """tqdm.auto, imported by Captum and transformers, warns "IProgress not found" in a
+    notebook kernel without ipywidgets; ``import captum_hetattn`` first keeps it out. The
+    kernels here run without the tutorials' warning filter."""
+    if importlib.util.find_spec("ipywidgets") is not None:
+        pytest.skip("ipywidgets is installed: tqdm has its widgets, nothing to warn about")
+    env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+
+    def printed(source: str) -> str:
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+        build.execute(notebook, tmp_path, timeout=120, env=env)
+        return "".join(o.get("text", "") for o in notebook.cells[0].outputs)
+
+    assert "IProgress not found" in printed("import tqdm.auto")  # the kernel shows it
+    assert "IProgress not found" not in printed(
+        "import captum_hetattn\nimport captum.attr\nimport transformers\nimport tqdm.auto")

@@ -425,3 +425,39 @@ def test_inline_display_renders_like_jupyterlab(browser, vqa, tmp_path):
     assert browser.script("return document.querySelectorAll('text.hv-token').length") == 20
     assert browser.script("return document.querySelectorAll('rect.rf-bar').length") == 20
     assert browser.console_errors() == []
+
+
+def test_view_labels_are_whole_and_empty_maps_say_why(browser, vqa, tmp_path):
+    """Model view: row labels wrap instead of being cut; a call whose maps are all zero (no
+    gradient reached it) is drawn grey with a note, not as blank squares. Relevance flow: every
+    step label lies inside the picture."""
+    from dataclasses import replace
+
+    explanation, tokens = vqa
+    silent = replace(explanation.call_maps[0], gradient=torch.zeros_like(
+        explanation.call_maps[0].gradient), corrected=torch.zeros_like(
+        explanation.call_maps[0].corrected))
+    explanation = replace(explanation, call_maps=[silent, *explanation.call_maps[1:]])
+    _open(browser, model_view(explanation, tokens), tmp_path / "model.html")
+    cut = ("return Array.from(document.querySelectorAll('.mv-row-label'))"
+           ".filter(l => l.scrollWidth > l.clientWidth + 1).length")
+    assert browser.script(cut) == 0
+    notes = browser.script("return Array.from(document.querySelectorAll('.mv-empty'))"
+                           ".map(n => n.textContent)")
+    empty = [i for i, c in enumerate(explanation.call_maps) if not c.corrected[0].any()]
+    assert 0 in empty and len(notes) == len(empty) and all("no gradient" in n for n in notes)
+    pixel = ("var c = document.querySelector(\"canvas.mv-thumb[data-call='0']\");"
+             "return Array.from(c.getContext('2d').getImageData(0, 0, 1, 1).data)")
+    assert browser.script(pixel)[:3] == [214, 214, 214]
+    _finish(browser, ".mv-grid-wrap")
+    _open(browser, relevance_flow(vqa[0]), tmp_path / "flow.html")
+    outside = ("var s = document.querySelector('svg.rf-svg').getBoundingClientRect();"
+               "return Array.from(document.querySelectorAll('text.rf-label')).filter(t => {"
+               "var r = t.getBoundingClientRect(); return r.left < s.left - 0.5 || "
+               "r.bottom > s.bottom + 0.5 || r.top < s.top - 0.5}).length")
+    assert browser.script("return document.querySelectorAll('text.rf-label').length") > 0
+    assert browser.script(outside) == 0
+    clipped = ("return Array.from(document.querySelectorAll('text.rf-label'))"
+               ".filter(t => t.firstChild.nodeValue.endsWith('\u2026')).length")
+    assert browser.script(clipped) == 0  # LXMERT's step names fit whole (≤ 44 characters)
+    _finish(browser, ".hetattn-view")

@@ -37,7 +37,13 @@ def notebooks(prefixes: list[str] | None = None) -> list[Path]:
     return paths
 
 
-def _kernel_manager(spec_dir: Path) -> KernelManager:
+#: the kernel's environment: tqdm (imported by Captum) warns once when ipywidgets is missing,
+#: which ``import captum_hetattn`` silences; the filter keeps it out of notebooks that import
+#: Captum or transformers first
+KERNEL_ENV = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "PYTHONWARNINGS": "ignore:IProgress"}
+
+
+def _kernel_manager(spec_dir: Path, env: dict[str, str] | None = None) -> KernelManager:
     """A kernel manager whose only kernel runs ``sys.executable -m ipykernel_launcher``."""
     kernel = spec_dir / KERNEL_NAME
     kernel.mkdir(parents=True, exist_ok=True)
@@ -46,8 +52,7 @@ def _kernel_manager(spec_dir: Path) -> KernelManager:
                  "-f", "{connection_file}"],
         "display_name": "Python (captum_hetattn tutorials)",
         "language": "python",
-        # tqdm (imported by Captum) warns once when ipywidgets is missing: not the tutorials' news
-        "env": {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "PYTHONWARNINGS": "ignore:IProgress"},
+        "env": KERNEL_ENV if env is None else env,
     }))
     specs = KernelSpecManager(kernel_dirs=[str(spec_dir)], ensure_native_kernel=False)
     # ipc: local sockets (files beside the spec), not TCP ports
@@ -56,7 +61,8 @@ def _kernel_manager(spec_dir: Path) -> KernelManager:
 
 
 def execute(
-    notebook: nbformat.NotebookNode, workdir: Path, timeout: int = 120
+    notebook: nbformat.NotebookNode, workdir: Path, timeout: int = 120,
+    env: dict[str, str] | None = None,
 ) -> nbformat.NotebookNode:
     r"""Run every cell of ``notebook`` (in place) in a fresh kernel of this interpreter.
 
@@ -64,13 +70,14 @@ def execute(
         notebook: an ``nbformat`` v4 notebook.
         workdir: the kernel's working directory (files the notebook writes land there).
         timeout: seconds allowed per cell.
+        env: the kernel's environment variables (default :data:`KERNEL_ENV`).
 
     Raises:
         nbclient.exceptions.CellExecutionError: a cell raised (the message shows the cell and
             the traceback).
     """
     with tempfile.TemporaryDirectory(prefix="kernelspec-") as spec_dir:
-        manager = _kernel_manager(Path(spec_dir))
+        manager = _kernel_manager(Path(spec_dir), env)
         client = NotebookClient(
             notebook, timeout=timeout, kernel_name=KERNEL_NAME, km=manager,
             resources={"metadata": {"path": str(workdir)}}, record_timing=False,

@@ -153,19 +153,25 @@ def _carry_over(out: Path, quick: bool, sections: dict[str, Section],
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``captum-hetattn bench`` (also ``python -m captum_hetattn.bench``)."""
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results.md"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results.md"),
+                        help="the report (Markdown; its data beside it as .json)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny models: check the harness in seconds (numbers mean nothing)")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None)
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
+                        help="run these sections only (default: all)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per median (5)")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds a long-context measurement may take (default 900)")
     parser.add_argument("--lengths", type=int, nargs="+", default=None,
                         help="long-context tokens (default 512 2048 4096 8192)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    parser.add_argument("--eval-n", type=int, default=None)
-    parser.add_argument("--eval-repeats", type=int, default=None)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="where the models run (default: cpu)")
+    parser.add_argument("--eval-n", type=int, default=None,
+                        help="examples of the evaluation-speed section")
+    parser.add_argument("--eval-repeats", type=int, default=None,
+                        help="runs per median of the evaluation-speed section")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

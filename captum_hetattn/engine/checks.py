@@ -293,3 +293,9 @@ def check_finite_relevance(relevance: Mapping[str, Tensor], model: nn.Module) ->
             "or an infinity arose inside the model (its inputs are finite): "
             f"{_non_finite_parameter(model)}"
         )
+
+
+def check_flag(name: str, value: Any) -> None:
+    """A yes/no option is a bool (``include_own="no"`` would otherwise read as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")

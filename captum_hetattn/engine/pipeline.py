@@ -58,7 +58,14 @@ from captum_hetattn.graph import LayerGraph
 from captum_hetattn.graph.inference import graph_from_flow
 from captum_hetattn.objectives import Objective, Target
 from captum_hetattn.rules.adjoint import propagate
-from captum_hetattn.rules.ops import AttentionFlow, FlowStep, TokenMap, read_rows
+from captum_hetattn.rules.ops import (
+    AttentionFlow,
+    FlowStep,
+    TokenMap,
+    own_entries,
+    read_rows,
+    without_own,
+)
 from captum_hetattn.rules.propagators import Propagator
 
 Correction = str | Mapping[str, str]
@@ -89,6 +96,8 @@ class Options:
         weighting: ``None`` or ``"value"``.
         propagator: the method's rules.
         map_inputs: trace which input element feeds which stream row (``attribute``).
+        include_own: keep the read tokens' own share in the relevance (the paper's raw row);
+            by default it is taken out and kept apart (``Explanation.own``).
     """
 
     correction: Correction
@@ -102,6 +111,7 @@ class Options:
     weighting: str | None
     propagator: Propagator
     map_inputs: bool = False
+    include_own: bool = False
 
     @property
     def streams_rows(self) -> bool:
@@ -117,7 +127,7 @@ class _Pass:
     flows: list[FlowStep] | None
     causal: set[tuple[str, int]]
     no_gradient: set[tuple[str, int]]
-    streamed: dict[str, Tensor] | None
+    streamed: tuple[dict[str, Tensor], dict[str, Tensor]] | None
 
 
 def run(host: Host, inputs: tuple[Tensor, ...], additional_forward_args: Any,
@@ -268,18 +278,20 @@ def _explain_pass(host: Host, recording: BoundRecording, terminal: list[Terminal
     host.report.no_gradient(recording, weights, done.no_gradient)
     absent: dict[str, Tensor] = {}
     if done.streamed is not None:
-        stream_relevance = done.streamed
+        rows, own = done.streamed
     elif options.stage == "homogeneous":
         assert done.flows is not None
-        stream_relevance = homogeneous(recording.sizes, done.flows, weights)
+        rows, own = homogeneous(recording.sizes, done.flows, weights)
     else:
         assert done.flows is not None
         absent = absent_tokens(recording, padding, done.causal, weights)
-        stream_relevance = options.propagator.rows(recording.sizes, done.flows, weights,
-                                                   padding=absent)
+        rows, own = options.propagator.split_rows(recording.sizes, done.flows, weights,
+                                                  padding=absent)
+    # what users see: the context relevance, the read tokens' own share kept apart
+    stream_relevance = rows if options.include_own else without_own(rows, own)
     assert host.graph is not None
     explanation = assemble(recording, host.graph, stream_relevance, weights, padding,
-                           options.return_maps)
+                           options.return_maps, own=own)
     check_finite_relevance(explanation.relevance, host.model)
     if options.return_maps:
         explanation.call_maps = call_maps(recording, capture.heads)
@@ -318,11 +330,13 @@ def steps_of(recording: BoundRecording, stage: str | None,
 
 def homogeneous(
     sizes: Mapping[str, int], flows: list[FlowStep], readout: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
-    """Semantic inspection: readout rows of the readout streams, column sums of the others."""
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Semantic inspection: readout rows of the readout streams, column sums of the others;
+    and the read tokens' own entries of the readout rows (:func:`own_entries`)."""
     blocks = propagate(sizes, flows)
     relevance = read_rows(blocks, sizes, readout)
+    own = own_entries(blocks, sizes, readout)
     for other in sizes:
         if other not in readout:
             relevance[other] = blocks[(other, other)].sum(dim=1).contiguous()
-    return relevance
+    return relevance, own

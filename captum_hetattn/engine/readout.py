@@ -179,7 +179,17 @@ def readout_vector(
         real = torch.ones(batch, n_tokens, dtype=torch.bool) if real is None else ~real
         positions = torch.arange(n_tokens, device=real.device).expand(batch, n_tokens)
         value = torch.where(real, positions, torch.full_like(positions, -1)).amax(dim=1)
-    return readout_weights(recording.sizes, stream, value, batch)[stream]
+    return readout_weights(recording.sizes, stream, from_end(value, n_tokens), batch)[stream]
+
+
+def from_end(index: Any, n_tokens: int) -> Any:
+    """A negative token index counts from the stream's end, as ``target=-1`` and Python do
+    (``readout=-1``: the last token); beyond ``-n_tokens`` it stays out of range."""
+    if is_int(index):
+        return index + n_tokens if -n_tokens <= index < 0 else index
+    if isinstance(index, Tensor) and not index.is_floating_point():
+        return torch.where((index < 0) & (index >= -n_tokens), index + n_tokens, index)
+    return index
 
 
 def masked_tokens(recording: BoundRecording) -> dict[str, Tensor]:

@@ -72,7 +72,9 @@ class Explanation:
 
     Attributes:
         relevance: per source (input modality), token relevance ``(B, n_source)``, as
-            propagated (not rescaled): ``Σ_x w_xᵀ R[x, s]`` over the readout streams ``x``.
+            propagated (not rescaled): ``Σ_x w_xᵀ R[x, s]`` over the readout streams ``x``,
+            by default with the read tokens' own share (:attr:`own`) taken out — the context
+            relevance; ``include_own=True`` gives the paper's raw row.
         readout_stream: the readout stream with the largest readout weight.
         readout_token: ``(B,)`` its most weighted token, per example.
         graph: the layer graph used.
@@ -86,7 +88,15 @@ class Explanation:
         streams: tokens per stream (a stream is a token sequence attention runs over; a source
             is the input modality whose tokens it holds — one stream may hold several).
         sources: source name → the stream whose columns hold it.
-        stream_relevance: per stream, the relevance of its own token columns ``(B, n_stream)``.
+        stream_relevance: per stream, the relevance of its own token columns ``(B, n_stream)``
+            (the own share taken out as in ``relevance``, unless ``include_own=True``).
+        own: per stream, ``(B, n_stream)``: the read tokens' own share of the readout row,
+            ``w_j·R[j, j]`` for every read token ``j`` (zeros elsewhere): the identity the
+            relevance state starts with on the read token and what attention brings back to
+            it, which says nothing about the evidence. For a readout over several tokens
+            under the adjoint (ours, rollout), the part of ``R[j, j]`` on the paths that never
+            leave ``j`` (see the README's "What users see"). Without ``include_own`` it is not
+            in ``relevance``; ``stream_relevance[x] + own[x]`` is the paper's raw row.
         calls: every bound call in call order, with its concrete type A/B/C.
         call_maps: with ``return_maps=True``, the per-head :class:`CallMaps` of every bound call
             in call order (for the views in :mod:`captum_hetattn.views`).
@@ -106,6 +116,7 @@ class Explanation:
     streams: dict[str, int] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     stream_relevance: dict[str, Tensor] = field(default_factory=dict)
+    own: dict[str, Tensor] = field(default_factory=dict)
     calls: list[BoundNode] = field(default_factory=list)
     call_maps: list[CallMaps] | None = None
     flow: list[FlowShare] | None = None
@@ -131,6 +142,7 @@ def assemble(
     weights: dict[str, Tensor],
     padding: dict[str, Tensor],
     return_maps: bool,
+    own: dict[str, Tensor] | None = None,
 ) -> Explanation:
     r"""The explanation of one target: relevance per source from the relevance per stream.
 
@@ -141,6 +153,7 @@ def assemble(
         weights: the readout weights.
         padding: per stream, ``(B, n)`` padding tokens.
         return_maps: keep each call's reduced map.
+        own: per stream, the read tokens' own share (:attr:`Explanation.own`).
     """
     relevance = {
         name: sum(stream_relevance[stream][:, columns] for stream, columns in source.parts)
@@ -168,6 +181,7 @@ def assemble(
         streams=dict(recording.sizes),
         sources={name: source.stream for name, source in recording.sources.items()},
         stream_relevance=stream_relevance,
+        own=dict(own or {}),
         calls=[c.node for c in recording.calls],
     )
 

@@ -59,8 +59,10 @@ class Streaming:
             self.adjoint.step(step)
             self.next -= 1
 
-    def result(self) -> dict[str, Tensor] | None:
-        """The readout rows, or ``None`` where no step ran (the maps all wait in ``maps``)."""
+    def result(self) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+        """The readout rows and the read tokens' own share within them
+        (:meth:`~captum_hetattn.rules.adjoint.RowAdjoint.own`), or ``None`` where no step ran
+        (the maps all wait in ``maps``)."""
         if self.adjoint is None or self.next >= 0 or self.reference is None:
             if self.next < len(self.steps) - 1 and any(
                     not isinstance(step, TokenMap) for step in self.steps[self.next + 1:]):
@@ -70,7 +72,7 @@ class Streaming:
                     "the streaming adjoint stopped at step "
                     f"{self.next} of {len(self.steps)}: a bound call was never reduced")
             return None
-        return self.adjoint.result(self.reference)
+        return self.adjoint.result(self.reference), self.adjoint.own(self.reference)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,22 @@ from captum_hetattn.objectives import Objective, Target, evaluate_objective, res
 Score = Callable[[Any], Tensor]
 
 
+def plain_indices(value: Any) -> Any:
+    """NumPy integer scalars (``np.int64(3)``, what ``array.argmax()`` gives) as Python ints,
+    inside tuples and lists too, so that a target or readout index from NumPy is taken like
+    an int; everything else unchanged (and checked as given)."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype") and getattr(
+            value, "ndim", None) == 0 and value.dtype.kind in "iu":
+        return int(value)
+    if isinstance(value, tuple):
+        return tuple(plain_indices(v) for v in value)
+    if isinstance(value, list):
+        return [plain_indices(v) for v in value]
+    return value
+
+
 def score_functions(model: nn.Module, report: Report, inputs: tuple[Tensor, ...],
                     target: Target, objective: Objective | None, readout: Any, targets: Any
                     ) -> list[Score]:
@@ -74,7 +90,7 @@ def stack_targets(explanations: list[Explanation]) -> Explanation:
                 for key in getattr(first, field_name)}
 
     return replace(first, relevance=stack("relevance"), readout=stack("readout"),
-                   stream_relevance=stack("stream_relevance"),
+                   stream_relevance=stack("stream_relevance"), own=stack("own"),
                    readout_token=torch.stack([e.readout_token for e in explanations], 1))
 
 
@@ -88,6 +104,7 @@ def split_targets(explanation: Explanation) -> list[Explanation]:
     return [replace(explanation, relevance=pick(explanation.relevance, k),
                     readout=pick(explanation.readout, k),
                     stream_relevance=pick(explanation.stream_relevance, k),
+                    own=pick(explanation.own, k),
                     readout_token=explanation.readout_token[:, k]) for k in range(count)]
 
 

@@ -12,6 +12,7 @@ from captum_hetattn.evaluation.methods import (
     attention_method,
     captum_method,
     check_method_names,
+    methods_for,
     select_methods,
     standard_methods,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "run_segmentation",
     "segmentation_iou",
     "segmentation_methods",
+    "methods_for",
     "select_methods",
     "sensitivity_score",
     "standard_methods",

@@ -562,8 +562,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, with_common: bool = True) 
                             help="with --nproc: shards, manifest and log (a rerun resumes)")
     parser.add_argument("--nproc", type=int, default=1 if not with_common else 2,
                         help="worker processes to start (ignored under torchrun)")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
-    parser.add_argument("--backend", choices=["gloo", "nccl"], default=None)
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                        help="examples per shard (the unit of work and of resuming)")
+    parser.add_argument("--backend", choices=["gloo", "nccl"], default=None,
+                        help="torch.distributed backend (default: nccl where every rank has a "
+                             "GPU, else gloo)")
 
 
 def wants_distributed(args: argparse.Namespace) -> bool:

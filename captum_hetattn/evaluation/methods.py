@@ -155,12 +155,49 @@ def select_methods(names: Sequence[str] | None = None, *,
     return {name: every[name] for name in names}
 
 
+#: the methods of :func:`standard_methods` that attribute float inputs only (Captum's)
+GRADIENT_METHODS = ("Saliency", "InputXGradient", "IntegratedGradients")
+
+
+def has_float_inputs(zoo: ZooModel) -> bool:
+    """Whether the zoo model's inputs hold a float tensor (region features, pixels, audio
+    features) that Captum's gradient methods can attribute; token ids alone are not."""
+    inputs = zoo.collate(zoo.make_examples(1, 0)).inputs
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    return any(isinstance(t, Tensor) and t.is_floating_point() for t in inputs)
+
+
+def methods_for(zoo: ZooModel, names: Sequence[str] | None = None, *,
+                include_integrated_gradients: bool = True) -> dict[str, Method]:
+    r"""The methods :func:`select_methods` gives, for one zoo model: with no ``names``, every
+    standard method that can attribute its inputs (Captum's gradient methods are left out of a
+    model whose inputs are token ids only — ``minilm``, ``reverse_seq2seq`` —, where they
+    would have nothing to attribute); named methods as named.
+
+    Args:
+        zoo: the zoo model.
+        names: display names; None or empty: the methods that apply to ``zoo``.
+        include_integrated_gradients: with no ``names``, whether ``IntegratedGradients`` is
+            among them.
+
+    Returns:
+        dict: display name → method.
+    """
+    methods = select_methods(names, include_integrated_gradients=include_integrated_gradients)
+    if names or has_float_inputs(zoo):
+        return methods
+    return {name: m for name, m in methods.items() if name not in GRADIENT_METHODS}
+
+
 __all__ = [
+    "GRADIENT_METHODS",
     "AttentionExplainer",
     "Method",
     "attention_method",
     "captum_method",
     "check_method_names",
+    "has_float_inputs",
+    "methods_for",
     "select_methods",
     "standard_methods",
 ]

@@ -24,6 +24,7 @@ from captum_hetattn.rules.ops import (
     accumulate,
     as_group,
     flow_increment,
+    one_token_read,
     readout_weights,
     relevance_dtype,
     row_increment,
@@ -261,6 +262,39 @@ def propagate_row(
     Returns:
         Dict ``s -> (B, n_s)``.
     """
+    adjoint, reference = _run_adjoint(sizes, steps, readout_stream, readout_token, method)
+    return adjoint.result(reference)
+
+
+def propagate_row_own(
+    sizes: Mapping[str, int],
+    steps: Sequence[FlowStep],
+    readout: Mapping[str, Tensor],
+    *,
+    method: Propagator | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    r"""The readout rows of :func:`propagate_row` and, from the same backward sweep, the read
+    tokens' own share within them (:meth:`RowAdjoint.own`).
+
+    Args:
+        sizes: tokens per stream.
+        steps: as for :func:`propagate`.
+        readout: readout weights ``{stream: (B, n_stream)}``.
+        method: a linear propagator.
+
+    Returns:
+        ``(rows, own)``, each ``{stream: (B, n_stream)}``.
+    """
+    adjoint, reference = _run_adjoint(sizes, steps, readout, None, method)
+    return adjoint.result(reference), adjoint.own(reference)
+
+
+def _run_adjoint(
+    sizes: Mapping[str, int], steps: Sequence[FlowStep],
+    readout_stream: str | Mapping[str, Tensor], readout_token: int | Tensor | None,
+    method: Propagator | None,
+) -> tuple[RowAdjoint, Tensor]:
+    """The adjoint run over every step, last first, and the reference tensor."""
     batch_size, reference = check_flows(sizes, steps)
     dtype = relevance_dtype(reference.dtype)
     if isinstance(readout_stream, str):
@@ -281,7 +315,7 @@ def propagate_row(
     adjoint = RowAdjoint(sizes, weights, method=method, dtype=dtype)
     for step in reversed(steps):
         adjoint.step(step)
-    return adjoint.result(reference)
+    return adjoint, reference
 
 
 class RowAdjoint:
@@ -304,20 +338,23 @@ class RowAdjoint:
         self.sizes, self.dtype = dict(sizes), dtype
         self.adjoint: dict[str, Tensor] = {s: w.to(dtype) for s, w in readout.items()}
         self.batch = next(iter(readout.values())).shape[0]
+        self.readout = dict(readout)
+        #: each read token's staying share: the readout weight carried along the paths that
+        #: never leave the token — its residual path and its attention to itself, step by step
+        #: (the residual weights and the method's scales apply; a junction that replaces the
+        #: token's row ends it)
+        self.staying: dict[str, Tensor] = dict(self.adjoint)
 
     def step(self, step: FlowStep) -> None:
         """Run one step (the last not yet run) backwards."""
         adjoint, dtype = self.adjoint, self.dtype
         if isinstance(step, TokenMap):
-            if step.into not in adjoint:
-                return
-            replaced = step.rows.to(dtype)
-            moved = row_increment(adjoint[step.into] * replaced, step.weights.to(dtype))
-            if not step.additive:
-                adjoint[step.into] = adjoint[step.into] * (1 - replaced)
-            accumulate(adjoint, step.origin, moved)
+            self._junction(step)
             return
-        for q, scale in self.method.step_scales(step).items():
+        scales = self.method.step_scales(step)
+        residuals = _residuals(step, dtype)
+        self._stay(step, scales, residuals)
+        for q, scale in scales.items():
             if q in adjoint:
                 adjoint[q] = adjoint[q] / scale
         updates: dict[str, Tensor] = {}
@@ -326,11 +363,41 @@ class RowAdjoint:
                 continue
             accumulate(updates, flow.key,
                        row_increment(adjoint[flow.query], flow.attention.to(dtype)))
-        for q, keep in _residuals(step, dtype).items():
+        for q, keep in residuals.items():
             if q in adjoint:
                 adjoint[q] = adjoint[q] * keep
         for stream, delta in updates.items():
             accumulate(adjoint, stream, delta)
+
+    def _junction(self, step: TokenMap) -> None:
+        adjoint, dtype = self.adjoint, self.dtype
+        if step.into not in adjoint:
+            return
+        replaced = step.rows.to(dtype)
+        moved = row_increment(adjoint[step.into] * replaced, step.weights.to(dtype))
+        if not step.additive:
+            adjoint[step.into] = adjoint[step.into] * (1 - replaced)
+            if step.into in self.staying:
+                self.staying[step.into] = self.staying[step.into] * (1 - replaced)
+        accumulate(adjoint, step.origin, moved)
+
+    def _stay(self, step: FlowStep, scales: Mapping[str, int],
+              residuals: Mapping[str, Tensor]) -> None:
+        """The staying share through one step: ``d ← d · (keep + Σ_self diag Ā) / scale``."""
+        staying = self.staying
+        for q, scale in scales.items():
+            if q in staying:
+                staying[q] = staying[q] / scale
+        loops: dict[str, Tensor] = {}
+        for flow in as_group(step):
+            if flow.query == flow.key and flow.query in staying:
+                diagonal = flow.attention.to(self.dtype).diagonal(dim1=-2, dim2=-1)
+                accumulate(loops, flow.query, staying[flow.query] * diagonal)
+        for q, keep in residuals.items():
+            if q in staying:
+                staying[q] = staying[q] * keep
+        for q, loop in loops.items():
+            staying[q] = staying[q] + loop
 
     def result(self, reference: Tensor) -> dict[str, Tensor]:
         """``{stream: (B, n)}``, zeros for streams the readout never reached."""
@@ -339,3 +406,29 @@ class RowAdjoint:
                 self.batch, n, dtype=self.dtype)
             for s, n in self.sizes.items()
         }
+
+    def own(self, reference: Tensor) -> dict[str, Tensor]:
+        r"""The read tokens' own share of :meth:`result`, ``{stream: (B, n)}``, after every
+        step ran.
+
+        Where an example's readout weighs one token ``r`` (``[CLS]``, the last token, a
+        query), its own entry ``w_r · R[r, r]`` is the row's own entry at ``r``: exact, GAE's
+        ``R_tt[0, 0]``. Where it weighs several tokens (mean pooling), the row alone does not
+        hold each ``R[j, j]``; each read token's *staying share* is taken instead, computed in
+        the same sweep from each map's diagonal as it arrives:
+        ``w_j · ∏_steps (keep_j + Σ_self Ā[j, j]) / scale`` — the part of ``R[j, j]`` carried by
+        the paths that never leave ``j`` (its residual path and its attention to itself), i.e.
+        ``R[j, j]`` without the round trips through other tokens (``j → k → j``). The
+        identity the state starts with is in it (``keep = 1``, ``scale = 1 + m`` for rollout,
+        the residual weights with ``weighting="value"``).
+        """
+        rows = self.result(reference)
+        single = one_token_read(self.readout)[:, None]
+        own = {}
+        for s, row in rows.items():
+            if s not in self.readout:
+                own[s] = torch.zeros_like(row)
+                continue
+            at_read = row * (self.readout[s] != 0).to(row.dtype)
+            own[s] = torch.where(single, at_read, self.staying[s].to(row.dtype)).contiguous()
+        return own

@@ -442,3 +442,41 @@ def read_rows(blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[str,
         assert total is not None
         out[s] = total.contiguous()
     return out
+
+
+def own_entries(blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[str, Tensor]
+                ) -> dict[str, Tensor]:
+    r"""The read tokens' own share of the readout rows: ``w_x[j] · R[x, x][j, j]`` for every
+    read token ``j`` of every readout stream ``x`` (zeros elsewhere) — GAE's ``R_tt[0, 0] = 0``
+    (Chefer et al., ICCV 2021), generalised to a readout vector over several tokens.
+
+    Args:
+        blocks: every block, as :func:`~captum_hetattn.rules.adjoint.propagate` returns them.
+        sizes: tokens per stream.
+        readout: ``{stream x: w_x (B, n_x)}`` readout weights.
+
+    Returns:
+        ``{stream: (B, n_stream)}``, to subtract from :func:`read_rows`.
+    """
+    reference = next(iter(readout.values()))
+    own: dict[str, Tensor] = {}
+    for s, n in sizes.items():
+        block = blocks.get((s, s))
+        if s in readout and block is not None:
+            own[s] = (readout[s].to(block.dtype) * block.diagonal(dim1=-2, dim2=-1)).contiguous()
+        else:
+            dtype = block.dtype if block is not None else relevance_dtype(reference.dtype)
+            own[s] = reference.new_zeros(reference.shape[0], n, dtype=dtype)
+    return own
+
+
+def one_token_read(readout: Mapping[str, Tensor]) -> Tensor:
+    """``(B,)`` whether each example's readout weighs exactly one token (over every stream):
+    then the readout row's own entry is ``w_r · R[r, r]`` itself."""
+    return sum((w != 0).sum(dim=1) for w in readout.values()) == 1  # type: ignore[return-value]
+
+
+def without_own(rows: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The context relevance: the readout rows with the read tokens' own share taken out."""
+    return {s: (row - own[s].to(row.dtype)).contiguous() if s in own else row
+            for s, row in rows.items()}

@@ -6,7 +6,9 @@ own block (:meth:`Propagator.key_increment`), how each step is normalised
 (:meth:`Propagator.step_scales`), how the readout rows are read from the blocks
 (:meth:`Propagator.read`), and whether those rows can be propagated backwards by the adjoint
 (:attr:`Propagator.linear`: then the engine streams them during the backward pass).
-:meth:`Propagator.rows` is the one entry point the engine calls.
+:meth:`Propagator.split_rows` is the one entry point the engine calls: the readout rows and,
+apart, the read tokens' own share within them (``w_j·R[j, j]``: the identity the state starts
+with and what attention brings back to the token), which what users see leaves out.
 
 - :class:`Ours` — the paper (optional noise link);
 - :class:`Gae` — GAE's bi-modal rules (Chefer et al., ICCV 2021) and its own-entry removal;
@@ -32,8 +34,10 @@ from captum_hetattn.rules.ops import (
     flow_increment,
     gae_cross_increment,
     noise_link,
+    own_entries,
     read_rows,
     row_increment,
+    without_own,
 )
 
 
@@ -45,6 +49,8 @@ class Propagator:
     linear: ClassVar[bool] = True
     #: whether relevance flows step by step through the graph (``Explanation.flow``)
     has_flow: ClassVar[bool] = True
+    #: whether :meth:`rows` leaves the read tokens' own share out (GAE's reference code does)
+    own_removed: ClassVar[bool] = False
 
     def key_increment(
         self, query_self: Callable[[], Tensor], attention: Tensor, key_self: Tensor,
@@ -79,7 +85,34 @@ class Propagator:
         readout: Mapping[str, Tensor],
         padding: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        r"""The readout rows: by the adjoint where :attr:`linear`, else every block, then read.
+        r"""The method's readout rows: :meth:`split_rows`' rows, with the own share taken out
+        where the method's reference does so (:attr:`own_removed`: GAE).
+
+        Args:
+            sizes, steps, readout, padding: as for :meth:`split_rows`.
+
+        Returns:
+            ``{stream: (B, n_stream)}``.
+        """
+        rows, own = self.split_rows(sizes, steps, readout, padding)
+        return without_own(rows, own) if self.own_removed else rows
+
+    def split_rows(
+        self,
+        sizes: Mapping[str, int],
+        steps: Sequence[FlowStep],
+        readout: Mapping[str, Tensor],
+        padding: Mapping[str, Tensor] | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        r"""The readout rows (by the adjoint where :attr:`linear`, else every block, then
+        read) and the read tokens' own share within them.
+
+        The own share is ``w_j·R[j, j]`` for every read token ``j`` (GAE's ``R_tt[0, 0]``,
+        generalised) wherever it is at hand exactly: from every block (the full propagation),
+        or from the row itself where one token is read. The adjoint of a readout over several
+        tokens does not hold each ``R[j, j]``; it gives each read token's staying share
+        instead, the part of ``R[j, j]`` on the paths that never leave ``j``
+        (:meth:`~captum_hetattn.rules.adjoint.RowAdjoint.own`).
 
         Args:
             sizes: tokens per stream.
@@ -90,14 +123,16 @@ class Propagator:
                 zero-row check ignores them).
 
         Returns:
-            ``{stream: (B, n_stream)}``.
+            ``(rows, own)``, each ``{stream: (B, n_stream)}``; ``rows − own`` is the context
+            relevance users see.
         """
         # the state machines take a propagator, so they are imported where they are run
-        from captum_hetattn.rules.adjoint import propagate, propagate_row
+        from captum_hetattn.rules.adjoint import propagate, propagate_row_own
 
         if self.linear:
-            return propagate_row(sizes, steps, readout, method=self)
-        return self.read(propagate(sizes, steps, self, padding=padding), sizes, readout)
+            return propagate_row_own(sizes, steps, readout, method=self)
+        blocks = propagate(sizes, steps, self, padding=padding)
+        return self.read(blocks, sizes, readout), own_entries(blocks, sizes, readout)
 
 
 @dataclass(frozen=True)
@@ -155,6 +190,7 @@ class Gae(Propagator):
     normalize: bool = True
     cross_term: Literal["gae", "direct"] = "gae"
     linear: ClassVar[bool] = False
+    own_removed: ClassVar[bool] = True  # the reference's R_tt[0, 0] = 0 (own_entries)
 
     def __post_init__(self) -> None:
         if self.cross_term not in ("gae", "direct"):
@@ -171,16 +207,6 @@ class Gae(Propagator):
             )
         return flow_increment(attention, noise_link(key_self) if self.normalize else key_self)
 
-    def read(self, blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[str, Tensor]
-             ) -> dict[str, Tensor]:
-        relevance = read_rows(blocks, sizes, readout)
-        for stream, weights in readout.items():
-            # the reference's R_tt[0, 0] = 0: the readout tokens' own relevance. For a readout
-            # vector, each read token's own entry w_j·R[j, j] (a one-hot readout zeroes R[r, r])
-            own = weights * blocks[(stream, stream)].diagonal(dim1=-2, dim2=-1)
-            relevance[stream] = (relevance[stream] - own).contiguous()
-        return relevance
-
 
 @dataclass(frozen=True)
 class Raw(Propagator):
@@ -191,13 +217,16 @@ class Raw(Propagator):
     linear: ClassVar[bool] = False
     has_flow: ClassVar[bool] = False  # one map read at the readout, nothing flows
 
-    def rows(
+    def split_rows(
         self,
         sizes: Mapping[str, int],
         steps: Sequence[FlowStep],
         readout: Mapping[str, Tensor],
         padding: Mapping[str, Tensor] | None = None,
-    ) -> dict[str, Tensor]:
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        r"""The rows read from the last maps, and the read tokens' own share: each read
+        token's attention to itself in the last self call of its stream, ``w_j·Ā[j, j]``
+        (carried through the junctions like the rest of the row)."""
         from captum_hetattn.rules.adjoint import propagate_row
 
         last: dict[tuple[str, str], AttentionFlow] = {}
@@ -206,12 +235,21 @@ class Raw(Propagator):
                 if flow.query in readout:
                     last[(flow.query, flow.key)] = flow
         read: dict[str, Tensor] = {}
+        own: dict[str, Tensor] = {}
         for (query, key), flow in last.items():
             row = row_increment(readout[query], flow.attention.float())
             read[key] = read[key] + row if key in read else row
+            if query == key:
+                own[key] = readout[query].to(row.dtype) * flow.attention.float().diagonal(
+                    dim1=-2, dim2=-1)
+        template = next(iter(read.values()))
+
+        def complete(rows: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {s: rows[s].contiguous() if s in rows else template.new_zeros(
+                template.shape[0], n) for s, n in sizes.items()}
+
         junctions = [step for step in steps if isinstance(step, TokenMap)]
         if not junctions:
-            template = next(iter(read.values()))
-            return {s: read[s].contiguous() if s in read else template.new_zeros(
-                template.shape[0], n) for s, n in sizes.items()}
-        return propagate_row(sizes, junctions, read)
+            return complete(read), complete(own)
+        return (propagate_row(sizes, junctions, read),
+                complete(propagate_row(sizes, junctions, own) if own else {}))

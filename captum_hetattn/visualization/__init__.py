@@ -12,12 +12,14 @@ base64 PNG, and interactive views of an explanation.
 - :mod:`~captum_hetattn.visualization.views`: head view, model view, neuron view and relevance
   flow (after bertviz), offline HTML.
 
-Every display leaves the **readout token's own share** out (as GAE's reference code does: its
-identity entry, 1, swamps everything else): the readout token is drawn grey and does not set the
-colour scale (:func:`relevance_scale`, :func:`token_colors`, :func:`text_html`). All-zero,
-single-sign and non-finite maps draw without error (non-finite values count as 0; an all-zero
-map draws the plain image with a note). Importing this package leaves matplotlib's backend as it
-is.
+Every display leaves the **read tokens' own share** out (as GAE's reference code does: its
+identity entry, 1, swamps everything else): ``explain`` already takes it out of ``relevance``
+by default (``Explanation.own``), and a single readout token is drawn grey and does not set the
+colour scale (:func:`relevance_scale`, :func:`token_colors`, :func:`text_html`), so a raw row
+(``include_own=True``) draws the same; a readout over several tokens (mean pooling) greys none.
+All-zero, single-sign and non-finite maps draw without error (non-finite values count as 0; an
+all-zero map draws the plain image with a note). Importing this package leaves matplotlib's
+backend as it is.
 """
 
 from captum_hetattn.visualization.colors import (

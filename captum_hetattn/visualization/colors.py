@@ -129,7 +129,9 @@ def token_colors(
 
 def explanation_readout_token(explanation: Explanation, source: str, example: int) -> int | None:
     r"""The readout token's index among ``source``'s tokens, or None when the readout stream is
-    another stream (or ``source`` is only part of its stream).
+    another stream (or ``source`` is only part of its stream), or when the readout reads
+    several tokens of the example (mean pooling: every read token is a word whose context
+    relevance is shown; their own shares are already out of ``relevance``).
 
     Args:
         explanation: from ``explain``.
@@ -153,6 +155,9 @@ def explanation_readout_token(explanation: Explanation, source: str, example: in
     streams = explanation.streams or {}
     if stream in streams and explanation.sizes.get(source) != streams[stream]:
         return None  # the source is part of a stream: its columns are not the stream's
+    weights = (explanation.readout or {}).get(stream)
+    if weights is not None and weights.dim() == 2 and int((weights[example] != 0).sum()) > 1:
+        return None  # a pooled readout: no one readout token
     return int(explanation.readout_token[example])
 
 

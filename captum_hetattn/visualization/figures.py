@@ -456,6 +456,38 @@ def plot_explanation(
 
 # ------------------------------------------------------------------------------ PNG
 
+def plot_image(
+    image: ImageLike,
+    image_relevance: RelevanceLike,
+    *,
+    grid: GridLike = None,
+    title: str | None = None,
+    cmap: str | mcolors.Colormap = MAGNITUDE_CMAP,
+) -> Figure:
+    r"""The input beside the image with its relevance blended over it and a colour bar in
+    relevance units (magnitude ``|r|``, max-scaled): :func:`plot_image_text` for a model that
+    reads no text.
+
+    Args:
+        image: ``H × W × 3`` (or ``H × W``) array, or a ``(C, H, W)`` tensor.
+        image_relevance: the image's token relevance, as for :func:`plot_image_text`.
+        grid: how image tokens lie over the picture (as for :func:`plot_image_text`).
+        title: the figure's title.
+        cmap: the colour map.
+    """
+    rgb = _as_rgb(image)
+    figure, (input_axis, image_axis) = plt.subplots(1, 2, figsize=(4.4, 2.8))
+    input_axis.imshow(rgb)
+    input_axis.set_axis_off()
+    input_axis.set_title("input", fontsize=8)
+    _draw_image(image_axis, rgb, _image_heat(image_relevance, rgb.shape[:2], grid),
+                signed=False, cmap=cmap, label="|relevance|")
+    image_axis.set_title("image relevance", fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return figure
+
+
 def figure_png(figure: plt.Figure) -> bytes:
     """The figure as PNG bytes (the figure is closed)."""
     buffer = io.BytesIO()
@@ -472,5 +504,6 @@ __all__ = [
     "grid_heatmap",
     "plot_contrast",
     "plot_explanation",
+    "plot_image",
     "plot_image_text",
 ]

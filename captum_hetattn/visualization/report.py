@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from captum_hetattn import Explanation, PatchGrid
@@ -23,6 +24,8 @@ from captum_hetattn.visualization.figures import (
     figure_png,
     grid_heatmap,
     plot_explanation,
+    plot_image,
+    plot_image_text,
 )
 from captum_hetattn.visualization.html import png_tag, report_html, text_html
 
@@ -51,6 +54,10 @@ def image_grid(zoo: ZooModel, n_tokens: int) -> PatchGrid | None:
     return None
 
 
+#: pictures per row of :func:`example_figure`
+THUMBNAILS_PER_ROW = 6
+
+
 def example_figure(
     zoo: ZooModel, example: Example, index: int, relevance: dict[str, dict[str, Tensor]]
 ) -> bytes | None:
@@ -68,12 +75,19 @@ def example_figure(
     if example.image is None:
         return None
     methods = [m for m in relevance if "image" in relevance[m]]
-    columns = 1 + len(methods)
-    figure, axes = plt.subplots(1, columns, figsize=(1.9 * columns, 2.3))
+    # at most THUMBNAILS_PER_ROW pictures a row: the report shows the figure at its own size,
+    # so the titles stay readable (12 in one row were shrunk to ~6 px)
+    columns = min(THUMBNAILS_PER_ROW, 1 + len(methods))
+    rows = -(-(1 + len(methods)) // columns)
+    figure, grid_axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows),
+                                     squeeze=False)
+    axes = list(grid_axes.flat)
+    for unused in axes[1 + len(methods):]:
+        unused.set_axis_off()
     axes[0].imshow(example.image)
     axes[0].set_axis_off()
     axes[0].set_title("input", fontsize=8)
-    for axis, method in zip(axes[1:], methods, strict=True):
+    for axis, method in zip(axes[1:], methods, strict=False):
         tokens = relevance[method]["image"][index]
         grid = image_grid(zoo, tokens.shape[0])
         if grid is None:
@@ -82,6 +96,33 @@ def example_figure(
         heat = grid_heatmap(tokens, example.image.shape[:2], grid)
         draw_overlay(axis, example.image, heat, method)
     return figure_png(figure)
+
+
+def method_figure(
+    zoo: ZooModel, example: Example, method: str, relevance: Mapping[str, Tensor]
+) -> Figure | None:
+    r"""One method's relevance of one example (``captum-hetattn explain --out``): the picture
+    with its relevance blended over it and a colour bar, beside the text tokens coloured by
+    their relevance where the example has text.
+
+    Args:
+        zoo: the zoo model.
+        example: the example drawn.
+        method: the method's name (the title).
+        relevance: stream → ``(1, n_stream)`` relevance of the example.
+
+    Returns:
+        The figure; None when the example has no picture or the method no image relevance.
+    """
+    image = relevance.get("image")
+    if example.image is None or image is None:
+        return None
+    grid = image_grid(zoo, image.shape[1])
+    title = f"{method}: {example.description}" if example.description else method
+    tokens, text = example.tokens.get("text"), relevance.get("text")
+    if not tokens or text is None:
+        return plot_image(example.image, image[0], grid=grid, title=title)
+    return plot_image_text(example.image, image[0], tokens, text[0], grid=grid, title=title)
 
 
 def image_text_figure(
@@ -399,6 +440,7 @@ __all__ = [
     "example_figure",
     "example_section",
     "image_grid",
+    "method_figure",
     "image_text_figure",
     "logical_inspection_figure",
     "table_html",

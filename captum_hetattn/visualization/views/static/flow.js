@@ -1,6 +1,7 @@
 // Relevance flow: stacked bars, one per step of the layer graph, one colour per source.
 HV.flow = function (root, data) {
   var state = {mode: "relevance", step: null};
+  var LABEL_CHARS = 44;  // longer step labels end in an ellipsis (the tooltip has them whole)
   var colours = {};
   data.sources.forEach(function (s, i) { colours[s] = HV.PALETTE[i % HV.PALETTE.length]; });
   root.innerHTML = "";
@@ -65,7 +66,14 @@ HV.flow = function (root, data) {
       top = Math.max(top, up); bottom = Math.min(bottom, down);
     });
     if (top === bottom) top = 1;
-    var left = 64, plotH = 220, pad = 16, bw = 22, gap = 10, labelsH = 170;
+    // room for the step labels, rotated by 55 degrees below the bars (10 px text, ~6 px a
+    // character): down for the longest and to the left of the first, so none is cut off
+    var longest = 0;
+    steps.forEach(function (s) { longest = Math.max(longest, Math.min(String(s.short).length,
+      LABEL_CHARS)); });
+    var reach = 6 * longest, bw = 22, gap = 10, plotH = 220, pad = 16;
+    var left = Math.max(64, Math.ceil(reach * Math.cos(55 * Math.PI / 180)) - bw / 2 + 8);
+    var labelsH = Math.max(60, Math.ceil(reach * Math.sin(55 * Math.PI / 180)) + 40);
     var width = left + steps.length * (bw + gap) + 20, height = pad + plotH + labelsH;
     var yOf = function (v) { return pad + plotH * (top - v) / (top - bottom); };
     holder.innerHTML = "";
@@ -98,7 +106,8 @@ HV.flow = function (root, data) {
         "class": "rf-kind"}, g, kind);
       var lx = x + bw / 2, ly = pad + plotH + 22;
       HV.title(HV.svg("text", {x: lx, y: ly, "text-anchor": "end", "class": "rf-label",
-        transform: "rotate(-55 " + lx + " " + ly + ")"}, g, HV.clip(step.short, 26)), step.label);
+        transform: "rotate(-55 " + lx + " " + ly + ")"}, g, HV.clip(step.short, LABEL_CHARS)),
+        step.label);
       g.addEventListener("mouseenter", function () { showInfo(step); });
       g.addEventListener("mouseleave", function () {
         if (state.step != null) showInfo(steps[state.step]);

@@ -20,7 +20,8 @@ HV.model = function (root, data) {
     var image = ctx.createImageData(canvas.width, canvas.height);
     for (i = 0; i < n; i++) {
       for (j = 0; j < m; j++) {
-        var c = HV.heatRGB(top ? M[i][j] / top : 0, signed), k = 4 * (i * m + j);
+        // an all-zero map is drawn grey (not white, which reads as a blank square)
+        var c = top ? HV.heatRGB(M[i][j] / top, signed) : [214, 214, 214], k = 4 * (i * m + j);
         image.data[k] = c[0]; image.data[k + 1] = c[1]; image.data[k + 2] = c[2];
         image.data[k + 3] = 255;
       }
@@ -50,15 +51,22 @@ HV.model = function (root, data) {
     section.calls.forEach(function (call) {
       var c = data.calls[call];
       var row = HV.el("div", {"class": "mv-row"}, box);
-      HV.el("span", {"class": "mv-row-label", title: c.label}, row, call + ": " + c.short);
+      var label = HV.el("span", {"class": "mv-row-label", title: c.label}, row,
+        call + ": " + c.short);
+      var largest = 0;
       for (var h = 0; h < c.heads; h++) {
         var canvas = HV.el("canvas", {"class": "mv-thumb", "data-call": call, "data-head": h},
           row);
         var top = draw(canvas, c.maps[map][h], c.signed[map]);
+        largest = Math.max(largest, top);
         canvas.title = c.label + ", head " + h + " (" + c.query + " \u2190 " + c.key +
           "), max |value| " + HV.fmt(top);
         canvas.addEventListener("click", open.bind(null, call, h));
         thumbs.push(canvas);
+      }
+      if (!largest) {  // say why the squares are empty
+        HV.el("span", {"class": "mv-empty"}, label, map === "attention" ? " \u2014 all zero" :
+          " \u2014 all zero: no gradient reached this call");
       }
     });
   });
