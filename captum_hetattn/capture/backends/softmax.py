@@ -170,8 +170,9 @@ class SoftmaxBackend(Backend):
             module = session.frames[-1].module
             name = session.name_of(session.owner(module))
             if all(n != name for n, _ in self.recorder.skipped):
-                self._skip(module, out, "it calls F.scaled_dot_product_attention itself, a "
-                           "fused kernel with no map to record; where the model has an eager "
+                self._skip(module, out, "it computes attention with "
+                           "F.scaled_dot_product_attention, a fused kernel with no map to "
+                           "record; where the model has an eager "
                            "path (attn_implementation='eager' on a transformers model whose "
                            "modules read it) build it that way, else compute this module's "
                            "attention with an explicit softmax")
