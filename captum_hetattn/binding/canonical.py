@@ -12,7 +12,7 @@ says where each entry of the raw maps lands in the dense map
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -147,13 +147,20 @@ def _candidates(record: AttentionRecord, side: str) -> list[_Canonical]:
     return out
 
 
+def _batched(record: AttentionRecord, side: str, batch: int) -> list[_Canonical]:
+    """:func:`_candidates` that hold ``(batch, tokens)`` rows."""
+    return [c for c in _candidates(record, side)
+            if tokens_view(c.tensor, c.token_dim).shape[0] == batch]
+
+
 def _tiled(
-    record: AttentionRecord, side: str, batch: int, inputs: Sequence[object]
+    record: AttentionRecord, side: str, batch: int, inputs: Sequence[object],
+    confirm: bool = True,
 ) -> _Canonical | None:
     """The call's own hidden states read as ``k`` consecutive sequences per example (crops of
     one image, frames of one video), when nothing around the call holds them per example —
     if a batched float model input confirms it: example ``b``'s sequences depend on input
-    ``b`` only."""
+    ``b`` only (``confirm=False``: unconfirmed, for a cached layout that is checked itself)."""
     tensor = record.query_input if side == "query" else record.key_input
     dim = record.token_dim if side == "query" else record.key_token_dim
     tiled_3d = dim == 1 and tensor is not None and tensor.dim() >= 3
@@ -164,6 +171,8 @@ def _tiled(
     if sequences <= batch or sequences % batch:
         return None
     per_example = sequences // batch
+    if not confirm:
+        return _tiles_of(record, side, tensor, per_example)
     # a witness: a traced float input split the same way (batch-first, or packed rows)
     witnesses = [x for x in inputs if isinstance(x, Tensor) and x.is_floating_point()
                  and x.requires_grad and x.dim() >= 2 and x.shape[0] % batch == 0]
@@ -183,11 +192,26 @@ def _tiled(
             confirmed = confirmed or bool(reached[b])
     if not confirmed:
         return None
+    return _tiles_of(record, side, tensor, per_example)
+
+
+def _tiles_of(record: AttentionRecord, side: str, tensor: Tensor, per_example: int) -> _Canonical:
     tiles = TILES + per_example
     output = record.output if side == "query" else None
     same = output is not None and output.shape == tensor.shape
     return _Canonical(tensor, tiles, record.nodes.get(side), output if same else None,
                       record.nodes.get("output") if same else None, f"'{record.name}' (tiles)")
+
+
+def _with_tiles(
+    record: AttentionRecord, side: str, batch: int, inputs: Sequence[object]
+) -> Iterator[_Canonical]:
+    """The candidates holding ``(batch, tokens)`` rows, then (probed only when reached) the
+    call's own states read as tiles."""
+    yield from _batched(record, side, batch)
+    tiled = _tiled(record, side, batch, inputs)
+    if tiled is not None:
+        yield tiled
 
 
 def _usable(context: Context) -> bool:
@@ -206,6 +230,25 @@ def _from_context(context: Context) -> list[_Canonical]:
     return [_Canonical(tensor, dim, context.input_node, output, node, f"'{context.name}'")
             for dim in dims]
 
+
+
+def _call_of(
+    group: list[AttentionRecord], layout: TokenLayout, query: _Canonical,
+    key: _Canonical | None, role: str,
+) -> AttentionRecord:
+    """The call record of raw maps ``group`` folded by ``layout`` over the canonical hidden
+    states ``query`` (and ``key`` for a cross call)."""
+    first = group[0]
+    call = AttentionRecord(
+        name=first.name, call_index=first.call_index, role=role, attention=None,
+        gradient=None, shape=layout.dense_shape, query_input=query.tensor,
+        key_input=key.tensor if key is not None else None, output=query.output,
+        token_dim=query.token_dim, key_token_dim=(key or query).token_dim,
+        call_id=first.call_id, layout=layout, parts=list(group),
+    )
+    call.nodes = {"query": query.node, "key": key.node if key is not None else None,
+                  "output": query.output_node}
+    return call
 
 
 def _describe(record: AttentionRecord) -> str:
