@@ -74,6 +74,9 @@ class AttentionRecorder:
             ``"softmax"``, ``"mha"``).
         embeddings: with ``record_io``, ``(module name, input ids, output, output's autograd
             node)`` of every ``nn.Embedding`` call, in call order (emptied on exit).
+        lifts: with ``record_io``, ``(module name, module, input, output, output's autograd
+            node)`` of every ``nn.Conv2d`` / ``nn.Linear`` call on a leaf of the graph (a traced
+            float model input), in call order (emptied on exit).
         skipped: with ``record_io``, ``(module name, reason)`` of softmaxes inside attention
             modules that were not recorded (pooling or sampling weights, another dimension).
 
@@ -126,6 +129,7 @@ class AttentionRecorder:
         self.records: list[AttentionRecord] = []
         self.maps: list[Tensor] = []
         self.embeddings: list[tuple[str, Tensor, Tensor, Any]] = []
+        self.lifts: list[tuple[str, nn.Module, Tensor, Tensor, Any]] = []
         self.skipped: list[tuple[str, str]] = []
         self.active_backends: frozenset[str] = frozenset()
         self._session: Session | None = None  # the running recording
@@ -139,6 +143,7 @@ class AttentionRecorder:
         # raises when this thread does (nested): before anything is changed.
         held = claim(self.model)
         self.records, self.maps, self.embeddings, self.skipped = [], [], [], []
+        self.lifts = []
         stack = ExitStack()
         # first in, last out: the next recording starts once everything is restored
         stack.callback(release, held)
@@ -163,7 +168,8 @@ class AttentionRecorder:
         interface = InterfaceBackend(self, session, flash) if plan.interface else None
         softmax = SoftmaxBackend(self, session) if "softmax" in plan.backends else None
         mha = MhaBackend(self, session) if plan.mha else None
-        CallTracker(session, self.embeddings, softmax, mha).install(stack, self.model)
+        CallTracker(session, self.embeddings, softmax, mha, self.lifts).install(stack,
+                                                                                self.model)
         for backend in (flash, interface, softmax, mha):
             if backend is not None:
                 backend.install(stack)
@@ -212,6 +218,7 @@ class AttentionRecorder:
             # The live maps hold the autograd graph: don't keep it alive past the context.
             self.maps = []
             self.embeddings = []
+            self.lifts = []
             for entry in entries:
                 entry.live = None  # type: ignore[assignment]
             # the live tensors hold the autograd graph: a call's parts and layout inputs too
