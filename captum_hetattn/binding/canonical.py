@@ -42,23 +42,37 @@ class TokenLayout:
     raw_index: Tensor
     dense_index: Tensor
     weight: Tensor | None = None
+    #: ``dense_index`` with the head left out (``summed_index()``), kept once computed
+    head_free_index: Tensor | None = None
 
     def release(self) -> None:
         """Drop the index tensors (as large as the raw maps) once the call is folded for good."""
         empty = torch.zeros(0, dtype=torch.long)
         self.raw_index = self.dense_index = empty
-        self.weight = None
+        self.weight = self.head_free_index = None
 
-    def fold(self, parts: Sequence[Tensor]) -> Tensor:
+    def summed_index(self) -> Tensor:
+        """The element of the head-summed ``(B, 1, n_q, n_k)`` map each raw entry lands on."""
+        if self.head_free_index is None:
+            batch, heads, n_q, n_k = self.dense_shape
+            size = n_q * n_k
+            self.head_free_index = (self.dense_index.div(heads * size, rounding_mode="floor")
+                                    * size + self.dense_index % size)
+        return self.head_free_index
+
+    def fold(self, parts: Sequence[Tensor], sum_heads: bool = False) -> Tensor:
         r"""The dense map of raw maps ``parts`` (anything laid out like them: ``A``, ``G``,
-        ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it."""
+        ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it. With
+        ``sum_heads``, its sum over heads ``(B, 1, n_q, n_k)``, without the per-head map."""
         flat = torch.cat([p.reshape(-1) for p in parts])
-        out = flat.new_zeros(math.prod(self.dense_shape))
+        batch, heads, n_q, n_k = self.dense_shape
+        shape = (batch, 1, n_q, n_k) if sum_heads else self.dense_shape
+        out = flat.new_zeros(math.prod(shape))
         values = flat[self.raw_index]
         if self.weight is not None:  # an aggregated key spread over its tokens
             values = values * self.weight.to(values)
-        out.index_add_(0, self.dense_index, values)
-        return out.view(self.dense_shape)
+        out.index_add_(0, self.summed_index() if sum_heads else self.dense_index, values)
+        return out.view(shape)
 
 
 # ------------------------------------------------------------------------------ probing

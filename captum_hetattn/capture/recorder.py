@@ -375,7 +375,11 @@ class AttentionRecorder:
         """Fold the parts of a call with a layout once all have their gradients."""
         if any(p.gradient is None or p.attention is None for p in call.parts):
             return
-        call.attention = call.layout.fold([p.attention for p in call.parts])
+        # with a reduce, the call's own map only says where attention goes (key mass,
+        # causality: zero or not, so the sum over heads of probabilities says it); the reduce
+        # folds the parts itself
+        call.attention = call.layout.fold([p.attention for p in call.parts],
+                                          sum_heads=self.reduce is not None)
         if self.reduce is None:  # a reduce reads the parts; only a plain recording keeps G
             call.gradient = call.layout.fold([p.gradient for p in call.parts])
         if self.reduce is not None:  # one gradient pass: the parts and indices are spent
