@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-ig", action="store_true")
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="explainer classes to time (default: all four)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -47,6 +49,8 @@ def main() -> None:
     seconds = {"plain_forward_backward": median_time(plain, args.repeats)}
     for method in (HeterogenousAttentionAttribution, GenericAttentionExplainability,
                    AttentionRollout, RawAttention):
+        if args.methods is not None and method.__name__ not in args.methods:
+            continue
         explainer = method(forward, model=model)
         seconds[method.__name__] = median_time(
             lambda e=explainer: e.attribute(pixels, target=3), args.repeats

@@ -195,9 +195,18 @@ def test_a_cached_layout_that_no_longer_holds_is_probed_afresh(name):
 
 def test_the_cache_keeps_its_bound():
     model, forward, inputs, extra = _swin()
+    fresh = _layouts(model, forward, inputs, extra, None)
     cache = LayoutCache(max_entries=3)
     _layouts(model, forward, inputs, extra, cache)
     assert len(cache) == 3
-    cache = LayoutCache(max_elements=1)
-    _layouts(model, forward, inputs, extra, cache)
-    assert len(cache) == 1  # the latest is kept, the rest dropped
+    budget = max(size for _, size in cache._placements.values())
+    cache = LayoutCache(max_elements=budget)
+    _assert_same(_layouts(model, forward, inputs, extra, cache), fresh)
+    assert 0 < cache.elements <= budget
+    misses = cache.misses
+    _assert_same(_layouts(model, forward, inputs, extra, cache), fresh)  # kept ones hit
+    assert 0 < cache.misses - misses < misses and cache.hits > 0
+    _, _, (smaller,), _ = _swin(image=16)  # another recording: the older one makes room
+    _layouts(model, forward, (smaller,), extra, cache)
+    assert cache.elements <= budget
+    assert all(key[0] == next(iter(cache._placements))[0] for key in cache._placements)

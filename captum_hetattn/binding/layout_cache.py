@@ -113,10 +113,12 @@ class LayoutCache:
 
     Args:
         max_entries: how many calls' placements are kept.
-        max_elements: how many index elements (raw entries of the maps) they may hold together.
+        max_elements: how many index elements (raw entries of the maps, each kept as a few
+            int64 indices: about 30 bytes) they may hold together; a recording beyond it keeps
+            its first calls' placements and probes the rest on every call.
     """
 
-    def __init__(self, max_entries: int = 1024, max_elements: int = 1 << 26) -> None:
+    def __init__(self, max_entries: int = 1024, max_elements: int = 1 << 24) -> None:
         self.max_entries = max_entries
         self.max_elements = max_elements
         self._placements: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
@@ -143,16 +145,32 @@ class LayoutCache:
         self._placements.move_to_end(key)
         return found[0]
 
+    @property
+    def elements(self) -> int:
+        """The index elements the cache holds."""
+        return sum(size for _, size in self._placements.values())
+
     def put(self, key: Any, value: Any, elements: int | None = None) -> None:
-        """Keep ``value`` for ``key`` (``elements``: the index elements it holds)."""
+        r"""Keep ``value`` for ``key`` (``elements``: the index elements it holds). Over a
+        bound, the least recently used entries of other recordings go first; if the bound
+        still does not hold, ``value`` is not kept (a recording's calls come back in the same
+        order every time: keeping the first ones serves the next call, dropping them would
+        drop each before it is used)."""
         if elements is None:
             elements = value.elements if isinstance(value, Placement) else 0
         self._placements[key] = (value, elements)
         self._placements.move_to_end(key)
-        total = sum(size for _, size in self._placements.values())
-        while len(self._placements) > 1 and (len(self._placements) > self.max_entries
-                                             or total > self.max_elements):
-            _, (_, size) = self._placements.popitem(last=False)
+        total = self.elements
+
+        def over() -> bool:
+            return len(self._placements) > self.max_entries or total > self.max_elements
+
+        while over():
+            oldest = next(iter(self._placements))
+            if oldest == key or oldest[0] == key[0]:  # only this recording's left
+                self._placements.pop(key)
+                return
+            _, size = self._placements.pop(oldest)
             total -= size
 
     def dependences(self, batch: int, inputs: Sequence[object]):
