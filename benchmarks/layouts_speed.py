@@ -106,10 +106,10 @@ def main() -> None:
         }, args.repeats)
         seconds = {name: statistics.median(values) for name, values in times.items()}
         base = times["plain_forward_backward"]
-        for name in ("first_call", "warm"):  # per round (plain and ours timed back to back)
-            ratios = [t / b for t, b in zip(times[f"explain_{name}"], base, strict=True)]
-            seconds[f"ratio_{name}"] = statistics.median(ratios)
-            seconds[f"best_ratio_{name}"] = min(times[f"explain_{name}"]) / min(base)
+        for call in ("first_call", "warm"):  # per round (plain and ours timed back to back)
+            ratios = [t / b for t, b in zip(times[f"explain_{call}"], base, strict=True)]
+            seconds[f"ratio_{call}"] = statistics.median(ratios)
+            seconds[f"best_ratio_{call}"] = min(times[f"explain_{call}"]) / min(base)
         results[name] = seconds
         print(name, json.dumps({k: round(v, 3) for k, v in seconds.items()}), flush=True)
     print(json.dumps({"threads": args.threads, "repeats": args.repeats,

@@ -12,6 +12,8 @@ import dataclasses
 
 import pytest
 import torch
+from test_layouts import _led as _led_model
+from test_layouts import _longt5 as _longt5_model
 
 from captum_hetattn import AttentionRecorder, HeterogenousAttentionAttribution
 from captum_hetattn.binding import trace
@@ -36,14 +38,7 @@ def _swin(image: int = 32):
 
 
 def _led():
-    from transformers import LEDConfig, LEDForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = LEDConfig(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=1,
-                       encoder_attention_heads=2, decoder_attention_heads=2,
-                       encoder_ffn_dim=37, decoder_ffn_dim=37, attention_window=4,
-                       max_encoder_position_embeddings=64, max_decoder_position_embeddings=64)
-    model = LEDForConditionalGeneration(config).eval()
+    model = _led_model()
     ids = torch.randint(5, 90, (2, 16), generator=torch.Generator().manual_seed(2))
     decoder = torch.randint(5, 90, (2, 3), generator=torch.Generator().manual_seed(3))
     glob = torch.zeros_like(ids)
@@ -56,13 +51,7 @@ def _led():
 
 
 def _longt5():
-    from transformers import LongT5Config, LongT5ForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = LongT5Config(vocab_size=99, d_model=32, d_kv=16, d_ff=37, num_layers=2,
-                          num_heads=2, encoder_attention_type="transient-global",
-                          local_radius=2, global_block_size=4)
-    model = LongT5ForConditionalGeneration(config).eval()
+    model = _longt5_model("transient-global")
     ids = torch.randint(5, 90, (2, 16), generator=torch.Generator().manual_seed(2))
     decoder = torch.randint(5, 90, (2, 3), generator=torch.Generator().manual_seed(3))
 

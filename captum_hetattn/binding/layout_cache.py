@@ -16,6 +16,7 @@ with a stale map.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -285,6 +286,13 @@ def _pushes(intos: list[Tensor], origin: _Canonical):
     return push
 
 
+@functools.lru_cache(maxsize=32)
+def _weights(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Random cotangents of one shape, drawn once (what is checked is which tokens a pass
+    reaches, and the plane of rows it starts from is drawn afresh every time)."""
+    return torch.randn(shape, generator=_CHECKS).to(dtype=dtype, device=device)
+
+
 def _planes(tokens: int) -> tuple[Tensor, Tensor]:
     chosen = torch.rand(tokens, generator=_CHECKS) < 0.5
     return chosen, ~chosen
@@ -317,7 +325,7 @@ def _states_hold(group: list[AttentionRecord], query: _Canonical, key: _Canonica
                 on = (rows >= 0) & plane[rows.clamp(min=0)]
                 want[rows[on]] = True
                 chosen = (on | (rows < 0)).view(*state.shape[:-1], 1)
-                weights.append(torch.randn(state.shape, generator=_CHECKS).to(state) * chosen)
+                weights.append(_weights(tuple(state.shape), state.dtype, state.device) * chosen)
             (grad,) = torch.autograd.grad(states, origin.tensor, weights, retain_graph=True,
                                           allow_unused=True)
             if grad is None:
