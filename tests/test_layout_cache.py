@@ -199,3 +199,22 @@ def test_the_cache_keeps_its_bound():
     _layouts(model, forward, (smaller,), extra, cache)
     assert cache.elements <= budget
     assert all(key[0] == next(iter(cache._placements))[0] for key in cache._placements)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_layouts_read_from_digits_equal_layouts_probed_by_bit_planes(name, monkeypatch):
+    """The few-product probes (ratios of responses read as the digits of a token's number)
+    give the layouts the bit-plane probes give, to the bit; they fall back to bit planes where
+    a row reads several tokens (LongT5's aggregates)."""
+    from captum_hetattn.binding import canonical, layouts
+
+    model, forward, inputs, extra = MODELS[name]()
+    read = []
+    decode = canonical._decode_by_ratio
+    monkeypatch.setattr(canonical, "_decode_by_ratio",
+                        lambda *a, **k: read.append(decode(*a, **k)) or read[-1])
+    digits = _layouts(model, forward, inputs, extra, None)
+    assert any(r is not None for r in read)
+    monkeypatch.setattr(canonical, "_decode_by_ratio", lambda *a, **k: None)
+    monkeypatch.setattr(layouts, "token_rows", lambda *a, **k: None)
+    _assert_same(digits, _layouts(model, forward, inputs, extra, None))

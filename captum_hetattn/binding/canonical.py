@@ -102,6 +102,13 @@ def rows_sources(intos: Sequence[Tensor], origin: Tensor, origin_dim: int) -> li
                                       create_graph=True, allow_unused=True)
     if pullback is None or not pullback.requires_grad:
         return unknown
+    decoded = _decode_by_ratio(pullback, probes, view, origin, origin_dim,
+                               [rows[i] for i in live])
+    if decoded is not None:
+        out = list(unknown)
+        for k, i in enumerate(live):
+            out[i] = decoded[k]
+        return out
     index = torch.arange(batch * n, device=origin.device).view(batch, n)
     planes = max(1, math.ceil(math.log2(max(batch * n, 2))))
     code = [torch.zeros(rows[i], dtype=torch.long, device=origin.device) for i in live]
@@ -129,6 +136,87 @@ def rows_sources(intos: Sequence[Tensor], origin: Tensor, origin_dim: int) -> li
         out[i] = torch.where(several[k], SEVERAL_SOURCES,
                              torch.where(reached[k], code[k], NO_SOURCE))
     return out
+
+
+def _scales(tangent: Tensor, count: int, dim: int, base: int) -> list[Tensor]:
+    """``tangent``, then ``tangent`` scaled along ``dim`` (of ``count`` entries) by each
+    digit (base ``base``, plus one) of the entry's number."""
+    shape = [1] * tangent.dim()
+    shape[dim] = count
+    number = torch.arange(count, device=tangent.device).view(shape)
+    digits = max(1, math.ceil(math.log(max(count, 2), base)))
+    return [tangent] + [tangent * ((number // base ** k) % base + 1).to(tangent)
+                        for k in range(digits)]
+
+
+def _read_digits(plain: Tensor, scaled: Sequence[Tensor | None], base: int) -> Tensor | None:
+    r"""``(m,)`` numbers from responses ``plain`` ``(m, width)`` and ``scaled`` (one per digit,
+    see :func:`_scales`): in every component of a response, the ratio of a scaled response to
+    the plain one is the digit plus one when the response comes from one entry; ``-1`` where
+    nothing responds, ``None`` where a ratio is not one integer across the components (several
+    entries) or a response is too narrow to tell."""
+    first = plain.double()
+    if first.shape[1] < 4:
+        return None
+    big = first.abs() > 1e-3 * first.abs().amax(dim=1, keepdim=True)
+    code = torch.zeros(first.shape[0], dtype=torch.long, device=first.device)
+    for digit, response in enumerate(scaled):
+        if response is None:
+            return None
+        ratio = response.reshape(first.shape).double() / torch.where(big, first, 1.0)
+        value = torch.where(big, ratio, -1.0).amax(dim=1).round()
+        if bool((big & ((ratio - value[:, None]).abs() > 0.05)).any()):
+            return None
+        code += (value.long() - 1).clamp(min=0) * base ** digit
+    return torch.where(big.any(dim=1), code, NO_SOURCE)
+
+
+def _decode_by_ratio(pullback: Tensor, probes: Sequence[Tensor], view: Tensor, origin: Tensor,
+                     origin_dim: int, rows: Sequence[int], base: int = 64) -> list[Tensor] | None:
+    r""":func:`rows_sources` in a few products where every row reads at most one token (a
+    random tangent, then scaled by the digits of each token's number: :func:`_read_digits`);
+    ``None`` (probe by bit planes) where that cannot tell."""
+    batch, n, _ = view.shape
+    tangent = torch.randn(view.shape, generator=_GENERATOR).to(view).reshape(batch * n, -1)
+    pushes = [torch.autograd.grad(pullback, probes,
+                                  _restore_layout(t.view(view.shape), origin, origin_dim),
+                                  retain_graph=True, allow_unused=True)
+              for t in _scales(tangent, batch * n, 0, base)]
+    out = []
+    for k, size in enumerate(rows):
+        if pushes[0][k] is None:
+            out.append(torch.full((size,), NO_SOURCE, dtype=torch.long, device=origin.device))
+            continue
+        code = _read_digits(pushes[0][k].reshape(size, -1), [p[k] for p in pushes[1:]], base)
+        if code is None:
+            return None
+        out.append(code.to(origin.device))
+    return out
+
+
+def token_rows(into: Tensor, into_dim: int, origin: Tensor, origin_dim: int,
+               base: int = 64) -> Tensor | None:
+    r"""``(B, n)``: the row of ``into`` (flattened over its ``(B', rows)`` tokens) each token of
+    ``origin`` feeds, ``-1`` for none, by a few first-order passes (a random cotangent of
+    ``into``'s rows, then scaled by the digits of each row's number: :func:`_read_digits`);
+    ``None`` where a token feeds several rows or that cannot tell (probe otherwise)."""
+    if not into.requires_grad or not origin.requires_grad:
+        return None
+    view = tokens_view(into, into_dim)
+    rows = view.shape[0] * view.shape[1]
+    cotangent = torch.randn(view.shape, generator=_GENERATOR).to(view).reshape(rows, -1)
+    grads = []
+    for weights in _scales(cotangent, rows, 0, base):
+        (grad,) = torch.autograd.grad(into, origin,
+                                      _restore_layout(weights.view(view.shape), into, into_dim),
+                                      retain_graph=True, allow_unused=True)
+        if grad is None:
+            return None
+        grads.append(tokens_view(grad, origin_dim))
+    batch, n = grads[0].shape[:2]
+    code = _read_digits(grads[0].reshape(batch * n, -1),
+                        [g.reshape(batch * n, -1) for g in grads[1:]], base)
+    return None if code is None else code.view(batch, n)
 
 
 # ------------------------------------------------------------------------------ canonical calls

@@ -49,6 +49,7 @@ from captum_hetattn.binding.canonical import (
     _with_tiles,
     row_sources,
     rows_sources,
+    token_rows,
 )
 from captum_hetattn.binding.dataflow import _dependence
 from captum_hetattn.binding.layout_cache import LayoutCache, Placement
@@ -335,14 +336,18 @@ def _state_tokens(
     if own is None or own is canonical.tensor or not own.requires_grad:
         return rows_sources(states, canonical.tensor, canonical.token_dim)
     rows = own.reshape(1, -1, own.shape[-1]) if dim != 0 else own.reshape(1, -1)
-    (found,) = _dependence(rows, 1, [(canonical.tensor, canonical.token_dim)], 1, exact=False)
-    fed = found.codes.flatten() >= 0 if found.codes is not None else None
-    if fed is None or bool((torch.bincount(found.codes.flatten()[fed]) > 1).any()):
+    codes = token_rows(rows, 1, canonical.tensor, canonical.token_dim)
+    if codes is None:
+        (found,) = _dependence(rows, 1, [(canonical.tensor, canonical.token_dim)], 1,
+                               exact=False)
+        codes = found.codes
+    fed = codes.flatten() >= 0 if codes is not None else None
+    if fed is None or bool((torch.bincount(codes.flatten()[fed]) > 1).any()):
         # a token feeding several rows (overlapping windows) or a row fed by several tokens
         # (a merge before the windows): not a permutation, probe directly
         return rows_sources(states, canonical.tensor, canonical.token_dim)
     token_of_row = torch.full((rows.shape[1],), NO_SOURCE, dtype=torch.long)
-    token_of_row[found.codes.flatten()[fed]] = fed.nonzero().flatten()
+    token_of_row[codes.flatten()[fed]] = fed.nonzero().flatten()
     out = []
     for to_own in rows_sources(states, own, dim):
         mapped = token_of_row[to_own.clamp(min=0)]
