@@ -286,7 +286,7 @@ def _pushes(intos: list[Tensor], origin: _Canonical):
     return push
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def _weights(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Random cotangents of one shape, drawn once (what is checked is which tokens a pass
     reaches, and the plane of rows it starts from is drawn afresh every time)."""
