@@ -33,6 +33,7 @@ from captum_hetattn._captum_compat import (
     log_usage,
 )
 from captum_hetattn.binding import BoundRecording
+from captum_hetattn.binding.layout_cache import LayoutCache
 from captum_hetattn.engine.checks import check_flag, check_options
 from captum_hetattn.engine.pipeline import Correction, Options, run
 from captum_hetattn.engine.readout import Readout
@@ -117,6 +118,8 @@ class _AttentionAttribution(Attribution):
         self.graph: LayerGraph | None = graph
         self.input_mappings = tuple(input_mappings) if input_mappings is not None else None
         self.report = Report()
+        # token layouts of windowed / banded calls, found once per call signature
+        self.layouts = LayoutCache()
 
     def _propagator(self, noise_link: bool) -> Propagator:
         """The rules this method propagates with."""

@@ -12,7 +12,7 @@ says where each entry of the raw maps lands in the dense map
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,23 +42,37 @@ class TokenLayout:
     raw_index: Tensor
     dense_index: Tensor
     weight: Tensor | None = None
+    #: ``dense_index`` with the head left out (``summed_index()``), kept once computed
+    head_free_index: Tensor | None = None
 
     def release(self) -> None:
         """Drop the index tensors (as large as the raw maps) once the call is folded for good."""
         empty = torch.zeros(0, dtype=torch.long)
         self.raw_index = self.dense_index = empty
-        self.weight = None
+        self.weight = self.head_free_index = None
 
-    def fold(self, parts: Sequence[Tensor]) -> Tensor:
+    def summed_index(self) -> Tensor:
+        """The element of the head-summed ``(B, 1, n_q, n_k)`` map each raw entry lands on."""
+        if self.head_free_index is None:
+            batch, heads, n_q, n_k = self.dense_shape
+            size = n_q * n_k
+            self.head_free_index = (self.dense_index.div(heads * size, rounding_mode="floor")
+                                    * size + self.dense_index % size)
+        return self.head_free_index
+
+    def fold(self, parts: Sequence[Tensor], sum_heads: bool = False) -> Tensor:
         r"""The dense map of raw maps ``parts`` (anything laid out like them: ``A``, ``G``,
-        ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it."""
+        ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it. With
+        ``sum_heads``, its sum over heads ``(B, 1, n_q, n_k)``, without the per-head map."""
         flat = torch.cat([p.reshape(-1) for p in parts])
-        out = flat.new_zeros(math.prod(self.dense_shape))
+        batch, heads, n_q, n_k = self.dense_shape
+        shape = (batch, 1, n_q, n_k) if sum_heads else self.dense_shape
+        out = flat.new_zeros(math.prod(shape))
         values = flat[self.raw_index]
         if self.weight is not None:  # an aggregated key spread over its tokens
             values = values * self.weight.to(values)
-        out.index_add_(0, self.dense_index, values)
-        return out.view(self.dense_shape)
+        out.index_add_(0, self.summed_index() if sum_heads else self.dense_index, values)
+        return out.view(shape)
 
 
 # ------------------------------------------------------------------------------ probing
@@ -88,6 +102,13 @@ def rows_sources(intos: Sequence[Tensor], origin: Tensor, origin_dim: int) -> li
                                       create_graph=True, allow_unused=True)
     if pullback is None or not pullback.requires_grad:
         return unknown
+    decoded = _decode_by_ratio(pullback, probes, view, origin, origin_dim,
+                               [rows[i] for i in live])
+    if decoded is not None:
+        out = list(unknown)
+        for k, i in enumerate(live):
+            out[i] = decoded[k]
+        return out
     index = torch.arange(batch * n, device=origin.device).view(batch, n)
     planes = max(1, math.ceil(math.log2(max(batch * n, 2))))
     code = [torch.zeros(rows[i], dtype=torch.long, device=origin.device) for i in live]
@@ -115,6 +136,87 @@ def rows_sources(intos: Sequence[Tensor], origin: Tensor, origin_dim: int) -> li
         out[i] = torch.where(several[k], SEVERAL_SOURCES,
                              torch.where(reached[k], code[k], NO_SOURCE))
     return out
+
+
+def _scales(tangent: Tensor, count: int, dim: int, base: int) -> list[Tensor]:
+    """``tangent``, then ``tangent`` scaled along ``dim`` (of ``count`` entries) by each
+    digit (base ``base``, plus one) of the entry's number."""
+    shape = [1] * tangent.dim()
+    shape[dim] = count
+    number = torch.arange(count, device=tangent.device).view(shape)
+    digits = max(1, math.ceil(math.log(max(count, 2), base)))
+    return [tangent] + [tangent * ((number // base ** k) % base + 1).to(tangent)
+                        for k in range(digits)]
+
+
+def _read_digits(plain: Tensor, scaled: Sequence[Tensor | None], base: int) -> Tensor | None:
+    r"""``(m,)`` numbers from responses ``plain`` ``(m, width)`` and ``scaled`` (one per digit,
+    see :func:`_scales`): in every component of a response, the ratio of a scaled response to
+    the plain one is the digit plus one when the response comes from one entry; ``-1`` where
+    nothing responds, ``None`` where a ratio is not one integer across the components (several
+    entries) or a response is too narrow to tell."""
+    first = plain.double()
+    if first.shape[1] < 4:
+        return None
+    big = first.abs() > 1e-3 * first.abs().amax(dim=1, keepdim=True)
+    code = torch.zeros(first.shape[0], dtype=torch.long, device=first.device)
+    for digit, response in enumerate(scaled):
+        if response is None:
+            return None
+        ratio = response.reshape(first.shape).double() / torch.where(big, first, 1.0)
+        value = torch.where(big, ratio, -1.0).amax(dim=1).round()
+        if bool((big & ((ratio - value[:, None]).abs() > 0.05)).any()):
+            return None
+        code += (value.long() - 1).clamp(min=0) * base ** digit
+    return torch.where(big.any(dim=1), code, NO_SOURCE)
+
+
+def _decode_by_ratio(pullback: Tensor, probes: Sequence[Tensor], view: Tensor, origin: Tensor,
+                     origin_dim: int, rows: Sequence[int], base: int = 64) -> list[Tensor] | None:
+    r""":func:`rows_sources` in a few products where every row reads at most one token (a
+    random tangent, then scaled by the digits of each token's number: :func:`_read_digits`);
+    ``None`` (probe by bit planes) where that cannot tell."""
+    batch, n, _ = view.shape
+    tangent = torch.randn(view.shape, generator=_GENERATOR).to(view).reshape(batch * n, -1)
+    pushes = [torch.autograd.grad(pullback, probes,
+                                  _restore_layout(t.view(view.shape), origin, origin_dim),
+                                  retain_graph=True, allow_unused=True)
+              for t in _scales(tangent, batch * n, 0, base)]
+    out = []
+    for k, size in enumerate(rows):
+        if pushes[0][k] is None:
+            out.append(torch.full((size,), NO_SOURCE, dtype=torch.long, device=origin.device))
+            continue
+        code = _read_digits(pushes[0][k].reshape(size, -1), [p[k] for p in pushes[1:]], base)
+        if code is None:
+            return None
+        out.append(code.to(origin.device))
+    return out
+
+
+def token_rows(into: Tensor, into_dim: int, origin: Tensor, origin_dim: int,
+               base: int = 64) -> Tensor | None:
+    r"""``(B, n)``: the row of ``into`` (flattened over its ``(B', rows)`` tokens) each token of
+    ``origin`` feeds, ``-1`` for none, by a few first-order passes (a random cotangent of
+    ``into``'s rows, then scaled by the digits of each row's number: :func:`_read_digits`);
+    ``None`` where a token feeds several rows or that cannot tell (probe otherwise)."""
+    if not into.requires_grad or not origin.requires_grad:
+        return None
+    view = tokens_view(into, into_dim)
+    rows = view.shape[0] * view.shape[1]
+    cotangent = torch.randn(view.shape, generator=_GENERATOR).to(view).reshape(rows, -1)
+    grads = []
+    for weights in _scales(cotangent, rows, 0, base):
+        (grad,) = torch.autograd.grad(into, origin,
+                                      _restore_layout(weights.view(view.shape), into, into_dim),
+                                      retain_graph=True, allow_unused=True)
+        if grad is None:
+            return None
+        grads.append(tokens_view(grad, origin_dim))
+    batch, n = grads[0].shape[:2]
+    code = _read_digits(grads[0].reshape(batch * n, -1),
+                        [g.reshape(batch * n, -1) for g in grads[1:]], base)
+    return None if code is None else code.view(batch, n)
 
 
 # ------------------------------------------------------------------------------ canonical calls
@@ -147,13 +249,20 @@ def _candidates(record: AttentionRecord, side: str) -> list[_Canonical]:
     return out
 
 
+def _batched(record: AttentionRecord, side: str, batch: int) -> list[_Canonical]:
+    """:func:`_candidates` that hold ``(batch, tokens)`` rows."""
+    return [c for c in _candidates(record, side)
+            if tokens_view(c.tensor, c.token_dim).shape[0] == batch]
+
+
 def _tiled(
-    record: AttentionRecord, side: str, batch: int, inputs: Sequence[object]
+    record: AttentionRecord, side: str, batch: int, inputs: Sequence[object],
+    confirm: bool = True,
 ) -> _Canonical | None:
     """The call's own hidden states read as ``k`` consecutive sequences per example (crops of
     one image, frames of one video), when nothing around the call holds them per example —
     if a batched float model input confirms it: example ``b``'s sequences depend on input
-    ``b`` only."""
+    ``b`` only (``confirm=False``: unconfirmed, for a cached layout that is checked itself)."""
     tensor = record.query_input if side == "query" else record.key_input
     dim = record.token_dim if side == "query" else record.key_token_dim
     tiled_3d = dim == 1 and tensor is not None and tensor.dim() >= 3
@@ -164,6 +273,8 @@ def _tiled(
     if sequences <= batch or sequences % batch:
         return None
     per_example = sequences // batch
+    if not confirm:
+        return _tiles_of(record, side, tensor, per_example)
     # a witness: a traced float input split the same way (batch-first, or packed rows)
     witnesses = [x for x in inputs if isinstance(x, Tensor) and x.is_floating_point()
                  and x.requires_grad and x.dim() >= 2 and x.shape[0] % batch == 0]
@@ -183,11 +294,26 @@ def _tiled(
             confirmed = confirmed or bool(reached[b])
     if not confirmed:
         return None
+    return _tiles_of(record, side, tensor, per_example)
+
+
+def _tiles_of(record: AttentionRecord, side: str, tensor: Tensor, per_example: int) -> _Canonical:
     tiles = TILES + per_example
     output = record.output if side == "query" else None
     same = output is not None and output.shape == tensor.shape
     return _Canonical(tensor, tiles, record.nodes.get(side), output if same else None,
                       record.nodes.get("output") if same else None, f"'{record.name}' (tiles)")
+
+
+def _with_tiles(
+    record: AttentionRecord, side: str, batch: int, inputs: Sequence[object]
+) -> Iterator[_Canonical]:
+    """The candidates holding ``(batch, tokens)`` rows, then (probed only when reached) the
+    call's own states read as tiles."""
+    yield from _batched(record, side, batch)
+    tiled = _tiled(record, side, batch, inputs)
+    if tiled is not None:
+        yield tiled
 
 
 def _usable(context: Context) -> bool:
@@ -206,6 +332,25 @@ def _from_context(context: Context) -> list[_Canonical]:
     return [_Canonical(tensor, dim, context.input_node, output, node, f"'{context.name}'")
             for dim in dims]
 
+
+
+def _call_of(
+    group: list[AttentionRecord], layout: TokenLayout, query: _Canonical,
+    key: _Canonical | None, role: str,
+) -> AttentionRecord:
+    """The call record of raw maps ``group`` folded by ``layout`` over the canonical hidden
+    states ``query`` (and ``key`` for a cross call)."""
+    first = group[0]
+    call = AttentionRecord(
+        name=first.name, call_index=first.call_index, role=role, attention=None,
+        gradient=None, shape=layout.dense_shape, query_input=query.tensor,
+        key_input=key.tensor if key is not None else None, output=query.output,
+        token_dim=query.token_dim, key_token_dim=(key or query).token_dim,
+        call_id=first.call_id, layout=layout, parts=list(group),
+    )
+    call.nodes = {"query": query.node, "key": key.node if key is not None else None,
+                  "output": query.output_node}
+    return call
 
 
 def _describe(record: AttentionRecord) -> str:

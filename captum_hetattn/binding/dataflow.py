@@ -28,7 +28,7 @@ embeddings, norms), so they cost a small fraction of one model backward.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -249,15 +249,9 @@ def _dependence(
     """
     view = tokens_view(into, into_dim)
     n_into = view.shape[1]
-    tensors = [t for t, _ in origins]
 
     def pass_rows(rows: Tensor) -> list[Tensor]:
-        weights = torch.randn(view.shape, generator=_GENERATOR).to(view) * rows[None, :, None]
-        grads = torch.autograd.grad(
-            into, tensors, _restore_layout(weights, into, into_dim), retain_graph=True,
-            allow_unused=True,
-        )
-        return [_token_support(g, t, d, batch) for g, (t, d) in zip(grads, origins, strict=True)]
+        return _pass_rows(into, into_dim, origins, batch, rows)
 
     # a vectorised backward (is_grads_batched) measured 1.7x slower on CPU: one pass per plane
     planes = max(1, math.ceil(math.log2(max(n_into, 2))))
@@ -284,6 +278,19 @@ def _dependence(
         else:
             out.append(_Dependence(n_into, torch.where(seen[k], codes[k], -1)))
     return out
+
+def _pass_rows(into: Tensor, into_dim: int, origins: Sequence[tuple[Tensor, int]], batch: int,
+               rows: Tensor, generator: torch.Generator = _GENERATOR) -> list[Tensor]:
+    """``(B, n_origin)`` per origin: its tokens reached by one backward pass from ``rows``
+    (``(n_into,)`` weights) of ``into``."""
+    view = tokens_view(into, into_dim)
+    weights = torch.randn(view.shape, generator=generator).to(view) * rows[None, :, None]
+    grads = torch.autograd.grad(
+        into, [t for t, _ in origins], _restore_layout(weights, into, into_dim),
+        retain_graph=True, allow_unused=True,
+    )
+    return [_token_support(g, t, d, batch) for g, (t, d) in zip(grads, origins, strict=True)]
+
 
 def _origin_tokens(tensor: Tensor, token_dim: int, batch: int) -> int:
     if token_dim < 0:
@@ -326,6 +333,7 @@ def analyse(
     towers: Sequence[str],
     map_inputs: bool = False,
     batch: int | None = None,
+    dependence: Callable[..., list[_Dependence]] | None = None,
 ) -> DataFlow:
     r"""Streams, junctions and sources of one recorded forward (``record_io=True``).
 
@@ -340,6 +348,9 @@ def analyse(
             (``DataFlow.inputs``; streams fed by several inputs always get it). Costs
             ``2⌈log₂ n⌉`` backward passes through the input's embedding per stream.
         batch: the number of examples (default: the batch of the last call).
+        dependence: ``dependence(site, into, into_dim, origins, batch, exact)``, the probe of
+            which rows each origin token feeds (default :func:`_dependence`; ``site`` names
+            the probe, for a cache of them).
 
     Raises:
         ValueError: a call whose hidden states are not traceable (no autograd graph).
@@ -373,6 +384,8 @@ def analyse(
         if position is not None:
             walker.mark(node, ("input", position, 0))
     flow = _Builder(records, walker, input_tensors, towers, batch, map_inputs)
+    if dependence is not None:
+        flow.dependence = dependence
     return flow.run()
 
 
@@ -416,6 +429,7 @@ class _Builder:
         # tensor node -> (stream, its call count then): the tokens of that stream at that time
         self.probed: dict[object, tuple[int, int]] = {}
         self.constants: dict[int, tuple[Tensor, int]] = {}  # keeps the tensor alive for its id
+        self.dependence = lambda site, *args, **kwargs: _dependence(*args, **kwargs)
 
     def run(self) -> DataFlow:
         for i, record in enumerate(self.records):
@@ -532,8 +546,8 @@ class _Builder:
             if state is None:
                 continue
             origins.append((stream, state, state_dim, before))
-        dependences = _dependence(
-            tensor, dim, [(t, d) for _, t, d, _ in origins], self.batch
+        dependences = self.dependence(
+            ("stream", i), tensor, dim, [(t, d) for _, t, d, _ in origins], self.batch
         ) if origins else []
         maps = [d.matrix() for d in dependences]
         feeding = [(o, m) for o, m in zip(origins, maps, strict=True) if m is not None and m.any()]
@@ -596,7 +610,8 @@ class _Builder:
             return
         origins = [self.input_tensors[p] for p in positions]
         record = self.records[i]
-        dependences = _dependence(tensor, dim, origins, self.batch, exact=len(positions) > 1)
+        dependences = self.dependence(("inputs", i, tuple(positions)), tensor, dim, origins,
+                                      self.batch, exact=len(positions) > 1)
         # inputs that reach only rows spliced in from other streams belong to those streams
         kept = [(p, d) for p, d in zip(positions, dependences, strict=True)
                 if (d.codes is None and d.full is None) or (d.feeds() & fresh).any()]

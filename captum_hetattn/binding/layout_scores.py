@@ -24,10 +24,10 @@ from captum_hetattn.binding.canonical import (
     NO_SOURCE,
     SEVERAL_SOURCES,
     TokenLayout,
-    _candidates,
+    _call_of,
     _Canonical,
     _describe,
-    _tiled,
+    _with_tiles,
     row_sources,
 )
 from captum_hetattn.binding.tokens import tokens_view
@@ -97,20 +97,19 @@ def _lay_out_scores(
     from several tokens (LongT5's transient-global block aggregates) spreads its entry over
     those tokens in equal shares, as a junction spreads a merged token."""
     first = group[0]
-    candidates = [c for c in _candidates(first, "query")
-                  if tokens_view(c.tensor, c.token_dim).shape[0] == batch]
-    tiled = _tiled(first, "query", batch, inputs)
-    candidates += [tiled] if tiled is not None else []
-    if not candidates:
-        raise NotImplementedError(
-            f"{_describe(first)}: no hidden states around it hold (batch={batch}, tokens) rows"
-        )
     reason: str | None = None
-    for candidate in candidates:  # the first whose tokens the scores read one by one
+    tried = 0
+    for candidate in _with_tiles(first, "query", batch, inputs):
+        # the first whose tokens the scores read one by one
+        tried += 1
         call = _lay_out_over(group, batch, candidate)
         if not isinstance(call, str):
             return call
         reason = reason or call
+    if not tried:
+        raise NotImplementedError(
+            f"{_describe(first)}: no hidden states around it hold (batch={batch}, tokens) rows"
+        )
     assert reason is not None
     return reason
 
@@ -161,14 +160,7 @@ def _lay_out_over(
             "local" if canonical.where == f"'{first.name}'" else "windowed")
     layout = TokenLayout(kind, (batch, heads, n, n), torch.cat(raw), torch.cat(dense),
                          torch.cat(weight))
-    call = AttentionRecord(
-        name=first.name, call_index=first.call_index, role="self", attention=None,
-        gradient=None, shape=layout.dense_shape, query_input=canonical.tensor, key_input=None,
-        output=canonical.output, token_dim=canonical.token_dim, call_id=first.call_id,
-        layout=layout, parts=list(group),
-    )
-    call.nodes = {"query": canonical.node, "key": None, "output": canonical.output_node}
-    return call
+    return _call_of(group, layout, canonical, None, "self")
 
 
 def _place_entries(

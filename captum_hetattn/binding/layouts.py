@@ -42,14 +42,17 @@ from captum_hetattn.binding.canonical import (
     NO_SOURCE,
     SEVERAL_SOURCES,
     TokenLayout,
+    _call_of,
     _candidates,
     _Canonical,
     _describe,
-    _tiled,
+    _with_tiles,
     row_sources,
     rows_sources,
+    token_rows,
 )
 from captum_hetattn.binding.dataflow import _dependence
+from captum_hetattn.binding.layout_cache import LayoutCache, Placement
 from captum_hetattn.binding.layout_scores import _lay_out_scores
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
@@ -127,7 +130,8 @@ def _state_row_is_local(states: Tensor, hidden: Tensor, token_dim: int) -> bool:
 
 
 def canonicalise(
-    recorder: AttentionRecorder, batch: int, inputs: Sequence[object] = ()
+    recorder: AttentionRecorder, batch: int, inputs: Sequence[object] = (),
+    cache: LayoutCache | None = None,
 ) -> list[tuple[AttentionRecord, str]]:
     r"""Give every call of the recording that is not one dense map over its own hidden states a
     :class:`TokenLayout` (the recorder then holds one record per call, see
@@ -135,7 +139,10 @@ def canonicalise(
     context and before the gradient pass.
 
     ``inputs`` are the model inputs (float ones traced): they confirm which example a call's
-    tiles (``k`` sequences per example) belong to.
+    tiles (``k`` sequences per example) belong to. With a ``cache`` (the explainer's), a call
+    of a signature laid out before takes its placement from there once a cheap check on this
+    forward's tensors confirms it (:mod:`~captum_hetattn.binding.layout_cache`); it is probed
+    otherwise.
 
     Returns:
         ``(record, reason)`` for softmaxes that are not attention over tokens (left out of the
@@ -151,15 +158,23 @@ def canonicalise(
                           []).append(record)
     calls: list[AttentionRecord] = []
     dropped: list[tuple[AttentionRecord, str]] = []
-    for group in groups.values():
-        if len(group) == 1 and _is_plain(group[0], batch) and _reads_tokens(group[0]):
-            continue
-        for record in group:  # a flash record's map is needed now: laying it out reads it
-            if record.attention is None and record.recompute is not None:
-                record.attention = record.recompute()
-        call = _lay_out(group, batch, inputs)
+    signature = LayoutCache.signature(batch, inputs) if cache is not None else None
+    for ordinal, group in enumerate(groups.values()):
+        key = cache.key(signature, ordinal, group) if cache is not None else None
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None and cached.kind not in ("plain", "dropped"):
+            _materialise(group)
+        call = cached.replay(group, batch, inputs) if cached is not None else None
+        if cache is not None:
+            cache.hits += call is not None
+        if call is None:
+            placement, call = _place(group, batch, inputs)
+            if cache is not None:
+                cache.misses += 1
+                cache.put(key, placement)
         if isinstance(call, str):
-            dropped += [(r, call) for r in group]
+            if call != "plain":
+                dropped += [(r, call) for r in group]
         else:
             calls.append(call)
     if calls or dropped:
@@ -167,15 +182,35 @@ def canonicalise(
     return dropped
 
 
+def _materialise(group: list[AttentionRecord]) -> None:
+    """A flash record's map is needed now: laying it out (and folding it) reads it."""
+    for record in group:
+        if record.attention is None and record.recompute is not None:
+            record.attention = record.recompute()
+
+
+def _place(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
+           ) -> tuple[Placement, AttentionRecord | str]:
+    """Probe one call's layout: its placement (for the cache) and the laid-out call, or
+    ``"plain"``, or the reason it is left out."""
+    if len(group) == 1 and _is_plain(group[0], batch) and _reads_tokens(group[0]):
+        return Placement("plain"), "plain"
+    _materialise(group)
+    call, sources = _lay_out(group, batch, inputs)
+    if isinstance(call, str):
+        return Placement("dropped", reason=call), call
+    return Placement.of(call, batch, sources), call
+
 
 def _lay_out(
     group: list[AttentionRecord], batch: int, inputs: Sequence[object] = ()
-) -> AttentionRecord | str:
+) -> tuple[AttentionRecord | str, tuple[list[Tensor], list[Tensor]] | None]:
     r"""The laid-out call of one group of raw maps (one call), or why its softmax is not
-    attention over tokens."""
+    attention over tokens; with, for a call laid out from its per-head states, each state
+    row's canonical token (query side, key side; per map)."""
     first = group[0]
     if all(r.scores is not None and r.linears for r in group):
-        return _lay_out_scores(group, batch, inputs)
+        return _lay_out_scores(group, batch, inputs), None
     if any(r.states is None for r in group):
         shapes = ", ".join(str(tuple(r.shape)) for r in group)
         raise NotImplementedError(
@@ -189,15 +224,15 @@ def _lay_out(
     states = [s for r in group for s in (r.states[:1] if cross else r.states)]
     query = _pick(first, "query", batch, states, inputs)
     if isinstance(query, str):
-        return query
+        return query, None
     if cross:
         key = _pick(first, "key", batch, [r.states[1] for r in group], inputs)
         if isinstance(key, str):
-            return key
+            return key, None
     else:
         canonical, sources = query
         query, key = (canonical, sources[0::2]), (canonical, sources[1::2])
-    return _lay_out_states(group, batch, query, key, cross)
+    return _lay_out_states(group, batch, query, key, cross), (query[1], key[1])
 
 
 def _lay_out_states(
@@ -228,17 +263,7 @@ def _lay_out_states(
     kind = ("tiled" if where.endswith("(tiles)") else "packed" if where == f"'{first.name}'"
             else "windowed")
     layout = TokenLayout(kind, dense_shape, torch.cat(raw), torch.cat(dense))
-    q_canon, k_canon = query[0], key[0]
-    call = AttentionRecord(
-        name=first.name, call_index=first.call_index, role=first.role, attention=None,
-        gradient=None, shape=dense_shape, query_input=q_canon.tensor,
-        key_input=k_canon.tensor if cross else None, output=q_canon.output,
-        token_dim=q_canon.token_dim, key_token_dim=k_canon.token_dim, call_id=first.call_id,
-        layout=layout, parts=list(group),
-    )
-    call.nodes = {"query": q_canon.node, "key": k_canon.node if cross else None,
-                  "output": q_canon.output_node}
-    return call
+    return _call_of(group, layout, query[0], key[0] if cross else None, first.role)
 
 
 def _dense_entries(
@@ -274,13 +299,10 @@ def _pick(
     """The canonical hidden states of one side of a call and each state row's token there
     (``states``: one tensor per map, or for self-attention a query and a key tensor per map),
     or a reason why the side's slots are not tokens."""
-    tried: list[str] = []
+    tried = [c.where for c in _candidates(record, side)
+             if tokens_view(c.tensor, c.token_dim).shape[0] != batch]
     reason = None
-    tiled = _tiled(record, side, batch, inputs)
-    for candidate in [*_candidates(record, side), *([tiled] if tiled is not None else [])]:
-        if tokens_view(candidate.tensor, candidate.token_dim).shape[0] != batch:
-            tried.append(candidate.where)
-            continue
+    for candidate in _with_tiles(record, side, batch, inputs):
         sources = _state_tokens(record, side, states, candidate)
         if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
             reason = reason or (f"its {side} slots are each computed from several tokens of "
@@ -314,14 +336,18 @@ def _state_tokens(
     if own is None or own is canonical.tensor or not own.requires_grad:
         return rows_sources(states, canonical.tensor, canonical.token_dim)
     rows = own.reshape(1, -1, own.shape[-1]) if dim != 0 else own.reshape(1, -1)
-    (found,) = _dependence(rows, 1, [(canonical.tensor, canonical.token_dim)], 1, exact=False)
-    fed = found.codes.flatten() >= 0 if found.codes is not None else None
-    if fed is None or bool((torch.bincount(found.codes.flatten()[fed]) > 1).any()):
+    codes = token_rows(rows, 1, canonical.tensor, canonical.token_dim)
+    if codes is None:
+        (found,) = _dependence(rows, 1, [(canonical.tensor, canonical.token_dim)], 1,
+                               exact=False)
+        codes = found.codes
+    fed = codes.flatten() >= 0 if codes is not None else None
+    if fed is None or bool((torch.bincount(codes.flatten()[fed]) > 1).any()):
         # a token feeding several rows (overlapping windows) or a row fed by several tokens
         # (a merge before the windows): not a permutation, probe directly
         return rows_sources(states, canonical.tensor, canonical.token_dim)
     token_of_row = torch.full((rows.shape[1],), NO_SOURCE, dtype=torch.long)
-    token_of_row[found.codes.flatten()[fed]] = fed.nonzero().flatten()
+    token_of_row[codes.flatten()[fed]] = fed.nonzero().flatten()
     out = []
     for to_own in rows_sources(states, own, dim):
         mapped = token_of_row[to_own.clamp(min=0)]

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from captum_hetattn.binding.dataflow import DataFlow, analyse
+from captum_hetattn.binding.layout_cache import LayoutCache
 from captum_hetattn.binding.layouts import canonical_batch, canonicalise
+from captum_hetattn.binding.lifts import with_lifts
 from captum_hetattn.binding.streams import tower_of
 from captum_hetattn.capture import AttentionRecorder
 
@@ -24,6 +26,7 @@ def trace(
     inputs: Sequence[Any],
     map_inputs: bool = False,
     batch: int | None = None,
+    layouts: LayoutCache | None = None,
 ) -> DataFlow:
     r"""The data flow of the forward just recorded by ``recorder`` (``record_io=True``), called
     inside its context.
@@ -33,6 +36,7 @@ def trace(
         inputs: the model inputs by position (float ones traced).
         map_inputs: see :func:`~captum_hetattn.binding.dataflow.analyse`.
         batch: the number of examples (default: the batch of the first batched input).
+        layouts: the explainer's cache of token layouts (``None``: every call probed).
 
     Returns:
         The :class:`~captum_hetattn.binding.dataflow.DataFlow`, with ``left_out`` the
@@ -43,7 +47,7 @@ def trace(
     """
     batch = batch if batch is not None else canonical_batch(inputs)
     with recorder.muted():
-        left_out = canonicalise(recorder, batch, inputs) if batch is not None else []
+        left_out = canonicalise(recorder, batch, inputs, layouts) if batch is not None else []
         records = recorder.records
         if not records and (left_out or recorder.skipped):
             reasons = [(r.name, why) for r, why in left_out] + list(recorder.skipped)
@@ -54,6 +58,9 @@ def trace(
         flow = analyse(
             records, list(inputs), recorder.embeddings, [tower_of(r.name) for r in records],
             map_inputs=map_inputs, batch=batch,
+            dependence=with_lifts(
+                layouts.dependences(batch, inputs) if layouts is not None else None,
+                recorder.lifts),
         )
     flow.left_out = [(record.name, reason) for record, reason in left_out]
     flow.left_out += recorder.skipped

@@ -18,6 +18,7 @@ from captum_hetattn.capture.backends.flash import FlashBackend
 from captum_hetattn.capture.backends.interface import InterfaceBackend
 from captum_hetattn.capture.backends.mha import MhaBackend
 from captum_hetattn.capture.backends.softmax import SoftmaxBackend
+from captum_hetattn.capture.census import census
 from captum_hetattn.capture.claims import claim, release
 from captum_hetattn.capture.errors import blame_the_model
 from captum_hetattn.capture.plan import BACKENDS, listed_names, plan_capture
@@ -74,6 +75,9 @@ class AttentionRecorder:
             ``"softmax"``, ``"mha"``).
         embeddings: with ``record_io``, ``(module name, input ids, output, output's autograd
             node)`` of every ``nn.Embedding`` call, in call order (emptied on exit).
+        lifts: with ``record_io``, ``(module name, module, input, output, output's autograd
+            node)`` of every ``nn.Conv2d`` / ``nn.Linear`` call on a leaf of the graph (a traced
+            float model input), in call order (emptied on exit).
         skipped: with ``record_io``, ``(module name, reason)`` of softmaxes inside attention
             modules that were not recorded (pooling or sampling weights, another dimension).
 
@@ -126,6 +130,7 @@ class AttentionRecorder:
         self.records: list[AttentionRecord] = []
         self.maps: list[Tensor] = []
         self.embeddings: list[tuple[str, Tensor, Tensor, Any]] = []
+        self.lifts: list[tuple[str, nn.Module, Tensor, Tensor, Any]] = []
         self.skipped: list[tuple[str, str]] = []
         self.active_backends: frozenset[str] = frozenset()
         self._session: Session | None = None  # the running recording
@@ -139,6 +144,7 @@ class AttentionRecorder:
         # raises when this thread does (nested): before anything is changed.
         held = claim(self.model)
         self.records, self.maps, self.embeddings, self.skipped = [], [], [], []
+        self.lifts = []
         stack = ExitStack()
         # first in, last out: the next recording starts once everything is restored
         stack.callback(release, held)
@@ -163,7 +169,8 @@ class AttentionRecorder:
         interface = InterfaceBackend(self, session, flash) if plan.interface else None
         softmax = SoftmaxBackend(self, session) if "softmax" in plan.backends else None
         mha = MhaBackend(self, session) if plan.mha else None
-        CallTracker(session, self.embeddings, softmax, mha).install(stack, self.model)
+        CallTracker(session, self.embeddings, softmax, mha, self.lifts).install(stack,
+                                                                                self.model)
         for backend in (flash, interface, softmax, mha):
             if backend is not None:
                 backend.install(stack)
@@ -212,6 +219,7 @@ class AttentionRecorder:
             # The live maps hold the autograd graph: don't keep it alive past the context.
             self.maps = []
             self.embeddings = []
+            self.lifts = []
             for entry in entries:
                 entry.live = None  # type: ignore[assignment]
             # the live tensors hold the autograd graph: a call's parts and layout inputs too
@@ -368,7 +376,11 @@ class AttentionRecorder:
         """Fold the parts of a call with a layout once all have their gradients."""
         if any(p.gradient is None or p.attention is None for p in call.parts):
             return
-        call.attention = call.layout.fold([p.attention for p in call.parts])
+        # with a reduce, the call's own map only says where attention goes (key mass,
+        # causality: zero or not, so the sum over heads of probabilities says it); the reduce
+        # folds the parts itself
+        call.attention = call.layout.fold([p.attention for p in call.parts],
+                                          sum_heads=self.reduce is not None)
         if self.reduce is None:  # a reduce reads the parts; only a plain recording keeps G
             call.gradient = call.layout.fold([p.gradient for p in call.parts])
         if self.reduce is not None:  # one gradient pass: the parts and indices are spent
@@ -403,33 +415,10 @@ class AttentionRecorder:
 
     def census(self) -> tuple[list[tuple[str, str]], list[str]]:
         r"""Why the model's attention modules left no record (inside the context, after the
-        forward): ``(name, reason)`` per attention module of the plan, and the class names of
-        calls recorded from modules outside the model (a forward that ran another model)."""
+        forward): see :func:`~captum_hetattn.capture.census.census`."""
         session = self._session
         assert session is not None, "census() is read inside the recording"
-        plan, skipped = session.plan, dict(self.skipped)
-        recorded = {r.name for r in self.records}
-        reasons = []
-        for key, module in plan.tracked.items():
-            name = plan.names.get(key, type(module).__name__)
-            if name in recorded or (plan.listed is not None and key in plan.listed and key
-                                    not in plan.interface | plan.softmax | plan.mha):
-                continue
-            if key not in session.ran:
-                reason = "it did not run in forward_func"
-            elif name in skipped:
-                reason = skipped[name]
-            elif key in plan.interface:
-                reason = "it ran but called no attention function of transformers' interface"
-            elif key in plan.mha:
-                reason = "it ran but returned no attention weights"
-            else:
-                reason = ("it ran but computed no softmax while it ran (a fused kernel, or the "
-                          "softmax computed elsewhere)")
-            reasons.append((name, reason))
-        known = set(plan.names.values())
-        foreign = list(dict.fromkeys(r.name for r in self.records if r.name not in known))
-        return reasons, foreign
+        return census(session, self.records, self.skipped)
 
     def _finalize_missing(self) -> None:
         for entry in self._session.entries:  # type: ignore[union-attr]

@@ -1,6 +1,7 @@
 r"""Module hooks that follow the model's calls while recording: a frame per running tracked
 module (its role hint and, with ``record_io``, its inputs), the enclosing modules running now,
-and the model's embedding lookups."""
+the model's embedding lookups, and the convolutions and linear maps applied to its float
+inputs."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ class CallTracker:
     """
 
     def __init__(self, session: Session, embeddings: list, softmax: SoftmaxBackend | None,
-                 mha: MhaBackend | None) -> None:
+                 mha: MhaBackend | None, lifts: list | None = None) -> None:
         self.session = session
         self.embeddings = embeddings
+        self.lifts = lifts if lifts is not None else []
         self.softmax = softmax
         self.mha = mha
 
@@ -53,6 +55,9 @@ class CallTracker:
                     handle = module.register_forward_hook(
                         functools.partial(self._on_embedding, name)
                     )
+                    stack.callback(handle.remove)
+                elif isinstance(module, (nn.Conv2d, nn.Linear)):
+                    handle = module.register_forward_hook(functools.partial(self._on_lift, name))
                     stack.callback(handle.remove)
             self._track_contexts(stack, model)
 
@@ -137,6 +142,14 @@ class CallTracker:
         for record in frame.records:
             record.output = output if isinstance(output, Tensor) else None
             record.nodes["output"] = autograd_node(record.output)
+
+    def _on_lift(self, name: str, module: nn.Module, args: tuple, output: Any) -> None:
+        """A convolution or linear map applied to a leaf of the graph (a traced float model
+        input: pixels, region features), for the data flow's input rows."""
+        first = args[0] if args else None
+        if (isinstance(first, Tensor) and first.requires_grad and first.grad_fn is None
+                and isinstance(output, Tensor)):
+            self.lifts.append((name, module, first, output, autograd_node(output)))
 
     def _on_embedding(self, name: str, module: nn.Module, args: tuple, output: Any) -> Any:
         if args and isinstance(args[0], Tensor) and isinstance(output, Tensor):

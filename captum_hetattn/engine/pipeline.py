@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from captum_hetattn._captum_compat import _format_additional_forward_args
 from captum_hetattn.binding.bind import BoundRecording, bind_records
+from captum_hetattn.binding.layout_cache import LayoutCache
 from captum_hetattn.binding.streams import name_streams, stream_towers
 from captum_hetattn.binding.trace import trace
 from captum_hetattn.capture import AttentionRecorder
@@ -80,6 +81,7 @@ class Host(Protocol):
     graph_is_default: bool
     capture: str
     report: Report
+    layouts: LayoutCache | None
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,8 @@ def bind(host: Host, recorder: AttentionRecorder, inputs: list[Any], map_inputs:
         map_inputs: trace which input element feeds which stream row.
         batch: the batch size.
     """
-    flow = trace(recorder, inputs, map_inputs=map_inputs, batch=batch)
+    flow = trace(recorder, inputs, map_inputs=map_inputs, batch=batch,
+                 layouts=getattr(host, "layouts", None))
     for name, reason in flow.left_out:
         host.report.left_out(name, reason)
     records = recorder.records

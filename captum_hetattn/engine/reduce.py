@@ -124,10 +124,11 @@ class Capture:
                    correction == "none" or _has_gradient(record))
         if record.layout is not None:  # correct each raw entry, then fold (exact with overlaps)
             parts = [corrected(p.attention, p.gradient, correction) for p in record.parts]
+            if not self.keep_heads:  # the sum over heads folded at once: no per-head map
+                return record.layout.fold(parts, sum_heads=True)[:, 0] / record.shape[1]
             folded = record.layout.fold(parts)
-            if self.keep_heads:
-                self._keep(key, record, record.layout.fold([p.attention for p in record.parts]),
-                           record.layout.fold([p.gradient for p in record.parts]), folded)
+            self._keep(key, record, record.layout.fold([p.attention for p in record.parts]),
+                       record.layout.fold([p.gradient for p in record.parts]), folded)
             return folded.mean(dim=1)
         if self.keep_heads:
             self._keep(key, record, record.attention, record.gradient,
