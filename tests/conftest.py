@@ -13,6 +13,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def bert():
+    """A tiny BERT sequence classifier from a config, a padded batch of three and its mask:
+    ``(model, forward(ids, mask) -> logits, ids, mask)``; ``[CLS]`` readout through the pooler."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=37, vocab_size=50, num_labels=3)
+    model = tf.BertForSequenceClassification(config).eval()
+    ids = torch.randint(5, 50, (3, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[2, 3:] = 0
+    return model, (lambda i, m: model(input_ids=i, attention_mask=m).logits), ids, mask
+
+
 @pytest.fixture
 def count_flash(monkeypatch):
     """The calls that ran through the flash capture (one entry per call)."""

@@ -30,16 +30,9 @@ WORDS = ["[CLS]", "the", "red", "square", "is", "left", "[SEP]"]
 
 
 @pytest.fixture(scope="module")
-def classifier():
+def classifier(bert):
     """A BERT sequence classifier from a config ([CLS] readout through the pooler)."""
-    torch.manual_seed(0)
-    config = tf.BertConfig(**SMALL, vocab_size=50, num_labels=3)
-    model = tf.BertForSequenceClassification(config).eval()
-    ids = torch.randint(5, 50, (3, 7), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(3, 7, dtype=torch.long)
-    mask[1, 5:] = 0
-    mask[2, 3:] = 0
-    return model, (lambda i, m: model(input_ids=i, attention_mask=m).logits), ids, mask
+    return bert
 
 
 @pytest.fixture(scope="module")
