@@ -38,6 +38,7 @@ from captum_hetattn.engine.readout import (
     Readout,
     Terminal,
     absent_tokens,
+    bypassed,
     check_not_padding,
     masked_tokens,
     resolve_readout,
@@ -277,7 +278,9 @@ def _explain_pass(host: Host, recording: BoundRecording, terminal: list[Terminal
     weights = resolve_readout(options.readout, _readout_stream(host), recording, terminal,
                               done.grads, padding, batch)
     check_not_padding(weights, masked_tokens(recording))
-    host.report.unconnected(recording, weights)
+    gone = bypassed(recording, weights) if options.readout is None else []
+    host.report.bypassed(recording, gone, weights)
+    host.report.unconnected(recording, weights, gone)
     host.report.no_gradient(recording, weights, done.no_gradient)
     absent: dict[str, Tensor] = {}
     if done.streamed is not None:

@@ -106,18 +106,45 @@ def terminal_outputs(
     recording: BoundRecording, records: Sequence[AttentionRecord]
 ) -> list[Terminal]:
     """``(stream, output of its last call, token dim)`` for every stream that nothing reads
-    after its last call: the objective reads these tokens directly."""
+    after its last call (the objective reads these tokens directly), then for every other
+    stream, latest last call first: the objective reads those where every stream that reads
+    them afterwards gets no gradient (a pooling head that runs but is not used)."""
     flow = recording.flow
     if flow is None:
         return []
+    ends = flow.terminal_streams()
+    earlier = sorted((s.index for s in flow.streams if s.calls and s.index not in ends),
+                     key=lambda s: -(flow.last_call(s) or 0))
     out = []
-    for stream in flow.terminal_streams():
+    for stream in [*ends, *earlier]:
         last = flow.last_call(stream)
         name = recording.stream_names.get(stream)
         if last is None or name is None:
             continue
         out.append((name, records[last].output, records[last].token_dim))
     return out
+
+
+def terminal_names(recording: BoundRecording) -> set[str]:
+    """The names of the streams nothing reads after their last call."""
+    flow = recording.flow
+    if flow is None:
+        return set()
+    return {recording.stream_names[s] for s in flow.terminal_streams()
+            if s in recording.stream_names}
+
+
+def _readers(recording: BoundRecording, stream: str) -> set[str]:
+    """The streams that read ``stream`` after its last call (by a call or a junction)."""
+    flow = recording.flow
+    index = {name: i for i, name in recording.stream_names.items()}.get(stream)
+    if flow is None or index is None:
+        return set()
+    last = flow.last_call(index)
+    last = -1 if last is None else last
+    read = {c.query for i, c in enumerate(flow.calls) if c.key == index and i > last}
+    read |= {j.into for j in flow.junctions if j.origin == index and j.before > last}
+    return {recording.stream_names[s] for s in read if s in recording.stream_names}
 
 
 def gradient_readout(
@@ -127,15 +154,25 @@ def gradient_readout(
     batch: int,
 ) -> dict[str, Tensor]:
     r"""The default readout: ``w_x[i] ∝ ‖∂objective/∂y_x[i]‖`` over the output tokens ``y_x`` of
-    every terminal stream's last call, normalised to sum 1 per example."""
+    every terminal stream's last call, normalised to sum 1 per example. A stream read after its
+    last call (``terminal``'s later entries) is read where no stream that reads it is live (gets
+    gradient at its final tokens, or feeds one that does): there the objective's gradient
+    arrives at its tokens directly (a classifier that mean-pools the tower, not the pooling
+    head that runs anyway)."""
+    ends = terminal_names(recording)
     weights: dict[str, Tensor] = {}
+    live: set[str] = set()
     for (stream, _, token_dim), grad in zip(terminal, grads, strict=True):
+        if stream not in ends and _readers(recording, stream) & live:
+            live.add(stream)  # its gradient arrives through a live stream that reads it
+            continue
         if grad is None:
             continue
         norms = tokens_view(grad.detach().float(), token_dim).norm(dim=-1)
         if norms.shape != (batch, recording.sizes[stream]) or not bool(norms.any()):
             continue
         weights[stream] = norms
+        live.add(stream)
     if not weights:
         raise ValueError(
             "the objective's gradient is zero at the final tokens of every stream "
@@ -147,6 +184,20 @@ def gradient_readout(
     total = sum(w.sum(dim=1) for w in weights.values())
     total = torch.where(total > 0, total, torch.ones_like(total))
     return {stream: (w / total[:, None]).contiguous() for stream, w in weights.items()}
+
+
+def bypassed(recording: BoundRecording, weights: Mapping[str, Tensor]) -> list[str]:
+    """Terminal streams the default readout does not read because their final tokens get no
+    gradient while a stream they read does (a pooling head that runs but is not used)."""
+    ends = terminal_names(recording)
+    if all(stream in ends for stream in weights):
+        return []
+    after, todo = set(), list(weights)
+    while todo:  # every stream that reads a read stream, directly or through others
+        for reader in _readers(recording, todo.pop()) - after:
+            after.add(reader)
+            todo.append(reader)
+    return sorted(s for s in ends & after if s not in weights)
 
 
 def main_of(weights: Mapping[str, Tensor]) -> str:

@@ -133,12 +133,28 @@ class Report:
             "that are all zero?); correction='none' keeps them"
         ))
 
-    def unconnected(self, recording: BoundRecording, readout: Mapping[str, Tensor]) -> None:
+    def bypassed(self, recording: BoundRecording, streams: Sequence[str],
+                 readout: Mapping[str, Tensor]) -> None:
+        """Terminal streams whose final tokens get no gradient while a stream they read does:
+        the readout is read there, and their calls are not connected to it (one warning)."""
+        modules = [c.record.name for c in recording.calls if c.node.query in streams]
+        self.warn_each("bypassed", list(dict.fromkeys(modules)), lambda new: (
+            f"attention module '{new[0]}'"
+            + (f" (and {len(new) - 1} more)" if len(new) > 1 else "")
+            + f" of stream(s) {list(streams)} ran but got no gradient from the objective at "
+            "its final tokens (a pooling head the output does not use?): it and its stream's "
+            "tokens are not connected to the output (zero relevance), which is read where its "
+            f"gradient arrives, stream(s) {sorted(readout)}"
+        ))
+
+    def unconnected(self, recording: BoundRecording, readout: Mapping[str, Tensor],
+                    bypassed: Sequence[str] = ()) -> None:
         """Sources that no call or junction connects to the readout get zero relevance by
-        construction: say so instead of returning a silent zero."""
+        construction: say so instead of returning a silent zero (sources of ``bypassed``
+        streams: :meth:`bypassed` said so already)."""
         reached = _reach(recording, readout)[1]
         for name, source in recording.sources.items():
-            if source.stream not in reached:
+            if source.stream not in reached and source.stream not in bypassed:
                 self.warn(f"unconnected:{name}", (
                     f"source '{name}' (stream '{source.stream}') gets zero relevance: no "
                     f"attention call or junction of the graph connects it to the readout "

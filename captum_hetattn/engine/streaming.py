@@ -10,7 +10,13 @@ from collections.abc import Iterator, Mapping
 from torch import Tensor
 
 from captum_hetattn.binding import BoundRecording
-from captum_hetattn.engine.readout import Readout, Terminal, gradient_readout, known_readout
+from captum_hetattn.engine.readout import (
+    Readout,
+    Terminal,
+    gradient_readout,
+    known_readout,
+    terminal_names,
+)
 from captum_hetattn.engine.reduce import Capture
 from captum_hetattn.rules.adjoint import RowAdjoint
 from captum_hetattn.rules.ops import AttentionFlow, TokenMap, relevance_dtype
@@ -98,8 +104,10 @@ def streaming(
         yield
         return
     given = known_readout(readout, main_stream, recording, batch)
-    hooked = [out for _, out, _ in terminal if isinstance(out, Tensor) and out.requires_grad]
-    if given is None and (readout is not None or len(terminal) != 1 or len(hooked) != 1):
+    ends = terminal_names(recording)
+    first = [each for each in terminal if each[0] in ends]  # the others: read if these die
+    hooked = [out for _, out, _ in first if isinstance(out, Tensor) and out.requires_grad]
+    if given is None and (readout is not None or len(first) != 1 or len(hooked) != 1):
         yield
         return
     stream = capture.stream = Streaming(recording, capture.residuals, method)
@@ -109,7 +117,7 @@ def streaming(
     else:
         def on_gradient(grad: Tensor) -> None:
             try:
-                weights = gradient_readout(recording, terminal, [grad], batch)
+                weights = gradient_readout(recording, first, [grad], batch)
             except ValueError:
                 return  # no readout from this gradient: the full flows will say so
             stream.set_readout(weights)
