@@ -143,3 +143,37 @@ def test_model_that_uses_its_head_still_reads_the_probe():
     assert bool(torch.isfinite(relevance).all())
     assert (relevance[0] != 0).sum() > N // 2
     assert relevance[1, -5:].abs().sum() == 0  # padded patches get nothing
+
+
+def test_siglip_v1_classifier_with_its_unused_head_is_explained():
+    """SiglipForImageClassification (SigLIP v1) mean-pools too and leaves its head unused: the
+    same mechanism reads the patches (it used to be refused the same way)."""
+    from transformers import (
+        SiglipConfig,
+        SiglipForImageClassification,
+        SiglipTextConfig,
+        SiglipVisionConfig,
+    )
+
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = SiglipConfig(
+        text_config=SiglipTextConfig(vocab_size=99, **sizes).to_dict(),
+        vision_config=SiglipVisionConfig(image_size=16, patch_size=4, **sizes).to_dict(),
+        num_labels=3)
+    model = SiglipForImageClassification(config).eval()
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer = HeterogenousAttentionAttribution(lambda p: model(pixel_values=p).logits,
+                                                     model=model)
+        batch = explainer.explain(pixels, target=1)
+    said = [str(w.message) for w in caught if w.category is UserWarning]
+    assert set(batch.readout) == {"image"}
+    assert len([m for m in said if "'vision_model.head.attention'" in m]) == 1
+    relevance = batch.relevance["image"]
+    assert bool(torch.isfinite(relevance).all()) and (relevance[0] != 0).sum() > N // 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = explainer.explain(pixels[1:], target=1).relevance["image"]
+    torch.testing.assert_close(alone[0], relevance[1], atol=1e-6, rtol=1e-5)
