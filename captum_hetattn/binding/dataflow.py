@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from captum_hetattn.binding.params import parameter_only
 from captum_hetattn.binding.tokens import _restore_layout, _token_count, tokens_view
 from captum_hetattn.capture import AttentionRecord, autograd_node
 
@@ -596,7 +597,7 @@ class _Builder:
         assert fresh is not None
         all_columns = torch.arange(stream.size, device=fresh.device)
         if not positions:
-            self.sources.append(FlowSource(stream.index, all_columns, (-1,)))
+            self._add_inputless(stream, tensor)
             return
         if len(positions) == 1 and not self.map_inputs:
             if not bool(fresh.all()) and not self._feeds_fresh(tensor, dim, positions[0], fresh):
@@ -616,7 +617,7 @@ class _Builder:
         kept = [(p, d) for p, d in zip(positions, dependences, strict=True)
                 if (d.codes is None and d.full is None) or (d.feeds() & fresh).any()]
         if not kept:
-            self.sources.append(FlowSource(stream.index, all_columns, (-1,)))
+            self._add_inputless(stream, tensor)
             return
         positions, dependences = [p for p, _ in kept], [d for _, d in kept]
         for position, dependence in kept:
@@ -638,6 +639,12 @@ class _Builder:
         for signature, columns in runs:
             feeding = tuple(p for p, on in zip(positions, signature, strict=True) if on)
             self.sources.append(FlowSource(stream.index, columns, feeding or (-1,)))
+
+    def _add_inputless(self, stream: FlowStream, tensor: Tensor) -> None:
+        """A stream no traced input feeds: parameter tokens (a pooling probe, latents, learned
+        queries) are never a source; tokens of an untraced input are one of their own."""
+        if not parameter_only(tensor, stop=self.walker.marks):
+            self.sources.append(FlowSource(stream.index, torch.arange(stream.size), (-1,)))
 
     def _feeds_fresh(self, tensor: Tensor, dim: int, position: int, fresh: Tensor) -> bool:
         """Whether model input ``position`` feeds any of a stream's fresh rows (one backward
