@@ -128,3 +128,41 @@ def test_layoutlmv3_one_sequence_of_text_and_image_is_type_c():
     (relevance,) = text_only.relevance.values()
     assert relevance.shape == (2, 6)
     assert [c.type for c in text_only.calls] == ["A", "A"]
+
+
+class _TwoStages(nn.Module):
+    """Patches attend; then one token joins them before a second attention: a learned [CLS]
+    (a parameter token) or a token made from untraced metadata (an input of its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj, self.meta = nn.Linear(4, 8), nn.Linear(3, 8)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.blocks = nn.ModuleList(
+            nn.MultiheadAttention(8, 2, batch_first=True) for _ in range(2)
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x, meta=None):
+        h = self.proj(x)
+        h = h + self.blocks[0](h, h, h)[0]
+        extra = self.cls.expand(len(x), -1, -1) if meta is None else self.meta(meta)[:, None]
+        h = torch.cat([extra, h], dim=1)
+        h = h + self.blocks[1](h, h, h)[0]
+        return self.head(h[:, 0])
+
+
+def test_a_joining_token_is_a_source_only_when_an_input_makes_it():
+    torch.manual_seed(0)
+    model = _TwoStages().eval()
+    generator = torch.Generator().manual_seed(2)
+    x, meta = torch.randn(2, 5, 4, generator=generator), torch.randn(2, 3, generator=generator)
+    explainer = HeterogenousAttentionAttribution(model, model=model)
+    learned = explainer.explain(x, target=0)
+    assert len(learned.relevance) == 1  # the [CLS] is no source: the second stage stays A
+    assert [c.type for c in learned.calls] == ["A", "A"]
+    fed = explainer.explain(x, target=0, additional_forward_args=(meta,))
+    assert len(fed.relevance) == 2  # the metadata token is: the second stage mixes two, C
+    assert [c.type for c in fed.calls] == ["A", "C"]
+    patches = min(fed.relevance.values(), key=lambda r: r.shape[1])  # the metadata token is read
+    assert patches.shape == (2, 5) and patches.abs().sum(dim=1).gt(0).all()
