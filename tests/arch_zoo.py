@@ -1196,13 +1196,13 @@ def perceiver() -> Arch:
         feeds=(0,),
         types={
             r"encoder\.cross_attention\.attention\.self$": "B",
-            r"encoder\.self_attends\.\d+\.attention\.self$": "C",
+            r"encoder\.self_attends\.\d+\.attention\.self$": "A",
         },
         output_attentions=_eager_attentions(
             model, lambda m: m(inputs=inputs, output_attentions=True)
         ),
-        notes="hand-written softmax; latents (learned) ← inputs is B, latent self-attention after "
-        "it is C",
+        notes="hand-written softmax; latents (learned) ← inputs is B; the latents are parameter "
+        "tokens, never a source, so after it they hold the inputs only: their self-attention is A",
     )
 
 
@@ -1864,13 +1864,14 @@ def blip2_opt() -> Arch:
         "blip2_opt", model, ids, dict(pixel_values=_floats(2, 3, 16, 16)),
         {
             r"vision_model\.encoder\.layers\.\d+\.self_attn$": "A",
-            **_decoder_types(r"qformer\.encoder\.layer", r"attention\.attention",
-                             r"qformer\.encoder\.layer\.\d+\.crossattention\.attention$"),
+            r"qformer\.encoder\.layer\.\d+\.attention\.attention$": "A",
+            r"qformer\.encoder\.layer\.\d+\.crossattention\.attention$": "B",
             r"language_model\.model\.decoder\.layers\.\d+\.self_attn$": "C",
         },
         with_padded=True,
-        notes="Q-Former layer 0: queries self-attend (A) then cross-attend (B); layer 1 self (C), "
-        "no cross (cross_attention_frequency=2); OPT positions come from the attention mask",
+        notes="Q-Former layer 0: queries self-attend (A) then cross-attend (B); layer 1 self: A, "
+        "the learned queries are parameter tokens (never a source) holding the image only; no "
+        "cross (cross_attention_frequency=2); OPT positions come from the attention mask",
     )
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from captum_hetattn.binding.params import parameter_only
 from captum_hetattn.binding.tokens import _restore_layout, _token_count, tokens_view
 from captum_hetattn.capture import AttentionRecord, autograd_node
 
@@ -596,14 +597,13 @@ class _Builder:
         assert fresh is not None
         all_columns = torch.arange(stream.size, device=fresh.device)
         if not positions:
-            self.sources.append(FlowSource(stream.index, all_columns, (-1,)))
+            self._add_inputless(stream, tensor)
             return
         if len(positions) == 1 and not self.map_inputs:
             if not bool(fresh.all()) and not self._feeds_fresh(tensor, dim, positions[0], fresh):
                 # the input reaches this stream only through the rows another stream feeds (a
-                # residual path): its fresh rows are parameter tokens joining those (a [CLS]
-                # concatenated to a later stage's patches, PVT), not a modality of their own;
-                # like GAE's read token, their own share is left out
+                # residual path): its fresh rows are no input's (PVT's [CLS] on a later stage)
+                self._add_inputless(stream, tensor, fresh.any(dim=0).nonzero().flatten())
                 return
             self.inputs.append(InputRows(positions[0], stream.index, None))  # not traced
             self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
@@ -616,7 +616,7 @@ class _Builder:
         kept = [(p, d) for p, d in zip(positions, dependences, strict=True)
                 if (d.codes is None and d.full is None) or (d.feeds() & fresh).any()]
         if not kept:
-            self.sources.append(FlowSource(stream.index, all_columns, (-1,)))
+            self._add_inputless(stream, tensor)
             return
         positions, dependences = [p for p, _ in kept], [d for _, d in kept]
         for position, dependence in kept:
@@ -638,6 +638,14 @@ class _Builder:
         for signature, columns in runs:
             feeding = tuple(p for p, on in zip(positions, signature, strict=True) if on)
             self.sources.append(FlowSource(stream.index, columns, feeding or (-1,)))
+
+    def _add_inputless(self, stream: FlowStream, tensor: Tensor, columns=None) -> None:
+        """Rows no traced input feeds (``columns``, default all): parameter tokens (a pooling
+        probe, latents, learned queries, a [CLS]) are never a source, their own share left out
+        like GAE's read token; tokens of an untraced input are a source of their own."""
+        if not parameter_only(tensor, stop=self.walker.marks):
+            columns = torch.arange(stream.size) if columns is None else columns
+            self.sources.append(FlowSource(stream.index, columns, (-1,)))
 
     def _feeds_fresh(self, tensor: Tensor, dim: int, position: int, fresh: Tensor) -> bool:
         """Whether model input ``position`` feeds any of a stream's fresh rows (one backward
