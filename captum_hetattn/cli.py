@@ -41,6 +41,9 @@ from captum_hetattn.visualization.figures import figure_png
 from captum_hetattn.visualization.report import method_figure, write_demo_report
 from captum_hetattn.zoo import REGISTRY, load
 
+DEMO_EXAMPLES = 300  # held-out examples of the demo's method table
+DETECTION_SCENES = 60  # held-out scenes of the detection demo (shapes_detr)
+
 
 def run_demo(out: Path, n: int, n_show: int, seed: int, with_ig: bool = True) -> dict:
     r"""Write the demo report into ``out``; print the method table.
@@ -154,7 +157,9 @@ def _method_names() -> str:
 def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--out", type=Path, default=Path("hetattn-report"),
                       help="the report's folder")
-    demo.add_argument("--n", type=int, default=300, help="examples for the method table")
+    demo.add_argument("--n", type=int, default=None,
+                      help=f"examples for the method table (default {DEMO_EXAMPLES}); with "
+                           f"--model shapes_detr, held-out scenes (default {DETECTION_SCENES})")
     demo.add_argument("--show", type=int, default=6, help="examples drawn in the report")
     demo.add_argument("--seed", type=int, default=12345, help="seed of the held-out examples")
     demo.add_argument("--no-ig", action="store_true", help="skip IntegratedGradients")
@@ -276,12 +281,12 @@ def _run(args: argparse.Namespace) -> int:
         from captum_hetattn.evaluation.logical import format_logical
         from captum_hetattn.evaluation.segmentation import format_tables, run_detection_demo
 
-        result = run_detection_demo(args.out, seed=args.seed)
+        result = run_detection_demo(args.out, n=args.n or DETECTION_SCENES, seed=args.seed)
         print(format_tables(result["segmentation"], with_paper=True))
         print(format_logical(result["logical"]))
         print(f"\nreport: {result['report']}  ({result['seconds']:.0f} s)")
     elif args.command == "demo":
-        run_demo(args.out, args.n, args.show, args.seed, with_ig=not args.no_ig)
+        run_demo(args.out, args.n or DEMO_EXAMPLES, args.show, args.seed, with_ig=not args.no_ig)
     elif args.command == "evaluate" and args.task in ("segmentation", "logical"):
         from captum_hetattn.evaluation.logical import format_logical, run_logical_inspection
         from captum_hetattn.evaluation.segmentation import format_tables, run_segmentation

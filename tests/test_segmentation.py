@@ -102,3 +102,22 @@ def test_cli_evaluate_segmentation(tmp_path, capsys):
     with pytest.raises(SystemExit):  # segmentation needs the detector
         main(["evaluate", "--model", "shapes_vqa", "--task", "segmentation"])
     assert "needs --model shapes_detr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments, expected", [([], 60), (["--n", "3"], 3)])
+def test_cli_detection_demo_takes_n_as_its_scene_count(arguments, expected, tmp_path,
+                                                        monkeypatch, capsys):
+    """``demo --model shapes_detr --n N`` runs N held-out scenes (``--n`` was ignored)."""
+    from captum_hetattn import cli
+    from captum_hetattn.evaluation import segmentation
+
+    seen = {}
+
+    def fake_demo(out_dir, n, seed):
+        seen.update(n=n, seed=seed)
+        raise SystemExit(0)  # the arguments are what is checked; the demo itself runs elsewhere
+
+    monkeypatch.setattr(segmentation, "run_detection_demo", fake_demo)
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--model", "shapes_detr", "--out", str(tmp_path / "r"), *arguments])
+    assert seen == {"n": expected, "seed": 12345}
