@@ -5,8 +5,11 @@ Build offline with warnings as errors: ``make docs``
 (``sphinx-build -W --keep-going -b html docs docs/_build/html``).
 """
 
+import importlib
 import importlib.util
+import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -127,10 +130,32 @@ def _readme_links(app, relative_path, parent_docname, content):
             content[0] = content[0].replace(old, new)
 
 
+def _undocumented_top_level() -> list[str]:
+    """Names of ``captum_hetattn.__all__`` that no API page documents by name (a name added
+    to the package without a page still gets its entry, in the API index)."""
+    pages = "\n".join(path.read_text() for path in (HERE / "api").glob("*.rst"))
+    named = set(re.findall(r"^\.\. auto\w+:: (?:captum_hetattn\.)?(\w+)\s*$", pages, re.M))
+    return [name for name in captum_hetattn.__all__ if name not in named | {"__version__"}]
+
+
 def _api_index(app, docname, source):
-    """List the HuggingFace page in the API index only where ``captum_hetattn.hf`` imports."""
-    if docname == "api/index" and HAS_HF:
+    """List the HuggingFace page in the API index only where ``captum_hetattn.hf`` imports,
+    and document there any top-level name that has no page yet."""
+    if docname != "api/index":
+        return
+    if HAS_HF:
         source[0] = source[0].replace("   cli\n", "   cli\n   hf\n")
+    missing = _undocumented_top_level()
+    if missing:
+        entries = []
+        for name in missing:
+            kind = "class" if inspect.isclass(getattr(captum_hetattn, name)) else "function"
+            if not callable(getattr(captum_hetattn, name)):
+                kind = "data"
+            entries.append(f".. auto{kind}:: captum_hetattn.{name}\n")
+        source[0] += "\nMore of ``captum_hetattn``\n--------------------------\n\n" + "\n".join(
+            entries
+        )
 
 
 def setup(app):
