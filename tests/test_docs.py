@@ -28,9 +28,25 @@ def html(tmp_path_factory):
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["PYTHONPATH"] = str(ROOT)  # the sources under test (conf.py puts them first too)
     done = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-         "-d", str(out / "doctrees"), str(DOCS), str(out / "html")],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            str(out / "doctrees"),
+            str(DOCS),
+            str(out / "html"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
     )
     log = f"{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     assert done.returncode == 0, f"sphinx-build failed:\n{log}"
@@ -46,8 +62,12 @@ def test_every_public_name_is_documented(html):
     names = [name for name in captum_hetattn.__all__ if name != "__version__"]
     missing = [name for name in names if f"captum_hetattn.{name}" not in ids]
     assert not missing, f"public names with no entry in the API reference: {missing}"
-    for cls in ("HeterogenousAttentionAttribution", "GenericAttentionExplainability",
-                "AttentionRollout", "RawAttention"):
+    for cls in (
+        "HeterogenousAttentionAttribution",
+        "GenericAttentionExplainability",
+        "AttentionRollout",
+        "RawAttention",
+    ):
         for method in ("attribute", "explain"):
             assert f"captum_hetattn.{cls}.{method}" in ids
     assert "captum_hetattn.zoo.load" in ids
@@ -58,7 +78,7 @@ def test_every_public_name_is_documented(html):
 def test_docstring_sections_are_rendered(html):
     """Args: / Returns: become field lists (napoleon), not literal text."""
     page = (html / "api" / "explainers.html").read_text()
-    attribute = page[page.index('id="captum_hetattn.HeterogenousAttentionAttribution.attribute"'):]
+    attribute = page[page.index('id="captum_hetattn.HeterogenousAttentionAttribution.attribute"') :]
     assert "Parameters" in attribute[:20000] and "Returns" in attribute[:40000]
     assert "Args:" not in page
 
@@ -94,8 +114,11 @@ def test_tutorials_are_rendered_from_their_saved_outputs(html):
         pictures = sum("image/png" in out.get("data", {}) for out in outputs)
         assert text.count("<img") >= pictures, notebook.name
         streams = [
-            line.strip() for out in outputs if out.get("output_type") == "stream"
-            for line in "".join(out["text"]).splitlines() if len(line.strip()) > 12
+            line.strip()
+            for out in outputs
+            if out.get("output_type") == "stream"
+            for line in "".join(out["text"]).splitlines()
+            if len(line.strip()) > 12
         ]
         if streams:  # the saved output is shown (nothing was executed to get it)
             shown = re.sub(r"<[^>]+>", "", text)
@@ -140,6 +163,15 @@ def test_which_method_tables_are_the_readmes():
     for table in measured:
         for row in table:
             assert row in readme_lines, f"docs/which_method.md row not in the README: {row}"
-    for method in ("ours (pos)", "ours (abs)", "ours (full)", "GAE", "rollout",
-                   "raw attention", "IntegratedGradients", "include_own", 'weighting="value"'):
+    for method in (
+        "ours (pos)",
+        "ours (abs)",
+        "ours (full)",
+        "GAE",
+        "rollout",
+        "raw attention",
+        "IntegratedGradients",
+        "include_own",
+        'weighting="value"',
+    ):
         assert method in page
