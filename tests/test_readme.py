@@ -231,6 +231,8 @@ INLINE: dict[str, tuple] = {
         [["evaluate", "--model", "shapes_vqa", "--task", "logical", "--n", "300"]],
     ),
     "make test": (DRY,),
+    "make dist": ("covered", "tests/test_wheel.py", '"build", "--no-isolation"'),
+    "pip install dist/*.whl": ("covered", "tests/test_wheel.py", '"--no-deps"'),
     ".venv/bin/python tutorials/_build.py": (
         "covered",
         "tests/test_notebooks.py",
