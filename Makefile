@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel of torch; an unpinned torch pulls a multi-GB CUDA build.
+# torch pinned (an unpinned torch may pull a newer, multi-GB CUDA build); on Linux, PyPI serves
+# the CUDA build: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make install for CPU
 TORCH_PIN ?= torch==2.13.0
 
 .PHONY: install browser test lint demo docs dist clean

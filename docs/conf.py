@@ -80,7 +80,6 @@ myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
-autodoc_default_options = {"show-inheritance": False}
 autoclass_content = "both"  # the class docstring and __init__'s Args:
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -158,8 +157,32 @@ def _api_index(app, docname, source):
         )
 
 
+FIELD = re.compile(r"^:(param|type) \w+:")
+
+
+def _init_args_win(app, what, name, obj, options, lines):
+    """``autoclass_content = "both"``: a class whose class docstring and ``__init__`` both
+    list Args would show them twice; the class docstring's short list is dropped."""
+    if what != "class" or not lines:
+        return
+    init_doc = inspect.getdoc(getattr(obj, "__init__", None)) or ""
+    class_doc = inspect.getdoc(obj) or ""
+    if "Args:" not in init_doc or not class_doc or lines[0] != class_doc.splitlines()[0]:
+        return
+    kept, in_field = [], False
+    for line in lines:
+        if FIELD.match(line):
+            in_field = True
+        elif in_field and not line.startswith(" "):
+            in_field = False
+        if not in_field:
+            kept.append(line)
+    lines[:] = kept
+
+
 def setup(app):
     app.add_directive("cli-help", _cli_help_directive())
+    app.connect("autodoc-process-docstring", _init_args_win)
     app.connect("source-read", _api_index)
     app.connect("include-read", _readme_links)
     return {"parallel_read_safe": True}

@@ -81,6 +81,10 @@ def test_docstring_sections_are_rendered(html):
     attribute = page[page.index('id="captum_hetattn.HeterogenousAttentionAttribution.attribute"') :]
     assert "Parameters" in attribute[:20000] and "Returns" in attribute[:40000]
     assert "Args:" not in page
+    classes = re.split(r'<dl class="py class">', page)[1:]
+    assert len(classes) == 4
+    for section in classes:  # class docstring and __init__ both list Args: shown once
+        assert section.count("forward_func</strong>") == 1
 
 
 def test_hf_page_follows_the_subpackage(html):
