@@ -157,6 +157,26 @@ def _api_index(app, docname, source):
         )
 
 
+def _presets_directive():
+    """``.. presets-table::``: every bundled preset, from the registry (never stale)."""
+    from sphinx.util.docutils import SphinxDirective
+
+    class PresetsTable(SphinxDirective):
+        def run(self):
+            from captum_hetattn.graph.presets import known_presets
+
+            rows = [".. list-table::", "   :header-rows: 1", "",
+                    "   * - preset", "     - streams", "     - matches (model types, classes)"]
+            for name, found in sorted(known_presets().items()):
+                streams = ", ".join(f"``{stream.name}``" for stream in found.graph.streams)
+                matches = ", ".join(f"``{m}``" for m in (*found.model_types, *found.architectures))
+                rows += [f"   * - ``{name}``", f"     - {streams}", f"     - {matches or '—'}"]
+            self.state_machine.insert_input(rows, "presets-table")
+            return []
+
+    return PresetsTable
+
+
 FIELD = re.compile(r"^:(param|type) \w+:")
 
 
@@ -182,6 +202,7 @@ def _init_args_win(app, what, name, obj, options, lines):
 
 def setup(app):
     app.add_directive("cli-help", _cli_help_directive())
+    app.add_directive("presets-table", _presets_directive())
     app.connect("autodoc-process-docstring", _init_args_win)
     app.connect("source-read", _api_index)
     app.connect("include-read", _readme_links)

@@ -179,3 +179,11 @@ def test_which_method_tables_are_the_readmes():
         'weighting="value"',
     ):
         assert method in page
+
+
+def test_presets_page_lists_every_preset(html):
+    from captum_hetattn.graph.presets import known_presets
+
+    page = (html / "api" / "graphs.html").read_text()
+    for name in known_presets():
+        assert f'<span class="pre">{name}</span>' in page, f"preset {name} is not listed"
