@@ -153,14 +153,35 @@ def _cli(argv: list[str], cwd: Path) -> str:
     return printed.getvalue()
 
 
+#: what the recipe of each target the README names must run (``make -n``)
+RECIPES = {
+    "install": "pip install",
+    "test": "pytest",
+    "lint": "ruff check",
+    "demo": "captum-hetattn demo",
+    "docs": "sphinx-build -W --keep-going",
+    "dist": "-m build",
+}
+
+
 def _make_dry_run(argv: list[str]) -> str:
+    """``make -n ARGS`` with the venv pointed at a folder that does not exist, so the whole
+    recipe is printed (an installed ``.venv`` would make ``install`` a no-op); checked against
+    :data:`RECIPES`."""
     make = shutil.which("make")
     if make is None:
         pytest.skip("make is not installed")
     done = subprocess.run(
-        [make, "-n", *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [make, "-n", *argv[1:], "VENV=/nonexistent/venv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, f"`{shlex.join(argv)}`: {done.stderr}"
+    targets = [arg for arg in argv[1:] if "=" not in arg] or ["install"]  # the first target
+    for target in targets:
+        assert RECIPES.get(target, "") in done.stdout, f"`make {target}` does not run it"
     return done.stdout
 
 
@@ -309,5 +330,5 @@ def test_readme_inline_command(command, tmp_path, monkeypatch):
 
 def test_torch_pin_reaches_pip():
     """`make install TORCH_PIN=...` installs that torch (the README's override)."""
-    recipe = _make_dry_run(["make", "install", "TORCH_PIN=torch==2.5.1", "VENV=/nonexistent"])
+    recipe = _make_dry_run(["make", "install", "TORCH_PIN=torch==2.5.1"])
     assert "torch==2.5.1" in recipe
