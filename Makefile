@@ -2,16 +2,17 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel of torch; an unpinned torch pulls a multi-GB CUDA build.
+# torch pinned (an unpinned torch may pull a newer, multi-GB CUDA build); on Linux, PyPI serves
+# the CUDA build: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make install for CPU
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install browser test lint demo clean
+.PHONY: install browser test lint demo docs dist clean
 
 $(VENV)/.installed: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,docs]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -36,5 +37,14 @@ test: install browser
 demo: install
 	$(VENV)/bin/captum-hetattn demo
 
+# the API reference and the tutorials (rendered from their saved outputs, not executed), offline,
+# warnings as errors -> docs/_build/html/index.html (tests/test_docs.py builds the same)
+docs: install
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# the sdist and the wheel built from it -> dist/ (tests/test_wheel.py installs them in a fresh venv)
+dist: install
+	$(PY) -m build --no-isolation --outdir dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache hetattn-report
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache hetattn-report docs/_build docs/tutorials
