@@ -109,14 +109,14 @@ COMMANDS = _commands()
 
 def _few(argv: list[str]) -> list[str]:
     """The command with every ``--n`` cut to :data:`FEW`; ``evaluate`` and ``demo`` without
-    ``--n`` get one (their defaults are 200 and 300 examples); the DETR demo has no ``--n``
-    (see :func:`_few_detr`)."""
+    ``--n`` get one (their defaults are 200 and 300 examples, 60 scenes for the DETR demo,
+    whose logical inspection :func:`_few_detr` cuts)."""
     out = list(argv)
     for i, arg in enumerate(out[:-1]):
         if arg == "--n":
             out[i + 1] = FEW
     detr_demo = out[:1] == ["demo"] and "shapes_detr" in out
-    if out[:1] in (["demo"], ["evaluate"]) and "--n" not in out and not detr_demo:
+    if out[:1] in (["demo"], ["evaluate"]) and "--n" not in out:
         out += ["--n", FEW]
     if out[:1] == ["demo"] and not detr_demo:
         out += ["--show", "1"]
@@ -125,14 +125,14 @@ def _few(argv: list[str]) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _few_detr(monkeypatch):
-    """``demo --model shapes_detr`` takes no ``--n`` (60 scenes, 120 VQA questions): cut too."""
+    """``demo --model shapes_detr``'s logical inspection (120 VQA questions, no flag): cut too."""
     from captum_hetattn.evaluation import segmentation
 
     whole = segmentation.run_detection_demo
     monkeypatch.setattr(
         segmentation,
         "run_detection_demo",
-        lambda out_dir, seed=12345: whole(out_dir, n=int(FEW), seed=seed, n_vqa=int(FEW)),
+        lambda out_dir, n=60, seed=12345: whole(out_dir, n=n, seed=seed, n_vqa=int(FEW)),
     )
 
 
