@@ -1,0 +1,82 @@
+r"""Explain a HuggingFace model from raw input, in one call.
+
+- :func:`explain` (``captum_hetattn.hf.explain``): a model with its tokenizer / image processor /
+  processor, or a ``transformers`` pipeline, and raw text / pictures → an
+  :class:`HFExplanation` with relevance per **word** and per **pixel of the picture as given**,
+  what was explained (the predicted class with its label, the answer, the matched text, the
+  detected boxes), the engine's full :class:`~captum_hetattn.Explanation`, ``show()`` and
+  ``to_captum()``.
+- :func:`explain_generation` (from :mod:`captum_hetattn.hf.generation`, where present): every
+  generated token explained over the prompt's words and the picture.
+
+The pieces both build on, for anyone adding a task:
+
+- :mod:`~captum_hetattn.hf.words`: :func:`words_of` (word pieces → words, special tokens and
+  padding left out) and :func:`word_scores` (token relevance summed per word);
+- :mod:`~captum_hetattn.hf.pixels`: :func:`geometry_for` (what the image processor did to a
+  picture) and :func:`tokens_to_pixels` / :func:`attribution_to_pixels` (relevance over the
+  processed picture → over the picture at its own size);
+- :mod:`~captum_hetattn.hf.result`: :class:`HFExplanation`, :class:`Row`,
+  :class:`ExplainedTarget`.
+
+Examples::
+
+    >>> from captum_hetattn import hf
+    >>> result = hf.explain(model, tokenizer, text="a gripping, unbelievable film")
+    >>> result.target[0].label, result.words[0]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from captum_hetattn.hf.pixels import (
+    Geometry,
+    attribution_to_pixels,
+    geometry_for,
+    image_size,
+    to_picture,
+    tokens_to_pixels,
+)
+from captum_hetattn.hf.result import CaptumViews, ExplainedTarget, HFExplanation, Row
+from captum_hetattn.hf.words import Word, word_scores, words_of
+
+#: public functions that live in their own modules, imported on first use
+#: (``explain_generation`` is left out of ``__all__`` so a star import works without it)
+_LAZY = {"explain": "captum_hetattn.hf.api", "explain_generation": "captum_hetattn.hf.generation"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _LAZY.get(name)
+    if home is None:
+        raise AttributeError(f"module 'captum_hetattn.hf' has no attribute {name!r}")
+    import importlib
+
+    try:
+        module = importlib.import_module(home)
+    except ModuleNotFoundError as err:
+        if err.name != home:
+            raise
+        raise AttributeError(f"captum_hetattn.hf.{name} is not available in this build "
+                             f"({home} is missing)") from err
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "CaptumViews",
+    "ExplainedTarget",
+    "Geometry",
+    "HFExplanation",
+    "Row",
+    "Word",
+    "attribution_to_pixels",
+    "explain",
+    "geometry_for",
+    "image_size",
+    "to_picture",
+    "tokens_to_pixels",
+    "word_scores",
+    "words_of",
+]
