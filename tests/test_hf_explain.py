@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
+from hf_tiny import wordpiece
 
 from captum_hetattn import HeterogenousAttentionAttribution, hf
 from captum_hetattn.hf.words import words_of
@@ -21,10 +22,7 @@ LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(VOCAB) + "\n")
-    vocab = {line: i for i, line in enumerate(path.read_text().split("\n")) if line}
-    return tf.BertTokenizer(vocab=vocab)
+    return wordpiece(tmp_path_factory.mktemp("vocab"), VOCAB)
 
 
 def _config(**extra):

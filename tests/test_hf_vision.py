@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from hf_tiny import image_processor, wordpiece
 
 from captum_hetattn import HeterogenousAttentionAttribution, hf
 from captum_hetattn.hf.pixels import geometry_for, to_picture
@@ -24,16 +25,7 @@ PICTURES = [(RNG.random((40, 56, 3)) * 255).astype(np.uint8),
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(VOCAB) + "\n")
-    vocab = {line: i for i, line in enumerate(path.read_text().split("\n")) if line}
-    return tf.BertTokenizer(vocab=vocab)
-
-
-def _image_processor(name: str, **settings):
-    """The torchvision-free class where transformers has one (no torchvision here)."""
-    cls = getattr(tf, name + "Pil", None) or getattr(tf, name)
-    return cls(**settings)
+    return wordpiece(tmp_path_factory.mktemp("vocab"), VOCAB)
 
 
 def _sizes(result) -> list[tuple[int, int]]:
@@ -48,7 +40,7 @@ def vit(one_thread):
     labels = {0: "circle", 1: "square", 2: "cross"}
     model = tf.ViTForImageClassification(tf.ViTConfig(image_size=32, patch_size=8, num_labels=3,
                                                       id2label=labels, **SMALL)).eval()
-    return model, _image_processor("ViTImageProcessor", size={"height": 32, "width": 32})
+    return model, image_processor("ViTImageProcessor", size={"height": 32, "width": 32})
 
 
 def test_image_classification_pixels_at_the_pictures_own_size(vit):
@@ -94,7 +86,7 @@ def vilt(one_thread, tokenizer):
     config = tf.ViltConfig(vocab_size=len(VOCAB), image_size=32, patch_size=8,
                            max_image_length=-1, num_labels=4, id2label=answers, **SMALL)
     model = tf.ViltForQuestionAnswering(config).eval()
-    processor = tf.ViltProcessor(_image_processor("ViltImageProcessor",
+    processor = tf.ViltProcessor(image_processor("ViltImageProcessor",
                                                   size={"shortest_edge": 32}, size_divisor=8),
                                  tokenizer)
     return model, processor
@@ -133,9 +125,9 @@ def clip(one_thread, tokenizer):
                 eos_token_id=3, pad_token_id=0, **SMALL)
     config = tf.CLIPConfig(text_config=text, vision_config=dict(image_size=16, patch_size=8,
                                                                 **SMALL))
-    image_processor = _image_processor("CLIPImageProcessor", size={"shortest_edge": 16},
-                                       crop_size={"height": 16, "width": 16})
-    return tf.CLIPModel(config).eval(), tf.CLIPProcessor(image_processor, tokenizer)
+    pictures = image_processor("CLIPImageProcessor", size={"shortest_edge": 16},
+                               crop_size={"height": 16, "width": 16})
+    return tf.CLIPModel(config).eval(), tf.CLIPProcessor(pictures, tokenizer)
 
 
 def test_clip_explains_each_pictures_best_text(clip):
@@ -181,11 +173,11 @@ def test_siglip_matching(one_thread, tokenizer):
         text_config=dict(vocab_size=len(VOCAB), max_position_embeddings=16, **SMALL),
         vision_config=dict(image_size=16, patch_size=8, **SMALL))
     model = tf.SiglipModel(config).eval()
-    image_processor = _image_processor("SiglipImageProcessor", size={"height": 16, "width": 16})
-    result = hf.explain(model, (tokenizer, image_processor), text=["a cat", "a dog"],
+    pictures = image_processor("SiglipImageProcessor", size={"height": 16, "width": 16})
+    result = hf.explain(model, (tokenizer, pictures), text=["a cat", "a dog"],
                         images=PICTURES)
     encoded = tokenizer(["a cat", "a dog"], padding=True, return_tensors="pt")
-    pixel_values = image_processor(images=PICTURES, return_tensors="pt")["pixel_values"]
+    pixel_values = pictures(images=PICTURES, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         logits = model(input_ids=encoded["input_ids"], pixel_values=pixel_values).logits_per_image
     assert [t.index[0] for t in result.target] == logits.argmax(-1).tolist()
@@ -206,7 +198,7 @@ def detr(one_thread):
         decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48, num_queries=6,
         num_labels=3, id2label={0: "circle", 1: "square", 2: "cross"})
     model = tf.DetrForObjectDetection(config).eval()
-    processor = _image_processor("DetrImageProcessor",
+    processor = image_processor("DetrImageProcessor",
                                  size={"shortest_edge": 32, "longest_edge": 64})
     return model, processor
 

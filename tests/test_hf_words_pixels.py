@@ -4,6 +4,7 @@ crop, batch padding), and the result type built by hand."""
 
 from __future__ import annotations
 
+import hf_tiny
 import numpy as np
 import pytest
 import torch
@@ -32,10 +33,7 @@ WORDPIECE = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "un", "
 
 @pytest.fixture(scope="module")
 def wordpiece(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(WORDPIECE) + "\n")
-    vocab = {line: i for i, line in enumerate(path.read_text().split("\n")) if line}
-    return tf.BertTokenizer(vocab=vocab)
+    return hf_tiny.wordpiece(tmp_path_factory.mktemp("vocab"), WORDPIECE)
 
 
 @pytest.fixture(scope="module")
