@@ -6,6 +6,9 @@ a word that splits into three pieces)."""
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
 import transformers as tf
@@ -194,3 +197,21 @@ def test_model_comes_back_as_it_was(classifier, tokenizer):
     assert not classifier.training
     assert (len(classifier._forward_hooks), len(classifier._forward_pre_hooks)) == hooks
     assert all(p.grad is None for p in classifier.parameters())
+
+
+def test_rows_with_no_relevance_at_all_are_named_in_one_warning(classifier, tokenizer):
+    # under pos, a target whose every attention gradient is negative gets nothing (seen on a
+    # tiny BERT trained on sentiment: every "negative" example); the rule, on rows by hand
+    from captum_hetattn.hf.api import _warn_if_empty
+
+    target = hf.ExplainedTarget(0, 0, "negative", "class", 0.99)
+    rows = [hf.Row(target, words=[("dull", 0.0), ("film", 0.0)]),
+            hf.Row(target, words=[("dull", 0.5), ("film", 0.0)]),
+            hf.Row(target, words=None, pixels=np.zeros((4, 4)))]
+    with pytest.warns(UserWarning, match=r"rows \[0, 2\] \(negative \(0.99\); negative "
+                                         r"\(0.99\)\) got zero relevance on every word"):
+        _warn_if_empty(rows, "ours", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a model whose words get relevance: no such warning
+        result = hf.explain(classifier, tokenizer, text=TEXTS)
+    assert all(any(score for _, score in words) for words in result.words)
