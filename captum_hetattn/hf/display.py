@@ -6,6 +6,7 @@ inputs of Captum's own visualisers."""
 from __future__ import annotations
 
 import html
+import io
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
@@ -14,7 +15,7 @@ import torch
 from captum.attr import visualization as viz
 from matplotlib.patches import Rectangle
 
-from captum_hetattn.visualization import draw_overlay, figure_png, png_tag, text_html
+from captum_hetattn.visualization import draw_overlay, png_tag, text_html
 
 if TYPE_CHECKING:
     from captum_hetattn.hf.result import CaptumViews, HFExplanation, Row
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 def overlay_png(row: Row) -> bytes:
     """The row's picture beside its relevance overlay (and its box, for a detection)."""
     assert row.image is not None and row.pixels is not None
-    figure, (left, right) = plt.subplots(1, 2, figsize=(4.4, 2.4))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(3.6, 1.9))
     left.imshow(row.image)
     left.set_axis_off()
     left.set_title("input", fontsize=8)
@@ -33,7 +34,10 @@ def overlay_png(row: Row) -> bytes:
         for axis in (left, right):
             axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2,
                                      edgecolor="#d62728"))
-    return figure_png(figure)
+    buffer = io.BytesIO()  # small: a notebook shows many rows
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def row_html(row: Row) -> str:
