@@ -176,13 +176,18 @@ def test_siglip_matching(one_thread, tokenizer):
     pictures = image_processor("SiglipImageProcessor", size={"height": 16, "width": 16})
     result = hf.explain(model, (tokenizer, pictures), text=["a cat", "a dog"],
                         images=PICTURES)
-    encoded = tokenizer(["a cat", "a dog"], padding=True, return_tensors="pt")
+    # SigLIP pools the last position: texts are padded to the text model's 16 positions and
+    # read without a mask, as SigLIP was trained
+    encoded = tokenizer(["a cat", "a dog"], padding="max_length", max_length=16,
+                        return_tensors="pt")
+    assert result.inputs["input_ids"].shape == (2, 16) and "attention_mask" not in result.inputs
     pixel_values = pictures(images=PICTURES, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         logits = model(input_ids=encoded["input_ids"], pixel_values=pixel_values).logits_per_image
     assert [t.index[0] for t in result.target] == logits.argmax(-1).tolist()
     assert _sizes(result) == [(40, 56), (30, 30)]
-    assert all(len(words) == 2 for words in result.words)
+    assert [[w for w, _ in words] for words in result.words] == [
+        ["a", "cat"] if t.index[0] == 0 else ["a", "dog"] for t in result.target]  # no [PAD]
 
 
 # ------------------------------------------------------------------ detection (DETR)

@@ -197,7 +197,7 @@ def explain(
                          "models generate: use hf.explain_generation")
     texts, pictures = _pair_texts(as_list(text, "text"), as_list(images, "images"), task.kind)
     check_reads(task, model, processors, texts, pictures)
-    encoded = encode(model, processors, texts, pictures)
+    encoded = encode(model, processors, texts, pictures, task.padding)
     with torch.no_grad():
         output = model(**encoded.as_dict())
     plan = _plan(Context(model, task, encoded, output, processors), target, options)

@@ -139,13 +139,26 @@ def check_reads(task: Task, model: nn.Module, processors: Processors,
             raise ValueError(f"{name} ({task.name}) does not read {what}; leave {what}= out")
 
 
+def text_padding(model: nn.Module, padding: str) -> dict[str, Any]:
+    """The tokenizer's padding options: the longest text, or the text model's positions."""
+    if padding != "max_length":
+        return {"padding": True}
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "text_config", config)
+    return {"padding": "max_length",
+            "max_length": int(getattr(text_config, "max_position_embeddings", 64))}
+
+
 def encode(model: nn.Module, processors: Processors, texts: list[str] | None,
-           images: list[Any] | None) -> Encoded:
-    r"""Run the tokenizer and the image processor; keep what ``model.forward`` takes."""
+           images: list[Any] | None, padding: str = "longest") -> Encoded:
+    r"""Run the tokenizer (padded as the task says) and the image processor; keep what
+    ``model.forward`` takes."""
     produced: dict[str, Tensor] = {}
     if texts is not None:
-        produced.update(processors.tokenizer(texts, padding=True, truncation=True,
-                                             return_tensors="pt"))
+        produced.update(processors.tokenizer(texts, truncation=True, return_tensors="pt",
+                                             **text_padding(model, padding)))
+        if padding == "max_length":  # read unmasked, as trained (SigLIP)
+            produced.pop("attention_mask", None)
     geometries: list[Geometry | None] = []
     pictures: list[Any] = []
     if images is not None:
