@@ -240,3 +240,20 @@ def test_detr_one_row_per_box_above_the_threshold(detr):
     np.testing.assert_allclose(alone.pixels[0], result.pixels[0], rtol=1e-4, atol=1e-9)
     with pytest.raises(ValueError, match="no box has a class probability above"):
         hf.explain(model, processor, images=PICTURES, threshold=0.999)
+
+
+def test_a_bfloat16_model_reads_pixels_in_its_dtype(vit):
+    model, processor = vit
+    half = tf.ViTForImageClassification(model.config).eval()
+    half.load_state_dict(model.state_dict())
+    half.to(torch.bfloat16)
+    result = hf.explain(half, processor, images=PICTURES)
+    assert result.inputs["pixel_values"].dtype == torch.bfloat16
+    assert half.dtype == torch.bfloat16  # as it was
+    assert _sizes(result) == [(40, 56), (30, 30)]
+    assert all(p.dtype == np.float32 and np.isfinite(p).all() and np.abs(p).max() > 0
+               for p in result.pixels)
+    # the same maps as the float32 model's, up to bfloat16 rounding
+    full = hf.explain(model, processor, images=PICTURES, target=[t.index for t in result.target])
+    for low, high in zip(result.pixels, full.pixels, strict=True):
+        assert np.corrcoef(low.ravel(), high.ravel())[0, 1] > 0.9

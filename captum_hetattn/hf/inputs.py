@@ -139,6 +139,15 @@ def check_reads(task: Task, model: nn.Module, processors: Processors,
             raise ValueError(f"{name} ({task.name}) does not read {what}; leave {what}= out")
 
 
+def on_model(model: nn.Module, tensor: Tensor) -> Tensor:
+    """``tensor`` on the model's device; floats (pixels, audio features) in its dtype."""
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return tensor
+    dtype = parameter.dtype if tensor.is_floating_point() else tensor.dtype
+    return tensor.to(device=parameter.device, dtype=dtype)
+
+
 def text_padding(model: nn.Module, padding: str) -> dict[str, Any]:
     """The tokenizer's padding options: the longest text, or the text model's positions."""
     if padding != "max_length":
@@ -174,7 +183,7 @@ def encode(model: nn.Module, processors: Processors, texts: list[str] | None,
     accepted = set(inspect.signature(model.forward).parameters)
     names = [n for n in ATTRIBUTED if n in produced and n in accepted]
     names += [n for n in produced if n not in names and n in accepted]
-    tensors = [torch.as_tensor(produced[n]) for n in names]
+    tensors = [on_model(model, torch.as_tensor(produced[n])) for n in names]
     count = sum(1 for n in names if n in ATTRIBUTED)
     return Encoded(names, tensors, count, list(texts) if texts else [], geometries, pictures)
 
@@ -238,4 +247,4 @@ def explain_and_map(explainer: Any, encoded: Encoded, **options: Any
 
 
 __all__ = ["ATTRIBUTED", "Encoded", "Processors", "as_list", "check_reads", "encode",
-           "explain_and_map", "forward_function", "unwrap"]
+           "explain_and_map", "forward_function", "on_model", "unwrap"]
