@@ -96,6 +96,9 @@ def test_default_target_is_the_argmax_with_its_label(classifier, tokenizer):
 def test_target_by_label_name_and_batch_equals_singles(classifier, tokenizer):
     both = hf.explain(classifier, tokenizer, text=TEXTS, target="positive")
     assert [t.index for t in both.target] == [2, 2]
+    per_example = hf.explain(classifier, tokenizer, text=TEXTS, target=np.array([2, 0]))
+    assert [t.label for t in per_example.target] == ["positive", "negative"]
+    assert per_example.words[0] == both.words[0]
     for example, text in enumerate(TEXTS):
         single = hf.explain(classifier, tokenizer, text=text, target="positive")
         assert [w for w, _ in single.words[0]] == [w for w, _ in both.words[example]]
@@ -186,6 +189,8 @@ def test_bad_input_is_a_clear_error(classifier, tokenizer):
         hf.explain(classifier, tokenizer, text="the cat", method="lime")
     with pytest.raises(TypeError, match="unknown options \\['colour'\\]"):
         hf.explain(classifier, tokenizer, text="the cat", colour="red")
+    with pytest.raises(ValueError, match="chooses the targets itself"):
+        hf.explain(classifier, tokenizer, text="the cat", targets=[0, 1])
     with pytest.raises(ValueError, match="threshold= applies to object detection"):
         hf.explain(classifier, tokenizer, text="the cat", threshold=0.3)
     with pytest.raises(ValueError, match="does not read audio"):

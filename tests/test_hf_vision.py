@@ -152,6 +152,10 @@ def test_clip_explains_each_pictures_best_text(clip):
     np.testing.assert_allclose(pair.pixels[0], alone.pixels[0], rtol=1e-4, atol=1e-9)
     assert [s for _, s in pair.words[0]] == pytest.approx([s for _, s in alone.words[0]],
                                                           rel=1e-4)
+    assert hf.explain(model, processor, text=texts, images=PICTURES,
+                      target=(1, 0)).target == pair.target  # one pair, as a tuple
+    every = hf.explain(model, processor, text=texts, images=PICTURES, target=np.int64(1))
+    assert [t.index for t in every.target] == [(1, 0), (1, 1)]  # text 1 against each picture
     with pytest.raises(ValueError, match="out of range"):
         hf.explain(model, processor, text=texts, images=PICTURES, target=[(2, 0)])
 

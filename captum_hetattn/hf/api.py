@@ -124,6 +124,10 @@ def _warn_if_empty(rows: list[Row], method: str, correction: Any) -> None:
 
 def _plan(context: Context, target: Any, options: dict[str, Any]) -> Plan:
     """What to explain, with the planner's own options taken out of ``options``."""
+    for key in ("targets", "objective"):
+        if key in options:
+            raise ValueError(f"hf.explain chooses the targets itself (target= picks one); for "
+                             f"{key}= call an explainer with your own forward function")
     kind = context.task.kind
     own = {key: options.pop(key) for key in PLANNER_OPTIONS.get(kind, ()) if key in options}
     for key, where in (("token", "token classification"), ("threshold", "object detection")):
