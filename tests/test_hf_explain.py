@@ -225,3 +225,17 @@ def test_rows_with_no_relevance_at_all_are_named_in_one_warning(classifier, toke
         warnings.simplefilter("error")  # a model whose words get relevance: no such warning
         result = hf.explain(classifier, tokenizer, text=TEXTS)
     assert all(any(score for _, score in words) for words in result.words)
+
+
+def test_attention_views_one_click_away_with_return_maps(classifier, tokenizer):
+    plain = hf.explain(classifier, tokenizer, text=TEXTS)
+    assert "<details" not in plain._repr_html_()
+    with pytest.raises(ValueError, match="pass return_maps=True"):
+        plain.views()
+    kept = hf.explain(classifier, tokenizer, text=TEXTS, return_maps=True)
+    page = kept._repr_html_()
+    assert page.count("<details") == 2  # one per example, under its row
+    assert page.index("unbelievable") < page.index("<details")
+    views = kept.views(0)
+    assert "##believ" in views and views._repr_html_() == views  # the model view's labels
+    assert kept.words == plain.words

@@ -211,7 +211,8 @@ def explain(
                                         targets=plan.targets, **options)
     rows = [_row(plan, laid, processors, index) for index in range(len(plan.rows))]
     _warn_if_empty(rows, method, options.get("correction"))
-    return HFExplanation(rows, explanation, task.name, plan.encoded.as_dict())
+    return HFExplanation(rows, explanation, task.name, plan.encoded.as_dict(),
+                         processors.tokenizer)
 
 
 __all__ = ["CONSTRUCTOR_OPTIONS", "METHODS", "Encoded", "explain", "explainer_for"]

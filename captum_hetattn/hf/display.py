@@ -88,9 +88,54 @@ def row_html(row: Row) -> str:
     return "<div class='hetattn-row'>" + "".join(parts) + "</div>"
 
 
+class Page(str):
+    """HTML that a notebook draws."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+
+def token_labels(result: HFExplanation, example: int) -> dict[str, list[str]]:
+    """Token labels of the example's ids, for the views: every stream as long as the ids."""
+    ids = result.inputs.get("input_ids")
+    tokenizer = result.tokenizer
+    if ids is None or tokenizer is None:
+        return {}
+    labels = [str(t) for t in tokenizer.convert_ids_to_tokens(ids[example].tolist())]
+    return {stream: labels for stream, size in result.explanation.streams.items()
+            if size == len(labels)}
+
+
+def views_html(result: HFExplanation, example: int = 0) -> str:
+    r"""The model view (every head of every call; a click opens its head view) and the
+    relevance flow of one example, from ``hf.explain(..., return_maps=True)``.
+
+    Raises:
+        ValueError: the explanation kept no maps.
+    """
+    from captum_hetattn.visualization.views import model_view, relevance_flow
+
+    explanation = result.explanation
+    if explanation.call_maps is None:
+        raise ValueError("the attention views need the maps: pass return_maps=True to "
+                         "hf.explain (one target per example)")
+    parts = [model_view(explanation, token_labels(result, example),
+                        example=example)._repr_html_()]
+    if explanation.flow is not None:
+        parts.append(relevance_flow(explanation, example=example)._repr_html_())
+    return "".join(parts)
+
+
 def explanation_html(result: HFExplanation, max_rows: int = 12) -> str:
-    """The whole result as HTML (the first ``max_rows`` rows)."""
-    rows = [row_html(row) for row in result.rows[:max_rows]]
+    """The whole result as HTML (the first ``max_rows`` rows; the attention views folded
+    under each example's first row where the maps were kept)."""
+    rows = []
+    for row in result.rows[:max_rows]:
+        rows.append(row_html(row))
+        if result.explanation.call_maps is not None and result.example(
+                row.target.example)[0] is row:
+            rows.append("<details><summary>attention views (model view, relevance flow)"
+                        f"</summary>{views_html(result, row.target.example)}</details>")
     if len(result.rows) > max_rows:
         rows.append(f"<div>… {len(result.rows) - max_rows} more rows (result.rows)</div>")
     head = (f"<div style='color:#555'>{html.escape(result.task)}: {len(result.rows)} "
@@ -141,4 +186,4 @@ def captum_views(result: HFExplanation) -> CaptumViews:
 
 
 __all__ = ["SEPARATOR", "audio_png", "captum_views", "explanation_html", "overlay_png",
-           "row_html", "show", "text_items"]
+           "row_html", "show", "text_items", "token_labels", "views_html", "Page"]
