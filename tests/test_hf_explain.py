@@ -239,3 +239,19 @@ def test_attention_views_one_click_away_with_return_maps(classifier, tokenizer):
     views = kept.views(0)
     assert "##believ" in views and views._repr_html_() == views  # the model view's labels
     assert kept.words == plain.words
+
+
+def test_sentence_pairs_give_both_texts_words(classifier, tokenizer):
+    pair = ("The cat sat", "a dog unbelievable")
+    result = hf.explain(classifier, tokenizer, text=[pair])
+    assert [w for w, _ in result.words[0]] == ["The", "cat", "sat", "a", "dog", "unbelievable"]
+    ids = result.inputs["input_ids"][0]
+    assert tokenizer.convert_ids_to_tokens(ids.tolist()).count("[SEP]") == 2  # no word
+    assert result.inputs["token_type_ids"][0].max() == 1  # the model read a pair
+    relevance = result.explanation.relevance["text"][0]
+    kept = [i for i, t in enumerate(tokenizer.convert_ids_to_tokens(ids.tolist()))
+            if t not in ("[CLS]", "[SEP]")]
+    assert sum(s for _, s in result.words[0]) == pytest.approx(float(relevance[kept].sum()),
+                                                               rel=1e-5)
+    with pytest.raises(ValueError, match="text_pair"):
+        hf.explain(classifier, tokenizer, text=[pair, "a single text"])

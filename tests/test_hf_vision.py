@@ -66,6 +66,9 @@ def test_image_classification_pixels_at_the_pictures_own_size(vit):
 def test_image_classification_batch_equals_singles_and_overlay(vit):
     model, processor = vit
     both = hf.explain(model, processor, images=PICTURES)
+    stacked = hf.explain(model, processor, images=np.stack([PICTURES[1], PICTURES[1]]))
+    assert _sizes(stacked) == [(30, 30), (30, 30)]  # a (B, H, W, C) batch is B pictures
+    np.testing.assert_allclose(stacked.pixels[0], both.pixels[1], rtol=1e-4, atol=1e-9)
     for example, picture in enumerate(PICTURES):
         single = hf.explain(model, processor, images=picture)
         assert single.target[0].index == both.target[example].index

@@ -67,7 +67,7 @@ def explainer_for(method: str, forward: Any, model: torch.nn.Module,
     return cls(forward, model=model, **built)
 
 
-def _pair_texts(texts: list[str] | None, images: list[Any] | None, kind: str
+def _pair_texts(texts: list[Any] | None, images: list[Any] | None, kind: str
                 ) -> tuple[list[str] | None, list[Any] | None]:
     """A question per picture for VQA: one question for every picture, or one each."""
     if kind != "answer" or texts is None or images is None or len(texts) == len(images):
@@ -164,8 +164,10 @@ def explain(
         processor: the model's tokenizer, image processor or processor (or a tuple of them);
             not needed with a pipeline.
         text: a string or a list of strings (one per example; VQA: one question per picture
-            or one for all; matching: the candidate texts).
-        images: a picture (PIL image, ``H × W × C`` array, ``(C, H, W)`` tensor) or a list.
+            or one for all; matching: the candidate texts); a list of ``(text, text_pair)``
+            tuples for sentence-pair classifiers (NLI). A bare tuple is a list of texts.
+        images: a picture (PIL image, ``H × W × C`` array, ``(C, H, W)`` tensor), a list of
+            them or a batch ``(B, C, H, W)`` / ``(B, H, W, C)``.
         audio: not covered here (speech models generate: :func:`explain_generation`).
         target: what to explain; ``None`` = the model's answer. Classification, VQA: a class
             index or label name (or one per example). Token classification: the class for

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,7 +41,7 @@ class Encoded:
         tensors: the tensors in that order.
         count: how many of them are attributed (``inputs``); the rest go in
             ``additional_forward_args``.
-        texts: the text of each example of the batch (None without text).
+        texts: the text (or ``(text, text_pair)``) of each example of the batch.
         geometries: per example, how its picture became ``pixel_values`` (None without one).
         pictures: per example, its picture as ``H × W × 3`` uint8 (None without one).
     """
@@ -48,7 +49,7 @@ class Encoded:
     names: list[str]
     tensors: list[Tensor]
     count: int
-    texts: list[str | None] = field(default_factory=list)
+    texts: list[Any] = field(default_factory=list)
     geometries: list[Geometry | None] = field(default_factory=list)
     pictures: list[Any] = field(default_factory=list)
 
@@ -108,17 +109,19 @@ def unwrap(model_or_pipeline: Any, processor: Any) -> tuple[nn.Module, Processor
 
 
 def as_list(value: Any, what: str) -> list[Any] | None:
-    """One item or a list of them as a list (None stays None)."""
+    """One item or a list of them as a list (None stays None; a batch of pictures, ``(B, C,
+    H, W)`` or ``(B, H, W, C)``, is a list of ``B``)."""
     if value is None:
         return None
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    batched = isinstance(value, (Tensor, np.ndarray)) and value.ndim == 4
+    items = list(value) if isinstance(value, (list, tuple)) or batched else [value]
     if not items:
         raise ValueError(f"{what} is empty")
     return items
 
 
 def check_reads(task: Task, model: nn.Module, processors: Processors,
-                texts: list[str] | None, images: list[Any] | None) -> None:
+                texts: list[Any] | None, images: list[Any] | None) -> None:
     r"""Each input the task needs is given, with the processor that reads it.
 
     Raises:
@@ -158,13 +161,17 @@ def text_padding(model: nn.Module, padding: str) -> dict[str, Any]:
             "max_length": int(getattr(text_config, "max_position_embeddings", 64))}
 
 
-def encode(model: nn.Module, processors: Processors, texts: list[str] | None,
+def encode(model: nn.Module, processors: Processors, texts: list[Any] | None,
            images: list[Any] | None, padding: str = "longest") -> Encoded:
     r"""Run the tokenizer (padded as the task says) and the image processor; keep what
     ``model.forward`` takes."""
     produced: dict[str, Tensor] = {}
     if texts is not None:
-        produced.update(processors.tokenizer(texts, truncation=True, return_tensors="pt",
+        pairs = [t if isinstance(t, tuple) else (t,) for t in texts]
+        if len({len(p) for p in pairs}) != 1 or len(pairs[0]) > 2:
+            raise ValueError("text: give strings, or (text, text_pair) tuples for every example")
+        columns = [list(column) for column in zip(*pairs, strict=True)]
+        produced.update(processors.tokenizer(*columns, truncation=True, return_tensors="pt",
                                              **text_padding(model, padding)))
         if padding == "max_length":  # read unmasked, as trained (SigLIP)
             produced.pop("attention_mask", None)
