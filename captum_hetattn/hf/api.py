@@ -122,6 +122,27 @@ def _warn_if_empty(rows: list[Row], method: str, correction: Any) -> None:
         "target; correction='abs' (or 'full', signed) shows them", UserWarning, stacklevel=3)
 
 
+def _check_patch_counts(model: torch.nn.Module, encoded: Encoded) -> None:
+    r"""ViLT reads a batch at its smallest picture's patch count: the larger pictures lose
+    random patches and the smaller ones are filled with random repeats of padding patches (a
+    different input at every call, whose pixels cannot be traced back). Refused.
+
+    Raises:
+        ValueError: a ViLT batch of pictures of different processed sizes.
+    """
+    mask = encoded.get("pixel_mask")
+    if getattr(getattr(model, "config", None), "model_type", "") != "vilt" or mask is None:
+        return
+    real = mask.flatten(1).sum(1)
+    larger = [int(i) for i in (real > real.min()).nonzero().flatten()]
+    if larger:
+        raise ValueError(
+            f"{type(model).__name__} reads a batch of pictures at the smallest one's patch "
+            f"count: examples {larger} would lose random patches and the others get random "
+            "padding patches (the answer changes from call to call); explain pictures of "
+            "different sizes one at a time")
+
+
 def _plan(context: Context, target: Any, options: dict[str, Any]) -> Plan:
     """What to explain, with the planner's own options taken out of ``options``."""
     for key in ("targets", "objective"):
@@ -204,6 +225,7 @@ def explain(
     texts, pictures = _pair_texts(as_list(text, "text"), as_list(images, "images"), task.kind)
     check_reads(task, model, processors, texts, pictures)
     encoded = encode(model, processors, texts, pictures, task.padding)
+    _check_patch_counts(model, encoded)
     with torch.no_grad():
         output = model(**encoded.as_dict())
     plan = _plan(Context(model, task, encoded, output, processors), target, options)
