@@ -193,7 +193,7 @@ def test_bad_input_is_a_clear_error(classifier, tokenizer):
         hf.explain(classifier, tokenizer, text="the cat", targets=[0, 1])
     with pytest.raises(ValueError, match="threshold= applies to object detection"):
         hf.explain(classifier, tokenizer, text="the cat", threshold=0.3)
-    with pytest.raises(ValueError, match="does not read audio"):
+    with pytest.raises(ValueError, match="does not read audio; leave audio= out"):
         hf.explain(classifier, tokenizer, text="the cat", audio=torch.zeros(16000))
     with pytest.raises(TypeError, match="needs a transformers model or pipeline"):
         hf.explain("bert-base-uncased", tokenizer, text="the cat")
