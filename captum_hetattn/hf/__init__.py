@@ -1,11 +1,11 @@
 r"""Explain a HuggingFace model from raw input, in one call.
 
 - :func:`explain` (``captum_hetattn.hf.explain``): a model with its tokenizer / image processor /
-  processor, or a ``transformers`` pipeline, and raw text / pictures → an
-  :class:`HFExplanation` with relevance per **word** and per **pixel of the picture as given**,
-  what was explained (the predicted class with its label, the answer, the matched text, the
-  detected boxes), the engine's full :class:`~captum_hetattn.Explanation`, ``show()`` and
-  ``to_captum()``.
+  feature extractor / processor, or a ``transformers`` pipeline, and raw text / pictures /
+  clips → an :class:`HFExplanation` with relevance per **word**, per **pixel of the picture as
+  given** and per sample or frame of a clip, what was explained (the predicted class with its
+  label, the answer, the matched text, the detected boxes), the engine's full
+  :class:`~captum_hetattn.Explanation`, ``show()`` and ``to_captum()``.
 - :func:`explain_generation` (from :mod:`captum_hetattn.hf.generation`, where present): every
   generated token explained over the prompt's words and the picture.
 
@@ -16,8 +16,11 @@ The pieces both build on, for anyone adding a task:
 - :mod:`~captum_hetattn.hf.pixels`: :func:`geometry_for` (what the image processor did to a
   picture) and :func:`tokens_to_pixels` / :func:`attribution_to_pixels` (relevance over the
   processed picture → over the picture at its own size);
+- :mod:`~captum_hetattn.hf.audio`: ``encode_audio`` and ``audio_relevance`` (a clip's
+  relevance over its own time);
 - :mod:`~captum_hetattn.hf.result`: :class:`HFExplanation`, :class:`Row`,
-  :class:`ExplainedTarget`.
+  :class:`ExplainedTarget`;
+- :mod:`~captum_hetattn.hf.tasks`: what each model class answers, as data (``TASKS``).
 
 Examples::
 
