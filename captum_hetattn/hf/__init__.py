@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from captum_hetattn.hf.api import explain
 from captum_hetattn.hf.pixels import (
     Geometry,
     attribution_to_pixels,
@@ -44,27 +45,21 @@ from captum_hetattn.hf.pixels import (
 from captum_hetattn.hf.result import CaptumViews, ExplainedTarget, HFExplanation, Row
 from captum_hetattn.hf.words import Word, word_scores, words_of
 
-#: public functions that live in their own modules, imported on first use
-#: (``explain_generation`` is left out of ``__all__`` so a star import works without it)
-_LAZY = {"explain": "captum_hetattn.hf.api", "explain_generation": "captum_hetattn.hf.generation"}
+try:  # generation lives in its own module, which a build may leave out
+    from captum_hetattn.hf.generation import explain_generation  # noqa: F401
+except ModuleNotFoundError as missing:
+    if missing.name != "captum_hetattn.hf.generation":
+        raise
+    _GENERATION = False
+else:
+    _GENERATION = True
 
 
 def __getattr__(name: str) -> Any:
-    home = _LAZY.get(name)
-    if home is None:
-        raise AttributeError(f"module 'captum_hetattn.hf' has no attribute {name!r}")
-    import importlib
-
-    try:
-        module = importlib.import_module(home)
-    except ModuleNotFoundError as err:
-        if err.name != home:
-            raise
-        raise AttributeError(f"captum_hetattn.hf.{name} is not available in this build "
-                             f"({home} is missing)") from err
-    value = getattr(module, name)
-    globals()[name] = value
-    return value
+    if name == "explain_generation":
+        raise AttributeError("captum_hetattn.hf.explain_generation is not available in this "
+                             "build (captum_hetattn/hf/generation.py is missing)")
+    raise AttributeError(f"module 'captum_hetattn.hf' has no attribute {name!r}")
 
 
 __all__ = [
@@ -82,4 +77,4 @@ __all__ = [
     "tokens_to_pixels",
     "word_scores",
     "words_of",
-]
+] + (["explain_generation"] if _GENERATION else [])
