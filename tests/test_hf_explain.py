@@ -158,6 +158,14 @@ def test_token_classification_one_row_per_word(tagger, tokenizer):
     assert len(result.example(1)) == 2
 
 
+def test_token_classification_pipeline(tagger, tokenizer):
+    pipe = tf.pipeline("token-classification", model=tagger, tokenizer=tokenizer)
+    from_pipe = hf.explain(pipe, text=TEXTS[1])
+    direct = hf.explain(tagger, tokenizer, text=TEXTS[1])
+    assert from_pipe.target == direct.target and from_pipe.words == direct.words
+    assert from_pipe.task == "token-classification"
+
+
 def test_token_classification_chosen_word_equals_its_row(tagger, tokenizer):
     every = hf.explain(tagger, tokenizer, text=TEXTS[0])
     one = hf.explain(tagger, tokenizer, text=TEXTS[0], token=3)
