@@ -294,3 +294,13 @@ def test_object_detection_pipeline(detr):
     direct = hf.explain(model, processor, images=PICTURES[1], threshold=0.0)
     assert from_pipe.target == direct.target and len(from_pipe.rows) == 6  # every query
     np.testing.assert_array_equal(from_pipe.pixels[0], direct.pixels[0])
+
+
+@pytest.mark.parametrize("method", ["gae", "rollout", "raw", "AttentionRollout"])
+def test_every_method_by_name(vit, method):
+    model, processor = vit
+    result = hf.explain(model, processor, images=PICTURES, method=method)
+    assert _sizes(result) == [(40, 56), (30, 30)]
+    assert all(np.abs(p).max() > 0 for p in result.pixels)
+    ours = hf.explain(model, processor, images=PICTURES)
+    assert [t.index for t in result.target] == [t.index for t in ours.target]
