@@ -118,7 +118,7 @@ def test_pipeline_gives_what_model_and_tokenizer_give(classifier, tokenizer):
     assert from_pipe.task == "text-classification"
 
 
-def test_displays_and_captum_records(classifier, tokenizer):
+def test_displays_and_captum_records(classifier, tokenizer, capsys):
     from captum.attr import visualization as viz
 
     result = hf.explain(classifier, tokenizer, text=TEXTS)
@@ -133,6 +133,9 @@ def test_displays_and_captum_records(classifier, tokenizer):
     html = viz.visualize_text(views.records)  # Captum draws them
     assert "unbelievable" in getattr(html, "data", str(html))
     assert "HFExplanation(text-classification" in repr(result)
+    result.show()  # outside a notebook: printed
+    printed = capsys.readouterr().out
+    assert result.target[1].title() in printed and "unbelievable(" in printed
 
 
 # ------------------------------------------------------------------ token classification
