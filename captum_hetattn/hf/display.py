@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from captum.attr.visualization import VisualizationDataRecord
+from captum.attr import visualization as viz
 from matplotlib.patches import Rectangle
 
 from captum_hetattn.visualization import draw_overlay, figure_png, png_tag, text_html
@@ -78,12 +78,12 @@ def show(result: HFExplanation, max_rows: int = 12) -> None:
                   f"max {float(np.abs(row.pixels).max()):.3g}")
 
 
-def _record(row: Row) -> VisualizationDataRecord:
+def _record(row: Row) -> viz.VisualizationDataRecord:
     scores = torch.tensor([score for _, score in row.words or []], dtype=torch.float64)
     top = float(scores.abs().max()) if scores.numel() else 0.0
     normalised = scores / top if top > 0 else scores
     label = row.target.title()
-    return VisualizationDataRecord(
+    return viz.VisualizationDataRecord(
         normalised, row.target.score if row.target.score is not None else 0.0, label, label,
         label, float(scores.sum()), [word for word, _ in row.words or []], None)
 
