@@ -11,8 +11,9 @@ the architecture, and is kept in the tables below rather than in code:
   unchanged), ``input_ids`` for decoder-only models (GPT-2, Llama, LLaVA, and BLIP's captioner,
   whose text decoder reads the picture by cross-attention), where the generated sequence
   replaces the prompt ids;
-- :data:`ATTRIBUTED`: the processor outputs that are explained (ids, pixels, audio features);
-  every other tensor (masks, image sizes) is passed along and not attributed;
+- :data:`~captum_hetattn.hf.inputs.ATTRIBUTED`: the processor outputs that are explained (ids,
+  pixels, audio features); every other tensor (masks, image sizes) is passed along, not
+  attributed;
 - :data:`PROMPT_ONLY`: prompt-length outputs a decoder-only model is not given (they would not
   cover the generated tokens);
 - the attention mask of a decoder-only model grows by one 1 per generated token, and its
@@ -30,12 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_hetattn.hf.inputs import ATTRIBUTED
+
 #: the argument the generated sequence becomes, by ``config.is_encoder_decoder``
 SEQUENCE_ROLE = {True: "decoder_input_ids", False: "input_ids"}
 #: model classes whose config says otherwise (none known yet; BLIP's captioner is decoder-only)
 SEQUENCE_ROLE_BY_CLASS: dict[str, str] = {}
-#: processor outputs that are explained, in this order (others are passed along)
-ATTRIBUTED = ("input_ids", "pixel_values", "input_features", "input_values")
 #: prompt-length outputs a decoder-only model is not given with the generated sequence
 PROMPT_ONLY = ("token_type_ids",)
 #: the keyword a decoder-only forward takes its position ids by
@@ -259,7 +260,6 @@ def generated_counts(sequences: Tensor, start: int, stops: set[int]) -> list[int
 
 
 __all__ = [
-    "ATTRIBUTED",
     "PROMPT_ONLY",
     "SEQUENCE_ROLE",
     "SEQUENCE_ROLE_BY_CLASS",

@@ -20,16 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_hetattn._captum_compat import _format_tensor_into_tuples
-from captum_hetattn.engine.pipeline import run
 from captum_hetattn.engine.result import Explanation
-from captum_hetattn.engine.targets import generation_targets, split_targets
-from captum_hetattn.explainers import (
-    AttentionRollout,
-    GenericAttentionExplainability,
-    HeterogenousAttentionAttribution,
-    RawAttention,
-)
+from captum_hetattn.engine.targets import generation_targets
+from captum_hetattn.hf.api import explainer_for
 from captum_hetattn.hf.gen_call import (
     FedCall,
     Prompt,
@@ -42,15 +35,15 @@ from captum_hetattn.hf.gen_call import (
     sequence_role,
     tokenizer_of,
 )
+from captum_hetattn.hf.inputs import Encoded, explain_and_map
 from captum_hetattn.hf.pixels import as_rgb, attribution_to_pixels, geometry_for, image_size
 from captum_hetattn.hf.result import ExplainedTarget, HFExplanation, Row
 from captum_hetattn.hf.words import word_scores, words_of
 
-#: ``method=`` names and the explainer each one runs
-METHODS = {"ours": HeterogenousAttentionAttribution, "gae": GenericAttentionExplainability,
-           "rollout": AttentionRollout, "raw": RawAttention}
-#: options that go to the explainer; every other keyword goes to ``generate()``
-EXPLAIN_OPTIONS = ("correction", "noise_link", "weighting", "include_own")
+#: options that go to the explainer (``explain`` / its constructor); every other keyword goes
+#: to ``generate()``
+EXPLAIN_OPTIONS = ("correction", "noise_link", "weighting", "include_own", "graph", "capture",
+                   "normalize", "cross_term")
 #: ``generate()`` options a one-sequence-per-prompt explanation cannot take
 REFUSED_GENERATE = {"num_beams": 1, "num_return_sequences": 1}
 #: relative difference of the re-run logits from ``generate()``'s beyond which it warns
@@ -95,16 +88,6 @@ def _checked_count(max_new_tokens: Any) -> int:
     return int(max_new_tokens)
 
 
-def _method(method: Any) -> type:
-    """The explainer class for ``method=`` (a name of :data:`METHODS` or a class)."""
-    if isinstance(method, type) and hasattr(method, "explain"):
-        return method
-    if method not in METHODS:
-        raise ValueError(f"explain_generation: unknown method {method!r}; one of "
-                         f"{sorted(METHODS)} or an explainer class")
-    return METHODS[method]
-
-
 def _generate(model: nn.Module, encoded: dict[str, Tensor], max_new_tokens: int,
               generate_kwargs: dict[str, Any]) -> _Generated:
     """``model.generate`` (greedy by default), with the first generated position and the raw
@@ -133,23 +116,11 @@ def _generate(model: nn.Module, encoded: dict[str, Tensor], max_new_tokens: int,
 def _explain(explainer: Any, call: FedCall, targets: list, options: dict[str, Any]
              ) -> tuple[Explanation, list[Tensor]]:
     r"""One forward, one backward per target: the explanation (``(B, K, n)`` relevance) and
-    each input's attribution ``(B, K, *input.shape[1:])`` — what ``attribute`` maps, kept
-    together with the token relevance it was mapped from."""
-    opts = explainer._options(
-        options.get("correction"), options.get("noise_link", False), readout=None, target=None,
-        objective=None, targets=targets, stage=None, return_maps=False,
-        weighting=options.get("weighting"), map_inputs=True,
-        include_own=options.get("include_own", False))
-    inputs = _format_tensor_into_tuples(call.inputs)
-    explanation, recording = run(explainer, inputs, call.extra, opts)
-    per_target = split_targets(explanation)
-    attributions = []
-    for position, tensor in enumerate(inputs):
-        mapped = [sum(m.to_input(r, tensor, position)
-                      for m, r in explainer._input_mapping(position, tensor, each, recording))
-                  for each in per_target]
-        attributions.append(torch.stack(mapped, 1).float().detach().cpu())
-    return explanation, attributions
+    each attributed input's relevance laid out like it, ``(B, K, *input.shape[1:])``."""
+    encoded = Encoded([*call.names, *call.extra_names], [*call.inputs, *call.extra],
+                      len(call.names))
+    explanation, laid_out = explain_and_map(explainer, encoded, targets=targets, **options)
+    return explanation, [each.detach().cpu() for each in laid_out]
 
 
 def _check_reproduces(model: nn.Module, logits: Tensor, generated: _Generated) -> None:
@@ -285,7 +256,7 @@ def explain_generation(
     images: Any = None,
     audio: Any = None,
     max_new_tokens: int = 20,
-    method: str | type = "ours",
+    method: str = "ours",
     sampling_rate: int | None = None,
     **options: Any,
 ) -> HFExplanation:
@@ -306,10 +277,11 @@ def explain_generation(
         images: a picture (PIL image, array), or one per example.
         audio: a waveform (1-D array at ``sampling_rate``), or one per example.
         max_new_tokens: how many tokens to generate (at least 1).
-        method: ``"ours"`` (default), ``"gae"``, ``"rollout"``, ``"raw"`` or an explainer
-            class.
+        method: ``"ours"`` (default), ``"gae"``, ``"rollout"``, ``"raw"`` (or a class name
+            of :data:`captum_hetattn.hf.api.METHODS`).
         sampling_rate: the waveforms' rate (default: the feature extractor's).
-        **options: ``correction``, ``noise_link``, ``weighting``, ``include_own`` go to the
+        **options: ``correction``, ``noise_link``, ``weighting``, ``include_own`` (and the
+            constructor's ``graph``, ``capture``, ``normalize``, ``cross_term``) go to the
             explainer; everything else to ``generate()`` (``do_sample=False`` unless given;
             beam search and several sequences per prompt are refused).
 
@@ -340,7 +312,6 @@ def explain_generation(
     """
     count = _checked_count(max_new_tokens)
     prompt = prompt_of(text, images, audio)
-    explainer_class = _method(method)
     unknown = [name for name in options if name in ("target", "targets", "readout")]
     if unknown:
         raise TypeError(f"explain_generation explains every generated token; {unknown} "
@@ -358,7 +329,7 @@ def explain_generation(
         seen["logits"] = logits = call.forward_func(*tensors)
         return logits
 
-    explainer = explainer_class(forward_func, model=model)
+    explainer = explainer_for(method, forward_func, model, explain_options)
     targets = generation_targets(generated.sequences, generated.start)
     explanation, attributions = _explain(explainer, call, targets, explain_options)
     logits = seen["logits"].detach().float()
@@ -385,4 +356,4 @@ def _result(processor: Any, prompt: Prompt, call: FedCall, generated: _Generated
                          inputs={**encoded, "sequences": generated.sequences})
 
 
-__all__ = ["EXPLAIN_OPTIONS", "METHODS", "GeneratedRow", "explain_generation", "token_text"]
+__all__ = ["EXPLAIN_OPTIONS", "GeneratedRow", "explain_generation", "token_text"]
