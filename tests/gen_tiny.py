@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-WORDS = ("the a cat dog sat on mat red blue is what color of picture describe sound hello "
-         "world yes no big small").split()
+WORDS = ("the", "a", "cat", "dog", "sat", "on", "mat", "red", "blue", "is", "what", "color", "of",
+         "picture", "describe", "sound", "hello", "world", "yes", "no", "big", "small")
 PIECES = ("un", "##happy", "##s", "##ing", "##ed")
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 LAYERS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
