@@ -4,10 +4,12 @@ captioning (BLIP), a LLaVA VLM and Whisper, all tiny and offline (tests/gen_tiny
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
-from gen_tiny import bart, blip, gpt2, llava, picture, waves, whisper
+from gen_tiny import WHISPER_SPECIALS, bart, blip, gpt2, llava, picture, waves, whisper
 
 from captum_hetattn import hf
 from captum_hetattn.hf import gen_call
@@ -280,6 +282,52 @@ def test_whisper_relevance_over_audio_frames():
         assert float(np.abs(row.audio).max()) > 0
 
 
+def test_whisper_forced_language_and_task_are_not_rows():
+    """With language and task, generate() starts the decoder with <|startoftranscript|> <|en|>
+    <|transcribe|> <|notimestamps|>: those are the prompt, not generated tokens."""
+    model, processor = whisper()
+    specials = processor.tokenizer.convert_tokens_to_ids(list(WHISPER_SPECIALS))
+    ids = dict(zip(WHISPER_SPECIALS, specials, strict=True))
+    config = model.generation_config
+    config.is_multilingual = True
+    config.lang_to_id = {"<|en|>": ids["<|en|>"]}
+    config.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
+    config.no_timestamps_token_id = ids["<|notimestamps|>"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = hf.explain_generation(model, processor, audio=waves(8000, 12000),
+                                       max_new_tokens=3, language="en", task="transcribe")
+    assert not [w for w in caught if "does not reproduce" in str(w.message)]
+    sequences = result.inputs["sequences"]
+    forced = [ids[name] for name in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>",
+                                     "<|notimestamps|>")]
+    assert sequences[:, :4].tolist() == [forced, forced]
+    assert len(result.rows) == 6 and {row.target.position for row in result.rows} == {4, 5, 6}
+    assert [len(row.generated) for row in result.example(0)] == [0, 1, 2]
+    assert all(row.target.label not in WHISPER_SPECIALS for row in result.rows)
+
+
+def test_pipelines_hold_model_and_processor():
+    from transformers import pipeline
+
+    model, tokenizer = gpt2()
+    direct = hf.explain_generation(model, tokenizer, text=PROMPTS[0], max_new_tokens=2)
+    piped = hf.explain_generation(pipeline("text-generation", model=model, tokenizer=tokenizer),
+                                  text=PROMPTS[0], max_new_tokens=2)
+    assert [r.target.index for r in piped.rows] == [r.target.index for r in direct.rows]
+    np.testing.assert_allclose([s for _, s in piped.rows[1].words],
+                               [s for _, s in direct.rows[1].words], rtol=1e-5, atol=1e-9)
+    model, processor = blip()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers renames the image-to-text task
+        pipe = pipeline("image-text-to-text", model=model, processor=processor)
+    result = hf.explain_generation(pipe, text="a picture of", images=picture(2, 12, 40),
+                                   max_new_tokens=2)
+    assert len(result.rows) == 2 and result.pixels[0].shape == (12, 40)
+    with pytest.raises(TypeError, match="with generate"):
+        hf.explain_generation(object(), tokenizer, text="the cat")
+
+
 def test_bad_input_is_named(causal):
     model, tokenizer, _ = causal
     with pytest.raises(ValueError, match="max_new_tokens=0"):
@@ -300,5 +348,5 @@ def test_bad_input_is_named(causal):
         hf.explain_generation(model, None, text="the cat")
     with pytest.raises(TypeError, match="every generated token"):
         hf.explain_generation(model, tokenizer, text="the cat", target=3)
-    with pytest.raises(TypeError, match="has no generate"):
+    with pytest.raises(TypeError, match="with generate"):
         hf.explain_generation(model.transformer, tokenizer, text="the cat")

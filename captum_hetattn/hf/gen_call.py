@@ -140,6 +140,42 @@ def encode(processor: Any, prompt: Prompt, *, left_pad: bool,
     return {key: value for key, value in dict(encoded).items() if isinstance(value, Tensor)}
 
 
+def to_model(model: nn.Module, encoded: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The processor's tensors on the model's device, its float inputs (pixels, audio
+    features) in the model's float type (what ``generate()`` needs of a half model)."""
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return encoded
+    return {key: value.to(parameter.device, parameter.dtype) if value.is_floating_point()
+            else value.to(parameter.device) for key, value in encoded.items()}
+
+
+def unwrap(model_or_pipeline: Any, processor: Any) -> tuple[nn.Module, Any]:
+    r"""The model and its processor, from a model and processor or from a ``transformers``
+    pipeline (``"text-generation"``, ``"image-to-text"``, ``"image-text-to-text"``,
+    ``"automatic-speech-recognition"``), which holds both.
+
+    Raises:
+        TypeError: neither a model with ``generate()`` nor a pipeline holding one.
+    """
+    model = model_or_pipeline
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):
+        model = model_or_pipeline.model
+        if processor is None:
+            processor = next((p for p in (getattr(model_or_pipeline, name, None) for name in
+                                          ("processor", "tokenizer")) if p is not None), None)
+            extractor = getattr(model_or_pipeline, "feature_extractor", None)
+            if processor is not None and extractor is not None and not hasattr(
+                    processor, "feature_extractor"):
+                raise ValueError("explain_generation: this pipeline keeps its tokenizer and "
+                                 "feature extractor apart; pass the model's processor "
+                                 "(e.g. WhisperProcessor) as processor=")
+    if not isinstance(model, nn.Module) or not callable(getattr(model, "generate", None)):
+        raise TypeError(f"explain_generation needs a transformers model with generate() or a "
+                        f"pipeline holding one, got {type(model_or_pipeline).__name__}")
+    return model, processor
+
+
 def sequence_role(model: nn.Module) -> str:
     """``"input_ids"`` or ``"decoder_input_ids"``: where the generated sequence goes."""
     by_class = SEQUENCE_ROLE_BY_CLASS.get(type(model).__name__)
@@ -273,5 +309,7 @@ __all__ = [
     "generation_position_ids",
     "prompt_of",
     "sequence_role",
+    "to_model",
     "tokenizer_of",
+    "unwrap",
 ]

@@ -33,7 +33,9 @@ from captum_hetattn.hf.gen_call import (
     generated_counts,
     prompt_of,
     sequence_role,
+    to_model,
     tokenizer_of,
+    unwrap,
 )
 from captum_hetattn.hf.inputs import Encoded, explain_and_map
 from captum_hetattn.hf.pixels import as_rgb, attribution_to_pixels, geometry_for, image_size
@@ -249,7 +251,7 @@ def _row(parts: _Parts, example: int, k: int) -> GeneratedRow:
 
 
 def explain_generation(
-    model: nn.Module,
+    model: Any,
     processor: Any = None,
     *,
     text: str | list[str] | None = None,
@@ -270,9 +272,10 @@ def explain_generation(
 
     Args:
         model: a transformers model with ``generate()``: decoder-only (GPT-2, Llama, LLaVA,
-            BLIP's captioner) or encoder–decoder (T5, BART, Whisper).
+            BLIP's captioner) or encoder–decoder (T5, BART, Whisper); or a pipeline holding
+            one (``"text-generation"``, ``"image-to-text"``, ...).
         processor: its tokenizer, or its processor (tokenizer with an image processor or a
-            feature extractor).
+            feature extractor); a pipeline's own by default.
         text: the prompt's text, or one per example.
         images: a picture (PIL image, array), or one per example.
         audio: a waveform (1-D array at ``sampling_rate``), or one per example.
@@ -294,6 +297,9 @@ def explain_generation(
         tokens, ``.pixels`` the picture at its own size, ``row.audio`` per audio frame;
         ``.explanation`` the engine's :class:`~captum_hetattn.Explanation` with
         ``(B, K, n)`` relevance; ``.inputs`` the processor's output and ``"sequences"``.
+        As everywhere, the read token's own share is left out (``include_own=True`` keeps
+        it): the token a row is read at — the one just before the generated token, the
+        prompt's last word for the first row — scores 0 in that row.
 
     Raises:
         ValueError: no prompt, ``max_new_tokens < 1``, an unknown method, beam search, or a
@@ -317,10 +323,10 @@ def explain_generation(
         raise TypeError(f"explain_generation explains every generated token; {unknown} "
                         "cannot be given")
     explain_options = {k: options.pop(k) for k in EXPLAIN_OPTIONS if k in options}
-    if not callable(getattr(model, "generate", None)):
-        raise TypeError(f"explain_generation: {type(model).__name__} has no generate()")
-    encoded = encode(processor, prompt, left_pad=sequence_role(model) == "input_ids",
-                     sampling_rate=sampling_rate)
+    model, processor = unwrap(model, processor)
+    encoded = to_model(model, encode(processor, prompt,
+                                     left_pad=sequence_role(model) == "input_ids",
+                                     sampling_rate=sampling_rate))
     generated = _generate(model, encoded, count, options)
     call = fed_call(model, encoded, generated.sequences, generated.start)
     seen: dict[str, Tensor] = {}
