@@ -10,8 +10,10 @@ and as pixels of each picture at its own size.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -104,6 +106,22 @@ def _row(plan: Plan, laid: list[Tensor], processors: Processors, index: int) -> 
     return row
 
 
+def _warn_if_empty(rows: list[Row], method: str, correction: Any) -> None:
+    """One warning naming the rows whose every word and pixel got zero relevance: a display
+    of them shows nothing (under ``pos``, no attention map had a positive gradient)."""
+    empty = [index for index, row in enumerate(rows)
+             if not any(score for _, score in row.words or [])
+             and (row.pixels is None or not np.any(row.pixels))]
+    if not empty:
+        return
+    setting = "default correction" if correction is None else f"correction={correction!r}"
+    warnings.warn(
+        f"hf.explain ({method}, {setting}): rows {empty} "
+        f"({'; '.join(rows[i].target.title() for i in empty[:3])}) got zero relevance on "
+        "every word and pixel: no attention map had a gradient of the kept sign towards the "
+        "target; correction='abs' (or 'full', signed) shows them", UserWarning, stacklevel=3)
+
+
 def _plan(context: Context, target: Any, options: dict[str, Any]) -> Plan:
     """What to explain, with the planner's own options taken out of ``options``."""
     kind = context.task.kind
@@ -188,6 +206,7 @@ def explain(
     explanation, laid = explain_and_map(explainer, plan.encoded, target=plan.target,
                                         targets=plan.targets, **options)
     rows = [_row(plan, laid, processors, index) for index in range(len(plan.rows))]
+    _warn_if_empty(rows, method, options.get("correction"))
     return HFExplanation(rows, explanation, task.name, plan.encoded.as_dict())
 
 

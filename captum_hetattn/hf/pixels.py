@@ -58,13 +58,19 @@ class Geometry:
     valid: Size
 
 
+def _is_pil(image: Any) -> bool:
+    """A PIL image (checked by duck type: PIL need not be imported)."""
+    return not isinstance(image, (Tensor, np.ndarray)) and hasattr(image, "mode") and hasattr(
+        image, "convert")
+
+
 def image_size(image: Any) -> Size:
     r"""``(H, W)`` of a PIL image, an ``H × W (× C)`` array or a ``(C, H, W)`` tensor.
 
     Raises:
         TypeError: something that is not a picture.
     """
-    if hasattr(image, "size") and hasattr(image, "mode"):  # PIL: size is (W, H)
+    if _is_pil(image):  # PIL: size is (W, H)
         width, height = image.size
         return int(height), int(width)
     if isinstance(image, Tensor):
@@ -83,7 +89,7 @@ def image_size(image: Any) -> Size:
 
 def as_rgb(image: Any) -> np.ndarray:
     """The picture as an ``H × W × 3`` uint8 array (for overlays)."""
-    if hasattr(image, "convert") and hasattr(image, "mode"):
+    if _is_pil(image):
         return np.asarray(image.convert("RGB"))
     array = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
