@@ -1,7 +1,8 @@
 r"""Tiny generating models with processors built offline (never from a hub), for
 ``tests/test_hf_generation.py``: tokenizers from a small vocabulary (the ``tokenizers`` library
 wrapped in ``PreTrainedTokenizerFast``; Whisper's byte-level BPE from a vocabulary dict), image
-processors and feature extractors from their classes, models from configs."""
+processors from their torchvision-free classes (``hf_tiny.image_processor``) and feature
+extractors from theirs, models from configs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hf_tiny import image_processor
 from torch import nn
 
 WORDS = ("the", "a", "cat", "dog", "sat", "on", "mat", "red", "blue", "is", "what", "color", "of",
@@ -95,16 +97,15 @@ def blip() -> tuple[nn.Module, Any]:
     from transformers import (
         BlipConfig,
         BlipForConditionalGeneration,
-        BlipImageProcessor,
         BlipProcessor,
         BlipTextConfig,
         BlipVisionConfig,
     )
 
     tokenizer = wordpiece(template="[BOS] $A [EOS]")
-    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 16,
-                                                                       "width": 16}),
-                              tokenizer=tokenizer)
+    processor = BlipProcessor(
+        image_processor=image_processor("BlipImageProcessor", size={"height": 16, "width": 16}),
+        tokenizer=tokenizer)
     torch.manual_seed(0)
     text = BlipTextConfig(vocab_size=len(tokenizer), encoder_hidden_size=32,
                           max_position_embeddings=32, bos_token_id=2, sep_token_id=3,
@@ -122,7 +123,6 @@ def llava() -> tuple[nn.Module, Any]:
     ``LlavaProcessor`` of a ``CLIPImageProcessor`` (resize the short side to 16, centre crop
     16×16) and a tokenizer holding ``<image>``."""
     from transformers import (
-        CLIPImageProcessor,
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
@@ -133,8 +133,8 @@ def llava() -> tuple[nn.Module, Any]:
     tokenizer = wordpiece(extra=("<image>",))
     image_token = tokenizer.convert_tokens_to_ids("<image>")
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 16},
-                                           crop_size={"height": 16, "width": 16}),
+        image_processor=image_processor("CLIPImageProcessor", size={"shortest_edge": 16},
+                                        crop_size={"height": 16, "width": 16}),
         tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
         num_additional_image_tokens=1)
     torch.manual_seed(0)
