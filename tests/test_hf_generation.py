@@ -11,7 +11,7 @@ import pytest
 import torch
 from gen_tiny import WHISPER_SPECIALS, bart, blip, gpt2, llava, picture, waves, whisper
 
-from captum_hetattn import hf
+from captum_hetattn import HeterogenousAttentionAttribution, generation_targets, hf
 from captum_hetattn.hf import gen_call
 from captum_hetattn.hf.generation import GeneratedRow
 from captum_hetattn.hf.words import kept_positions
@@ -103,6 +103,36 @@ def test_causal_lm_rows_words_and_context(causal):
     # causal: nothing after the explained row's token
     for k in range(4):
         assert float(relevance[:, k, start + k:].abs().max()) == 0
+
+
+def test_causal_lm_equals_the_engine_called_by_hand(causal):
+    """One call equals what a user would write: the explainer on the generated sequence
+    (mask grown, generate()'s position ids) with generation_targets."""
+    model, tokenizer, result = causal
+    sequences = result.inputs["sequences"]
+    start = sequences.shape[1] - 4
+    mask = torch.cat([result.inputs["attention_mask"], torch.ones(2, 4, dtype=torch.long)], 1)
+    positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
+    explainer = HeterogenousAttentionAttribution(
+        lambda ids, m, p: model(input_ids=ids, attention_mask=m, position_ids=p).logits,
+        model=model)
+    by_hand = explainer.explain(sequences, targets=generation_targets(sequences, start),
+                                additional_forward_args=(mask, positions))
+    torch.testing.assert_close(result.explanation.relevance["text"],
+                               by_hand.relevance["text"], atol=1e-7, rtol=1e-5)
+
+
+def test_bfloat16_model_is_explained_in_float32():
+    model, processor = blip()
+    model = model.to(torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = hf.explain_generation(model, processor, images=picture(0), text="a picture of",
+                                       max_new_tokens=2)
+    assert not [w for w in caught if "does not reproduce" in str(w.message)]
+    assert len(result.rows) == 2 and result.pixels[0].dtype == np.float32
+    assert np.isfinite(result.pixels[0]).all() and float(np.abs(result.pixels[0]).max()) > 0
+    assert next(model.parameters()).dtype == torch.bfloat16
 
 
 def test_causal_lm_batch_equals_each_alone(causal):
