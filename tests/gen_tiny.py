@@ -91,6 +91,20 @@ def bart() -> tuple[nn.Module, Any]:
     return never_special(model, model.lm_head, [0, 1, 2, 3]), tokenizer
 
 
+def t5() -> tuple[nn.Module, Any]:
+    r"""T5 (2 + 2 layers, relative position buckets) with a ``$A [EOS]`` WordPiece tokenizer;
+    decoder start ``[PAD]``, as T5's."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = wordpiece(template="$A [EOS]")
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                      num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                      pad_token_id=0, eos_token_id=3, decoder_start_token_id=0)
+    model = T5ForConditionalGeneration(config).eval()
+    return never_special(model, model.lm_head, [0, 1, 2, 3]), tokenizer
+
+
 def blip() -> tuple[nn.Module, Any]:
     r"""BLIP captioner (``BlipForConditionalGeneration``, 16×16 pictures, 8×8 patches) with a
     ``BlipProcessor`` of a ``BlipImageProcessor`` and a ``[BOS] $A [EOS]`` tokenizer."""

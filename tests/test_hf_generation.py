@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from gen_tiny import WHISPER_SPECIALS, bart, blip, gpt2, llava, picture, waves, whisper
+from gen_tiny import WHISPER_SPECIALS, bart, blip, gpt2, llava, picture, t5, waves, whisper
 
 from captum_hetattn import HeterogenousAttentionAttribution, generation_targets, hf
 from captum_hetattn.hf import gen_call
@@ -196,8 +196,9 @@ def test_other_methods_and_captum_views(causal):
     assert result.rows[0].target.label in html
 
 
-def test_seq2seq_bart():
-    model, tokenizer = bart()
+@pytest.mark.parametrize("build", [bart, t5])
+def test_seq2seq(build):
+    model, tokenizer = build()
     result = hf.explain_generation(model, tokenizer, text=PROMPTS, max_new_tokens=4)
     encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
