@@ -149,6 +149,22 @@ def test_causal_lm_batch_equals_each_alone(causal):
                                        [s for _, s in many.generated], rtol=1e-4, atol=1e-7)
 
 
+def test_a_tokenizer_without_pad_token_pads_with_its_end_token(causal):
+    """GPT-2's and Llama's tokenizers have no pad token: the end token pads the batch
+    (masked, so nothing changes) and the tokenizer comes back as it was."""
+    model, _, result = causal
+    _, tokenizer = gpt2()
+    tokenizer.pad_token = None
+    padded = hf.explain_generation(model, tokenizer, text=PROMPTS, max_new_tokens=4)
+    assert tokenizer.pad_token is None and tokenizer.padding_side == "right"
+    assert int(padded.inputs["input_ids"][1, 0]) == tokenizer.eos_token_id
+    assert [r.target.index for r in padded.rows] == [r.target.index for r in result.rows]
+    for one, other in zip(padded.rows, result.rows, strict=True):
+        assert [w for w, _ in one.words] == [w for w, _ in other.words]
+        np.testing.assert_allclose([s for _, s in one.words], [s for _, s in other.words],
+                                   rtol=1e-5, atol=1e-9)
+
+
 def test_an_example_that_ends_early_has_fewer_rows(causal):
     """Rows stop at an example's end token (kept: it was generated); the padding generate()
     adds while the rest of the batch goes on is no row."""

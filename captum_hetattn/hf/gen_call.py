@@ -129,14 +129,20 @@ def encode(processor: Any, prompt: Prompt, *, left_pad: bool,
         call["audio"] = prompt.audio
         call["sampling_rate"] = sampling_rate or getattr(extractor, "sampling_rate", None)
     tokenizer = tokenizer_of(processor)
-    side = getattr(tokenizer, "padding_side", None)
+    settings = {"padding_side": "left" if left_pad else None,
+                # GPT-2 and Llama tokenizers have no pad token: their end token pads (masked)
+                "pad_token": None if getattr(tokenizer, "pad_token", None) is not None
+                else getattr(tokenizer, "eos_token", None)}
+    before = {name: getattr(tokenizer, name, None) for name in settings}
     try:
-        if tokenizer is not None and left_pad:
-            tokenizer.padding_side = "left"
+        for name, value in settings.items():
+            if tokenizer is not None and value is not None:
+                setattr(tokenizer, name, value)
         encoded = processor(**call)
     finally:
-        if tokenizer is not None and side is not None:
-            tokenizer.padding_side = side
+        for name, value in before.items():
+            if tokenizer is not None and settings[name] is not None:
+                setattr(tokenizer, name, value)
     return {key: value for key, value in dict(encoded).items() if isinstance(value, Tensor)}
 
 
