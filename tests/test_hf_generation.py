@@ -239,6 +239,37 @@ def test_seq2seq(build):
                                    rtol=1e-4, atol=1e-7)
 
 
+def test_a_trained_reverser_points_at_the_word_it_copies():
+    """The zoo's trained ``reverse_seq2seq`` BART writes its input backwards: every generated
+    word's most relevant prompt word is the word it copies (a WordLevel tokenizer over the
+    zoo's token names, built here)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from captum_hetattn.zoo import load
+
+    zoo = load("reverse_seq2seq")
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, **{f"t{i}": 3 + i for i in range(21)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>",
+                                        eos_token="</s>", pad_token="<pad>")
+    texts = ["t3 t7 t1 t0 t12 t5 t9 t15", "t20 t2 t4 t6 t8 t10 t11 t13"]
+    hits = {}
+    for correction in ("abs", "pos"):
+        result = hf.explain_generation(zoo.model, tokenizer, text=texts, max_new_tokens=9,
+                                       correction=correction)
+        copied = [row for row in result.rows if row.target.label != "</s>"]
+        assert [row.target.label for row in copied] == [*texts[0].split()[::-1],
+                                                         *texts[1].split()[::-1]]
+        hits[correction] = sum(max(row.words, key=lambda pair: pair[1])[0] == row.target.label
+                               for row in copied) / len(copied)
+    # README: reverse_seq2seq points 1.000 under abs, 0.890 under pos
+    assert hits["abs"] == 1.0 and hits["pos"] >= 0.85
+
+
 def _patch_mean_close(row, image_relevance, cells):
     """The picture map's mean is the mean relevance of the patches the picture covers."""
     assert float(np.abs(row.pixels).max()) > 0
