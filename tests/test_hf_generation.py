@@ -383,6 +383,8 @@ def test_whisper_forced_language_and_task_are_not_rows():
     assert len(result.rows) == 6 and {row.target.position for row in result.rows} == {4, 5, 6}
     assert [len(row.generated) for row in result.example(0)] == [0, 1, 2]
     assert all(row.target.label not in WHISPER_SPECIALS for row in result.rows)
+    with pytest.raises(ValueError, match="WhisperProcessor reads text= as the expected output"):
+        hf.explain_generation(model, processor, audio=waves(8000), text="hello")
 
 
 def test_pipelines_hold_model_and_processor():

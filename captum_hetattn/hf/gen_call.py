@@ -121,7 +121,8 @@ def encode(processor: Any, prompt: Prompt, *, left_pad: bool,
     call: dict[str, Any] = {"return_tensors": "pt"}
     if prompt.text is not None:
         call["text"] = prompt.text
-        call["padding"] = True
+        if prompt.audio is None:  # audio features keep the extractor's own padding (Whisper's
+            call["padding"] = True  # 30-second window)
     if prompt.images is not None:
         call["images"] = prompt.images
     if prompt.audio is not None:
@@ -143,6 +144,9 @@ def encode(processor: Any, prompt: Prompt, *, left_pad: bool,
         for name, value in before.items():
             if tokenizer is not None and settings[name] is not None:
                 setattr(tokenizer, name, value)
+    if "labels" in encoded:
+        raise ValueError(f"explain_generation: {type(processor).__name__} reads text= as the "
+                         "expected output (labels), not as a prompt; leave text= out")
     return {key: value for key, value in dict(encoded).items() if isinstance(value, Tensor)}
 
 
