@@ -430,3 +430,19 @@ def test_bad_input_is_named(causal):
         hf.explain_generation(model, tokenizer, text="the cat", target=3)
     with pytest.raises(TypeError, match="with generate"):
         hf.explain_generation(model.transformer, tokenizer, text="the cat")
+
+
+def test_a_generate_that_drops_the_prompt_is_refused(monkeypatch):
+    """Without the prompt (or decoder start) the logits row of the first new token cannot be
+    placed: an error, not a shifted explanation."""
+    model, tokenizer = gpt2()
+    original = model.generate
+
+    def new_tokens_only(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.sequences = out.sequences[:, -len(out.scores):]
+        return out
+
+    monkeypatch.setattr(model, "generate", new_tokens_only)
+    with pytest.raises(ValueError, match="without the prompt or decoder start"):
+        hf.explain_generation(model, tokenizer, text="the cat", max_new_tokens=2)

@@ -105,10 +105,13 @@ def _generate(model: nn.Module, encoded: dict[str, Tensor], max_new_tokens: int,
     sequences = out.sequences
     steps = len(out.scores)
     start = sequences.shape[1] - steps
-    if steps == 0 or start < 1:
-        raise ValueError(f"explain_generation: {type(model).__name__}.generate() returned "
-                         f"{steps} new token(s) in {sequences.shape[1]} positions: nothing to "
-                         "explain")
+    if steps == 0:
+        raise ValueError(f"explain_generation: {type(model).__name__}.generate() generated no "
+                         "token (max_length or a stopping criterion reached): nothing to explain")
+    if start < 1:  # the first new token's logits row would lie before the sequence
+        raise ValueError(f"explain_generation: {type(model).__name__}.generate() returned the "
+                         "new tokens without the prompt or decoder start they follow; the "
+                         "logits row of each cannot be placed")
     raw = getattr(out, "logits", None)
     logits = torch.stack(list(raw)).float() if raw is not None and len(raw) == steps else None
     return _Generated(sequences, start, logits,
