@@ -96,6 +96,9 @@ def test_default_target_is_the_argmax_with_its_label(classifier, tokenizer):
 def test_target_by_label_name_and_batch_equals_singles(classifier, tokenizer):
     both = hf.explain(classifier, tokenizer, text=TEXTS, target="positive")
     assert [t.index for t in both.target] == [2, 2]
+    per_example = hf.explain(classifier, tokenizer, text=TEXTS, target=np.array([2, 0]))
+    assert [t.label for t in per_example.target] == ["positive", "negative"]
+    assert per_example.words[0] == both.words[0]
     for example, text in enumerate(TEXTS):
         single = hf.explain(classifier, tokenizer, text=text, target="positive")
         assert [w for w, _ in single.words[0]] == [w for w, _ in both.words[example]]
@@ -177,10 +180,17 @@ def test_bad_input_is_a_clear_error(classifier, tokenizer):
         hf.explain(classifier, text="the cat")
     with pytest.raises(ValueError, match="does not know what BertModel answers"):
         hf.explain(tf.BertModel(_config()).eval(), tokenizer, text="the cat")
+    speech = tf.Wav2Vec2ForSequenceClassification(tf.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+        conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_labels=2))
+    with pytest.raises(ValueError, match="does not know what Wav2Vec2ForSequenceClassification"):
+        hf.explain(speech, tokenizer, text="the cat")  # reads audio, not text
     with pytest.raises(ValueError, match="unknown method 'lime'"):
         hf.explain(classifier, tokenizer, text="the cat", method="lime")
     with pytest.raises(TypeError, match="unknown options \\['colour'\\]"):
         hf.explain(classifier, tokenizer, text="the cat", colour="red")
+    with pytest.raises(ValueError, match="chooses the targets itself"):
+        hf.explain(classifier, tokenizer, text="the cat", targets=[0, 1])
     with pytest.raises(ValueError, match="threshold= applies to object detection"):
         hf.explain(classifier, tokenizer, text="the cat", threshold=0.3)
     with pytest.raises(ValueError, match="does not read audio"):
@@ -215,3 +225,33 @@ def test_rows_with_no_relevance_at_all_are_named_in_one_warning(classifier, toke
         warnings.simplefilter("error")  # a model whose words get relevance: no such warning
         result = hf.explain(classifier, tokenizer, text=TEXTS)
     assert all(any(score for _, score in words) for words in result.words)
+
+
+def test_attention_views_one_click_away_with_return_maps(classifier, tokenizer):
+    plain = hf.explain(classifier, tokenizer, text=TEXTS)
+    assert "<details" not in plain._repr_html_()
+    with pytest.raises(ValueError, match="pass return_maps=True"):
+        plain.views()
+    kept = hf.explain(classifier, tokenizer, text=TEXTS, return_maps=True)
+    page = kept._repr_html_()
+    assert page.count("<details") == 2  # one per example, under its row
+    assert page.index("unbelievable") < page.index("<details")
+    views = kept.views(0)
+    assert "##believ" in views and views._repr_html_() == views  # the model view's labels
+    assert kept.words == plain.words
+
+
+def test_sentence_pairs_give_both_texts_words(classifier, tokenizer):
+    pair = ("The cat sat", "a dog unbelievable")
+    result = hf.explain(classifier, tokenizer, text=[pair])
+    assert [w for w, _ in result.words[0]] == ["The", "cat", "sat", "a", "dog", "unbelievable"]
+    ids = result.inputs["input_ids"][0]
+    assert tokenizer.convert_ids_to_tokens(ids.tolist()).count("[SEP]") == 2  # no word
+    assert result.inputs["token_type_ids"][0].max() == 1  # the model read a pair
+    relevance = result.explanation.relevance["text"][0]
+    kept = [i for i, t in enumerate(tokenizer.convert_ids_to_tokens(ids.tolist()))
+            if t not in ("[CLS]", "[SEP]")]
+    assert sum(s for _, s in result.words[0]) == pytest.approx(float(relevance[kept].sum()),
+                                                               rel=1e-5)
+    with pytest.raises(ValueError, match="text_pair"):
+        hf.explain(classifier, tokenizer, text=[pair, "a single text"])

@@ -66,6 +66,9 @@ def test_image_classification_pixels_at_the_pictures_own_size(vit):
 def test_image_classification_batch_equals_singles_and_overlay(vit):
     model, processor = vit
     both = hf.explain(model, processor, images=PICTURES)
+    stacked = hf.explain(model, processor, images=np.stack([PICTURES[1], PICTURES[1]]))
+    assert _sizes(stacked) == [(30, 30), (30, 30)]  # a (B, H, W, C) batch is B pictures
+    np.testing.assert_allclose(stacked.pixels[0], both.pixels[1], rtol=1e-4, atol=1e-9)
     for example, picture in enumerate(PICTURES):
         single = hf.explain(model, processor, images=picture)
         assert single.target[0].index == both.target[example].index
@@ -152,6 +155,10 @@ def test_clip_explains_each_pictures_best_text(clip):
     np.testing.assert_allclose(pair.pixels[0], alone.pixels[0], rtol=1e-4, atol=1e-9)
     assert [s for _, s in pair.words[0]] == pytest.approx([s for _, s in alone.words[0]],
                                                           rel=1e-4)
+    assert hf.explain(model, processor, text=texts, images=PICTURES,
+                      target=(1, 0)).target == pair.target  # one pair, as a tuple
+    every = hf.explain(model, processor, text=texts, images=PICTURES, target=np.int64(1))
+    assert [t.index for t in every.target] == [(1, 0), (1, 1)]  # text 1 against each picture
     with pytest.raises(ValueError, match="out of range"):
         hf.explain(model, processor, text=texts, images=PICTURES, target=[(2, 0)])
 
@@ -176,13 +183,18 @@ def test_siglip_matching(one_thread, tokenizer):
     pictures = image_processor("SiglipImageProcessor", size={"height": 16, "width": 16})
     result = hf.explain(model, (tokenizer, pictures), text=["a cat", "a dog"],
                         images=PICTURES)
-    encoded = tokenizer(["a cat", "a dog"], padding=True, return_tensors="pt")
+    # SigLIP pools the last position: texts are padded to the text model's 16 positions and
+    # read without a mask, as SigLIP was trained
+    encoded = tokenizer(["a cat", "a dog"], padding="max_length", max_length=16,
+                        return_tensors="pt")
+    assert result.inputs["input_ids"].shape == (2, 16) and "attention_mask" not in result.inputs
     pixel_values = pictures(images=PICTURES, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         logits = model(input_ids=encoded["input_ids"], pixel_values=pixel_values).logits_per_image
     assert [t.index[0] for t in result.target] == logits.argmax(-1).tolist()
     assert _sizes(result) == [(40, 56), (30, 30)]
-    assert all(len(words) == 2 for words in result.words)
+    assert [[w for w, _ in words] for words in result.words] == [
+        ["a", "cat"] if t.index[0] == 0 else ["a", "dog"] for t in result.target]  # no [PAD]
 
 
 # ------------------------------------------------------------------ detection (DETR)
@@ -235,3 +247,20 @@ def test_detr_one_row_per_box_above_the_threshold(detr):
     np.testing.assert_allclose(alone.pixels[0], result.pixels[0], rtol=1e-4, atol=1e-9)
     with pytest.raises(ValueError, match="no box has a class probability above"):
         hf.explain(model, processor, images=PICTURES, threshold=0.999)
+
+
+def test_a_bfloat16_model_reads_pixels_in_its_dtype(vit):
+    model, processor = vit
+    half = tf.ViTForImageClassification(model.config).eval()
+    half.load_state_dict(model.state_dict())
+    half.to(torch.bfloat16)
+    result = hf.explain(half, processor, images=PICTURES)
+    assert result.inputs["pixel_values"].dtype == torch.bfloat16
+    assert half.dtype == torch.bfloat16  # as it was
+    assert _sizes(result) == [(40, 56), (30, 30)]
+    assert all(p.dtype == np.float32 and np.isfinite(p).all() and np.abs(p).max() > 0
+               for p in result.pixels)
+    # the same maps as the float32 model's, up to bfloat16 rounding
+    full = hf.explain(model, processor, images=PICTURES, target=[t.index for t in result.target])
+    for low, high in zip(result.pixels, full.pixels, strict=True):
+        assert np.corrcoef(low.ravel(), high.ravel())[0, 1] > 0.9

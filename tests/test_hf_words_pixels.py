@@ -160,3 +160,29 @@ def test_result_built_by_hand_holds_rows_per_target():
     assert len(views.records) == 2 and views.heatmaps[0].shape == (6, 8, 1)
     assert views.records[1].word_attributions.tolist() == pytest.approx([1.0, -2 / 3])
     assert "sat" in result._repr_html_() and "photo" in result._repr_html_()
+
+
+def test_rows_with_generated_tokens_and_audio_are_drawn():
+    """explain_generation's rows carry the tokens generated before the explained one and the
+    relevance over audio frames: both are drawn and handed to Captum."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class GeneratedRow(Row):
+        generated: list | None = None
+        audio: np.ndarray | None = None
+        audio_times: np.ndarray | None = None
+
+    explanation = Explanation(relevance={"text": torch.zeros(1, 3)}, readout_stream="text",
+                              readout_token=torch.zeros(1, dtype=torch.long), graph=None,
+                              sizes={"text": 3})
+    row = GeneratedRow(ExplainedTarget(0, (6, 9), "mat", "generated", 0.7, position=6),
+                       words=[("the", 0.2), ("cat", 0.4)], generated=[("sat", 0.8)],
+                       audio=np.array([0.0, 0.5, 1.0]), audio_times=np.array([0.0, 0.02, 0.04]))
+    result = HFExplanation([row], explanation, "generation")
+    page = result._repr_html_()
+    assert page.index("cat") < page.index("‖") < page.index("sat")
+    assert page.count("<img") == 1  # the audio strip
+    record = result.to_captum().records[0]
+    assert record.raw_input_ids == ["the", "cat", "‖", "sat"]
+    assert record.word_attributions.tolist() == pytest.approx([0.25, 0.5, 0.0, 1.0])

@@ -67,7 +67,7 @@ def explainer_for(method: str, forward: Any, model: torch.nn.Module,
     return cls(forward, model=model, **built)
 
 
-def _pair_texts(texts: list[str] | None, images: list[Any] | None, kind: str
+def _pair_texts(texts: list[Any] | None, images: list[Any] | None, kind: str
                 ) -> tuple[list[str] | None, list[Any] | None]:
     """A question per picture for VQA: one question for every picture, or one each."""
     if kind != "answer" or texts is None or images is None or len(texts) == len(images):
@@ -124,6 +124,10 @@ def _warn_if_empty(rows: list[Row], method: str, correction: Any) -> None:
 
 def _plan(context: Context, target: Any, options: dict[str, Any]) -> Plan:
     """What to explain, with the planner's own options taken out of ``options``."""
+    for key in ("targets", "objective"):
+        if key in options:
+            raise ValueError(f"hf.explain chooses the targets itself (target= picks one); for "
+                             f"{key}= call an explainer with your own forward function")
     kind = context.task.kind
     own = {key: options.pop(key) for key in PLANNER_OPTIONS.get(kind, ()) if key in options}
     for key, where in (("token", "token classification"), ("threshold", "object detection")):
@@ -160,8 +164,10 @@ def explain(
         processor: the model's tokenizer, image processor or processor (or a tuple of them);
             not needed with a pipeline.
         text: a string or a list of strings (one per example; VQA: one question per picture
-            or one for all; matching: the candidate texts).
-        images: a picture (PIL image, ``H × W × C`` array, ``(C, H, W)`` tensor) or a list.
+            or one for all; matching: the candidate texts); a list of ``(text, text_pair)``
+            tuples for sentence-pair classifiers (NLI). A bare tuple is a list of texts.
+        images: a picture (PIL image, ``H × W × C`` array, ``(C, H, W)`` tensor), a list of
+            them or a batch ``(B, C, H, W)`` / ``(B, H, W, C)``.
         audio: not covered here (speech models generate: :func:`explain_generation`).
         target: what to explain; ``None`` = the model's answer. Classification, VQA: a class
             index or label name (or one per example). Token classification: the class for
@@ -197,7 +203,7 @@ def explain(
                          "models generate: use hf.explain_generation")
     texts, pictures = _pair_texts(as_list(text, "text"), as_list(images, "images"), task.kind)
     check_reads(task, model, processors, texts, pictures)
-    encoded = encode(model, processors, texts, pictures)
+    encoded = encode(model, processors, texts, pictures, task.padding)
     with torch.no_grad():
         output = model(**encoded.as_dict())
     plan = _plan(Context(model, task, encoded, output, processors), target, options)
@@ -207,7 +213,8 @@ def explain(
                                         targets=plan.targets, **options)
     rows = [_row(plan, laid, processors, index) for index in range(len(plan.rows))]
     _warn_if_empty(rows, method, options.get("correction"))
-    return HFExplanation(rows, explanation, task.name, plan.encoded.as_dict())
+    return HFExplanation(rows, explanation, task.name, plan.encoded.as_dict(),
+                         processors.tokenizer)
 
 
 __all__ = ["CONSTRUCTOR_OPTIONS", "METHODS", "Encoded", "explain", "explainer_for"]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,7 +41,7 @@ class Encoded:
         tensors: the tensors in that order.
         count: how many of them are attributed (``inputs``); the rest go in
             ``additional_forward_args``.
-        texts: the text of each example of the batch (None without text).
+        texts: the text (or ``(text, text_pair)``) of each example of the batch.
         geometries: per example, how its picture became ``pixel_values`` (None without one).
         pictures: per example, its picture as ``H × W × 3`` uint8 (None without one).
     """
@@ -48,7 +49,7 @@ class Encoded:
     names: list[str]
     tensors: list[Tensor]
     count: int
-    texts: list[str | None] = field(default_factory=list)
+    texts: list[Any] = field(default_factory=list)
     geometries: list[Geometry | None] = field(default_factory=list)
     pictures: list[Any] = field(default_factory=list)
 
@@ -108,17 +109,19 @@ def unwrap(model_or_pipeline: Any, processor: Any) -> tuple[nn.Module, Processor
 
 
 def as_list(value: Any, what: str) -> list[Any] | None:
-    """One item or a list of them as a list (None stays None)."""
+    """One item or a list of them as a list (None stays None; a batch of pictures, ``(B, C,
+    H, W)`` or ``(B, H, W, C)``, is a list of ``B``)."""
     if value is None:
         return None
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    batched = isinstance(value, (Tensor, np.ndarray)) and value.ndim == 4
+    items = list(value) if isinstance(value, (list, tuple)) or batched else [value]
     if not items:
         raise ValueError(f"{what} is empty")
     return items
 
 
 def check_reads(task: Task, model: nn.Module, processors: Processors,
-                texts: list[str] | None, images: list[Any] | None) -> None:
+                texts: list[Any] | None, images: list[Any] | None) -> None:
     r"""Each input the task needs is given, with the processor that reads it.
 
     Raises:
@@ -139,13 +142,39 @@ def check_reads(task: Task, model: nn.Module, processors: Processors,
             raise ValueError(f"{name} ({task.name}) does not read {what}; leave {what}= out")
 
 
-def encode(model: nn.Module, processors: Processors, texts: list[str] | None,
-           images: list[Any] | None) -> Encoded:
-    r"""Run the tokenizer and the image processor; keep what ``model.forward`` takes."""
+def on_model(model: nn.Module, tensor: Tensor) -> Tensor:
+    """``tensor`` on the model's device; floats (pixels, audio features) in its dtype."""
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return tensor
+    dtype = parameter.dtype if tensor.is_floating_point() else tensor.dtype
+    return tensor.to(device=parameter.device, dtype=dtype)
+
+
+def text_padding(model: nn.Module, padding: str) -> dict[str, Any]:
+    """The tokenizer's padding options: the longest text, or the text model's positions."""
+    if padding != "max_length":
+        return {"padding": True}
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "text_config", config)
+    return {"padding": "max_length",
+            "max_length": int(getattr(text_config, "max_position_embeddings", 64))}
+
+
+def encode(model: nn.Module, processors: Processors, texts: list[Any] | None,
+           images: list[Any] | None, padding: str = "longest") -> Encoded:
+    r"""Run the tokenizer (padded as the task says) and the image processor; keep what
+    ``model.forward`` takes."""
     produced: dict[str, Tensor] = {}
     if texts is not None:
-        produced.update(processors.tokenizer(texts, padding=True, truncation=True,
-                                             return_tensors="pt"))
+        pairs = [t if isinstance(t, tuple) else (t,) for t in texts]
+        if len({len(p) for p in pairs}) != 1 or len(pairs[0]) > 2:
+            raise ValueError("text: give strings, or (text, text_pair) tuples for every example")
+        columns = [list(column) for column in zip(*pairs, strict=True)]
+        produced.update(processors.tokenizer(*columns, truncation=True, return_tensors="pt",
+                                             **text_padding(model, padding)))
+        if padding == "max_length":  # read unmasked, as trained (SigLIP)
+            produced.pop("attention_mask", None)
     geometries: list[Geometry | None] = []
     pictures: list[Any] = []
     if images is not None:
@@ -161,7 +190,7 @@ def encode(model: nn.Module, processors: Processors, texts: list[str] | None,
     accepted = set(inspect.signature(model.forward).parameters)
     names = [n for n in ATTRIBUTED if n in produced and n in accepted]
     names += [n for n in produced if n not in names and n in accepted]
-    tensors = [torch.as_tensor(produced[n]) for n in names]
+    tensors = [on_model(model, torch.as_tensor(produced[n])) for n in names]
     count = sum(1 for n in names if n in ATTRIBUTED)
     return Encoded(names, tensors, count, list(texts) if texts else [], geometries, pictures)
 
@@ -225,4 +254,4 @@ def explain_and_map(explainer: Any, encoded: Encoded, **options: Any
 
 
 __all__ = ["ATTRIBUTED", "Encoded", "Processors", "as_list", "check_reads", "encode",
-           "explain_and_map", "forward_function", "unwrap"]
+           "explain_and_map", "forward_function", "on_model", "unwrap"]

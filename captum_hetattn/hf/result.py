@@ -108,6 +108,7 @@ class HFExplanation:
             several targets were explained from one forward).
         task: the task that was explained (``"sequence-classification"``, ...).
         inputs: the processor's output the model read (ids, masks, pixel values).
+        tokenizer: the tokenizer that made the ids (labels the attention views), or None.
 
     Examples::
 
@@ -123,6 +124,7 @@ class HFExplanation:
     explanation: Explanation
     task: str
     inputs: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None
 
     @property
     def words(self) -> list[list[tuple[str, float]] | None]:
@@ -166,6 +168,23 @@ class HFExplanation:
         from captum_hetattn.hf.display import show
 
         show(self, max_rows)
+
+    def views(self, example: int = 0) -> str:
+        r"""The attention views of one example: the model view (every head of every call; a
+        click opens its head view) and the relevance flow, as notebook HTML.
+
+        Needs ``hf.explain(..., return_maps=True)`` (one target per example). The HTML is a
+        ``str`` that a notebook draws (``_repr_html_``).
+
+        Args:
+            example: which example.
+
+        Raises:
+            ValueError: the explanation kept no maps.
+        """
+        from captum_hetattn.hf.display import Page, views_html
+
+        return Page(views_html(self, example))
 
     def to_captum(self) -> CaptumViews:
         r"""Captum's visualiser inputs: ``VisualizationDataRecord`` s and heat maps.

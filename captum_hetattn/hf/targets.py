@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import Tensor, nn
 
 from captum_hetattn.hf.inputs import Encoded, Processors
@@ -51,7 +52,10 @@ class Context:
 
 
 def _per_example(value: Any, count: int, what: str) -> list[Any]:
-    """``value`` for every example: one value for all, or a list with one per example."""
+    """``value`` for every example: one value for all, or a list (tensor, array) with one per
+    example."""
+    if isinstance(value, (Tensor, np.ndarray)):
+        value = value.tolist()
     if isinstance(value, (list, tuple)) and not (isinstance(value, tuple) and len(value) == 2
                                                  and all(isinstance(v, int) for v in value)):
         if len(value) != count:
@@ -122,10 +126,15 @@ def plan_match(context: Context, target: Any) -> Plan:
     scores text ``i`` against every picture; a list of ``(i, j)`` names the pairs."""
     logits = getattr(context.output, context.task.output).detach().float()  # (images, texts)
     n_images, n_texts = logits.shape
+    if isinstance(target, (Tensor, np.ndarray)):
+        target = target.tolist()
     if target is None:
         pairs = [(int(logits[j].argmax()), j) for j in range(n_images)]
-    elif isinstance(target, int):
-        pairs = [(target, j) for j in range(n_images)]
+    elif isinstance(target, (int, np.integer)):
+        pairs = [(int(target), j) for j in range(n_images)]
+    elif isinstance(target, tuple) and len(target) == 2 and all(
+            isinstance(v, (int, np.integer)) for v in target):
+        pairs = [(int(target[0]), int(target[1]))]
     else:
         pairs = [(int(i), int(j)) for i, j in target]
     for i, j in pairs:

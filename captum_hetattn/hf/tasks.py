@@ -32,6 +32,10 @@ class Task:
             ``"box"``.
         probability: how scores become probabilities: ``"softmax"``, ``"sigmoid"``,
             ``"detection"`` (softmax or sigmoid by detector family) or ``"none"``.
+        padding: how a batch of texts is padded: ``"longest"``, or ``"max_length"``: to the
+            text model's positions and read without an attention mask, as SigLIP was trained
+            (it pools the last position, a padding token for short texts; padding is still no
+            word).
     """
 
     name: str
@@ -40,21 +44,25 @@ class Task:
     output: str
     kind: str
     probability: str = "softmax"
+    padding: str = "longest"
 
     def covers(self, model: nn.Module) -> bool:
-        """Whether this task covers ``model``'s class."""
+        """Whether this task covers ``model``'s class and the model reads what the task gives
+        it (a ``Wav2Vec2ForSequenceClassification`` reads audio, not text)."""
         name = type(model).__name__
-        return any(name == c or (c.startswith("For") and name.endswith(c))
-                   for c in self.classes)
+        main = "input_ids" if "text" in self.reads else "pixel_values"
+        return getattr(model, "main_input_name", main) == main and any(
+            name == c or (c.startswith("For") and name.endswith(c)) for c in self.classes)
 
 
 #: every task :func:`~captum_hetattn.hf.explain` covers; the first that covers a model wins
 TASKS: tuple[Task, ...] = (
     Task("visual-question-answering", ("ViltForQuestionAnswering",), ("text", "images"),
          "logits", "answer", "sigmoid"),
-    Task("image-text-matching", ("CLIPModel", "SiglipModel", "Siglip2Model", "ChineseCLIPModel",
-                                 "AltCLIPModel"), ("text", "images"), "logits_per_image",
-         "match", "none"),
+    Task("image-text-matching", ("SiglipModel", "Siglip2Model"), ("text", "images"),
+         "logits_per_image", "match", "none", padding="max_length"),
+    Task("image-text-matching", ("CLIPModel", "ChineseCLIPModel", "AltCLIPModel"),
+         ("text", "images"), "logits_per_image", "match", "none"),
     Task("text-classification", ("ForSequenceClassification",), ("text",), "logits", "class"),
     Task("token-classification", ("ForTokenClassification",), ("text",), "logits", "token"),
     Task("image-classification", ("ForImageClassification",

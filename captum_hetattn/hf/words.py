@@ -91,30 +91,36 @@ def kept_positions(tokenizer: Any, ids: Sequence[int], mask: Sequence[int] | Non
             if ids[i] not in specials and (mask is None or mask[i]) and ids[i] != pad]
 
 
-def _by_offsets(tokenizer: Any, ids: list[int], kept: list[int], text: str) -> list[Word] | None:
-    """Words from a fresh fast encoding of ``text`` whose ids match the kept ones, or None."""
+def _by_offsets(tokenizer: Any, ids: list[int], kept: list[int], text: str | tuple[str, str]
+                ) -> list[Word] | None:
+    """Words from a fresh fast encoding of ``text`` (or of a text pair) whose ids match the
+    kept ones, or None."""
     if not getattr(tokenizer, "is_fast", False):
         return None
+    texts = text if isinstance(text, tuple) else (text,)
     try:
-        encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        encoding = tokenizer(*texts, return_offsets_mapping=True, add_special_tokens=True)
         word_ids = encoding.word_ids()
+        sequences = encoding.sequence_ids()
     except (TypeError, ValueError, NotImplementedError, AttributeError):
         return None
-    fresh = [(i, word) for i, word in enumerate(word_ids) if word is not None]
+    fresh = [(i, (sequences[i] or 0, word)) for i, word in enumerate(word_ids)
+             if word is not None]
     fresh_ids = [encoding["input_ids"][i] for i, _ in fresh]
     kept_ids = [ids[i] for i in kept]
     if fresh_ids[: len(kept_ids)] != kept_ids:  # truncated by the processor: a prefix
         return None
     offsets = encoding["offset_mapping"]
-    spans: dict[int, list[int]] = {}  # word → its pieces in the fresh encoding
-    places: dict[int, list[int]] = {}  # word → its positions in the example
+    spans: dict[tuple[int, int], list[int]] = {}  # word → its pieces in the fresh encoding
+    places: dict[tuple[int, int], list[int]] = {}  # word → its positions in the example
     for (fresh_index, word), position in zip(fresh, kept, strict=False):
         spans.setdefault(word, []).append(fresh_index)
         places.setdefault(word, []).append(position)
     words = []
     for word, indices in spans.items():
+        source = texts[word[0]]
         start, end = offsets[indices[0]][0], offsets[indices[-1]][1]
-        words.append(Word(text[start:end].strip() or text[start:end], tuple(places[word])))
+        words.append(Word(source[start:end].strip() or source[start:end], tuple(places[word])))
     return words
 
 
@@ -141,7 +147,7 @@ def words_of(
     tokenizer: Any,
     ids: Tensor | Sequence[int],
     *,
-    text: str | None = None,
+    text: str | tuple[str, str] | None = None,
     mask: Tensor | Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
 ) -> list[Word]:
@@ -150,7 +156,8 @@ def words_of(
     Args:
         tokenizer: the (fast or slow) tokenizer that made ``ids``.
         ids: the example's token ids ``(T,)``, as the model read them (padding included).
-        text: the example's text, if known: words keep the user's spelling (fast tokenizers).
+        text: the example's text (or ``(text, text_pair)``), if known: words keep the user's
+            spelling (fast tokenizers); a pair's words come in order, the first text's first.
         mask: the example's attention mask ``(T,)``; masked positions are padding.
         positions: only these positions count as text (e.g. a fusion model's text part, or a
             prompt within a generated sequence); ``None``: all.
