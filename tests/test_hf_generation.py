@@ -426,8 +426,9 @@ def test_bad_input_is_named(causal):
         hf.explain_generation(model, tokenizer, text=["a", "b"], images=[picture(0)])
     with pytest.raises(ValueError, match="processor or tokenizer"):
         hf.explain_generation(model, None, text="the cat")
-    with pytest.raises(TypeError, match="every generated token"):
-        hf.explain_generation(model, tokenizer, text="the cat", target=3)
+    for option in ("target", "return_maps"):
+        with pytest.raises(TypeError, match=f"every generated token.*{option}"):
+            hf.explain_generation(model, tokenizer, text="the cat", **{option: 3})
     with pytest.raises(TypeError, match="with generate"):
         hf.explain_generation(model.transformer, tokenizer, text="the cat")
 

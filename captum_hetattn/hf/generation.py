@@ -46,6 +46,8 @@ from captum_hetattn.hf.words import word_scores, words_of
 #: to ``generate()``
 EXPLAIN_OPTIONS = ("correction", "noise_link", "weighting", "include_own", "graph", "capture",
                    "normalize", "cross_term")
+#: ``explain`` options that do not fit every generated token explained from one forward
+NOT_HERE = ("target", "targets", "readout", "objective", "stage", "return_maps")
 #: ``generate()`` options a one-sequence-per-prompt explanation cannot take
 REFUSED_GENERATE = {"num_beams": 1, "num_return_sequences": 1}
 #: relative difference of the re-run logits from ``generate()``'s beyond which it warns
@@ -321,10 +323,11 @@ def explain_generation(
     """
     count = _checked_count(max_new_tokens)
     prompt = prompt_of(text, images, audio)
-    unknown = [name for name in options if name in ("target", "targets", "readout")]
+    unknown = [name for name in options if name in NOT_HERE]
     if unknown:
-        raise TypeError(f"explain_generation explains every generated token; {unknown} "
-                        "cannot be given")
+        raise TypeError(f"explain_generation explains every generated token, from one forward; "
+                        f"{unknown} cannot be given (for one token: an explainer's "
+                        "explain(result.inputs['sequences'], target=row.target.index))")
     explain_options = {k: options.pop(k) for k in EXPLAIN_OPTIONS if k in options}
     model, processor = unwrap(model, processor)
     encoded = to_model(model, encode(processor, prompt,
