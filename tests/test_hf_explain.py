@@ -183,8 +183,8 @@ def test_bad_input_is_a_clear_error(classifier, tokenizer):
     speech = tf.Wav2Vec2ForSequenceClassification(tf.Wav2Vec2Config(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
         conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_labels=2))
-    with pytest.raises(ValueError, match="does not know what Wav2Vec2ForSequenceClassification"):
-        hf.explain(speech, tokenizer, text="the cat")  # reads audio, not text
+    with pytest.raises(ValueError, match="audio-classification\\) reads audio: give audio="):
+        hf.explain(speech, tokenizer, text="the cat")  # a sequence classifier of sound
     with pytest.raises(ValueError, match="unknown method 'lime'"):
         hf.explain(classifier, tokenizer, text="the cat", method="lime")
     with pytest.raises(TypeError, match="unknown options \\['colour'\\]"):
@@ -193,7 +193,7 @@ def test_bad_input_is_a_clear_error(classifier, tokenizer):
         hf.explain(classifier, tokenizer, text="the cat", targets=[0, 1])
     with pytest.raises(ValueError, match="threshold= applies to object detection"):
         hf.explain(classifier, tokenizer, text="the cat", threshold=0.3)
-    with pytest.raises(ValueError, match="does not read audio"):
+    with pytest.raises(ValueError, match="does not read audio; leave audio= out"):
         hf.explain(classifier, tokenizer, text="the cat", audio=torch.zeros(16000))
     with pytest.raises(TypeError, match="needs a transformers model or pipeline"):
         hf.explain("bert-base-uncased", tokenizer, text="the cat")

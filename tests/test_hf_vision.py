@@ -63,6 +63,15 @@ def test_image_classification_pixels_at_the_pictures_own_size(vit):
         assert np.abs(result.pixels[example]).max() > 0
 
 
+def test_image_classification_pipeline(vit):
+    model, processor = vit
+    pipe = tf.pipeline("image-classification", model=model, image_processor=processor)
+    from_pipe = hf.explain(pipe, images=PICTURES[0])
+    direct = hf.explain(model, processor, images=PICTURES[0])
+    assert from_pipe.target == direct.target and from_pipe.task == "image-classification"
+    np.testing.assert_array_equal(from_pipe.pixels[0], direct.pixels[0])
+
+
 def test_image_classification_batch_equals_singles_and_overlay(vit):
     model, processor = vit
     both = hf.explain(model, processor, images=PICTURES)
@@ -98,11 +107,12 @@ def vilt(one_thread, tokenizer):
 def test_vqa_answer_is_the_argmax_label_over_words_and_pixels(vilt):
     model, processor = vilt
     question = "what color is the squares ?"
-    result = hf.explain(model, processor, text=question, images=PICTURES)
+    pictures = [PICTURES[0], PICTURES[0][::-1].copy()]  # one size: ViLT reads every patch
+    result = hf.explain(model, processor, text=question, images=pictures)
     assert result.task == "visual-question-answering"
     assert [w for w, _ in result.words[0]] == ["what", "color", "is", "the", "squares", "?"]
-    assert _sizes(result) == [(40, 56), (30, 30)]
-    encoded = processor(images=PICTURES, text=[question] * 2, padding=True, return_tensors="pt")
+    assert _sizes(result) == [(40, 56), (40, 56)]
+    encoded = processor(images=pictures, text=[question] * 2, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**encoded).logits
     for example, target in enumerate(result.target):
@@ -113,8 +123,18 @@ def test_vqa_answer_is_the_argmax_label_over_words_and_pixels(vilt):
     assert sum(s for _, s in result.words[0]) == pytest.approx(
         float(text[0, 1:8].sum()), rel=1e-5)  # the question's 7 pieces, specials out
     assert np.abs(result.pixels[0]).max() > 0
+    # one question for two pictures = each picture asked alone
+    for example, picture in enumerate(pictures):
+        alone = hf.explain(model, processor, text=question, images=picture)
+        assert alone.target[0].index == result.target[example].index
+        assert [s for _, s in alone.words[0]] == pytest.approx(
+            [s for _, s in result.words[example]], rel=1e-3, abs=1e-12)
+        np.testing.assert_allclose(alone.pixels[0], result.pixels[example], rtol=1e-3,
+                                   atol=1e-9)
+    with pytest.raises(ValueError, match=r"examples \[0\] would lose random patches"):
+        hf.explain(model, processor, text=question, images=PICTURES)  # two sizes
     with pytest.raises(ValueError, match="2 questions for 3 pictures"):
-        hf.explain(model, processor, text=[question] * 2, images=PICTURES + PICTURES[:1])
+        hf.explain(model, processor, text=[question] * 2, images=pictures + pictures[:1])
     with pytest.raises(ValueError, match="reads images: give images="):
         hf.explain(model, processor, text=question)
 

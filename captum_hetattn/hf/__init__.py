@@ -1,11 +1,11 @@
 r"""Explain a HuggingFace model from raw input, in one call.
 
 - :func:`explain` (``captum_hetattn.hf.explain``): a model with its tokenizer / image processor /
-  processor, or a ``transformers`` pipeline, and raw text / pictures → an
-  :class:`HFExplanation` with relevance per **word** and per **pixel of the picture as given**,
-  what was explained (the predicted class with its label, the answer, the matched text, the
-  detected boxes), the engine's full :class:`~captum_hetattn.Explanation`, ``show()`` and
-  ``to_captum()``.
+  feature extractor / processor, or a ``transformers`` pipeline, and raw text / pictures /
+  clips → an :class:`HFExplanation` with relevance per **word**, per **pixel of the picture as
+  given** and per sample or frame of a clip, what was explained (the predicted class with its
+  label, the answer, the matched text, the detected boxes), the engine's full
+  :class:`~captum_hetattn.Explanation`, ``show()`` and ``to_captum()``.
 - :func:`explain_generation` (from :mod:`captum_hetattn.hf.generation`, where present): every
   generated token explained over the prompt's words and the picture.
 
@@ -16,8 +16,11 @@ The pieces both build on, for anyone adding a task:
 - :mod:`~captum_hetattn.hf.pixels`: :func:`geometry_for` (what the image processor did to a
   picture) and :func:`tokens_to_pixels` / :func:`attribution_to_pixels` (relevance over the
   processed picture → over the picture at its own size);
+- :mod:`~captum_hetattn.hf.audio`: ``encode_audio`` and ``audio_relevance`` (a clip's
+  relevance over its own time);
 - :mod:`~captum_hetattn.hf.result`: :class:`HFExplanation`, :class:`Row`,
-  :class:`ExplainedTarget`.
+  :class:`ExplainedTarget`;
+- :mod:`~captum_hetattn.hf.tasks`: what each model class answers, as data (``TASKS``).
 
 Examples::
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from captum_hetattn.hf.api import explain
 from captum_hetattn.hf.pixels import (
     Geometry,
     attribution_to_pixels,
@@ -41,27 +45,21 @@ from captum_hetattn.hf.pixels import (
 from captum_hetattn.hf.result import CaptumViews, ExplainedTarget, HFExplanation, Row
 from captum_hetattn.hf.words import Word, word_scores, words_of
 
-#: public functions that live in their own modules, imported on first use
-#: (``explain_generation`` is left out of ``__all__`` so a star import works without it)
-_LAZY = {"explain": "captum_hetattn.hf.api", "explain_generation": "captum_hetattn.hf.generation"}
+try:  # generation lives in its own module, which a build may leave out
+    from captum_hetattn.hf.generation import explain_generation  # noqa: F401
+except ModuleNotFoundError as missing:
+    if missing.name != "captum_hetattn.hf.generation":
+        raise
+    _GENERATION = False
+else:
+    _GENERATION = True
 
 
 def __getattr__(name: str) -> Any:
-    home = _LAZY.get(name)
-    if home is None:
-        raise AttributeError(f"module 'captum_hetattn.hf' has no attribute {name!r}")
-    import importlib
-
-    try:
-        module = importlib.import_module(home)
-    except ModuleNotFoundError as err:
-        if err.name != home:
-            raise
-        raise AttributeError(f"captum_hetattn.hf.{name} is not available in this build "
-                             f"({home} is missing)") from err
-    value = getattr(module, name)
-    globals()[name] = value
-    return value
+    if name == "explain_generation":
+        raise AttributeError("captum_hetattn.hf.explain_generation is not available in this "
+                             "build (captum_hetattn/hf/generation.py is missing)")
+    raise AttributeError(f"module 'captum_hetattn.hf' has no attribute {name!r}")
 
 
 __all__ = [
@@ -79,4 +77,4 @@ __all__ = [
     "tokens_to_pixels",
     "word_scores",
     "words_of",
-]
+] + (["explain_generation"] if _GENERATION else [])

@@ -24,6 +24,7 @@ from captum_hetattn.explainers import (
     RawAttention,
     _AttentionAttribution,
 )
+from captum_hetattn.hf.audio import audio_relevance
 from captum_hetattn.hf.inputs import (
     Encoded,
     Processors,
@@ -103,6 +104,10 @@ def _row(plan: Plan, laid: list[Tensor], processors: Processors, index: int) -> 
     if pixel_relevance is not None and encoded.geometries:
         row.pixels = attribution_to_pixels(pixel_relevance, encoded.geometries[example])
         row.image = encoded.pictures[example]
+    heard = relevance("input_values")
+    heard = relevance("input_features") if heard is None else heard
+    if heard is not None and encoded.audio is not None:
+        row.audio, row.audio_times = audio_relevance(heard, encoded.audio, example)
     return row
 
 
@@ -111,7 +116,8 @@ def _warn_if_empty(rows: list[Row], method: str, correction: Any) -> None:
     of them shows nothing (under ``pos``, no attention map had a positive gradient)."""
     empty = [index for index, row in enumerate(rows)
              if not any(score for _, score in row.words or [])
-             and (row.pixels is None or not np.any(row.pixels))]
+             and (row.pixels is None or not np.any(row.pixels))
+             and (row.audio is None or not np.any(row.audio))]
     if not empty:
         return
     setting = "default correction" if correction is None else f"correction={correction!r}"
@@ -120,6 +126,27 @@ def _warn_if_empty(rows: list[Row], method: str, correction: Any) -> None:
         f"({'; '.join(rows[i].target.title() for i in empty[:3])}) got zero relevance on "
         "every word and pixel: no attention map had a gradient of the kept sign towards the "
         "target; correction='abs' (or 'full', signed) shows them", UserWarning, stacklevel=3)
+
+
+def _check_patch_counts(model: torch.nn.Module, encoded: Encoded) -> None:
+    r"""ViLT reads a batch at its smallest picture's patch count: the larger pictures lose
+    random patches and the smaller ones are filled with random repeats of padding patches (a
+    different input at every call, whose pixels cannot be traced back). Refused.
+
+    Raises:
+        ValueError: a ViLT batch of pictures of different processed sizes.
+    """
+    mask = encoded.get("pixel_mask")
+    if getattr(getattr(model, "config", None), "model_type", "") != "vilt" or mask is None:
+        return
+    real = mask.flatten(1).sum(1)
+    larger = [int(i) for i in (real > real.min()).nonzero().flatten()]
+    if larger:
+        raise ValueError(
+            f"{type(model).__name__} reads a batch of pictures at the smallest one's patch "
+            f"count: examples {larger} would lose random patches and the others get random "
+            "padding patches (the answer changes from call to call); explain pictures of "
+            "different sizes one at a time")
 
 
 def _plan(context: Context, target: Any, options: dict[str, Any]) -> Plan:
@@ -157,7 +184,8 @@ def explain(
     Covered (:data:`~captum_hetattn.hf.tasks.TASKS`): sequence classification, token
     classification (one row per word), image classification, VQA (ViLT: the answer = argmax
     label), image–text matching (CLIP, SigLIP: text ``i`` against picture ``j``), object
-    detection (DETR: one row per detected box). Generation: :func:`explain_generation`.
+    detection (DETR: one row per detected box), audio classification (relevance per sample or
+    spectrogram frame of the clip, ``.rows[i].audio``). Generation: :func:`explain_generation`.
 
     Args:
         model_or_pipeline: a transformers model, or a pipeline (which brings its processors).
@@ -168,7 +196,9 @@ def explain(
             tuples for sentence-pair classifiers (NLI). A bare tuple is a list of texts.
         images: a picture (PIL image, ``H × W × C`` array, ``(C, H, W)`` tensor), a list of
             them or a batch ``(B, C, H, W)`` / ``(B, H, W, C)``.
-        audio: not covered here (speech models generate: :func:`explain_generation`).
+        audio: for audio classifiers, a mono clip (1-D array or tensor at the feature
+            extractor's sampling rate) or a list; a batch ``(B, samples)``. Speech-to-text
+            models generate: :func:`explain_generation`.
         target: what to explain; ``None`` = the model's answer. Classification, VQA: a class
             index or label name (or one per example). Token classification: the class for
             each explained word. Matching: a text index (against every picture) or a list of
@@ -198,12 +228,11 @@ def explain(
     """
     model, processors = unwrap(model_or_pipeline, processor)
     task = task_of(model)
-    if audio is not None:
-        raise ValueError(f"hf.explain does not read audio for {type(model).__name__}; speech "
-                         "models generate: use hf.explain_generation")
     texts, pictures = _pair_texts(as_list(text, "text"), as_list(images, "images"), task.kind)
-    check_reads(task, model, processors, texts, pictures)
-    encoded = encode(model, processors, texts, pictures, task.padding)
+    clips = as_list(audio, "audio")
+    check_reads(task, model, processors, texts, pictures, clips)
+    encoded = encode(model, processors, texts, pictures, task.padding, clips)
+    _check_patch_counts(model, encoded)
     with torch.no_grad():
         output = model(**encoded.as_dict())
     plan = _plan(Context(model, task, encoded, output, processors), target, options)

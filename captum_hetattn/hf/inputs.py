@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from captum_hetattn.engine.pipeline import run
 from captum_hetattn.engine.result import Explanation
 from captum_hetattn.engine.targets import split_targets
+from captum_hetattn.hf.audio import AudioTiming, encode_audio
 from captum_hetattn.hf.pixels import Geometry, as_rgb, geometry_for, image_size
 from captum_hetattn.hf.tasks import Task
 
@@ -26,10 +27,11 @@ ATTRIBUTED = ("input_ids", "pixel_values", "input_features", "input_values")
 
 @dataclass
 class Processors:
-    r"""The processing a model needs: a tokenizer and / or an image processor."""
+    r"""The processing a model needs: a tokenizer, an image processor, a feature extractor."""
 
     tokenizer: Any = None
     image_processor: Any = None
+    feature_extractor: Any = None
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Encoded:
         texts: the text (or ``(text, text_pair)``) of each example of the batch.
         geometries: per example, how its picture became ``pixel_values`` (None without one).
         pictures: per example, its picture as ``H × W × 3`` uint8 (None without one).
+        audio: where the clips lie in the audio input (None without audio).
     """
 
     names: list[str]
@@ -52,6 +55,7 @@ class Encoded:
     texts: list[Any] = field(default_factory=list)
     geometries: list[Geometry | None] = field(default_factory=list)
     pictures: list[Any] = field(default_factory=list)
+    audio: AudioTiming | None = None
 
     def get(self, name: str) -> Tensor | None:
         """The tensor called ``name``, if the model reads it."""
@@ -68,7 +72,9 @@ class Encoded:
         return Encoded(self.names, picked, self.count,
                        [self.texts[i] for i in index] if self.texts else [],
                        [self.geometries[j] for j in column] if self.geometries else [],
-                       [self.pictures[j] for j in column] if self.pictures else [])
+                       [self.pictures[j] for j in column] if self.pictures else [],
+                       None if self.audio is None else AudioTiming(
+                           tuple(self.audio.lengths[i] for i in index), self.audio.rate))
 
     def as_dict(self) -> dict[str, Tensor]:
         return dict(zip(self.names, self.tensors, strict=True))
@@ -101,8 +107,12 @@ def unwrap(model_or_pipeline: Any, processor: Any) -> tuple[nn.Module, Processor
             continue
         found.tokenizer = found.tokenizer or getattr(part, "tokenizer", None)
         found.image_processor = found.image_processor or getattr(part, "image_processor", None)
+        found.feature_extractor = found.feature_extractor or getattr(part, "feature_extractor",
+                                                                     None)
         if callable(getattr(part, "convert_ids_to_tokens", None)):
             found.tokenizer = found.tokenizer or part
+        elif hasattr(part, "sampling_rate") and hasattr(part, "feature_size"):
+            found.feature_extractor = found.feature_extractor or part
         elif hasattr(part, "preprocess") and not hasattr(part, "tokenizer"):
             found.image_processor = found.image_processor or part
     return model, found
@@ -110,10 +120,11 @@ def unwrap(model_or_pipeline: Any, processor: Any) -> tuple[nn.Module, Processor
 
 def as_list(value: Any, what: str) -> list[Any] | None:
     """One item or a list of them as a list (None stays None; a batch of pictures, ``(B, C,
-    H, W)`` or ``(B, H, W, C)``, is a list of ``B``)."""
+    H, W)`` or ``(B, H, W, C)``, or of clips, ``(B, samples)``, is a list of ``B``)."""
     if value is None:
         return None
-    batched = isinstance(value, (Tensor, np.ndarray)) and value.ndim == 4
+    batched = isinstance(value, (Tensor, np.ndarray)) and value.ndim == (
+        2 if what == "audio" else 4)
     items = list(value) if isinstance(value, (list, tuple)) or batched else [value]
     if not items:
         raise ValueError(f"{what} is empty")
@@ -121,7 +132,8 @@ def as_list(value: Any, what: str) -> list[Any] | None:
 
 
 def check_reads(task: Task, model: nn.Module, processors: Processors,
-                texts: list[Any] | None, images: list[Any] | None) -> None:
+                texts: list[Any] | None, images: list[Any] | None,
+                audio: list[Any] | None = None) -> None:
     r"""Each input the task needs is given, with the processor that reads it.
 
     Raises:
@@ -129,7 +141,8 @@ def check_reads(task: Task, model: nn.Module, processors: Processors,
     """
     name = type(model).__name__
     needs = {"text": (texts, processors.tokenizer, "a tokenizer"),
-             "images": (images, processors.image_processor, "an image processor")}
+             "images": (images, processors.image_processor, "an image processor"),
+             "audio": (audio, processors.feature_extractor, "a feature extractor")}
     for what in task.reads:
         given, processor, kind = needs[what]
         if given is None:
@@ -137,7 +150,7 @@ def check_reads(task: Task, model: nn.Module, processors: Processors,
         if processor is None:
             raise ValueError(f"{name} ({task.name}) reads {what}: pass {kind} (or a processor "
                              "holding one) as processor=...")
-    for what in ("text", "images"):
+    for what in needs:
         if what not in task.reads and needs[what][0] is not None:
             raise ValueError(f"{name} ({task.name}) does not read {what}; leave {what}= out")
 
@@ -162,10 +175,15 @@ def text_padding(model: nn.Module, padding: str) -> dict[str, Any]:
 
 
 def encode(model: nn.Module, processors: Processors, texts: list[Any] | None,
-           images: list[Any] | None, padding: str = "longest") -> Encoded:
-    r"""Run the tokenizer (padded as the task says) and the image processor; keep what
-    ``model.forward`` takes."""
+           images: list[Any] | None, padding: str = "longest",
+           audio: list[Any] | None = None) -> Encoded:
+    r"""Run the tokenizer (padded as the task says), the image processor and the feature
+    extractor; keep what ``model.forward`` takes."""
     produced: dict[str, Tensor] = {}
+    timing = None
+    if audio is not None:
+        heard, timing = encode_audio(processors.feature_extractor, audio)
+        produced.update(heard)
     if texts is not None:
         pairs = [t if isinstance(t, tuple) else (t,) for t in texts]
         if len({len(p) for p in pairs}) != 1 or len(pairs[0]) > 2:
@@ -192,7 +210,8 @@ def encode(model: nn.Module, processors: Processors, texts: list[Any] | None,
     names += [n for n in produced if n not in names and n in accepted]
     tensors = [on_model(model, torch.as_tensor(produced[n])) for n in names]
     count = sum(1 for n in names if n in ATTRIBUTED)
-    return Encoded(names, tensors, count, list(texts) if texts else [], geometries, pictures)
+    return Encoded(names, tensors, count, list(texts) if texts else [], geometries, pictures,
+                   timing)
 
 
 def forward_function(model: nn.Module, task: Task, names: Sequence[str],

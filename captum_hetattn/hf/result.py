@@ -72,12 +72,17 @@ class Row:
             out, word pieces merged), or None for a model that reads no text.
         pixels: ``(H, W)`` relevance over the example's picture at its own size, or None.
         image: the picture as ``H × W × 3`` uint8 (for overlays), or None.
+        audio: relevance per sample (waveform) or frame (spectrogram) of the example's clip,
+            real length only, or None.
+        audio_times: the second at which each of them starts.
     """
 
     target: ExplainedTarget
     words: list[tuple[str, float]] | None = None
     pixels: np.ndarray | None = None
     image: np.ndarray | None = None
+    audio: np.ndarray | None = None
+    audio_times: np.ndarray | None = None
 
 
 class CaptumViews(NamedTuple):

@@ -26,7 +26,7 @@ class Task:
     Attributes:
         name: the task's name (as ``transformers.pipeline`` spells it where it has one).
         classes: model class names, or name endings starting with ``"For"``.
-        reads: the inputs the model needs: ``"text"`` and / or ``"images"``.
+        reads: the inputs the model needs: ``"text"`` and / or ``"images"``, or ``"audio"``.
         output: the output field holding the scores.
         kind: the answer explained: ``"class"``, ``"token"``, ``"answer"``, ``"match"``,
             ``"box"``.
@@ -50,9 +50,14 @@ class Task:
         """Whether this task covers ``model``'s class and the model reads what the task gives
         it (a ``Wav2Vec2ForSequenceClassification`` reads audio, not text)."""
         name = type(model).__name__
-        main = "input_ids" if "text" in self.reads else "pixel_values"
-        return getattr(model, "main_input_name", main) == main and any(
+        mains = MAIN_INPUTS["text" if "text" in self.reads else self.reads[0]]
+        return getattr(model, "main_input_name", mains[0]) in mains and any(
             name == c or (c.startswith("For") and name.endswith(c)) for c in self.classes)
+
+
+#: the model's ``main_input_name`` for what a task reads first
+MAIN_INPUTS: dict[str, tuple[str, ...]] = {"text": ("input_ids",), "images": ("pixel_values",),
+                                           "audio": ("input_values", "input_features")}
 
 
 #: every task :func:`~captum_hetattn.hf.explain` covers; the first that covers a model wins
@@ -70,6 +75,8 @@ TASKS: tuple[Task, ...] = (
          "class"),
     Task("object-detection", ("ForObjectDetection",), ("images",), "logits", "box",
          "detection"),
+    Task("audio-classification", ("ForSequenceClassification", "ForAudioClassification"),
+         ("audio",), "logits", "class"),
 )
 
 #: detector families trained with a sigmoid (focal) loss and no "no object" class
