@@ -12,6 +12,7 @@ not a silently wrong answer.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from captum_hetattn.engine.result import Explanation
 from captum_hetattn.engine.targets import generation_targets
 from captum_hetattn.hf.api import explainer_for
+from captum_hetattn.hf.audio import AudioTiming, audio_relevance, clip_length
 from captum_hetattn.hf.gen_call import (
     FedCall,
     Prompt,
@@ -61,13 +63,9 @@ class GeneratedRow(Row):
     Attributes:
         generated: ``[(token, score), ...]``: relevance over the tokens generated before this
             one, in order (``[]`` for the first).
-        audio: relevance per audio frame of the example's real audio (no padding), or None.
-        audio_times: the start of each frame in seconds, or None.
     """
 
     generated: list[tuple[str, float]] | None = None
-    audio: np.ndarray | None = None
-    audio_times: np.ndarray | None = None
 
 
 @dataclass
@@ -191,25 +189,20 @@ def _pictures(processor: Any, call: FedCall, prompt: Prompt) -> list[tuple[Any, 
             for b, image in enumerate(prompt.images)]
 
 
-def _audio(processor: Any, prompt: Prompt, call: FedCall, attributions: list[Tensor],
-           sampling_rate: int | None) -> list[tuple[np.ndarray, np.ndarray]] | None:
-    """Per example, relevance per frame of its real audio ``(K, frames)`` (the mel bins
-    averaged: every bin of a frame holds its token's relevance) and each frame's start in
-    seconds (None without audio)."""
+def _audio_timing(processor: Any, prompt: Prompt, call: FedCall, sampling_rate: int | None
+                  ) -> tuple[int, AudioTiming] | None:
+    """Which input holds the audio and where each clip's real frames (or samples) lie in it
+    (None without audio)."""
     held = [name for name in ("input_features", "input_values") if name in call.names]
     if prompt.audio is None or not held:
         return None
-    attribution = attributions[call.names.index(held[0])]  # (B, K, mel, frames) | (B, K, n)
+    at = call.names.index(held[0])
     extractor = getattr(processor, "feature_extractor", processor)
     rate = float(sampling_rate or getattr(extractor, "sampling_rate", 16000))
-    spectrogram = attribution.dim() == 4
-    hop = int(getattr(extractor, "hop_length", 1)) if spectrogram else 1
-    frames = attribution.mean(dim=2) if spectrogram else attribution
-    out = []
-    for b, wave in enumerate(prompt.audio):
-        real = min(-(-np.asarray(wave).reshape(-1).shape[0] // hop), frames.shape[-1])
-        out.append((frames[b, :, :real].numpy(), np.arange(real) * hop / rate))
-    return out
+    hop = int(getattr(extractor, "hop_length", 1) or 1) if held[0] == "input_features" else 1
+    units = call.inputs[at].shape[-1]
+    lengths = tuple(min(math.ceil(clip_length(clip) / hop), units) for clip in prompt.audio)
+    return at, AudioTiming(lengths, rate / hop)
 
 
 @dataclass
@@ -224,7 +217,7 @@ class _Parts:
     text_at: int | None
     words: list[list] | None
     pictures: list[tuple[Any, Any]] | None
-    audio: list[tuple[np.ndarray, np.ndarray]] | None
+    audio: tuple[int, AudioTiming] | None
     image_at: int | None
 
 
@@ -250,8 +243,9 @@ def _row(parts: _Parts, example: int, k: int) -> GeneratedRow:
         row.pixels = attribution_to_pixels(parts.attributions[parts.image_at][example, k],
                                            geometry)
     if parts.audio is not None:
-        frames, row.audio_times = parts.audio[example]
-        row.audio = frames[k]
+        at, timing = parts.audio
+        row.audio, row.audio_times = audio_relevance(parts.attributions[at][example, k], timing,
+                                                     example)
     return row
 
 
@@ -360,7 +354,7 @@ def _result(processor: Any, prompt: Prompt, call: FedCall, generated: _Generated
         tokenizer=tokenizer, generated=generated, attributions=attributions,
         sequence=call.sequence, probabilities=logits.softmax(-1).cpu(), text_at=text_at,
         words=words, pictures=_pictures(processor, call, prompt),
-        audio=_audio(processor, prompt, call, attributions, sampling_rate),
+        audio=_audio_timing(processor, prompt, call, sampling_rate),
         image_at=call.names.index("pixel_values") if "pixel_values" in call.names else None)
     rows: list[Row] = [_row(parts, example, k)
                        for example, count in enumerate(generated.counts) for k in range(count)]
