@@ -13,6 +13,7 @@ from gen_tiny import WHISPER_SPECIALS, bart, blip, gpt2, llava, picture, t5, wav
 
 from captum_hetattn import HeterogenousAttentionAttribution, generation_targets, hf
 from captum_hetattn.hf import gen_call
+from captum_hetattn.hf.display import SEPARATOR
 from captum_hetattn.hf.generation import GeneratedRow
 from captum_hetattn.hf.words import kept_positions
 
@@ -208,6 +209,10 @@ def test_other_methods_and_captum_views(causal):
     assert _hooks(model) == before and not model.training  # the model comes back as it was
     views = result.to_captum()
     assert len(views.records) == len(result.rows)
+    # Captum's records read the prompt's words, then the tokens generated before the row's
+    row = result.rows[2]
+    assert views.records[2].raw_input_ids == [
+        *(w for w, _ in row.words), SEPARATOR, *(t for t, _ in row.generated)]
     html = result._repr_html_()
     assert result.rows[0].target.label in html
 
@@ -358,6 +363,7 @@ def test_whisper_relevance_over_audio_frames():
         per_frame = frames[b, k].repeat_interleave(2)[: row.audio.shape[0]]
         np.testing.assert_allclose(row.audio, per_frame.numpy(), rtol=1e-5, atol=1e-9)
         assert float(np.abs(row.audio).max()) > 0
+    assert "audio relevance of" in result._repr_html_()
 
 
 def test_whisper_forced_language_and_task_are_not_rows():
