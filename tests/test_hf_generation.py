@@ -199,6 +199,23 @@ def _hooks(model):
                for m in model.modules())
 
 
+def test_the_reproduction_check_reads_the_logits_spread():
+    """Masked -inf logits stay out of the scale but must stay masked; float rounding passes,
+    a shift of 0.1 standard deviations does not."""
+    from captum_hetattn.hf.generation import _differs
+
+    theirs = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    theirs[:, :4] = float("-inf")
+    assert not _differs(theirs.clone(), theirs, 1e-3)
+    assert not _differs(theirs + 1e-6, theirs, 1e-3)
+    moved = theirs.clone()
+    moved[1, 10] += 0.1
+    assert _differs(moved, theirs, 1e-3)
+    unmasked = theirs.clone()
+    unmasked[0, 0] = 0.0
+    assert _differs(unmasked, theirs, 1e-3)
+
+
 def test_other_methods_and_captum_views(causal):
     model, tokenizer, result = causal
     before = _hooks(model)
