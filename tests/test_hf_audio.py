@@ -85,3 +85,13 @@ def test_audio_needs_a_clip_and_an_extractor(wav2vec):
         hf.explain(model, extractor, audio=[np.zeros((2, 800), dtype=np.float32)])
     with pytest.raises(ValueError, match="does not read text"):
         hf.explain(model, extractor, audio=CLIPS[0], text="yes")
+
+
+def test_a_patch_spectrogram_model_is_refused_by_name(one_thread):
+    config = tf.ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=48, frequency_stride=10, time_stride=10,
+                          max_length=128, num_mel_bins=32, num_labels=3)
+    model = tf.ASTForAudioClassification(config).eval()
+    extractor = tf.ASTFeatureExtractor(num_mel_bins=32, max_length=128, sampling_rate=RATE)
+    with pytest.raises(NotImplementedError, match="ASTFeatureExtractor gives a spectrogram"):
+        hf.explain(model, extractor, audio=CLIPS[0])

@@ -118,7 +118,7 @@ def test_pipeline_gives_what_model_and_tokenizer_give(classifier, tokenizer):
     assert from_pipe.task == "text-classification"
 
 
-def test_displays_and_captum_records(classifier, tokenizer):
+def test_displays_and_captum_records(classifier, tokenizer, capsys):
     from captum.attr import visualization as viz
 
     result = hf.explain(classifier, tokenizer, text=TEXTS)
@@ -133,6 +133,9 @@ def test_displays_and_captum_records(classifier, tokenizer):
     html = viz.visualize_text(views.records)  # Captum draws them
     assert "unbelievable" in getattr(html, "data", str(html))
     assert "HFExplanation(text-classification" in repr(result)
+    result.show()  # outside a notebook: printed
+    printed = capsys.readouterr().out
+    assert result.target[1].title() in printed and "unbelievable(" in printed
 
 
 # ------------------------------------------------------------------ token classification
@@ -156,6 +159,14 @@ def test_token_classification_one_row_per_word(tagger, tokenizer):
     # "unbelievable" is read at its first piece, position 4 ([CLS] the cat sat un ...)
     assert result.target[3].position == 4
     assert len(result.example(1)) == 2
+
+
+def test_token_classification_pipeline(tagger, tokenizer):
+    pipe = tf.pipeline("token-classification", model=tagger, tokenizer=tokenizer)
+    from_pipe = hf.explain(pipe, text=TEXTS[1])
+    direct = hf.explain(tagger, tokenizer, text=TEXTS[1])
+    assert from_pipe.target == direct.target and from_pipe.words == direct.words
+    assert from_pipe.task == "token-classification"
 
 
 def test_token_classification_chosen_word_equals_its_row(tagger, tokenizer):

@@ -284,3 +284,23 @@ def test_a_bfloat16_model_reads_pixels_in_its_dtype(vit):
     full = hf.explain(model, processor, images=PICTURES, target=[t.index for t in result.target])
     for low, high in zip(result.pixels, full.pixels, strict=True):
         assert np.corrcoef(low.ravel(), high.ravel())[0, 1] > 0.9
+
+
+@pytest.mark.filterwarnings("ignore:attention module 'model.decoder.layers.0.self_attn'")
+def test_object_detection_pipeline(detr):
+    model, processor = detr
+    pipe = tf.pipeline("object-detection", model=model, image_processor=processor)
+    from_pipe = hf.explain(pipe, images=PICTURES[1], threshold=0.0)
+    direct = hf.explain(model, processor, images=PICTURES[1], threshold=0.0)
+    assert from_pipe.target == direct.target and len(from_pipe.rows) == 6  # every query
+    np.testing.assert_array_equal(from_pipe.pixels[0], direct.pixels[0])
+
+
+@pytest.mark.parametrize("method", ["gae", "rollout", "raw", "AttentionRollout"])
+def test_every_method_by_name(vit, method):
+    model, processor = vit
+    result = hf.explain(model, processor, images=PICTURES, method=method)
+    assert _sizes(result) == [(40, 56), (30, 30)]
+    assert all(np.abs(p).max() > 0 for p in result.pixels)
+    ours = hf.explain(model, processor, images=PICTURES)
+    assert [t.index for t in result.target] == [t.index for t in ours.target]

@@ -46,7 +46,7 @@ from captum_hetattn.hf.result import CaptumViews, ExplainedTarget, HFExplanation
 from captum_hetattn.hf.words import Word, word_scores, words_of
 
 try:  # generation lives in its own module, which a build may leave out
-    from captum_hetattn.hf.generation import explain_generation  # noqa: F401
+    from captum_hetattn.hf.generation import GeneratedRow, explain_generation  # noqa: F401
 except ModuleNotFoundError as missing:
     if missing.name != "captum_hetattn.hf.generation":
         raise
@@ -77,4 +77,4 @@ __all__ = [
     "tokens_to_pixels",
     "word_scores",
     "words_of",
-] + (["explain_generation"] if _GENERATION else [])
+] + (["GeneratedRow", "explain_generation"] if _GENERATION else [])

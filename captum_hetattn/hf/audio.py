@@ -74,6 +74,9 @@ def encode_audio(feature_extractor: Any, clips: Sequence[Any]
     Returns:
         ``(outputs, timing)``: the extractor's tensors and :class:`AudioTiming` of the input
         that is explained.
+
+    Raises:
+        NotImplementedError: a spectrogram given as ``input_values`` (AST).
     """
     rate = float(feature_extractor.sampling_rate)
     lengths = [clip_length(clip) for clip in clips]
@@ -81,6 +84,13 @@ def encode_audio(feature_extractor: Any, clips: Sequence[Any]
               for c in clips]
     produced = dict(feature_extractor(arrays, sampling_rate=int(rate), return_tensors="pt",
                                       **_padding(feature_extractor)))
+    values = produced.get("input_values")
+    if values is not None and values.dim() != 2:  # AST: (B, frames, mel) in 2-D patches
+        raise NotImplementedError(
+            f"{type(feature_extractor).__name__} gives a spectrogram as input_values "
+            f"{tuple(values.shape)}: models that read it in overlapping 2-D patches (AST) are "
+            "not covered by hf.explain; waveforms (wav2vec 2.0, HuBERT) and Whisper's "
+            "input_features are")
     if "input_features" in produced:  # frames of ``hop_length`` samples
         hop = int(getattr(feature_extractor, "hop_length", 1) or 1)
         frames = produced["input_features"].shape[-1]
