@@ -215,30 +215,84 @@ class _AttentionAttribution(Attribution):
             >>> explainer = HeterogenousAttentionAttribution(model)
             >>> attributions = explainer.attribute(pixel_values, target=3)
         """
-        is_tuple = _is_tuple(inputs)
+        attributions, _ = self.attribute_and_explain(
+            inputs, target, additional_forward_args, correction=correction,
+            noise_link=noise_link, readout=readout, objective=objective, stage=stage,
+            weighting=weighting, targets=targets, include_own=include_own,
+        )
+        return attributions
+
+    @log_usage()
+    def attribute_and_explain(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: Target = None,
+        additional_forward_args: Any = None,
+        *,
+        correction: Correction | None = None,
+        noise_link: bool = False,
+        readout: Readout = None,
+        objective: Objective | None = None,
+        stage: str | None = None,
+        return_maps: bool = False,
+        weighting: str | None = None,
+        targets: Sequence[Target] | None = None,
+        include_own: bool = False,
+    ) -> tuple[Tensor | tuple[Tensor, ...], Explanation]:
+        r"""Both answers from one forward and backward: the relevance laid out like the inputs
+        (what :meth:`attribute` returns) and the token-level :class:`Explanation` (what
+        :meth:`explain` returns), for callers that show both (words and pixels beside the
+        token relevance and the maps) without running the model twice.
+
+        Args:
+            inputs, target, additional_forward_args, correction, noise_link, readout,
+                objective, stage, weighting, targets, include_own: as for :meth:`attribute`.
+            return_maps: keep every call's ``Ā`` in the explanation (as for :meth:`explain`).
+
+        Returns:
+            ``(attributions, explanation)``: ``attributions`` exactly as :meth:`attribute`
+            returns them (a tensor for a tensor, a tuple for a tuple; a target dimension after
+            the batch with ``targets``), ``explanation`` as :meth:`explain` returns it — the
+            order of Captum's ``(attributions, delta)``.
+
+        Examples::
+
+            >>> explainer = HeterogenousAttentionAttribution(model)
+            >>> (ids_rel, pixel_rel), explanation = explainer.attribute_and_explain(
+            ...     (input_ids, pixel_values), target=answer, return_maps=True)
+            >>> explanation.relevance  # the same run's token relevance per source
+        """
         formatted = _format_tensor_into_tuples(inputs)
         options = self._options(
             correction, noise_link, readout=readout, target=target, objective=objective,
-            targets=targets, stage=stage, return_maps=False, weighting=weighting,
+            targets=targets, stage=stage, return_maps=return_maps, weighting=weighting,
             map_inputs=True, include_own=include_own,
         )
         explanation, recording = run(self, formatted, additional_forward_args, options)
+        attributions = self._map_inputs(formatted, explanation, recording, targets is not None)
+        return _format_output(_is_tuple(inputs), attributions), explanation
+
+    def _map_inputs(
+        self, formatted: tuple[Tensor, ...], explanation: Explanation,
+        recording: BoundRecording, several_targets: bool,
+    ) -> tuple[Tensor, ...]:
+        """Every input's relevance laid out like it, in its dtype (floats) and on its device."""
         if self.input_mappings is not None and len(self.input_mappings) != len(formatted):
             raise ValueError(
                 f"{len(self.input_mappings)} input_mappings for {len(formatted)} inputs; give one "
                 "per input"
             )
-        per_target = [explanation] if targets is None else split_targets(explanation)
+        per_target = split_targets(explanation) if several_targets else [explanation]
         attributions = []
         for position, tensor in enumerate(formatted):
             mapped_targets = []
             for each in per_target:
                 pairs = self._input_mapping(position, tensor, each, recording)
                 mapped_targets.append(sum(m.to_input(r, tensor, position) for m, r in pairs))
-            mapped = mapped_targets[0] if targets is None else torch.stack(mapped_targets, 1)
+            mapped = torch.stack(mapped_targets, 1) if several_targets else mapped_targets[0]
             dtype = tensor.dtype if tensor.is_floating_point() else mapped.dtype
             attributions.append(mapped.to(dtype=dtype, device=tensor.device).contiguous())
-        return _format_output(is_tuple, tuple(attributions))
+        return tuple(attributions)
 
     def _input_mapping(
         self, position: int, tensor: Tensor, explanation: Explanation,
@@ -267,6 +321,7 @@ class _AttentionAttribution(Attribution):
                      explanation.stream_relevance[item.stream]) for item in fed]
         # an element feeds several rows (overlapping convolutions): lay out by shape
         stream = fed[0].stream
+        _refuse_repeated_tokens(position, tensor, stream, recording)
         own = {name: explanation.relevance[name] for name, source in recording.sources.items()
                if source.stream == stream}
         sizes = {name: r.shape[1] for name, r in own.items()}
@@ -318,6 +373,29 @@ class _AttentionAttribution(Attribution):
         explanation, _ = run(self, _format_tensor_into_tuples(inputs), additional_forward_args,
                              options)
         return explanation
+
+
+def _refuse_repeated_tokens(position: int, tensor: Tensor, stream: str,
+                            recording: BoundRecording) -> None:
+    r"""An input read by a non-overlapping patch embedding whose tokens the model then
+    repeats or drops (ViLT over pictures of different sizes fills the smaller ones with
+    random repeats of padding patches, in random order): its rows were traced and are not a
+    grid, so the layout by shape would put each patch's relevance on the wrong pixels.
+
+    Raises:
+        ValueError: naming the input and the module whose tokens feed several rows.
+    """
+    flow = recording.flow
+    modules = sorted({name for at, name in (flow.repeated if flow else ()) if at == position})
+    if modules:
+        raise ValueError(
+            f"input {position} of shape {tuple(tensor.shape)} is read by '{modules[0]}', whose "
+            f"tokens the model repeats in stream '{stream}' (one token fed to several rows, "
+            "e.g. ViLT filling pictures of different sizes with random padding patches): its "
+            "relevance cannot be laid out like the input. Explain inputs that the model reads "
+            "one row per token (ViLT: pictures of one size per batch, or one at a time), use "
+            "explain() for the token relevance, or pass input_mappings=[...]"
+        )
 
 
 class HeterogenousAttentionAttribution(_AttentionAttribution):

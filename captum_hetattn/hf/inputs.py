@@ -14,9 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_hetattn.engine.pipeline import run
 from captum_hetattn.engine.result import Explanation
-from captum_hetattn.engine.targets import split_targets
 from captum_hetattn.hf.audio import AudioTiming, encode_audio
 from captum_hetattn.hf.pixels import Geometry, as_rgb, geometry_for, image_size
 from captum_hetattn.hf.tasks import Task
@@ -239,37 +237,32 @@ def forward_function(model: nn.Module, task: Task, names: Sequence[str],
 def explain_and_map(explainer: Any, encoded: Encoded, **options: Any
                     ) -> tuple[Explanation, list[Tensor]]:
     r"""One engine call: the explanation and every attributed input's relevance laid out like
-    it (what ``attribute`` returns), from the same forward and backward.
+    it (what ``attribute`` returns), from the same forward and backward
+    (:meth:`~captum_hetattn.HeterogenousAttentionAttribution.attribute_and_explain`).
 
     Args:
         explainer: one of the four explainers.
         encoded: the inputs.
-        options: ``explain``'s keyword arguments (``target`` or ``targets``, ``correction``, ...).
+        options: ``attribute_and_explain``'s keyword arguments (``target`` or ``targets``,
+            ``correction``, ``return_maps``, ...).
+
+    Raises:
+        TypeError: an option the explainer does not take.
 
     Returns:
         ``(explanation, [relevance like input 0, like input 1, ...])``; with ``targets`` each
         relevance has a target dimension after the batch.
     """
-    inputs = tuple(encoded.tensors[: encoded.count])
-    extra = tuple(encoded.tensors[encoded.count:]) or None
-    call = {key: options.pop(key, None) for key in ("readout", "target", "objective", "targets",
-                                                     "stage", "weighting")}
-    settings = explainer._options(
-        options.pop("correction", None), options.pop("noise_link", False),
-        return_maps=options.pop("return_maps", False), map_inputs=True,
-        include_own=options.pop("include_own", False), **call)
-    if options:
-        raise TypeError(f"hf.explain got unknown options {sorted(options)}")
-    explanation, recording = run(explainer, inputs, extra, settings)
-    per_target = [explanation] if call["targets"] is None else split_targets(explanation)
-    laid_out = []
-    for position, tensor in enumerate(inputs):
-        each = []
-        for one in per_target:
-            pairs = explainer._input_mapping(position, tensor, one, recording)
-            each.append(sum(m.to_input(r, tensor, position) for m, r in pairs).float())
-        laid_out.append(each[0] if call["targets"] is None else torch.stack(each, 1))
-    return explanation, laid_out
+    accepted = {name for name, parameter
+                in inspect.signature(explainer.attribute_and_explain).parameters.items()
+                if parameter.kind is inspect.Parameter.KEYWORD_ONLY or name == "target"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise TypeError(f"hf.explain got unknown options {unknown}")
+    attributions, explanation = explainer.attribute_and_explain(
+        tuple(encoded.tensors[: encoded.count]), additional_forward_args=tuple(
+            encoded.tensors[encoded.count:]) or None, **options)
+    return explanation, [each.float() for each in attributions]
 
 
 __all__ = ["ATTRIBUTED", "Encoded", "Processors", "as_list", "check_reads", "encode",
