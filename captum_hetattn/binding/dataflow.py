@@ -128,6 +128,8 @@ class DataFlow:
     batch_size: int
     #: ``(module, reason)`` of softmaxes left out of the recording (not attention over tokens)
     left_out: list[tuple[str, str]] = field(default_factory=list)
+    #: ``(input position, module)``: a patch embedding's tokens repeated in a stream (lifts.py)
+    repeated: list[tuple[int, str]] = field(default_factory=list)
 
     def last_call(self, stream: int) -> int | None:
         calls = self.streams[stream].calls

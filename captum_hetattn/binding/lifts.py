@@ -32,6 +32,7 @@ class _Lift:
     input: Tensor
     output: Tensor
     node: Any
+    name: str = ""
 
     @property
     def token_dim(self) -> int:
@@ -93,14 +94,19 @@ def lifted_dependences(
     dependence: Callable[..., list[_Dependence]], site: Any, into: Tensor, into_dim: int,
     origins: Sequence[tuple[Tensor, int]], batch: int, exact: bool,
     lifts: Sequence[tuple[str, nn.Module, Tensor, Tensor, Any]],
+    repeated: list[tuple[int, str]] | None = None,
 ) -> list[_Dependence]:
     r"""``dependence(site, into, into_dim, origins, batch, exact)`` (which rows of ``into``
     each origin's elements feed), with every float input read by a known patch embedding or
     per-token linear map probed at that module's output and composed (see the module
-    docstring); the traced probe where any of them cannot be."""
+    docstring); the traced probe where any of them cannot be. An input whose module's tokens
+    each feed one row only through this module, some token feeding several rows (ViLT's
+    random repeats of padding patches), is added to ``repeated`` as ``(position, module)``:
+    its elements' rows are known not to be a layout by shape."""
     chosen: list[_Lift | None] = []
     for tensor, dim in origins:
-        readers = [_Lift(m, t, o, n) for _, m, t, o, n in lifts if t is tensor] if dim < 0 else []
+        readers = [_Lift(m, t, o, n, name) for name, m, t, o, n in lifts
+                   if t is tensor] if dim < 0 else []
         lift = readers[0] if len(readers) == 1 else None
         if lift is not None and not (_lift_of(lift.module, tensor, lift.output)
                                      and _only_path(into, lift)):
@@ -112,6 +118,9 @@ def lifted_dependences(
              for c, o in zip(chosen, origins, strict=True)]
     found = dependence((*site, "lifted"), into, into_dim, moved, batch, exact=False)
     if any(f.codes is None for f in found):  # a token fed to several rows: trace the inputs
+        if repeated is not None:
+            repeated.extend((position, c.name) for position, c, f in zip(
+                site[2], chosen, found, strict=True) if c is not None and f.codes is None)
         return dependence(site, into, into_dim, origins, batch, exact=exact)
     return [_Dependence(f.n_into, c.elements(f.codes)) if c is not None else f
             for c, f in zip(chosen, found, strict=True)]
@@ -120,15 +129,18 @@ def lifted_dependences(
 def with_lifts(
     dependence: Callable[..., list[_Dependence]] | None,
     lifts: Sequence[tuple[str, nn.Module, Tensor, Tensor, Any]],
+    repeated: list[tuple[int, str]] | None = None,
 ) -> Callable[..., list[_Dependence]]:
     """The data flow's probe (``dependence(site, ...)``, default the traced one) with the
-    input rows (sites ``("inputs", ...)``) read through :func:`lifted_dependences`."""
+    input rows (sites ``("inputs", ...)``) read through :func:`lifted_dependences` (which
+    notes repeated patch tokens in ``repeated``)."""
     probe = dependence or (lambda site, *args, **kwargs: _dependence(*args, **kwargs))
 
     def read(site: Any, into: Tensor, into_dim: int, origins: Sequence[tuple[Tensor, int]],
              batch: int, exact: bool = True) -> list[_Dependence]:
         if site[0] != "inputs" or not lifts:
             return probe(site, into, into_dim, origins, batch, exact=exact)
-        return lifted_dependences(probe, site, into, into_dim, origins, batch, exact, lifts)
+        return lifted_dependences(probe, site, into, into_dim, origins, batch, exact, lifts,
+                                  repeated)
 
     return read

@@ -55,13 +55,15 @@ def trace(
                 "no attention map over the model's tokens could be recorded, so there is "
                 "nothing to propagate: " + "; ".join(f"'{n}': {why}" for n, why in reasons[:3])
             )
+        repeated: list[tuple[int, str]] = []
         flow = analyse(
             records, list(inputs), recorder.embeddings, [tower_of(r.name) for r in records],
             map_inputs=map_inputs, batch=batch,
             dependence=with_lifts(
                 layouts.dependences(batch, inputs) if layouts is not None else None,
-                recorder.lifts),
+                recorder.lifts, repeated),
         )
     flow.left_out = [(record.name, reason) for record, reason in left_out]
     flow.left_out += recorder.skipped
+    flow.repeated = repeated
     return flow
