@@ -6,7 +6,8 @@ map and reduces its heads as soon as its gradient arrives; the recorded calls ar
 layer graph; :mod:`~captum_hetattn.rules` propagates relevance (one readout row by the adjoint
 where the rules are linear); :mod:`~captum_hetattn.mapping` lays the token relevance out like
 the inputs. The steps of a call live in :mod:`~captum_hetattn.engine.pipeline`; the classes here
-are the faces: their options, their propagator, and the mapping of inputs.
+are the faces: their options, their propagator, and the mapping of inputs (``attribute``,
+``explain``, and ``attribute_and_explain`` for both from one run).
 
 - :class:`HeterogenousAttentionAttribution` — the paper: gradient-corrected maps, rollout
   through self-attention, cross-attention with every source kept separate, optional noise link.
@@ -80,7 +81,9 @@ class _AttentionAttribution(Attribution):
             input_mappings: one :class:`~captum_hetattn.mapping.InputMapping` per input
                 (``Tokens("text")``, ``PatchGrid("image")``, ``NoAttribution()``, ...); ``None``
                 maps every input by the rows of the streams its elements feed (traced on each
-                call), falling back to its shape where an element feeds several rows.
+                call), falling back to its shape where an element feeds several rows through
+                overlapping windows (an input read by a patch embedding whose tokens the model
+                then repeats, as ViLT does over pictures of different sizes, is refused).
             capture: ``"flash"`` (default): modules that use the transformers attention
                 interface keep the fast kernel (sdpa) in the forward and each call's map is
                 built inside the backward from its queries, keys and output gradient, one call
@@ -242,11 +245,10 @@ class _AttentionAttribution(Attribution):
         r"""Both answers from one forward and backward: the relevance laid out like the inputs
         (what :meth:`attribute` returns) and the token-level :class:`Explanation` (what
         :meth:`explain` returns), for callers that show both (words and pixels beside the
-        token relevance and the maps) without running the model twice.
+        token relevance and the maps) without running the model twice. Same arguments as
+        :meth:`attribute`, plus ``return_maps``.
 
         Args:
-            inputs, target, additional_forward_args, correction, noise_link, readout,
-                objective, stage, weighting, targets, include_own: as for :meth:`attribute`.
             return_maps: keep every call's ``Ā`` in the explanation (as for :meth:`explain`).
 
         Returns:
