@@ -110,17 +110,39 @@ def preset(name: str) -> LayerGraph:
 
 
 def find_preset(model: nn.Module) -> LayerGraph | None:
-    """The preset graph for ``model``, or ``None`` if no preset describes it."""
+    r"""The preset graph for ``model``, or ``None`` if no preset describes it.
+
+    A preset that names the model class is taken as it is. One found by ``config.model_type``
+    alone is taken only if each of its nodes matches a module of the model: one model type
+    also covers variants with fewer parts (``WhisperForAudioClassification`` has Whisper's
+    encoder and no decoder), whose graph is then inferred from the data flow rather than
+    bound to a preset that names modules the model lacks.
+    """
     config = getattr(model, "config", None)
     architecture = type(model).__name__
     if config is not None:
         # class names first: one model_type (blip) covers heads with different graphs
         ordered = sorted(PRESETS.values(), key=lambda p: architecture not in p.architectures)
+        names: list[str] | None = None
         for candidate in ordered:
-            if candidate.matches_config(architecture, config):
+            if not candidate.matches_config(architecture, config):
+                continue
+            if architecture in candidate.architectures:
+                return candidate.graph
+            names = names if names is not None else [n for n, _ in model.named_modules()]
+            if _fits(candidate.graph, names):
                 return candidate.graph
         return None
     return torch_layer_graph(model)
+
+
+def _fits(graph: LayerGraph, module_names: list[str]) -> bool:
+    """Whether every node of ``graph`` matches a module (once, under one prefix)."""
+    try:
+        graph.match(module_names)
+    except ValueError:
+        return False
+    return True
 
 
 def graph_for(model: nn.Module) -> LayerGraph:
