@@ -29,28 +29,60 @@ def parameter_only(tensor: Tensor, stop: Container[object] = ()) -> bool:
     graph (an untraced input, a constant or buffer added in), no leaf that is not a parameter.
     A tensor without a graph (a constant), or a graph too large to walk, is not.
     """
+    leaves = _leaves(tensor, stop)
+    return leaves is not None and leaves == {"parameter"}  # no edge outside the graph either
+
+
+def takes_untraced(tensor: Tensor, stop: Container[object] = ()) -> bool:
+    r"""Whether float data outside the autograd graph (an input the engine does not trace:
+    pixel values passed as an additional argument; a float mask) enters ``tensor`` above the
+    nodes in ``stop``: an operation with an edge without a gradient function that saved a
+    float tensor for its backward (not an absent bias); a graph too large to walk counts."""
+    leaves = _leaves(tensor, stop)
+    return leaves is None or "untraced" in leaves
+
+
+def _leaves(tensor: Tensor, stop: Container[object]) -> set[str] | None:
+    """The kinds of leaves above ``stop``: ``parameter``, ``outside`` (an edge without a
+    gradient function: untraced data, a constant, an absent bias), ``untraced`` (such an edge
+    of an operation that saved float data without a gradient), ``other`` (a leaf that is not
+    a parameter); ``None`` past the limit."""
     root = autograd_node(tensor)
     if root is None:
-        return False
-    seen, stack, parameters = {root}, [root], 0
+        return {"outside"}
+    kinds: set[str] = set()
+    seen, stack = {root}, [root]
     while stack:
         node = stack.pop()
         variable = getattr(node, "variable", None)
         if variable is not None:  # AccumulateGrad: a leaf
-            if not isinstance(variable, nn.Parameter):
-                return False
-            parameters += 1
+            kinds.add("parameter" if isinstance(variable, nn.Parameter) else "other")
             continue
         for child, _ in getattr(node, "next_functions", ()):
             if child is None:
-                return False
+                kinds.add("untraced" if _saves_untraced(node) else "outside")
+                continue
             if child in seen or child in stop:
                 continue
             seen.add(child)
             if len(seen) > _LIMIT:
-                return False
+                return None
             stack.append(child)
-    return parameters > 0
+    return kinds
 
 
-__all__ = ["parameter_only"]
+def _saves_untraced(node: object) -> bool:
+    """Whether an autograd node saved a float tensor that requires no gradient."""
+    for name in dir(node):
+        if not name.startswith("_saved_"):
+            continue
+        try:
+            value = getattr(node, name)
+        except RuntimeError:  # freed after a backward
+            continue
+        if isinstance(value, Tensor) and value.is_floating_point() and not value.requires_grad:
+            return True
+    return False
+
+
+__all__ = ["parameter_only", "takes_untraced"]
