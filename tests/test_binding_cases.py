@@ -187,3 +187,27 @@ def test_kosmos2_image_relevance_flows_through_its_latent_queries():
     relevance = out.relevance["image"]
     torch.testing.assert_close(relevance, r_ti[:, -1], atol=1e-12, rtol=1e-4)
     assert bool((relevance > 0).all())
+
+
+def test_an_encoder_read_only_through_a_copy_is_not_read_by_the_objective():
+    """LED pads its encoder to a multiple of its window and cuts the output back: the cross
+    calls read a copy of the encoder stream. The encoder's final tokens get gradient only
+    through that copy, so the objective does not read them itself: the readout is the
+    decoder's, with or without the maps kept (a sweep finding: return_maps=True used to read
+    0.2% at the encoder and change every number)."""
+    from test_layouts import _led
+
+    model = _led()
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, 90, (2, 7), generator=generator)  # padded to 8 inside the model
+    decoder = torch.randint(5, 90, (2, 3), generator=generator)
+
+    def forward(input_ids, decoder_input_ids):
+        return model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits[:, -1]
+
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    streamed = explainer.explain((ids, decoder), target=7)
+    kept = explainer.explain((ids, decoder), target=7, return_maps=True)
+    assert set(kept.readout) == set(streamed.readout) == {kept.calls[-1].query}
+    for name, relevance in streamed.relevance.items():
+        torch.testing.assert_close(kept.relevance[name], relevance, atol=1e-7, rtol=1e-5)
