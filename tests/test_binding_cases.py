@@ -211,3 +211,79 @@ def test_an_encoder_read_only_through_a_copy_is_not_read_by_the_objective():
     assert set(kept.readout) == set(streamed.readout) == {kept.calls[-1].query}
     for name, relevance in streamed.relevance.items():
         torch.testing.assert_close(kept.relevance[name], relevance, atol=1e-7, rtol=1e-5)
+
+
+def test_a_preset_that_leaves_out_a_call_of_this_class_gives_way_to_the_inferred_graph():
+    """The 'perceiver' preset names the encoder only; Perceiver's classifier also runs a
+    decoder (a learned query attending to the latents) that the readout hangs on. With the
+    preset the inputs got exactly zero (a sweep finding); now the preset gives way to the
+    inferred graph, with a warning, and the inputs' relevance is the rules unrolled by hand."""
+    config = transformers.PerceiverConfig(
+        num_latents=4, d_latents=32, d_model=16, num_blocks=1, num_self_attends_per_block=2,
+        num_self_attention_heads=2, num_cross_attention_heads=1, num_labels=3,
+        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.PerceiverForSequenceClassification(config).eval()
+    ids = torch.randint(5, 200, (2, 6), generator=torch.Generator().manual_seed(1))
+
+    def forward(x):
+        return model(inputs=x).logits
+
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    with pytest.warns(UserWarning, match="'perceiver' preset does not fit.*decoding_cross"):
+        out = explainer.explain(ids, target=1, return_maps=True)
+    assert [c.type for c in out.calls] == ["B", "A", "A", "B"]
+    (relevance,) = out.relevance.values()
+    cross, self0, self1, decoder = (_bar(c) for c in out.call_maps)
+    latents = cross  # the latents are parameter tokens: no identity of the inputs
+    latents = latents + self0 @ latents
+    latents = latents + self1 @ latents
+    torch.testing.assert_close(relevance, (decoder @ latents)[:, 0], atol=1e-12, rtol=1e-4)
+    assert bool((relevance.abs().sum(dim=1) > 0).all())
+
+
+def test_bridgetower_link_towers_fuse_by_addition():
+    """BridgeTower's link towers add the uni-modal towers' later layers into the fused streams
+    (LayerNorm(uni + fused)): rows fed by two streams, half from each; the cross-modal
+    self-attention after the first co-attention layer is C, and the text tower runs one layer
+    before the cross-modal ones (split index 2)."""
+    text = transformers.BridgeTowerTextConfig(
+        vocab_size=99, max_position_embeddings=16, hidden_size=32, num_hidden_layers=3,
+        num_attention_heads=2, intermediate_size=37)
+    vision = transformers.BridgeTowerVisionConfig(hidden_size=64, num_hidden_layers=3,
+                                                  image_size=16, patch_size=8)
+    config = transformers.BridgeTowerConfig(text_config=text, vision_config=vision,
+                                            hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2)
+    torch.manual_seed(0)
+    model = transformers.BridgeTowerForImageAndTextRetrieval(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 90, (2, 6), generator=generator)
+    ids[:, 0] = 0
+    pixels = torch.randn(2, 3, 16, 16, generator=generator)
+
+    def forward(input_ids, pixel_values):
+        return model(input_ids=input_ids, pixel_values=pixel_values).logits
+
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    out = explainer.explain((ids, pixels), target=1)
+    types = {c.name.split("bridgetower.")[-1]: c.type for c in out.calls}
+    assert {n: t for n, t in types.items() if n.startswith("cross_modal")} == {
+        "cross_modal_text_layers.0.attention.self": "A",
+        "cross_modal_text_layers.0.crossattention.self": "B",
+        "cross_modal_image_layers.0.attention.self": "A",
+        "cross_modal_image_layers.0.crossattention.self": "B",
+        "cross_modal_text_layers.1.attention.self": "C",
+        "cross_modal_text_layers.1.crossattention.self": "B",
+        "cross_modal_image_layers.1.attention.self": "C",
+        "cross_modal_image_layers.1.crossattention.self": "B",
+    }
+    assert all(t == "A" for n, t in types.items() if not n.startswith("cross_modal"))
+    linked = [j for j in explainer.graph.junctions if j.into == out.calls[-2].query]
+    assert len(linked) == 2  # the image tower's later layer and the fused image stream
+    assert set(out.relevance) == {"text", "image"}
+    for relevance in out.relevance.values():
+        assert torch.isfinite(relevance).all() and relevance.abs().sum(dim=1).gt(0).all()
+    single = explainer.explain((ids[1:], pixels[1:]), target=1)
+    for name, relevance in single.relevance.items():
+        torch.testing.assert_close(relevance[0], out.relevance[name][1], atol=1e-6, rtol=1e-5)
