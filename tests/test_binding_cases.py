@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import captum_hetattn.binding.dataflow as dataflow
-from captum_hetattn import HeterogenousAttentionAttribution
+from captum_hetattn import GenericAttentionExplainability, HeterogenousAttentionAttribution
 
 transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).parent))
@@ -287,3 +287,13 @@ def test_bridgetower_link_towers_fuse_by_addition():
     single = explainer.explain((ids[1:], pixels[1:]), target=1)
     for name, relevance in single.relevance.items():
         torch.testing.assert_close(relevance[0], out.relevance[name][1], atol=1e-6, rtol=1e-5)
+    # the two [CLS] read (in the fused streams, copies of the towers' tokens) keep their own
+    # share apart, for the adjoint and the full propagation alike
+    for method in (HeterogenousAttentionAttribution, GenericAttentionExplainability):
+        each = method(forward, model=model)
+        seen = each.explain((ids, pixels), target=1)
+        raw = each.explain((ids, pixels), target=1, include_own=True)
+        for name, relevance in seen.relevance.items():
+            assert bool((relevance[:, 0] < relevance[:, 1:].max(dim=1).values).all()), name
+            assert bool((raw.relevance[name][:, 0] > 0.1).all()), name
+            torch.testing.assert_close(raw.relevance[name][:, 1:], relevance[:, 1:])

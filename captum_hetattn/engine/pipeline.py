@@ -348,7 +348,7 @@ def homogeneous(
     and the read tokens' own entries of the readout rows (:func:`own_entries`)."""
     blocks = propagate(sizes, flows)
     relevance = read_rows(blocks, sizes, readout)
-    own = own_entries(blocks, sizes, readout)
+    own = own_entries(blocks, sizes, readout, flows)
     for other in sizes:
         if other not in readout:
             relevance[other] = blocks[(other, other)].sum(dim=1).contiguous()
