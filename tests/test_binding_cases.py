@@ -297,3 +297,18 @@ def test_bridgetower_link_towers_fuse_by_addition():
             assert bool((relevance[:, 0] < relevance[:, 1:].max(dim=1).values).all()), name
             assert bool((raw.relevance[name][:, 0] > 0.1).all()), name
             torch.testing.assert_close(raw.relevance[name][:, 1:], relevance[:, 1:])
+
+
+def test_takes_untraced_tells_untraced_data_from_absent_biases_and_buffers():
+    from captum_hetattn.binding.params import takes_untraced
+
+    pixels = torch.randn(2, 3, 4, 4)
+    conv, bare = nn.Conv2d(3, 4, 2, stride=2), nn.Conv2d(3, 4, 2, stride=2, bias=False)
+    assert takes_untraced(conv(pixels), batch=2)  # pixels not traced
+    traced = pixels.clone().requires_grad_(True)
+    out = bare(traced)  # no bias: an edge without a gradient function, but no data
+    assert not takes_untraced(out, stop={traced.grad_fn}, batch=2)
+    assert not takes_untraced(bare(traced * 1.0), stop={}, batch=2)
+    hidden = nn.Linear(4, 4)(torch.randn(2, 3, 4, requires_grad=True))
+    assert not takes_untraced(hidden * torch.randn(1, 3, 4), batch=2)  # a buffer-like scale
+    assert takes_untraced(hidden * torch.ones(2, 3, 1), batch=2)  # per-example data

@@ -33,16 +33,20 @@ def parameter_only(tensor: Tensor, stop: Container[object] = ()) -> bool:
     return leaves is not None and leaves == {"parameter"}  # no edge outside the graph either
 
 
-def takes_untraced(tensor: Tensor, stop: Container[object] = ()) -> bool:
+def takes_untraced(tensor: Tensor, stop: Container[object] = (), batch: int | None = None
+                   ) -> bool:
     r"""Whether float data outside the autograd graph (an input the engine does not trace:
     pixel values passed as an additional argument; a float mask) enters ``tensor`` above the
     nodes in ``stop``: an operation with an edge without a gradient function that saved a
-    float tensor for its backward (not an absent bias); a graph too large to walk counts."""
-    leaves = _leaves(tensor, stop)
-    return leaves is None or "untraced" in leaves
+    float tensor for its backward (not an absent bias) — with ``batch``, one with a leading
+    dimension of ``batch`` examples (not a buffer of the model: a scale, position codes). A
+    graph too large to walk does not count (its rows stay the traced input's)."""
+    leaves = _leaves(tensor, stop, batch)
+    return leaves is not None and "untraced" in leaves
 
 
-def _leaves(tensor: Tensor, stop: Container[object]) -> set[str] | None:
+def _leaves(tensor: Tensor, stop: Container[object], batch: int | None = None
+            ) -> set[str] | None:
     """The kinds of leaves above ``stop``: ``parameter``, ``outside`` (an edge without a
     gradient function: untraced data, a constant, an absent bias), ``untraced`` (such an edge
     of an operation that saved float data without a gradient), ``other`` (a leaf that is not
@@ -60,7 +64,7 @@ def _leaves(tensor: Tensor, stop: Container[object]) -> set[str] | None:
             continue
         for child, _ in getattr(node, "next_functions", ()):
             if child is None:
-                kinds.add("untraced" if _saves_untraced(node) else "outside")
+                kinds.add("untraced" if _saves_untraced(node, batch) else "outside")
                 continue
             if child in seen or child in stop:
                 continue
@@ -71,8 +75,9 @@ def _leaves(tensor: Tensor, stop: Container[object]) -> set[str] | None:
     return kinds
 
 
-def _saves_untraced(node: object) -> bool:
-    """Whether an autograd node saved a float tensor that requires no gradient."""
+def _saves_untraced(node: object, batch: int | None = None) -> bool:
+    """Whether an autograd node saved a float tensor that requires no gradient (with ``batch``
+    examples along its first dimension, where given)."""
     for name in dir(node):
         if not name.startswith("_saved_"):
             continue
@@ -80,7 +85,8 @@ def _saves_untraced(node: object) -> bool:
             value = getattr(node, name)
         except RuntimeError:  # freed after a backward
             continue
-        if isinstance(value, Tensor) and value.is_floating_point() and not value.requires_grad:
+        if (isinstance(value, Tensor) and value.is_floating_point() and not value.requires_grad
+                and (batch is None or (value.dim() >= 2 and value.shape[0] == batch))):
             return True
     return False
 

@@ -30,7 +30,7 @@ class SourceFinder:
         if not positions:
             self._add_inputless(stream, tensor)
             return
-        untraced = takes_untraced(tensor, stop=self.walker.marks)
+        untraced = takes_untraced(tensor, stop=self.walker.marks, batch=self.batch)
         if len(positions) == 1 and not self.map_inputs and not untraced:
             if not bool(fresh.all()) and not self._feeds_fresh(tensor, dim, positions[0], fresh):
                 # the input reaches this stream only through the rows another stream feeds (a
