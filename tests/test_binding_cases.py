@@ -279,6 +279,9 @@ def test_bridgetower_link_towers_fuse_by_addition():
         "cross_modal_image_layers.1.crossattention.self": "B",
     }
     assert all(t == "A" for n, t in types.items() if not n.startswith("cross_modal"))
+    # the fused and forked streams are named as stages of the towers they come from
+    assert {c.query for c in out.calls} == {"text", "image", "text_2", "image_2", "text_3",
+                                           "image_3"}
     linked = [j for j in explainer.graph.junctions if j.into == out.calls[-2].query]
     assert len(linked) == 2  # the image tower's later layer and the fused image stream
     assert set(out.relevance) == {"text", "image"}
