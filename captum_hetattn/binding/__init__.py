@@ -3,7 +3,11 @@ walks.
 
 - :mod:`~captum_hetattn.binding.trace`: :func:`trace` — lay out the calls, then read the data flow;
 - :mod:`~captum_hetattn.binding.tokens`: how hidden states hold tokens (:func:`tokens_view`);
-- :mod:`~captum_hetattn.binding.dataflow`: streams, junctions and sources from the autograd graph;
+- :mod:`~captum_hetattn.binding.dataflow`: streams, junctions and sources from the autograd graph
+  (its data in :mod:`~captum_hetattn.binding.flowdata`, its gradient probes in
+  :mod:`~captum_hetattn.binding.probes`, sources in :mod:`~captum_hetattn.binding.sources`,
+  parameter tokens in :mod:`~captum_hetattn.binding.params`, tokens of another stream added
+  into a stream that goes on in :mod:`~captum_hetattn.binding.fusion`);
 - :mod:`~captum_hetattn.binding.layouts` (with :mod:`~captum_hetattn.binding.canonical` and
   :mod:`~captum_hetattn.binding.layout_scores`): windowed, packed, banded and blocked maps folded
   into dense maps over tokens;

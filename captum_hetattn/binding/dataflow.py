@@ -27,127 +27,34 @@ embeddings, norms), so they cost a small fraction of one model backward.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from captum_hetattn.binding.params import parameter_only
-from captum_hetattn.binding.tokens import _restore_layout, _token_count, tokens_view
+from captum_hetattn.binding.flowdata import (  # noqa: F401  (re-exported)
+    K_IN,
+    OUT,
+    Q_IN,
+    DataFlow,
+    FlowCall,
+    FlowJunction,
+    FlowSource,
+    FlowStream,
+    InputRows,
+    Mark,
+)
+from captum_hetattn.binding.fusion import add_into, added_streams, junction_weights
+from captum_hetattn.binding.probes import (  # noqa: F401  (re-exported: layouts, lifts, cache)
+    _GENERATOR,
+    TokenRows,
+    _Dependence,
+    _dependence,
+    _pass_rows,
+)
+from captum_hetattn.binding.sources import SourceFinder
+from captum_hetattn.binding.tokens import _token_count, tokens_view
 from captum_hetattn.capture import AttentionRecord, autograd_node
-
-# the roles a call's tensors play (inputs before output within one call)
-Q_IN, K_IN, OUT = 0, 1, 2
-Mark = tuple[str, int, int]  # ("call", record index, role) / ("input", position, 0) / ("emb", i, 0)
-
-
-@dataclass
-class TokenRows:
-    r"""Which rows of a tensor each token of another feeds, per example.
-
-    ``matrix`` ``(B, n_into, n_from)`` is 1 where into-row ``i`` depends on from-token ``j``.
-    """
-
-    matrix: Tensor
-
-    def is_identity(self) -> bool:
-        batch, n_into, n_from = self.matrix.shape
-        if n_into != n_from:
-            return False
-        eye = torch.eye(n_into, dtype=torch.bool, device=self.matrix.device)
-        return bool((self.matrix == eye).all())
-
-
-@dataclass
-class FlowJunction:
-    r"""Rows of stream ``into`` replaced by ``weights @ R[origin]`` before call ``before``
-    (``additive``: added to what an earlier junction into the same rows put there).
-
-    ``weights`` is ``rows.matrix`` normalised over every token that feeds a row, from all
-    origins: a merged token is the mean of the tokens it merges, a row fed by two streams (a
-    bridge layer adding two towers' tokens) takes half from each.
-    """
-
-    into: int
-    origin: int
-    before: int
-    rows: TokenRows
-    weights: Tensor
-    additive: bool = False
-
-
-@dataclass
-class FlowSource:
-    r"""One input modality: the ``columns`` of stream ``stream`` it owns, and the inputs that
-    feed them (model input positions; ``-1`` for rows fed by parameters only)."""
-
-    stream: int
-    columns: Tensor
-    inputs: tuple[int, ...]
-    name: str = ""
-
-
-@dataclass
-class InputRows:
-    r"""How the elements of model input ``position`` feed the rows of stream ``stream``:
-    ``rows`` ``(B, numel per example)`` is the row index each element feeds, ``-1`` if none;
-    ``None`` when an element feeds several rows (overlapping convolutions)."""
-
-    position: int
-    stream: int
-    rows: Tensor | None
-
-
-@dataclass
-class FlowStream:
-    index: int
-    size: int
-    calls: list[int] = field(default_factory=list)
-    fresh: Tensor | None = None  # (B, n) rows no other stream feeds
-    tower: str = ""
-
-
-@dataclass
-class FlowCall:
-    query: int
-    key: int
-    parallel_with_previous: bool = False
-
-
-@dataclass
-class DataFlow:
-    r"""The result of :func:`analyse`: streams, per call its streams, junctions, sources."""
-
-    streams: list[FlowStream]
-    calls: list[FlowCall]
-    junctions: list[FlowJunction]
-    sources: list[FlowSource]
-    inputs: list[InputRows]
-    batch_size: int
-    #: ``(module, reason)`` of softmaxes left out of the recording (not attention over tokens)
-    left_out: list[tuple[str, str]] = field(default_factory=list)
-    #: ``(input position, module)``: a patch embedding's tokens repeated in a stream (lifts.py)
-    repeated: list[tuple[int, str]] = field(default_factory=list)
-
-    def last_call(self, stream: int) -> int | None:
-        calls = self.streams[stream].calls
-        return calls[-1] if calls else None
-
-    def terminal_streams(self) -> list[int]:
-        """Streams that nothing reads after their last call (candidates for the readout)."""
-        out = []
-        for stream in self.streams:
-            if not stream.calls:
-                continue
-            last = stream.calls[-1]
-            read_later = any(
-                c.key == stream.index and i > last for i, c in enumerate(self.calls)
-            ) or any(j.origin == stream.index and j.before > last for j in self.junctions)
-            if not read_later:
-                out.append(stream.index)
-        return out
 
 
 class _Walker:
@@ -172,18 +79,20 @@ class _Walker:
                 if not (m[0] == "call" and m[1] >= before) or m == also}
 
     def hits(
-        self, node: object | None, before: int, also: Mark | None = None
+        self, node: object | None, before: int, also: Mark | None = None,
+        seen: set[object] | None = None,
     ) -> frozenset[Mark]:
         r"""Marks reached from ``node`` walking towards the inputs, stopping at the first node on
         each path with a mark of a call before ``before``, of an input, or equal to ``also``
-        (a call's keys computed from its own query input)."""
+        (a call's keys computed from its own query input); ``seen`` collects the nodes walked."""
         if node is None:
             return frozenset()
+        seen = set() if seen is None else seen
+        seen.add(node)
         own = self._valid(node, before, also)
         if own:
             return frozenset(own)
         found: set[Mark] = set()
-        seen = {node}
         stack = [node]
         while stack:
             for child, _ in getattr(stack.pop(), "next_functions", ()):
@@ -199,133 +108,6 @@ class _Walker:
 
 
 _node = autograd_node
-
-
-# ------------------------------------------------------------------------------ probing
-_GENERATOR = torch.Generator().manual_seed(20261123)
-
-
-@dataclass
-class _Dependence:
-    r"""Which into-row each origin token feeds: ``codes`` ``(B, n_origin)`` (``-1``: none), or,
-    when some token feeds several rows, the full ``matrix`` ``(B, n_into, n_origin)`` (or
-    ``None`` if it was not computed)."""
-
-    n_into: int
-    codes: Tensor | None
-    full: Tensor | None = None
-
-    def matrix(self) -> Tensor | None:
-        if self.full is not None or self.codes is None:
-            return self.full
-        batch, n_origin = self.codes.shape
-        out = torch.zeros(batch, self.n_into, n_origin, dtype=torch.bool,
-                          device=self.codes.device)
-        b, j = (self.codes >= 0).nonzero(as_tuple=True)
-        out[b, self.codes[b, j], j] = True
-        return out
-
-    def feeds(self) -> Tensor:
-        """``(B, n_into)``: rows fed by some origin token."""
-        if self.full is not None:
-            return self.full.any(dim=-1)
-        assert self.codes is not None
-        batch = self.codes.shape[0]
-        out = torch.zeros(batch, self.n_into, dtype=torch.bool, device=self.codes.device)
-        b, j = (self.codes >= 0).nonzero(as_tuple=True)
-        out[b, self.codes[b, j]] = True
-        return out
-
-
-def _dependence(
-    into: Tensor,
-    into_dim: int,
-    origins: Sequence[tuple[Tensor, int]],
-    batch: int,
-    exact: bool = True,
-) -> list[_Dependence]:
-    r"""Per origin, which rows of ``into`` its tokens feed (see the module docstring).
-
-    ``origins`` are ``(tensor, token_dim)``; a token_dim of ``-1`` means "every element is a
-    token" (model inputs without a token layout). With ``exact=False`` an origin whose tokens
-    feed several rows gets ``codes=None`` instead of the row-by-row fallback.
-    """
-    view = tokens_view(into, into_dim)
-    n_into = view.shape[1]
-
-    def pass_rows(rows: Tensor) -> list[Tensor]:
-        return _pass_rows(into, into_dim, origins, batch, rows)
-
-    # a vectorised backward (is_grads_batched) measured 1.7x slower on CPU: one pass per plane
-    planes = max(1, math.ceil(math.log2(max(n_into, 2))))
-    index = torch.arange(n_into, device=view.device)
-    codes: list[Tensor] = []
-    clash: list[Tensor] = []
-    seen: list[Tensor] = []
-    for plane in range(planes):
-        bit = ((index >> plane) & 1).bool()
-        on, off = pass_rows(bit.to(view.dtype)), pass_rows((~bit).to(view.dtype))
-        if not codes:
-            codes = [torch.zeros_like(o, dtype=torch.long) for o in on]
-            clash = [torch.zeros_like(o) for o in on]
-            seen = [torch.zeros_like(o) for o in on]
-        for k in range(len(origins)):
-            codes[k] |= on[k].long() << plane
-            clash[k] |= on[k] & off[k]
-            seen[k] |= on[k] | off[k]
-    out = []
-    for k, (tensor, dim) in enumerate(origins):
-        if clash[k].any() or (codes[k][seen[k]] >= n_into).any():
-            full = _dependence_by_rows(into, into_dim, tensor, dim, batch) if exact else None
-            out.append(_Dependence(n_into, None, full))
-        else:
-            out.append(_Dependence(n_into, torch.where(seen[k], codes[k], -1)))
-    return out
-
-def _pass_rows(into: Tensor, into_dim: int, origins: Sequence[tuple[Tensor, int]], batch: int,
-               rows: Tensor, generator: torch.Generator = _GENERATOR) -> list[Tensor]:
-    """``(B, n_origin)`` per origin: its tokens reached by one backward pass from ``rows``
-    (``(n_into,)`` weights) of ``into``."""
-    view = tokens_view(into, into_dim)
-    weights = torch.randn(view.shape, generator=generator).to(view) * rows[None, :, None]
-    grads = torch.autograd.grad(
-        into, [t for t, _ in origins], _restore_layout(weights, into, into_dim),
-        retain_graph=True, allow_unused=True,
-    )
-    return [_token_support(g, t, d, batch) for g, (t, d) in zip(grads, origins, strict=True)]
-
-
-def _origin_tokens(tensor: Tensor, token_dim: int, batch: int) -> int:
-    if token_dim < 0:
-        return tensor.numel() // batch
-    return _token_count(tensor, token_dim)
-
-
-def _token_support(grad: Tensor | None, tensor: Tensor, token_dim: int, batch: int) -> Tensor:
-    """``(B, n)``: tokens of ``tensor`` with a non-zero gradient."""
-    n = _origin_tokens(tensor, token_dim, batch)
-    if grad is None:
-        return torch.zeros(batch, n, dtype=torch.bool, device=tensor.device)
-    if token_dim < 0:
-        return grad.reshape(batch, n) != 0
-    return (tokens_view(grad, token_dim) != 0).any(dim=-1)
-
-
-def _dependence_by_rows(
-    into: Tensor, into_dim: int, origin: Tensor, origin_dim: int, batch: int
-) -> Tensor:
-    """The exact row-by-row dependence (one backward per into-row): the fallback."""
-    view = tokens_view(into, into_dim)
-    rows = []
-    for i in range(view.shape[1]):
-        weights = torch.zeros_like(view)
-        weights[:, i] = torch.randn(view.shape[0], view.shape[2], generator=_GENERATOR).to(view)
-        (grad,) = torch.autograd.grad(
-            into, [origin], _restore_layout(weights, into, into_dim), retain_graph=True,
-            allow_unused=True,
-        )
-        rows.append(_token_support(grad, origin, origin_dim, batch))
-    return torch.stack(rows, dim=1)
 
 
 # ------------------------------------------------------------------------------ analysis
@@ -414,7 +196,7 @@ def _matching_id_input(ids: Tensor, inputs: Sequence[Tensor | None]) -> int | No
     return None
 
 
-class _Builder:
+class _Builder(SourceFinder):
     def __init__(self, records, walker, input_tensors, towers, batch, map_inputs) -> None:
         self.records = records
         self.map_inputs = map_inputs
@@ -497,6 +279,9 @@ class _Builder:
                 and self.streams[stream].size == n
                 and self.towers[i] == self.towers[j]
             ):
+                added = added_streams(self, i, node, stream, j)
+                if added:  # another stream's tokens added in (Qwen3-VL's deepstack)
+                    add_into(self, i, tensor, dim, stream, (j, role), added)
                 self.probed[node] = (stream, len(self.streams[stream].calls))
                 return stream
         stream = self._probe_stream(i, tensor, n, latest, hits, dim)
@@ -511,8 +296,12 @@ class _Builder:
         calls = self.streams[stream].calls
         if len(calls) == calls_then or (len(calls) == calls_then + 1 and calls[-1] == i - 1):
             return stream
-        before = calls[calls_then]
-        fork = FlowStream(len(self.streams), self.streams[stream].size, tower=self.towers[i])
+        return self._fork(stream, calls[calls_then], self.towers[i])
+
+    def _fork(self, stream: int, before: int, tower: str | None = None) -> int:
+        """A new stream that starts as a copy of ``stream``'s state before call ``before``."""
+        fork = FlowStream(len(self.streams), self.streams[stream].size,
+                          tower=self.streams[stream].tower if tower is None else tower)
         fork.fresh = torch.zeros(self.batch, fork.size, dtype=torch.bool)
         self.streams.append(fork)
         identity = torch.eye(fork.size, dtype=torch.bool).expand(self.batch, -1, -1)
@@ -575,89 +364,17 @@ class _Builder:
         self.streams.append(new)
         fed = torch.zeros(self.batch, n, dtype=torch.bool, device=tensor.device)
         if feeding:
-            total = sum(m.float().sum(dim=-1, keepdim=True) for _, m in feeding).clamp(min=1)
             ordered = sorted(feeding, key=lambda item: item[0][3])  # application order
+            weights = junction_weights([matrix for _, matrix in ordered])
             for k, ((stream, _, _, before), matrix) in enumerate(ordered):
                 self.junctions.append(FlowJunction(
-                    new.index, stream, before, TokenRows(matrix), matrix.float() / total,
-                    additive=k > 0,
+                    new.index, stream, before, TokenRows(matrix), weights[k], additive=k > 0,
                 ))
                 fed |= matrix.any(dim=-1)
         new.fresh = ~fed
         if new.fresh.any():
             self._add_sources(new, i, tensor, input_hits, dim)
         return new.index
-
-    # ----------------------------------------------------------- sources
-    def _add_sources(
-        self, stream: FlowStream, i: int, tensor: Tensor, positions, dim: int
-    ) -> None:
-        """One source over all the stream's columns, or one per input signature when two
-        inputs feed its fresh rows (single-stream fusion)."""
-        positions = [p for p in positions if p in self.input_tensors]
-        fresh = stream.fresh
-        assert fresh is not None
-        all_columns = torch.arange(stream.size, device=fresh.device)
-        if not positions:
-            self._add_inputless(stream, tensor)
-            return
-        if len(positions) == 1 and not self.map_inputs:
-            if not bool(fresh.all()) and not self._feeds_fresh(tensor, dim, positions[0], fresh):
-                # the input reaches this stream only through the rows another stream feeds (a
-                # residual path): its fresh rows are no input's (PVT's [CLS] on a later stage)
-                self._add_inputless(stream, tensor, fresh.any(dim=0).nonzero().flatten())
-                return
-            self.inputs.append(InputRows(positions[0], stream.index, None))  # not traced
-            self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
-            return
-        origins = [self.input_tensors[p] for p in positions]
-        record = self.records[i]
-        dependences = self.dependence(("inputs", i, tuple(positions)), tensor, dim, origins,
-                                      self.batch, exact=len(positions) > 1)
-        # inputs that reach only rows spliced in from other streams belong to those streams
-        kept = [(p, d) for p, d in zip(positions, dependences, strict=True)
-                if (d.codes is None and d.full is None) or (d.feeds() & fresh).any()]
-        if not kept:
-            self._add_inputless(stream, tensor)
-            return
-        positions, dependences = [p for p, _ in kept], [d for _, d in kept]
-        for position, dependence in kept:
-            self.inputs.append(InputRows(position, stream.index, dependence.codes))
-        if len(positions) == 1:
-            self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
-            return
-        feeds = torch.stack([d.feeds() for d in dependences], dim=1)  # (B, inputs, n)
-        if not bool((feeds == feeds[:1]).all() and (fresh == fresh[:1]).all()):
-            raise ValueError(
-                f"attention module '{record.name}' [call {record.call_index}]: its tokens come "
-                f"from {len(positions)} inputs, laid out differently in each example of the "
-                "batch; explain the examples one at a time"
-            )
-        runs = _signature_runs(feeds[0], fresh[0].nonzero().flatten())
-        if len(runs) <= 1:
-            self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
-            return
-        for signature, columns in runs:
-            feeding = tuple(p for p, on in zip(positions, signature, strict=True) if on)
-            self.sources.append(FlowSource(stream.index, columns, feeding or (-1,)))
-
-    def _add_inputless(self, stream: FlowStream, tensor: Tensor, columns=None) -> None:
-        """Rows no traced input feeds (``columns``, default all): parameter tokens (a pooling
-        probe, latents, learned queries, a [CLS]) are never a source, their own share left out
-        like GAE's read token; tokens of an untraced input are a source of their own."""
-        if not parameter_only(tensor, stop=self.walker.marks):
-            columns = torch.arange(stream.size) if columns is None else columns
-            self.sources.append(FlowSource(stream.index, columns, (-1,)))
-
-    def _feeds_fresh(self, tensor: Tensor, dim: int, position: int, fresh: Tensor) -> bool:
-        """Whether model input ``position`` feeds any of a stream's fresh rows (one backward
-        pass from those rows)."""
-        view = tokens_view(tensor, dim)
-        weights = torch.randn(view.shape, generator=_GENERATOR).to(view) * fresh[..., None]
-        (grad,) = torch.autograd.grad(tensor, self.input_tensors[position][0],
-                                      _restore_layout(weights, tensor, dim), retain_graph=True,
-                                      allow_unused=True)
-        return grad is not None and bool(grad.any())
 
     # ----------------------------------------------------------- parallel groups
     def _parallel(self, i: int, query: int, key: int) -> bool:
@@ -672,29 +389,3 @@ class _Builder:
             return False
         hits = self.walker.hits(self.records[i].nodes.get("key"), before=i)
         return ("call", i - 1, OUT) not in hits
-
-
-def _signature_runs(signatures: Tensor, fresh: Tensor) -> list[tuple[tuple[bool, ...], Tensor]]:
-    """Fresh rows grouped by the set of inputs feeding them; rows fed by no input join the next
-    group (a ``[CLS]``-like parameter token before its modality's tokens), else the previous."""
-    per_row = [tuple(bool(v) for v in signatures[:, r]) for r in fresh.tolist()]
-    labels: list[tuple[bool, ...] | None] = [sig if any(sig) else None for sig in per_row]
-    following: tuple[bool, ...] | None = None
-    for r in range(len(labels) - 1, -1, -1):
-        if labels[r] is None:
-            labels[r] = following
-        else:
-            following = labels[r]
-    preceding: tuple[bool, ...] | None = None
-    for r in range(len(labels)):
-        if labels[r] is None:
-            labels[r] = preceding
-        else:
-            preceding = labels[r]
-    groups: dict[tuple[bool, ...] | None, list[int]] = {}
-    for row, label in zip(fresh.tolist(), labels, strict=True):
-        groups.setdefault(label, []).append(row)
-    return [
-        (label or (False,) * signatures.shape[0], torch.tensor(rows, device=fresh.device))
-        for label, rows in groups.items()
-    ]

@@ -29,28 +29,66 @@ def parameter_only(tensor: Tensor, stop: Container[object] = ()) -> bool:
     graph (an untraced input, a constant or buffer added in), no leaf that is not a parameter.
     A tensor without a graph (a constant), or a graph too large to walk, is not.
     """
+    leaves = _leaves(tensor, stop)
+    return leaves is not None and leaves == {"parameter"}  # no edge outside the graph either
+
+
+def takes_untraced(tensor: Tensor, stop: Container[object] = (), batch: int | None = None
+                   ) -> bool:
+    r"""Whether float data outside the autograd graph (an input the engine does not trace:
+    pixel values passed as an additional argument; a float mask) enters ``tensor`` above the
+    nodes in ``stop``: an operation with an edge without a gradient function that saved a
+    float tensor for its backward (not an absent bias) — with ``batch``, one with a leading
+    dimension of ``batch`` examples (not a buffer of the model: a scale, position codes). A
+    graph too large to walk does not count (its rows stay the traced input's)."""
+    leaves = _leaves(tensor, stop, batch)
+    return leaves is not None and "untraced" in leaves
+
+
+def _leaves(tensor: Tensor, stop: Container[object], batch: int | None = None
+            ) -> set[str] | None:
+    """The kinds of leaves above ``stop``: ``parameter``, ``outside`` (an edge without a
+    gradient function: untraced data, a constant, an absent bias), ``untraced`` (such an edge
+    of an operation that saved float data without a gradient), ``other`` (a leaf that is not
+    a parameter); ``None`` past the limit."""
     root = autograd_node(tensor)
     if root is None:
-        return False
-    seen, stack, parameters = {root}, [root], 0
+        return {"outside"}
+    kinds: set[str] = set()
+    seen, stack = {root}, [root]
     while stack:
         node = stack.pop()
         variable = getattr(node, "variable", None)
         if variable is not None:  # AccumulateGrad: a leaf
-            if not isinstance(variable, nn.Parameter):
-                return False
-            parameters += 1
+            kinds.add("parameter" if isinstance(variable, nn.Parameter) else "other")
             continue
         for child, _ in getattr(node, "next_functions", ()):
             if child is None:
-                return False
+                kinds.add("untraced" if _saves_untraced(node, batch) else "outside")
+                continue
             if child in seen or child in stop:
                 continue
             seen.add(child)
             if len(seen) > _LIMIT:
-                return False
+                return None
             stack.append(child)
-    return parameters > 0
+    return kinds
 
 
-__all__ = ["parameter_only"]
+def _saves_untraced(node: object, batch: int | None = None) -> bool:
+    """Whether an autograd node saved a float tensor that requires no gradient (with ``batch``
+    examples along its first dimension, where given)."""
+    for name in dir(node):
+        if not name.startswith("_saved_"):
+            continue
+        try:
+            value = getattr(node, name)
+        except RuntimeError:  # freed after a backward
+            continue
+        if (isinstance(value, Tensor) and value.is_floating_point() and not value.requires_grad
+                and (batch is None or (value.dim() >= 2 and value.shape[0] == batch))):
+            return True
+    return False
+
+
+__all__ = ["parameter_only", "takes_untraced"]

@@ -152,7 +152,14 @@ def name_streams(
         if origin in names and not sources and all(c in _GENERIC_NAMES for c in candidates):
             # a later stage of one stream (Swin's merged patches): named after the first
             candidates = [_stage_name(names[origin], taken)]
-        name = next((c for c in candidates if c not in taken), f"stream{stream.index}")
+        name = next((c for c in candidates if c not in taken), None)
+        if (name is None or name in _GENERIC_NAMES) and not sources:
+            # a copy of a stream, or two streams added (BridgeTower's link towers): a stage
+            # of the first origin already named
+            first = next((names[j.origin] for j in flow.junctions
+                          if j.into == stream.index and j.origin in names), None)
+            name = _stage_name(first, taken) if first is not None else name
+        name = name or f"stream{stream.index}"
         names[stream.index] = name
         taken.add(name)
     for stream in flow.streams:

@@ -225,7 +225,14 @@ def bind(host: Host, recorder: AttentionRecorder, inputs: list[Any], map_inputs:
     config = getattr(host.model, "config", None)
     if host.graph is not None:
         try:
-            return bind_records(host.graph, records, names, flow, inputs=inputs, config=config)
+            recording = bind_records(host.graph, records, names, flow, inputs=inputs,
+                                     config=config)
+            if recording.unbound and host.graph_is_default and host.graph.name != "inferred":
+                # a preset written for another class of the family (Perceiver's classifier
+                # runs a decoder its preset does not name): the readout may hang on the call
+                raise ValueError(f"module '{recording.unbound[0].name}' ran but the preset has "
+                                 "no node for it")
+            return recording
         except ValueError as err:
             if not host.graph_is_default:
                 raise
@@ -341,7 +348,7 @@ def homogeneous(
     and the read tokens' own entries of the readout rows (:func:`own_entries`)."""
     blocks = propagate(sizes, flows)
     relevance = read_rows(blocks, sizes, readout)
-    own = own_entries(blocks, sizes, readout)
+    own = own_entries(blocks, sizes, readout, flows)
     for other in sizes:
         if other not in readout:
             relevance[other] = blocks[(other, other)].sum(dim=1).contiguous()

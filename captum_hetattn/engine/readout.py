@@ -144,6 +144,9 @@ def _readers(recording: BoundRecording, stream: str) -> set[str]:
     last = -1 if last is None else last
     read = {c.query for i, c in enumerate(flow.calls) if c.key == index and i > last}
     read |= {j.into for j in flow.junctions if j.origin == index and j.before > last}
+    for copy in [s for s in read if not flow.streams[s].calls]:  # a copy: read by its readers
+        read |= {c.query for c in flow.calls if c.key == copy}
+        read |= {j.into for j in flow.junctions if j.origin == copy}
     return {recording.stream_names[s] for s in read if s in recording.stream_names}
 
 

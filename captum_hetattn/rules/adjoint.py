@@ -375,11 +375,24 @@ class RowAdjoint:
             return
         replaced = step.rows.to(dtype)
         moved = row_increment(adjoint[step.into] * replaced, step.weights.to(dtype))
+        self._carry(step, replaced)
         if not step.additive:
             adjoint[step.into] = adjoint[step.into] * (1 - replaced)
             if step.into in self.staying:
                 self.staying[step.into] = self.staying[step.into] * (1 - replaced)
         accumulate(adjoint, step.origin, moved)
+
+    def _carry(self, step: TokenMap, replaced: Tensor) -> None:
+        """A junction that brings a read token's own row over from the same token of another
+        stream (a copy of a stream, an additive link of two towers: square, the token's entry
+        on the diagonal) carries its staying share there; any other junction ends it."""
+        staying = self.staying.get(step.into)
+        weights = step.weights
+        if staying is None or weights.shape[-1] != weights.shape[-2]:
+            return
+        carried = staying * replaced * weights.to(self.dtype).diagonal(dim1=-2, dim2=-1)
+        if bool(carried.any()):
+            accumulate(self.staying, step.origin, carried)
 
     def _stay(self, step: FlowStep, scales: Mapping[str, int],
               residuals: Mapping[str, Tensor]) -> None:
@@ -426,8 +439,9 @@ class RowAdjoint:
         single = one_token_read(self.readout)[:, None]
         own = {}
         for s, row in rows.items():
-            if s not in self.readout:
-                own[s] = torch.zeros_like(row)
+            if s not in self.readout:  # a read token's share carried here through a copy
+                own[s] = self.staying[s].to(row.dtype) if s in self.staying else \
+                    torch.zeros_like(row)
                 continue
             at_read = row * (self.readout[s] != 0).to(row.dtype)
             own[s] = torch.where(single, at_read, self.staying[s].to(row.dtype)).contiguous()

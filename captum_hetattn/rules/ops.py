@@ -444,16 +444,20 @@ def read_rows(blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[str,
     return out
 
 
-def own_entries(blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[str, Tensor]
-                ) -> dict[str, Tensor]:
+def own_entries(blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[str, Tensor],
+                steps: Sequence[FlowStep] = ()) -> dict[str, Tensor]:
     r"""The read tokens' own share of the readout rows: ``w_x[j] · R[x, x][j, j]`` for every
     read token ``j`` of every readout stream ``x`` (zeros elsewhere) — GAE's ``R_tt[0, 0] = 0``
-    (Chefer et al., ICCV 2021), generalised to a readout vector over several tokens.
+    (Chefer et al., ICCV 2021), generalised to a readout vector over several tokens. A read
+    token whose row a junction brought over from the same token of another stream ``o`` (a
+    copy of a stream, an additive link of two towers: :func:`copied_tokens`) has its own
+    entry there: ``w_x[j] · R[x, o][j, j]``.
 
     Args:
         blocks: every block, as :func:`~captum_hetattn.rules.adjoint.propagate` returns them.
         sizes: tokens per stream.
         readout: ``{stream x: w_x (B, n_x)}`` readout weights.
+        steps: the steps the blocks were propagated through (for the junctions).
 
     Returns:
         ``{stream: (B, n_stream)}``, to subtract from :func:`read_rows`.
@@ -462,12 +466,33 @@ def own_entries(blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[st
     own: dict[str, Tensor] = {}
     for s, n in sizes.items():
         block = blocks.get((s, s))
-        if s in readout and block is not None:
-            own[s] = (readout[s].to(block.dtype) * block.diagonal(dim1=-2, dim2=-1)).contiguous()
-        else:
-            dtype = block.dtype if block is not None else relevance_dtype(reference.dtype)
-            own[s] = reference.new_zeros(reference.shape[0], n, dtype=dtype)
-    return own
+        dtype = block.dtype if block is not None else relevance_dtype(reference.dtype)
+        own[s] = reference.new_zeros(reference.shape[0], n, dtype=dtype)
+    for x, weights in readout.items():
+        for s, tokens in copied_tokens(steps, x, weights != 0).items():
+            block = blocks.get((x, s))
+            if block is not None and block.shape[-1] == block.shape[-2]:
+                own[s] = own[s] + (weights.to(block.dtype) * tokens
+                                   * block.diagonal(dim1=-2, dim2=-1))
+    return {s: o.contiguous() for s, o in own.items()}
+
+
+def copied_tokens(steps: Sequence[FlowStep], stream: str, tokens: Tensor) -> dict[str, Tensor]:
+    r"""Where ``tokens`` (``(B, n)`` booleans) of ``stream`` are themselves at the start: the
+    junctions, walked backwards, that bring a token's row over from the same token of another
+    stream (square maps with the token's entry on the diagonal) move it there; one that
+    replaces the row with other tokens ends it. ``{stream: (B, n)}`` booleans."""
+    at = {stream: tokens}
+    for step in reversed(steps):
+        if not isinstance(step, TokenMap) or step.into not in at:
+            continue
+        here = at[step.into] & step.rows
+        if step.weights.shape[-1] == step.weights.shape[-2]:
+            moved = here & (step.weights.diagonal(dim1=-2, dim2=-1) != 0)
+            at[step.origin] = at[step.origin] | moved if step.origin in at else moved
+        if not step.additive:
+            at[step.into] = at[step.into] & ~step.rows
+    return at
 
 
 def one_token_read(readout: Mapping[str, Tensor]) -> Tensor:

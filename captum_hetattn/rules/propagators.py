@@ -132,7 +132,7 @@ class Propagator:
         if self.linear:
             return propagate_row_own(sizes, steps, readout, method=self)
         blocks = propagate(sizes, steps, self, padding=padding)
-        return self.read(blocks, sizes, readout), own_entries(blocks, sizes, readout)
+        return self.read(blocks, sizes, readout), own_entries(blocks, sizes, readout, steps)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,165 @@
+r"""Probes of which rows of one tensor each token of another feeds (the data flow's and the
+layouts' gradient probes).
+
+A walk of the autograd graph gives which calls a tensor depends on at no cost; which *row*
+depends on which token needs gradients: with ``K = ⌈log₂ n⌉`` bit planes of the ``n`` rows, two
+backward passes per plane (rows with the bit set, rows without), each from-token's code reads off
+the one row it feeds; a token that feeds two rows shows up in both passes of some plane and the
+map is then computed row by row. The passes only traverse the graph between the two tensors
+(projectors, embeddings, norms), so they cost a small fraction of one model backward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from captum_hetattn.binding.tokens import _restore_layout, _token_count, tokens_view
+
+
+@dataclass
+class TokenRows:
+    r"""Which rows of a tensor each token of another feeds, per example.
+
+    ``matrix`` ``(B, n_into, n_from)`` is 1 where into-row ``i`` depends on from-token ``j``.
+    """
+
+    matrix: Tensor
+
+    def is_identity(self) -> bool:
+        batch, n_into, n_from = self.matrix.shape
+        if n_into != n_from:
+            return False
+        eye = torch.eye(n_into, dtype=torch.bool, device=self.matrix.device)
+        return bool((self.matrix == eye).all())
+
+
+
+_GENERATOR = torch.Generator().manual_seed(20261123)
+
+
+@dataclass
+class _Dependence:
+    r"""Which into-row each origin token feeds: ``codes`` ``(B, n_origin)`` (``-1``: none), or,
+    when some token feeds several rows, the full ``matrix`` ``(B, n_into, n_origin)`` (or
+    ``None`` if it was not computed)."""
+
+    n_into: int
+    codes: Tensor | None
+    full: Tensor | None = None
+
+    def matrix(self) -> Tensor | None:
+        if self.full is not None or self.codes is None:
+            return self.full
+        batch, n_origin = self.codes.shape
+        out = torch.zeros(batch, self.n_into, n_origin, dtype=torch.bool,
+                          device=self.codes.device)
+        b, j = (self.codes >= 0).nonzero(as_tuple=True)
+        out[b, self.codes[b, j], j] = True
+        return out
+
+    def feeds(self) -> Tensor:
+        """``(B, n_into)``: rows fed by some origin token."""
+        if self.full is not None:
+            return self.full.any(dim=-1)
+        assert self.codes is not None
+        batch = self.codes.shape[0]
+        out = torch.zeros(batch, self.n_into, dtype=torch.bool, device=self.codes.device)
+        b, j = (self.codes >= 0).nonzero(as_tuple=True)
+        out[b, self.codes[b, j]] = True
+        return out
+
+
+def _dependence(
+    into: Tensor,
+    into_dim: int,
+    origins: Sequence[tuple[Tensor, int]],
+    batch: int,
+    exact: bool = True,
+) -> list[_Dependence]:
+    r"""Per origin, which rows of ``into`` its tokens feed (see the module docstring).
+
+    ``origins`` are ``(tensor, token_dim)``; a token_dim of ``-1`` means "every element is a
+    token" (model inputs without a token layout). With ``exact=False`` an origin whose tokens
+    feed several rows gets ``codes=None`` instead of the row-by-row fallback.
+    """
+    view = tokens_view(into, into_dim)
+    n_into = view.shape[1]
+
+    def pass_rows(rows: Tensor) -> list[Tensor]:
+        return _pass_rows(into, into_dim, origins, batch, rows)
+
+    # a vectorised backward (is_grads_batched) measured 1.7x slower on CPU: one pass per plane
+    planes = max(1, math.ceil(math.log2(max(n_into, 2))))
+    index = torch.arange(n_into, device=view.device)
+    codes: list[Tensor] = []
+    clash: list[Tensor] = []
+    seen: list[Tensor] = []
+    for plane in range(planes):
+        bit = ((index >> plane) & 1).bool()
+        on, off = pass_rows(bit.to(view.dtype)), pass_rows((~bit).to(view.dtype))
+        if not codes:
+            codes = [torch.zeros_like(o, dtype=torch.long) for o in on]
+            clash = [torch.zeros_like(o) for o in on]
+            seen = [torch.zeros_like(o) for o in on]
+        for k in range(len(origins)):
+            codes[k] |= on[k].long() << plane
+            clash[k] |= on[k] & off[k]
+            seen[k] |= on[k] | off[k]
+    out = []
+    for k, (tensor, dim) in enumerate(origins):
+        if clash[k].any() or (codes[k][seen[k]] >= n_into).any():
+            full = _dependence_by_rows(into, into_dim, tensor, dim, batch) if exact else None
+            out.append(_Dependence(n_into, None, full))
+        else:
+            out.append(_Dependence(n_into, torch.where(seen[k], codes[k], -1)))
+    return out
+
+def _pass_rows(into: Tensor, into_dim: int, origins: Sequence[tuple[Tensor, int]], batch: int,
+               rows: Tensor, generator: torch.Generator = _GENERATOR) -> list[Tensor]:
+    """``(B, n_origin)`` per origin: its tokens reached by one backward pass from ``rows``
+    (``(n_into,)`` weights) of ``into``."""
+    view = tokens_view(into, into_dim)
+    weights = torch.randn(view.shape, generator=generator).to(view) * rows[None, :, None]
+    grads = torch.autograd.grad(
+        into, [t for t, _ in origins], _restore_layout(weights, into, into_dim),
+        retain_graph=True, allow_unused=True,
+    )
+    return [_token_support(g, t, d, batch) for g, (t, d) in zip(grads, origins, strict=True)]
+
+
+def _origin_tokens(tensor: Tensor, token_dim: int, batch: int) -> int:
+    if token_dim < 0:
+        return tensor.numel() // batch
+    return _token_count(tensor, token_dim)
+
+
+def _token_support(grad: Tensor | None, tensor: Tensor, token_dim: int, batch: int) -> Tensor:
+    """``(B, n)``: tokens of ``tensor`` with a non-zero gradient."""
+    n = _origin_tokens(tensor, token_dim, batch)
+    if grad is None:
+        return torch.zeros(batch, n, dtype=torch.bool, device=tensor.device)
+    if token_dim < 0:
+        return grad.reshape(batch, n) != 0
+    return (tokens_view(grad, token_dim) != 0).any(dim=-1)
+
+
+def _dependence_by_rows(
+    into: Tensor, into_dim: int, origin: Tensor, origin_dim: int, batch: int
+) -> Tensor:
+    """The exact row-by-row dependence (one backward per into-row): the fallback."""
+    view = tokens_view(into, into_dim)
+    rows = []
+    for i in range(view.shape[1]):
+        weights = torch.zeros_like(view)
+        weights[:, i] = torch.randn(view.shape[0], view.shape[2], generator=_GENERATOR).to(view)
+        (grad,) = torch.autograd.grad(
+            into, [origin], _restore_layout(weights, into, into_dim), retain_graph=True,
+            allow_unused=True,
+        )
+        rows.append(_token_support(grad, origin, origin_dim, batch))
+    return torch.stack(rows, dim=1)

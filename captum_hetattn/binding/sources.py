@@ -1,0 +1,144 @@
+r"""Sources of the data flow: a stream's rows that no other stream feeds come from the model
+inputs, one source per input signature; rows no traced input feeds are parameter tokens (never a
+source) or the tokens of an input the engine does not trace (a source of their own)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from captum_hetattn.binding.flowdata import FlowSource, FlowStream, InputRows
+from captum_hetattn.binding.params import parameter_only, takes_untraced
+from captum_hetattn.binding.probes import _GENERATOR
+from captum_hetattn.binding.tokens import _restore_layout, tokens_view
+
+
+class SourceFinder:
+    r"""The data flow builder's part that finds sources (mixed into it: it reads the builder's
+    ``records``, ``walker``, ``input_tensors``, ``map_inputs``, ``batch``, ``dependence`` and
+    appends to its ``sources`` and ``inputs``)."""
+
+    def _add_sources(
+        self, stream: FlowStream, i: int, tensor: Tensor, positions, dim: int
+    ) -> None:
+        """One source over all the stream's columns, or one per input signature when two
+        inputs feed its fresh rows (single-stream fusion)."""
+        positions = [p for p in positions if p in self.input_tensors]
+        fresh = stream.fresh
+        assert fresh is not None
+        all_columns = torch.arange(stream.size, device=fresh.device)
+        if not positions:
+            self._add_inputless(stream, tensor)
+            return
+        untraced = takes_untraced(tensor, stop=self.walker.marks, batch=self.batch)
+        if len(positions) == 1 and not self.map_inputs and not untraced:
+            if not bool(fresh.all()) and not self._feeds_fresh(tensor, dim, positions[0], fresh):
+                # the input reaches this stream only through the rows another stream feeds (a
+                # residual path): its fresh rows are no input's (PVT's [CLS] on a later stage)
+                self._add_inputless(stream, tensor, fresh.any(dim=0).nonzero().flatten())
+                return
+            self.inputs.append(InputRows(positions[0], stream.index, None))  # not traced
+            self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
+            return
+        origins = [self.input_tensors[p] for p in positions]
+        record = self.records[i]
+        dependences = self.dependence(("inputs", i, tuple(positions)), tensor, dim, origins,
+                                      self.batch, exact=len(positions) > 1)
+        # inputs that reach only rows spliced in from other streams belong to those streams
+        kept = [(p, d) for p, d in zip(positions, dependences, strict=True)
+                if (d.codes is None and d.full is None) or (d.feeds() & fresh).any()]
+        if not kept:
+            self._add_inputless(stream, tensor)
+            return
+        positions, dependences = [p for p, _ in kept], [d for _, d in kept]
+        for position, dependence in kept:
+            self.inputs.append(InputRows(position, stream.index, dependence.codes))
+        if len(positions) == 1 and untraced and dependences[0].codes is not None:
+            self._split_untraced(stream, record, positions[0], dependences[0].feeds() & fresh)
+            return
+        if len(positions) == 1:
+            self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
+            return
+        feeds = torch.stack([d.feeds() for d in dependences], dim=1)  # (B, inputs, n)
+        if not bool((feeds == feeds[:1]).all() and (fresh == fresh[:1]).all()):
+            raise ValueError(
+                f"attention module '{record.name}' [call {record.call_index}]: its tokens come "
+                f"from {len(positions)} inputs, laid out differently in each example of the "
+                "batch; explain the examples one at a time"
+            )
+        runs = _signature_runs(feeds[0], fresh[0].nonzero().flatten())
+        if len(runs) <= 1:
+            self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
+            return
+        for signature, columns in runs:
+            feeding = tuple(p for p, on in zip(positions, signature, strict=True) if on)
+            self.sources.append(FlowSource(stream.index, columns, feeding or (-1,)))
+
+    def _split_untraced(self, stream: FlowStream, record, position: int, fed: Tensor) -> None:
+        """A stream whose fresh rows the traced input feeds in part while an untraced tensor
+        enters it too (LayoutLMv3's text ids traced, its pixels an additional argument): the
+        rows the input does not feed are a source of their own (the stream holds two, and its
+        self-attention is C), never the traced input's. Padding the call's mask hides (a float
+        mask multiplied into the embeddings, DeBERTa) is no one's."""
+        fresh = stream.fresh
+        assert fresh is not None
+        unfed = fresh & ~fed
+        padding = record.masked_keys
+        if padding is not None and padding.shape == unfed.shape:
+            unfed = unfed & ~padding.to(unfed.device)
+        columns = torch.arange(stream.size, device=fresh.device)
+        if not bool(unfed.any()):
+            self.sources.append(FlowSource(stream.index, columns, (position,)))
+            return
+        if not bool((unfed == unfed[:1]).all()):
+            example = int((unfed != unfed[:1]).any(dim=1).nonzero()[0])
+            raise ValueError(
+                f"attention module '{record.name}' [call {record.call_index}]: the rows model "
+                f"input {position} does not feed differ between example 0 and example "
+                f"{example} of the batch; explain the examples one at a time"
+            )
+        self.sources.append(FlowSource(stream.index, columns[~unfed[0]], (position,)))
+        self.sources.append(FlowSource(stream.index, columns[unfed[0]], (-1,)))
+
+    def _add_inputless(self, stream: FlowStream, tensor: Tensor, columns=None) -> None:
+        """Rows no traced input feeds (``columns``, default all): parameter tokens (a pooling
+        probe, latents, learned queries, a [CLS]) are never a source, their own share left out
+        like GAE's read token; tokens of an untraced input are a source of their own."""
+        if not parameter_only(tensor, stop=self.walker.marks):
+            columns = torch.arange(stream.size) if columns is None else columns
+            self.sources.append(FlowSource(stream.index, columns, (-1,)))
+
+    def _feeds_fresh(self, tensor: Tensor, dim: int, position: int, fresh: Tensor) -> bool:
+        """Whether model input ``position`` feeds any of a stream's fresh rows (one backward
+        pass from those rows)."""
+        view = tokens_view(tensor, dim)
+        weights = torch.randn(view.shape, generator=_GENERATOR).to(view) * fresh[..., None]
+        (grad,) = torch.autograd.grad(tensor, self.input_tensors[position][0],
+                                      _restore_layout(weights, tensor, dim), retain_graph=True,
+                                      allow_unused=True)
+        return grad is not None and bool(grad.any())
+
+def _signature_runs(signatures: Tensor, fresh: Tensor) -> list[tuple[tuple[bool, ...], Tensor]]:
+    """Fresh rows grouped by the set of inputs feeding them; rows fed by no input join the next
+    group (a ``[CLS]``-like parameter token before its modality's tokens), else the previous."""
+    per_row = [tuple(bool(v) for v in signatures[:, r]) for r in fresh.tolist()]
+    labels: list[tuple[bool, ...] | None] = [sig if any(sig) else None for sig in per_row]
+    following: tuple[bool, ...] | None = None
+    for r in range(len(labels) - 1, -1, -1):
+        if labels[r] is None:
+            labels[r] = following
+        else:
+            following = labels[r]
+    preceding: tuple[bool, ...] | None = None
+    for r in range(len(labels)):
+        if labels[r] is None:
+            labels[r] = preceding
+        else:
+            preceding = labels[r]
+    groups: dict[tuple[bool, ...] | None, list[int]] = {}
+    for row, label in zip(fresh.tolist(), labels, strict=True):
+        groups.setdefault(label, []).append(row)
+    return [
+        (label or (False,) * signatures.shape[0], torch.tensor(rows, device=fresh.device))
+        for label, rows in groups.items()
+    ]
