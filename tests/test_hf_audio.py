@@ -62,9 +62,6 @@ def test_waveform_classifier_relevance_per_sample_of_each_clip(wav2vec):
     assert "<img" in result._repr_html_()  # the strip over time
 
 
-# the engine's "whisper" preset has a decoder this encoder-only classifier lacks: it says so
-# and infers the graph (reported to the lead)
-@pytest.mark.filterwarnings("ignore:the 'whisper' preset does not fit")
 def test_spectrogram_classifier_relevance_per_frame(whisper):
     model, extractor = whisper
     result = hf.explain(model, extractor, audio=torch.from_numpy(CLIPS[0]))

@@ -131,7 +131,7 @@ def test_vqa_answer_is_the_argmax_label_over_words_and_pixels(vilt):
             [s for _, s in result.words[example]], rel=1e-3, abs=1e-12)
         np.testing.assert_allclose(alone.pixels[0], result.pixels[example], rtol=1e-3,
                                    atol=1e-9)
-    with pytest.raises(ValueError, match=r"examples \[0\] would lose random patches"):
+    with pytest.raises(ValueError, match=r"examples \[1\] get random repeats of their padding"):
         hf.explain(model, processor, text=question, images=PICTURES)  # two sizes
     with pytest.raises(ValueError, match="2 questions for 3 pictures"):
         hf.explain(model, processor, text=[question] * 2, images=pictures + pictures[:1])

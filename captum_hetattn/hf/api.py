@@ -129,9 +129,9 @@ def _warn_if_empty(rows: list[Row], method: str, correction: Any) -> None:
 
 
 def _check_patch_counts(model: torch.nn.Module, encoded: Encoded) -> None:
-    r"""ViLT reads a batch at its smallest picture's patch count: the larger pictures lose
-    random patches and the smaller ones are filled with random repeats of padding patches (a
-    different input at every call, whose pixels cannot be traced back). Refused.
+    r"""ViLT reads a batch at its largest picture's patch count: the smaller pictures are
+    filled with random repeats of their padding patches (a different input at every call, whose
+    pixels cannot be traced back). Refused here, before the work, as the engine would refuse it.
 
     Raises:
         ValueError: a ViLT batch of pictures of different processed sizes.
@@ -140,13 +140,13 @@ def _check_patch_counts(model: torch.nn.Module, encoded: Encoded) -> None:
     if getattr(getattr(model, "config", None), "model_type", "") != "vilt" or mask is None:
         return
     real = mask.flatten(1).sum(1)
-    larger = [int(i) for i in (real > real.min()).nonzero().flatten()]
-    if larger:
+    smaller = [int(i) for i in (real < real.max()).nonzero().flatten()]
+    if smaller:
         raise ValueError(
-            f"{type(model).__name__} reads a batch of pictures at the smallest one's patch "
-            f"count: examples {larger} would lose random patches and the others get random "
-            "padding patches (the answer changes from call to call); explain pictures of "
-            "different sizes one at a time")
+            f"{type(model).__name__} reads a batch of pictures at the largest one's patch "
+            f"count: examples {smaller} get random repeats of their padding patches (the "
+            "answer changes from call to call); explain pictures of different sizes one at "
+            "a time")
 
 
 def _plan(context: Context, target: Any, options: dict[str, Any]) -> Plan:
