@@ -103,6 +103,7 @@ __all__ = [
     "BACKENDS",
     "CROSS_INPUT_NAMES",
     "FLASH_BUDGET",
+    "PROBE_PASSES",
     "AttentionRecord",
     "AttentionRecorder",
     "Context",
@@ -116,3 +117,8 @@ __all__ = [
 #: map entries per chunk of heads in a flash call's backward (64 MB of float32); a recorder
 #: made without ``flash_budget`` reads it here when it is made, so setting it here takes effect
 FLASH_BUDGET = 2**24
+
+#: backward passes one recording's data-flow probes may spend on exact token maps where tokens
+#: feed several rows (one pass per row); past it those maps are traced in blocks of rows, with a
+#: warning naming the module (:mod:`captum_hetattn.binding.probe_budget`). ``None``: no limit
+PROBE_PASSES: int | None = 256
