@@ -84,3 +84,79 @@ def test_cost_guard_traces_a_mixing_junction_in_blocks_past_the_budget(monkeypat
         warnings.simplefilter("error")
         torch.testing.assert_close(HeterogenousAttentionAttribution(model).attribute(
             x, target=1), exact)
+
+
+def _bailing_hybrid():
+    from transformers import BailingHybridConfig, BailingHybridForCausalLM
+
+    torch.manual_seed(0)
+    config = BailingHybridConfig(
+        vocab_size=99, hidden_size=32, intermediate_size=37, moe_intermediate_size=16,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, head_dim=8,
+        kv_lora_rank=8, qk_rope_head_dim=4, v_head_dim=8, qk_nope_head_dim=4, n_group=1,
+        topk_group=1, num_experts_per_tok=2, num_local_experts=4, first_k_dense_replace=1,
+        layer_group_size=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=1)
+    return BailingHybridForCausalLM(config).eval()
+
+
+def test_hybrid_model_binds_its_softmax_layers_and_names_the_linear_ones():
+    """Bailing-hybrid runs softmax attention in one layer of two here (one of four in the
+    released models) and linear attention (`BailingHybridDeltaAttention`, no softmax) in the
+    others, all as `model.layers.N.self_attn`: the inferred graph used to bind its pattern to
+    the linear layers too ('module model.layers.0.self_attn was never called... check the
+    graph'). Now each linear layer is named as left out (relevance passes through it as
+    through an MLP) and the graph binds the softmax layers only."""
+    model = _bailing_hybrid()
+    assert model.config.layer_types == ["linear_attention", "full_attention"] * 2
+    ids = torch.randint(2, 99, (2, 7), generator=torch.Generator().manual_seed(2))
+    explainer = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits[:, -1],
+                                                 model=model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explained = explainer.explain(ids, target=5, return_maps=True)
+    left_out = sorted(m for w in caught for m in ("model.layers.0.self_attn",
+                                                   "model.layers.2.self_attn")
+                      if f"'{m}' is left out" in str(w.message))
+    assert left_out == ["model.layers.0.self_attn", "model.layers.2.self_attn"]
+    assert all("computed no softmax over tokens" in str(w.message) for w in caught
+               if "is left out" in str(w.message))
+    assert [c.name for c in explained.call_maps] == ["model.layers.1.self_attn",
+                                                     "model.layers.3.self_attn"]
+    relevance = explained.relevance["text"]
+    assert bool(torch.isfinite(relevance).all()) and bool((relevance[:, :-1] != 0).all())
+    for example in range(2):
+        alone = explainer.explain(ids[example:example + 1], target=5).relevance["text"]
+        torch.testing.assert_close(alone[0], relevance[example], atol=1e-6, rtol=1e-5)
+
+
+def test_hiera_pooled_queries_are_refused_by_name_and_the_rest_explained():
+    """Hiera's calls at a stage change pool their queries (a max over each 2×2 group of the
+    query projection): its query slots are new tokens, not tokens of its input. Those calls
+    are named with that reason (it used to read as channel attention only); the mask-unit
+    (windowed) and global calls are explained, a batch like its examples."""
+    from transformers import HieraConfig, HieraForImageClassification
+
+    torch.manual_seed(0)
+    model = HieraForImageClassification(HieraConfig(
+        embed_dim=8, image_size=[64, 64], patch_size=[7, 7], patch_stride=[4, 4],
+        patch_padding=[3, 3], mlp_ratio=1.0, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+        embed_dim_multiplier=2.0, num_query_pool=2, query_stride=[2, 2],
+        masked_unit_size=[8, 8], masked_unit_attention=[True, True, False, False],
+        num_labels=3)).eval()
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    explainer = HeterogenousAttentionAttribution(lambda p: model(pixel_values=p).logits,
+                                                 model=model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explained = explainer.explain(pixels, target=1, return_maps=True)
+    pooled = [str(w.message) for w in caught if "query pooling" in str(w.message)]
+    assert len(pooled) == 2
+    assert "'hiera.encoder.stages.1.layers.0.attn' is left out" in pooled[0]
+    assert "'hiera.encoder.stages.2.layers.0.attn' is left out" in pooled[1]
+    assert [(c.name, tuple(c.attention.shape)) for c in explained.call_maps] == [
+        ("hiera.encoder.stages.0.layers.0.attn", (2, 1, 256, 256)),  # 4 mask units, folded
+        ("hiera.encoder.stages.3.layers.0.attn", (2, 1, 16, 16))]
+    relevance = explained.relevance["image"]
+    assert bool(torch.isfinite(relevance).all()) and bool((relevance != 0).any())
+    alone = explainer.explain(pixels[1:], target=1).relevance["image"]
+    torch.testing.assert_close(alone[0], relevance[1], atol=1e-6, rtol=1e-5)

@@ -48,6 +48,7 @@ class Frame:
     call_id: int = -1
     contexts: list[Context] = field(default_factory=list)
     linears: list[Tensor] = field(default_factory=list)  # F.linear outputs (record_io)
+    made: tuple[int, int] = (0, 0)  # records and skipped softmaxes when the call started
 
 
 @dataclass(eq=False)

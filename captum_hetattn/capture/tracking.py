@@ -105,6 +105,8 @@ class CallTracker:
                             if isinstance(a, Tensor) and a is not query_input
                             and a.is_floating_point() and a.dim() >= 2]
         plan = session.plan
+        if self.softmax is not None:
+            frame.made = (len(session.entries), len(self.softmax.recorder.skipped))
         session.ran.add(id(module))
         if id(module) in plan.interface:
             session.interface_ran.add(id(module))
@@ -125,6 +127,8 @@ class CallTracker:
             if frames[i].module is module:
                 frame = frames.pop(i)
                 break
+        if frame is not None and id(module) in session.plan.mode:
+            self._no_softmax(frame)
         if frame is not None and frame.mha_request is not None and output is not None:
             replaced = self.mha.on_output(module, frame, output)  # type: ignore[union-attr]
             self._attach_output(frame, output)
@@ -132,6 +136,26 @@ class CallTracker:
         if frame is not None:
             self._attach_output(frame, output)
         return None
+
+    def _no_softmax(self, frame: Frame) -> None:
+        """A ``mode`` module's call ended (``record_io``): one that made no record and no
+        softmax of its own (linear attention, a state-space or convolutional token mixer: the
+        layers a hybrid model runs between its softmax ones) is reported by name, so that
+        neither the explanation nor an inferred graph takes it silently for attention that
+        ran. The engine treats it as it treats an MLP: the identity on tokens."""
+        session, skipped = self.session, self.softmax.recorder.skipped  # type: ignore[union-attr]
+        if not session.record_io or not session.in_scope(frame.module):
+            return
+        records, softmaxes = frame.made
+        if len(session.entries) > records or len(skipped) > softmaxes:
+            return  # recorded (itself or inside), or its softmax was reported already
+        name = session.name_of(session.owner(frame.module))
+        if all(n != name for n, _ in skipped):
+            skipped.append((name, (
+                "it ran and computed no softmax over tokens (linear attention, a state-space "
+                "or convolutional token mixer, or a gate), so it has no map to explain: "
+                "relevance passes through it as through an MLP (each token keeps its own), and "
+                "how it mixes tokens is not in the explanation")))
 
     def _attach_output(self, frame: Frame, output: Any) -> None:
         """Give the records made inside this call the module's output (``record_io``)."""

@@ -80,8 +80,7 @@ class Report:
     # ------------------------------------------------------------------ binding
     def left_out(self, name: str, reason: str) -> None:
         self.warn(f"left-out:{name}", (
-            f"attention module '{name}' computes a softmax that is left out of the "
-            f"explanation: {reason}"
+            f"attention module '{name}' is left out of the explanation: {reason}"
         ))
 
     def preset_misfit(self, preset: str, model_name: str, err: Exception) -> None:
