@@ -160,3 +160,84 @@ def test_hiera_pooled_queries_are_refused_by_name_and_the_rest_explained():
     assert bool(torch.isfinite(relevance).all()) and bool((relevance != 0).any())
     alone = explainer.explain(pixels[1:], target=1).relevance["image"]
     torch.testing.assert_close(alone[0], relevance[1], atol=1e-6, rtol=1e-5)
+
+
+def _sam_vision(implementation: str):
+    from transformers import SamVisionConfig, SamVisionModel
+
+    config = SamVisionConfig(
+        hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, image_size=64, patch_size=8, mlp_dim=40, window_size=4,
+        global_attn_indexes=[1], num_pos_feats=8)
+    config._attn_implementation = implementation
+    torch.manual_seed(0)
+    return SamVisionModel(config).eval()
+
+
+def test_sam_hand_called_sdpa_is_captured_equal_to_its_eager_class():
+    """SAM's vision attention (`SamVisionSdpaAttention`) calls F.scaled_dot_product_attention
+    itself with a relative-position bias as its mask (one windowed, one global layer): it used
+    to be left out as a fused kernel. Its maps and gradients now equal those of the eager class
+    (`SamVisionAttention`, same weights), and so does the relevance."""
+    fused, eager = _sam_vision("sdpa"), _sam_vision("eager")
+    eager.load_state_dict(fused.state_dict())
+    assert type(fused.vision_encoder.layers[0].attn).__name__ == "SamVisionSdpaAttention"
+    assert type(eager.vision_encoder.layers[0].attn).__name__ == "SamVisionAttention"
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    explained = {}
+    for name, model in (("sdpa", fused), ("eager", eager)):
+        explainer = HeterogenousAttentionAttribution(
+            lambda p, m=model: m(pixel_values=p).last_hidden_state.mean((2, 3)), model=model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            explained[name] = explainer.explain(pixels, target=1, return_maps=True)
+        assert not any("left out" in str(w.message) for w in caught)
+    got, want = explained["sdpa"], explained["eager"]
+    assert [c.name for c in got.call_maps] == [f"vision_encoder.layers.{i}.attn" for i in (0, 1)]
+    for a, b in zip(got.call_maps, want.call_maps, strict=True):
+        torch.testing.assert_close(a.attention, b.attention, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a.gradient, b.gradient, atol=1e-6, rtol=1e-5)
+        assert bool((a.gradient != 0).any())
+    torch.testing.assert_close(got.relevance["image"], want.relevance["image"], atol=1e-6,
+                               rtol=1e-5)
+
+
+class _CausalSdpaAttention(nn.Module):
+    """A hand-written causal attention through the kernel, a boolean padding mask and grouped
+    keys (enable_gqa): every way the kernel takes a mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.q, self.kv = 4, nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, hidden, seen):
+        b, n, _ = hidden.shape
+        q = self.q(hidden).view(b, n, 4, 4).transpose(1, 2)
+        k, v = self.kv(hidden).view(b, n, 2, 2, 4).permute(2, 0, 3, 1, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=seen[:, None, None, :], is_causal=True, enable_gqa=True)
+        return hidden + out.transpose(1, 2).flatten(2)
+
+
+def test_hand_called_sdpa_masks_equal_the_kernel():
+    torch.manual_seed(0)
+    attention = _CausalSdpaAttention().eval()
+    model = nn.Sequential()  # a container for the recorder; the forward is the lambda
+    model.attention = attention
+    hidden = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    seen = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    from captum_hetattn.capture import AttentionRecorder
+
+    with torch.no_grad():
+        kernel = attention(hidden, seen)
+    with AttentionRecorder(model) as recorder:
+        out = attention(hidden, seen)
+        recorder.compute_gradients(out[:, -1].sum())
+    torch.testing.assert_close(out, kernel)
+    (record,) = recorder.records
+    assert record.name == "attention" and record.shape == (2, 4, 5, 5)
+    upper = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    assert bool((record.attention[..., upper] == 0).all())  # causal
+    assert bool((record.attention[1, :, :, 3:] == 0).all())  # padded keys of example 1
+    torch.testing.assert_close(record.attention.sum(-1), torch.ones(2, 4, 5))
+    assert bool((record.gradient[:, :, -1] != 0).any())

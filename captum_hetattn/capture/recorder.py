@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from captum_hetattn.capture.backends.flash import FlashBackend
 from captum_hetattn.capture.backends.interface import InterfaceBackend
 from captum_hetattn.capture.backends.mha import MhaBackend
+from captum_hetattn.capture.backends.sdpa import SdpaBackend
 from captum_hetattn.capture.backends.softmax import SoftmaxBackend
 from captum_hetattn.capture.census import census
 from captum_hetattn.capture.claims import claim, release
@@ -168,6 +169,8 @@ class AttentionRecorder:
         flash = FlashBackend(self, session) if self.flash and plan.interface else None
         interface = InterfaceBackend(self, session, flash) if plan.interface else None
         softmax = SoftmaxBackend(self, session) if "softmax" in plan.backends else None
+        if softmax is not None:  # hand-called sdpa, while a softmax module runs
+            softmax.mode.on_sdpa = SdpaBackend(self, session)
         mha = MhaBackend(self, session) if plan.mha else None
         CallTracker(session, self.embeddings, softmax, mha, self.lifts).install(stack,
                                                                                 self.model)
