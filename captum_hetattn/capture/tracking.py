@@ -56,6 +56,9 @@ class CallTracker:
                         functools.partial(self._on_embedding, name)
                     )
                     stack.callback(handle.remove)
+                    handle = module.register_forward_pre_hook(
+                        functools.partial(_check_ids, name))
+                    stack.callback(handle.remove)
                 elif isinstance(module, (nn.Conv2d, nn.Linear)):
                     handle = module.register_forward_hook(functools.partial(self._on_lift, name))
                     stack.callback(handle.remove)
@@ -187,3 +190,26 @@ class CallTracker:
             # leave the recorded lookup as it was
             return output.clone()
         return None
+
+
+def _check_ids(name: str, module: nn.Embedding, args: tuple) -> None:
+    """Ids an embedding has no row for (beyond its vocabulary, negative) are refused by name
+    before the lookup, instead of torch's 'index out of range in self'."""
+    ids = args[0] if args else None
+    if type(module).forward is not nn.Embedding.forward:
+        return  # a subclass reads its argument its own way (positions from a mask: BioGPT)
+    if not isinstance(ids, Tensor) or ids.is_floating_point() or not ids.numel():
+        return
+    rows = module.num_embeddings
+    bad = (ids < 0) | (ids >= rows)
+    if not bool(bad.any()):
+        return
+    where = bad.nonzero()[0].tolist()
+    value = int(ids[tuple(where)])
+    example = f" (example {where[0]})" if ids.dim() >= 2 else ""
+    raise ValueError(
+        f"embedding '{name}' has {rows} rows (ids 0 to {rows - 1}) but is handed id {value} "
+        f"at {tuple(where)}{example} of its ids of shape {tuple(ids.shape)}: the ids do not "
+        "belong to this model's vocabulary (another tokenizer? ids not cast back after "
+        "arithmetic?)"
+    )

@@ -33,7 +33,11 @@ from captum_hetattn.binding.layout_cache import LayoutCache
 from captum_hetattn.binding.streams import name_streams, stream_towers
 from captum_hetattn.binding.trace import trace
 from captum_hetattn.capture import AttentionRecorder
-from captum_hetattn.engine.checks import check_finite_calls, check_finite_relevance
+from captum_hetattn.engine.checks import (
+    check_finite_calls,
+    check_finite_relevance,
+    check_mask_lengths,
+)
 from captum_hetattn.engine.readout import (
     Readout,
     Terminal,
@@ -149,6 +153,7 @@ def run(host: Host, inputs: tuple[Tensor, ...], additional_forward_args: Any,
         raise ValueError("return_maps=True keeps one target's maps: explain one target "
                          "at a time (target=...) to get them")
     extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
+    check_mask_lengths(inputs, extra)
     traced = tuple(
         x.detach().requires_grad_(True) if x.is_floating_point() else x for x in inputs
     )
