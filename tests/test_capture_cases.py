@@ -3,6 +3,7 @@ flow's probes (OneFormer's minutes-long explain), and what it leaves exact."""
 
 import warnings
 
+import pytest
 import torch
 from torch import nn
 
@@ -241,3 +242,66 @@ def test_hand_called_sdpa_masks_equal_the_kernel():
     assert bool((record.attention[1, :, :, 3:] == 0).all())  # padded keys of example 1
     torch.testing.assert_close(record.attention.sum(-1), torch.ones(2, 4, 5))
     assert bool((record.gradient[:, :, -1] != 0).any())
+
+
+def _bert_model(layers: int):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=layers,
+                                num_attention_heads=2, intermediate_size=32)).eval()
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_a_score_from_an_earlier_state_is_explained_where_it_reads(pool):
+    """A score read from `hidden_states[-2]` does not depend on the last layer: it used to be
+    refused ('the objective's gradient is zero at the final tokens'). The stream is now read at
+    the latest call the score is computed from: the explanation equals that of the model cut
+    after that layer (same weights), and the last layer is named as getting no gradient."""
+    model, cut = _bert_model(3), _bert_model(2)
+    cut.load_state_dict(model.state_dict(), strict=False)
+    ids = torch.randint(3, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+
+    def read(states):
+        return (states[:, 0] if pool == "cls" else states.mean(1))[:, :3]
+
+    early = HeterogenousAttentionAttribution(
+        lambda i: read(model(input_ids=i, output_hidden_states=True).hidden_states[-2]),
+        model=model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = early.explain(ids, target=1)
+    (text,) = [str(w.message) for w in caught if "no gradient" in str(w.message)]
+    assert text.startswith("attention module 'encoder.layer.2.attention.self' got no gradient")
+    assert "hidden_states[-2]" in text
+    want = HeterogenousAttentionAttribution(lambda i: read(cut(input_ids=i).last_hidden_state),
+                                            model=cut).explain(ids, target=1)
+    torch.testing.assert_close(got.relevance["text"], want.relevance["text"])
+    torch.testing.assert_close(got.readout["text"], want.readout["text"])
+    assert bool((got.relevance["text"] != 0).any())
+
+
+def test_detr_constant_queries_name_the_call_without_gradient():
+    """DETR's first decoder layer attends over constant (zero) queries: its values are all
+    zero, so it gets no gradient; it is named, and the image is explained."""
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    torch.manual_seed(0)
+    config = DetrConfig(
+        use_timm_backbone=False, backbone=None, use_pretrained_backbone=False,
+        backbone_config=ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8],
+                                     depths=[1, 1, 1, 1], out_features=["stage4"]),
+        d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=20, decoder_ffn_dim=20, num_queries=5,
+        num_labels=3)
+    model = DetrForObjectDetection(config).eval()
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    explainer = HeterogenousAttentionAttribution(lambda p: model(pixel_values=p).logits[:, 0],
+                                                 model=model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explained = explainer.explain(pixels, target=1)
+    assert any(str(w.message).startswith(
+        "attention module 'model.decoder.layers.0.self_attn' got no gradient") for w in caught)
+    image = explained.relevance["image"]
+    assert bool(torch.isfinite(image).all()) and bool((image.abs().sum(1) > 0).all())

@@ -166,7 +166,7 @@ def run(host: Host, inputs: tuple[Tensor, ...], additional_forward_args: Any,
     ) as recorder, watcher or contextlib.nullcontext():
         scores, recording = _record(host, recorder, traced, extra, score_fns, options, capture,
                                     watcher)
-        terminal = terminal_outputs(recording, recorder.records)
+        terminal = terminal_outputs(recording, recorder.records, scores)
         passes = _backward(host, recorder, capture, recording, terminal, scores, options)
     host.report.unbound(recording, host.graph.name if host.graph else "")
     host.report.swapped(recording)

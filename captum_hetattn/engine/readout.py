@@ -8,6 +8,7 @@ them per stream), range-checked by :func:`~captum_hetattn.rules.ops.readout_weig
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from captum_hetattn.binding import BoundRecording
 from captum_hetattn.binding.tokens import tokens_view
-from captum_hetattn.capture import AttentionRecord
+from captum_hetattn.capture import AttentionRecord, autograd_node
 from captum_hetattn.rules.ops import readout_weights
 
 Readout = int | str | Tensor | Mapping[str, Any] | None
@@ -103,12 +104,19 @@ def known_readout(readout: Readout, main_stream: str | None, recording: BoundRec
 
 
 def terminal_outputs(
-    recording: BoundRecording, records: Sequence[AttentionRecord]
+    recording: BoundRecording, records: Sequence[AttentionRecord],
+    scores: Sequence[Tensor] = (),
 ) -> list[Terminal]:
     """``(stream, output of its last call, token dim)`` for every stream that nothing reads
     after its last call (the objective reads these tokens directly), then for every other
     stream, latest last call first: the objective reads those where every stream that reads
-    them afterwards gets no gradient (a pooling head that runs but is not used)."""
+    them afterwards gets no gradient (a pooling head that runs but is not used).
+
+    A score computed from an earlier state of a stream (``hidden_states[-2]``, a probe on an
+    intermediate layer) does not depend on its last calls: with ``scores``, such a stream is
+    read at the output of its latest call the scores are computed from, and the calls after it
+    get no gradient (reported by name; under the gradient correction they add nothing, as for a
+    model cut after that call)."""
     flow = recording.flow
     if flow is None:
         return []
@@ -121,8 +129,35 @@ def terminal_outputs(
         name = recording.stream_names.get(stream)
         if last is None or name is None:
             continue
+        if scores and stream in ends:
+            last = _latest_read(records, flow.streams[stream].calls, scores, last)
         out.append((name, records[last].output, records[last].token_dim))
     return out
+
+
+def _latest_read(records: Sequence[AttentionRecord], calls: Sequence[int],
+                 scores: Sequence[Tensor], last: int) -> int:
+    """The latest of ``calls`` whose output the scores are computed from (``last`` where none
+    is): a walk of the autograd graph from the scores, breadth first, so that the usual answer
+    (the last call, a few nodes below the score) stops it at once."""
+    nodes = {autograd_node(records[j].output): j for j in calls}
+    nodes.pop(None, None)
+    target = autograd_node(records[last].output)
+    if target is None:
+        return last
+    queue = deque(n for n in (autograd_node(s) for s in scores) if n is not None)
+    seen, found = set(queue), []
+    while queue:
+        node = queue.popleft()
+        if node is target:
+            return last
+        if node in nodes:
+            found.append(nodes[node])
+        for child, _ in getattr(node, "next_functions", ()):
+            if child is not None and child not in seen:
+                seen.add(child)
+                queue.append(child)
+    return max(found, default=last)
 
 
 def terminal_names(recording: BoundRecording) -> set[str]:

@@ -128,8 +128,10 @@ class Report:
             f"attention module '{new[0]}' got no gradient from the objective"
             + (f" (and {len(new) - 1} more)" if len(new) > 1 else "")
             + ": under the gradient correction its maps count as zero, although the graph "
-            "connects it to the readout (a branch detached from the output, or value vectors "
-            "that are all zero?); correction='none' keeps them"
+            "connects it to the readout (a score read before it ran, e.g. from "
+            "hidden_states[-2] or an intermediate layer, which is explained where it reads; a "
+            "branch detached from the output; or value vectors that are all zero?); "
+            "correction='none' keeps them"
         ))
 
     def bypassed(self, recording: BoundRecording, streams: Sequence[str],
