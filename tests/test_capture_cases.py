@@ -305,3 +305,52 @@ def test_detr_constant_queries_name_the_call_without_gradient():
         "attention module 'model.decoder.layers.0.self_attn' got no gradient") for w in caught)
     image = explained.relevance["image"]
     assert bool(torch.isfinite(image).all()) and bool((image.abs().sum(1) > 0).all())
+
+
+def _text_classifier(name: str):
+    import transformers
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=37, num_labels=3)
+    if name == "convbert":
+        config = transformers.ConvBertConfig(**common, embedding_size=32, head_ratio=2,
+                                             conv_kernel_size=3, num_groups=1)
+        return transformers.ConvBertForSequenceClassification(config).eval()
+    config = transformers.IBertConfig(**common)
+    return transformers.IBertForSequenceClassification(config).eval()
+
+
+@pytest.mark.parametrize("name", ["convbert", "ibert"])
+def test_sweep_text_classifiers_are_explained_like_single_examples(name):
+    """From the sweep over model types: ConvBERT's attention module also computes a
+    dynamic-convolution softmax (left out, named), which used to drop the module from what the
+    inferred graph may bind ('matches no module of the model'); I-BERT's attention returns
+    `((context,), (scale,))`, whose context was not found ('the objective's gradient is zero at
+    the final tokens'). Both are explained, a batch like its examples."""
+    model = _text_classifier(name)
+    ids = torch.randint(3, 99, (2, 7), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    explainer = HeterogenousAttentionAttribution(
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explained = explainer.explain(ids, target=1, additional_forward_args=(mask,),
+                                      return_maps=True)
+    prefix = f"{name}.encoder.layer"
+    assert [c.name for c in explained.call_maps] == [f"{prefix}.{i}.attention.self"
+                                                      for i in (0, 1)]
+    left_out = [str(w.message) for w in caught if "is left out" in str(w.message)]
+    if name == "convbert":  # its convolution kernel's softmax, named
+        assert left_out and all(f"'{prefix}." in m for m in left_out)
+    else:
+        assert left_out == []
+    relevance = explained.relevance["text"]
+    assert bool(torch.isfinite(relevance).all()) and bool((relevance[0, 1:] != 0).all())
+    assert relevance[1, -2:].abs().sum() == 0  # padding
+    for example in range(2):
+        alone = explainer.explain(ids[example:example + 1], target=1,
+                                  additional_forward_args=(mask[example:example + 1],))
+        torch.testing.assert_close(alone.relevance["text"][0], relevance[example], atol=1e-6,
+                                   rtol=1e-5)

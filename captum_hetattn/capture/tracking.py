@@ -6,6 +6,7 @@ inputs."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any
 
@@ -91,8 +92,7 @@ class CallTracker:
         if not contexts:
             return
         context = contexts.pop()
-        if isinstance(output, (tuple, list)):
-            output = next((o for o in output if isinstance(o, Tensor)), None)
+        output = first_tensor(output)
         if isinstance(output, Tensor):
             context.output, context.output_node = output, autograd_node(output)
 
@@ -164,8 +164,7 @@ class CallTracker:
         """Give the records made inside this call the module's output (``record_io``)."""
         if not (self.session.record_io and frame.records):
             return
-        if isinstance(output, (tuple, list)):
-            output = next((o for o in output if isinstance(o, Tensor)), None)
+        output = first_tensor(output)
         for record in frame.records:
             record.output = output if isinstance(output, Tensor) else None
             record.nodes["output"] = autograd_node(record.output)
@@ -190,6 +189,21 @@ class CallTracker:
             # leave the recorded lookup as it was
             return output.clone()
         return None
+
+
+def first_tensor(output: Any) -> Tensor | None:
+    """A module's main output: the output itself, else the first tensor in it, depth first
+    (I-BERT returns ``((context,), (scale,))``; a ``ModelOutput`` holds its tensors by name)."""
+    if isinstance(output, Tensor) or output is None:
+        return output
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
 
 
 def _check_ids(name: str, module: nn.Embedding, args: tuple) -> None:

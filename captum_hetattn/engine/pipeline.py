@@ -224,8 +224,9 @@ def bind(host: Host, recorder: AttentionRecorder, inputs: list[Any], map_inputs:
         host.report.left_out(name, reason)
     records = recorder.records
     # modules whose softmax was left out (reported) are not there for the graph to bind: a
-    # layer pattern must not expect them
-    left_out = {name for name, _ in flow.left_out}
+    # layer pattern must not expect them (unless another of their softmaxes was recorded:
+    # ConvBERT's dynamic-convolution softmax beside its attention)
+    left_out = {name for name, _ in flow.left_out} - {r.name for r in records}
     names = [name for name, _ in host.model.named_modules() if name not in left_out]
     config = getattr(host.model, "config", None)
     if host.graph is not None:
