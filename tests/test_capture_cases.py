@@ -354,3 +354,38 @@ def test_sweep_text_classifiers_are_explained_like_single_examples(name):
                                   additional_forward_args=(mask[example:example + 1],))
         torch.testing.assert_close(alone.relevance["text"][0], relevance[example], atol=1e-6,
                                    rtol=1e-5)
+
+
+def test_differential_attention_records_its_two_calls_as_softmax_maps():
+    """DiffLlama hands the same queries and keys to the attention function twice per call (two
+    halves of the values): the two maps were folded as parts of one call into twice the
+    softmax, silently. Each call is now a call of its own (its map the model's own, rows
+    summing to 1), flash equal to eager, and the module is named."""
+    from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = DiffLlamaForCausalLM(DiffLlamaConfig(
+        vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)).eval()
+    ids = torch.randint(3, 99, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.config._attn_implementation_internal = "eager"
+        own = model(input_ids=ids, output_attentions=True).attentions
+        model.config._attn_implementation_internal = "sdpa"
+    explained = {}
+    for how in ("eager", "flash"):
+        explainer = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits[:, -1],
+                                                     model=model, capture=how)
+        with pytest.warns(RuntimeWarning, match=r"2 attention module\(s\).*same queries and "
+                                                r"keys.*twice.*first: 'model.layers.0.self_attn'"):
+            explained[how] = explainer.explain(ids, target=5, return_maps=True)
+    eager, flash = explained["eager"], explained["flash"]
+    assert [(c.name, c.call_index) for c in eager.call_maps] == [
+        (f"model.layers.{layer}.self_attn", index) for layer in (0, 1) for index in (0, 1)]
+    for call in eager.call_maps:
+        torch.testing.assert_close(call.attention, own[int(call.name.split(".")[2])])
+    for a, b in zip(eager.call_maps, flash.call_maps, strict=True):
+        torch.testing.assert_close(b.attention, a.attention, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(b.gradient, a.gradient, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(flash.relevance["text"], eager.relevance["text"], atol=1e-6,
+                               rtol=1e-5)

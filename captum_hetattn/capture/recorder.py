@@ -200,6 +200,15 @@ class AttentionRecorder:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        repeated = [] if session is None else session.repeated
+        if exc_type is None and repeated:
+            warnings.warn(
+                f"{len(repeated)} attention module(s) of {type(self.model).__name__} hand the "
+                f"same queries and keys to the attention function twice in one call (first: "
+                f"'{repeated[0]}'; differential attention, whose output is A·V₁ − λ·A·V₂): "
+                "each is explained as two calls of that map, one after the other; the "
+                "difference of maps is not an attention map the paper's rule covers",
+                RuntimeWarning, stacklevel=2)
         if exc_type is None and not self.records:
             warnings.warn(
                 f"no attention maps were recorded for {type(self.model).__name__}: "

@@ -86,6 +86,7 @@ class Session:
     in_interface: int = 0
     interface_ran: set[int] = field(default_factory=set)
     interface_dispatched: set[int] = field(default_factory=set)
+    repeated: list[str] = field(default_factory=list)  # modules calling one map twice a call
     ran: set[int] = field(default_factory=set)
     muted: bool = False
     tracing: int = 0

@@ -79,6 +79,7 @@ class InterfaceBackend(Backend):
             states = (query, key)
         dropout = kwargs.get("dropout", 0.0)
         flash = self.flash
+        made = len(self.recorder.records)
         if flash is not None and flash.can_flash(module, attention_mask, dropout, kwargs):
             session.in_interface += 1  # its softmax and sdpa are not calls of their own
             try:
@@ -87,6 +88,7 @@ class InterfaceBackend(Backend):
             finally:
                 session.in_interface -= 1
             if result is not None:
+                self._own_call(module, states, made)
                 return result
         catch: list[Tensor] = []
         session.in_interface += 1
@@ -113,4 +115,23 @@ class InterfaceBackend(Backend):
                 record.masked_keys = masked_keys(attention_mask, kept.shape[0])
             if record is not None and states is not None:
                 record.states = states
+        self._own_call(module, states, made)
         return attn_output, weights
+
+    def _own_call(self, module: nn.Module, states: tuple[Tensor, Tensor] | None,
+                  made: int) -> None:
+        """A module that hands the same queries and keys to the attention function twice in
+        one call (DiffLlama's differential attention: one map, two halves of the values) makes
+        two calls, not two parts of one (parts are folded into one map: their maps would add
+        up to twice the softmax); the recorder names such modules."""
+        records = self.recorder.records
+        if states is None or len(records) != made + 1:
+            return
+        new = records[-1]
+        same = [r for r in records[:-1] if r.call_id == new.call_id and r.states is not None
+                and r.states[0] is states[0] and r.states[1] is states[1]]
+        if same:
+            new.call_id = next(self.session.call_ids)
+            name = self.session.name_of(self.session.owner(module))
+            if name not in self.session.repeated:
+                self.session.repeated.append(name)
