@@ -389,3 +389,59 @@ def test_differential_attention_records_its_two_calls_as_softmax_maps():
         torch.testing.assert_close(b.gradient, a.gradient, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(flash.relevance["text"], eager.relevance["text"], atol=1e-6,
                                rtol=1e-5)
+
+
+class _ScanMixer(nn.Module):
+    """A state-space-like token mixer (a causal running mean): no softmax, no *Attention*
+    class name, so the capture does not track it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(16, 16)
+
+    def forward(self, hidden):
+        steps = torch.arange(1, hidden.shape[1] + 1, dtype=hidden.dtype)[:, None]
+        return self.proj(hidden.cumsum(1) / steps)
+
+
+class _MixerLayer(nn.Module):
+    def __init__(self, attention: bool) -> None:
+        super().__init__()
+        self.mixer = SelfAttention() if attention else _ScanMixer()
+
+    def forward(self, hidden):
+        return hidden + self.mixer(hidden)
+
+
+class _Hybrid(nn.Module):
+    """NemotronH's shape: every layer's token mixer is `layers.N.mixer`, attention in some."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Linear(4, 16), nn.Linear(16, 3)
+        self.layers = nn.ModuleList(_MixerLayer(i % 2 == 1) for i in range(4))
+
+    def forward(self, x):
+        hidden = self.embed(x)
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return self.head(hidden.mean(1))
+
+
+def test_inferred_patterns_cover_only_modules_that_record():
+    """`layers.*.mixer` would also bind the state-space mixers (never recorded: 'module
+    layers.0.mixer was never called'); the inferred graph names the attention ones instead,
+    and infer_graph's graph binds too."""
+    from captum_hetattn import infer_graph
+
+    torch.manual_seed(0)
+    model = _Hybrid().eval()
+    x = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(1))
+    explainer = HeterogenousAttentionAttribution(model)
+    explained = explainer.explain(x, target=1, return_maps=True)
+    assert [n.module for n in explainer.graph.nodes] == ["layers.1.mixer", "layers.3.mixer"]
+    assert [c.name for c in explained.call_maps] == ["layers.1.mixer", "layers.3.mixer"]
+    graph = infer_graph(model, x)
+    assert [n.module for n in graph.nodes] == ["layers.1.mixer", "layers.3.mixer"]
+    given = HeterogenousAttentionAttribution(model, graph=graph).explain(x, target=1)
+    torch.testing.assert_close(given.relevance, explained.relevance)

@@ -241,7 +241,7 @@ def bind(host: Host, recorder: AttentionRecorder, inputs: list[Any], map_inputs:
             if host.graph.name != "inferred":
                 host.report.preset_misfit(host.graph.name, type(host.model).__name__, err)
     stream_names = name_streams(flow, {}, inputs, stream_towers(records, flow))
-    host.graph = graph_from_flow(records, flow, stream_names)
+    host.graph = graph_from_flow(records, flow, stream_names, modules=names)
     return bind_records(host.graph, records, names, flow, inputs=inputs, config=config)
 
 
