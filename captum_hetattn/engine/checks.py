@@ -72,12 +72,12 @@ def check_inputs(inputs: tuple[Any, ...]) -> None:
         if 0 in shape[1:]:
             raise ValueError(f"input {position} of shape {shape} is empty along dimension "
                              f"{shape.index(0, 1)}: no tokens to explain")
-        if tensor.dim() >= 3 and not tensor.is_floating_point() and tensor.dtype != torch.bool:
+        if (tensor.dim() == 3 and shape[1] == 1 and not tensor.is_floating_point()
+                and tensor.dtype != torch.bool):  # boxes (batch, tokens, 4) are integers too
             raise ValueError(
-                f"input {position} of shape {shape} holds integer ids with {tensor.dim()} "
-                "dimensions: token ids are (batch, tokens), so pass ids.reshape(batch, -1) for "
-                "one sequence per example (several sequences per example, as in multiple "
-                "choice, are not explained: explain each one's (batch, tokens) ids)"
+                f"input {position} of shape {shape} holds integer ids with a dimension of size "
+                "1 too many: token ids are (batch, tokens), so pass ids[:, 0] (or "
+                "ids.squeeze(1))"
             )
         if tensor.dim() == 1 and not tensor.is_floating_point():
             raise ValueError(

@@ -112,52 +112,55 @@ def terminal_outputs(
     stream, latest last call first: the objective reads those where every stream that reads
     them afterwards gets no gradient (a pooling head that runs but is not used).
 
-    A score computed from an earlier state of a stream (``hidden_states[-2]``, a probe on an
-    intermediate layer) does not depend on its last calls: with ``scores``, such a stream is
-    read at the output of its latest call the scores are computed from, and the calls after it
-    get no gradient (reported by name; under the gradient correction they add nothing, as for a
-    model cut after that call)."""
+    A score computed from an earlier state of the model (``hidden_states[-2]``, a probe on an
+    intermediate layer) depends on no stream's last call: with ``scores``, such streams are
+    read at the output of their latest call the scores are computed from, and the calls after
+    it get no gradient (reported by name; under the gradient correction they add nothing, as
+    for a model cut after that call)."""
     flow = recording.flow
     if flow is None:
         return []
     ends = flow.terminal_streams()
     earlier = sorted((s.index for s in flow.streams if s.calls and s.index not in ends),
                      key=lambda s: -(flow.last_call(s) or 0))
+    early = _read_early(records, flow, ends, scores) if scores else {}
     out = []
     for stream in [*ends, *earlier]:
-        last = flow.last_call(stream)
+        last = early.get(stream, flow.last_call(stream))
         name = recording.stream_names.get(stream)
         if last is None or name is None:
             continue
-        if scores and stream in ends:
-            last = _latest_read(records, flow.streams[stream].calls, scores, last)
         out.append((name, records[last].output, records[last].token_dim))
     return out
 
 
-def _latest_read(records: Sequence[AttentionRecord], calls: Sequence[int],
-                 scores: Sequence[Tensor], last: int) -> int:
-    """The latest of ``calls`` whose output the scores are computed from (``last`` where none
-    is): a walk of the autograd graph from the scores, breadth first, so that the usual answer
-    (the last call, a few nodes below the score) stops it at once."""
-    nodes = {autograd_node(records[j].output): j for j in calls}
-    nodes.pop(None, None)
-    target = autograd_node(records[last].output)
-    if target is None:
-        return last
-    queue = deque(n for n in (autograd_node(s) for s in scores) if n is not None)
-    seen, found = set(queue), []
+def _read_early(records: Sequence[AttentionRecord], flow: Any, ends: Sequence[int],
+                scores: Sequence[Tensor]) -> dict[int, int]:
+    """Per terminal stream, the latest of its calls whose output the scores are computed from,
+    where the scores depend on no terminal stream's last call; else nothing. A walk of the
+    autograd graph from the scores, breadth first, so that the usual answer (a last call a few
+    nodes below the score) stops it at once."""
+    lasts = {autograd_node(records[c].output) for s in ends if (c := flow.last_call(s)) is not None}
+    lasts.discard(None)
+    calls = {autograd_node(records[c].output): (s, c) for s in ends
+             for c in flow.streams[s].calls}
+    calls.pop(None, None)
+    if not lasts:
+        return {}
+    queue = deque(n for n in (autograd_node(t) for t in scores) if n is not None)
+    seen, early = set(queue), {}
     while queue:
         node = queue.popleft()
-        if node is target:
-            return last
-        if node in nodes:
-            found.append(nodes[node])
+        if node in lasts:
+            return {}
+        if node in calls:
+            stream, call = calls[node]
+            early[stream] = max(early.get(stream, call), call)
         for child, _ in getattr(node, "next_functions", ()):
             if child is not None and child not in seen:
                 seen.add(child)
                 queue.append(child)
-    return max(found, default=last)
+    return early
 
 
 def terminal_names(recording: BoundRecording) -> set[str]:
