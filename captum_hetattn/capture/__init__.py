@@ -24,7 +24,13 @@ Backends (``backend="auto"`` combines them, each module is handled by exactly on
   ``(batch * heads, n_q, n_k)`` softmax is accepted when the module tells its head count).
   Deformable attention's sampling-weight softmax is skipped. Modules that route through the
   ``AttentionInterface`` are switched to ``"eager"`` for the recording so that they compute a
-  softmax too; ``nn.MultiheadAttention`` is handled as in ``"mha"``.
+  softmax too; ``nn.MultiheadAttention`` is handled as in ``"mha"``. A hand-written module that
+  calls ``F.scaled_dot_product_attention`` itself (SAM's vision encoder) has that call computed
+  as the kernel defines it, by the flash capture's ``attention_map`` (boolean, causal and
+  additive masks, grouped keys), and its map recorded (:mod:`~.backends.sdpa`). A tracked
+  module that runs and computes no softmax (linear attention, a state-space mixer: the layers of
+  a hybrid model between its softmax ones) is reported by name: the engine passes relevance
+  through it as through an MLP.
 - ``"mha"``: :class:`torch.nn.MultiheadAttention`. While recording, its calls get
   ``need_weights=True, average_attn_weights=False`` (so the non-fused path runs and keeps the
   heads), the returned weights are recorded through their base tensor (the softmax output that
