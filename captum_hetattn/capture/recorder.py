@@ -213,9 +213,9 @@ class AttentionRecorder:
             warnings.warn(
                 f"no attention maps were recorded for {type(self.model).__name__}: "
                 f"backend={self.backend!r} found no attention call during the recording (was "
-                "the model run inside the context? does it compute attention with "
-                "F.scaled_dot_product_attention in a hand-written module, or do `modules` name "
-                "modules that never ran?)",
+                "the model run inside the context? does it compute attention in a module whose "
+                "class name has no 'Attention' or 'Attn' (such modules are not tracked), or do "
+                "`modules` name modules that never ran?)",
                 RuntimeWarning,
                 stacklevel=2,
             )

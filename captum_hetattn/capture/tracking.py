@@ -149,6 +149,8 @@ class CallTracker:
         session, skipped = self.session, self.softmax.recorder.skipped  # type: ignore[union-attr]
         if not session.record_io or not session.in_scope(frame.module):
             return
+        if torch._C._current_graph_task_id() != -1:
+            return  # a recomputation in the backward (checkpointing) merges into records
         records, softmaxes = frame.made
         if len(session.entries) > records or len(skipped) > softmaxes:
             return  # recorded (itself or inside), or its softmax was reported already
