@@ -445,3 +445,81 @@ def test_inferred_patterns_cover_only_modules_that_record():
     assert [n.module for n in graph.nodes] == ["layers.1.mixer", "layers.3.mixer"]
     given = HeterogenousAttentionAttribution(model, graph=graph).explain(x, target=1)
     torch.testing.assert_close(given.relevance, explained.relevance)
+
+
+class _MaskedSoftmax(torch.autograd.Function):
+    """DeBERTa's / SEW-D's XSoftmax: the softmax runs inside a custom Function (autograd off)
+    and the tensor it returns becomes the Function's output."""
+
+    @staticmethod
+    def forward(ctx, scores):
+        out = torch.softmax(scores, -1)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return out * (grad - (grad * out).sum(-1, keepdim=True))
+
+
+class _FunctionAttention(SelfAttention):
+    def forward(self, hidden):
+        q, k, v = self.qkv(hidden).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
+        weights = _MaskedSoftmax.apply(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5)
+        return self.out((weights @ v).transpose(1, 2).flatten(2))
+
+
+class _TwoLayers(nn.Module):
+    def __init__(self, attention: type) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Linear(4, 16), nn.Linear(16, 3)
+        self.first, self.second = attention(), attention()
+
+    def forward(self, x):
+        hidden = self.embed(x)
+        hidden = hidden + self.first(hidden)
+        hidden = hidden + self.second(hidden)
+        return self.head(hidden[:, 0])
+
+
+def test_a_softmax_inside_a_custom_autograd_function_is_captured():
+    """A softmax computed inside a torch.autograd.Function runs with autograd off: it was
+    recorded as a map without gradient (SEW-D crashed: 'element 0 of tensors does not require
+    grad'). The map is hooked once the Function returns it: maps, gradients and relevance
+    equal those of the same model with a plain softmax."""
+    torch.manual_seed(0)
+    custom = _TwoLayers(_FunctionAttention).eval()
+    plain = _TwoLayers(SelfAttention).eval()
+    plain.load_state_dict(custom.state_dict())
+    x = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(1))
+    got, want = (HeterogenousAttentionAttribution(m).explain(x, target=1, return_maps=True)
+                 for m in (custom, plain))
+    assert [c.name for c in got.call_maps] == ["first", "second"]
+    for a, b in zip(got.call_maps, want.call_maps, strict=True):
+        torch.testing.assert_close(a.attention, b.attention)
+        torch.testing.assert_close(a.gradient, b.gradient)
+        assert bool((a.gradient != 0).any())
+    torch.testing.assert_close(got.relevance, want.relevance)
+
+
+def test_sew_d_xsoftmax_is_explained_like_single_examples():
+    from transformers import SEWDConfig, SEWDForSequenceClassification
+
+    torch.manual_seed(0)
+    model = SEWDForSequenceClassification(SEWDConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        conv_dim=(16, 16), conv_stride=(4, 4), conv_kernel=(8, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, squeeze_factor=2, max_position_embeddings=64,
+        position_buckets=16, num_labels=3)).eval()
+    wave = torch.randn(2, 400, generator=torch.Generator().manual_seed(1))
+    explainer = HeterogenousAttentionAttribution(lambda w: model(input_values=w).logits,
+                                                 model=model)
+    explained = explainer.explain(wave, target=1, return_maps=True)
+    assert [c.name for c in explained.call_maps] == [
+        f"sew_d.encoder.encoder.layer.{i}.attention.self" for i in range(2)]
+    assert all(bool((c.gradient != 0).any()) for c in explained.call_maps)
+    relevance = explained.relevance["audio"]
+    assert bool(torch.isfinite(relevance).all()) and bool((relevance != 0).any())
+    alone = explainer.explain(wave[1:], target=1).relevance["audio"]
+    torch.testing.assert_close(alone[0], relevance[1], atol=1e-6, rtol=1e-5)

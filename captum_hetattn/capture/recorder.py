@@ -295,6 +295,24 @@ class AttentionRecorder:
         self._keep(entry)
         return record
 
+    def arm_late(self, start: int) -> None:
+        r"""Hook the maps recorded since entry ``start`` whose tensor joined the autograd graph
+        only after the softmax ran: a softmax inside a custom ``torch.autograd.Function``
+        (SEW-D's ``XSoftmax``) runs with autograd off, and the tensor it returns becomes the
+        Function's output when ``apply`` returns (the same object). Called when the module that
+        computed them returns. Their scores, made with autograd off, say nothing of the tokens
+        and are dropped."""
+        session = self._require("arm_late")
+        for entry in session.entries[start:]:
+            live = entry.live
+            if entry.has_live_grad or entry.flash or live is None or not live.requires_grad:
+                continue
+            entry.has_live_grad = True
+            self._hook(entry, live)
+            scores = entry.record.scores
+            if isinstance(scores, Tensor) and not scores.requires_grad:
+                entry.record.scores = None
+
     def _merge_recompute(self, owner: nn.Module, live: Tensor, shaped: Tensor) -> bool:
         r"""Merge an attention call made during a backward (activation checkpointing) into the
         earlier record of the same module (the one with an identical map, else the first not

@@ -131,6 +131,7 @@ class CallTracker:
                 frame = frames.pop(i)
                 break
         if frame is not None and id(module) in session.plan.mode:
+            self.softmax.recorder.arm_late(frame.made[0])  # type: ignore[union-attr]
             self._no_softmax(frame)
         if frame is not None and frame.mha_request is not None and output is not None:
             replaced = self.mha.on_output(module, frame, output)  # type: ignore[union-attr]
