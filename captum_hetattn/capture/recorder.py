@@ -200,15 +200,8 @@ class AttentionRecorder:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        repeated = [] if session is None else session.repeated
-        if exc_type is None and repeated:
-            warnings.warn(
-                f"{len(repeated)} attention module(s) of {type(self.model).__name__} hand the "
-                f"same queries and keys to the attention function twice in one call (first: "
-                f"'{repeated[0]}'; differential attention, whose output is A·V₁ − λ·A·V₂): "
-                "each is explained as two calls of that map, one after the other; the "
-                "difference of maps is not an attention map the paper's rule covers",
-                RuntimeWarning, stacklevel=2)
+        if exc_type is None and session is not None and session.repeated:
+            _warn_repeated(session.repeated, type(self.model).__name__)
         if exc_type is None and not self.records:
             warnings.warn(
                 f"no attention maps were recorded for {type(self.model).__name__}: "
@@ -544,3 +537,13 @@ class AttentionRecorder:
         self._finalize_missing()
         by_id = {id(t): g for t, g in zip(extra, extra_grads, strict=True)}
         return [by_id.get(id(t)) if isinstance(t, Tensor) else None for t in also]
+
+
+def _warn_repeated(repeated: list[str], model: str) -> None:
+    """Modules that handed one map's queries and keys to the attention function twice."""
+    warnings.warn(
+        f"{len(repeated)} attention module(s) of {model} hand the same queries and keys to the "
+        f"attention function twice in one call (first: '{repeated[0]}'; differential "
+        "attention, whose output is A·V₁ − λ·A·V₂): each is explained as two calls of that "
+        "map, one after the other; the difference of maps is not an attention map the paper's "
+        "rule covers", RuntimeWarning, stacklevel=3)
