@@ -132,7 +132,7 @@ class CallTracker:
                 break
         if frame is not None and id(module) in session.plan.mode:
             self.softmax.recorder.arm_late(frame.made[0])  # type: ignore[union-attr]
-            self._no_softmax(frame)
+            self._no_softmax(frame, output)
         if frame is not None and frame.mha_request is not None and output is not None:
             replaced = self.mha.on_output(module, frame, output)  # type: ignore[union-attr]
             self._attach_output(frame, output)
@@ -141,12 +141,13 @@ class CallTracker:
             self._attach_output(frame, output)
         return None
 
-    def _no_softmax(self, frame: Frame) -> None:
+    def _no_softmax(self, frame: Frame, output: Any) -> None:
         """A ``mode`` module's call ended (``record_io``): one that made no record and no
-        softmax of its own (linear attention, a state-space or convolutional token mixer: the
-        layers a hybrid model runs between its softmax ones) is reported by name, so that
-        neither the explanation nor an inferred graph takes it silently for attention that
-        ran. The engine treats it as it treats an MLP: the identity on tokens."""
+        softmax of its own but mixes tokens (linear attention, a state-space or convolutional
+        token mixer: the layers a hybrid model runs between its softmax ones) is reported by
+        name, so that neither the explanation nor an inferred graph takes it silently for
+        attention that ran. The engine treats it as it treats an MLP: the identity on tokens.
+        A module that works token by token (LXMERT's ``LxmertAttentionOutput``) is not."""
         session, skipped = self.session, self.softmax.recorder.skipped  # type: ignore[union-attr]
         if not session.record_io or not session.in_scope(frame.module):
             return
@@ -156,12 +157,30 @@ class CallTracker:
         if len(session.entries) > records or len(skipped) > softmaxes:
             return  # recorded (itself or inside), or its softmax was reported already
         name = session.name_of(session.owner(frame.module))
-        if all(n != name for n, _ in skipped):
+        if all(n != name for n, _ in skipped) and self._mixes_tokens(frame, output):
             skipped.append((name, (
                 "it ran and computed no softmax over tokens (linear attention, a state-space "
                 "or convolutional token mixer, or a gate), so it has no map to explain: "
                 "relevance passes through it as through an MLP (each token keeps its own), and "
                 "how it mixes tokens is not in the explanation")))
+
+    def _mixes_tokens(self, frame: Frame, output: Any) -> bool:
+        """Whether the call's last output token reads other tokens of its input (one backward
+        pass through the module's own graph); ``True`` where it cannot be told."""
+        hidden, out = frame.query_input, first_tensor(output)
+        if not (isinstance(hidden, Tensor) and isinstance(out, Tensor) and hidden.dim() == 3
+                and out.dim() == 3 and hidden.shape[:2] == out.shape[:2]
+                and hidden.shape[1] > 1 and hidden.requires_grad and out.requires_grad):
+            return True
+        weights = torch.zeros_like(out)
+        weights[:, -1] = 1.0
+        previous, self.session.muted = self.session.muted, True
+        try:
+            (grad,) = torch.autograd.grad(out, hidden, weights, retain_graph=True,
+                                          allow_unused=True)
+        finally:
+            self.session.muted = previous
+        return grad is not None and bool(grad[:, :-1].any())
 
     def _attach_output(self, frame: Frame, output: Any) -> None:
         """Give the records made inside this call the module's output (``record_io``)."""
