@@ -523,3 +523,79 @@ def test_sew_d_xsoftmax_is_explained_like_single_examples():
     assert bool(torch.isfinite(relevance).all()) and bool((relevance != 0).any())
     alone = explainer.explain(wave[1:], target=1).relevance["audio"]
     torch.testing.assert_close(alone[0], relevance[1], atol=1e-6, rtol=1e-5)
+
+
+def _squeezebert():
+    from transformers import SqueezeBertConfig, SqueezeBertForSequenceClassification
+
+    torch.manual_seed(0)
+    return SqueezeBertForSequenceClassification(SqueezeBertConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, embedding_size=32, q_groups=2, k_groups=2, v_groups=2,
+        post_attention_groups=2, intermediate_groups=4, output_groups=2, num_labels=3)).eval()
+
+
+def test_channels_first_hidden_states_are_read_as_tokens():
+    """SqueezeBERT's attention gets (batch, channels, tokens) hidden states (its projections
+    are grouped 1-D convolutions): they were taken as (batch, tokens, ...) and the map had no
+    token layout ('not one (batch, heads, n_query, n_key) map over its hidden states'). Their
+    tokens are now read from the last dimension: explained, padding zero, batch == singles."""
+    model = _squeezebert()
+    ids = torch.randint(3, 99, (2, 7), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    explainer = HeterogenousAttentionAttribution(
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+    explained = explainer.explain(ids, target=1, additional_forward_args=(mask,))
+    assert [c.name for c in explained.calls] == [
+        f"transformer.encoder.layers.{i}.attention" for i in (0, 1)]
+    ((source, relevance),) = explained.relevance.items()  # one source (named by binding)
+    assert bool((relevance[0, 1:] != 0).all()) and relevance[1, -2:].abs().sum() == 0
+    for example in range(2):
+        alone = explainer.explain(ids[example:example + 1], target=1,
+                                  additional_forward_args=(mask[example:example + 1],))
+        torch.testing.assert_close(alone.relevance[source][0], relevance[example], atol=1e-6,
+                                   rtol=1e-5)
+
+
+def test_sequence_first_hidden_states_are_read_as_tokens():
+    """FSMT's attention gets (tokens, batch, channels) hidden states and computes 3-D
+    (batch·heads, n, n) softmaxes: its calls had no layout ('no hidden states around it hold
+    (batch=2, tokens) rows'). Explained now: encoder, decoder and cross calls, a batch like
+    its examples."""
+    from transformers import FSMTConfig, FSMTForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = FSMTForConditionalGeneration(FSMTConfig(
+        langs=["en", "de"], src_vocab_size=99, tgt_vocab_size=99, d_model=32, encoder_layers=2,
+        decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64)).eval()
+    generator = torch.Generator().manual_seed(2)
+    source = torch.randint(4, 99, (2, 7), generator=generator)
+    target = torch.randint(4, 99, (2, 5), generator=generator)
+    explainer = HeterogenousAttentionAttribution(
+        lambda s, t: model(input_ids=s, decoder_input_ids=t).logits[:, -1], model=model)
+    explained = explainer.explain((source, target), target=5)
+    names = {c.name for c in explained.calls}
+    assert names == {f"model.{side}.layers.{i}.{kind}" for i in (0, 1) for side, kind in (
+        ("encoder", "self_attn"), ("decoder", "self_attn"), ("decoder", "encoder_attn"))}
+    assert sorted(explained.relevance) == sorted(set(explained.sources))
+    for relevance in explained.relevance.values():
+        assert bool(torch.isfinite(relevance).all()) and bool((relevance != 0).any())
+    alone = explainer.explain((source[1:], target[1:]), target=5)
+    for source_name, relevance in explained.relevance.items():
+        torch.testing.assert_close(alone.relevance[source_name][0], relevance[1], atol=1e-6,
+                                   rtol=1e-5)
+
+
+def test_capture_names_the_channels_first_layout_as_binding_reads_it():
+    from captum_hetattn.binding.tokens import CHANNELS_FIRST, tokens_view
+    from captum_hetattn.capture.introspect import CHANNELS_FIRST as CAPTURED
+    from captum_hetattn.capture.introspect import token_dim
+
+    assert CAPTURED == CHANNELS_FIRST
+    module = nn.Linear(2, 2)
+    assert token_dim(module, torch.zeros(2, 16, 7), 7, 2) == CHANNELS_FIRST
+    assert token_dim(module, torch.zeros(7, 2, 16), 7, 2) == 0
+    assert token_dim(module, torch.zeros(2, 7, 16), 7, 2) == 1
+    assert tokens_view(torch.zeros(2, 16, 7), CHANNELS_FIRST).shape == (2, 7, 16)

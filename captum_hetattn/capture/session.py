@@ -164,8 +164,9 @@ def _attach_inputs(record: AttentionRecord, frame: Frame, shape: tuple[int, ...]
     record.nodes.update(frame.nodes)
     record.call_id, record.contexts = frame.call_id, frame.contexts
     n_query, n_key = shape[-2], shape[-1]
-    record.token_dim = token_dim(frame.module, frame.query_input, n_query)
-    record.key_token_dim = token_dim(frame.module, frame.key_input, n_key)
+    batch = shape[0] if len(shape) == 4 else None
+    record.token_dim = token_dim(frame.module, frame.query_input, n_query, batch)
+    record.key_token_dim = token_dim(frame.module, frame.key_input, n_key, batch)
     if record.key_input is None and (record.role == "cross" or n_query != n_key):
         candidates = [*frame.others, *([frame.inner_key] if frame.inner_key is not None
                                         else [])]
