@@ -599,3 +599,40 @@ def test_capture_names_the_channels_first_layout_as_binding_reads_it():
     assert token_dim(module, torch.zeros(7, 2, 16), 7, 2) == 0
     assert token_dim(module, torch.zeros(2, 7, 16), 7, 2) == 1
     assert tokens_view(torch.zeros(2, 16, 7), CHANNELS_FIRST).shape == (2, 7, 16)
+
+
+def test_a_query_row_that_sees_no_key_stays_what_the_kernel_gives():
+    """A model built for sdpa (the default) with a mask hiding every key from one query row:
+    sdpa gives that row zero, the eager function the capture delegates to gave NaN, in the
+    forward and the backward, so the recorded forward was NaN where the model's own is finite
+    (NemotronAsr's streaming encoder). The row is now computed finite and zeroed: the recorded
+    forward equals the model's, the explanation is finite and flash equals eager."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from captum_hetattn.capture import AttentionRecorder
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=32)).eval()
+    assert model.config._attn_implementation == "sdpa"
+    ids = torch.randint(3, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 1, 6, 6).masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1),
+                                               float("-inf"))
+    mask[1, 0, 2, :] = float("-inf")  # example 1's third token sees no key
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask).logits
+        with AttentionRecorder(model) as recorder:
+            recorded = model(input_ids=ids, attention_mask=mask).logits
+    assert bool(torch.isfinite(plain).all())
+    torch.testing.assert_close(recorded, plain, atol=1e-6, rtol=1e-5)
+    assert bool((recorder.records[0].attention[1, :, 2] == 0).all())
+    explained = {}
+    for how in ("eager", "flash"):
+        explainer = HeterogenousAttentionAttribution(
+            lambda i, m: model(input_ids=i, attention_mask=m).logits[:, -1], model=model,
+            capture=how)
+        explained[how] = explainer.explain(ids, target=3, additional_forward_args=(mask,))
+    relevance = explained["eager"].relevance["text"]
+    assert bool(torch.isfinite(relevance).all()) and bool((relevance[1] != 0).any())
+    torch.testing.assert_close(explained["flash"].relevance["text"], relevance, atol=1e-6,
+                               rtol=1e-5)

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from itertools import count
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
 from captum_hetattn.capture.backends.base import Backend, clear_empty_rows, masked_keys
@@ -91,6 +92,7 @@ class InterfaceBackend(Backend):
                 self._own_call(module, states, made)
                 return result
         catch: list[Tensor] = []
+        given, (attention_mask, empty) = attention_mask, _without_empty_rows(attention_mask)
         session.in_interface += 1
         try:
             if module.training and isinstance(dropout, float) and dropout > 0.0:
@@ -103,6 +105,11 @@ class InterfaceBackend(Backend):
                 attn_output, weights = eager(module, query, key, value, attention_mask, **kwargs)
         finally:
             session.in_interface -= 1
+        attention_mask = given
+        if empty is not None and isinstance(attn_output, Tensor) and attn_output.dim() == 4:
+            rows = empty.transpose(1, 2)[..., None]  # (B, n_q, heads | 1, 1) like the output
+            if rows.shape[1] == attn_output.shape[1] and rows.shape[2] in (1, attn_output.shape[2]):
+                attn_output = attn_output.masked_fill(rows, 0.0)  # as the kernel gives them
         if isinstance(weights, Tensor) and session.in_scope(module):
             matching = [t for t in catch if t.shape == weights.shape]
             live = matching[-1] if matching else weights
@@ -135,3 +142,18 @@ class InterfaceBackend(Backend):
             name = self.session.name_of(self.session.owner(module))
             if name not in self.session.repeated:
                 self.session.repeated.append(name)
+
+
+
+def _without_empty_rows(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """``mask`` with its query rows whose every key is ``-inf`` made 0, and those rows
+    (``(B, heads | 1, n_q)``); ``(mask, None)`` without any. The eager softmax of such a row is
+    NaN, in the forward and the backward, which a model built for sdpa (which gives the row
+    zero) then carries on (NemotronAsr's streaming encoder: its explain read NaN where its own
+    forward is finite); made finite, and its output row zeroed, the call is the kernel's."""
+    if not isinstance(mask, Tensor) or not mask.is_floating_point() or mask.dim() != 4:
+        return mask, None
+    empty = torch.isneginf(mask).all(-1)
+    if not bool(empty.any()):
+        return mask, None
+    return mask.masked_fill(empty[..., None], 0.0), empty
