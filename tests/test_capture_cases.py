@@ -636,3 +636,22 @@ def test_a_query_row_that_sees_no_key_stays_what_the_kernel_gives():
     assert bool(torch.isfinite(relevance).all()) and bool((relevance[1] != 0).any())
     torch.testing.assert_close(explained["flash"].relevance["text"], relevance, atol=1e-6,
                                rtol=1e-5)
+
+
+def test_a_mask_that_hides_every_key_is_named_as_such():
+    """NemotronAsr's streaming mask hid every key from every query for short inputs; the
+    refusal said the readout 'reads only padding'. It now says the mask hides every token."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=32)).eval()
+    ids = torch.randint(3, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 1, 6, 6).masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1),
+                                               float("-inf"))
+    mask[0] = float("-inf")
+    explainer = HeterogenousAttentionAttribution(
+        lambda i, m: model(input_ids=i, attention_mask=m).logits[:, -1], model=model)
+    with pytest.raises(ValueError, match=r"the attention mask hides every token of stream "
+                                         r"'text' from every query in example 0"):
+        explainer.explain(ids, target=3, additional_forward_args=(mask,))
