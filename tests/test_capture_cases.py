@@ -640,7 +640,8 @@ def test_a_query_row_that_sees_no_key_stays_what_the_kernel_gives():
 
 def test_a_mask_that_hides_every_key_is_named_as_such():
     """NemotronAsr's streaming mask hid every key from every query for short inputs; the
-    refusal said the readout 'reads only padding'. It now says the mask hides every token."""
+    refusal only said the readout 'reads only padding'. It now says the mask hides every
+    token."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -652,6 +653,6 @@ def test_a_mask_that_hides_every_key_is_named_as_such():
     mask[0] = float("-inf")
     explainer = HeterogenousAttentionAttribution(
         lambda i, m: model(input_ids=i, attention_mask=m).logits[:, -1], model=model)
-    with pytest.raises(ValueError, match=r"the attention mask hides every token of stream "
-                                         r"'text' from every query in example 0"):
+    with pytest.raises(ValueError, match=r"example 0 reads only padding.*the mask hides every "
+                                         r"token of the stream from every query in this example"):
         explainer.explain(ids, target=3, additional_forward_args=(mask,))

@@ -311,18 +311,16 @@ def check_not_padding(weights: Mapping[str, Tensor], masked: Mapping[str, Tensor
         only_padding = read.any(1) & ((read & ~pad.to(read.device)).sum(1) == 0)
         for example in only_padding.nonzero().flatten().tolist():
             tokens = read[example].nonzero().flatten().tolist()
-            if bool(pad[example].all()):
-                raise ValueError(
-                    f"the attention mask hides every token of stream '{stream}' from every "
-                    f"query in example {example}: its attention calls see no key (a "
-                    "streaming or chunked mask that does not fit inputs this short?), so "
-                    "nothing is explained; check the mask the model builds for these inputs"
-                )
             raise ValueError(
                 f"the readout of example {example} reads only padding: token(s) {tokens} of "
                 f"stream '{stream}' are hidden by the attention mask, so the explanation would "
-                "be the padding token's own row; read a real token (readout='last' takes each "
-                "example's last non-padding token, or pass the index per example)"
+                "be the padding token's own row; " + (
+                    "the mask hides every token of the stream from every query in this "
+                    "example (a mask of zeros, or a streaming or chunked mask that does not fit "
+                    "inputs this short?): its attention calls see no key, so nothing is "
+                    "explained" if bool(pad[example].all()) else
+                    "read a real token (readout='last' takes each example's last non-padding "
+                    "token, or pass the index per example)")
             )
 
 
