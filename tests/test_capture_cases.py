@@ -656,3 +656,33 @@ def test_a_mask_that_hides_every_key_is_named_as_such():
     with pytest.raises(ValueError, match=r"example 0 reads only padding.*the mask hides every "
                                          r"token of the stream from every query in this example"):
         explainer.explain(ids, target=3, additional_forward_args=(mask,))
+
+
+def test_levit_subsampled_queries_are_left_out_by_name():
+    """LeViT's attention subsample computes 4 queries from 16 input tokens (a strided subset)
+    over all 16 as keys: its map was taken for a self call over the 16 tokens and crashed the
+    propagation ('Expected size for first two dimensions of batch2 tensor'). Such calls are
+    now left out by name; the others are explained, a batch like its examples."""
+    from transformers import LevitConfig, LevitForImageClassification
+
+    torch.manual_seed(0)
+    model = LevitForImageClassification(LevitConfig(
+        image_size=64, patch_size=16, hidden_sizes=[16, 32, 48], num_attention_heads=[1, 2, 3],
+        depths=[2, 3, 4], key_dim=[8, 8, 8], mlp_ratio=[2, 2, 2], attention_ratio=[2, 2, 2],
+        down_ops=[["Subsample", 8, 2, 4, 2, 2], ["Subsample", 8, 4, 4, 2, 2]],
+        num_labels=3)).eval()
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    explainer = HeterogenousAttentionAttribution(lambda p: model(pixel_values=p).logits,
+                                                 model=model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explained = explainer.explain(pixels, target=1)
+    subsampled = sorted({m.split("'")[1] for m in map(str, (w.message for w in caught))
+                         if "queries subsampled or pooled" in m})
+    assert subsampled and all(".layers." in name for name in subsampled)
+    assert not {c.name for c in explained.calls} & set(subsampled)
+    (relevance,) = explained.relevance.values()
+    assert bool(torch.isfinite(relevance).all()) and bool((relevance != 0).any())
+    alone = explainer.explain(pixels[1:], target=1)
+    torch.testing.assert_close(next(iter(alone.relevance.values()))[0], relevance[1],
+                               atol=1e-6, rtol=1e-5)

@@ -281,6 +281,9 @@ class AttentionRecorder:
         owner = session.owner(module)
         if torch._C._current_graph_task_id() != -1 and self._merge_recompute(owner, live, shaped):
             return None
+        if session.pooled_queries(module, owner, tuple(shaped.shape), own):
+            _skip_once(self.skipped, session.name_of(owner), _POOLED.format(tuple(shaped.shape)))
+            return None
         record = session.new_record(module, owner, tuple(shaped.shape), shaped, own)
         entry = Entry(record, live, id(owner), live.requires_grad, shaped=shaped)
         if live.requires_grad:
@@ -547,3 +550,15 @@ def _warn_repeated(repeated: list[str], model: str) -> None:
         "attention, whose output is A·V₁ − λ·A·V₂): each is explained as two calls of that "
         "map, one after the other; the difference of maps is not an attention map the paper's "
         "rule covers", RuntimeWarning, stacklevel=3)
+
+
+#: why a map whose queries are pooled from its keys' tokens is left out
+_POOLED = ("its map of shape {} has fewer queries than the tokens of its input, which are its "
+           "keys: queries subsampled or pooled inside the call (LeViT's attention subsample) "
+           "are no tokens of any hidden states, which the engine does not lay out yet")
+
+
+def _skip_once(skipped: list[tuple[str, str]], name: str, reason: str) -> None:
+    """Report a module's left-out softmax once per recording."""
+    if all(n != name for n, _ in skipped):
+        skipped.append((name, reason))

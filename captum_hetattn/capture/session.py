@@ -12,7 +12,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from captum_hetattn.capture.introspect import autograd_node, token_count_at, token_dim
+from captum_hetattn.capture.introspect import (
+    autograd_node,
+    head_count,
+    token_count_at,
+    token_dim,
+)
 from captum_hetattn.capture.plan import Plan
 from captum_hetattn.capture.record import AttentionRecord, Context
 
@@ -132,6 +137,25 @@ class Session:
         if seen_frame:
             return "self"
         return "cross" if shape[-2] != shape[-1] else "self"
+
+    def pooled_queries(self, module: nn.Module, owner: nn.Module, shape: tuple[int, ...],
+                       own: Frame | None = None) -> bool:
+        r"""Whether a ``(B, heads, n_q, n_k)`` map of ``module`` has its keys over the tokens
+        of the module's one hidden-states input and fewer queries (``record_io``): queries
+        subsampled or pooled from those tokens inside the call (LeViT's attention subsample),
+        which are no tokens of any hidden states the engine reads."""
+        if not self.record_io or len(shape) != 4 or shape[-2] >= shape[-1]:
+            return False
+        if head_count(module) != shape[1]:
+            return False
+        frame = own or next(
+            (f for f in reversed(self.frames) if f.module is owner or f.module is module), None)
+        if frame is None or frame.key_input is not None or frame.role_hint == "cross":
+            return False
+        tensors = [t for t in (frame.query_input, *frame.others) if isinstance(t, Tensor)]
+        counts = [token_count_at(t, token_dim(frame.module, t, shape[-1], shape[0]))
+                  for t in tensors if t.dim() >= 2 and t.shape[0] == shape[0]]
+        return counts[:1] == [shape[-1]] and counts.count(shape[-1]) == 1
 
     def new_record(self, module: nn.Module, owner: nn.Module, shape: tuple[int, ...],
                    attention: Tensor | None, own: Frame | None = None) -> AttentionRecord:
