@@ -281,9 +281,6 @@ class AttentionRecorder:
         owner = session.owner(module)
         if torch._C._current_graph_task_id() != -1 and self._merge_recompute(owner, live, shaped):
             return None
-        if session.pooled_queries(module, owner, tuple(shaped.shape), own):
-            _skip_once(self.skipped, session.name_of(owner), _POOLED.format(tuple(shaped.shape)))
-            return None
         record = session.new_record(module, owner, tuple(shaped.shape), shaped, own)
         entry = Entry(record, live, id(owner), live.requires_grad, shaped=shaped)
         if live.requires_grad:
@@ -375,7 +372,7 @@ class AttentionRecorder:
 
     def _on_gradient(self, entry: Entry, grad: Tensor) -> None:
         session = self._session
-        if session is None or session.muted:
+        if session is None or session.muted or entry.dropped:
             return
         self._set_gradient(entry, grad)
         if not session.callback_queued:
@@ -562,3 +559,16 @@ def _skip_once(skipped: list[tuple[str, str]], name: str, reason: str) -> None:
     """Report a module's left-out softmax once per recording."""
     if all(n != name for n, _ in skipped):
         skipped.append((name, reason))
+
+
+def drop_pooled(recorder: AttentionRecorder, frame: Frame, output: Tensor | None) -> None:
+    r"""Leave out the maps a module call just made whose queries are pooled from its input's
+    tokens (``record_io``; :meth:`Session.pooled_queries`), naming the module."""
+    session = recorder._require("drop_pooled")
+    for record in [r for r in frame.records if session.pooled_queries(r, output)]:
+        index = next(i for i, e in enumerate(session.entries) if e.record is record)
+        session.entries.pop(index).dropped = True
+        at = next(i for i, r in enumerate(recorder.records) if r is record)
+        del recorder.records[at], recorder.maps[at]
+        session.call_counts[record.name] -= 1
+        _skip_once(recorder.skipped, record.name, _POOLED.format(tuple(record.shape)))

@@ -12,12 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from captum_hetattn.capture.introspect import (
-    autograd_node,
-    head_count,
-    token_count_at,
-    token_dim,
-)
+from captum_hetattn.capture.introspect import autograd_node, token_count_at, token_dim
 from captum_hetattn.capture.plan import Plan
 from captum_hetattn.capture.record import AttentionRecord, Context
 
@@ -35,6 +30,7 @@ class Entry:
     buffer: tuple[Tensor, Tensor] | None = None  # a flash map's chunks, assembled
     shaped: Tensor | None = None  # the record's map as first recorded (for another pass)
     recompute: Callable[[], Tensor] | None = None  # a flash record's, for another pass
+    dropped: bool = False  # left out after its module returned (its hook does nothing)
 
 
 @dataclass
@@ -138,24 +134,25 @@ class Session:
             return "self"
         return "cross" if shape[-2] != shape[-1] else "self"
 
-    def pooled_queries(self, module: nn.Module, owner: nn.Module, shape: tuple[int, ...],
-                       own: Frame | None = None) -> bool:
-        r"""Whether a ``(B, heads, n_q, n_k)`` map of ``module`` has its keys over the tokens
-        of the module's one hidden-states input and fewer queries (``record_io``): queries
-        subsampled or pooled from those tokens inside the call (LeViT's attention subsample),
-        which are no tokens of any hidden states the engine reads."""
-        if not self.record_io or len(shape) != 4 or shape[-2] >= shape[-1]:
+    @staticmethod
+    def pooled_queries(record: AttentionRecord, output: Tensor | None) -> bool:
+        r"""Whether a self map ``(B, heads, n_q, n_k)`` just recorded (``record_io``) has its
+        keys over the tokens of its module's input and fewer queries, as many as the module's
+        output has tokens: queries subsampled or pooled inside the call (LeViT's attention
+        subsample), which shorten the sequence. Rows of the input that a call reads as its
+        queries (LED's global tokens, BigBird's blocks) leave the output as long as the input."""
+        shape, hidden = record.shape, record.query_input
+        if (len(shape) != 4 or record.role != "self" or record.key_input is not None
+                or shape[-2] >= shape[-1] or not isinstance(hidden, Tensor)
+                or not isinstance(output, Tensor) or output.dim() < 2
+                or output.shape[0] != hidden.shape[0]):
             return False
-        if head_count(module) != shape[1]:
+        dim = record.token_dim
+        try:
+            return (token_count_at(hidden, dim) == shape[-1]
+                    and token_count_at(output, dim) == shape[-2])
+        except IndexError:
             return False
-        frame = own or next(
-            (f for f in reversed(self.frames) if f.module is owner or f.module is module), None)
-        if frame is None or frame.key_input is not None or frame.role_hint == "cross":
-            return False
-        tensors = [t for t in (frame.query_input, *frame.others) if isinstance(t, Tensor)]
-        counts = [token_count_at(t, token_dim(frame.module, t, shape[-1], shape[0]))
-                  for t in tensors if t.dim() >= 2 and t.shape[0] == shape[0]]
-        return counts[:1] == [shape[-1]] and counts.count(shape[-1]) == 1
 
     def new_record(self, module: nn.Module, owner: nn.Module, shape: tuple[int, ...],
                    attention: Tensor | None, own: Frame | None = None) -> AttentionRecord:

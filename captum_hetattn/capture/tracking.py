@@ -139,6 +139,11 @@ class CallTracker:
             return replaced
         if frame is not None:
             self._attach_output(frame, output)
+            if id(module) in session.plan.mode and frame.records:
+                from captum_hetattn.capture.recorder import drop_pooled  # (imports tracking)
+
+                drop_pooled(self.softmax.recorder, frame,  # type: ignore[union-attr]
+                            first_tensor(output))
         return None
 
     def _no_softmax(self, frame: Frame, output: Any) -> None:
