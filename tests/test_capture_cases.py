@@ -130,6 +130,18 @@ def test_hybrid_model_binds_its_softmax_layers_and_names_the_linear_ones():
         torch.testing.assert_close(alone[0], relevance[example], atol=1e-6, rtol=1e-5)
 
 
+def _explain_pixels(model, **kwargs):
+    """An image classifier's explainer, its 2 × 64 × 64 pixels, their explanation of target 1
+    and the warning messages it gave."""
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    explainer = HeterogenousAttentionAttribution(lambda p: model(pixel_values=p).logits,
+                                                 model=model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explained = explainer.explain(pixels, target=1, **kwargs)
+    return explainer, pixels, explained, [str(w.message) for w in caught]
+
+
 def test_hiera_pooled_queries_are_refused_by_name_and_the_rest_explained():
     """Hiera's calls at a stage change pool their queries (a max over each 2×2 group of the
     query projection): its query slots are new tokens, not tokens of its input. Those calls
@@ -144,13 +156,8 @@ def test_hiera_pooled_queries_are_refused_by_name_and_the_rest_explained():
         embed_dim_multiplier=2.0, num_query_pool=2, query_stride=[2, 2],
         masked_unit_size=[8, 8], masked_unit_attention=[True, True, False, False],
         num_labels=3)).eval()
-    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    explainer = HeterogenousAttentionAttribution(lambda p: model(pixel_values=p).logits,
-                                                 model=model)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        explained = explainer.explain(pixels, target=1, return_maps=True)
-    pooled = [str(w.message) for w in caught if "query pooling" in str(w.message)]
+    explainer, pixels, explained, messages = _explain_pixels(model, return_maps=True)
+    pooled = [m for m in messages if "query pooling" in m]
     assert len(pooled) == 2
     assert "'hiera.encoder.stages.1.layers.0.attn' is left out" in pooled[0]
     assert "'hiera.encoder.stages.2.layers.0.attn' is left out" in pooled[1]
@@ -671,14 +678,8 @@ def test_levit_subsampled_queries_are_left_out_by_name():
         depths=[2, 3, 4], key_dim=[8, 8, 8], mlp_ratio=[2, 2, 2], attention_ratio=[2, 2, 2],
         down_ops=[["Subsample", 8, 2, 4, 2, 2], ["Subsample", 8, 4, 4, 2, 2]],
         num_labels=3)).eval()
-    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    explainer = HeterogenousAttentionAttribution(lambda p: model(pixel_values=p).logits,
-                                                 model=model)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        explained = explainer.explain(pixels, target=1)
-    subsampled = sorted({m.split("'")[1] for m in map(str, (w.message for w in caught))
-                         if "queries subsampled or pooled" in m})
+    explainer, pixels, explained, messages = _explain_pixels(model)
+    subsampled = sorted({m.split("'")[1] for m in messages if "queries subsampled or pooled" in m})
     assert subsampled and all(".layers." in name for name in subsampled)
     assert not {c.name for c in explained.calls} & set(subsampled)
     (relevance,) = explained.relevance.values()
