@@ -310,8 +310,9 @@ def test_a_connected_call_without_gradient_is_named_once(bert):
     assert first == [
         "attention module 'bert.encoder.layer.0.attention.self' got no gradient from the "
         "objective: under the gradient correction its maps count as zero, although the graph "
-        "connects it to the readout (a branch detached from the output, or value vectors that "
-        "are all zero?); correction='none' keeps them"
+        "connects it to the readout (a score read before it ran, e.g. from hidden_states[-2] or "
+        "an intermediate layer, which is explained where it reads; a branch detached from the "
+        "output; or value vectors that are all zero?); correction='none' keeps them"
     ]
     assert not [m for m in _caught(lambda: explainer.explain(ids, target=0)) if "no gradient" in m]
     fresh = HeterogenousAttentionAttribution(_logits(model), model=model)

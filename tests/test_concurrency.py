@@ -173,7 +173,8 @@ def test_a_failing_recording_in_one_thread_leaves_the_other_thread_correct():
     before = state(model)
     serial = explainer_for(model, inputs)()
     # too short a mask: the hand-written attention fails adding it to its scores, mode active
-    bad = dict(inputs, attention_mask=inputs["attention_mask"][:, :4])
+    # (values of 2: a 0/1 mask of the wrong length is refused before the forward)
+    bad = dict(inputs, attention_mask=inputs["attention_mask"][:, :4] * 2)
     results = in_threads([explainer_for(model, bad), explainer_for(model, inputs)])
     assert all(isinstance(r, RuntimeError) for r in results[0])
     assert all(isinstance(r, Tensor) and torch.allclose(r, serial, atol=1e-6)

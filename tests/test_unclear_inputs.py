@@ -72,16 +72,19 @@ def test_no_attention_names_each_module_and_why():
 
         def forward(self, x):
             q, k, v = self.qkv(x).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-            return out.transpose(1, 2).flatten(2)
+            # heads folded into the batch: a 4-D call is captured (tests/test_layouts.py)
+            out = torch.nn.functional.scaled_dot_product_attention(*(t.flatten(0, 1) for t in
+                                                                     (q, k, v)))
+            return out.unflatten(0, (x.shape[0], 2)).transpose(1, 2).flatten(2)
 
     class FusedAttention(Fused):
         pass
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), FusedAttention()).eval()
     explainer = HeterogenousAttentionAttribution(lambda x: model(x).mean(1), model=model)
-    with pytest.raises(ValueError, match=r"no attention call of Sequential.*'1': .*it computes "
-                                         "attention with F.scaled_dot_product_attention"):
+    with pytest.raises(ValueError, match=r"no attention call of Sequential.*'1': .*it calls "
+                                         r"F.scaled_dot_product_attention on inputs that are "
+                                         r"not \(batch, heads, tokens, dim\)"):
         explainer.attribute(torch.randn(2, 3, 4), target=0)
 
 

@@ -179,7 +179,9 @@ def _place_entries(
     for projection, row, row_head in _projection_reads(scores, record.linears, heads):
         if bool((row == SEVERAL_SOURCES).any()):
             return ("each of its entries reads several tokens of one projection: the softmax "
-                    "is not over tokens (e.g. channel attention)")
+                    "is not over tokens (channel attention), or its queries are pooled from "
+                    "several tokens each (Hiera's and MViT's query pooling: the queries are "
+                    "new tokens, which the engine does not lay out yet)")
         read = row >= 0
         if not bool(read.any()):
             continue

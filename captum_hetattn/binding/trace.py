@@ -15,6 +15,7 @@ from captum_hetattn.binding.dataflow import DataFlow, analyse
 from captum_hetattn.binding.layout_cache import LayoutCache
 from captum_hetattn.binding.layouts import canonical_batch, canonicalise
 from captum_hetattn.binding.lifts import with_lifts
+from captum_hetattn.binding.probe_budget import guarded
 from captum_hetattn.binding.streams import tower_of
 from captum_hetattn.capture import AttentionRecorder
 
@@ -59,9 +60,9 @@ def trace(
         flow = analyse(
             records, list(inputs), recorder.embeddings, [tower_of(r.name) for r in records],
             map_inputs=map_inputs, batch=batch,
-            dependence=with_lifts(
+            dependence=guarded(with_lifts(
                 layouts.dependences(batch, inputs) if layouts is not None else None,
-                recorder.lifts, repeated),
+                recorder.lifts, repeated), [r.name for r in records]),
         )
     flow.left_out = [(record.name, reason) for record, reason in left_out]
     flow.left_out += recorder.skipped

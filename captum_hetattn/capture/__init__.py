@@ -24,7 +24,13 @@ Backends (``backend="auto"`` combines them, each module is handled by exactly on
   ``(batch * heads, n_q, n_k)`` softmax is accepted when the module tells its head count).
   Deformable attention's sampling-weight softmax is skipped. Modules that route through the
   ``AttentionInterface`` are switched to ``"eager"`` for the recording so that they compute a
-  softmax too; ``nn.MultiheadAttention`` is handled as in ``"mha"``.
+  softmax too; ``nn.MultiheadAttention`` is handled as in ``"mha"``. A hand-written module that
+  calls ``F.scaled_dot_product_attention`` itself (SAM's vision encoder) has that call computed
+  as the kernel defines it, by the flash capture's ``attention_map`` (boolean, causal and
+  additive masks, grouped keys), and its map recorded (:mod:`~.backends.sdpa`). A tracked
+  module that runs and computes no softmax (linear attention, a state-space mixer: the layers of
+  a hybrid model between its softmax ones) is reported by name: the engine passes relevance
+  through it as through an MLP.
 - ``"mha"``: :class:`torch.nn.MultiheadAttention`. While recording, its calls get
   ``need_weights=True, average_attn_weights=False`` (so the non-fused path runs and keeps the
   heads), the returned weights are recorded through their base tensor (the softmax output that
@@ -103,6 +109,7 @@ __all__ = [
     "BACKENDS",
     "CROSS_INPUT_NAMES",
     "FLASH_BUDGET",
+    "PROBE_PASSES",
     "AttentionRecord",
     "AttentionRecorder",
     "Context",
@@ -116,3 +123,8 @@ __all__ = [
 #: map entries per chunk of heads in a flash call's backward (64 MB of float32); a recorder
 #: made without ``flash_budget`` reads it here when it is made, so setting it here takes effect
 FLASH_BUDGET = 2**24
+
+#: backward passes one recording's data-flow probes may spend on exact token maps where tokens
+#: feed several rows (one pass per row); past it those maps are traced in blocks of rows, with a
+#: warning naming the module (:mod:`captum_hetattn.binding.probe_budget`). ``None``: no limit
+PROBE_PASSES: int | None = 256

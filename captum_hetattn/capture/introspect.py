@@ -172,10 +172,19 @@ def autograd_node(tensor: Tensor | None) -> Any:
     return None
 
 
-def token_dim(module: nn.Module, hidden: Tensor | None, n_tokens: int | None = None) -> int:
+#: ``token_dim`` of channels-first hidden states ``(B, C, n)`` / ``(B, C, h, w)``: the value of
+#: :data:`captum_hetattn.binding.tokens.CHANNELS_FIRST`, which reads them
+CHANNELS_FIRST = 3
+
+
+def token_dim(module: nn.Module, hidden: Tensor | None, n_tokens: int | None = None,
+              batch: int | None = None) -> int:
     r"""Where the tokens are in a module's hidden states: sequence-first MHA and packed 2-D
     inputs have them first; per-head ``(B, H, n, d)`` inputs (a module handed projected
-    queries) third; 1 otherwise."""
+    queries) third; 1 otherwise. Knowing the call's token count and batch, 3-D hidden states
+    whose second dimension is not the tokens are read as sequence-first ``(n, B, C)`` (FSMT)
+    or channels-first ``(B, C, n)`` (SqueezeBERT's convolutions,
+    :data:`CHANNELS_FIRST`)."""
     if hidden is not None and hidden.dim() == 2:
         return 0
     if isinstance(module, nn.MultiheadAttention) and not module.batch_first:
@@ -183,6 +192,12 @@ def token_dim(module: nn.Module, hidden: Tensor | None, n_tokens: int | None = N
     if (hidden is not None and hidden.dim() == 4 and n_tokens is not None
             and hidden.shape[2] == n_tokens and hidden.shape[1] != n_tokens):
         return 2
+    if (hidden is not None and hidden.dim() == 3 and n_tokens is not None
+            and batch is not None and hidden.shape[1] != n_tokens):
+        if hidden.shape[0] == n_tokens and hidden.shape[1] == batch:
+            return 0
+        if hidden.shape[2] == n_tokens and hidden.shape[0] == batch:
+            return CHANNELS_FIRST
     return 1
 
 

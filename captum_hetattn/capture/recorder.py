@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from captum_hetattn.capture.backends.flash import FlashBackend
 from captum_hetattn.capture.backends.interface import InterfaceBackend
 from captum_hetattn.capture.backends.mha import MhaBackend
+from captum_hetattn.capture.backends.sdpa import SdpaBackend
 from captum_hetattn.capture.backends.softmax import SoftmaxBackend
 from captum_hetattn.capture.census import census
 from captum_hetattn.capture.claims import claim, release
@@ -168,6 +169,8 @@ class AttentionRecorder:
         flash = FlashBackend(self, session) if self.flash and plan.interface else None
         interface = InterfaceBackend(self, session, flash) if plan.interface else None
         softmax = SoftmaxBackend(self, session) if "softmax" in plan.backends else None
+        if softmax is not None:  # hand-called sdpa, while a softmax module runs
+            softmax.mode.on_sdpa = SdpaBackend(self, session)
         mha = MhaBackend(self, session) if plan.mha else None
         CallTracker(session, self.embeddings, softmax, mha, self.lifts).install(stack,
                                                                                 self.model)
@@ -197,13 +200,15 @@ class AttentionRecorder:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        if exc_type is None and session is not None and session.repeated:
+            _warn_repeated(session.repeated, type(self.model).__name__)
         if exc_type is None and not self.records:
             warnings.warn(
                 f"no attention maps were recorded for {type(self.model).__name__}: "
                 f"backend={self.backend!r} found no attention call during the recording (was "
-                "the model run inside the context? does it compute attention with "
-                "F.scaled_dot_product_attention in a hand-written module, or do `modules` name "
-                "modules that never ran?)",
+                "the model run inside the context? does it compute attention in a module whose "
+                "class name has no 'Attention' or 'Attn' (such modules are not tracked), or do "
+                "`modules` name modules that never ran?)",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -283,6 +288,24 @@ class AttentionRecorder:
         self._keep(entry)
         return record
 
+    def arm_late(self, start: int) -> None:
+        r"""Hook the maps recorded since entry ``start`` whose tensor joined the autograd graph
+        only after the softmax ran: a softmax inside a custom ``torch.autograd.Function``
+        (SEW-D's ``XSoftmax``) runs with autograd off, and the tensor it returns becomes the
+        Function's output when ``apply`` returns (the same object). Called when the module that
+        computed them returns. Their scores, made with autograd off, say nothing of the tokens
+        and are dropped."""
+        session = self._require("arm_late")
+        for entry in session.entries[start:]:
+            live = entry.live
+            if entry.has_live_grad or entry.flash or live is None or not live.requires_grad:
+                continue
+            entry.has_live_grad = True
+            self._hook(entry, live)
+            scores = entry.record.scores
+            if isinstance(scores, Tensor) and not scores.requires_grad:
+                entry.record.scores = None
+
     def _merge_recompute(self, owner: nn.Module, live: Tensor, shaped: Tensor) -> bool:
         r"""Merge an attention call made during a backward (activation checkpointing) into the
         earlier record of the same module (the one with an identical map, else the first not
@@ -349,7 +372,7 @@ class AttentionRecorder:
 
     def _on_gradient(self, entry: Entry, grad: Tensor) -> None:
         session = self._session
-        if session is None or session.muted:
+        if session is None or session.muted or entry.dropped:
             return
         self._set_gradient(entry, grad)
         if not session.callback_queued:
@@ -514,3 +537,38 @@ class AttentionRecorder:
         self._finalize_missing()
         by_id = {id(t): g for t, g in zip(extra, extra_grads, strict=True)}
         return [by_id.get(id(t)) if isinstance(t, Tensor) else None for t in also]
+
+
+def _warn_repeated(repeated: list[str], model: str) -> None:
+    """Modules that handed one map's queries and keys to the attention function twice."""
+    warnings.warn(
+        f"{len(repeated)} attention module(s) of {model} hand the same queries and keys to the "
+        f"attention function twice in one call (first: '{repeated[0]}'; differential "
+        "attention, whose output is A·V₁ − λ·A·V₂): each is explained as two calls of that "
+        "map, one after the other; the difference of maps is not an attention map the paper's "
+        "rule covers", RuntimeWarning, stacklevel=3)
+
+
+#: why a map whose queries are pooled from its keys' tokens is left out
+_POOLED = ("its map of shape {} has fewer queries than the tokens of its input, which are its "
+           "keys: queries subsampled or pooled inside the call (LeViT's attention subsample) "
+           "are no tokens of any hidden states, which the engine does not lay out yet")
+
+
+def _skip_once(skipped: list[tuple[str, str]], name: str, reason: str) -> None:
+    """Report a module's left-out softmax once per recording."""
+    if all(n != name for n, _ in skipped):
+        skipped.append((name, reason))
+
+
+def drop_pooled(recorder: AttentionRecorder, frame: Frame, output: Tensor | None) -> None:
+    r"""Leave out the maps a module call just made whose queries are pooled from its input's
+    tokens (``record_io``; :meth:`Session.pooled_queries`), naming the module."""
+    session = recorder._require("drop_pooled")
+    for record in [r for r in frame.records if session.pooled_queries(r, output)]:
+        index = next(i for i, e in enumerate(session.entries) if e.record is record)
+        session.entries.pop(index).dropped = True
+        at = next(i for i, r in enumerate(recorder.records) if r is record)
+        del recorder.records[at], recorder.maps[at]
+        session.call_counts[record.name] -= 1
+        _skip_once(recorder.skipped, record.name, _POOLED.format(tuple(record.shape)))

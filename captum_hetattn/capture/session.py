@@ -30,6 +30,7 @@ class Entry:
     buffer: tuple[Tensor, Tensor] | None = None  # a flash map's chunks, assembled
     shaped: Tensor | None = None  # the record's map as first recorded (for another pass)
     recompute: Callable[[], Tensor] | None = None  # a flash record's, for another pass
+    dropped: bool = False  # left out after its module returned (its hook does nothing)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Frame:
     call_id: int = -1
     contexts: list[Context] = field(default_factory=list)
     linears: list[Tensor] = field(default_factory=list)  # F.linear outputs (record_io)
+    made: tuple[int, int] = (0, 0)  # records and skipped softmaxes when the call started
 
 
 @dataclass(eq=False)
@@ -85,6 +87,7 @@ class Session:
     in_interface: int = 0
     interface_ran: set[int] = field(default_factory=set)
     interface_dispatched: set[int] = field(default_factory=set)
+    repeated: list[str] = field(default_factory=list)  # modules calling one map twice a call
     ran: set[int] = field(default_factory=set)
     muted: bool = False
     tracing: int = 0
@@ -131,6 +134,26 @@ class Session:
             return "self"
         return "cross" if shape[-2] != shape[-1] else "self"
 
+    @staticmethod
+    def pooled_queries(record: AttentionRecord, output: Tensor | None) -> bool:
+        r"""Whether a self map ``(B, heads, n_q, n_k)`` just recorded (``record_io``) has its
+        keys over the tokens of its module's input and fewer queries, as many as the module's
+        output has tokens: queries subsampled or pooled inside the call (LeViT's attention
+        subsample), which shorten the sequence. Rows of the input that a call reads as its
+        queries (LED's global tokens, BigBird's blocks) leave the output as long as the input."""
+        shape, hidden = record.shape, record.query_input
+        if (len(shape) != 4 or record.role != "self" or record.key_input is not None
+                or shape[-2] >= shape[-1] or not isinstance(hidden, Tensor)
+                or not isinstance(output, Tensor) or output.dim() < 2
+                or output.shape[0] != hidden.shape[0]):
+            return False
+        dim = record.token_dim
+        try:
+            return (token_count_at(hidden, dim) == shape[-1]
+                    and token_count_at(output, dim) == shape[-2])
+        except IndexError:
+            return False
+
     def new_record(self, module: nn.Module, owner: nn.Module, shape: tuple[int, ...],
                    attention: Tensor | None, own: Frame | None = None) -> AttentionRecord:
         r"""A record for a map of ``shape`` computed by ``module`` now, numbered under its
@@ -162,8 +185,9 @@ def _attach_inputs(record: AttentionRecord, frame: Frame, shape: tuple[int, ...]
     record.nodes.update(frame.nodes)
     record.call_id, record.contexts = frame.call_id, frame.contexts
     n_query, n_key = shape[-2], shape[-1]
-    record.token_dim = token_dim(frame.module, frame.query_input, n_query)
-    record.key_token_dim = token_dim(frame.module, frame.key_input, n_key)
+    batch = shape[0] if len(shape) == 4 else None
+    record.token_dim = token_dim(frame.module, frame.query_input, n_query, batch)
+    record.key_token_dim = token_dim(frame.module, frame.key_input, n_key, batch)
     if record.key_input is None and (record.role == "cross" or n_query != n_key):
         candidates = [*frame.others, *([frame.inner_key] if frame.inner_key is not None
                                         else [])]

@@ -6,6 +6,7 @@ inputs."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any
 
@@ -56,6 +57,9 @@ class CallTracker:
                         functools.partial(self._on_embedding, name)
                     )
                     stack.callback(handle.remove)
+                    handle = module.register_forward_pre_hook(
+                        functools.partial(_check_ids, name))
+                    stack.callback(handle.remove)
                 elif isinstance(module, (nn.Conv2d, nn.Linear)):
                     handle = module.register_forward_hook(functools.partial(self._on_lift, name))
                     stack.callback(handle.remove)
@@ -88,8 +92,7 @@ class CallTracker:
         if not contexts:
             return
         context = contexts.pop()
-        if isinstance(output, (tuple, list)):
-            output = next((o for o in output if isinstance(o, Tensor)), None)
+        output = first_tensor(output)
         if isinstance(output, Tensor):
             context.output, context.output_node = output, autograd_node(output)
 
@@ -105,6 +108,8 @@ class CallTracker:
                             if isinstance(a, Tensor) and a is not query_input
                             and a.is_floating_point() and a.dim() >= 2]
         plan = session.plan
+        if self.softmax is not None:
+            frame.made = (len(session.entries), len(self.softmax.recorder.skipped))
         session.ran.add(id(module))
         if id(module) in plan.interface:
             session.interface_ran.add(id(module))
@@ -125,20 +130,68 @@ class CallTracker:
             if frames[i].module is module:
                 frame = frames.pop(i)
                 break
+        if frame is not None and id(module) in session.plan.mode:
+            self.softmax.recorder.arm_late(frame.made[0])  # type: ignore[union-attr]
+            self._no_softmax(frame, output)
         if frame is not None and frame.mha_request is not None and output is not None:
             replaced = self.mha.on_output(module, frame, output)  # type: ignore[union-attr]
             self._attach_output(frame, output)
             return replaced
         if frame is not None:
             self._attach_output(frame, output)
+            if id(module) in session.plan.mode and frame.records:
+                from captum_hetattn.capture.recorder import drop_pooled  # (imports tracking)
+
+                drop_pooled(self.softmax.recorder, frame,  # type: ignore[union-attr]
+                            first_tensor(output))
         return None
+
+    def _no_softmax(self, frame: Frame, output: Any) -> None:
+        """A ``mode`` module's call ended (``record_io``): one that made no record and no
+        softmax of its own but mixes tokens (linear attention, a state-space or convolutional
+        token mixer: the layers a hybrid model runs between its softmax ones) is reported by
+        name, so that neither the explanation nor an inferred graph takes it silently for
+        attention that ran. The engine treats it as it treats an MLP: the identity on tokens.
+        A module that works token by token (LXMERT's ``LxmertAttentionOutput``) is not."""
+        session, skipped = self.session, self.softmax.recorder.skipped  # type: ignore[union-attr]
+        if not session.record_io or not session.in_scope(frame.module):
+            return
+        if torch._C._current_graph_task_id() != -1:
+            return  # a recomputation in the backward (checkpointing) merges into records
+        records, softmaxes = frame.made
+        if len(session.entries) > records or len(skipped) > softmaxes:
+            return  # recorded (itself or inside), or its softmax was reported already
+        name = session.name_of(session.owner(frame.module))
+        if all(n != name for n, _ in skipped) and self._mixes_tokens(frame, output):
+            skipped.append((name, (
+                "it ran and computed no softmax over tokens (linear attention, a state-space "
+                "or convolutional token mixer, or a gate), so it has no map to explain: "
+                "relevance passes through it as through an MLP (each token keeps its own), and "
+                "how it mixes tokens is not in the explanation")))
+
+    def _mixes_tokens(self, frame: Frame, output: Any) -> bool:
+        """Whether the call's last output token reads other tokens of its input (one backward
+        pass through the module's own graph); ``True`` where it cannot be told."""
+        hidden, out = frame.query_input, first_tensor(output)
+        if not (isinstance(hidden, Tensor) and isinstance(out, Tensor) and hidden.dim() == 3
+                and out.dim() == 3 and hidden.shape[:2] == out.shape[:2]
+                and hidden.shape[1] > 1 and hidden.requires_grad and out.requires_grad):
+            return True
+        weights = torch.zeros_like(out)
+        weights[:, -1] = 1.0
+        previous, self.session.muted = self.session.muted, True
+        try:
+            (grad,) = torch.autograd.grad(out, hidden, weights, retain_graph=True,
+                                          allow_unused=True)
+        finally:
+            self.session.muted = previous
+        return grad is not None and bool(grad[:, :-1].any())
 
     def _attach_output(self, frame: Frame, output: Any) -> None:
         """Give the records made inside this call the module's output (``record_io``)."""
         if not (self.session.record_io and frame.records):
             return
-        if isinstance(output, (tuple, list)):
-            output = next((o for o in output if isinstance(o, Tensor)), None)
+        output = first_tensor(output)
         for record in frame.records:
             record.output = output if isinstance(output, Tensor) else None
             record.nodes["output"] = autograd_node(record.output)
@@ -163,3 +216,41 @@ class CallTracker:
             # leave the recorded lookup as it was
             return output.clone()
         return None
+
+
+def first_tensor(output: Any) -> Tensor | None:
+    """A module's main output: the output itself, else the first tensor in it, depth first
+    (I-BERT returns ``((context,), (scale,))``; a ``ModelOutput`` holds its tensors by name)."""
+    if isinstance(output, Tensor) or output is None:
+        return output
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _check_ids(name: str, module: nn.Embedding, args: tuple) -> None:
+    """Ids an embedding has no row for (beyond its vocabulary, negative) are refused by name
+    before the lookup, instead of torch's 'index out of range in self'."""
+    ids = args[0] if args else None
+    if type(module).forward is not nn.Embedding.forward:
+        return  # a subclass reads its argument its own way (positions from a mask: BioGPT)
+    if not isinstance(ids, Tensor) or ids.is_floating_point() or not ids.numel():
+        return
+    rows = module.num_embeddings
+    bad = (ids < 0) | (ids >= rows)
+    if not bool(bad.any()):
+        return
+    where = bad.nonzero()[0].tolist()
+    value = int(ids[tuple(where)])
+    example = f" (example {where[0]})" if ids.dim() >= 2 else ""
+    raise ValueError(
+        f"embedding '{name}' has {rows} rows (ids 0 to {rows - 1}) but is handed id {value} "
+        f"at {tuple(where)}{example} of its ids of shape {tuple(ids.shape)}: the ids do not "
+        "belong to this model's vocabulary (another tokenizer? ids not cast back after "
+        "arithmetic?)"
+    )

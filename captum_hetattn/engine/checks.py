@@ -72,6 +72,13 @@ def check_inputs(inputs: tuple[Any, ...]) -> None:
         if 0 in shape[1:]:
             raise ValueError(f"input {position} of shape {shape} is empty along dimension "
                              f"{shape.index(0, 1)}: no tokens to explain")
+        if (tensor.dim() == 3 and shape[1] == 1 and not tensor.is_floating_point()
+                and tensor.dtype != torch.bool):  # boxes (batch, tokens, 4) are integers too
+            raise ValueError(
+                f"input {position} of shape {shape} holds integer ids with a dimension of size "
+                "1 too many: token ids are (batch, tokens), so pass ids[:, 0] (or "
+                "ids.squeeze(1))"
+            )
         if tensor.dim() == 1 and not tensor.is_floating_point():
             raise ValueError(
                 f"input {position} of shape {shape} has no batch dimension: token ids are "
@@ -79,6 +86,47 @@ def check_inputs(inputs: tuple[Any, ...]) -> None:
                 "belongs in additional_forward_args)"
             )
         check_finite(tensor, f"input {position}")
+
+
+def _is_binary(tensor: Tensor) -> bool:
+    if tensor.dtype == torch.bool:
+        return True
+    if tensor.is_complex():
+        return False
+    return bool(((tensor == 0) | (tensor == 1)).all())
+
+
+def check_mask_lengths(inputs: Sequence[Any], extra: Sequence[Any]) -> None:
+    r"""An attention mask of another length than the token ids it masks is refused before the
+    forward (models broadcast it, index past it or fail deep inside; BERT explained such a
+    call without a word).
+
+    A mask is a 2-D tensor of 0/1 values (bool, integer or float); the ids, 2-D integer
+    tensors with other values. Only where the ids have one length (one token sequence) and a
+    mask's length is neither theirs nor the token count of a float input (region features with
+    their own mask) is the mask refused, naming both arguments.
+    """
+    named = [(f"input {i}", t) for i, t in enumerate(inputs)] + [
+        (f"additional_forward_args[{i}]", t) for i, t in enumerate(extra)]
+    named = [(n, t) for n, t in named if isinstance(t, Tensor) and t.dim() >= 2]
+    ids = [(n, t) for n, t in named if t.dim() == 2 and not t.is_floating_point()
+           and not _is_binary(t)]
+    lengths = {t.shape[1] for _, t in ids}
+    if len(lengths) != 1:
+        return
+    (length,) = lengths
+    batch = ids[0][1].shape[0]
+    other = {size for _, t in named if t.is_floating_point() and not (
+        t.dim() == 2 and _is_binary(t)) for size in t.shape[1:3]}
+    for name, tensor in named:
+        if (tensor.dim() == 2 and tensor.shape[0] == batch and tensor.shape[1] != length
+                and tensor.shape[1] not in other and _is_binary(tensor)):
+            raise ValueError(
+                f"{name} of shape {tuple(tensor.shape)} looks like an attention mask (0/1 "
+                f"values) but the token ids ({ids[0][0]}, shape {tuple(ids[0][1].shape)}) "
+                f"have {length} tokens: a mask has one entry per token, shape ({batch}, "
+                f"{length})"
+            )
 
 
 def check_finite(tensor: Tensor, what: str) -> None:

@@ -33,7 +33,11 @@ from captum_hetattn.binding.layout_cache import LayoutCache
 from captum_hetattn.binding.streams import name_streams, stream_towers
 from captum_hetattn.binding.trace import trace
 from captum_hetattn.capture import AttentionRecorder
-from captum_hetattn.engine.checks import check_finite_calls, check_finite_relevance
+from captum_hetattn.engine.checks import (
+    check_finite_calls,
+    check_finite_relevance,
+    check_mask_lengths,
+)
 from captum_hetattn.engine.readout import (
     Readout,
     Terminal,
@@ -149,6 +153,7 @@ def run(host: Host, inputs: tuple[Tensor, ...], additional_forward_args: Any,
         raise ValueError("return_maps=True keeps one target's maps: explain one target "
                          "at a time (target=...) to get them")
     extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
+    check_mask_lengths(inputs, extra)
     traced = tuple(
         x.detach().requires_grad_(True) if x.is_floating_point() else x for x in inputs
     )
@@ -161,7 +166,7 @@ def run(host: Host, inputs: tuple[Tensor, ...], additional_forward_args: Any,
     ) as recorder, watcher or contextlib.nullcontext():
         scores, recording = _record(host, recorder, traced, extra, score_fns, options, capture,
                                     watcher)
-        terminal = terminal_outputs(recording, recorder.records)
+        terminal = terminal_outputs(recording, recorder.records, scores)
         passes = _backward(host, recorder, capture, recording, terminal, scores, options)
     host.report.unbound(recording, host.graph.name if host.graph else "")
     host.report.swapped(recording)
@@ -219,8 +224,9 @@ def bind(host: Host, recorder: AttentionRecorder, inputs: list[Any], map_inputs:
         host.report.left_out(name, reason)
     records = recorder.records
     # modules whose softmax was left out (reported) are not there for the graph to bind: a
-    # layer pattern must not expect them
-    left_out = {name for name, _ in flow.left_out}
+    # layer pattern must not expect them (unless another of their softmaxes was recorded:
+    # ConvBERT's dynamic-convolution softmax beside its attention)
+    left_out = {name for name, _ in flow.left_out} - {r.name for r in records}
     names = [name for name, _ in host.model.named_modules() if name not in left_out]
     config = getattr(host.model, "config", None)
     if host.graph is not None:
@@ -242,7 +248,7 @@ def bind(host: Host, recorder: AttentionRecorder, inputs: list[Any], map_inputs:
             if host.graph.name != "inferred":
                 host.report.preset_misfit(host.graph.name, type(host.model).__name__, err)
     stream_names = name_streams(flow, {}, inputs, stream_towers(records, flow))
-    host.graph = graph_from_flow(records, flow, stream_names)
+    host.graph = graph_from_flow(records, flow, stream_names, modules=names)
     return bind_records(host.graph, records, names, flow, inputs=inputs, config=config)
 
 

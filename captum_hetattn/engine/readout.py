@@ -8,6 +8,7 @@ them per stream), range-checked by :func:`~captum_hetattn.rules.ops.readout_weig
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from captum_hetattn.binding import BoundRecording
 from captum_hetattn.binding.tokens import tokens_view
-from captum_hetattn.capture import AttentionRecord
+from captum_hetattn.capture import AttentionRecord, autograd_node
 from captum_hetattn.rules.ops import readout_weights
 
 Readout = int | str | Tensor | Mapping[str, Any] | None
@@ -103,26 +104,63 @@ def known_readout(readout: Readout, main_stream: str | None, recording: BoundRec
 
 
 def terminal_outputs(
-    recording: BoundRecording, records: Sequence[AttentionRecord]
+    recording: BoundRecording, records: Sequence[AttentionRecord],
+    scores: Sequence[Tensor] = (),
 ) -> list[Terminal]:
     """``(stream, output of its last call, token dim)`` for every stream that nothing reads
     after its last call (the objective reads these tokens directly), then for every other
     stream, latest last call first: the objective reads those where every stream that reads
-    them afterwards gets no gradient (a pooling head that runs but is not used)."""
+    them afterwards gets no gradient (a pooling head that runs but is not used).
+
+    A score computed from an earlier state of the model (``hidden_states[-2]``, a probe on an
+    intermediate layer) depends on no stream's last call: with ``scores``, such streams are
+    read at the output of their latest call the scores are computed from, and the calls after
+    it get no gradient (reported by name; under the gradient correction they add nothing, as
+    for a model cut after that call)."""
     flow = recording.flow
     if flow is None:
         return []
     ends = flow.terminal_streams()
     earlier = sorted((s.index for s in flow.streams if s.calls and s.index not in ends),
                      key=lambda s: -(flow.last_call(s) or 0))
+    early = _read_early(records, flow, ends, scores) if scores else {}
     out = []
     for stream in [*ends, *earlier]:
-        last = flow.last_call(stream)
+        last = early.get(stream, flow.last_call(stream))
         name = recording.stream_names.get(stream)
         if last is None or name is None:
             continue
         out.append((name, records[last].output, records[last].token_dim))
     return out
+
+
+def _read_early(records: Sequence[AttentionRecord], flow: Any, ends: Sequence[int],
+                scores: Sequence[Tensor]) -> dict[int, int]:
+    """Per terminal stream, the latest of its calls whose output the scores are computed from,
+    where the scores depend on no terminal stream's last call; else nothing. A walk of the
+    autograd graph from the scores, breadth first, so that the usual answer (a last call a few
+    nodes below the score) stops it at once."""
+    lasts = {autograd_node(records[c].output) for s in ends if (c := flow.last_call(s)) is not None}
+    lasts.discard(None)
+    calls = {autograd_node(records[c].output): (s, c) for s in ends
+             for c in flow.streams[s].calls}
+    calls.pop(None, None)
+    if not lasts:
+        return {}
+    queue = deque(n for n in (autograd_node(t) for t in scores) if n is not None)
+    seen, early = set(queue), {}
+    while queue:
+        node = queue.popleft()
+        if node in lasts:
+            return {}
+        if node in calls:
+            stream, call = calls[node]
+            early[stream] = max(early.get(stream, call), call)
+        for child, _ in getattr(node, "next_functions", ()):
+            if child is not None and child not in seen:
+                seen.add(child)
+                queue.append(child)
+    return early
 
 
 def terminal_names(recording: BoundRecording) -> set[str]:
@@ -279,8 +317,13 @@ def check_not_padding(weights: Mapping[str, Tensor], masked: Mapping[str, Tensor
             raise ValueError(
                 f"the readout of example {example} reads only padding: token(s) {tokens} of "
                 f"stream '{stream}' are hidden by the attention mask, so the explanation would "
-                "be the padding token's own row; read a real token (readout='last' takes each "
-                "example's last non-padding token, or pass the index per example)"
+                "be the padding token's own row; " + (
+                    "the mask hides every token of the stream from every query in this "
+                    "example (a mask of zeros, or a streaming or chunked mask that does not fit "
+                    "inputs this short?): its attention calls see no key, so nothing is "
+                    "explained" if bool(pad[example].all()) else
+                    "read a real token (readout='last' takes each example's last non-padding "
+                    "token, or pass the index per example)")
             )
 
 

@@ -80,8 +80,7 @@ class Report:
     # ------------------------------------------------------------------ binding
     def left_out(self, name: str, reason: str) -> None:
         self.warn(f"left-out:{name}", (
-            f"attention module '{name}' computes a softmax that is left out of the "
-            f"explanation: {reason}"
+            f"attention module '{name}' is left out of the explanation: {reason}"
         ))
 
     def preset_misfit(self, preset: str, model_name: str, err: Exception) -> None:
@@ -129,8 +128,10 @@ class Report:
             f"attention module '{new[0]}' got no gradient from the objective"
             + (f" (and {len(new) - 1} more)" if len(new) > 1 else "")
             + ": under the gradient correction its maps count as zero, although the graph "
-            "connects it to the readout (a branch detached from the output, or value vectors "
-            "that are all zero?); correction='none' keeps them"
+            "connects it to the readout (a score read before it ran, e.g. from "
+            "hidden_states[-2] or an intermediate layer, which is explained where it reads; a "
+            "branch detached from the output; or value vectors that are all zero?); "
+            "correction='none' keeps them"
         ))
 
     def bypassed(self, recording: BoundRecording, streams: Sequence[str],

@@ -25,7 +25,7 @@ probes where tokens change streams), and writes what it found as a graph:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,7 +38,7 @@ from captum_hetattn.binding.streams import layer_pattern, name_streams, stream_t
 from captum_hetattn.binding.trace import trace
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 from captum_hetattn.graph.junctions import Junction
-from captum_hetattn.graph.layer_graph import LayerGraph
+from captum_hetattn.graph.layer_graph import LayerGraph, _match_pattern
 from captum_hetattn.graph.nodes import AttentionNode
 from captum_hetattn.graph.presets import find_preset
 
@@ -62,6 +62,7 @@ def graph_from_flow(
     *,
     readout_stream: int | None = None,
     name: str = "inferred",
+    modules: Iterable[str] | None = None,
 ) -> LayerGraph:
     r"""Write the data flow of one recorded forward as a :class:`LayerGraph`.
 
@@ -71,6 +72,10 @@ def graph_from_flow(
         names: stream index → name (every stream that a call or junction uses).
         readout_stream: index of the main readout stream (default: the last call's query).
         name: the graph's name.
+        modules: the module names the graph will be bound to; a layer pattern that would
+            also match a module without a record (a hybrid model's state-space or linear
+            layers under the same name, NemotronH's ``layers.*.mixer``) is written module by
+            module instead.
     """
     counts: dict[str, int] = {}
     for record in records:
@@ -81,14 +86,17 @@ def graph_from_flow(
         key = (layer_pattern(record.name), record.call_index if counts[record.name] > 1 else None)
         streams_of.setdefault(key, set()).add((names[call.query], names[call.key]))
         runs_of.setdefault(key[0], set()).add(counts[record.name])
+    wider = _wider_patterns({p for p, _ in streams_of}, counts, modules)
     steps: list[Any] = []
     seen: set[tuple[str, int | None]] = set()
     for record, call in zip(records, flow.calls, strict=True):
         index = record.call_index if counts[record.name] > 1 else None
         pattern = layer_pattern(record.name)
-        if len(streams_of[(pattern, index)]) > 1 or len(runs_of[pattern]) > 1:
-            # one pattern over several streams, or over modules run a different number of
-            # times (a recurrent section looped over): name each module
+        if len(streams_of[(pattern, index)]) > 1 or len(runs_of[pattern]) > 1 or (
+                pattern in wider):
+            # one pattern over several streams, over modules run a different number of
+            # times (a recurrent section looped over), or over modules that record nothing:
+            # name each module
             pattern = record.name
         if (pattern, index) in seen:
             continue
@@ -121,6 +129,23 @@ def graph_from_flow(
         name=name,
         junctions=junctions,
     )
+
+
+def _wider_patterns(patterns: Iterable[str], recorded: Mapping[str, int],
+                    modules: Iterable[str] | None) -> set[str]:
+    """The layer patterns that match a module of ``modules`` without a record."""
+    if modules is None:
+        return set()
+    names = [n for n in modules if n]
+    wider = set()
+    for pattern in patterns:
+        try:
+            found = _match_pattern(pattern, names)
+        except ValueError:
+            continue
+        if any(module not in recorded for module in found.values()):
+            wider.add(pattern)
+    return wider
 
 
 def _output_score(output: Any) -> Tensor:
@@ -222,4 +247,5 @@ def infer_graph(
         records, flow, names,
         readout_stream=with_gradient[-1] if with_gradient else None,
         name=preset.name if preset is not None else "inferred",
+        modules=[n for n, _ in model.named_modules()],
     )

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from itertools import count
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
 from captum_hetattn.capture.backends.base import Backend, clear_empty_rows, masked_keys
@@ -79,6 +80,7 @@ class InterfaceBackend(Backend):
             states = (query, key)
         dropout = kwargs.get("dropout", 0.0)
         flash = self.flash
+        made = len(self.recorder.records)
         if flash is not None and flash.can_flash(module, attention_mask, dropout, kwargs):
             session.in_interface += 1  # its softmax and sdpa are not calls of their own
             try:
@@ -87,8 +89,10 @@ class InterfaceBackend(Backend):
             finally:
                 session.in_interface -= 1
             if result is not None:
+                self._own_call(module, states, made)
                 return result
         catch: list[Tensor] = []
+        given, (attention_mask, empty) = attention_mask, _without_empty_rows(attention_mask)
         session.in_interface += 1
         try:
             if module.training and isinstance(dropout, float) and dropout > 0.0:
@@ -101,6 +105,11 @@ class InterfaceBackend(Backend):
                 attn_output, weights = eager(module, query, key, value, attention_mask, **kwargs)
         finally:
             session.in_interface -= 1
+        attention_mask = given
+        if empty is not None and isinstance(attn_output, Tensor) and attn_output.dim() == 4:
+            rows = empty.transpose(1, 2)[..., None]  # (B, n_q, heads | 1, 1) like the output
+            if rows.shape[1] == attn_output.shape[1] and rows.shape[2] in (1, attn_output.shape[2]):
+                attn_output = attn_output.masked_fill(rows, 0.0)  # as the kernel gives them
         if isinstance(weights, Tensor) and session.in_scope(module):
             matching = [t for t in catch if t.shape == weights.shape]
             live = matching[-1] if matching else weights
@@ -113,4 +122,38 @@ class InterfaceBackend(Backend):
                 record.masked_keys = masked_keys(attention_mask, kept.shape[0])
             if record is not None and states is not None:
                 record.states = states
+        self._own_call(module, states, made)
         return attn_output, weights
+
+    def _own_call(self, module: nn.Module, states: tuple[Tensor, Tensor] | None,
+                  made: int) -> None:
+        """A module that hands the same queries and keys to the attention function twice in
+        one call (DiffLlama's differential attention: one map, two halves of the values) makes
+        two calls, not two parts of one (parts are folded into one map: their maps would add
+        up to twice the softmax); the recorder names such modules."""
+        records = self.recorder.records
+        if states is None or len(records) != made + 1:
+            return
+        new = records[-1]
+        same = [r for r in records[:-1] if r.call_id == new.call_id and r.states is not None
+                and r.states[0] is states[0] and r.states[1] is states[1]]
+        if same:
+            new.call_id = next(self.session.call_ids)
+            name = self.session.name_of(self.session.owner(module))
+            if name not in self.session.repeated:
+                self.session.repeated.append(name)
+
+
+
+def _without_empty_rows(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """``mask`` with its query rows whose every key is ``-inf`` made 0, and those rows
+    (``(B, heads | 1, n_q)``); ``(mask, None)`` without any. The eager softmax of such a row is
+    NaN, in the forward and the backward, which a model built for sdpa (which gives the row
+    zero) then carries on (NemotronAsr's streaming encoder: its explain read NaN where its own
+    forward is finite); made finite, and its output row zeroed, the call is the kernel's."""
+    if not isinstance(mask, Tensor) or not mask.is_floating_point() or mask.dim() != 4:
+        return mask, None
+    empty = torch.isneginf(mask).all(-1)
+    if not bool(empty.any()):
+        return mask, None
+    return mask.masked_fill(empty[..., None], 0.0), empty

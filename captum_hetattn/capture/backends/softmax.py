@@ -69,11 +69,18 @@ class SoftmaxMode(TorchFunctionMode):
         self._callback = callback
         self._on_linear = on_linear
         self._on_fused = on_fused
+        #: ``on_sdpa(args, kwargs)``: computes a hand-called sdpa itself (its output), or
+        #: ``None`` to leave it to the kernel (set by the recorder: capture/backends/sdpa.py)
+        self.on_sdpa: Callable[[tuple, dict], Tensor | None] | None = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
         if func is _MHA_FORWARD:
             return self._multi_head_attention(func, args, kwargs)
+        if func is _SDPA and self.on_sdpa is not None:
+            out = self.on_sdpa(args, kwargs)
+            if out is not None:
+                return out
         out = func(*args, **kwargs)
         if isinstance(out, Tensor) and _is_softmax(func):
             dim = _softmax_dim(func, args, kwargs)
