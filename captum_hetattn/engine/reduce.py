@@ -99,7 +99,7 @@ class Capture:
         fixed = _corrected_sum(attention, gradient, self.corrections[key])
         if earlier is not None:
             total, old_mass, old_causal, _ = earlier
-            fixed = total + fixed
+            fixed = total.add_(fixed)
             mass = None if mass is None else old_mass + mass
             causal = causal and old_causal
         if first + attention.shape[1] < heads:
@@ -107,6 +107,10 @@ class Capture:
             return None
         self._note(key, mass, causal, touched)
         return self._streamed(record, fixed / heads)
+
+    #: the flash backward may write its next chunk into this one's memory: nothing here keeps
+    #: a chunk (the gradient's memory is even reused for ``f(G) ⊙ A``)
+    reduce_heads.keeps_no_chunk = True  # type: ignore[attr-defined]
 
     def _note(self, key: Key, mass: Tensor | None, causal: bool, touched: bool) -> None:
         """What a reduced call tells besides ``Ā``: which keys anyone attends to (zero columns

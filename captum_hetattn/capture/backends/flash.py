@@ -83,15 +83,16 @@ def _fused_cpu(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
 
 
 def lse_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float,
-            logsumexp: Tensor) -> Tensor:
+            logsumexp: Tensor, out: Tensor | None = None) -> Tensor:
     r"""``softmax(Q Kᵀ · scale + mask)`` from the kernel's row log-sum-exp: ``exp(Q' K'ᵀ +
     mask)`` with ``Q' = [Q · scale, -lse]`` and ``K' = [K, 1]`` (the shift is in the product:
     one pass over the map fewer). Equal to :func:`attention_map` to float32 rounding
     (≈ 1e-7); a row that a ``-inf`` mask hides entirely is 0 (the kernel's log-sum-exp is 0
-    there), other empty rows are cleared by the caller (:func:`clear_empty_rows`)."""
+    there), other empty rows are cleared by the caller (:func:`clear_empty_rows`). ``out``:
+    where to write it."""
     ones = key.new_ones(*key.shape[:-1], 1)
     shifted = torch.cat([query * scale, -logsumexp.unsqueeze(-1).to(query.dtype)], dim=-1)
-    scores = torch.matmul(shifted, torch.cat([key, ones], dim=-1).transpose(-1, -2))
+    scores = torch.matmul(shifted, torch.cat([key, ones], dim=-1).transpose(-1, -2), out=out)
     return _plus_mask(scores, mask, in_place=True).exp_()
 
 
@@ -158,8 +159,9 @@ class FlashAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, key, value, mask, probe, scale, sink, chunk=None):  # noqa: D102
-        ctx.scale, ctx.sink, ctx.chunk = scale, sink, chunk
+    def forward(ctx, query, key, value, mask, probe, scale, sink, chunk=None,  # noqa: D102
+                workspace=None):
+        ctx.scale, ctx.sink, ctx.chunk, ctx.workspace = scale, sink, chunk, workspace
         ctx.fused = _fused_cpu(query, key, value, mask, scale)
         if ctx.fused:  # the kernel F.scaled_dot_product_attention picks, with its log-sum-exp
             output, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -202,13 +204,15 @@ class FlashAttention(torch.autograd.Function):
             ctx.sink(clear_empty_rows(attention.detach(), head_mask), gradient.detach(), first,
                      heads)
             del attention, gradient, grad_scores
-        return grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None
+        return (grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None,
+                None)
 
     @staticmethod
     def _fused_backward(ctx, grad_output):
         """The CPU kernel's own backward for ``Q, K, V`` (what a plain backward runs); each
         chunk of heads' maps rebuilt from the saved log-sum-exp (:func:`lse_map`) and
-        ``G = dO · Vᵀ``, handed to the sink (which may reuse their memory)."""
+        ``G = dO · Vᵀ``, handed to the sink (which may reuse their memory; where it returns
+        ``True`` it keeps neither, and the next chunk is written into the same memory)."""
         query, key, value, mask, output, logsumexp = ctx.saved_tensors
         grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_output, query, key, value, output, logsumexp, 0.0, False, attn_mask=mask,
@@ -220,12 +224,42 @@ class FlashAttention(torch.autograd.Function):
             head_mask = None
             if mask is not None:
                 head_mask = mask[:, part] if mask.dim() == 4 and mask.shape[1] == heads else mask
+            shape = (query.shape[0], min(chunk, heads - first), query.shape[2], key.shape[2])
+            into = ctx.workspace.take(shape, query) if ctx.workspace is not None else (None,) * 2
             attention = lse_map(query[:, part], key[:, part], head_mask, ctx.scale,
-                                logsumexp[:, part])
-            gradient = torch.matmul(grad_output[:, part], value[:, part].transpose(-1, -2))
-            ctx.sink(clear_empty_rows(attention, head_mask), gradient, first, heads)
+                                logsumexp[:, part], out=into[0])
+            gradient = torch.matmul(grad_output[:, part], value[:, part].transpose(-1, -2),
+                                    out=into[1])
+            done = ctx.sink(clear_empty_rows(attention, head_mask), gradient, first, heads)
+            if done is not True and ctx.workspace is not None:
+                ctx.workspace.drop()  # the sink keeps them: the next chunk gets new memory
             del attention, gradient
-        return *grads, None, torch.zeros(()), None, None, None
+        return *grads, None, torch.zeros(()), None, None, None, None
+
+
+class Workspace:
+    r"""Map-sized memory that the chunks of flash backwards write into, one after another: a
+    new CPU tensor of a chunk's size is mapped afresh (page faults on every write) each time,
+    which cost as much as the product that fills it."""
+
+    def __init__(self) -> None:
+        self.buffers: tuple[Tensor, Tensor] | None = None
+
+    def take(self, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, Tensor]:
+        """Two tensors of ``shape`` (the map and its gradient), in memory used before where it
+        is large enough."""
+        size = 1
+        for each in shape:
+            size *= each
+        held = self.buffers
+        if held is None or held[0].numel() < size or held[0].dtype != like.dtype or (
+                held[0].device != like.device):
+            held = self.buffers = (like.new_empty(size), like.new_empty(size))
+        return held[0][:size].view(shape), held[1][:size].view(shape)
+
+    def drop(self) -> None:
+        """Forget the memory (its tensors were kept by the sink)."""
+        self.buffers = None
 
 
 #: per model: the attention classes' verdicts (:attr:`FlashBackend.checked`)
@@ -291,6 +325,8 @@ class FlashBackend(Backend):
         #: for the model's life (a class's verdict does not depend on the values; the check
         #: runs the eager function and compares maps, as costly as a layer's forward)
         self.checked: dict[type, bool] = _VERDICTS.setdefault(recorder.model, {})
+        #: the memory the backward's chunks of maps are written into, call after call
+        self.workspace = Workspace()
 
     def install(self, stack: ExitStack) -> None:
         r"""Nothing to install (the interface function calls :meth:`call`) and nothing to undo:
@@ -375,7 +411,8 @@ class FlashBackend(Backend):
             per_head = shape[0] * shape[2] * shape[3]
             chunk = max(1, self.recorder.flash_budget // max(per_head, 1))
         output = FlashAttention.apply(query, key, value, mask, probe, scale,
-                                      functools.partial(self._on_flash, entry), chunk)
+                                      functools.partial(self._on_flash, entry), chunk,
+                                      self.workspace)
         return output.transpose(1, 2).contiguous(), None
 
     def _add_flash(self, module: nn.Module, probe: Tensor, shape: tuple[int, ...]) -> Entry:
@@ -387,26 +424,28 @@ class FlashBackend(Backend):
         return entry
 
     def _on_flash(self, entry: Entry, attention: Tensor, gradient: Tensor, first: int = 0,
-                  heads: int | None = None) -> None:
+                  heads: int | None = None) -> bool:
         """A chunk of heads ``first, first + 1, ...`` of a flash call's maps, from its backward:
-        reduced chunk by chunk where ``reduce_heads`` can, else assembled, then recorded."""
+        reduced chunk by chunk where ``reduce_heads`` can, else assembled, then recorded.
+        Returns whether nothing keeps the chunk's tensors (their memory is free for the next
+        chunk): a ``reduce_heads`` says so with a true ``keeps_no_chunk`` attribute."""
         record = entry.record
         if record.reduced is not None or self.session.tracing:
-            return  # one gradient pass per recording with reduce; or a tracing pass
+            return True  # one gradient pass per recording with reduce; or a tracing pass
         heads = attention.shape[1] if heads is None else heads
         last = first + attention.shape[1] >= heads
         reduce_heads = self.recorder.reduce_heads
         if reduce_heads is not None and record.part_of is None and entry.buffer is None:
-            # (every head at once too: the chunk is handed over, its memory reusable)
+            # (every head at once too)
             done = reduce_heads(record, attention, gradient, first, heads)
             if done is not NotImplemented:
                 if last:
                     record.reduced, record.recompute = done, None
-                return
+                return bool(getattr(reduce_heads, "keeps_no_chunk", False))
         if first == 0 and last:  # the whole map at once
             record.attention, record.recompute = attention, None
             self.recorder._set_gradient(entry, gradient)
-            return
+            return False
         if entry.buffer is None:  # assemble the chunks into the whole map
             full = (record.shape[0], heads, *attention.shape[2:])
             entry.buffer = (attention.new_empty(full), gradient.new_empty(full))
@@ -416,3 +455,4 @@ class FlashBackend(Backend):
             (record.attention, assembled), entry.buffer = entry.buffer, None
             record.recompute = None
             self.recorder._set_gradient(entry, assembled)
+        return True
