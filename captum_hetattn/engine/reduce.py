@@ -96,17 +96,17 @@ class Capture:
         # the key mass only where padding is read from it (the first self call of a stream)
         mass = attention.detach().sum(dim=(1, 2)) if key in self.mass_of else None
         causal = is_causal(attention)
-        fixed = _corrected_sum(attention, gradient, self.corrections[key])
+        total = None if earlier is None else earlier[0]
+        fixed = _corrected_sum(attention, gradient, self.corrections[key], total)
         if earlier is not None:
-            total, old_mass, old_causal, _ = earlier
-            fixed = total.add_(fixed)
+            _, old_mass, old_causal, _ = earlier
             mass = None if mass is None else old_mass + mass
             causal = causal and old_causal
         if first + attention.shape[1] < heads:
             self._partial[key] = (fixed, mass, causal, touched)
             return None
         self._note(key, mass, causal, touched)
-        return self._streamed(record, fixed / heads)
+        return self._streamed(record, fixed.div_(heads))  # (a sum of this call's own)
 
     #: the flash backward may write its next chunk into this one's memory: nothing here keeps
     #: a chunk (the gradient's memory is even reused for ``f(G) ⊙ A``)
@@ -175,19 +175,25 @@ class Capture:
         self.heads[key] = (plain(attention), plain(gradient), plain(fixed), *states)
 
 
-def _corrected_sum(attention: Tensor, gradient: Tensor, correction: str) -> Tensor:
-    r"""``corrected(attention, gradient, correction).sum(dim=1)``, the same values, computed in
-    ``gradient``'s memory (flash capture hands over a gradient chunk nobody reads afterwards:
-    two passes over the chunk instead of two new tensors of its size)."""
+def _corrected_sum(attention: Tensor, gradient: Tensor, correction: str,
+                   total: Tensor | None = None) -> Tensor:
+    r"""``corrected(attention, gradient, correction).sum(dim=1)``, plus ``total`` (the sum of
+    the chunks before, added to in place), the same values, computed in ``gradient``'s memory
+    (flash capture hands over a gradient chunk nobody reads afterwards: two passes over the
+    chunk instead of two new tensors of its size; a chunk of one head is added without a sum)."""
     dtype = relevance_dtype(attention.dtype)
     if (correction not in ("pos", "abs", "full") or attention.dtype != dtype
             or gradient.dtype != dtype or gradient.shape != attention.shape):
-        return corrected(attention, gradient, correction).sum(dim=1)
+        chunk = corrected(attention, gradient, correction).sum(dim=1)
+        return chunk if total is None else total.add_(chunk)
     if correction == "pos":
         gradient = gradient.clamp_(min=0)
     elif correction == "abs":
         gradient = gradient.abs_()
-    return gradient.mul_(attention).sum(dim=1)
+    weighted = gradient.mul_(attention)
+    if total is None:
+        return weighted.sum(dim=1)  # a tensor of its own (the chunk's memory is reused)
+    return total.add_(weighted[:, 0] if weighted.shape[1] == 1 else weighted.sum(dim=1))
 
 
 def _nonzero(tensor: Tensor) -> bool:
