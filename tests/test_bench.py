@@ -19,9 +19,10 @@ def test_quick_run_writes_every_section(tmp_path):
     for key in bench.SECTIONS:
         assert f"## {bench.TITLES[key]}" in text, key
         assert f"Target: {bench.TARGETS[key]}" in text, key
-    # every section has its table (many targets: measured, or marked not available)
+    # every section has its table (many targets: measured, or marked not available), and the
+    # headline its own
     separators = [line for line in text.splitlines() if line.startswith("| --- |")]
-    assert len(separators) == len(bench.SECTIONS)
+    assert len(separators) == len(bench.SECTIONS) + 1
     assert "ViT (tiny)" in text and "BERT-base (tiny)" in text and "BART (tiny)" in text
     assert "worker processes" in text  # the 2-process evaluation ran
     assert "## Headline" in text and "IntegratedGradients(50) / ours" in text
