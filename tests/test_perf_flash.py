@@ -185,3 +185,34 @@ def test_class_check_compares_maps_at_spread_rows():
                        attention_map(flash_module._rows(query, picked), key, None, 0.35))
     mask = torch.zeros(2, 1, 1, 300)  # broadcast over the rows: kept whole
     assert flash_module._rows(mask, picked) is mask
+
+
+def test_class_check_of_a_long_input_runs_the_eager_function_on_spread_rows(monkeypatch,
+                                                                           count_flash):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, vocab_size=99, num_labels=3)
+    model = BertForSequenceClassification(config).eval()
+    ids = torch.randint(5, 99, (1, 300), generator=torch.Generator().manual_seed(3))
+    seen = []
+    original = flash_module.FlashBackend._reproduces
+
+    def watched(self, module, eager, query, *args, **kwargs):
+        def eager_rows(module, query, *rest, **named):
+            seen.append(query.shape[-2])
+            return eager(module, query, *rest, **named)
+
+        return original(self, module, eager_rows, query, *args, **kwargs)
+
+    monkeypatch.setattr(flash_module.FlashBackend, "_reproduces", watched)
+    flash = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits, model=model,
+                                             capture="flash").explain(ids, target=1)
+    assert seen == [flash_module.CHECK_ROWS]  # the check: spread rows, not all 300
+    assert len(count_flash) == 2  # and it passed: both calls through flash capture
+    eager_run = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits,
+                                                 model=model, capture="eager").explain(ids,
+                                                                                       target=1)
+    for name, value in eager_run.relevance.items():
+        torch.testing.assert_close(flash.relevance[name], value, atol=1e-5, rtol=1e-4)

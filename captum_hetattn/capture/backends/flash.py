@@ -349,24 +349,43 @@ class FlashBackend(Backend):
                     expanded: tuple[Tensor, Tensor, Tensor | None, float]) -> bool | None:
         """The first call of a class whose terms matter: whether sdpa gives its eager function's
         output and map (scores compared up to a constant per row, so a bias the kernel misses
-        is seen however small the model's weights are). ``None`` (undecided: this call eager,
-        the next one checked) when the call's score terms are all zero."""
+        is seen however small the model's weights are), at :data:`CHECK_ROWS` query rows spread
+        over the sequence (queries are independent: the check's memory stays small however long
+        the input; a function that treats the rows it is handed differently does not agree, and
+        its class stays eager). ``None`` (undecided: this call eager, the next one checked)
+        when the call's score terms are all zero."""
         terms = score_terms(eager, kwargs)
         if terms and all(not bool(t.detach().any()) for t in terms):
             return None  # a call where the bias does not matter cannot tell whether it is seen
-        with torch.no_grad():
-            expected, weights = eager(module, query, key, value, mask, **kwargs)
-            full_key, full_value, cut_mask, scale = expanded
-            got = F.scaled_dot_product_attention(query, full_key, full_value, attn_mask=cut_mask,
-                                                 scale=scale).transpose(1, 2)
+        rows = _spread(query.shape[-2])
+        n_query = query.shape[-2]
+
+        def picked(value: Any) -> Any:  # the checked rows of anything laid out over the queries
+            if isinstance(value, Tensor) and value.dim() >= 2 and value.shape[-2] == n_query:
+                return _rows(value, rows)
+            return value
+
+        full_key, full_value, cut_mask, scale = expanded
+        query, mask, cut_mask = picked(query), picked(mask), picked(cut_mask)
+        try:
+            with torch.no_grad():
+                expected, weights = eager(module, query, key, value, mask,
+                                          **{k: picked(v) for k, v in kwargs.items()})
+                got = F.scaled_dot_product_attention(query, full_key, full_value,
+                                                     attn_mask=cut_mask, scale=scale)
+        except (RuntimeError, ValueError, IndexError):
+            if rows is None:
+                raise
+            same = False  # the eager function wants every row: eager, as it was not shown equal
+        else:
+            got = got.transpose(1, 2)
             same = expected.shape == got.shape and torch.allclose(
                 expected.float(), got.float(), rtol=1e-4, atol=1e-5)
-            if same and isinstance(weights, Tensor):  # the first example's map is enough,
-                # at rows spread over the queries (a bias the kernel misses moves every row)
-                rows = _spread(query.shape[-2])
-                first = None if cut_mask is None else _rows(cut_mask[:1], rows)
-                same = _log_maps_agree(_rows(weights[:1], rows), attention_map(
-                    _rows(query[:1], rows), full_key[:1], first, scale))
+            if same and isinstance(weights, Tensor):  # the first example's map is enough
+                first = None if cut_mask is None else cut_mask[:1]
+                with torch.no_grad():
+                    same = _log_maps_agree(weights[:1], attention_map(
+                        query[:1], full_key[:1], first, scale))
         self.checked[type(module)] = same
         return same
 
