@@ -19,11 +19,13 @@ def test_quick_run_writes_every_section(tmp_path):
     for key in bench.SECTIONS:
         assert f"## {bench.TITLES[key]}" in text, key
         assert f"Target: {bench.TARGETS[key]}" in text, key
-    # every section has its table (many targets: measured, or marked not available)
+    # every section has its table (many targets: measured, or marked not available), and the
+    # headline its own
     separators = [line for line in text.splitlines() if line.startswith("| --- |")]
-    assert len(separators) == len(bench.SECTIONS)
+    assert len(separators) == len(bench.SECTIONS) + 1
     assert "ViT (tiny)" in text and "BERT-base (tiny)" in text and "BART (tiny)" in text
     assert "worker processes" in text  # the 2-process evaluation ran
+    assert "## Headline" in text and "IntegratedGradients(50) / ours" in text
     saved = json.loads(out.with_suffix(".json").read_text())
     assert list(saved["sections"]) == list(bench.SECTIONS) == list(data["sections"])
     long = saved["sections"]["long_context"]["data"][0]
@@ -52,3 +54,56 @@ def test_cli_bench_command(tmp_path, capsys):
     assert "Integrated" in out.read_text() and str(out) in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["bench", "--only", "speed"])
+
+
+def _fake_run():
+    """A run's saved data, by hand: two ratios that meet their goals and two that do not."""
+    return {
+        "machine": {"date": "2026-12-06 12:00", "cpu": "a CPU", "cores": 2, "torch": "2",
+                    "transformers": "5", "commit": "abc1234"},
+        "options": {"threads": 2, "device": "cpu", "repeats": 5},
+        "load_average": [0.1, 0.3],
+        "sections": {
+            "batch": {"data": [{"model": "ViT-base", "batch": 1, "ratio": 0.65},
+                               {"model": "LXMERT-base", "batch": 1, "ratio": 0.9}]},
+            "long_context": {"data": [
+                {"model": "BERT-base", "tokens": 2048,
+                 "plain": {"seconds": 10.0, "peak_mib": 2000.0},
+                 "ours": {"seconds": 12.0, "peak_mib": 2200.0}},
+                {"model": "BERT-mini", "tokens": 8192, "plain": {"error": "skipped: budget"},
+                 "ours": {"error": "not run"}},
+            ]},
+            "integrated_gradients": {"data": [{"model": "ViT-base", "ratio": 41.0}]},
+        },
+    }
+
+
+def test_headline_reads_each_ratio_against_its_goal():
+    rows = {row[0]: row[1:] for row in bench.headline_rows(_fake_run()["sections"])}
+    assert rows["ViT-base, batch 1: `attribute` / plain forward+backward"] == [
+        "0.65×", "≤ 0.7×", "yes"]
+    assert rows["LXMERT-base, batch 1: `attribute` / plain forward+backward"][2] == "**no**"
+    assert rows["BERT-base, 2048 tokens: time / plain"] == ["1.20×", "≤ 1.0×", "**no**"]
+    assert rows["BERT-base, 2048 tokens: peak memory / plain"] == ["1.10×", "≤ 1.3×", "yes"]
+    assert rows["ViT-base: IntegratedGradients(50) / ours"] == ["41.0×", "≥ 40×", "yes"]
+    assert not any(case.startswith("BERT-mini") for case in rows)  # skipped: no row
+    assert len(rows) == 5
+
+
+def test_headline_goes_between_the_readme_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{bench.report.HEADLINE_START}\nold table\n"
+                      f"{bench.report.HEADLINE_END}\nafter\n")
+    text = bench.headline_markdown(_fake_run())
+    assert "2026-12-06 12:00" in text and "a CPU" in text and "abc1234" in text
+    bench.write_headline(readme, text)
+    written = readme.read_text()
+    assert "old table" not in written and text in written
+    assert written.startswith("# x\n\nbefore\n") and written.endswith(
+        f"{bench.report.HEADLINE_END}\nafter\n")
+    bench.write_headline(readme, text)  # again: the same README (idempotent)
+    assert readme.read_text() == written
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    with pytest.raises(ValueError, match="bench-headline"):
+        bench.write_headline(plain, text)

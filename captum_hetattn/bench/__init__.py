@@ -9,13 +9,13 @@ ratio are measured in the same run, alternately. Sections (keys for ``only=``):
    regions), batch 1 and 8: ``HeterogenousAttentionAttribution(...).attribute`` / a plain
    forward + ``.backward()`` under the model's default attention (sdpa; LXMERT's attention is
    hand-written). Target ≤ 0.7.
-2. ``long_context`` — BERT-base and GPT-2 small (causal) at ``lengths`` tokens (default 512 /
-   2048 / 4096 / 8192): time and peak memory of ours vs the plain sdpa forward+backward, each
-   measured in a fresh subprocess (its peak RSS, ``VmHWM``, or
+2. ``long_context`` — BERT-base, BERT-mini (4 layers, hidden 256) and GPT-2 small (causal) at
+   ``lengths`` tokens (default 512 / 2048 / 4096 / 8192): time and peak memory of ours vs the
+   plain sdpa forward+backward, each measured in a fresh subprocess (its peak RSS, ``VmHWM``, or
    ``torch.cuda.max_memory_allocated`` on a GPU). A length whose predicted time (quadratic
    growth from the last measured length) exceeds ``budget_s``, or whose predicted memory exceeds
-   what the machine has free, is skipped and reported as such. Targets at 4096: memory ≤ 1.3×,
-   time ≤ 1.5× plain.
+   what the machine has free, is skipped and reported as such. Targets: memory ≤ 1.3× plain;
+   time ≤ 1.0× plain at 2048 tokens, ≤ 1.5× at 4096 and 8192.
 3. ``many_targets`` — 20 targets on one input (BART-base, 20 decoder positions; DETR with a small
    ResNet backbone, 20 object queries): ``attribute(..., targets=[...])`` (one forward, batched
    backward) / a loop of ``attribute(..., target=t)``. Target ≤ 0.6. Reported "not available"
@@ -26,7 +26,9 @@ ratio are measured in the same run, alternately. Sections (keys for ``only=``):
    processes (:func:`captum_hetattn.evaluation.distributed.evaluate_distributed`, wall clock
    including process start), and plain one-process :func:`~captum_hetattn.evaluation.evaluate`.
 
-Run: ``captum-hetattn bench`` or ``python -m captum_hetattn.bench [--quick] [--only ...]``.
+Run: ``captum-hetattn bench`` or ``python -m captum_hetattn.bench [--quick] [--only ...]``;
+``--readme README.md`` also writes the headline table (:func:`headline_markdown`) into the
+README's ``bench-headline`` block.
 
 Modules: :mod:`~captum_hetattn.bench.cases` (models, timing, the long-context worker),
 :mod:`~captum_hetattn.bench.machine`, :mod:`~captum_hetattn.bench.report` (sections, options,
@@ -46,7 +48,16 @@ from captum_hetattn.bench.cases import (
 )
 from captum_hetattn.bench.long_context import bench_long_context
 from captum_hetattn.bench.machine import machine
-from captum_hetattn.bench.report import SECTIONS, TARGETS, TITLES, Options, Section
+from captum_hetattn.bench.report import (
+    SECTIONS,
+    TARGETS,
+    TITLES,
+    Options,
+    Section,
+    headline_markdown,
+    headline_rows,
+    write_headline,
+)
 from captum_hetattn.bench.runner import (
     DEFAULT_LENGTHS,
     QUICK_LENGTHS,
@@ -87,9 +98,12 @@ __all__ = [
     "build_gpt2",
     "build_lxmert",
     "build_vit",
+    "headline_markdown",
+    "headline_rows",
     "machine",
     "main",
     "median_times",
     "run_benchmarks",
     "run_from_args",
+    "write_headline",
 ]

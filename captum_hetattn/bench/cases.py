@@ -90,12 +90,17 @@ def build_vit(batch: int, quick: bool) -> Case:
     return Case("ViT-base" if not quick else "ViT (tiny)", model, forward, (pixels,), None, 3)
 
 
-def build_bert(batch: int, quick: bool, tokens: int = 128) -> Case:
+#: BERT-mini's sizes (4 layers, hidden 256, 4 heads; google/bert_uncased_L-4_H-256_A-4): the
+#: long-context section's small model, which reaches 8192 tokens on a CPU in minutes
+MINI = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
+
+
+def build_bert(batch: int, quick: bool, tokens: int = 128, mini: bool = False) -> Case:
     from transformers import BertConfig, BertForSequenceClassification
 
     positions = max(512, tokens)
-    config = BertConfig(**_tiny(), num_labels=2, max_position_embeddings=positions) if quick \
-        else BertConfig(num_labels=2, max_position_embeddings=positions)
+    sizes = _tiny() if quick else MINI if mini else {}
+    config = BertConfig(**sizes, num_labels=2, max_position_embeddings=positions)
     torch.manual_seed(0)
     model = BertForSequenceClassification(config).eval()
     ids = torch.randint(1000, config.vocab_size, (batch, tokens), generator=_generator())
@@ -103,7 +108,8 @@ def build_bert(batch: int, quick: bool, tokens: int = 128) -> Case:
     def forward(i: Tensor) -> Tensor:
         return model(input_ids=i).logits
 
-    return Case("BERT-base" if not quick else "BERT (tiny)", model, forward, (ids,), None, 1)
+    name = "BERT (tiny)" if quick else "BERT-mini" if mini else "BERT-base"
+    return Case(name, model, forward, (ids,), None, 1)
 
 
 def build_gpt2(batch: int, quick: bool, tokens: int = 128) -> Case:
@@ -241,7 +247,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run inside a fresh process: build, then time ``mode`` (plain / ours); report peaks."""
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
-    build = {"bert": build_bert, "gpt2": build_gpt2}[spec["model"]]
+    build = {"bert": build_bert, "gpt2": build_gpt2,
+             "bert_mini": lambda *a, **k: build_bert(*a, **k, mini=True)}[spec["model"]]
     case = build(1, spec["quick"], tokens=spec["tokens"])
     to_device(case, device)
     baseline = peak_rss_mib()

@@ -49,7 +49,8 @@ TITLES = {
 }
 TARGETS = {
     "batch": "ours / plain ≤ 0.7",
-    "long_context": "at 4096 tokens, peak memory ≤ 1.3× plain and time ≤ 1.5× plain",
+    "long_context": "peak memory ≤ 1.3× plain; time ≤ 1.0× plain at 2048 tokens, ≤ 1.5× at "
+                    "4096 and 8192",
     "many_targets": "batched / looped ≤ 0.6 for 20 targets",
     "integrated_gradients": "IntegratedGradients(n_steps=50) / ours ≥ 40",
     "evaluation": "none set (examples per second with 1 and 2 processes are reported)",
@@ -89,9 +90,85 @@ def earlier_sections(out: Path, quick: bool) -> dict[str, dict[str, Any]]:
         return {}
 
 
+#: where ``--readme`` writes the headline table (the markers stay)
+HEADLINE_START = "<!-- bench-headline:start -->"
+HEADLINE_END = "<!-- bench-headline:end -->"
+
+
+def headline_rows(sections: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The headline: one row per measured case, ``[case, ours / reference, goal, met]``, from
+    the sections' saved data (a section not run gives no row)."""
+    rows: list[list[str]] = []
+
+    def add(case: str, value: float | None, goal: str, bound: float, below: bool = True,
+            digits: int = 2, unit: str = "×") -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        rows.append([case, f"{value:.{digits}f}{unit}", goal, met(value, bound, below)])
+
+    for item in sections.get("batch", {}).get("data", []):
+        add(f"{item['model']}, batch {item['batch']}: `attribute` / plain forward+backward",
+            item.get("ratio"), "≤ 0.7×", 0.7)
+    for item in sections.get("long_context", {}).get("data", []):
+        plain, ours = item.get("plain", {}), item.get("ours", {})
+        if "seconds" not in plain or "seconds" not in ours:
+            continue
+        case = f"{item['model']}, {item['tokens']} tokens"
+        long = item["tokens"] > 2048
+        add(f"{case}: time / plain", ours["seconds"] / plain["seconds"],
+            "≤ 1.5×" if long else "≤ 1.0×", 1.5 if long else 1.0)
+        add(f"{case}: peak memory / plain", ours["peak_mib"] / plain["peak_mib"], "≤ 1.3×", 1.3)
+    for item in sections.get("many_targets", {}).get("data", []):
+        add(f"{item['model']}, 20 targets: one call / 20 calls", item.get("ratio"), "≤ 0.6×",
+            0.6)
+    for item in sections.get("integrated_gradients", {}).get("data", []):
+        add(f"{item['model']}: IntegratedGradients(50) / ours", item.get("ratio"), "≥ 40×", 40,
+            below=False, digits=1)
+    for item in sections.get("evaluation", {}).get("data", []):
+        if item.get("runner") == "evaluate":
+            rows.append(["evaluation, shapes_vqa (in process)",
+                         f"{item['examples_per_s']:.1f} examples/s", "—", "—"])
+    return rows
+
+
+def headline_markdown(data: dict[str, Any]) -> str:
+    """The headline table of a run (:func:`headline_rows`) with its machine and date, as the
+    README shows it."""
+    info, opts = data["machine"], data["options"]
+    load = data.get("load_average") or [math.nan, math.nan]
+    lines = [
+        f"Measured by `captum-hetattn bench` on {info['date']}: {info['cpu']}, "
+        f"{info['cores']} cores, {opts['threads']} torch threads, device {opts['device']}; "
+        f"torch {info['torch']}, transformers {info['transformers']}; commit "
+        f"{info['commit'] or '?'}; load average {load[0]:.1f}–{load[1]:.1f}; medians of "
+        f"{opts['repeats']} (full tables: `benchmarks/results.md`).",
+        "",
+        "| case | ours | goal | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in headline_rows(data["sections"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_headline(readme: Path, text: str) -> None:
+    r"""Put ``text`` between :data:`HEADLINE_START` and :data:`HEADLINE_END` in ``readme``.
+
+    Raises:
+        ValueError: the README has not both markers, in that order.
+    """
+    content = readme.read_text()
+    start, end = content.find(HEADLINE_START), content.find(HEADLINE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} has no '{HEADLINE_START}' … '{HEADLINE_END}' block for the "
+                         "headline table")
+    head = content[: start + len(HEADLINE_START)]
+    readme.write_text(head + "\n" + text + content[end:])
+
+
 def report_markdown(info: dict[str, Any], opts: Options, sections: dict[str, Section],
-            chosen: Sequence[str], total: float, load_start: float, load_end: float) -> str:
-    """The markdown of ``benchmarks/results.md``: the machine, then every section."""
+                    chosen: Sequence[str], total: float, load_start: float, load_end: float,
+                    headline: str = "") -> str:
+    """The markdown of ``benchmarks/results.md``: the machine, the headline, every section."""
     gpu = info["gpu"] or "no GPU"
     mode = ("**quick mode**: tiny models and sizes — checks the harness, the numbers mean "
             "nothing" if opts.quick else "real sizes, random weights (no download)")
@@ -113,6 +190,8 @@ def report_markdown(info: dict[str, Any], opts: Options, sections: dict[str, Sec
            if max(load_start, load_end) > 0.5 * info["cores"] + 0.5 else "."),
         "",
     ]
+    if headline:
+        lines += ["## Headline", "", headline]
     for key in SECTIONS:
         if key in sections:
             lines.append(sections[key].markdown())
@@ -122,5 +201,6 @@ def report_markdown(info: dict[str, Any], opts: Options, sections: dict[str, Sec
     return "\n".join(lines)
 
 
-__all__ = ["SECTIONS", "TARGETS", "TITLES", "Options", "Section", "earlier_sections", "met",
-           "report_markdown"]
+__all__ = ["HEADLINE_END", "HEADLINE_START", "SECTIONS", "TARGETS", "TITLES", "Options", "Section",
+           "earlier_sections", "headline_markdown", "headline_rows", "met", "report_markdown",
+           "write_headline"]

@@ -25,7 +25,9 @@ from captum_hetattn.bench.report import (
     Options,
     Section,
     earlier_sections,
+    headline_markdown,
     report_markdown,
+    write_headline,
 )
 from captum_hetattn.bench.sections import (
     bench_batch,
@@ -60,6 +62,7 @@ def run_benchmarks(
     eval_n: int | None = None,
     eval_repeats: int | None = None,
     log: Callable[[str], None] = print,
+    readme: str | Path | None = None,
 ) -> dict[str, Any]:
     r"""Run the benchmarks and write ``out`` (markdown) and ``out`` with ``.json`` (numbers).
 
@@ -77,6 +80,9 @@ def run_benchmarks(
         device: ``"cpu"`` or ``"cuda"`` (default: cuda when there is one).
         eval_n / eval_repeats: examples and runs of the evaluation throughput (default 1000 / 5;
             quick 8 / 1).
+        log: where progress lines go.
+        readme: a README whose headline block (between :data:`~.report.HEADLINE_START` and
+            :data:`~.report.HEADLINE_END`) gets this run's headline table.
 
     Returns:
         ``{"machine": ..., "options": ..., "sections": {key: {...}}}`` (also written as JSON).
@@ -108,7 +114,6 @@ def run_benchmarks(
                    "notes": s.notes, "data": s.data, "seconds": s.seconds, "run": stamp}
              for key, s in sections.items()}
     _carry_over(out, opts.quick, sections, saved)
-    out.write_text(report_markdown(info, opts, sections, chosen, total, load_start, load_end))
     data = {
         "machine": info,
         "options": vars(opts),
@@ -116,7 +121,12 @@ def run_benchmarks(
         "total_seconds": total,
         "sections": {key: saved[key] for key in SECTIONS if key in saved},
     }
+    headline = headline_markdown(data)
+    out.write_text(report_markdown(info, opts, sections, chosen, total, load_start, load_end,
+                                   headline))
     out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
+    if readme is not None:
+        write_headline(Path(readme), headline)
     return data
 
 
@@ -172,6 +182,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="examples of the evaluation-speed section")
     parser.add_argument("--eval-repeats", type=int, default=None,
                         help="runs per median of the evaluation-speed section")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also write the headline table into this README's "
+                             "bench-headline block")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -179,7 +192,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     data = run_benchmarks(
         args.out, quick=args.quick, only=args.only, repeats=args.repeats, threads=args.threads,
         budget_s=args.budget, lengths=args.lengths, device=args.device, eval_n=args.eval_n,
-        eval_repeats=args.eval_repeats,
+        eval_repeats=args.eval_repeats, readme=args.readme,
     )
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')} "
           f"({data['total_seconds']:.0f} s)")

@@ -19,6 +19,7 @@ from captum_hetattn.graph.inference import is_causal
 from captum_hetattn.rules.ops import (
     aggregate_heads,
     corrected,
+    relevance_dtype,
     residual_shares,
     resolve_correction,
     value_weighted,
@@ -46,6 +47,8 @@ class Capture:
         self.heads: dict[Key, tuple[Tensor, ...]] = {}
         self.corrections: dict[Key, str] = {}
         self.key_mass: dict[Key, Tensor] = {}
+        #: the calls whose key mass chunked reduction keeps (the first self call per stream)
+        self.mass_of: set[Key] = set()
         self.causal: set[Key] = set()
         self.no_gradient: set[Key] = set()
         #: with ``weighting="value"``: per call, what the map cannot see, and the weights of
@@ -65,9 +68,13 @@ class Capture:
 
     def expect(self, recording: BoundRecording) -> None:
         """The bound calls and their corrections (calls not bound are not reduced)."""
+        seen: set[str] = set()
         for call in recording.calls:
             key = (call.record.name, call.record.call_index)
             self.corrections[key] = resolve_correction(self.correction, call.node.type)
+            if not call.node.is_cross and call.node.query not in seen:
+                seen.add(call.node.query)  # padding_of reads this call's key mass only
+                self.mass_of.add(key)
 
     def reduce(self, record: AttentionRecord) -> Tensor | None:
         """The recorder's callback for a whole map: ``Ā``, or ``None`` for an unbound call."""
@@ -82,24 +89,34 @@ class Capture:
             return None
         if self.keep_heads or key in self.values or record.layout is not None:
             return NotImplemented
-        fixed = corrected(attention, gradient, self.corrections[key]).sum(dim=1)
-        mass = attention.detach().sum(dim=(1, 2))
+        earlier = self._partial.pop(key) if first > 0 else None
+        # whether it got a gradient: read until one chunk says so (before the gradient's
+        # memory is reused below)
+        touched = (earlier is not None and earlier[3]) or _nonzero(gradient)
+        # the key mass only where padding is read from it (the first self call of a stream)
+        mass = attention.detach().sum(dim=(1, 2)) if key in self.mass_of else None
         causal = is_causal(attention)
-        touched = bool(gradient.ne(0).any())
-        if first > 0:
-            total, old_mass, old_causal, old_touched = self._partial.pop(key)
-            fixed, mass = total + fixed, old_mass + mass
-            causal, touched = causal and old_causal, touched or old_touched
+        total = None if earlier is None else earlier[0]
+        fixed = _corrected_sum(attention, gradient, self.corrections[key], total)
+        if earlier is not None:
+            _, old_mass, old_causal, _ = earlier
+            mass = None if mass is None else old_mass + mass
+            causal = causal and old_causal
         if first + attention.shape[1] < heads:
             self._partial[key] = (fixed, mass, causal, touched)
             return None
         self._note(key, mass, causal, touched)
-        return self._streamed(record, fixed / heads)
+        return self._streamed(record, fixed.div_(heads))  # (a sum of this call's own)
 
-    def _note(self, key: Key, mass: Tensor, causal: bool, touched: bool) -> None:
+    #: the flash backward may write its next chunk into this one's memory: nothing here keeps
+    #: a chunk (the gradient's memory is even reused for ``f(G) ⊙ A``)
+    reduce_heads.keeps_no_chunk = True  # type: ignore[attr-defined]
+
+    def _note(self, key: Key, mass: Tensor | None, causal: bool, touched: bool) -> None:
         """What a reduced call tells besides ``Ā``: which keys anyone attends to (zero columns
         are attention-masked padding), whether it is causal, whether it got a gradient."""
-        self.key_mass[key] = mass
+        if mass is not None:
+            self.key_mass[key] = mass
         if causal:
             self.causal.add(key)
         if self.corrections[key] != "none" and not touched:
@@ -158,7 +175,36 @@ class Capture:
         self.heads[key] = (plain(attention), plain(gradient), plain(fixed), *states)
 
 
+def _corrected_sum(attention: Tensor, gradient: Tensor, correction: str,
+                   total: Tensor | None = None) -> Tensor:
+    r"""``corrected(attention, gradient, correction).sum(dim=1)``, plus ``total`` (the sum of
+    the chunks before, added to in place), the same values, computed in ``gradient``'s memory
+    (flash capture hands over a gradient chunk nobody reads afterwards: two passes over the
+    chunk instead of two new tensors of its size; a chunk of one head is added without a sum)."""
+    dtype = relevance_dtype(attention.dtype)
+    if (correction not in ("pos", "abs", "full") or attention.dtype != dtype
+            or gradient.dtype != dtype or gradient.shape != attention.shape):
+        chunk = corrected(attention, gradient, correction).sum(dim=1)
+        return chunk if total is None else total.add_(chunk)
+    if correction == "pos":
+        gradient = gradient.clamp_(min=0)
+    elif correction == "abs":
+        gradient = gradient.abs_()
+    weighted = gradient.mul_(attention)
+    if total is None:
+        return weighted.sum(dim=1)  # a tensor of its own (the chunk's memory is reused)
+    return total.add_(weighted[:, 0] if weighted.shape[1] == 1 else weighted.sum(dim=1))
+
+
+def _nonzero(tensor: Tensor) -> bool:
+    """``bool(tensor.any())`` for a float tensor (NaN counts), from its largest and smallest
+    entries: vectorised reductions, a few times faster than ``any`` on a CPU."""
+    if not tensor.numel():
+        return False
+    return bool(tensor.amax() != 0) or bool(tensor.amin() != 0)
+
+
 def _has_gradient(record: AttentionRecord) -> bool:
     """Whether any entry of the call's maps (of each part, for a folded call) got a gradient."""
     grads = [p.gradient for p in record.parts] if record.layout is not None else [record.gradient]
-    return any(g is not None and bool(g.any()) for g in grads)
+    return any(g is not None and _nonzero(g) for g in grads)

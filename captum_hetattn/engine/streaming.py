@@ -49,7 +49,7 @@ class Streaming:
 
     def offer(self, key: tuple[str, int], reduced: Tensor) -> None:
         self.maps[key] = reduced
-        self.reference = reduced
+        self.reference = reduced.new_empty(0)  # its dtype and device (not the map: dropped)
         self._advance()
 
     def _advance(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
@@ -44,14 +45,55 @@ def attention_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float)
     (as the transformers eager attention functions compute it); a row whose every key is
     masked with ``-inf`` is zero, as ``F.scaled_dot_product_attention`` computes it (a plain
     softmax would give NaN)."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
-    if mask is not None:
-        scores = scores + mask
+    scores = torch.matmul(query, key.transpose(-1, -2))
+    grad = scores.requires_grad  # in place where autograd need not see it (same values)
+    scores = scores * scale if grad else scores.mul_(scale)
+    scores = _plus_mask(scores, mask, in_place=not grad)
     dtype = torch.promote_types(query.dtype, torch.float32)  # float64 stays float64
     attention = torch.softmax(scores, dim=-1, dtype=dtype)
     if mask is not None:
-        attention = attention.nan_to_num(0.0)
+        attention = attention.nan_to_num(0.0) if grad else attention.nan_to_num_(0.0)
     return attention.to(query.dtype)
+
+
+def _plus_mask(scores: Tensor, mask: Tensor | None, in_place: bool) -> Tensor:
+    """``scores + mask``, into ``scores`` where allowed and the sum keeps its shape."""
+    if mask is None:
+        return scores
+    if in_place and torch.broadcast_shapes(scores.shape, mask.shape) == scores.shape:
+        return scores.add_(mask)
+    return scores + mask
+
+
+def _fused_cpu(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
+               scale: float) -> bool:
+    """Whether ``F.scaled_dot_product_attention`` runs this call on the CPU flash kernel (then
+    :class:`FlashAttention` calls that kernel itself, bit for bit the same output, and keeps its
+    log-sum-exp: the backward uses the kernel's own backward and rebuilds each map with one
+    product and one ``exp``)."""
+    if query.device.type != "cpu" or query.dtype != torch.float32:
+        return False
+    if mask is not None and (mask.requires_grad or mask.dtype != torch.float32):
+        return False  # a learned bias needs its gradient: the backward below computes it
+    try:
+        choice = torch._fused_sdp_choice(query, key, value, mask, 0.0, False, scale=scale)
+    except (RuntimeError, TypeError):  # pragma: no cover - builds without the dispatcher
+        return False
+    return choice == int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+
+
+def lse_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float,
+            logsumexp: Tensor, out: Tensor | None = None) -> Tensor:
+    r"""``softmax(Q Kᵀ · scale + mask)`` from the kernel's row log-sum-exp: ``exp(Q' K'ᵀ +
+    mask)`` with ``Q' = [Q · scale, -lse]`` and ``K' = [K, 1]`` (the shift is in the product:
+    one pass over the map fewer). Equal to :func:`attention_map` to float32 rounding
+    (≈ 1e-7); a row that a ``-inf`` mask hides entirely is 0 (the kernel's log-sum-exp is 0
+    there), other empty rows are cleared by the caller (:func:`clear_empty_rows`). ``out``:
+    where to write it."""
+    ones = key.new_ones(*key.shape[:-1], 1)
+    shifted = torch.cat([query * scale, -logsumexp.unsqueeze(-1).to(query.dtype)], dim=-1)
+    scores = torch.matmul(shifted, torch.cat([key, ones], dim=-1).transpose(-1, -2), out=out)
+    return _plus_mask(scores, mask, in_place=True).exp_()
 
 
 def recorded_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
@@ -117,14 +159,23 @@ class FlashAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, key, value, mask, probe, scale, sink, chunk=None):  # noqa: D102
+    def forward(ctx, query, key, value, mask, probe, scale, sink, chunk=None,  # noqa: D102
+                workspace=None):
+        ctx.scale, ctx.sink, ctx.chunk, ctx.workspace = scale, sink, chunk, workspace
+        ctx.fused = _fused_cpu(query, key, value, mask, scale)
+        if ctx.fused:  # the kernel F.scaled_dot_product_attention picks, with its log-sum-exp
+            output, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query, key, value, 0.0, False, attn_mask=mask, scale=scale)
+            ctx.save_for_backward(query, key, value, mask, output, logsumexp)
+            return output
         ctx.save_for_backward(query, key, value, mask)
-        ctx.scale, ctx.sink, ctx.chunk = scale, sink, chunk
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
 
     @staticmethod
     def backward(ctx, grad_output):  # noqa: D102
-        query, key, value, mask = ctx.saved_tensors
+        if ctx.fused and not torch.is_grad_enabled():  # (the kernel's backward has none)
+            return FlashAttention._fused_backward(ctx, grad_output)
+        query, key, value, mask = ctx.saved_tensors[:4]
         heads = query.shape[1]
         chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
         grad_query, grad_key, grad_value = (torch.empty_like(t) for t in (query, key, value))
@@ -153,7 +204,84 @@ class FlashAttention(torch.autograd.Function):
             ctx.sink(clear_empty_rows(attention.detach(), head_mask), gradient.detach(), first,
                      heads)
             del attention, gradient, grad_scores
-        return grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None
+        return (grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None,
+                None)
+
+    @staticmethod
+    def _fused_backward(ctx, grad_output):
+        """The CPU kernel's own backward for ``Q, K, V`` (what a plain backward runs); each
+        chunk of heads' maps rebuilt from the saved log-sum-exp (:func:`lse_map`) and
+        ``G = dO · Vᵀ``, handed to the sink (which may reuse their memory; where it returns
+        ``True`` it keeps neither, and the next chunk is written into the same memory)."""
+        query, key, value, mask, output, logsumexp = ctx.saved_tensors
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_output, query, key, value, output, logsumexp, 0.0, False, attn_mask=mask,
+            scale=ctx.scale)
+        heads = query.shape[1]
+        chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
+        for first in range(0, heads, chunk):
+            part = slice(first, first + chunk)
+            head_mask = None
+            if mask is not None:
+                head_mask = mask[:, part] if mask.dim() == 4 and mask.shape[1] == heads else mask
+            shape = (query.shape[0], min(chunk, heads - first), query.shape[2], key.shape[2])
+            into = ctx.workspace.take(shape, query) if ctx.workspace is not None else (None,) * 2
+            attention = lse_map(query[:, part], key[:, part], head_mask, ctx.scale,
+                                logsumexp[:, part], out=into[0])
+            gradient = torch.matmul(grad_output[:, part], value[:, part].transpose(-1, -2),
+                                    out=into[1])
+            done = ctx.sink(clear_empty_rows(attention, head_mask), gradient, first, heads)
+            if done is not True and ctx.workspace is not None:
+                ctx.workspace.drop()  # the sink keeps them: the next chunk gets new memory
+            del attention, gradient
+        return *grads, None, torch.zeros(()), None, None, None, None
+
+
+class Workspace:
+    r"""Map-sized memory that the chunks of flash backwards write into, one after another: a
+    new CPU tensor of a chunk's size is mapped afresh (page faults on every write) each time,
+    which cost as much as the product that fills it."""
+
+    def __init__(self) -> None:
+        self.buffers: tuple[Tensor, Tensor] | None = None
+
+    def take(self, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, Tensor]:
+        """Two tensors of ``shape`` (the map and its gradient), in memory used before where it
+        is large enough."""
+        size = 1
+        for each in shape:
+            size *= each
+        held = self.buffers
+        if held is None or held[0].numel() < size or held[0].dtype != like.dtype or (
+                held[0].device != like.device):
+            held = self.buffers = (like.new_empty(size), like.new_empty(size))
+        return held[0][:size].view(shape), held[1][:size].view(shape)
+
+    def drop(self) -> None:
+        """Forget the memory (its tensors were kept by the sink)."""
+        self.buffers = None
+
+
+#: per model: the attention classes' verdicts (:attr:`FlashBackend.checked`)
+_VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[type, bool]] = weakref.WeakKeyDictionary()
+
+#: query rows the class check compares maps at (all of them up to this many)
+CHECK_ROWS = 128
+
+
+def _spread(rows: int) -> Tensor | None:
+    """At most :data:`CHECK_ROWS` rows spread evenly from the first to the last (``None``:
+    every row)."""
+    if rows <= CHECK_ROWS:
+        return None
+    return torch.linspace(0, rows - 1, CHECK_ROWS).round().long().unique()
+
+
+def _rows(tensor: Tensor, rows: Tensor | None) -> Tensor:
+    """``tensor``'s rows (dim -2) at ``rows``; a dimension broadcast over the rows stays."""
+    if rows is None or tensor.shape[-2] == 1:
+        return tensor
+    return tensor.index_select(-2, rows)
 
 
 def _with_terms(mask: Tensor | None, terms: list[Tensor], query: Tensor,
@@ -193,8 +321,12 @@ class FlashBackend(Backend):
 
     def __init__(self, recorder: AttentionRecorder, session: Session) -> None:
         super().__init__(recorder, session)
-        #: per attention class: whether its first call reproduced its eager function
-        self.checked: dict[type, bool] = {}
+        #: per attention class: whether its first call reproduced its eager function — kept
+        #: for the model's life (a class's verdict does not depend on the values; the check
+        #: runs the eager function and compares maps, as costly as a layer's forward)
+        self.checked: dict[type, bool] = _VERDICTS.setdefault(recorder.model, {})
+        #: the memory the backward's chunks of maps are written into, call after call
+        self.workspace = Workspace()
 
     def install(self, stack: ExitStack) -> None:
         r"""Nothing to install (the interface function calls :meth:`call`) and nothing to undo:
@@ -217,22 +349,43 @@ class FlashBackend(Backend):
                     expanded: tuple[Tensor, Tensor, Tensor | None, float]) -> bool | None:
         """The first call of a class whose terms matter: whether sdpa gives its eager function's
         output and map (scores compared up to a constant per row, so a bias the kernel misses
-        is seen however small the model's weights are). ``None`` (undecided: this call eager,
-        the next one checked) when the call's score terms are all zero."""
+        is seen however small the model's weights are), at :data:`CHECK_ROWS` query rows spread
+        over the sequence (queries are independent: the check's memory stays small however long
+        the input; a function that treats the rows it is handed differently does not agree, and
+        its class stays eager). ``None`` (undecided: this call eager, the next one checked)
+        when the call's score terms are all zero."""
         terms = score_terms(eager, kwargs)
         if terms and all(not bool(t.detach().any()) for t in terms):
             return None  # a call where the bias does not matter cannot tell whether it is seen
-        with torch.no_grad():
-            expected, weights = eager(module, query, key, value, mask, **kwargs)
-            full_key, full_value, cut_mask, scale = expanded
-            got = F.scaled_dot_product_attention(query, full_key, full_value, attn_mask=cut_mask,
-                                                 scale=scale).transpose(1, 2)
+        rows = _spread(query.shape[-2])
+        n_query = query.shape[-2]
+
+        def picked(value: Any) -> Any:  # the checked rows of anything laid out over the queries
+            if isinstance(value, Tensor) and value.dim() >= 2 and value.shape[-2] == n_query:
+                return _rows(value, rows)
+            return value
+
+        full_key, full_value, cut_mask, scale = expanded
+        query, mask, cut_mask = picked(query), picked(mask), picked(cut_mask)
+        try:
+            with torch.no_grad():
+                expected, weights = eager(module, query, key, value, mask,
+                                          **{k: picked(v) for k, v in kwargs.items()})
+                got = F.scaled_dot_product_attention(query, full_key, full_value,
+                                                     attn_mask=cut_mask, scale=scale)
+        except (RuntimeError, ValueError, IndexError):
+            if rows is None:
+                raise
+            same = False  # the eager function wants every row: eager, as it was not shown equal
+        else:
+            got = got.transpose(1, 2)
             same = expected.shape == got.shape and torch.allclose(
                 expected.float(), got.float(), rtol=1e-4, atol=1e-5)
             if same and isinstance(weights, Tensor):  # the first example's map is enough
                 first = None if cut_mask is None else cut_mask[:1]
-                same = _log_maps_agree(weights[:1], attention_map(query[:1], full_key[:1],
-                                                                   first, scale))
+                with torch.no_grad():
+                    same = _log_maps_agree(weights[:1], attention_map(
+                        query[:1], full_key[:1], first, scale))
         self.checked[type(module)] = same
         return same
 
@@ -277,7 +430,8 @@ class FlashBackend(Backend):
             per_head = shape[0] * shape[2] * shape[3]
             chunk = max(1, self.recorder.flash_budget // max(per_head, 1))
         output = FlashAttention.apply(query, key, value, mask, probe, scale,
-                                      functools.partial(self._on_flash, entry), chunk)
+                                      functools.partial(self._on_flash, entry), chunk,
+                                      self.workspace)
         return output.transpose(1, 2).contiguous(), None
 
     def _add_flash(self, module: nn.Module, probe: Tensor, shape: tuple[int, ...]) -> Entry:
@@ -289,25 +443,28 @@ class FlashBackend(Backend):
         return entry
 
     def _on_flash(self, entry: Entry, attention: Tensor, gradient: Tensor, first: int = 0,
-                  heads: int | None = None) -> None:
+                  heads: int | None = None) -> bool:
         """A chunk of heads ``first, first + 1, ...`` of a flash call's maps, from its backward:
-        reduced chunk by chunk where ``reduce_heads`` can, else assembled, then recorded."""
+        reduced chunk by chunk where ``reduce_heads`` can, else assembled, then recorded.
+        Returns whether nothing keeps the chunk's tensors (their memory is free for the next
+        chunk): a ``reduce_heads`` says so with a true ``keeps_no_chunk`` attribute."""
         record = entry.record
         if record.reduced is not None or self.session.tracing:
-            return  # one gradient pass per recording with reduce; or a tracing pass
+            return True  # one gradient pass per recording with reduce; or a tracing pass
         heads = attention.shape[1] if heads is None else heads
         last = first + attention.shape[1] >= heads
-        if first == 0 and last:  # the whole map at once
-            record.attention, record.recompute = attention, None
-            self.recorder._set_gradient(entry, gradient)
-            return
         reduce_heads = self.recorder.reduce_heads
         if reduce_heads is not None and record.part_of is None and entry.buffer is None:
+            # (every head at once too)
             done = reduce_heads(record, attention, gradient, first, heads)
             if done is not NotImplemented:
                 if last:
                     record.reduced, record.recompute = done, None
-                return
+                return bool(getattr(reduce_heads, "keeps_no_chunk", False))
+        if first == 0 and last:  # the whole map at once
+            record.attention, record.recompute = attention, None
+            self.recorder._set_gradient(entry, gradient)
+            return False
         if entry.buffer is None:  # assemble the chunks into the whole map
             full = (record.shape[0], heads, *attention.shape[2:])
             entry.buffer = (attention.new_empty(full), gradient.new_empty(full))
@@ -317,3 +474,4 @@ class FlashBackend(Backend):
             (record.attention, assembled), entry.buffer = entry.buffer, None
             record.recompute = None
             self.recorder._set_gradient(entry, assembled)
+        return True

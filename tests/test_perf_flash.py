@@ -1,0 +1,218 @@
+"""Flash capture at the speed of a backward pass (issue 20, item 3): the CPU kernel's own
+forward and backward, maps rebuilt from its log-sum-exp, chunks written into reused memory and
+reduced in the gradient's memory, class verdicts kept per model. Each shortcut is compared with
+the path it replaces."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from captum_hetattn import HeterogenousAttentionAttribution
+from captum_hetattn.capture.backends import flash as flash_module
+from captum_hetattn.capture.backends.flash import FlashAttention, Workspace, attention_map
+from captum_hetattn.engine import reduce as reduce_module
+from captum_hetattn.rules.ops import corrected
+
+MIN = torch.finfo(torch.float32).min
+
+
+def _states(seed=0, batch=2, heads=4, n=23, d=8):
+    g = torch.Generator().manual_seed(seed)
+    # (B, n, H, d) transposed, as transformers hands them over (not contiguous)
+    return [torch.randn(batch, n, heads, d, generator=g).transpose(1, 2) for _ in range(3)]
+
+
+def _masks(batch=2, heads=4, n=23):
+    g = torch.Generator().manual_seed(5)
+    hidden_row = torch.zeros(batch, 1, n, n)
+    hidden_row[0, 0, 3] = float("-inf")  # one query that sees no key
+    padding = torch.zeros(batch, 1, 1, n)
+    padding[1, ..., -4:] = MIN  # the last keys of example 1 are padding
+    return {"none": None, "additive": torch.randn(batch, 1, n, n, generator=g),
+            "per head": torch.randn(batch, heads, n, n, generator=g),
+            "hidden row": hidden_row, "padding": padding}
+
+
+def _run(query, key, value, mask, chunk, fused, monkeypatch, sink_result=True, workspace=None):
+    """Forward and backward through FlashAttention: output, q/k/v gradients, the sink's chunks."""
+    monkeypatch.setattr(flash_module, "_fused_cpu", lambda *a: fused)
+    leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+    chunks = []
+
+    def sink(attention, gradient, first, heads):
+        chunks.append((first, attention.clone(), gradient.clone(), attention, gradient))
+        return sink_result
+
+    probe = torch.zeros((), requires_grad=True)
+    output = FlashAttention.apply(*leaves, mask, probe, 0.35, sink, chunk, workspace)
+    output.backward(torch.randn(output.shape, generator=torch.Generator().manual_seed(9)))
+    return output.detach(), [t.grad for t in leaves], chunks
+
+
+@pytest.mark.parametrize("mask_name", list(_masks()))
+@pytest.mark.parametrize("chunk", [None, 3, 1])
+def test_kernel_backward_equals_the_rebuilt_backward(mask_name, chunk, monkeypatch):
+    query, key, value = _states()
+    mask = _masks()[mask_name]
+    out_f, grads_f, chunks_f = _run(query, key, value, mask, chunk, True, monkeypatch,
+                                    workspace=Workspace())
+    out_e, grads_e, chunks_e = _run(query, key, value, mask, chunk, False, monkeypatch)
+    # the output is the kernel's, bit for bit what F.scaled_dot_product_attention gives
+    assert torch.equal(out_f, F.scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                                             scale=0.35))
+    for got, expected in zip(grads_f, grads_e, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert [c[0] for c in chunks_f] == [c[0] for c in chunks_e]
+    for (_, a_f, g_f, _, _), (_, a_e, g_e, _, _) in zip(chunks_f, chunks_e, strict=True):
+        torch.testing.assert_close(a_f, a_e, atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(g_f, g_e, atol=1e-7, rtol=1e-5)
+    if mask_name == "hidden row":  # the query that sees no key records a zero row
+        assert not chunks_f[0][1][0, :, 3].any()
+
+
+def test_the_kernel_path_is_taken_on_the_cpu_in_float32():
+    query, key, value = _states()
+    assert flash_module._fused_cpu(query, key, value, None, 0.35)
+    assert flash_module._fused_cpu(query, key, value, _masks()["padding"], 0.35)
+    assert not flash_module._fused_cpu(query.double(), key.double(), value.double(), None, 0.35)
+    learned = torch.zeros(2, 1, 23, 23, requires_grad=True)  # a bias that needs its gradient
+    assert not flash_module._fused_cpu(query, key, value, learned, 0.35)
+
+
+def test_chunks_reuse_memory_only_when_the_sink_keeps_none(monkeypatch):
+    query, key, value = _states(heads=4)
+    _, _, consumed = _run(query, key, value, None, 1, True, monkeypatch, sink_result=True,
+                          workspace=Workspace())
+    pointers = {c[3].data_ptr() for c in consumed}
+    assert len(consumed) == 4 and len(pointers) == 1  # one memory, chunk after chunk
+    _, _, kept = _run(query, key, value, None, 1, True, monkeypatch, sink_result=None,
+                      workspace=Workspace())
+    assert len({c[3].data_ptr() for c in kept}) == 4
+    for _, attention, gradient, live_attention, live_gradient in kept:  # nothing overwritten
+        assert torch.equal(attention, live_attention) and torch.equal(gradient, live_gradient)
+
+
+@pytest.mark.parametrize("correction", ["pos", "abs", "full", "none"])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_reduction_in_the_gradients_memory_is_the_same_to_the_bit(correction, heads):
+    g = torch.Generator().manual_seed(1)
+    attention = torch.rand(2, heads, 5, 7, generator=g)
+    gradient = torch.randn(2, heads, 5, 7, generator=g)
+    expected = corrected(attention, gradient, correction).sum(dim=1)
+    assert torch.equal(reduce_module._corrected_sum(attention, gradient.clone(), correction),
+                       expected)
+    total = torch.randn(2, 5, 7, generator=g)
+    summed = reduce_module._corrected_sum(attention, gradient.clone(), correction, total.clone())
+    assert torch.equal(summed, total + expected)
+
+
+def test_nonzero_reads_like_any():
+    for tensor in (torch.zeros(3, 4), torch.tensor([0.0, -2.0]), torch.tensor([0.0, 3.0]),
+                   torch.tensor([0.0, float("nan")]), torch.zeros(0)):
+        assert reduce_module._nonzero(tensor) == bool(tensor.any())
+
+
+def _bert(padding):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, vocab_size=99, num_labels=3)
+    model = BertForSequenceClassification(config).eval()
+    ids = torch.randint(5, 99, (2, 19), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    if padding:
+        mask[1, -5:] = 0
+    return model, ids, mask
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_relevance_on_the_kernel_path_equals_the_rebuilt_path(padding, monkeypatch, count_flash):
+    model, ids, mask = _bert(padding)
+
+    def explain():
+        explainer = HeterogenousAttentionAttribution(
+            lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+        return explainer.explain(ids, target=1, additional_forward_args=(mask,))
+
+    rebuilt_maps = []
+    lse_map = flash_module.lse_map
+    monkeypatch.setattr(flash_module, "lse_map",
+                        lambda *a, **k: rebuilt_maps.append(1) or lse_map(*a, **k))
+    fused = explain()
+    assert count_flash and rebuilt_maps  # flash capture, on the kernel's path
+    monkeypatch.setattr(flash_module, "_fused_cpu", lambda *a: False)
+    rebuilt = explain()
+    for name, value in rebuilt.relevance.items():
+        torch.testing.assert_close(fused.relevance[name], value, atol=1e-6, rtol=1e-5)
+    for name, value in rebuilt.padding.items():
+        assert torch.equal(fused.padding[name], value)
+    if padding:
+        assert any(bool(p.any()) for p in fused.padding.values())
+
+
+def test_class_verdicts_are_kept_for_the_models_life(monkeypatch):
+    checks = []
+    original = flash_module.FlashBackend._reproduces
+
+    def counted(self, module, *args, **kwargs):
+        checks.append(type(module).__name__)
+        return original(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(flash_module.FlashBackend, "_reproduces", counted)
+    model, ids, mask = _bert(False)
+    explainer = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits,
+                                                 model=model)
+    first = explainer.attribute(ids, target=1)
+    assert checks == ["BertSelfAttention"]  # the first call of the class, once
+    again = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits, model=model)
+    torch.testing.assert_close(again.attribute(ids, target=1), first)
+    assert checks == ["BertSelfAttention"]  # same model, another explainer: kept
+    other, _, _ = _bert(False)
+    HeterogenousAttentionAttribution(lambda i: other(input_ids=i).logits,
+                                     model=other).attribute(ids, target=1)
+    assert checks == ["BertSelfAttention"] * 2  # another model is checked again
+
+
+def test_class_check_compares_maps_at_spread_rows():
+    rows = flash_module._spread(1000)
+    assert rows[0] == 0 and rows[-1] == 999 and len(rows) == flash_module.CHECK_ROWS
+    assert flash_module._spread(flash_module.CHECK_ROWS) is None
+    query, key, _ = _states(n=300)
+    full = attention_map(query, key, None, 0.35)
+    picked = flash_module._spread(300)
+    assert torch.equal(flash_module._rows(full, picked),
+                       attention_map(flash_module._rows(query, picked), key, None, 0.35))
+    mask = torch.zeros(2, 1, 1, 300)  # broadcast over the rows: kept whole
+    assert flash_module._rows(mask, picked) is mask
+
+
+def test_class_check_of_a_long_input_runs_the_eager_function_on_spread_rows(monkeypatch,
+                                                                           count_flash):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, vocab_size=99, num_labels=3)
+    model = BertForSequenceClassification(config).eval()
+    ids = torch.randint(5, 99, (1, 300), generator=torch.Generator().manual_seed(3))
+    seen = []
+    original = flash_module.FlashBackend._reproduces
+
+    def watched(self, module, eager, query, *args, **kwargs):
+        def eager_rows(module, query, *rest, **named):
+            seen.append(query.shape[-2])
+            return eager(module, query, *rest, **named)
+
+        return original(self, module, eager_rows, query, *args, **kwargs)
+
+    monkeypatch.setattr(flash_module.FlashBackend, "_reproduces", watched)
+    flash = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits, model=model,
+                                             capture="flash").explain(ids, target=1)
+    assert seen == [flash_module.CHECK_ROWS]  # the check: spread rows, not all 300
+    assert len(count_flash) == 2  # and it passed: both calls through flash capture
+    eager_run = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits,
+                                                 model=model, capture="eager").explain(ids,
+                                                                                       target=1)
+    for name, value in eager_run.relevance.items():
+        torch.testing.assert_close(flash.relevance[name], value, atol=1e-5, rtol=1e-4)
