@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install browser test lint demo clean
+.PHONY: install browser test lint demo clean sweep
 
 $(VENV)/.installed: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: install browser
 # the main job: explain and evaluate the bundled VQA model, write ./hetattn-report/
 demo: install
 	$(VENV)/bin/captum-hetattn demo
+
+# every transformers model type built tiny, explained with every default and checked
+# (tests/model_types/): writes tests/model_types/results.{md,json} and the README's table
+sweep: install
+	OMP_NUM_THREADS=1 PYTHONPATH=$(CURDIR):$(CURDIR)/tests nice -n 10 $(PY) -m model_types.sweep --workers 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache hetattn-report
