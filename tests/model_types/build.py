@@ -160,6 +160,10 @@ def shrink(data: dict[str, Any]) -> dict[str, Any]:
             out[key] = _shrink_list(key, value, layers, kept)
         else:
             out[key] = value
+    hidden, heads = out.get("hidden_size"), out.get("num_attention_heads")
+    if "head_dim" in out and out["head_dim"] is None and isinstance(hidden, int) and isinstance(
+            heads, int) and heads:
+        out["head_dim"] = hidden // heads
     if isinstance(out.get("qk_rope_head_dim"), int):  # multi-head latent attention
         out["head_dim"] = out["qk_rope_head_dim"]
         out["qk_head_dim"] = out["qk_rope_head_dim"] + (out.get("qk_nope_head_dim") or 0)
@@ -425,6 +429,12 @@ def _variants(model: nn.Module, config: Any, head: str) -> list[dict[str, Tensor
     found = [{main: value} for value in values]
     if main == "input_ids" and "pixel_values" in parameters:
         found += [{main: values[0], "pixel_values": pixels} for pixels in _pixel_variants(config)]
+    required = [name for name, p in parameters.items() if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    ids = _ids_and_mask(config)[0]
+    for name in required:  # ids a second text input reads (Q-Former prompts, grounding text)
+        if name.endswith("input_ids"):
+            found = [{**named, name: ids} if name not in named else named for named in found]
     if head == "seq2seq" and "decoder_input_ids" in parameters:
         start = getattr(config, "decoder_start_token_id", None)
         decoder_ids = torch.randint(5, 40, (2, 4), generator=_generator(3))

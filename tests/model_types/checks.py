@@ -149,6 +149,29 @@ def _real_queries(attention: Tensor, mask: Tensor | None) -> Tensor | float:
     return mask.bool()[:, None, :, None].to(attention.dtype)
 
 
+def _match_call(call: Any, maps: list[Tensor], grads: list[Tensor | None],
+                real: Tensor | float) -> Verdict:
+    r"""One recorded call against the eager softmaxes: one of the same shape, or the first
+    ``n_key`` columns of a wider one (attention sinks: a softmax over the keys and a learned
+    sink column that is dropped), must equal its map and its gradient."""
+    shape = call.attention.shape
+    exact = [(m, g) for m, g in zip(maps, grads, strict=True) if m.shape == shape]
+    wider = [(m[..., :shape[-1]], None if g is None else g[..., :shape[-1]])
+             for m, g in zip(maps, grads, strict=True)
+             if m.dim() == 4 and m.shape[:-1] == shape[:-1] and m.shape[-1] > shape[-1]]
+    for candidates in (exact, wider):
+        match = [(m, g) for m, g in candidates if _close(call.attention * real, m * real)]
+        if not match:
+            continue
+        if any(_close(call.gradient * real, (torch.zeros_like(m) if g is None else g) * real,
+                      rtol=1e-3, atol=1e-8) for m, g in match):
+            return "ok", ""
+        return "fail", f"{call.name}[{call.call_index}]: its gradient is not the eager one"
+    if exact:
+        return "fail", f"{call.name}[{call.call_index}]: no eager softmax equals its map"
+    return "n/a", "no eager softmax of its shape"
+
+
 def eager_maps(explanation: Any, case: Any) -> Verdict:
     r"""Every recorded ``A`` / ``∇A`` equals a softmax output of the eager model and its
     gradient; a recorded map with no eager softmax of its shape is counted as unverified."""
@@ -174,18 +197,10 @@ def eager_maps(explanation: Any, case: Any) -> Verdict:
     grads = [None if g is None else g.nan_to_num(0.0) for g in grads]
     verified = unverified = 0
     for call in explanation.call_maps or []:
-        same = [(m, g) for m, g in zip(maps, grads, strict=True) if m.shape == call.attention.shape]
-        if not same:
-            unverified += 1
-            continue
-        real = _real_queries(call.attention, case.mask)
-        match = [(m, g) for m, g in same if _close(call.attention * real, m * real, atol=1e-6)]
-        if not match:
-            return "fail", f"{call.name}[{call.call_index}]: no eager softmax equals its map"
-        if not any(_close(call.gradient * real, (torch.zeros_like(m) if g is None else g) * real,
-                          rtol=1e-3, atol=1e-8) for m, g in match):
-            return "fail", f"{call.name}[{call.call_index}]: its gradient is not the eager one"
-        verified += 1
+        verdict = _match_call(call, maps, grads, _real_queries(call.attention, case.mask))
+        if verdict[0] == "fail":
+            return verdict
+        verified, unverified = verified + (verdict[0] == "ok"), unverified + (verdict[0] != "ok")
     if not verified:
         return "n/a", f"no recorded map has an eager softmax of its shape ({unverified} calls)"
     return "ok", f"{verified} verified, {unverified} unverified"

@@ -7,7 +7,27 @@ from __future__ import annotations
 from typing import Any
 
 #: model_type -> {"config": {...}, "head": (kind, class name), "kwargs": {...}}
-OVERRIDES: dict[str, dict[str, Any]] = {}
+_SWIN = {"image_size": 32, "patch_size": 2, "embed_dim": 16, "depths": [1, 2, 1],
+         "num_heads": [2, 2, 4], "window_size": 4, "mlp_ratio": 2.0}
+_HYBRID_SSM = {"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_expand": 2, "mamba_n_groups": 1,
+               "mamba_d_state": 8}
+
+OVERRIDES: dict[str, dict[str, Any]] = {
+    # shifted windows: 16×16 patches of 2, windows of 4, three stages
+    "swin": {"config": _SWIN},
+    "swinv2": {"config": _SWIN},
+    "donut-swin": {"config": _SWIN},
+    "maskformer-swin": {"config": _SWIN},
+    # Mamba-2 mixers beside attention layers: heads × head size = expand × hidden
+    "bamba": {"config": {**_HYBRID_SSM, "attn_layer_indices": [1]}},
+    "granitemoehybrid": {"config": {**_HYBRID_SSM, "layer_types": ["mamba", "attention"]}},
+    "jamba": {"config": {"attn_layer_period": 2, "attn_layer_offset": 1,
+                         "expert_layer_period": 2, "expert_layer_offset": 1}},
+    "mamba2": {"config": {"num_heads": 4, "head_dim": 16, "expand": 2, "n_groups": 1}},
+    # time-series transformers need a horizon
+    "autoformer": {"config": {"prediction_length": 4, "context_length": 8}},
+    "informer": {"config": {"prediction_length": 4, "context_length": 8}},
+}
 
 #: model_type -> why it is not built here (does not count in the sweep's total)
 SKIP: dict[str, str] = {}
