@@ -105,3 +105,16 @@ def test_errors_are_told_apart_by_where_they_are_raised():
     with pytest.raises(RuntimeError) as inside:
         torch.stack([torch.zeros(2), torch.zeros(3)])
     assert classify_error(inside.value)[0] == "crash"
+
+
+def test_readme_states_what_the_last_sweep_measured():
+    """The README's "Model types swept" line is the summary of ``results.json``, and that file
+    covers every model type of the installed transformers (re-run ``make sweep`` after an
+    upgrade)."""
+    import json
+
+    from model_types.sweep import README, RESULTS, all_types, summary
+
+    results = json.loads(RESULTS.read_text())
+    assert sorted(r["type"] for r in results) == all_types()
+    assert f"**{summary(results)}.**" in README.read_text()

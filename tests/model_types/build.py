@@ -236,10 +236,13 @@ def tiny_config(model_type: str) -> Any:
     data = shrink(config_class().to_dict())
     _merge(data, OVERRIDES.get(model_type, {}).get("config", {}))
     text = data.get("text_config")
-    if model_type.startswith("glm") and isinstance(text, dict):  # GLM's default sections
-        rope = text.get("rope_parameters") or {}
-        if "mrope_section" not in rope:
-            text["rope_parameters"] = {**rope, "mrope_section": [2, 3, 3]}
+    # multimodal rotary embeddings whose default sections (time, height, width) are written in
+    # the model, for the full head size: sections for the tiny one
+    holder = text if "vision_config" in data and isinstance(text, dict) else (
+        data if any(k in model_type for k in ("vl", "glm", "omni")) else None)
+    if holder is not None and isinstance(holder.get("rope_parameters"), dict):
+        if "mrope_section" not in holder["rope_parameters"]:
+            holder["rope_parameters"] = {**holder["rope_parameters"], "mrope_section": [2, 3, 3]}
     data.pop("transformers_version", None)
     data.pop("architectures", None)
     data["num_labels"] = LABELS
@@ -318,7 +321,7 @@ def _pixel_variants(config: Any) -> list[Tensor]:
 def _audio_variants(config: Any, name: str) -> list[Tensor]:
     if name == "input_values":
         bins = _config_value(config, "num_mel_bins", default=None)
-        shapes = [(2, 1600)] + ([(2, 64, bins)] if isinstance(bins, int) else [])
+        shapes = [(2, 1600), (2, 1, 1600)] + ([(2, 64, bins)] if isinstance(bins, int) else [])
     else:
         bins = _config_value(config, "num_mel_bins", "feature_size", "input_feat_per_channel",
                              "n_mels", default=8)
@@ -415,6 +418,8 @@ def _input_variants(model: nn.Module, config: Any) -> tuple[str, list[Tensor]]:
         return main, _pixel_variants(config)
     if main in ("input_values", "input_features"):
         return main, _audio_variants(config, main)
+    if main == "inputs":  # Perceiver: ids or pixels, by its preprocessor
+        return main, [_ids_and_mask(config)[0], *_pixel_variants(config)]
     return main, []
 
 
@@ -453,7 +458,8 @@ def _try_class(model_type: str, config: Any, head: str, class_name: str) -> Case
     extra = OVERRIDES.get(model_type, {}).get("kwargs", {})
     errors = []
     for named in _variants(model, config, head):
-        has_mask = "input_ids" in named and "attention_mask" in parameters
+        first = next(iter(named.values()))
+        has_mask = not first.is_floating_point() and "attention_mask" in parameters
         forward = _forward_for(model, head, tuple(named), has_mask, extra)
         mask = _ids_and_mask(config)[1] if has_mask else None
         args = (mask,) if has_mask else ()
