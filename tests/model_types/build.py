@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model h
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from .overrides import OVERRIDES, SKIP  # noqa: E402
+from .overrides import ARCH_ZOO, OVERRIDES, SKIP  # noqa: E402
 
 VOCAB = 99
 HIDDEN = 32
@@ -101,8 +101,12 @@ def _shrink_int(key: str, value: int, original: dict[str, Any]) -> int:
     if key in ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts",
                "num_experts_per_token", "moe_k", "router_top_k"):
         return min(value, 2)
-    if key in ("num_queries", "num_query_tokens"):
+    if key in ("num_queries", "num_query_tokens", "num_latents"):
         return min(value, 8)
+    if key in ("d_latents",):
+        return min(value, HIDDEN)
+    if key in ("num_self_attends_per_block", "num_blocks"):
+        return min(value, LAYERS)
     if key in ("max_source_positions",):
         return min(value, 32)
     return value
@@ -240,9 +244,9 @@ def tiny_config(model_type: str) -> Any:
     # the model, for the full head size: sections for the tiny one
     holder = text if "vision_config" in data and isinstance(text, dict) else (
         data if any(k in model_type for k in ("vl", "glm", "omni")) else None)
-    if holder is not None and isinstance(holder.get("rope_parameters"), dict):
-        if "mrope_section" not in holder["rope_parameters"]:
-            holder["rope_parameters"] = {**holder["rope_parameters"], "mrope_section": [2, 3, 3]}
+    rope = holder.get("rope_parameters") if holder is not None else None
+    if isinstance(rope, dict) and "mrope_section" not in rope:
+        holder["rope_parameters"] = {**rope, "mrope_section": [2, 3, 3]}
     data.pop("transformers_version", None)
     data.pop("architectures", None)
     data["num_labels"] = LABELS
@@ -350,6 +354,7 @@ class Case:
     target: int = 1
     mask: Tensor | None = None
     notes: list[str] = field(default_factory=list)
+    types: dict[str, str] = field(default_factory=dict)
 
     def example(self, index: int) -> Case:
         r"""Example ``index`` alone (a batch of one)."""
@@ -357,7 +362,7 @@ class Case:
         return Case(self.model_type, self.head, self.class_name, self.model, self.forward_func,
                     tuple(pick(t) for t in self.inputs),
                     tuple(pick(t) for t in self.additional_forward_args), self.target,
-                    None if self.mask is None else pick(self.mask), self.notes)
+                    None if self.mask is None else pick(self.mask), self.notes, self.types)
 
 
 def _score(output: Any, head: str, mask: Tensor | None) -> Tensor:
@@ -495,7 +500,25 @@ def build(model_type: str) -> Case:
                 return _try_class(model_type, config, head, class_name)
             except Exception as error:  # noqa: BLE001 - the next class may run
                 tried.append(f"{class_name}: {type(error).__name__}: {str(error)[:300]}")
+    if model_type in ARCH_ZOO:
+        return _from_arch_zoo(model_type, ARCH_ZOO[model_type])
     raise BuildError(" | ".join(tried) or "no model class for this type")
+
+
+def _from_arch_zoo(model_type: str, name: str) -> Case:
+    r"""The type as ``tests/arch_zoo.py`` builds it (its inputs and score; its expected node
+    types are checked too)."""
+    from arch_zoo import ARCHS
+
+    arch = ARCHS[name]()
+    if "no-batch-slice" in arch.notes:
+        raise BuildError(f"arch_zoo '{name}' packs its examples (no batch of 2 to slice)")
+    mask = next((a for a in arch.additional_forward_args if isinstance(a, Tensor)
+                 and a.dim() == 2 and a.shape == arch.inputs[0].shape
+                 and not a.is_floating_point()), None)
+    return Case(model_type, "arch_zoo", type(arch.model).__name__, arch.model,
+                arch.forward_func, arch.inputs, arch.additional_forward_args, arch.target, mask,
+                [f"tests/arch_zoo.py '{name}'"], arch.types)
 
 
 class BuildError(Exception):

@@ -210,3 +210,16 @@ def eager_maps(explanation: Any, case: Any) -> Verdict:
     if not verified:
         return "n/a", f"no recorded map has an eager softmax of its shape ({unverified} calls)"
     return "ok", f"{verified} verified, {unverified} unverified"
+
+
+def node_types(explanation: Any, case: Any) -> Verdict:
+    r"""Every call has the node type the builder's table says (``tests/arch_zoo.py`` types)."""
+    import re
+
+    if not case.types:
+        return "n/a", "no expected types"
+    for call in explanation.calls:
+        expected = [t for pattern, t in case.types.items() if re.search(pattern, call.name)]
+        if expected != [call.type]:
+            return "fail", f"{call.name} is typed {call.type}, expected {expected}"
+    return "ok", ""

@@ -29,5 +29,16 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "informer": {"config": {"prediction_length": 4, "context_length": 8}},
 }
 
+#: model_type -> the builder of ``tests/arch_zoo.py`` that makes it when the generic shrink does
+#: not (multimodal models whose inputs a shrunk config cannot guess: regions, image tokens)
+ARCH_ZOO: dict[str, str] = {
+    "lxmert": "lxmert", "bridgetower": "bridgetower", "kosmos-2": "kosmos2",
+    "detr": "detr", "blip-2": "blip2_opt", "instructblip": "instructblip",
+    "idefics3": "idefics3", "smolvlm": "smolvlm", "layoutlmv3": "layoutlmv3",
+    "mllama": "mllama", "fuyu": "fuyu", "git": "git", "visual_bert": "visual_bert",
+    "vilt": "vilt", "llava_next": "llava_next", "perceiver": "perceiver",
+    "vision-encoder-decoder": "vision_encoder_decoder", "speech_to_text": "speech2text",
+}
+
 #: model_type -> why it is not built here (does not count in the sweep's total)
 SKIP: dict[str, str] = {}
