@@ -33,6 +33,8 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "whisper": ("eager", "batch"),  # audio encoder-decoder
     "videomae": ("eager", "rule", "batch"),  # video tubelets
     "llava": ("eager", "batch"),  # multimodal LM (text-only call)
+    "blip": ("eager", "batch"),  # dual encoder: text and pixels, per-example product
+    "lxmert": ("types", "eager", "batch"),  # two streams, cross-attention (tests/arch_zoo.py)
     "xlm-roberta-xl": ("eager", "rule", "batch", "padding"),
 }
 REFUSED = {"mamba": "no attention call"}  # no attention at all: refused by name

@@ -42,7 +42,8 @@ _HIDDEN_KEYS = {
     "word_embed_proj_dim", "text_embed_dim", "vision_embed_dim", "encoder_hidden_size",
     "projection_dim", "d_inner_hidden", "emb_dim", "n_embed", "model_dim", "width",
     "audio_embed_dim", "embedding_dim", "vision_hidden_size", "text_hidden_size",
-    "proj_dim", "encoder_embed_dim", "decoder_hidden_size",
+    "proj_dim", "encoder_embed_dim", "decoder_hidden_size", "out_hidden_size",
+    "audio_hidden_size", "condition_dim",
 }
 _HEAD_KEYS = {
     "num_attention_heads", "n_head", "n_heads", "encoder_attention_heads",
@@ -76,7 +77,8 @@ def _shrink_int(key: str, value: int, original: dict[str, Any]) -> int:
     if key in _KV_KEYS:
         heads = next((original[k] for k in _HEAD_KEYS if isinstance(original.get(k), int)), value)
         return min(value, HEADS) if value >= heads else 1
-    if key in ("head_dim", "d_kv", "attention_head_size", "rotary_dim", "rotary_emb_dim"):
+    if key in ("head_dim", "d_kv", "attention_head_size", "rotary_dim", "rotary_emb_dim",
+               "d_head"):
         return min(value, HEAD_DIM)
     if key in ("qk_rope_head_dim", "qk_nope_head_dim"):
         return min(value, HEAD_DIM // 2)
@@ -214,9 +216,10 @@ def _fix_rope(out: dict[str, Any]) -> dict[str, Any]:
             parts = [max(1, half * s // sum(section)) for s in section]
             parts[0] += half - sum(parts)
             out[name] = {**rope, "mrope_section": parts}
-    for key in ("out_features", "out_indices"):
-        if key in out:
-            out[key] = None
+    if "out_features" in out:  # backbone stages of layers that are gone
+        out["out_features"] = None
+    if isinstance(out.get("out_indices"), (list, tuple)):
+        out["out_indices"] = [1]
     return out
 
 

@@ -24,6 +24,13 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "jamba": {"config": {"attn_layer_period": 2, "attn_layer_offset": 1,
                          "expert_layer_period": 2, "expert_layer_offset": 1}},
     "mamba2": {"config": {"num_heads": 4, "head_dim": 16, "expand": 2, "n_groups": 1}},
+    # one recurrent block, one attention block
+    "recurrent_gemma": {"config": {"block_types": ["recurrent", "attention"]}},
+    # LSH and local attention over 8 tokens in chunks of 4; axial positions 4 × 2
+    "reformer": {"config": {"axial_pos_embds_dim": [16, 16], "axial_pos_shape": [4, 2],
+                            "attn_layers": ["local", "lsh"], "local_attn_chunk_length": 4,
+                            "lsh_attn_chunk_length": 4, "num_buckets": 2,
+                            "max_position_embeddings": 8, "is_decoder": False}},
     # time-series transformers need a horizon
     "autoformer": {"config": {"prediction_length": 4, "context_length": 8}},
     "informer": {"config": {"prediction_length": 4, "context_length": 8}},

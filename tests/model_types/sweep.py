@@ -77,6 +77,9 @@ def write_table(results: list[dict[str, Any]], seconds: float | None) -> None:
     lines = ["# Model types swept", "", summary(results) + ".", ""]
     if seconds is not None:
         lines += [f"Wall time {seconds / 60:.0f} min (`make sweep`, 2 workers).", ""]
+    elif TABLE.exists():  # a --resume run keeps the full run's wall time
+        lines += [line for line in TABLE.read_text().splitlines() if line.startswith("Wall time")]
+        lines += [""] if lines[-1] != "" else []
     lines += ["| type | outcome | class | reason | s |", "| --- | --- | --- | --- | --- |"]
     for r in sorted(results, key=lambda r: (OUTCOMES.index(r["outcome"]), r["type"])):
         lines.append(f"| {r['type']} | {r['outcome']} | {r.get('cls', '')} | "
