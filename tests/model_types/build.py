@@ -405,7 +405,9 @@ def _score(output: Any, head: str, mask: Tensor | None) -> Tensor:
 
 def _forward_for(model: nn.Module, head: str, names: tuple[str, ...], has_mask: bool,
                  extra: dict[str, Any]) -> Callable[..., Tensor]:
-    r"""``forward(*inputs, [mask])`` → scores: ``inputs`` are passed as ``names``."""
+    r"""``forward(*inputs, [mask])`` → scores: ``inputs`` are passed as ``names``. Packed
+    vision towers (``grid_thw`` in ``extra``) return every image's rows stacked: each image's
+    rows are averaged."""
 
     def forward(*args: Tensor) -> Tensor:
         kwargs = dict(extra)
@@ -413,7 +415,10 @@ def _forward_for(model: nn.Module, head: str, names: tuple[str, ...], has_mask: 
         mask = args[len(names)] if has_mask else None
         if mask is not None:
             kwargs["attention_mask"] = mask
-        return _score(model(**kwargs), head, mask)
+        scores = _score(model(**kwargs), head, mask)
+        if "grid_thw" in extra:
+            scores = scores.reshape(extra["grid_thw"].shape[0], -1, scores.shape[-1]).mean(1)
+        return scores
 
     return forward
 
@@ -435,10 +440,12 @@ def _variants(model: nn.Module, config: Any, head: str) -> list[dict[str, Tensor
     r"""The inputs to try, each ``{name: tensor}`` in the order they are attributed: the main
     input alone, then with pixels beside ids (dual encoders, image-text models), with decoder
     ids for encoder-decoders."""
+    parameters = inspect.signature(model.forward).parameters
+    if "grid_thw" in parameters:
+        return [_packed_patches(config, parameters)]
     main, values = _input_variants(model, config)
     if not values:
         raise LookupError(f"no input builder for main_input_name '{main}'")
-    parameters = inspect.signature(model.forward).parameters
     found = [{main: value} for value in values]
     if main == "input_ids" and "pixel_values" in parameters:
         found += [{main: values[0], "pixel_values": pixels} for pixels in _pixel_variants(config)]
@@ -456,6 +463,17 @@ def _variants(model: nn.Module, config: Any, head: str) -> list[dict[str, Tensor
     return found
 
 
+def _packed_patches(config: Any, parameters: Any) -> dict[str, Tensor]:
+    r"""Qwen-VL-style vision towers: two images of 4×4 patches packed into one sequence of
+    flattened patches, with their ``grid_thw``."""
+    channels = _config_value(config, "in_channels", "num_channels", default=3)
+    temporal = _config_value(config, "temporal_patch_size", default=1)
+    patch = _config_value(config, "patch_size", default=PATCH)
+    name = "hidden_states" if "hidden_states" in parameters else "pixel_values"
+    rows = torch.randn(32, channels * temporal * patch * patch, generator=_generator(4))
+    return {name: rows, "grid_thw": torch.tensor([[1, 4, 4], [1, 4, 4]])}
+
+
 def _try_class(model_type: str, config: Any, head: str, class_name: str) -> Case:
     import transformers
 
@@ -466,6 +484,8 @@ def _try_class(model_type: str, config: Any, head: str, class_name: str) -> Case
     extra = OVERRIDES.get(model_type, {}).get("kwargs", {})
     errors = []
     for named in _variants(model, config, head):
+        if "grid_thw" in named:
+            extra = {**extra, "grid_thw": named.pop("grid_thw")}
         first = next(iter(named.values()))
         has_mask = not first.is_floating_point() and "attention_mask" in parameters
         forward = _forward_for(model, head, tuple(named), has_mask, extra)
@@ -481,8 +501,10 @@ def _try_class(model_type: str, config: Any, head: str, class_name: str) -> Case
             errors.append(f"scores of shape {tuple(scores.shape)}")
             continue
         target = min(7 if head in ("lm", "seq2seq") else 1, scores.shape[1] - 1)
+        notes = [f"inputs: {', '.join(named)}"] + (["packed images"] if "grid_thw" in extra
+                                                      else [])
         return Case(model_type, head, class_name, model, forward, tuple(named.values()), args,
-                    target, mask, [f"inputs: {', '.join(named)}"])
+                    target, mask, notes)
     raise RuntimeError("; ".join(errors) or "no input variant")
 
 
