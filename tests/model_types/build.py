@@ -105,7 +105,7 @@ def _shrink_int(key: str, value: int, original: dict[str, Any]) -> int:
         return min(value, 2)
     if key in ("num_queries", "num_query_tokens", "num_latents"):
         return min(value, 8)
-    if key in ("d_latents",):
+    if key in ("d_latents", "subsampling_conv_channels"):
         return min(value, HIDDEN)
     if key in ("num_self_attends_per_block", "num_blocks"):
         return min(value, LAYERS)
@@ -291,8 +291,9 @@ def _generator(offset: int) -> torch.Generator:
 
 
 def _config_value(config: Any, *keys: str, default: Any = None) -> Any:
-    for holder in (config, getattr(config, "vision_config", None),
-                   getattr(config, "audio_config", None), getattr(config, "encoder", None)):
+    nested = ("vision_config", "audio_config", "encoder", "encoder_config", "audio_encoder_config",
+              "speech_config", "backbone_config")
+    for holder in (config, *(getattr(config, name, None) for name in nested)):
         for key in keys:
             value = getattr(holder, key, None) if holder is not None else None
             if value is not None:
