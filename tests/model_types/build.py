@@ -338,7 +338,10 @@ def _audio_variants(config: Any, name: str) -> list[Tensor]:
         frames = frames if isinstance(frames, int) else 64
         channels = _config_value(config, "input_channels", default=1)
         channels = channels if isinstance(channels, int) else 1
-        shapes = [(2, bins, frames), (2, frames, bins * channels), (2, 64, bins)]
+        # (B, bins, frames) for Whisper-likes, (B, frames, bins) for Speech2Text / conformers,
+        # two stacked frames per row for Wav2Vec2-BERT
+        shapes = [(2, bins, frames), (2, frames, bins * channels), (2, 64, bins),
+                  (2, 64, 2 * bins)]
     return [torch.randn(*s, generator=_generator(2)) for s in dict.fromkeys(shapes)]
 
 

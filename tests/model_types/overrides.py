@@ -18,6 +18,15 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "swinv2": {"config": _SWIN},
     "donut-swin": {"config": _SWIN},
     "maskformer-swin": {"config": _SWIN},
+    # convolutional projections; a stage's depth must exceed its index (drop-path rates)
+    "cvt": {"config": {"image_size": 64, "embed_dim": [16, 32, 48], "num_heads": [1, 2, 3],
+                       "depth": [1, 2, 3]}},
+    # attention with subsampling stages: keys of 8, two down-sampling steps
+    "levit": {"config": {"image_size": 64, "patch_size": 16, "hidden_sizes": [16, 32, 48],
+                         "num_attention_heads": [1, 2, 3], "depths": [1, 1, 1],
+                         "key_dim": [8, 8, 8], "mlp_ratio": [2, 2, 2],
+                         "attention_ratio": [2, 2, 2],
+                         "down_ops": [["Subsample", 8, 2, 4, 2, 2], ["Subsample", 8, 4, 4, 2, 2]]}},
     # Mamba-2 mixers beside attention layers: heads × head size = expand × hidden
     "bamba": {"config": {**_HYBRID_SSM, "attn_layer_indices": [1]}},
     "granitemoehybrid": {"config": {**_HYBRID_SSM, "layer_types": ["mamba", "attention"]}},
