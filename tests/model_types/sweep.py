@@ -88,30 +88,52 @@ def write_table(results: list[dict[str, Any]], seconds: float | None) -> None:
     RESULTS.write_text(json.dumps(sorted(results, key=lambda r: r["type"]), indent=1) + "\n")
 
 
+REFUSAL_KINDS = (
+    ("no attention at all (convolutional, state-space, Fourier mixers)", "looks like attention"),
+    ("no softmax attention recorded", "no attention call"),
+    ("the graph does not fit (layers that never run softmax attention)", "never called"),
+    ("the graph does not fit (a preset's pattern)", "matches no module"),
+    ("a NaN or infinity inside the model", "NaN or an infinity"),
+    ("the score does not depend on the final tokens", "gradient is zero"),
+    ("hidden states or maps the engine cannot lay out", "NotImplementedError"),
+)
+
+
+def refusal_kind(reason: str) -> str:
+    return next((kind for kind, text in REFUSAL_KINDS if text in reason), "other")
+
+
 def readme_section(results: list[dict[str, Any]]) -> str:
     by = {o: sorted(r["type"] for r in results if r["outcome"] == o) for o in OUTCOMES}
     reasons = {r["type"]: _short(r.get("reason", ""), 140) for r in results}
+    full = {r["type"]: str(r.get("reason", "")) for r in results}
     lines = [
         "## Model types swept", "",
-        "`make sweep` (`tests/model_types/`) builds every model type transformers ships "
-        "(`CONFIG_MAPPING_NAMES`) tiny from a shrunk default config, picks the class a user would "
-        "(a classifier, a seq2seq or causal LM, else the base model scored on its last hidden "
-        "state), explains a batch of 2 (ids with per-example padding, pixels, audio) with "
-        "`HeterogenousAttentionAttribution` and every default, each type in its own process "
-        "with a time limit, and checks every explained type: maps and gradients equal an eager "
-        "softmax collector, relevance equals the paper's rule recomputed from scratch "
-        "(single-stream models), the batch equals its single examples, padding gets zero, "
-        "the model is restored. Full table: `tests/model_types/results.md`.", "",
+        "`make sweep` (`tests/model_types/`) builds every model type transformers ships with a "
+        "model of its own (`MODEL_MAPPING_NAMES`: sub-configs such as `clip_text_model` are swept "
+        "through their model) tiny from a shrunk default config (per-type overrides where the "
+        "shrink fails; multimodal models whose inputs it cannot guess from `tests/arch_zoo.py`), "
+        "picks the class a user would (a classifier, a seq2seq or causal LM, else the base model "
+        "scored on its last hidden state), explains a batch of 2 (ids with per-example padding "
+        "and their mask, pixels, audio) with `HeterogenousAttentionAttribution` and every "
+        "default, each type in its own process with a time limit (a default call past 60 s is a "
+        "hang), and checks every explained type: maps and gradients equal an eager softmax "
+        "collector, relevance equals the paper's rule recomputed from scratch (single-stream "
+        "models), the batch equals its single examples, padding gets zero, the model is "
+        "restored. Full table, with why each type was not built here: "
+        "`tests/model_types/results.md`.", "",
         f"**{summary(results)}.**", "",
         "| outcome | types |", "| --- | --- |",
     ]
     for outcome in ("silent", "crash", "hang"):
         lines.append(f"| {outcome} | " + (", ".join(
             f"`{t}` ({reasons[t]})" for t in by[outcome]) or "none") + " |")
-    lines.append("| refused by name | " + (", ".join(
-        f"`{t}` ({reasons[t]})" for t in by["refused"]) or "none") + " |")
-    lines.append(f"| explained | {len(by['explained'])} types (results.md) |")
-    lines.append(f"| not built here | {len(by['skipped-build'])} types (results.md: why) |")
+    kinds: dict[str, list[str]] = {}
+    for name in by["refused"]:
+        kinds.setdefault(refusal_kind(full[name]), []).append(f"`{name}`")
+    for kind, names in sorted(kinds.items()):
+        lines.append(f"| refused: {kind} | {', '.join(names)} |")
+    lines.append(f"| explained | {len(by['explained'])} types |")
     return "\n".join(lines) + "\n\n"
 
 
