@@ -92,7 +92,11 @@ def _run_checks(case: Any, explanation: Any, stage: Any) -> dict[str, tuple[str,
     if not _model_is_deterministic(case):  # ViTMAE's random masking: no two runs agree
         random = ("n/a", "the model's forward draws random numbers")
         return {**results, "maps-call": random, "eager": random, "batch": random}
-    same = all(checks._close(with_maps.relevance[n], r, rtol=1e-4, atol=1e-7)
+    # float32 sums over a state that starts at the identity: errors scale with the raw row
+    # (relevance + the read tokens' own share, ~1), not with the context relevance alone
+    scale = max(float((r + checks._own_of(explanation, n)).abs().max())
+                for n, r in explanation.relevance.items())
+    same = all(checks._close(with_maps.relevance[n], r, rtol=1e-4, atol=1e-6 * scale)
                for n, r in explanation.relevance.items())
     results["maps-call"] = ("ok", "") if same else ("fail", "return_maps=True changes relevance")
     stage("eager reference")
