@@ -27,14 +27,20 @@ OURS = f"{os.sep}captum_hetattn{os.sep}"
 REFUSALS = (ValueError, TypeError, NotImplementedError, RuntimeError)
 
 
+def _short_path(filename: str) -> str:
+    r"""``captum_hetattn/...`` or ``transformers/...``: no machine's prefix in the tables."""
+    if OURS in filename:
+        return "captum_hetattn/" + filename.split(OURS)[-1]
+    return filename.split("site-packages/")[-1]
+
+
 def classify_error(error: BaseException) -> tuple[str, str]:
     r"""``("refused", message)`` when ``captum_hetattn`` raised it on purpose (its innermost frame
     is ours and is a ``raise`` statement), else ``("crash", where + message)``."""
     frames = traceback.extract_tb(error.__traceback__)
     last = frames[-1] if frames else None
     message = f"{type(error).__name__}: {str(error).strip()}"
-    where = f"{last.filename.split('site-packages/')[-1]}:{last.lineno} {last.name}" if last \
-        else "?"
+    where = f"{_short_path(last.filename)}:{last.lineno} {last.name}" if last else "?"
     ours = last is not None and OURS in last.filename and "raise" in (last.line or "")
     if ours and isinstance(error, REFUSALS):
         return "refused", f"{message} [{where}]"

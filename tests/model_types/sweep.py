@@ -91,6 +91,8 @@ def write_table(results: list[dict[str, Any]], seconds: float | None) -> None:
 REFUSAL_KINDS = (
     ("no attention at all (convolutional, state-space, Fourier mixers)", "looks like attention"),
     ("no softmax attention recorded", "no attention call"),
+    ("no attention map over the tokens (convolutional projections, channel attention)",
+     "no attention map over the model's tokens"),
     ("the graph does not fit (layers that never run softmax attention)", "never called"),
     ("the graph does not fit (a preset's pattern)", "matches no module"),
     ("a NaN or infinity inside the model", "NaN or an infinity"),
