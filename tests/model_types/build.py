@@ -248,7 +248,7 @@ def tiny_config(model_type: str) -> Any:
     holder = text if "vision_config" in data and isinstance(text, dict) else (
         data if any(k in model_type for k in ("vl", "glm", "omni")) else None)
     rope = holder.get("rope_parameters") if holder is not None else None
-    if isinstance(rope, dict) and "mrope_section" not in rope:
+    if isinstance(rope, dict) and "rope_type" in rope and "mrope_section" not in rope:
         holder["rope_parameters"] = {**rope, "mrope_section": [2, 3, 3]}
     data.pop("transformers_version", None)
     data.pop("architectures", None)
@@ -372,6 +372,19 @@ class Case:
                     None if self.mask is None else pick(self.mask), self.notes, self.types)
 
 
+def _first_float(output: Any) -> Any:
+    r"""The first floating tensor in a (nested) model output, depth first."""
+    if isinstance(output, Tensor):
+        return output if output.is_floating_point() else None
+    values = output.values() if isinstance(output, dict) else (
+        output if isinstance(output, (tuple, list)) else ())
+    for item in values:
+        found = _first_float(item)
+        if found is not None:
+            return found
+    return output
+
+
 def _score(output: Any, head: str, mask: Tensor | None) -> Tensor:
     r"""Per-example scores ``(B, C)``: a classifier's logits, an LM's logits at the last real
     token, else the first 4 channels of the mean (over real tokens) of the last hidden state."""
@@ -387,7 +400,7 @@ def _score(output: Any, head: str, mask: Tensor | None) -> Tensor:
             break
         value = None
     if value is None:
-        value = output[0] if isinstance(output, (tuple, list)) else output
+        value = _first_float(output)
     if isinstance(value, (tuple, list)):
         value = value[-1]
     if head in ("lm", "seq2seq") and value.dim() == 3:
