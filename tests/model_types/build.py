@@ -216,10 +216,12 @@ def _fix_rope(out: dict[str, Any]) -> dict[str, Any]:
             parts = [max(1, half * s // sum(section)) for s in section]
             parts[0] += half - sum(parts)
             out[name] = {**rope, "mrope_section": parts}
-    if "out_features" in out:  # backbone stages of layers that are gone
-        out["out_features"] = None
-    if isinstance(out.get("out_indices"), (list, tuple)):
-        out["out_indices"] = [1]
+    staged = any(isinstance(out.get(k), list) for k in ("depths", "hidden_sizes", "embed_dims"))
+    if not staged:  # a layer-indexed backbone (ViT-like): its outputs of layers that are gone
+        if "out_features" in out:
+            out["out_features"] = None
+        if isinstance(out.get("out_indices"), (list, tuple)):
+            out["out_indices"] = [1]
     return out
 
 
