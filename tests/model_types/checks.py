@@ -64,6 +64,8 @@ def padding_is_zero(explanation: Any, case: Any) -> Verdict:
 
 
 def finite_and_nonzero(explanation: Any) -> Verdict:
+    if not explanation.relevance:
+        return "fail", f"no source at all (streams {dict(explanation.streams)})"
     for name, relevance in explanation.relevance.items():
         if not bool(torch.isfinite(relevance).all()):
             return "fail", f"source '{name}' is not finite"

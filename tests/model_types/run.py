@@ -88,16 +88,22 @@ def _model_is_per_example(case: Any) -> bool:
     return True
 
 
-def _run_checks(case: Any, explanation: Any, stage: Any) -> dict[str, tuple[str, str]]:
-    results: dict[str, tuple[str, str]] = {"finite": checks.finite_and_nonzero(explanation),
-                                           "padding": checks.padding_is_zero(explanation, case),
-                                           "types": checks.node_types(explanation, case)}
+def _run_checks(case: Any, explanation: Any, stage: Any,
+                results: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    r"""Every check into ``results`` (filled as they run: a later one that raises leaves the
+    earlier verdicts)."""
+    results.update(finite=checks.finite_and_nonzero(explanation),
+                   padding=checks.padding_is_zero(explanation, case),
+                   types=checks.node_types(explanation, case))
+    if not explanation.relevance:
+        return results
     stage("explain(return_maps=True)")
     _, with_maps = _explain(case, return_maps=True)
     results["rule"] = checks.paper_rule(with_maps)
     if not _model_is_deterministic(case):  # ViTMAE's random masking: no two runs agree
         random = ("n/a", "the model's forward draws random numbers")
-        return {**results, "maps-call": random, "eager": random, "batch": random}
+        results.update({"maps-call": random, "eager": random, "batch": random})
+        return results
     # float32 sums over a state that starts at the identity: errors scale with the raw row
     # (relevance + the read tokens' own share, ~1), not with the context relevance alone
     scale = max(float((r + checks._own_of(explanation, n)).abs().max())
@@ -111,7 +117,13 @@ def _run_checks(case: Any, explanation: Any, stage: Any) -> dict[str, tuple[str,
     if "packed" in " ".join(case.notes):
         results["batch"] = ("n/a", "the examples are packed into one sequence")
     elif _model_is_per_example(case):
-        singles = [_explain(case.example(i))[1] for i in range(case.inputs[0].shape[0])]
+        try:
+            singles = [_explain(case.example(i))[1] for i in range(case.inputs[0].shape[0])]
+        except REFUSALS as error:  # the batch was explained: its examples must be too
+            if classify_error(error)[0] != "refused":
+                raise
+            results["batch"] = ("fail", f"an example alone is refused: {str(error)[:200]}")
+            return results
         results["batch"] = checks.batch_equals_singles(explanation, singles)
     else:
         results["batch"] = ("n/a", "the model's own scores depend on the batch")
@@ -154,7 +166,7 @@ def run_type(model_type: str, stage: Any = lambda _: None) -> dict[str, Any]:
     stage({**result, "outcome": "explained"})  # kept by the parent if the checks run out of time
     found = {"restored": checks.restored(before, case.model)}
     try:
-        found.update(_run_checks(case, explanation, stage))
+        _run_checks(case, explanation, stage, found)
     except Exception as error:  # noqa: BLE001 - a check that cannot run is recorded
         outcome, reason = classify_error(error)
         # an error inside our package while checking (the single examples' explain) is ours;
