@@ -244,6 +244,10 @@ def tiny_config(model_type: str) -> Any:
     config_class = CONFIG_MAPPING[model_type]
     data = shrink(config_class().to_dict())
     _merge(data, OVERRIDES.get(model_type, {}).get("config", {}))
+    stages = data.get("depths")
+    if isinstance(stages, list) and isinstance(data.get("out_indices"), list) and max(
+            data["out_indices"], default=0) > len(stages):  # an override with fewer stages
+        data["out_features"] = data["out_indices"] = None
     text = data.get("text_config")
     # multimodal rotary embeddings whose default sections (time, height, width) are written in
     # the model, for the full head size: sections for the tiny one
