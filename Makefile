@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the CUDA build: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make install for CPU
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install browser test lint demo docs dist clean
+.PHONY: install browser test lint demo docs dist sweep clean
 
 $(VENV)/.installed: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ docs: install
 # the sdist and the wheel built from it -> dist/ (tests/test_wheel.py installs them in a fresh venv)
 dist: install
 	$(PY) -m build --no-isolation --outdir dist .
+
+# every transformers model type built tiny, explained with every default and checked
+# (tests/model_types/): writes tests/model_types/results.{md,json} and the README's table
+sweep: install
+	OMP_NUM_THREADS=1 PYTHONPATH=$(CURDIR):$(CURDIR)/tests nice -n 10 $(PY) -m model_types.sweep --workers 2
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache hetattn-report docs/_build docs/tutorials

@@ -1,0 +1,227 @@
+r"""Independent checks of one explained type: each returns ``(verdict, detail)`` with verdict
+``"ok"``, ``"fail"`` (the explanation is wrong: the type counts as silent) or ``"n/a"`` (the check
+does not apply here; the detail says why).
+
+- :func:`eager_maps`: every recorded map ``A`` and gradient ``∇A`` equals a softmax output of the
+  model run with ``attn_implementation="eager"`` and its ``autograd.grad`` (the softmax collector
+  of ``tests/test_capture.py``);
+- :func:`paper_rule`: for single-stream models, the relevance recomputed from scratch from the
+  recorded maps (``R ← R + mean_h(∇A⁺ ⊙ A) R``, read with the readout weights);
+- :func:`batch_equals_singles`, :func:`padding_is_zero`, :func:`restored`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Verdict = tuple[str, str]
+
+
+def state(model: nn.Module) -> tuple:
+    r"""What an explanation must leave as it was: hooks, attention implementations, the
+    training flag, ``requires_grad`` flags and no ``.grad`` written."""
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+    implementations = tuple(
+        getattr(getattr(m, "config", None), "_attn_implementation_internal", None)
+        for m in model.modules())
+    flags = tuple(p.requires_grad for p in model.parameters())
+    grads = any(p.grad is not None for p in model.parameters())
+    return hooks, implementations, model.training, flags, grads
+
+
+def restored(before: tuple, model: nn.Module) -> Verdict:
+    after = state(model)
+    names = ("hooks", "attention implementation", "training flag", "requires_grad", ".grad")
+    changed = [name for name, a, b in zip(names, before, after, strict=True) if a != b]
+    return ("fail", "changed: " + ", ".join(changed)) if changed else ("ok", "")
+
+
+def _close(a: Tensor, b: Tensor, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+    if a.shape != b.shape:
+        return False
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    if scale != scale or scale == float("inf"):
+        return False  # a non-finite reference equals nothing
+    return bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol + 1e-5 * scale))
+
+
+def padding_is_zero(explanation: Any, case: Any) -> Verdict:
+    r"""Tokens the attention mask hides get exactly zero relevance (ids inputs with a mask)."""
+    if case.mask is None:
+        return "n/a", "no attention mask"
+    hits = [name for name, rel in explanation.relevance.items() if rel.shape == case.mask.shape]
+    if not hits:
+        return "n/a", "no source shaped like the mask"
+    for name in hits:
+        masked = explanation.relevance[name][case.mask == 0]
+        if bool((masked != 0).any()):
+            return "fail", f"source '{name}': masked tokens get {masked.abs().max():.3g}"
+    return "ok", ""
+
+
+def finite_and_nonzero(explanation: Any) -> Verdict:
+    if not explanation.relevance:
+        return "fail", f"no source at all (streams {dict(explanation.streams)})"
+    for name, relevance in explanation.relevance.items():
+        if not bool(torch.isfinite(relevance).all()):
+            return "fail", f"source '{name}' is not finite"
+    raw = {name: rel + _own_of(explanation, name) for name, rel in explanation.relevance.items()}
+    zero = [name for name, rel in raw.items() if bool((rel.abs().sum(-1) == 0).any())]
+    if zero and len(zero) == len(raw):
+        return "fail", f"every source is all zero for some example: {zero}"
+    return "ok", (f"all-zero source(s) {zero}" if zero else "")
+
+
+def _own_of(explanation: Any, source: str) -> Tensor:
+    stream = explanation.sources.get(source)
+    own = explanation.own.get(stream)
+    rel = explanation.relevance[source]
+    return own if own is not None and own.shape == rel.shape else torch.zeros_like(rel)
+
+
+def batch_equals_singles(batch: Any, singles: list[Any]) -> Verdict:
+    for index, single in enumerate(singles):
+        for name, relevance in batch.relevance.items():
+            alone = single.relevance.get(name)
+            if alone is None:
+                return "fail", f"example {index} alone has no source '{name}'"
+            row = relevance[index:index + 1]
+            if alone.shape[1] != row.shape[1]:  # a padded example alone keeps its pads
+                return "n/a", f"source '{name}' has {alone.shape[1]} tokens alone"
+            if not _close(alone, row, rtol=1e-3, atol=2e-5):
+                diff = float((alone - row).abs().max())
+                return "fail", f"example {index}, source '{name}': differs by {diff:.3g}"
+    return "ok", ""
+
+
+def paper_rule(explanation: Any) -> Verdict:
+    r"""Single-stream models: ``R = I``, then per call ``R ← R + mean_h((∇A)⁺ ⊙ A) · R``;
+    ``w_xᵀ R`` equals the stream's relevance plus the read tokens' own share."""
+    if len(explanation.streams) != 1 or len(explanation.relevance) != 1:
+        return "n/a", f"{len(explanation.streams)} streams"
+    if explanation.call_maps is None or not explanation.call_maps:
+        return "n/a", "no call maps"
+    (stream, tokens), = explanation.streams.items()
+    if any(c.query != stream or c.key != stream for c in explanation.call_maps):
+        return "n/a", "a call reads another stream"
+    weights = explanation.readout.get(stream)
+    if weights is None:
+        return "n/a", "no readout weights"
+    batch = weights.shape[0]
+    relevance = torch.eye(tokens, dtype=torch.float64).expand(batch, tokens, tokens).clone()
+    for call in explanation.call_maps:
+        attention, gradient = call.attention.double(), call.gradient.double()
+        if attention.shape[-2:] != (tokens, tokens):
+            return "n/a", f"call {call.name} is {tuple(attention.shape)} over {tokens} tokens"
+        mixed = (gradient.clamp(min=0) * attention).mean(dim=1)
+        relevance = relevance + mixed @ relevance
+    expected = torch.einsum("bi,bij->bj", weights.double(), relevance)
+    (source,) = explanation.relevance
+    got = explanation.stream_relevance.get(stream, explanation.relevance[source]).double()
+    got = got + explanation.own.get(stream, torch.zeros_like(got)).double()
+    if not _close(got, expected, rtol=1e-4, atol=1e-7):
+        return "fail", f"differs from the rule by {float((got - expected).abs().max()):.3g} " \
+                       f"(scale {float(expected.abs().max()):.3g})"
+    return "ok", ""
+
+
+def _eager_configs(model: nn.Module) -> list[Any]:
+    seen: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if hasattr(config, "_attn_implementation_internal"):
+            seen[id(config)] = config
+            for name in getattr(config, "sub_configs", {}) or {}:
+                sub = getattr(config, name, None)
+                if hasattr(sub, "_attn_implementation_internal"):
+                    seen[id(sub)] = sub
+    return list(seen.values())
+
+
+def _real_queries(attention: Tensor, mask: Tensor | None) -> Tensor | float:
+    r"""Rows of padded queries are left out of the comparison: a model may give them any row
+    (DeBERTa: uniform over every key), every capture records a row that sees no key as zero,
+    and no real token reads them."""
+    if mask is None or attention.shape[-2] != mask.shape[1]:
+        return 1.0
+    return mask.bool()[:, None, :, None].to(attention.dtype)
+
+
+def _match_call(call: Any, maps: list[Tensor], grads: list[Tensor | None],
+                real: Tensor | float) -> Verdict:
+    r"""One recorded call against the eager softmaxes: one of the same shape, or the first
+    ``n_key`` columns of a wider one (attention sinks: a softmax over the keys and a learned
+    sink column that is dropped), must equal its map and its gradient."""
+    shape = call.attention.shape
+    exact = [(m, g) for m, g in zip(maps, grads, strict=True) if m.shape == shape]
+    wider = [(m[..., :shape[-1]], None if g is None else g[..., :shape[-1]])
+             for m, g in zip(maps, grads, strict=True)
+             if m.dim() == 4 and m.shape[:-1] == shape[:-1] and m.shape[-1] > shape[-1]]
+    for candidates in (exact, wider):
+        match = [(m, g) for m, g in candidates if _close(call.attention * real, m * real)]
+        if not match:
+            continue
+        if any(_close(call.gradient * real, (torch.zeros_like(m) if g is None else g) * real,
+                      rtol=1e-3, atol=1e-8) for m, g in match):
+            return "ok", ""
+        return "fail", f"{call.name}[{call.call_index}]: its gradient is not the eager one"
+    if exact:
+        return "fail", f"{call.name}[{call.call_index}]: no eager softmax equals its map"
+    return "n/a", "no eager softmax of its shape"
+
+
+def eager_maps(explanation: Any, case: Any) -> Verdict:
+    r"""Every recorded ``A`` / ``∇A`` equals a softmax output of the eager model and its
+    gradient; a recorded map with no eager softmax of its shape is counted as unverified."""
+    from test_capture import SoftmaxCollector
+
+    configs = _eager_configs(case.model)
+    previous = [c._attn_implementation_internal for c in configs]
+    try:
+        for config in configs:
+            config._attn_implementation_internal = "eager"
+        collector = SoftmaxCollector()
+        with torch.enable_grad(), collector:
+            torch.manual_seed(0)
+            scores = case.forward_func(*case.inputs, *case.additional_forward_args)
+        maps = [m for m in collector.maps if m.requires_grad]
+        grads = torch.autograd.grad(scores[:, case.target].sum(), maps, allow_unused=True) \
+            if maps else ()
+    finally:
+        for config, implementation in zip(configs, previous, strict=True):
+            config._attn_implementation_internal = implementation
+    # a query row that sees no key is NaN under eager softmax and zero in every capture
+    maps = [m.detach().nan_to_num(0.0) for m in maps]
+    grads = [None if g is None else g.nan_to_num(0.0) for g in grads]
+    verified = unverified = 0
+    calls = explanation.call_maps or []
+    for call in calls:
+        verdict = _match_call(call, maps, grads, _real_queries(call.attention, case.mask))
+        shape = call.attention.shape
+        one_to_one = sum(m.shape == shape for m in maps) == sum(
+            c.attention.shape == shape for c in calls)
+        if verdict[0] == "fail" and not one_to_one:
+            verdict = ("n/a", "folded from other softmaxes (a layout)")  # VideoPrism's frames
+        if verdict[0] == "fail":
+            return verdict
+        verified, unverified = verified + (verdict[0] == "ok"), unverified + (verdict[0] != "ok")
+    if not verified:
+        return "n/a", f"no recorded map has an eager softmax of its shape ({unverified} calls)"
+    return "ok", f"{verified} verified, {unverified} unverified"
+
+
+def node_types(explanation: Any, case: Any) -> Verdict:
+    r"""Every call has the node type the builder's table says (``tests/arch_zoo.py`` types)."""
+    import re
+
+    if not case.types:
+        return "n/a", "no expected types"
+    for call in explanation.calls:
+        expected = [t for pattern, t in case.types.items() if re.search(pattern, call.name)]
+        if expected != [call.type]:
+            return "fail", f"{call.name} is typed {call.type}, expected {expected}"
+    return "ok", ""
