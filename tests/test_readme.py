@@ -161,6 +161,7 @@ RECIPES = {
     "demo": "captum-hetattn demo",
     "docs": "sphinx-build -W --keep-going",
     "dist": "-m build",
+    "sweep": "-m model_types.sweep",
 }
 
 
@@ -260,6 +261,9 @@ INLINE: dict[str, tuple] = {
         "build.execute(notebook",
     ),
     "captum-hetattn bench": ("covered", "tests/test_bench.py", '"bench", "--quick"'),
+    "captum-hetattn bench --readme README.md": (
+        "covered", "tests/test_bench.py", "test_headline_goes_between_the_readme_markers"),
+    "make sweep": (DRY,),
     "python -m captum_hetattn.bench": (
         RUN,
         [["python", "-m", "captum_hetattn.bench", "--help"]],
