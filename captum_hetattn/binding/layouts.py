@@ -52,6 +52,7 @@ from captum_hetattn.binding.canonical import (
     token_rows,
 )
 from captum_hetattn.binding.dataflow import _dependence
+from captum_hetattn.binding.depth import over_depth, per_token_query
 from captum_hetattn.binding.layout_cache import LayoutCache, Placement
 from captum_hetattn.binding.layout_scores import _lay_out_scores
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
@@ -193,6 +194,9 @@ def _place(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
            ) -> tuple[Placement, AttentionRecord | str]:
     """Probe one call's layout: its placement (for the cache) and the laid-out call, or
     ``"plain"``, or the reason it is left out."""
+    depth = per_token_query(group[0], batch)
+    if depth is not None:
+        return Placement("dropped", reason=depth), depth
     if len(group) == 1 and _is_plain(group[0], batch) and _reads_tokens(group[0]):
         return Placement("plain"), "plain"
     _materialise(group)
@@ -302,6 +306,7 @@ def _pick(
     tried = [c.where for c in _candidates(record, side)
              if tokens_view(c.tensor, c.token_dim).shape[0] != batch]
     reason = None
+    unfed: list[_Canonical] = []  # hidden states none of whose tokens the slots are computed from
     for candidate in _with_tiles(record, side, batch, inputs):
         sources = _state_tokens(record, side, states, candidate)
         if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
@@ -311,10 +316,14 @@ def _pick(
             continue
         if not any(bool((s >= 0).any()) for s in sources):
             tried.append(candidate.where)
+            unfed.append(candidate)
             continue
         return candidate, sources
     if reason is not None:
         return reason
+    depth = over_depth(record, side, unfed)
+    if depth is not None:
+        return depth
     raise NotImplementedError(
         f"{_describe(record)}: none of the hidden states around it ({', '.join(tried) or '-'}) "
         f"hold its {side} tokens as (batch={batch}, tokens) rows (several examples packed into "
