@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from captum_hetattn.binding.canonical import _Canonical, _candidates
+from captum_hetattn.binding.canonical import _candidates, _Canonical
 from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
 
@@ -65,10 +65,12 @@ def per_token_query(record: AttentionRecord, batch: int) -> str | None:
         return None
     if not torch.equal(query, query[:1, :1].expand_as(query)):
         return None  # queries computed per example or per head: attention as usual
-    around = [c for c in _candidates(record, "query")[1:]
+    keys = record.states[1] if len(record.states) > 1 else None
+    if keys is None or tuple(keys.shape[:3]) != (batch, positions, record.n_key):
+        return None  # keys not a stack of n_key states at each of those positions
+    around = [c.where for c in _candidates(record, "query")[1:]
               if tokens_view(c.tensor, c.token_dim).shape[:2] == (batch, positions)]
-    if not around:
-        return None
-    return (f"its queries are one learned query repeated over the {positions} tokens of "
-            f"{around[0].where}, each attending over {record.n_key} states of its own token: "
-            "the softmax is not over tokens (attention over depth)")
+    where = f" of {around[0]}" if around else ""
+    return (f"its queries are one learned query repeated over the {positions} tokens{where}, "
+            f"each attending over a stack of {record.n_key} states of its own token: the "
+            "softmax is not over tokens (attention over depth)")
