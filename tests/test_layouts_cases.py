@@ -60,3 +60,72 @@ def test_inkling2_attention_over_depth_is_left_out_by_name_and_the_rest_explaine
         alone = single.relevance["text"] if "text" in single.relevance else next(
             iter(single.relevance.values()))
         torch.testing.assert_close(relevance[b:b + 1], alone, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------- Qwen2-VL: unequal images per example
+def _qwen2_vl_batch(images):
+    r"""A batch whose example ``b`` holds images of the grids ``images[b]`` (``(t, h, w)``
+    patches; 2×2 merged into ``h·w/4`` image tokens), pixels traced, padded on the right."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from arch_zoo import ARCHS, IMAGE_TOKEN
+
+    model = ARCHS["qwen2_vl"]().model.eval()
+    rows = []
+    for b, grids in enumerate(images):
+        parts = [torch.tensor([1])]
+        for _, h, w in grids:
+            parts += [torch.tensor([96]), torch.full((h * w // 4,), IMAGE_TOKEN),
+                      torch.tensor([95])]
+        parts.append(torch.arange(10 + b, 14 + b))
+        rows.append(torch.cat(parts))
+    n = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([r, torch.zeros(n - len(r), dtype=torch.long)]) for r in rows])
+    mask = (torch.arange(n) < torch.tensor([[len(r)] for r in rows])).long()
+    grid = torch.tensor([g for grids in images for g in grids])
+    pixels = torch.randn(int(grid.prod(dim=1).sum()), 96,
+                         generator=torch.Generator().manual_seed(3))
+
+    def forward(i, px, g, m):
+        out = model(input_ids=i, pixel_values=px, image_grid_thw=g, attention_mask=m,
+                    mm_token_type_ids=(i == IMAGE_TOKEN).int()).logits
+        return out[torch.arange(i.shape[0]), m.sum(dim=1) - 1]
+
+    return model, forward, ids, pixels, grid, mask
+
+
+def test_qwen2_vl_images_of_different_sizes_are_refused_naming_each_examples_rows():
+    model, forward, ids, pixels, grid, mask = _qwen2_vl_batch([[(1, 4, 4)], [(1, 4, 8)]])
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    with pytest.raises(NotImplementedError) as caught:
+        explainer.explain((ids, pixels), target=3, additional_forward_args=(grid, mask))
+    message = str(caught.value)
+    assert "'model.visual.blocks.0.attn'" in message
+    assert "example 0 has 16, example 1 has 32 rows" in message
+    assert "pairs tokens of different examples" not in message
+    assert model.training is False and not model._forward_hooks
+
+
+def test_qwen2_vl_packed_split_that_lines_up_but_is_wrong_is_refused():
+    # example 0: one image of 8 patches; example 1: 8 + 16. The equal split 16 / 16 crosses no
+    # map, but rows 8-15 are example 1's: laid out, example 0 would take example 1's image
+    model, forward, ids, pixels, grid, mask = _qwen2_vl_batch(
+        [[(1, 4, 2)], [(1, 4, 2), (1, 4, 4)]])
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    with pytest.raises(NotImplementedError, match=r"example 0 would hold sequences of \[8, 8\]"):
+        explainer.explain((ids, pixels), target=3, additional_forward_args=(grid, mask))
+
+
+def test_qwen2_vl_equal_images_per_example_are_explained_and_batch_equals_singles():
+    model, forward, ids, pixels, grid, mask = _qwen2_vl_batch([[(1, 4, 4)], [(1, 4, 4)]])
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    batch = explainer.attribute((ids, pixels), target=3, additional_forward_args=(grid, mask))
+    for b in range(2):
+        rows = slice(16 * b, 16 * (b + 1))
+        single = explainer.attribute((ids[b:b + 1], pixels[rows]), target=3,
+                                     additional_forward_args=(grid[b:b + 1], mask[b:b + 1]))
+        torch.testing.assert_close(batch[0][b:b + 1], single[0], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(batch[1][rows], single[1], atol=1e-6, rtol=1e-4)
+        assert single[1].abs().sum() > 0

@@ -55,6 +55,7 @@ from captum_hetattn.binding.dataflow import _dependence
 from captum_hetattn.binding.depth import over_depth, per_token_query
 from captum_hetattn.binding.layout_cache import LayoutCache, Placement
 from captum_hetattn.binding.layout_scores import _lay_out_scores
+from captum_hetattn.binding.packed import unequal_examples, uneven_examples
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 
@@ -259,11 +260,19 @@ def _lay_out_states(
                 f"{_describe(first)}: its maps of one call have different layouts "
                 f"({tuple(first.shape)} and {tuple(record.shape)})"
             )
-        positions, flat = _dense_entries(record, q_src, k_src, heads, n_q, n_k, first)
+        entries = _dense_entries(record, q_src, k_src, heads, n_q, n_k)
+        if entries is None:  # pairs tokens of different examples
+            raise NotImplementedError(unequal_examples(group, batch, n_q, _describe(first)))
+        positions, flat = entries
         raw.append(positions + offset)
         dense.append(flat)
         offset += math.prod(record.shape)
     where = query[0].where
+    packed = len(group) > 1 and all(r.shape[0] == 1 for r in group)  # one map per sequence
+    if packed and where.endswith("(tiles)") and batch > 1:  # an equal split, unconfirmed
+        uneven = uneven_examples(group, query[1], batch, n_q, _describe(first))
+        if uneven is not None:
+            raise NotImplementedError(uneven)
     kind = ("tiled" if where.endswith("(tiles)") else "packed" if where == f"'{first.name}'"
             else "windowed")
     layout = TokenLayout(kind, dense_shape, torch.cat(raw), torch.cat(dense))
@@ -272,10 +281,10 @@ def _lay_out_states(
 
 def _dense_entries(
     record: AttentionRecord, q_src: Tensor, k_src: Tensor, heads: int, n_q: int, n_k: int,
-    first: AttentionRecord,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor] | None:
     r"""The entries of one raw map that hold a (query token, key token) pair, and the element
-    of the dense ``(B, heads, n_q, n_k)`` map each lands on."""
+    of the dense ``(B, heads, n_q, n_k)`` map each lands on; ``None`` when the map pairs
+    tokens of different examples."""
     parts, h, n_rows, n_cols = record.shape[0], heads, record.shape[2], record.shape[3]
     # every head's row i comes from the same token (key states may have fewer heads: GQA)
     q_src = q_src.view(parts, -1, n_rows)[:, :1].expand(parts, h, n_rows)
@@ -285,11 +294,7 @@ def _dense_entries(
     b_k, t_k = k_src.div(n_k, rounding_mode="floor"), k_src % n_k
     same = b_q[..., :, None] == b_k[..., None, :]
     if bool((valid & ~same).any()):
-        raise NotImplementedError(
-            f"{_describe(first)}: a map of shape {tuple(record.shape)} pairs tokens of "
-            "different examples (several examples packed into one sequence); explain one "
-            "example at a time"
-        )
+        return None
     head = torch.arange(h, device=q_src.device).view(1, h, 1, 1)
     flat = ((b_q[..., :, None] * h + head) * n_q + t_q[..., :, None]) * n_k + t_k[..., None, :]
     positions = valid.flatten().nonzero().flatten()
