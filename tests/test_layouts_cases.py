@@ -129,3 +129,30 @@ def test_qwen2_vl_equal_images_per_example_are_explained_and_batch_equals_single
         torch.testing.assert_close(batch[0][b:b + 1], single[0], atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(batch[1][rows], single[1], atol=1e-6, rtol=1e-4)
         assert single[1].abs().sum() > 0
+
+
+# ------------------------------------------------------- MaskFormer's Swin: padded into one window
+def test_maskformer_swin_padded_into_one_window_is_refused_naming_the_module():
+    from transformers.models.maskformer.configuration_maskformer_swin import (
+        MaskFormerSwinConfig,
+    )
+    from transformers.models.maskformer.modeling_maskformer_swin import MaskFormerSwinModel
+
+    torch.manual_seed(0)
+    # 32×32 pixels, 4×4 patches: 8×8 tokens, padded (with zero rows, nothing masked) into one
+    # 12×12 window per example
+    model = MaskFormerSwinModel(MaskFormerSwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+        window_size=12)).eval()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+    def forward(x):
+        return model(pixel_values=x).last_hidden_state.mean(dim=1)[:, :4]
+
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    with pytest.raises(NotImplementedError) as caught:
+        explainer.explain((pixels,), target=0)
+    message = str(caught.value)
+    assert "'encoder.layers.0.blocks.0.attention.self'" in message
+    assert "144 slots" in message and "64 tokens" in message and "padding" in message
+    assert model.training is False and not any(m._forward_hooks for m in model.modules())

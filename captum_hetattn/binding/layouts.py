@@ -56,6 +56,7 @@ from captum_hetattn.binding.depth import over_depth, per_token_query
 from captum_hetattn.binding.layout_cache import LayoutCache, Placement
 from captum_hetattn.binding.layout_scores import _lay_out_scores
 from captum_hetattn.binding.packed import unequal_examples, uneven_examples
+from captum_hetattn.binding.padding import attends_to_padding
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 
@@ -199,11 +200,42 @@ def _place(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
     if depth is not None:
         return Placement("dropped", reason=depth), depth
     if len(group) == 1 and _is_plain(group[0], batch) and _reads_tokens(group[0]):
-        return Placement("plain"), "plain"
+        windowed = _padded_window(group, batch, inputs)
+        if windowed is None:
+            return Placement("plain"), "plain"
+        return windowed
     _materialise(group)
     call, sources = _lay_out(group, batch, inputs)
     if isinstance(call, str):
         return Placement("dropped", reason=call), call
+    return Placement.of(call, batch, sources), call
+
+
+def _padded_window(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
+                   ) -> tuple[Placement, AttentionRecord] | None:
+    r"""A self-attention call that looks like one dense map over its own hidden states but
+    whose layer holds fewer tokens than its map has slots (MaskFormer's Swin backbone pads each
+    stage into one window per example): laid out over the layer's tokens, the padded slots
+    never a source; ``None`` (plain) when the layer holds as many, or the slots cannot be
+    placed on its tokens."""
+    record = group[0]
+    if record.role != "self" or record.n_key != record.n_query:
+        return None
+    fewer = [c for c in _candidates(record, "query")[1:]
+             if tokens_view(c.tensor, c.token_dim).shape[0] == batch
+             and 1 < c.size < record.n_query]
+    if not fewer:
+        return None
+    _materialise(group)
+    try:
+        call, sources = _lay_out(group, batch, inputs)
+    except NotImplementedError as error:
+        refusal = attends_to_padding(record, fewer[0], _describe(record), str(error))
+        if refusal is not None:
+            raise NotImplementedError(refusal) from error
+        return None
+    if isinstance(call, str) or call.layout is None or call.query_input is record.query_input:
+        return None
     return Placement.of(call, batch, sources), call
 
 

@@ -87,3 +87,4 @@ def uneven_examples(group: Sequence[AttentionRecord], query_sources: Sequence[Te
             f"{patterns[0]} rows and example {odd} of {patterns[odd]}: the examples hold "
             "different sequences (images of different sizes or counts), so which rows are "
             "whose is not known; explain the examples one at a time")
+

@@ -1,0 +1,37 @@
+r"""Calls whose slots are their layer's tokens padded with zero rows that the model attends to
+(MaskFormer's Swin backbone pads each stage into one window and masks nothing): padding holds no
+token and is never a source, so such a call is refused by name rather than explained with the
+padded slots as tokens of their own.
+"""
+
+from __future__ import annotations
+
+from captum_hetattn.binding.canonical import _Canonical
+from captum_hetattn.binding.tokens import tokens_view
+from captum_hetattn.capture import AttentionRecord
+
+
+def attends_to_padding(record: AttentionRecord, layer: _Canonical, describe: str,
+                       why: str) -> str | None:
+    r"""The refusal of a call whose slots are its layer's tokens padded with zero rows (a Swin
+    stage padded into one window: MaskFormer's backbone) when its map cannot be laid out on
+    those tokens — the model attends to the padded slots (no mask hides them), so mass lies on
+    slots that hold no token. ``None`` when the extra slots are not zero padding (tokens the
+    module adds, such as registers: the call stays one dense map over its own states).
+
+    Args:
+        record: the call's map, ``(batch, heads, slots, slots)``.
+        layer: the enclosing layer's hidden states (fewer tokens than slots).
+        describe: the call, as error messages name it.
+        why: what the layout found.
+    """
+    slots = tokens_view(record.query_input, record.token_dim)
+    padded = (slots == 0).all(dim=-1).sum(dim=1)  # zero rows per example
+    if bool((padded < record.n_query - layer.size).any()):
+        return None
+    return (f"{describe} runs over {record.n_query} slots per example: the {layer.size} "
+            f"tokens of {layer.where} padded with zero rows (one window larger than the "
+            f"stage), and no mask hides the padded slots, so the model attends to padding "
+            f"({why.split(': ', 1)[-1]}); padding holds no token and is never a source, so "
+            "this call cannot be explained exactly; use an input whose token grid fills its "
+            "windows (a size that is a multiple of the window size) or explain another model")
