@@ -156,3 +156,31 @@ def test_maskformer_swin_padded_into_one_window_is_refused_naming_the_module():
     assert "'encoder.layers.0.blocks.0.attention.self'" in message
     assert "144 slots" in message and "64 tokens" in message and "padding" in message
     assert model.training is False and not any(m._forward_hooks for m in model.modules())
+
+
+# ------------------------------------------------------------------- Pegasus-X: global tokens
+def test_pegasus_x_global_keys_are_refused_naming_the_module_and_the_second_stream():
+    from transformers import PegasusXConfig, PegasusXForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = PegasusXConfig(
+        vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
+        decoder_ffn_dim=37, max_position_embeddings=64, num_global_tokens=4, block_size=4,
+        stagger_local_blocks=False, pad_token_id=0, decoder_start_token_id=2)
+    model = PegasusXForConditionalGeneration(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 90, (2, 8), generator=generator)
+    decoder = torch.randint(5, 90, (2, 3), generator=generator)
+
+    def forward(i, d):
+        return model(input_ids=i, decoder_input_ids=d).logits[:, -1]
+
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    with pytest.raises(NotImplementedError) as caught:
+        explainer.explain((ids, decoder), target=3)
+    message = str(caught.value)
+    assert "'model.encoder.layers.0.self_attn'" in message
+    # the 4 global tokens are the first 4 of the 4 + 4 keys of every block
+    assert "key slots [0, 1, 2, 3] (of 8)" in message and "two streams" in message
+    assert model.training is False and not any(m._forward_hooks for m in model.modules())
