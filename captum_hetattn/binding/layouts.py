@@ -56,7 +56,7 @@ from captum_hetattn.binding.depth import over_depth, per_token_query
 from captum_hetattn.binding.layout_cache import LayoutCache, Placement
 from captum_hetattn.binding.layout_scores import _lay_out_scores
 from captum_hetattn.binding.packed import unequal_examples, uneven_examples
-from captum_hetattn.binding.padding import attends_to_padding
+from captum_hetattn.binding.padding import attends_to_padding, padded_rows
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 
@@ -221,9 +221,12 @@ def _padded_window(group: list[AttentionRecord], batch: int, inputs: Sequence[ob
     record = group[0]
     if record.role != "self" or record.n_key != record.n_query:
         return None
+    padded = padded_rows(record)  # zero rows per example: cheap, and no probe without them
+    if padded is None or not bool((padded > 0).all()):
+        return None
     fewer = [c for c in _candidates(record, "query")[1:]
              if tokens_view(c.tensor, c.token_dim).shape[0] == batch
-             and 1 < c.size < record.n_query]
+             and bool((padded == record.n_query - c.size).all())]
     if not fewer:
         return None
     _materialise(group)

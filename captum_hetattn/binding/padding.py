@@ -6,9 +6,19 @@ padded slots as tokens of their own.
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from captum_hetattn.binding.canonical import _Canonical
 from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
+
+
+def padded_rows(record: AttentionRecord) -> Tensor | None:
+    """The number of all-zero rows of each example's slots (``None`` without a grid of them)."""
+    if record.query_input is None or record.query_input.dim() < 3:
+        return None
+    slots = tokens_view(record.query_input, record.token_dim)
+    return (slots == 0).all(dim=-1).sum(dim=1)
 
 
 def attends_to_padding(record: AttentionRecord, layer: _Canonical, describe: str,
@@ -25,9 +35,8 @@ def attends_to_padding(record: AttentionRecord, layer: _Canonical, describe: str
         describe: the call, as error messages name it.
         why: what the layout found.
     """
-    slots = tokens_view(record.query_input, record.token_dim)
-    padded = (slots == 0).all(dim=-1).sum(dim=1)  # zero rows per example
-    if bool((padded < record.n_query - layer.size).any()):
+    padded = padded_rows(record)
+    if padded is None or bool((padded != record.n_query - layer.size).any()):
         return None
     return (f"{describe} runs over {record.n_query} slots per example: the {layer.size} "
             f"tokens of {layer.where} padded with zero rows (one window larger than the "
