@@ -184,3 +184,80 @@ def test_pegasus_x_global_keys_are_refused_naming_the_module_and_the_second_stre
     # the 4 global tokens are the first 4 of the 4 + 4 keys of every block
     assert "key slots [0, 1, 2, 3] (of 8)" in message and "two streams" in message
     assert model.training is False and not any(m._forward_hooks for m in model.modules())
+
+
+class _PaddedAttention(torch.nn.Module):
+    def __init__(self, mask: bool, width: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.mask = heads, mask
+        self.qkv = torch.nn.Linear(width, 3 * width)
+
+    def probabilities(self, x, real):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / 8 ** 0.5
+        if self.mask:  # the padded keys hidden
+            scores = scores.masked_fill(torch.arange(n) >= real, float("-inf"))
+        return scores.softmax(dim=-1), v
+
+    def forward(self, x, real):
+        attention, v = self.probabilities(x, real)
+        return (attention @ v).transpose(1, 2).reshape(x.shape)
+
+
+class _PaddedBlock(torch.nn.Module):
+    r"""Pads its tokens with zero rows into one window of 10 slots (MaskFormer's Swin)."""
+
+    def __init__(self, mask: bool) -> None:
+        super().__init__()
+        self.norm, self.attention = torch.nn.LayerNorm(16), _PaddedAttention(mask)
+
+    def padded(self, x):
+        return torch.nn.functional.pad(self.norm(x), (0, 0, 0, 10 - x.shape[1]))
+
+    def forward(self, x):
+        return x + self.attention(self.padded(x), x.shape[1])[:, :x.shape[1]]
+
+
+class _PaddedToy(torch.nn.Module):
+    def __init__(self, mask: bool) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 16)
+        self.blocks = torch.nn.ModuleList([_PaddedBlock(mask), _PaddedBlock(mask)])
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(dim=1))
+
+
+def test_padded_window_with_masked_padding_is_laid_out_on_the_layers_tokens():
+    torch.manual_seed(0)
+    model = _PaddedToy(mask=True).eval()
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(5))
+    explainer = HeterogenousAttentionAttribution(model, model=model)
+    batch = explainer.explain(ids, target=1, return_maps=True)
+    # the source is the 6 tokens, not the 10 slots: padding is never a source
+    assert tuple(batch.relevance["text"].shape) == (2, 6)
+    assert (batch.relevance["text"].abs().sum(dim=1) > 0).all()
+    with torch.no_grad():  # the model's own first map, its real rows and columns
+        block = model.blocks[0]
+        attention, _ = block.attention.probabilities(block.padded(model.embed(ids)), 6)
+    (laid_out,) = [c for c in batch.call_maps if c.name == "blocks.0.attention"]
+    torch.testing.assert_close(laid_out.attention, attention[:, :, :6, :6], atol=1e-6,
+                               rtol=1e-5)
+    for b in range(2):
+        single = explainer.explain(ids[b:b + 1], target=1)
+        torch.testing.assert_close(batch.relevance["text"][b:b + 1], single.relevance["text"],
+                                   atol=1e-7, rtol=1e-5)
+
+
+def test_padded_window_whose_padding_takes_attention_is_refused_naming_the_module():
+    torch.manual_seed(0)
+    model = _PaddedToy(mask=False).eval()
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(5))
+    explainer = HeterogenousAttentionAttribution(model, model=model)
+    with pytest.raises(NotImplementedError, match=r"'blocks.0.attention'.*10 slots.*6 tokens"):
+        explainer.explain(ids, target=1)

@@ -54,9 +54,9 @@ from captum_hetattn.binding.canonical import (
 from captum_hetattn.binding.dataflow import _dependence
 from captum_hetattn.binding.depth import over_depth, per_token_query
 from captum_hetattn.binding.layout_cache import LayoutCache, Placement
-from captum_hetattn.binding.layout_scores import _lay_out_scores
+from captum_hetattn.binding.layout_scores import _lay_out_over, _lay_out_scores
 from captum_hetattn.binding.packed import unequal_examples, uneven_examples
-from captum_hetattn.binding.padding import attends_to_padding, padded_rows
+from captum_hetattn.binding.padding import attends_to_padding, kept_mass, padded_rows
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 
@@ -230,16 +230,36 @@ def _padded_window(group: list[AttentionRecord], batch: int, inputs: Sequence[ob
     if not fewer:
         return None
     _materialise(group)
+    layer = fewer[0]
     try:
-        call, sources = _lay_out(group, batch, inputs)
+        call, sources = _lay_out_on(group, batch, layer)
     except NotImplementedError as error:
-        refusal = attends_to_padding(record, fewer[0], _describe(record), str(error))
+        refusal = attends_to_padding(record, layer, _describe(record), str(error))
         if refusal is not None:
             raise NotImplementedError(refusal) from error
         return None
-    if isinstance(call, str) or call.layout is None or call.query_input is record.query_input:
+    if isinstance(call, str) or call.layout is None:
         return None
+    held = kept_mass(group, call.layout)
+    if held < 1 - 1e-3:  # the padded slots took the rest: the model attends to padding
+        raise NotImplementedError(attends_to_padding(
+            record, layer, _describe(record),
+            f"{1 - held:.3g} of each real query row's attention lies on the padded slots"))
     return Placement.of(call, batch, sources), call
+
+
+def _lay_out_on(group: list[AttentionRecord], batch: int, layer: _Canonical
+                ) -> tuple[AttentionRecord | str, tuple[list[Tensor], list[Tensor]] | None]:
+    """A self-attention call laid out on the tokens of ``layer`` (not its own padded slots)."""
+    if all(r.scores is not None and r.linears for r in group):
+        return _lay_out_over(group, batch, layer), None
+    if any(r.states is None for r in group):
+        return "no states", None
+    found = _state_tokens(group[0], "query", [s for r in group for s in r.states], layer)
+    if any(bool((s == SEVERAL_SOURCES).any()) for s in found):
+        return "several", None
+    query, key = (layer, found[0::2]), (layer, found[1::2])
+    return _lay_out_states(group, batch, query, key, False), (query[1], key[1])
 
 
 def _lay_out(

@@ -6,9 +6,10 @@ padded slots as tokens of their own.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from captum_hetattn.binding.canonical import _Canonical
+from captum_hetattn.binding.canonical import TokenLayout, _Canonical
 from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
 
@@ -19,6 +20,18 @@ def padded_rows(record: AttentionRecord) -> Tensor | None:
         return None
     slots = tokens_view(record.query_input, record.token_dim)
     return (slots == 0).all(dim=-1).sum(dim=1)
+
+
+def kept_mass(group: list[AttentionRecord], layout: TokenLayout) -> float:
+    r"""The share of each laid-out query row's attention that the layout keeps (on key
+    tokens): 1 when the padded slots take none, as an independent check of a padded window's
+    layout (every query token's row of the model's softmax sums to one over all slots)."""
+    raw = torch.cat([r.attention.reshape(-1) for r in group]).double()
+    kept = raw[layout.raw_index]
+    if layout.weight is not None:
+        kept = kept * layout.weight.to(kept)
+    batch, heads, queries, _ = layout.dense_shape
+    return float(kept.sum()) / (batch * heads * queries)
 
 
 def attends_to_padding(record: AttentionRecord, layer: _Canonical, describe: str,
