@@ -273,14 +273,14 @@ def _foreign_keys(record: AttentionRecord, queried: Tensor, share: Tensor,
     r"""What the lost mass is on, when it is on whole key columns that read no token of the
     canonical hidden states (keys computed from another input of the module: Pegasus-X's
     global tokens, ``keys = [global tokens; block]``, a second stream)."""
-    keyless = (queried & (share == 0)).reshape(record.shape)
-    columns = keyless.reshape(-1, record.shape[-1]).any(dim=0)
+    keyless = (queried & (share == 0)).reshape(-1, record.shape[-1])
     rows = queried.reshape(-1, record.shape[-1]).any(dim=1)
-    if not bool(columns.any()) or not bool(keyless.reshape(-1, record.shape[-1])[rows]
-                                           [:, columns].all()):
+    columns = keyless[rows].all(dim=0) if bool(rows.any()) else keyless[rows].any(dim=0)
+    if not bool(columns.any()):
         return ""
     found = columns.nonzero().flatten().tolist()
+    found = found if len(found) <= 8 else f"{found[0]}-{found[-1]} ({len(found)} slots)"
     return (f": its key slots {found} (of {record.shape[-1]}) read no token of "
-            f"{canonical.where} in any row — keys computed from another input of the module "
+            f"{canonical.where} in any row: keys computed from another input of the module "
             "(a second stream, such as Pegasus-X's global tokens: keys = [global tokens; "
             "block]); a call whose keys span two streams is not supported")
