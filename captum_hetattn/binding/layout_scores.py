@@ -142,6 +142,7 @@ def _lay_out_over(
                 f"{_describe(first)}: {float(lost):.3g} of the attention mass of its map of "
                 f"shape {tuple(record.shape)} lies on entries that are not one (query token, "
                 "key token) pair of its hidden states, so the map cannot be laid out exactly"
+                + _foreign_keys(record, queried, share, canonical)
             )
         placed.append((shares[0], flat, shares[1]))
     # a later map of the call recomputes rows an earlier one had (Longformer's global tokens:
@@ -267,3 +268,21 @@ def _row_members(projection: Tensor, row: int, canonical: _Canonical) -> Tensor:
 def _heads_of(group: list[AttentionRecord]) -> int:
     """The head count of a call's module (a banded or blocked map does not say where heads are)."""
     return next((r.heads for r in group if r.heads), group[0].shape[1])
+
+
+def _foreign_keys(record: AttentionRecord, queried: Tensor, share: Tensor,
+                  canonical: _Canonical) -> str:
+    r"""What the lost mass is on, when it is on whole key columns that read no token of the
+    canonical hidden states (keys computed from another input of the module: Pegasus-X's
+    global tokens, ``keys = [global tokens; block]``, a second stream)."""
+    keyless = (queried & (share == 0)).reshape(-1, record.shape[-1])
+    rows = queried.reshape(-1, record.shape[-1]).any(dim=1)
+    columns = keyless[rows].all(dim=0) if bool(rows.any()) else keyless[rows].any(dim=0)
+    if not bool(columns.any()):
+        return ""
+    found = columns.nonzero().flatten().tolist()
+    found = found if len(found) <= 8 else f"{found[0]}-{found[-1]} ({len(found)} slots)"
+    return (f": its key slots {found} (of {record.shape[-1]}) read no token of "
+            f"{canonical.where} in any row: keys computed from another input of the module "
+            "(a second stream, such as Pegasus-X's global tokens: keys = [global tokens; "
+            "block]); a call whose keys span two streams is not supported")

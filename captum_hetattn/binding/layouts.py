@@ -52,8 +52,11 @@ from captum_hetattn.binding.canonical import (
     token_rows,
 )
 from captum_hetattn.binding.dataflow import _dependence
+from captum_hetattn.binding.depth import over_depth, per_token_query
 from captum_hetattn.binding.layout_cache import LayoutCache, Placement
-from captum_hetattn.binding.layout_scores import _lay_out_scores
+from captum_hetattn.binding.layout_scores import _lay_out_over, _lay_out_scores
+from captum_hetattn.binding.packed import unequal_examples, uneven_examples
+from captum_hetattn.binding.padding import attends_to_padding, kept_mass, padded_rows
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 
@@ -193,13 +196,70 @@ def _place(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
            ) -> tuple[Placement, AttentionRecord | str]:
     """Probe one call's layout: its placement (for the cache) and the laid-out call, or
     ``"plain"``, or the reason it is left out."""
+    depth = per_token_query(group[0], batch)
+    if depth is not None:
+        return Placement("dropped", reason=depth), depth
     if len(group) == 1 and _is_plain(group[0], batch) and _reads_tokens(group[0]):
-        return Placement("plain"), "plain"
+        windowed = _padded_window(group, batch, inputs)
+        if windowed is None:
+            return Placement("plain"), "plain"
+        return windowed
     _materialise(group)
     call, sources = _lay_out(group, batch, inputs)
     if isinstance(call, str):
         return Placement("dropped", reason=call), call
     return Placement.of(call, batch, sources), call
+
+
+def _padded_window(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
+                   ) -> tuple[Placement, AttentionRecord] | None:
+    r"""A self-attention call that looks like one dense map over its own hidden states but
+    whose layer holds fewer tokens than its map has slots (MaskFormer's Swin backbone pads each
+    stage into one window per example): laid out over the layer's tokens, the padded slots
+    never a source; ``None`` (plain) when the layer holds as many, or the slots cannot be
+    placed on its tokens."""
+    record = group[0]
+    if record.role != "self" or record.n_key != record.n_query:
+        return None
+    padded = padded_rows(record)  # zero rows per example: cheap, and no probe without them
+    if padded is None or not bool((padded > 0).all()):
+        return None
+    fewer = [c for c in _candidates(record, "query")[1:]
+             if tokens_view(c.tensor, c.token_dim).shape[0] == batch
+             and bool((padded == record.n_query - c.size).all())]
+    if not fewer:
+        return None
+    _materialise(group)
+    layer = fewer[0]
+    try:
+        call, sources = _lay_out_on(group, batch, layer)
+    except NotImplementedError as error:
+        refusal = attends_to_padding(record, layer, _describe(record), str(error))
+        if refusal is not None:
+            raise NotImplementedError(refusal) from error
+        return None
+    if isinstance(call, str) or call.layout is None:
+        return None
+    held = kept_mass(group, call.layout)
+    if held < 1 - 1e-3:  # the padded slots took the rest: the model attends to padding
+        raise NotImplementedError(attends_to_padding(
+            record, layer, _describe(record),
+            f"{1 - held:.3g} of each real query row's attention lies on the padded slots"))
+    return Placement.of(call, batch, sources), call
+
+
+def _lay_out_on(group: list[AttentionRecord], batch: int, layer: _Canonical
+                ) -> tuple[AttentionRecord | str, tuple[list[Tensor], list[Tensor]] | None]:
+    """A self-attention call laid out on the tokens of ``layer`` (not its own padded slots)."""
+    if all(r.scores is not None and r.linears for r in group):
+        return _lay_out_over(group, batch, layer), None
+    if any(r.states is None for r in group):
+        return "no states", None
+    found = _state_tokens(group[0], "query", [s for r in group for s in r.states], layer)
+    if any(bool((s == SEVERAL_SOURCES).any()) for s in found):
+        return "several", None
+    query, key = (layer, found[0::2]), (layer, found[1::2])
+    return _lay_out_states(group, batch, query, key, False), (query[1], key[1])
 
 
 def _lay_out(
@@ -255,11 +315,19 @@ def _lay_out_states(
                 f"{_describe(first)}: its maps of one call have different layouts "
                 f"({tuple(first.shape)} and {tuple(record.shape)})"
             )
-        positions, flat = _dense_entries(record, q_src, k_src, heads, n_q, n_k, first)
+        entries = _dense_entries(record, q_src, k_src, heads, n_q, n_k)
+        if entries is None:  # pairs tokens of different examples
+            raise NotImplementedError(unequal_examples(group, batch, n_q, _describe(first)))
+        positions, flat = entries
         raw.append(positions + offset)
         dense.append(flat)
         offset += math.prod(record.shape)
     where = query[0].where
+    packed = len(group) > 1 and all(r.shape[0] == 1 for r in group)  # one map per sequence
+    if packed and where.endswith("(tiles)") and batch > 1:  # an equal split, unconfirmed
+        uneven = uneven_examples(group, query[1], batch, n_q, _describe(first))
+        if uneven is not None:
+            raise NotImplementedError(uneven)
     kind = ("tiled" if where.endswith("(tiles)") else "packed" if where == f"'{first.name}'"
             else "windowed")
     layout = TokenLayout(kind, dense_shape, torch.cat(raw), torch.cat(dense))
@@ -268,10 +336,10 @@ def _lay_out_states(
 
 def _dense_entries(
     record: AttentionRecord, q_src: Tensor, k_src: Tensor, heads: int, n_q: int, n_k: int,
-    first: AttentionRecord,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor] | None:
     r"""The entries of one raw map that hold a (query token, key token) pair, and the element
-    of the dense ``(B, heads, n_q, n_k)`` map each lands on."""
+    of the dense ``(B, heads, n_q, n_k)`` map each lands on; ``None`` when the map pairs
+    tokens of different examples."""
     parts, h, n_rows, n_cols = record.shape[0], heads, record.shape[2], record.shape[3]
     # every head's row i comes from the same token (key states may have fewer heads: GQA)
     q_src = q_src.view(parts, -1, n_rows)[:, :1].expand(parts, h, n_rows)
@@ -281,11 +349,7 @@ def _dense_entries(
     b_k, t_k = k_src.div(n_k, rounding_mode="floor"), k_src % n_k
     same = b_q[..., :, None] == b_k[..., None, :]
     if bool((valid & ~same).any()):
-        raise NotImplementedError(
-            f"{_describe(first)}: a map of shape {tuple(record.shape)} pairs tokens of "
-            "different examples (several examples packed into one sequence); explain one "
-            "example at a time"
-        )
+        return None
     head = torch.arange(h, device=q_src.device).view(1, h, 1, 1)
     flat = ((b_q[..., :, None] * h + head) * n_q + t_q[..., :, None]) * n_k + t_k[..., None, :]
     positions = valid.flatten().nonzero().flatten()
@@ -302,6 +366,7 @@ def _pick(
     tried = [c.where for c in _candidates(record, side)
              if tokens_view(c.tensor, c.token_dim).shape[0] != batch]
     reason = None
+    unfed: list[_Canonical] = []  # hidden states none of whose tokens the slots are computed from
     for candidate in _with_tiles(record, side, batch, inputs):
         sources = _state_tokens(record, side, states, candidate)
         if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
@@ -311,10 +376,14 @@ def _pick(
             continue
         if not any(bool((s >= 0).any()) for s in sources):
             tried.append(candidate.where)
+            unfed.append(candidate)
             continue
         return candidate, sources
     if reason is not None:
         return reason
+    depth = over_depth(record, side, unfed)
+    if depth is not None:
+        return depth
     raise NotImplementedError(
         f"{_describe(record)}: none of the hidden states around it ({', '.join(tried) or '-'}) "
         f"hold its {side} tokens as (batch={batch}, tokens) rows (several examples packed into "

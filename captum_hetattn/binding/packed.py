@@ -1,0 +1,90 @@
+r"""Why a packed call (Qwen2-VL's vision tower: one ``(rows, D)`` sequence holding every image of
+the batch, one attention map per image) cannot be split into examples.
+
+A packed tower is laid out as ``k`` consecutive rows per example, the only split the packed
+rows themselves allow. When examples hold different numbers of rows (images of different sizes,
+or a different number of images), some map runs across the boundary of that equal split; the
+call is then refused with what really differs — the rows each example holds — instead of being
+laid out over the wrong examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from captum_hetattn.capture import AttentionRecord
+
+
+def unequal_examples(group: Sequence[AttentionRecord], batch: int, per_example: int,
+                     describe: str) -> str:
+    r"""The refusal of a packed call whose maps (one per sequence, in the packed order) do not
+    fall into ``batch`` equal blocks of ``per_example`` rows.
+
+    Args:
+        group: the call's raw maps, each ``(1, heads, rows, rows)`` over one sequence.
+        batch: the batch size.
+        per_example: the rows each example would hold under the equal split.
+        describe: the call, as error messages name it.
+
+    Returns:
+        The message: the rows of each example when there is one sequence per example, else the
+        sequence that crosses an example boundary.
+    """
+    sizes = [int(r.shape[2]) for r in group]
+    total = batch * per_example
+    if len(sizes) == batch and sum(sizes) == total:
+        held = ", ".join(f"example {b} has {n}" for b, n in enumerate(sizes))
+        return (f"{describe} packs the batch's sequences into one of {total} rows, one map per "
+                f"sequence, and the examples hold different numbers of them ({held} rows, "
+                "e.g. images of different sizes): a packed call is laid out only when every "
+                "example holds the same number of rows; explain the examples one at a time")
+    start = 0
+    for index, size in enumerate(sizes):
+        first, last = start // per_example, (start + size - 1) // per_example
+        if first != last:
+            return (f"{describe} packs the batch's sequences into one of {total} rows (sizes "
+                    f"{sizes}), and sequence {index} (rows {start}-{start + size - 1}) runs "
+                    f"across examples {first} and {last} of an equal split into {batch} "
+                    f"examples of {per_example} rows: the examples hold different numbers of "
+                    "rows (images of different sizes or counts); explain them one at a time")
+        start += size
+    return (f"{describe}: a map pairs tokens of different examples (several examples packed "
+            "into one sequence); explain one example at a time")
+
+
+def uneven_examples(group: Sequence[AttentionRecord], query_sources: Sequence[Tensor],
+                    batch: int, per_example: int, describe: str) -> str | None:
+    r"""Why a packed call whose maps do fall into the equal split still cannot be trusted to:
+    the examples hold different sequences (example 0 one image of 8 rows and example 1 images
+    of 8 and 16 rows split 16/16 without a map crossing the boundary, but the second block of
+    8 rows is example 1's). The packed rows say nothing of whose they are, so the split is kept
+    only when every example holds sequences of the same sizes in the same order.
+
+    Args:
+        group: the call's raw maps, one per sequence.
+        query_sources: per map, each state row's packed row (``b · per_example + t``).
+        batch: the batch size.
+        per_example: the rows each example holds under the equal split.
+        describe: the call, as error messages name it.
+
+    Returns:
+        The refusal, or ``None`` when every example holds the same sequences.
+    """
+    held: list[list[tuple[int, int]]] = [[] for _ in range(batch)]
+    for record, sources in zip(group, query_sources, strict=True):
+        rows = sources[sources >= 0]
+        if rows.numel():
+            start = int(rows.min())
+            held[start // per_example].append((start % per_example, int(record.shape[2])))
+    patterns = [[size for _, size in sorted(sequences)] for sequences in held]
+    odd = next((b for b in range(1, batch) if patterns[b] != patterns[0]), None)
+    if odd is None:
+        return None
+    return (f"{describe} packs the batch's sequences into one of {batch * per_example} rows, "
+            f"and split into {batch} equal examples, example 0 would hold sequences of "
+            f"{patterns[0]} rows and example {odd} of {patterns[odd]}: the examples hold "
+            "different sequences (images of different sizes or counts), so which rows are "
+            "whose is not known; explain the examples one at a time")
+
