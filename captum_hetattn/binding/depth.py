@@ -63,8 +63,10 @@ def per_token_query(record: AttentionRecord, batch: int) -> str | None:
     positions = record.shape[1]
     if positions < 2 or tuple(query.shape[:2]) != (batch, positions):
         return None
-    if not torch.equal(query, query[:1, :1].expand_as(query)):
-        return None  # queries computed per example or per head: attention as usual
+    if not torch.equal(query, query[:1, :1].expand_as(query)) or not query.any():
+        # queries computed per example or per head: attention as usual; all zero (an untrained
+        # Q-Former's learned queries) says nothing of the second dimension (heads or tokens)
+        return None
     keys = record.states[1] if len(record.states) > 1 else None
     if keys is None or tuple(keys.shape[:3]) != (batch, positions, record.n_key):
         return None  # keys not a stack of n_key states at each of those positions
