@@ -43,9 +43,11 @@ def warn_zero_examples(relevance: Mapping[str, Tensor], report: Report,
     which = f"example(s) {examples}" + (" (every example)" if len(examples) == batch else "")
     report.warn_each("zero-example", [str(e) for e in examples], lambda new: (
         f"the explanation of {which} is exactly zero in every source ({sorted(relevance)}): "
-        "it says nothing about them, not that nothing mattered; their score may not depend on "
+        "it says nothing about them, not that nothing mattered: their score may not depend on "
         "the attention (a constant or saturated score), the calls that would carry relevance "
-        "may be left out of the explanation (see the warnings above)"
+        "may be missing from the explanation (see the warnings above), their maps' gradient "
+        "may be (nearly) zero, which the gradient correction counts as zero (correction='none' "
+        "keeps the maps)"
         + ("" if include_own else
            ", or the read tokens attend only to themselves (include_own=True shows their own "
            "share)")
