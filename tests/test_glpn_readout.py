@@ -85,3 +85,21 @@ def test_only_the_all_zero_example_is_named():
     assert zero_examples({"a": ones, "b": zeros}) == [1]
     assert zero_examples({"a": torch.ones(3, 4)}) == []
     assert zero_examples({}) == []
+
+
+def test_the_warning_names_only_the_all_zero_examples_once():
+    from captum_hetattn.engine.report import Report
+    from captum_hetattn.engine.zero_examples import warn_zero_examples
+
+    relevance = {"text": torch.ones(3, 5), "image": torch.ones(3, 4)}
+    relevance["text"][2] = 0
+    relevance["image"][2] = 0
+    relevance["image"][0] = 0  # example 0 keeps its text relevance: not named
+    report = Report()
+    with pytest.warns(UserWarning, match=r"example\(s\) \[2\] is exactly zero in every source "
+                                         r"\(\['image', 'text'\]\)") as caught:
+        warn_zero_examples(relevance, report, include_own=True)
+    assert len(caught) == 1 and "include_own" not in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_zero_examples(relevance, report, include_own=True)  # once per explainer
