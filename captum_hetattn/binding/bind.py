@@ -37,6 +37,7 @@ from typing import Any
 from torch import Tensor
 
 from captum_hetattn.binding.dataflow import DataFlow
+from captum_hetattn.binding.junction_sizes import check_junction_sizes
 from captum_hetattn.binding.junctions import resolve_junctions
 from captum_hetattn.binding.streams import (
     BoundSource,
@@ -379,6 +380,7 @@ def _assemble(
         if not stream.calls and (stream.fresh is None or not stream.fresh.any()):
             derived.setdefault(names[junction.into], set()).add(names[junction.origin])
     junctions_before = resolve_junctions(graph, flow, names, inputs, config)
+    check_junction_sizes(junctions_before, sizes, records, flow, names)
 
     def streams_of(index: int, _: BoundNode) -> tuple[str, str]:
         return names[flow.calls[index].query], names[flow.calls[index].key]

@@ -60,6 +60,7 @@ from captum_hetattn.engine.result import (
 from captum_hetattn.engine.streaming import streaming
 from captum_hetattn.engine.targets import Score, score, score_functions, stack_targets
 from captum_hetattn.engine.values import ValueWatcher, value_terms
+from captum_hetattn.engine.zero_examples import warn_zero_examples
 from captum_hetattn.graph import LayerGraph
 from captum_hetattn.graph.inference import graph_from_flow
 from captum_hetattn.objectives import Objective, Target
@@ -312,6 +313,7 @@ def _explain_pass(host: Host, recording: BoundRecording, terminal: list[Terminal
     explanation = assemble(recording, host.graph, stream_relevance, weights, padding,
                            options.return_maps, own=own)
     check_finite_relevance(explanation.relevance, host.model)
+    warn_zero_examples(explanation.relevance, host.report, options.include_own)
     if options.return_maps:
         explanation.call_maps = call_maps(recording, capture.heads)
         if options.stage is None and options.propagator.has_flow:

@@ -223,8 +223,28 @@ def gradient_readout(
             "readout= to say which tokens explain the output"
         )
     total = sum(w.sum(dim=1) for w in weights.values())
+    check_every_example_read(total, sorted(recording.stream_names.values()))
     total = torch.where(total > 0, total, torch.ones_like(total))
     return {stream: (w / total[:, None]).contiguous() for stream, w in weights.items()}
+
+
+def check_every_example_read(total: Tensor, streams: Sequence[str]) -> None:
+    r"""Each example of a batch is read as it is alone: an example whose objective's gradient
+    is zero at the final tokens of every stream is refused by name, as it is alone, instead of
+    an explanation that is all zero for it (``total``: per example, the summed readout norms).
+
+    Raises:
+        ValueError: naming the example(s) and the streams.
+    """
+    unread = (total.detach() <= 0).nonzero().flatten().tolist()
+    if unread:
+        raise ValueError(
+            f"the objective's gradient is zero at the final tokens of every stream ({streams}) "
+            f"for example(s) {unread} of the batch (the others get gradient): their score does "
+            "not depend on the model's attention (a score saturated or constant for them, such "
+            "as the channel mean of a layer-normed feature, or a sigmoid that underflows?); "
+            "explain those examples apart, or pass readout= to say which tokens explain them"
+        )
 
 
 def bypassed(recording: BoundRecording, weights: Mapping[str, Tensor]) -> list[str]:
