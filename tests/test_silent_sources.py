@@ -68,3 +68,73 @@ def test_float_input_that_feeds_no_token_is_refused():
     explainer = HeterogenousAttentionAttribution(model, model=model)
     with pytest.raises(ValueError, match=r"float input 0 \(2, 4\) reaches no attention call"):
         explainer.attribute(torch.randn(2, 4), target=0)
+
+
+# ------------------------------------------------------------------ ids the engine now follows
+def _canine():
+    from transformers import CanineConfig, CanineForSequenceClassification
+    torch.manual_seed(0)
+    config = CanineConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, downsampling_rate=4, upsampling_kernel_size=4,
+                          num_hash_functions=4, num_hash_buckets=64, num_labels=3)
+    return CanineForSequenceClassification(config).eval()
+
+
+def _xlnet():
+    from transformers import XLNetConfig, XLNetForSequenceClassification
+    torch.manual_seed(0)
+    config = XLNetConfig(vocab_size=60, d_model=32, n_layer=2, n_head=2, d_inner=64,
+                         pad_token_id=5, num_labels=3)
+    return XLNetForSequenceClassification(config).eval()
+
+
+def _ids():
+    torch.manual_seed(1)
+    ids = torch.randint(6, 60, (2, 8))
+    mask = torch.ones_like(ids)
+    ids[1, -3:], mask[1, -3:] = 5, 0
+    return ids, mask
+
+
+# CANINE's classifier reads the molecules: its final character encoder is reported unconnected
+@pytest.mark.filterwarnings("ignore:attention module 'canine.final_char_encoder")
+@pytest.mark.parametrize("make", [_canine, _xlnet], ids=["canine-hashed", "xlnet-seq-first"])
+def test_hashed_and_sequence_first_ids_are_a_source(make):
+    model = make()
+    ids, mask = _ids()
+    explainer = HeterogenousAttentionAttribution(
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+    batch = explainer.explain(ids, target=1, additional_forward_args=(mask,))
+    assert list(batch.relevance) == ["text"] and batch.relevance["text"].shape == (2, 8)
+    relevance = batch.relevance["text"]
+    assert bool((relevance[1, -3:] == 0).all())  # padding gets nothing
+    for example, real in ((0, 8), (1, 5)):
+        # the real tokens get relevance through attention (the positive correction may
+        # leave a token at zero; the read token's own share is taken out)
+        assert int((relevance[example, :real] > 0).sum()) >= real // 2
+    for example in range(2):
+        single = explainer.explain(ids[example:example + 1], target=1,
+                                   additional_forward_args=(mask[example:example + 1],))
+        torch.testing.assert_close(single.relevance["text"], relevance[example:example + 1],
+                                   rtol=1e-4, atol=1e-9)
+
+
+def test_id_lookups_found_through_recodings_but_not_positions_or_masks():
+    from captum_hetattn.binding.id_inputs import SEQUENCE_FIRST, id_inputs
+    ids = torch.tensor([[7, 3, 9, 3], [4, 8, 2, 6]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+
+    def lookup(name, looked_up):
+        return (name, looked_up, torch.zeros(*looked_up.shape, 2), object())
+
+    hashed = lookup("hash", (ids + 1) * 31 % 101)
+    positions = lookup("positions", torch.arange(4).expand(2, -1))
+    types = lookup("types", torch.zeros_like(ids))
+    transposed = lookup("words", ids.T.contiguous())
+    found = id_inputs([positions, types, hashed], [ids, mask])
+    assert [(p, out is hashed[2]) for p, out, _, _ in found] == [(0, True)]
+    # the input looked up as it is (sequence-first) wins over a recoding
+    found = id_inputs([hashed, transposed], [ids, mask])
+    assert [(p, d, out is transposed[2]) for p, out, d, _ in found] == [(0, SEQUENCE_FIRST, True)]
+    # a collision (two inputs, one id) is no one-to-one recoding
+    assert id_inputs([lookup("hash", ids % 2 + (ids > 5))], [ids, mask]) == []
