@@ -96,14 +96,18 @@ def _ids():
     return ids, mask
 
 
+def _explainer(model):
+    """The explainer of a classifier called with ids and a mask, and the batch."""
+    explainer = HeterogenousAttentionAttribution(
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+    return (explainer, *_ids())
+
+
 # CANINE's classifier reads the molecules: its final character encoder is reported unconnected
 @pytest.mark.filterwarnings("ignore:attention module 'canine.final_char_encoder")
 @pytest.mark.parametrize("make", [_canine, _xlnet], ids=["canine-hashed", "xlnet-seq-first"])
 def test_hashed_and_sequence_first_ids_are_a_source(make):
-    model = make()
-    ids, mask = _ids()
-    explainer = HeterogenousAttentionAttribution(
-        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+    explainer, ids, mask = _explainer(make())
     batch = explainer.explain(ids, target=1, additional_forward_args=(mask,))
     assert list(batch.relevance) == ["text"] and batch.relevance["text"].shape == (2, 8)
     relevance = batch.relevance["text"]
@@ -138,3 +142,20 @@ def test_id_lookups_found_through_recodings_but_not_positions_or_masks():
     assert [(p, d, out is transposed[2]) for p, out, d, _ in found] == [(0, SEQUENCE_FIRST, True)]
     # a collision (two inputs, one id) is no one-to-one recoding
     assert id_inputs([lookup("hash", ids % 2 + (ids > 5))], [ids, mask]) == []
+
+
+@pytest.mark.filterwarnings("ignore:attention module 'canine.final_char_encoder")
+@pytest.mark.parametrize("return_maps", [False, True], ids=["streamed", "blocks"])
+def test_canine_first_molecule_is_a_copy_of_cls_whose_own_share_is_kept_apart(return_maps):
+    # the classifier reads molecule 0, a copy of character 0 ([CLS]) made by a junction of
+    # another length (8 characters → 2 molecules): its identity is the read token's own share
+    explainer, ids, mask = _explainer(_canine())
+    explanation = explainer.explain(ids, target=1, additional_forward_args=(mask,),
+                                    return_maps=return_maps)
+    raw = explainer.explain(ids, target=1, additional_forward_args=(mask,), include_own=True,
+                            return_maps=return_maps)
+    assert explanation.readout_stream != explanation.sources["text"]
+    own = explanation.own["text"]
+    assert bool((own[:, 0] > 0.5).all()) and bool((own[:, 1:] == 0).all())
+    assert bool((explanation.relevance["text"][:, 0] < 0.1).all())
+    torch.testing.assert_close(explanation.relevance["text"] + own, raw.relevance["text"])
