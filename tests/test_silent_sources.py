@@ -14,15 +14,18 @@ from captum_hetattn import HeterogenousAttentionAttribution
 class _MixedIds(nn.Module):
     """Ids mixed across positions before the lookup (no element-wise function of the input)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pad: int = 0) -> None:
         super().__init__()
         config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
                             num_attention_heads=2, intermediate_size=32)
         self.bert = BertModel(config).eval()
         self.lookup = nn.Embedding(50, 16)
         self.head = nn.Linear(16, 3)
+        self.pad = pad
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.pad:  # padded to a window before the lookup (Longformer)
+            ids = nn.functional.pad(ids, (0, self.pad))
         mixed = (ids + ids.roll(1, dims=1)) % 50
         hidden = self.bert(inputs_embeds=self.lookup(mixed)).last_hidden_state
         return self.head(hidden[:, 0])
@@ -60,6 +63,16 @@ def test_untraceable_ids_are_refused_naming_streams_calls_input_and_consumer():
     # the model is restored: no hook left behind, and it still runs
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     assert model(ids).shape == (2, 3)
+
+
+def test_ids_padded_before_the_lookup_are_refused_naming_the_lookup():
+    torch.manual_seed(0)
+    model = _MixedIds(pad=3).eval()
+    explainer = HeterogenousAttentionAttribution(model, model=model)
+    with pytest.raises(ValueError, match=r"integer input 0 \(2, 7\) is looked up by no embedding "
+                                         r"\(the first embedding called is 'lookup' on ids of "
+                                         r"shape \(2, 10\)"):
+        explainer.attribute(torch.randint(2, 50, (2, 7)), target=0)
 
 
 def test_float_input_that_feeds_no_token_is_refused():

@@ -63,8 +63,11 @@ def _why(inputs: Sequence[Any], embeddings: Sequence[tuple[str, Tensor, Tensor, 
                 f"first lookup of that many ids is '{lookups[0]}', on ids that are not the "
                 "input's values (hashed, shifted or re-laid-out ids the engine does not follow)")
         elif embeddings:
+            name, ids = embeddings[0][0], embeddings[0][1]
+            looked = f" on ids of shape {tuple(ids.shape)}" if isinstance(ids, Tensor) else ""
             parts.append(f"integer input {position} {shape} is looked up by no embedding "
-                         f"(the first embedding called is '{embeddings[0][0]}')")
+                         f"(the first embedding called is '{name}'{looked}: padded or "
+                         "reshaped ids?)")
         else:
             parts.append(f"integer input {position} {shape}: no nn.Embedding ran")
     return "; ".join(parts) + "." if parts else "No tensor input was given."
