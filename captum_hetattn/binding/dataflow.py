@@ -45,6 +45,7 @@ from captum_hetattn.binding.flowdata import (  # noqa: F401  (re-exported)
     Mark,
 )
 from captum_hetattn.binding.fusion import add_into, added_streams, junction_weights
+from captum_hetattn.binding.id_inputs import id_inputs
 from captum_hetattn.binding.probes import (  # noqa: F401  (re-exported: layouts, lifts, cache)
     _GENERATOR,
     TokenRows,
@@ -158,16 +159,10 @@ def analyse(
         if isinstance(tensor, Tensor) and tensor.is_floating_point() and tensor.requires_grad:
             input_tensors[position] = (tensor, -1)
             walker.mark(_node(tensor), ("input", position, 0))
-    for _, ids, output, node in embeddings:
-        position = _matching_id_input(ids, inputs)
-        if tuple(output.shape[: ids.dim()]) != tuple(ids.shape):
-            # not a lookup of these ids (an nn.Embedding subclass handed the attention mask
-            # first that embeds positions of its own, BioGPT): it does not stand for the input
-            position = None
-        if position is not None and position not in input_tensors:
-            input_tensors[position] = (output, 1)
-        if position is not None:
-            walker.mark(node, ("input", position, 0))
+    for position, output, token_dim, node in id_inputs(embeddings, inputs):
+        if position not in input_tensors:
+            input_tensors[position] = (output, token_dim)
+        walker.mark(node, ("input", position, 0))
     flow = _Builder(records, walker, input_tensors, towers, batch, map_inputs)
     if dependence is not None:
         flow.dependence = dependence
@@ -179,21 +174,6 @@ def _batch_size(records: Sequence[AttentionRecord]) -> int:
         if record.query_input is not None and record.query_input.dim() >= 3:
             return tokens_view(record.query_input, record.token_dim).shape[0]
     return records[-1].batch_size
-
-
-def _matching_id_input(ids: Tensor, inputs: Sequence[Tensor | None]) -> int | None:
-    """The integer model input an embedding looked up (identity, else equal values)."""
-    candidates = [
-        (p, t) for p, t in enumerate(inputs)
-        if isinstance(t, Tensor) and not t.is_floating_point() and t.dim() >= 2
-    ]
-    for position, tensor in candidates:
-        if ids is tensor:
-            return position
-    for position, tensor in candidates:
-        if ids.shape == tensor.shape and bool((ids == tensor).float().mean() > 0.5):
-            return position
-    return None
 
 
 class _Builder(SourceFinder):

@@ -57,6 +57,7 @@ from captum_hetattn.engine.result import (
     flow_shares,
     padding_of,
 )
+from captum_hetattn.engine.sourceless import check_sources
 from captum_hetattn.engine.streaming import streaming
 from captum_hetattn.engine.targets import Score, score, score_functions, stack_targets
 from captum_hetattn.engine.values import ValueWatcher, value_terms
@@ -195,6 +196,8 @@ def _record(host: Host, recorder: AttentionRecorder, traced: tuple[Any, ...],
     with recorder.tracing():
         recording = bind(host, recorder, [*traced, *extra], options.map_inputs,
                          scores[0].shape[0])
+    check_sources(recording, [*traced, *extra], recorder.embeddings,
+                  type(host.model).__name__)
     capture.expect(recording)
     if watcher is not None:
         capture.values = {

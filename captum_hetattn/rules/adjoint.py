@@ -23,6 +23,7 @@ from captum_hetattn.rules.ops import (
     TokenMap,
     accumulate,
     as_group,
+    copy_map,
     flow_increment,
     one_token_read,
     readout_weights,
@@ -383,14 +384,13 @@ class RowAdjoint:
         accumulate(adjoint, step.origin, moved)
 
     def _carry(self, step: TokenMap, replaced: Tensor) -> None:
-        """A junction that brings a read token's own row over from the same token of another
-        stream (a copy of a stream, an additive link of two towers: square, the token's entry
-        on the diagonal) carries its staying share there; any other junction ends it."""
+        """A junction that brings a read token's own row over from one token of another
+        stream (:func:`~captum_hetattn.rules.ops.copy_map`) carries its staying share there;
+        any other junction ends it."""
         staying = self.staying.get(step.into)
-        weights = step.weights
-        if staying is None or weights.shape[-1] != weights.shape[-2]:
+        if staying is None:
             return
-        carried = staying * replaced * weights.to(self.dtype).diagonal(dim1=-2, dim2=-1)
+        carried = row_increment(staying * replaced, copy_map(step).to(self.dtype))
         if bool(carried.any()):
             accumulate(self.staying, step.origin, carried)
 

@@ -449,9 +449,9 @@ def own_entries(blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[st
     r"""The read tokens' own share of the readout rows: ``w_x[j] · R[x, x][j, j]`` for every
     read token ``j`` of every readout stream ``x`` (zeros elsewhere) — GAE's ``R_tt[0, 0] = 0``
     (Chefer et al., ICCV 2021), generalised to a readout vector over several tokens. A read
-    token whose row a junction brought over from the same token of another stream ``o`` (a
-    copy of a stream, an additive link of two towers: :func:`copied_tokens`) has its own
-    entry there: ``w_x[j] · R[x, o][j, j]``.
+    token whose row a junction brought over from one token ``c`` of another stream ``o`` (a
+    copy of a stream, an additive link of two towers, a copied ``[CLS]``: :func:`copied_tokens`)
+    has its own entry there: ``w_x[j] · R[x, o][j, c]``.
 
     Args:
         blocks: every block, as :func:`~captum_hetattn.rules.adjoint.propagate` returns them.
@@ -471,27 +471,37 @@ def own_entries(blocks: Relevance, sizes: Mapping[str, int], readout: Mapping[st
     for x, weights in readout.items():
         for s, tokens in copied_tokens(steps, x, weights != 0).items():
             block = blocks.get((x, s))
-            if block is not None and block.shape[-1] == block.shape[-2]:
-                own[s] = own[s] + (weights.to(block.dtype) * tokens
-                                   * block.diagonal(dim1=-2, dim2=-1))
+            if block is not None:
+                own[s] = own[s] + row_increment(weights.to(block.dtype), block * tokens)
     return {s: o.contiguous() for s, o in own.items()}
+
+
+def copy_map(step: TokenMap) -> Tensor:
+    r"""``(B, n_into, n_origin)``: which replaced row of a junction is a copy of which origin
+    token. In a square map (a copy of a stream, an additive link of two towers) a row is the
+    same token where its diagonal entry is non-zero; in any other map a row is a copy where it
+    reads exactly one token (CANINE's first molecule is its ``[CLS]`` character)."""
+    weights = step.weights * step.rows.unsqueeze(-1).to(step.weights.dtype)
+    if weights.shape[-1] == weights.shape[-2]:
+        return torch.diag_embed(weights.diagonal(dim1=-2, dim2=-1))
+    single = (weights != 0).sum(dim=-1, keepdim=True) == 1
+    return weights * single.to(weights.dtype)
 
 
 def copied_tokens(steps: Sequence[FlowStep], stream: str, tokens: Tensor) -> dict[str, Tensor]:
     r"""Where ``tokens`` (``(B, n)`` booleans) of ``stream`` are themselves at the start: the
-    junctions, walked backwards, that bring a token's row over from the same token of another
-    stream (square maps with the token's entry on the diagonal) move it there; one that
-    replaces the row with other tokens ends it. ``{stream: (B, n)}`` booleans."""
-    at = {stream: tokens}
+    junctions, walked backwards, that bring a token's row over from one token of another stream
+    (:func:`copy_map`) move it there; one that replaces the row with other tokens ends it.
+    ``{stream: (B, n, n_stream)}`` booleans: read token ``j`` is token ``c`` of that stream."""
+    at = {stream: torch.diag_embed(tokens)}
     for step in reversed(steps):
         if not isinstance(step, TokenMap) or step.into not in at:
             continue
-        here = at[step.into] & step.rows
-        if step.weights.shape[-1] == step.weights.shape[-2]:
-            moved = here & (step.weights.diagonal(dim1=-2, dim2=-1) != 0)
-            at[step.origin] = at[step.origin] | moved if step.origin in at else moved
+        copies = (copy_map(step) != 0).to(step.weights.dtype)
+        moved = (at[step.into].to(copies.dtype) @ copies) != 0
+        at[step.origin] = at[step.origin] | moved if step.origin in at else moved
         if not step.additive:
-            at[step.into] = at[step.into] & ~step.rows
+            at[step.into] = at[step.into] & ~step.rows.unsqueeze(1)
     return at
 
 
