@@ -52,7 +52,7 @@ from captum_hetattn.binding.probes import (  # noqa: F401  (re-exported: layouts
     _dependence,
     _pass_rows,
 )
-from captum_hetattn.binding.sources import SourceFinder
+from captum_hetattn.binding.sources import SourceFinder, padded_input
 from captum_hetattn.binding.tokens import _token_count, tokens_view
 from captum_hetattn.capture import AttentionRecord, autograd_node
 
@@ -158,17 +158,21 @@ def analyse(
         if isinstance(tensor, Tensor) and tensor.is_floating_point() and tensor.requires_grad:
             input_tensors[position] = (tensor, -1)
             walker.mark(_node(tensor), ("input", position, 0))
+    padded: dict[int, int] = {}
     for _, ids, output, node in embeddings:
-        position = _matching_id_input(ids, inputs)
+        position, length = _matching_id_input(ids, inputs)
         if tuple(output.shape[: ids.dim()]) != tuple(ids.shape):
             # not a lookup of these ids (an nn.Embedding subclass handed the attention mask
             # first that embeds positions of its own, BioGPT): it does not stand for the input
             position = None
         if position is not None and position not in input_tensors:
             input_tensors[position] = (output, 1)
+            if length is not None:
+                padded[position] = length
         if position is not None:
             walker.mark(node, ("input", position, 0))
     flow = _Builder(records, walker, input_tensors, towers, batch, map_inputs)
+    flow.padded_inputs = padded
     if dependence is not None:
         flow.dependence = dependence
     return flow.run()
@@ -181,19 +185,25 @@ def _batch_size(records: Sequence[AttentionRecord]) -> int:
     return records[-1].batch_size
 
 
-def _matching_id_input(ids: Tensor, inputs: Sequence[Tensor | None]) -> int | None:
-    """The integer model input an embedding looked up (identity, else equal values)."""
+def _matching_id_input(
+    ids: Tensor, inputs: Sequence[Tensor | None]
+) -> tuple[int | None, int | None]:
+    """The integer model input an embedding looked up (identity, else equal values, else the
+    input right-padded by the model itself) and, when padded, the input's length."""
     candidates = [
         (p, t) for p, t in enumerate(inputs)
         if isinstance(t, Tensor) and not t.is_floating_point() and t.dim() >= 2
     ]
     for position, tensor in candidates:
         if ids is tensor:
-            return position
+            return position, None
     for position, tensor in candidates:
         if ids.shape == tensor.shape and bool((ids == tensor).float().mean() > 0.5):
-            return position
-    return None
+            return position, None
+    for position, tensor in candidates:
+        if padded_input(ids, tensor):
+            return position, tensor.shape[-1]
+    return None, None
 
 
 class _Builder(SourceFinder):
@@ -202,6 +212,7 @@ class _Builder(SourceFinder):
         self.map_inputs = map_inputs
         self.walker = walker
         self.input_tensors = input_tensors
+        self.padded_inputs: dict[int, int] = {}  # input position -> its length before padding
         self.towers = towers
         self.batch = batch
         self.streams: list[FlowStream] = []
@@ -373,7 +384,9 @@ class _Builder(SourceFinder):
                 fed |= matrix.any(dim=-1)
         new.fresh = ~fed
         if new.fresh.any():
+            start = len(self.sources)
             self._add_sources(new, i, tensor, input_hits, dim)
+            self._trim_padded(start)
         return new.index
 
     # ----------------------------------------------------------- parallel groups
