@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model h
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from .overrides import ARCH_ZOO, OVERRIDES, SKIP  # noqa: E402
+from .overrides import ARCH_ZOO, BUILDERS, OVERRIDES, SKIP  # noqa: E402
 
 VOCAB = 99
 HIDDEN = 32
@@ -459,11 +459,15 @@ def _input_variants(model: nn.Module, config: Any) -> tuple[str, list[Tensor]]:
     return main, []
 
 
-def _variants(model: nn.Module, config: Any, head: str) -> list[dict[str, Tensor]]:
+def _variants(model: nn.Module, config: Any, head: str,
+              model_type: str = "") -> list[dict[str, Tensor]]:
     r"""The inputs to try, each ``{name: tensor}`` in the order they are attributed: the main
     input alone, then with pixels beside ids (dual encoders, image-text models), with decoder
     ids for encoder-decoders."""
     parameters = inspect.signature(model.forward).parameters
+    custom = OVERRIDES.get(model_type, {}).get("inputs")
+    if custom is not None:
+        return [dict(named) for named in custom(config)]
     if "grid_thw" in parameters:
         return [_packed_patches(config, parameters)]
     main, values = _input_variants(model, config)
@@ -506,7 +510,7 @@ def _try_class(model_type: str, config: Any, head: str, class_name: str) -> Case
     parameters = inspect.signature(model.forward).parameters
     extra = OVERRIDES.get(model_type, {}).get("kwargs", {})
     errors = []
-    for named in _variants(model, config, head):
+    for named in _variants(model, config, head, model_type):
         if "grid_thw" in named:
             extra = {**extra, "grid_thw": named.pop("grid_thw")}
         first = next(iter(named.values()))
@@ -536,6 +540,10 @@ def build(model_type: str) -> Case:
     :class:`BuildError` with every class tried and why it did not run."""
     if model_type in SKIP:
         raise BuildError(SKIP[model_type])
+    if model_type in BUILDERS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return BUILDERS[model_type]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -60,3 +60,14 @@ ARCH_ZOO: dict[str, str] = {
 
 #: model_type -> why it is not built here (does not count in the sweep's total)
 SKIP: dict[str, str] = {}
+
+# the per-family modules of :mod:`model_types.builders` add their own entries
+from .builders import BUILDERS  # noqa: E402, F401 - re-exported for build.py
+from .builders import OVERRIDES as _FAMILY_OVERRIDES  # noqa: E402
+from .builders import SKIP as _FAMILY_SKIP  # noqa: E402
+
+for _name, _entry in _FAMILY_OVERRIDES.items():
+    if _name in OVERRIDES:
+        raise ValueError(f"model type {_name!r} has overrides in two places")
+    OVERRIDES[_name] = _entry
+SKIP.update(_FAMILY_SKIP)
