@@ -45,7 +45,7 @@ from captum_hetattn.binding.flowdata import (  # noqa: F401  (re-exported)
     Mark,
 )
 from captum_hetattn.binding.fusion import add_into, added_streams, junction_weights
-from captum_hetattn.binding.id_inputs import id_inputs
+from captum_hetattn.binding.id_inputs import id_inputs, padded_lookups
 from captum_hetattn.binding.probes import (  # noqa: F401  (re-exported: layouts, lifts, cache)
     _GENERATOR,
     TokenRows,
@@ -163,7 +163,13 @@ def analyse(
         if position not in input_tensors:
             input_tensors[position] = (output, token_dim)
         walker.mark(node, ("input", position, 0))
+    padded: dict[int, int] = {}
+    for position, output, node, length in padded_lookups(embeddings, inputs, set(input_tensors)):
+        input_tensors.setdefault(position, (output, 1))
+        padded[position] = length
+        walker.mark(node, ("input", position, 0))
     flow = _Builder(records, walker, input_tensors, towers, batch, map_inputs)
+    flow.padded_inputs = padded
     if dependence is not None:
         flow.dependence = dependence
     return flow.run()
@@ -182,6 +188,7 @@ class _Builder(SourceFinder):
         self.map_inputs = map_inputs
         self.walker = walker
         self.input_tensors = input_tensors
+        self.padded_inputs: dict[int, int] = {}  # input position -> its length before padding
         self.towers = towers
         self.batch = batch
         self.streams: list[FlowStream] = []
@@ -353,7 +360,9 @@ class _Builder(SourceFinder):
                 fed |= matrix.any(dim=-1)
         new.fresh = ~fed
         if new.fresh.any():
+            start = len(self.sources)
             self._add_sources(new, i, tensor, input_hits, dim)
+            self._trim_padded(start)
         return new.index
 
     # ----------------------------------------------------------- parallel groups

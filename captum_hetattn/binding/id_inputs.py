@@ -6,6 +6,8 @@ are that input (or equal to it), laid out sequence-first (XLNet transposes its i
 ``(n, B)``), or an element-wise one-to-one recoding of it (CANINE hashes each code point into
 buckets for several embedding tables, whose shards are concatenated into one token). A recoding
 is only accepted for an input no lookup takes as it is, and never for ids that are positions.
+A lookup of an input the model right-padded itself (Longformer pads its ids to its window) is
+found last, by :func:`padded_lookups`, with the input's own length.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from captum_hetattn.binding.sources import padded_input
 
 #: ``token_dim`` of an embedding's output: batch-first ``(B, n, d)``, sequence-first ``(n, B, d)``
 BATCH_FIRST, SEQUENCE_FIRST = 1, 0
@@ -49,6 +53,24 @@ def id_inputs(
             recoded.append((match[0], output, match[1], node))
     matched = {position for position, *_ in found}
     return found + [each for each in recoded if each[0] not in matched]
+
+
+def padded_lookups(
+    embeddings: Sequence[tuple[str, Tensor, Tensor, Any]], inputs: Sequence[Any],
+    taken: set[int],
+) -> list[tuple[int, Tensor, Any, int]]:
+    r"""The lookups of integer inputs the model right-padded itself, for inputs no lookup in
+    :func:`id_inputs` stands for (``taken``), as ``(position, output, node, input length)``."""
+    found = []
+    for _, ids, output, node in embeddings:
+        if not isinstance(ids, Tensor) or tuple(output.shape[: ids.dim()]) != tuple(ids.shape):
+            continue
+        for position, tensor in enumerate(inputs):
+            if (position not in taken and isinstance(tensor, Tensor) and tensor.dim() >= 2
+                    and not tensor.is_floating_point() and padded_input(ids, tensor)):
+                found.append((position, output, node, tensor.shape[-1]))
+                break
+    return found
 
 
 def _layouts(ids: Tensor, tensor: Tensor) -> list[tuple[Tensor, int]]:

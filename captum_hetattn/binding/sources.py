@@ -100,6 +100,17 @@ class SourceFinder:
         self.sources.append(FlowSource(stream.index, columns[~unfed[0]], (position,)))
         self.sources.append(FlowSource(stream.index, columns[unfed[0]], (-1,)))
 
+    def _trim_padded(self, start: int) -> None:
+        """Sources added from ``start`` on that one model-padded input feeds (Longformer pads
+        the ids to its attention window inside its forward) own only the input's real columns:
+        the padding the model appended is no token of the user's."""
+        for k in range(start, len(self.sources)):
+            source = self.sources[k]
+            lengths = {self.padded_inputs.get(p) for p in source.inputs}
+            if len(lengths) == 1 and None not in lengths:
+                (length,) = lengths
+                source.columns = source.columns[source.columns < length]
+
     def _add_inputless(self, stream: FlowStream, tensor: Tensor, columns=None) -> None:
         """Rows no traced input feeds (``columns``, default all): parameter tokens (a pooling
         probe, latents, learned queries, a [CLS]) are never a source, their own share left out
@@ -142,3 +153,13 @@ def _signature_runs(signatures: Tensor, fresh: Tensor) -> list[tuple[tuple[bool,
         (label or (False,) * signatures.shape[0], torch.tensor(rows, device=fresh.device))
         for label, rows in groups.items()
     ]
+
+
+def padded_input(ids: Tensor, tensor: Tensor) -> bool:
+    r"""Whether ``ids`` is the integer input ``tensor`` right-padded along its last dimension
+    with one value (the model padding its own ids, Longformer's ``_pad_to_window_size``)."""
+    n = tensor.shape[-1]
+    if ids.shape[:-1] != tensor.shape[:-1] or ids.shape[-1] <= n:
+        return False
+    tail = ids[..., n:]
+    return bool(torch.equal(ids[..., :n], tensor) and (tail == tail.flatten()[0]).all())
