@@ -57,3 +57,46 @@ def test_model_padded_batch_equals_singles():
     for i in range(IDS.shape[0]):
         (single,) = _explain(model, IDS[i:i + 1], mask[i:i + 1]).relevance.values()
         torch.testing.assert_close(batch[i:i + 1], single, atol=1e-5, rtol=1e-4)
+
+
+def _led():
+    torch.manual_seed(0)
+    config = transformers.LEDConfig(
+        vocab_size=60, d_model=16, encoder_layers=2, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+        decoder_ffn_dim=32, attention_window=4, max_encoder_position_embeddings=40,
+        max_decoder_position_embeddings=40, pad_token_id=PAD,
+    )
+    return transformers.LEDForConditionalGeneration(config).eval()
+
+
+def _explain_led(model, ids, mask):
+    decoder = torch.tensor([[2, 11, 23]]).expand(len(ids), -1)
+
+    def forward(ids, decoder_ids, mask):
+        return model(input_ids=ids, decoder_input_ids=decoder_ids,
+                     attention_mask=mask).logits[:, -1]
+
+    return HeterogenousAttentionAttribution(forward, model=model).explain(
+        (ids, decoder), target=7, additional_forward_args=(mask,))
+
+
+def test_led_padding_looked_up_apart_is_no_source_alone_or_in_a_batch():
+    r"""LED looks up its window padding on its own and appends it to the embeddings: the ids are
+    the source over their own tokens, alone and in a batch whose second example is padded by
+    its mask (a mask of ones is never taken for ids padded with pad id 1)."""
+    model = _led()
+    mask = torch.ones_like(IDS)
+    mask[1, 4:] = 0
+    ids = IDS.clone()
+    ids[1, 4:] = PAD
+    batch = _explain_led(model, ids, mask).relevance
+    source = [n for n, r in batch.items() if tuple(r.shape) == tuple(ids.shape)]
+    assert len(source) == 1 and len(batch) == 2, {n: r.shape for n, r in batch.items()}
+    assert batch[source[0]][1, 4:].abs().sum() == 0  # the user's padding takes nothing
+    for i in range(2):
+        single = _explain_led(model, ids[i:i + 1], mask[i:i + 1]).relevance
+        assert set(single) == set(batch), (i, {n: r.shape for n, r in single.items()})
+        for name, r in single.items():
+            assert torch.isfinite(r).all()
+            torch.testing.assert_close(batch[name][i:i + 1], r, atol=1e-5, rtol=1e-4)

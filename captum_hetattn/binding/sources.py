@@ -38,7 +38,8 @@ class SourceFinder:
                 self._add_inputless(stream, tensor, fresh.any(dim=0).nonzero().flatten())
                 return
             self.inputs.append(InputRows(positions[0], stream.index, None))  # not traced
-            self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
+            columns = self._less_appended_padding(stream, i, tensor, dim, positions[0])
+            self.sources.append(FlowSource(stream.index, columns, tuple(positions)))
             return
         origins = [self.input_tensors[p] for p in positions]
         record = self.records[i]
@@ -99,6 +100,35 @@ class SourceFinder:
             )
         self.sources.append(FlowSource(stream.index, columns[~unfed[0]], (position,)))
         self.sources.append(FlowSource(stream.index, columns[unfed[0]], (-1,)))
+
+    def _less_appended_padding(
+        self, stream: FlowStream, i: int, tensor: Tensor, dim: int, position: int
+    ) -> Tensor:
+        """The stream's columns less the rows the model appends after the lookup of id input
+        ``position`` that no input feeds (LED pads its embeddings to its attention window with
+        a lookup of constant ids): that padding is no token of the user's. Rows before the
+        lookup's (learned placeholders) stay."""
+        output, token_dim = self.input_tensors[position]
+        columns = torch.arange(stream.size, device=tensor.device)
+        fresh = stream.fresh
+        if fresh is None or not 0 <= token_dim < output.dim() \
+                or output.shape[token_dim] >= stream.size:
+            return columns
+        (dependence,) = self.dependence(("inputs", i, (position,)), tensor, dim,
+                                        [self.input_tensors[position]], self.batch, exact=False)
+        if dependence.codes is None:
+            return columns
+        fed = (dependence.feeds() | ~fresh).to(columns.device)
+        last = torch.where(fed, columns, -1).amax(dim=1)  # (B,) the last row an input feeds
+        if not bool((last == last[0]).all()):
+            record = self.records[i]
+            example = int((last != last[0]).nonzero()[0])
+            raise ValueError(
+                f"attention module '{record.name}' [call {record.call_index}]: the padding "
+                f"rows the model appends to input {position} differ between example 0 and "
+                f"example {example} of the batch; explain the examples one at a time"
+            )
+        return columns[: int(last[0]) + 1]
 
     def _trim_padded(self, start: int) -> None:
         """Sources added from ``start`` on that one model-padded input feeds (Longformer pads
@@ -162,4 +192,8 @@ def padded_input(ids: Tensor, tensor: Tensor) -> bool:
     if ids.shape[:-1] != tensor.shape[:-1] or ids.shape[-1] <= n:
         return False
     tail = ids[..., n:]
-    return bool(torch.equal(ids[..., :n], tensor) and (tail == tail.flatten()[0]).all())
+    pad = tail.flatten()[0]
+    # an input that is all the padding value (a mask of ones beside pad id 1) is not told apart
+    # from a lookup of padding alone (LED looks its padding up on its own)
+    return bool(torch.equal(ids[..., :n], tensor) and (tail == pad).all()
+                and (tensor != pad).any())
