@@ -51,10 +51,16 @@ def trace(
         left_out = canonicalise(recorder, batch, inputs, layouts) if batch is not None else []
         records = recorder.records
         if not records and (left_out or recorder.skipped):
-            reasons = [(r.name, why) for r, why in left_out] + list(recorder.skipped)
+            reasons: dict[str, list[str]] = {}  # every module named, once per reason
+            for name, why in [(r.name, why) for r, why in left_out] + list(recorder.skipped):
+                if name not in reasons.setdefault(why, []):
+                    reasons[why].append(name)
             raise ValueError(
                 "no attention map over the model's tokens could be recorded, so there is "
-                "nothing to propagate: " + "; ".join(f"'{n}': {why}" for n, why in reasons[:3])
+                "nothing to propagate: " + "; ".join(
+                    ", ".join(f"'{n}'" for n in names[:8])
+                    + (f" and {len(names) - 8} more" if len(names) > 8 else "") + f": {why}"
+                    for why, names in reasons.items())
             )
         repeated: list[tuple[int, str]] = []
         flow = analyse(

@@ -215,13 +215,7 @@ def gradient_readout(
         weights[stream] = norms
         live.add(stream)
     if not weights:
-        raise ValueError(
-            "the objective's gradient is zero at the final tokens of every stream "
-            f"({sorted(recording.stream_names.values())}): a score that does not depend on the "
-            "model's attention (a constant logit, such as a padding token's tied to a zero "
-            "embedding row?), or one read from tokens before the last attention call; pass "
-            "readout= to say which tokens explain the output"
-        )
+        _no_gradient_at_the_end(recording, terminal, grads)
     total = sum(w.sum(dim=1) for w in weights.values())
     check_every_example_read(total, sorted(recording.stream_names.values()))
     total = torch.where(total > 0, total, torch.ones_like(total))
@@ -368,3 +362,30 @@ def absent_tokens(
         future = positions[None, :] > last[:, None]
         absent[stream] = absent.get(stream, torch.zeros_like(future)) | future
     return absent
+
+
+def _no_gradient_at_the_end(recording: BoundRecording, terminal: list[Terminal],
+                            grads: list[Tensor | None]) -> None:
+    """Refuse a readout with no gradient at any stream's final tokens, telling a gradient that
+    is exactly zero from one too small to weigh tokens (it vanished in a deep randomly
+    initialised model: MobileViT's tester weights give 1e-31), naming the call it reaches."""
+    streams = sorted(recording.stream_names.values())
+    tiny = [(float(g.abs().max()), stream, out) for (stream, out, _), g
+            in zip(terminal, grads, strict=True) if g is not None and bool(g.any())]
+    if tiny:
+        largest, stream, out = max(tiny, key=lambda each: each[0])
+        module = next((c.node.label for c in reversed(recording.calls)
+                       if c.record.output is out or c.node.query == stream), "?")
+        raise ValueError(
+            f"the objective's gradient at the final tokens of stream '{stream}' (the output of "
+            f"{module}) is at most {largest:.2g} per element: not zero, but "
+            "too small to weigh its tokens in float32 (a gradient that vanished through a deep "
+            "randomly initialised model?); explain trained weights, or pass readout= to say "
+            "which tokens explain the output"
+        )
+    raise ValueError(
+        f"the objective's gradient is zero at the final tokens of every stream ({streams}): a "
+        "score that does not depend on the model's attention (a constant logit, such as a "
+        "padding token's tied to a zero embedding row?), or one read from tokens before the "
+        "last attention call; pass readout= to say which tokens explain the output"
+    )
