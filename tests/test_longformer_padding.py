@@ -100,3 +100,25 @@ def test_led_padding_looked_up_apart_is_no_source_alone_or_in_a_batch():
         for name, r in single.items():
             assert torch.isfinite(r).all()
             torch.testing.assert_close(batch[name][i:i + 1], r, atol=1e-5, rtol=1e-4)
+
+
+def test_embeddings_the_model_pads_itself_are_the_source_over_the_real_tokens():
+    r"""The same padding on ``inputs_embeds``: the 2 rows the model appends (a lookup of the pad
+    id) are no token of the user's; relevance equals the ids path's."""
+    model = _model()
+    glob = torch.zeros_like(IDS)
+    glob[:, 0] = 1
+    embeddings = model.longformer.embeddings.word_embeddings(IDS).detach()
+
+    def by_embeddings(embeds, glob):
+        return model(inputs_embeds=embeds, global_attention_mask=glob).logits
+
+    def by_ids(ids, glob):
+        return model(input_ids=ids, global_attention_mask=glob).logits
+
+    (relevance,) = HeterogenousAttentionAttribution(by_embeddings, model=model).explain(
+        embeddings, target=1, additional_forward_args=(glob,)).relevance.values()
+    (reference,) = HeterogenousAttentionAttribution(by_ids, model=model).explain(
+        IDS, target=1, additional_forward_args=(glob,)).relevance.values()
+    assert relevance.shape == IDS.shape  # was (2, 8): the model's padding counted as tokens
+    torch.testing.assert_close(relevance, reference, atol=1e-5, rtol=1e-4)

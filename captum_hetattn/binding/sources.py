@@ -104,15 +104,17 @@ class SourceFinder:
     def _less_appended_padding(
         self, stream: FlowStream, i: int, tensor: Tensor, dim: int, position: int
     ) -> Tensor:
-        """The stream's columns less the rows the model appends after the lookup of id input
-        ``position`` that no input feeds (LED pads its embeddings to its attention window with
-        a lookup of constant ids): that padding is no token of the user's. Rows before the
-        lookup's (learned placeholders) stay."""
+        """The stream's columns less the rows the model appends after the tokens of input
+        ``position`` (an id lookup, or float ``(B, n, d)`` embeddings) that no input feeds (LED
+        and Longformer pad the embeddings to their attention window): that padding is no token
+        of the user's. Rows before the input's (learned placeholders) stay."""
         output, token_dim = self.input_tensors[position]
         columns = torch.arange(stream.size, device=tensor.device)
         fresh = stream.fresh
-        if fresh is None or not 0 <= token_dim < output.dim() \
-                or output.shape[token_dim] >= stream.size:
+        # a lookup's tokens lie along its token dim; a float input's only when it is (B, n, d)
+        dim_of_tokens = token_dim if token_dim >= 0 else (1 if output.dim() == 3 else None)
+        if fresh is None or dim_of_tokens is None or dim_of_tokens >= output.dim() \
+                or output.shape[dim_of_tokens] >= stream.size:
             return columns
         (dependence,) = self.dependence(("inputs", i, (position,)), tensor, dim,
                                         [self.input_tensors[position]], self.batch, exact=False)
