@@ -121,7 +121,7 @@ def _lay_out_over(
     first = group[0]
     heads = _heads_of(group)
     n = canonical.size
-    sources: dict[int, tuple[Tensor, dict[int, Tensor]]] = {}  # id(projection) -> tokens
+    sources: dict[int, tuple[Tensor, dict[int, Tensor] | None]] = {}  # by id(projection)
     placed = []
     for record in group:
         entries = _place_entries(record, canonical, heads, sources)
@@ -166,7 +166,7 @@ def _lay_out_over(
 
 def _place_entries(
     record: AttentionRecord, canonical: _Canonical, heads: int,
-    sources: dict[int, tuple[Tensor, dict[int, Tensor]]],
+    sources: dict[int, tuple[Tensor, dict[int, Tensor] | None]],
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], Tensor, Tensor] | str:
     r"""``(query token, key token, (entry, share), head)`` per placed pair of one raw map
     (flat tensors over the pairs; an entry whose key is an aggregate of several tokens gives one
@@ -188,7 +188,7 @@ def _place_entries(
             continue
         if id(projection) not in sources:
             sources[id(projection)] = _projection_tokens(projection, canonical)
-        tokens, members = sources[id(projection)]
+        tokens, _ = sources[id(projection)]
         if not bool((tokens != NO_SOURCE).any()):
             continue
         # query side: one projection row along the softmax dimension (unread entries aside)
@@ -204,6 +204,7 @@ def _place_entries(
         else:
             fresh = read & (k_token == NO_SOURCE)
             k_token = torch.where(fresh, token, k_token)
+            members = _members_of(projection, canonical, sources)
             for key_row, key_tokens in members.items():  # a block aggregate: its tokens
                 entries = (fresh & (row == key_row)).nonzero().flatten()
                 aggregated.append((entries, key_tokens))
@@ -245,13 +246,25 @@ def _projection_reads(scores: Tensor, projections: Sequence[Tensor], heads: int)
 
 def _projection_tokens(
     projection: Tensor, canonical: _Canonical
-) -> tuple[Tensor, dict[int, Tensor]]:
-    r"""The token of each row of a projection, and for each row computed from several tokens
-    (a block aggregate) those tokens."""
-    tokens = row_sources(projection, canonical.tensor, canonical.token_dim)
-    members = {row: _row_members(projection, row, canonical).nonzero().flatten()
-               for row in (tokens == SEVERAL_SOURCES).nonzero().flatten().tolist()}
-    return tokens, members
+) -> tuple[Tensor, dict[int, Tensor] | None]:
+    r"""The token of each row of a projection; the tokens of its rows computed from several
+    tokens come later, from :func:`_members_of`, only if it gives key slots."""
+    return row_sources(projection, canonical.tensor, canonical.token_dim), None
+
+
+def _members_of(projection: Tensor, canonical: _Canonical,
+                sources: dict[int, tuple[Tensor, dict[int, Tensor] | None]]
+                ) -> dict[int, Tensor]:
+    r"""For each row of a key projection computed from several tokens (a block aggregate)
+    those tokens, one reverse pass per row, cached in ``sources``. A query projection never
+    needs them (its mixed rows are refused), which spares CvT's and MobileViT's thousands of
+    passes before their refusal."""
+    tokens, members = sources[id(projection)]
+    if members is None:
+        members = {row: _row_members(projection, row, canonical).nonzero().flatten()
+                   for row in (tokens == SEVERAL_SOURCES).nonzero().flatten().tolist()}
+        sources[id(projection)] = (tokens, members)
+    return members
 
 
 def _row_members(projection: Tensor, row: int, canonical: _Canonical) -> Tensor:
