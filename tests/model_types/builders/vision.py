@@ -15,6 +15,26 @@ def _resnet(**extra: Any) -> Any:
     return ResNetConfig(**values)
 
 
+def _swin(**extra: Any) -> Any:
+    r"""A tiny Swin backbone on 64-pixel images (its stages 2–4 out), as the
+    Grounding-DINO / Mask2Former tests use, with windows of 2 that tile every stage."""
+    from transformers import SwinConfig
+
+    values = {"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1],
+              "num_heads": [1, 1, 1, 1], "image_size": 64, "out_indices": [2, 3, 4], **extra}
+    return SwinConfig(**values)
+
+
+#: RT-DETR-like detectors (D-FINE, DEIMv2, PP-DocLayout) on a tiny HGNetV2: stage widths 16–32,
+#: one block of one layer per stage; the hybrid encoder reads stages 2–4 at widths 16, 32, 32
+_HGNET = {"stem_channels": [3, 8, 8], "stage_in_channels": [8, 16, 16, 32],
+          "stage_mid_channels": [8, 8, 16, 16], "stage_out_channels": [16, 16, 32, 32],
+          "stage_num_blocks": [1, 1, 1, 1], "stage_numb_of_layers": [1, 1, 1, 1],
+          "hidden_sizes": [16, 16, 32, 32]}
+_RT_DETR = {"backbone_config": _HGNET, "encoder_in_channels": [16, 32, 32],
+            "encoder_hidden_dim": 32, "decoder_in_channels": [32, 32, 32], "num_queries": 5,
+            "image_size": 64}
+
 #: DETR-family detectors: a transformers ResNet instead of the default timm one
 _NO_TIMM = {"use_timm_backbone": False, "use_pretrained_backbone": False, "num_queries": 5}
 
@@ -27,6 +47,27 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # multi-scale deformable attention over three feature levels
     "deformable_detr": {"config": {**_NO_TIMM, "num_feature_levels": 3,
                                    "backbone_config": _resnet()}},
+    # deformable attention over a Swin's levels, text through a BERT (ids of 8 = max_text_len)
+    "grounding-dino": {"config": {**_NO_TIMM, "backbone_config": _swin(), "max_text_len": 8, "num_feature_levels": 3,
+                                  "image_size": 64}},
+    "mm-grounding-dino": {"config": {**_NO_TIMM, "backbone_config": _swin(), "max_text_len": 8, "num_feature_levels": 3,
+                                     "image_size": 64}},
+    # scored on the class logits of its queries (the base model's first output is the backbone's)
+    "mask2former": {"config": {"backbone_config": _swin(), "image_size": 64, "num_queries": 5},
+                    "head": ("base", "Mask2FormerForUniversalSegmentation")},
+    "d_fine": {"config": _RT_DETR},
+    "deimv2": {"config": _RT_DETR},
+    # its mask branch also reads stage 1 (width 16)
+    "pp_doclayout_v3": {"config": {**_RT_DETR, "x4_feat_dim": 16,
+                                   "mask_feature_channels": [16, 16], "num_prototypes": 8}},
+    "pp_doclayout_v4": {"config": _RT_DETR},
 }
 BUILDERS: dict[str, Any] = {}
-SKIP: dict[str, str] = {}
+_TIMM = ("needs timm (optional, not a dependency): timm imports torchvision, and the only "
+         "torchvision 0.28 wheel reachable here is a CUDA build whose ops do not load against "
+         "torch 2.13.0+cpu ('operator torchvision::nms does not exist')")
+SKIP: dict[str, str] = {
+    "timm_backbone": _TIMM,
+    "timm_wrapper": _TIMM,
+    "dinat": "needs natten (optional, not a dependency; no wheel for this torch here)",
+}
