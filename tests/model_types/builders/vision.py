@@ -2,7 +2,10 @@ r"""Sweep data for vision model types (see :mod:`model_types.builders`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 
 def _resnet(**extra: Any) -> Any:
@@ -23,6 +26,16 @@ def _swin(**extra: Any) -> Any:
     values = {"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1],
               "num_heads": [1, 1, 1, 1], "image_size": 64, "out_indices": [2, 3, 4], **extra}
     return SwinConfig(**values)
+
+
+def _pixels(*shape: int) -> Callable[[Any], list[dict[str, torch.Tensor]]]:
+    r"""Inputs of one ``pixel_values`` batch of ``shape`` (the batch of 2 first)."""
+
+    def inputs(config: Any) -> list[dict[str, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(1235)
+        return [{"pixel_values": torch.randn(*shape, generator=generator)}]
+
+    return inputs
 
 
 #: RT-DETR-like detectors (D-FINE, DEIMv2, PP-DocLayout) on a tiny HGNetV2: stage widths 16–32,
@@ -61,6 +74,18 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "pp_doclayout_v3": {"config": {**_RT_DETR, "x4_feat_dim": 16,
                                    "mask_feature_channels": [16, 16], "num_prototypes": 8}},
     "pp_doclayout_v4": {"config": _RT_DETR},
+    # windowed ViT backbone: 64-pixel images in 4 windows of 16 patches... (64 / 4 is even)
+    "lw_detr": {"config": {"backbone_config": {"image_size": 64, "num_windows": 4},
+                           "num_queries": 5, "image_size": 64}},
+    # matchers take an image pair per example: (batch, 2, channels, height, width)
+    "efficientloftr": {"config": {"out_features": [16, 16, 32, 32], "hidden_size": 32},
+                       "inputs": _pixels(2, 2, 3, 64, 64)},
+    "lightglue": {"inputs": _pixels(2, 2, 3, 64, 64)},
+    # convnets (no attention: to be refused by name)
+    "bit": {"config": {"num_groups": 2, "embedding_size": 16}},
+    "efficientnet": {"config": {"width_coefficient": 1.0, "depth_coefficient": 1.0,
+                                "hidden_dim": 1280, "image_size": 32}},
+    "mobilevitv2": {"config": {"image_size": 64}},
 }
 BUILDERS: dict[str, Any] = {}
 _TIMM = ("needs timm (optional, not a dependency): timm imports torchvision, and the only "
