@@ -28,12 +28,12 @@ def _swin(**extra: Any) -> Any:
     return SwinConfig(**values)
 
 
-def _pixels(*shape: int) -> Callable[[Any], list[dict[str, torch.Tensor]]]:
-    r"""Inputs of one ``pixel_values`` batch of ``shape`` (the batch of 2 first)."""
+def _pixels(*shape: int, name: str = "pixel_values") -> Callable[[Any], list[dict[str, Any]]]:
+    r"""Inputs of one ``name`` batch of ``shape`` (the batch of 2 first)."""
 
-    def inputs(config: Any) -> list[dict[str, torch.Tensor]]:
+    def inputs(config: Any) -> list[dict[str, Any]]:
         generator = torch.Generator().manual_seed(1235)
-        return [{"pixel_values": torch.randn(*shape, generator=generator)}]
+        return [{name: torch.randn(*shape, generator=generator)}]
 
     return inputs
 
@@ -86,6 +86,15 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "efficientnet": {"config": {"width_coefficient": 1.0, "depth_coefficient": 1.0,
                                 "hidden_dim": 1280, "image_size": 32}},
     "mobilevitv2": {"config": {"image_size": 64}},
+    "textnet": {"config": {"stem_out_channels": 16, "image_size": 32}},
+    # video JEPA: 4 frames of 32 px in tubelets of 2; a 2-layer predictor
+    "vjepa2": {"config": {"crop_size": 32, "frames_per_clip": 4, "pred_hidden_size": 32,
+                          "pred_num_hidden_layers": 2, "num_pooler_layers": 1},
+               "inputs": _pixels(2, 4, 3, 32, 32, name="pixel_values_videos")},
+    # grouped-query heads per layer: two layers of 1 key/value head
+    "sapiens2": {"config": {"num_hidden_layers": 2, "num_key_value_heads_per_layer": [1, 1],
+                            "num_first_full_attention_layers": 2,
+                            "num_last_full_attention_layers": 2, "num_register_tokens": 2}},
 }
 BUILDERS: dict[str, Any] = {}
 _TIMM = ("needs timm (optional, not a dependency): timm imports torchvision, and the only "
