@@ -28,12 +28,14 @@ def _swin(**extra: Any) -> Any:
     return SwinConfig(**values)
 
 
-def _pixels(*shape: int, name: str = "pixel_values") -> Callable[[Any], list[dict[str, Any]]]:
-    r"""Inputs of one ``name`` batch of ``shape`` (the batch of 2 first)."""
+def _pixels(*shape: int, name: str = "pixel_values",
+            also: tuple[str, ...] = ()) -> Callable[[Any], list[dict[str, Any]]]:
+    r"""Inputs of one ``name`` batch of ``shape`` (the batch of 2 first), and of the inputs named
+    in ``also`` (same shape, other values)."""
 
     def inputs(config: Any) -> list[dict[str, Any]]:
         generator = torch.Generator().manual_seed(1235)
-        return [{name: torch.randn(*shape, generator=generator)}]
+        return [{key: torch.randn(*shape, generator=generator) for key in (name, *also)}]
 
     return inputs
 
@@ -87,14 +89,21 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                                 "hidden_dim": 1280, "image_size": 32}},
     "mobilevitv2": {"config": {"image_size": 64}},
     "textnet": {"config": {"stem_out_channels": 16, "image_size": 32}},
-    # video JEPA: 4 frames of 32 px in tubelets of 2; a 2-layer predictor
+    # video JEPA: 4 frames of 32 px in tubelets of 2; a 2-layer predictor whose mask tokens are
+    # not zero (zero rows read as padding)
     "vjepa2": {"config": {"crop_size": 32, "frames_per_clip": 4, "pred_hidden_size": 32,
-                          "pred_num_hidden_layers": 2, "num_pooler_layers": 1},
+                          "pred_num_hidden_layers": 2, "num_pooler_layers": 1,
+                          "pred_zero_init_mask_tokens": False},
                "inputs": _pixels(2, 4, 3, 32, 32, name="pixel_values_videos")},
     # grouped-query heads per layer: two layers of 1 key/value head
     "sapiens2": {"config": {"num_hidden_layers": 2, "num_key_value_heads_per_layer": [1, 1],
                             "num_first_full_attention_layers": 2,
                             "num_last_full_attention_layers": 2, "num_register_tokens": 2}},
+    # in-context segmentation: the image, a prompt image and its mask, 32 px each, stacked in height;
+    # its two halves (image / prompt-mask streams) merge after layer 0
+    "seggpt": {"config": {"image_size": [64, 32], "pretrain_image_size": 32, "merge_index": 0,
+                          "intermediate_hidden_state_indices": [1]},
+               "inputs": _pixels(2, 3, 32, 32, also=("prompt_pixel_values", "prompt_masks"))},
 }
 BUILDERS: dict[str, Any] = {}
 _TIMM = ("needs timm (optional, not a dependency): timm imports torchvision, and the only "
