@@ -40,6 +40,14 @@ def _pixels(*shape: int, name: str = "pixel_values",
     return inputs
 
 
+def _task_inputs(config: Any) -> list[dict[str, Any]]:
+    r"""OneFormer: 64-pixel images and each example's task prompt as ids (``task_seq_len``)."""
+    generator = torch.Generator().manual_seed(1236)
+    pixels = torch.randn(2, 3, 64, 64, generator=generator)
+    task = torch.randint(5, 40, (2, config.task_seq_len), generator=generator)
+    return [{"pixel_values": pixels, "task_inputs": task}]
+
+
 #: RT-DETR-like detectors (D-FINE, DEIMv2, PP-DocLayout) on a tiny HGNetV2: stage widths 16–32,
 #: one block of one layer per stage; the hybrid encoder reads stages 2–4 at widths 16, 32, 32
 _HGNET = {"stem_channels": [3, 8, 8], "stage_in_channels": [8, 16, 16, 32],
@@ -104,6 +112,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "seggpt": {"config": {"image_size": [64, 32], "pretrain_image_size": 32, "merge_index": 0,
                           "intermediate_hidden_state_indices": [1]},
                "inputs": _pixels(2, 3, 32, 32, also=("prompt_pixel_values", "prompt_masks"))},
+    # universal segmentation: a Swin backbone, a task prompt of 8 ids, 5 queries
+    "oneformer": {"config": {"backbone_config": _swin(), "task_seq_len": 8,
+                             "text_encoder_context_length": 8, "num_queries": 5,
+                             "max_seq_len": 8},
+                  "inputs": _task_inputs},
 }
 BUILDERS: dict[str, Any] = {}
 _TIMM = ("needs timm (optional, not a dependency): timm imports torchvision, and the only "
