@@ -118,7 +118,50 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                              "max_seq_len": 8},
                   "inputs": _task_inputs},
 }
-BUILDERS: dict[str, Any] = {}
+def _omdet_turbo() -> Any:
+    r"""OmDet-Turbo as its tests build it (a Swin of width 8, a CLIP text tower of 16) on
+    64-pixel images: each example reads its own task prompt (8 ids, the last 3 of example 1
+    padding) and the same 3 class names (its processor flattens classes over the batch, so they
+    are rebuilt per call: an example alone gets its own copy); score = class logits of query 0."""
+    from transformers import OmDetTurboConfig, OmDetTurboForObjectDetection
+
+    from ..build import Case
+
+    text = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 16, "max_position_embeddings": 8, "vocab_size": 99,
+            "model_type": "clip_text_model"}
+    config = OmDetTurboConfig(
+        text_config=text, backbone_config=_swin(), use_timm_backbone=False, image_size=64,
+        apply_layernorm_after_vision_backbone=False,
+        decoder_num_layers=2, encoder_in_channels=[16, 32, 64], num_queries=5,
+        encoder_layers=2, encoder_projection_indices=[2], encoder_attention_heads=2,
+        decoder_num_heads=2, decoder_num_points=4, num_feature_levels=3,
+        encoder_dim_feedforward=32, task_encoder_hidden_dim=32, decoder_dim_feedforward=32,
+        class_embed_dim=16, text_projection_in_dim=16, text_projection_out_dim=16,
+        encoder_hidden_dim=8, decoder_hidden_dim=8, vision_features_channels=[8, 8, 8])
+    torch.manual_seed(0)
+    model = OmDetTurboForObjectDetection(config).eval()
+    generator = torch.Generator().manual_seed(1237)
+    classes = torch.randint(5, 90, (3, 8), generator=generator)
+
+    def forward(pixels: torch.Tensor, tasks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        count = pixels.shape[0]
+        output = model(pixel_values=pixels, tasks_input_ids=tasks, tasks_attention_mask=mask,
+                       classes_input_ids=classes.repeat(count, 1),
+                       classes_attention_mask=torch.ones(3 * count, 8, dtype=torch.long),
+                       classes_structure=torch.full((count,), 3, dtype=torch.long))
+        return output.decoder_class_logits[:, 0]
+
+    pixels = torch.randn(2, 3, 64, 64, generator=generator)
+    tasks = torch.randint(5, 90, (2, 8), generator=generator)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, -3:] = 0
+    tasks[1, -3:] = 0
+    return Case("omdet-turbo", "detector", type(model).__name__, model, forward,
+                (pixels, tasks), (mask,), 1, None, ["inputs: pixel_values, tasks_input_ids"])
+
+
+BUILDERS: dict[str, Any] = {"omdet-turbo": _omdet_turbo}
 _TIMM = ("needs timm (optional, not a dependency): timm imports torchvision, and the only "
          "torchvision 0.28 wheel reachable here is a CUDA build whose ops do not load against "
          "torch 2.13.0+cpu ('operator torchvision::nms does not exist')")
