@@ -144,7 +144,7 @@ def _omdet_turbo() -> Any:
     generator = torch.Generator().manual_seed(1237)
     classes = torch.randint(5, 90, (3, 8), generator=generator)
 
-    def forward(pixels: torch.Tensor, tasks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(tasks: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         count = pixels.shape[0]
         output = model(pixel_values=pixels, tasks_input_ids=tasks, tasks_attention_mask=mask,
                        classes_input_ids=classes.repeat(count, 1),
@@ -158,7 +158,7 @@ def _omdet_turbo() -> Any:
     mask[1, -3:] = 0
     tasks[1, -3:] = 0
     return Case("omdet-turbo", "detector", type(model).__name__, model, forward,
-                (pixels, tasks), (mask,), 1, None, ["inputs: pixel_values, tasks_input_ids"])
+                (tasks, pixels), (mask,), 1, mask, ["inputs: tasks_input_ids, pixel_values"])
 
 
 BUILDERS: dict[str, Any] = {"omdet-turbo": _omdet_turbo}
