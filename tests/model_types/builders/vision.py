@@ -61,6 +61,9 @@ _RT_DETR = {"backbone_config": _HGNET, "encoder_in_channels": [16, 32, 32],
 #: DETR-family detectors: a transformers ResNet instead of the default timm one
 _NO_TIMM = {"use_timm_backbone": False, "use_pretrained_backbone": False, "num_queries": 5}
 
+_GROUNDING = {**_NO_TIMM, "backbone_config": _swin(), "max_text_len": 8, "num_feature_levels": 3,
+              "image_size": 64}
+
 OVERRIDES: dict[str, dict[str, Any]] = {
     "conditional_detr": {"config": {**_NO_TIMM, "backbone_config": _resnet(
         out_features=["stage4"])}},
@@ -70,11 +73,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # multi-scale deformable attention over three feature levels
     "deformable_detr": {"config": {**_NO_TIMM, "num_feature_levels": 3,
                                    "backbone_config": _resnet()}},
-    # deformable attention over a Swin's levels, text through a BERT (ids of 8 = max_text_len)
-    "grounding-dino": {"config": {**_NO_TIMM, "backbone_config": _swin(), "max_text_len": 8, "num_feature_levels": 3,
-                                  "image_size": 64}},
-    "mm-grounding-dino": {"config": {**_NO_TIMM, "backbone_config": _swin(), "max_text_len": 8, "num_feature_levels": 3,
-                                     "image_size": 64}},
+    # deformable attention over a Swin's levels (three: a fourth would be 1×1, which a group norm
+    # of one example cannot take), text through a BERT (ids of 8 = max_text_len)
+    "grounding-dino": {"config": _GROUNDING},
+    "mm-grounding-dino": {"config": _GROUNDING},
     # scored on the class logits of its queries (the base model's first output is the backbone's)
     "mask2former": {"config": {"backbone_config": _swin(), "image_size": 64, "num_queries": 5},
                     "head": ("base", "Mask2FormerForUniversalSegmentation")},
@@ -107,8 +109,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "sapiens2": {"config": {"num_hidden_layers": 2, "num_key_value_heads_per_layer": [1, 1],
                             "num_first_full_attention_layers": 2,
                             "num_last_full_attention_layers": 2, "num_register_tokens": 2}},
-    # in-context segmentation: the image, a prompt image and its mask, 32 px each, stacked in height;
-    # its two halves (image / prompt-mask streams) merge after layer 0
+    # in-context segmentation: the image, a prompt image and its mask, 32 px each, stacked in
+    # height; its two halves (image / prompt-mask streams) merge after layer 0
     "seggpt": {"config": {"image_size": [64, 32], "pretrain_image_size": 32, "merge_index": 0,
                           "intermediate_hidden_state_indices": [1]},
                "inputs": _pixels(2, 3, 32, 32, also=("prompt_pixel_values", "prompt_masks"))},
@@ -117,7 +119,19 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                              "text_encoder_context_length": 8, "num_queries": 5,
                              "max_seq_len": 8},
                   "inputs": _task_inputs},
+    # text-line recognizers (a convnet, then attention over the line's columns in the recognition
+    # head) pool the height away: 48 × 128 lines, as their processors make; 40 characters
+    "pp_ocrv5_mobile_rec": {"inputs": _pixels(2, 3, 96, 128), "config": {"head_out_channels": 40},
+                           "head": ("base", "PPOCRV5MobileRecForTextRecognition")},
+    "pp_ocrv5_server_rec": {"inputs": _pixels(2, 3, 48, 128), "config": {"head_out_channels": 40},
+                           "head": ("base", "PPOCRV5ServerRecForTextRecognition")},
+    "pp_ocrv6_small_rec": {"inputs": _pixels(2, 3, 48, 128), "config": {"head_out_channels": 40},
+                          "head": ("base", "PPOCRV6SmallRecForTextRecognition")},
+    "pp_ocrv6_tiny_rec": {"inputs": _pixels(2, 3, 48, 128), "config": {"head_out_channels": 40},
+                         "head": ("base", "PPOCRV6TinyRecForTextRecognition")},
 }
+
+
 def _omdet_turbo() -> Any:
     r"""OmDet-Turbo as its tests build it (a Swin of width 8, a CLIP text tower of 16) on
     64-pixel images: each example reads its own task prompt (8 ids, the last 3 of example 1
