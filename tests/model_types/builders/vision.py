@@ -48,6 +48,14 @@ def _task_inputs(config: Any) -> list[dict[str, Any]]:
     return [{"pixel_values": pixels, "task_inputs": task}]
 
 
+def _backbone(model_type: str, **values: Any) -> Any:
+    r"""A backbone config of ``model_type`` with ``values`` (the default a type's config names,
+    which the shrunk default dict loses)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, **values)
+
+
 #: RT-DETR-like detectors (D-FINE, DEIMv2, PP-DocLayout) on a tiny HGNetV2: stage widths 16–32,
 #: one block of one layer per stage; the hybrid encoder reads stages 2–4 at widths 16, 32, 32
 _HGNET = {"stem_channels": [3, 8, 8], "stage_in_channels": [8, 16, 16, 32],
@@ -129,6 +137,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                           "head": ("base", "PPOCRV6SmallRecForTextRecognition")},
     "pp_ocrv6_tiny_rec": {"inputs": _pixels(2, 3, 48, 128), "config": {"head_out_channels": 40},
                          "head": ("base", "PPOCRV6TinyRecForTextRecognition")},
+    # text detectors (convnets): the backbone their config defaults to, four stages into the neck
+    "pp_ocrv6_small_det": {"config": {"backbone_config": _backbone(
+        "pp_lcnet_v3", scale=0.75, divisor=16, out_indices=[2, 3, 4, 5],
+        out_features=["stage2", "stage3", "stage4", "stage5"]),
+        "layer_list_out_channels": [48, 96, 192, 384]}},
 }
 
 
