@@ -56,6 +56,18 @@ def _backbone(model_type: str, **values: Any) -> Any:
     return AutoConfig.for_model(model_type, **values)
 
 
+def _intraclass() -> dict[str, list]:
+    r"""PP-OCR server-style intra-class blocks: [kernel, stride, padding] of each convolution
+    (long, mid and short vertical / horizontal / square kernels of 7, 5, 3, same-size outputs)."""
+    found: dict[str, list] = {"reduce_channel": [1, 1, 0], "return_channel": [1, 1, 0]}
+    for size, ratio in ((7, "long"), (5, "mid"), (3, "short")):
+        pad = size // 2
+        found[f"vertical_long_to_small_conv_{ratio}ratio"] = [[size, 1], [1, 1], [pad, 0]]
+        found[f"horizontal_small_to_long_conv_{ratio}ratio"] = [[1, size], [1, 1], [0, pad]]
+        found[f"symmetric_conv_long_{ratio}ratio"] = [[size, size], [1, 1], [pad, pad]]
+    return found
+
+
 #: RT-DETR-like detectors (D-FINE, DEIMv2, PP-DocLayout) on a tiny HGNetV2: stage widths 16–32,
 #: one block of one layer per stage; the hybrid encoder reads stages 2–4 at widths 16, 32, 32
 _HGNET = {"stem_channels": [3, 8, 8], "stage_in_channels": [8, 16, 16, 32],
@@ -142,6 +154,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "pp_lcnet_v3", scale=0.75, divisor=16, out_indices=[2, 3, 4, 5],
         out_features=["stage2", "stage3", "stage4", "stage5"]),
         "layer_list_out_channels": [48, 96, 192, 384]}},
+    "pp_ocrv6_medium_det": {"config": {
+        "backbone_config": _backbone("hgnet_v2", **_HGNET, out_indices=[1, 2, 3, 4],
+                                     out_features=["stage1", "stage2", "stage3", "stage4"]),
+        "intraclass_block_config": _intraclass(), "scale_factor_list": [1, 2, 4, 8],
+        "kernel_list": [3, 2, 2], "neck_out_channels": 32}},
 }
 
 
