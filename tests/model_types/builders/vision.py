@@ -159,6 +159,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                                      out_features=["stage1", "stage2", "stage3", "stage4"]),
         "intraclass_block_config": _intraclass(), "scale_factor_list": [1, 2, 4, 8],
         "kernel_list": [3, 2, 2], "neck_out_channels": 32}},
+    # document unwarping convnet: its default backbone, every bridge stage out (they are stacked)
+    "uvdoc": {"config": {"backbone_config": _backbone("uvdoc_backbone", out_features=[
+        f"stage{i}" for i in range(1, 7)])},
+              "inputs": _pixels(2, 3, 64, 64)},
 }
 
 
