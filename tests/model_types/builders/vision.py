@@ -163,6 +163,19 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "uvdoc": {"config": {"backbone_config": _backbone("uvdoc_backbone", out_features=[
         f"stage{i}" for i in range(1, 7)])},
               "inputs": _pixels(2, 3, 64, 64)},
+    # depth: a DINOv2 over the whole image, a ViT over patches at two scales, 64-pixel inputs
+    "depth_pro": {"config": {
+        "patch_size": 8, "fusion_hidden_size": 16, "intermediate_hook_ids": [1, 0],
+        "intermediate_feature_dims": [10, 8], "scaled_images_ratios": [0.5, 1.0],
+        "scaled_images_overlap_ratios": [0.0, 0.2], "scaled_images_feature_dims": [12, 12],
+        "use_fov_model": False,
+        "image_model_config": _backbone("dinov2", num_hidden_layers=2, hidden_size=16,
+                                        num_attention_heads=1, patch_size=4, image_size=8),
+        "patch_model_config": _backbone("vit", num_hidden_layers=2, hidden_size=24,
+                                        num_attention_heads=2, patch_size=6, image_size=8),
+        "fov_model_config": _backbone("vit", num_hidden_layers=2, hidden_size=32,
+                                      num_attention_heads=4, patch_size=8, image_size=8)},
+        "inputs": _pixels(2, 3, 64, 64)},
 }
 
 
