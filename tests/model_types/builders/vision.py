@@ -106,9 +106,19 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "pp_doclayout_v3": {"config": {**_RT_DETR, "x4_feat_dim": 16,
                                    "mask_feature_channels": [16, 16], "num_prototypes": 8}},
     "pp_doclayout_v4": {"config": _RT_DETR},
-    # windowed ViT backbone: 64-pixel images in 4 windows of 16 patches... (64 / 4 is even)
-    "lw_detr": {"config": {"backbone_config": {"image_size": 64, "num_windows": 4},
-                           "num_queries": 5, "image_size": 64}},
+    # a windowed ViT backbone (blocks 0 and 2 in 4 windows, 1 and 3 global) as its tests build it,
+    # 64-pixel images; two projector scales, 5 queries in 2 groups
+    "lw_detr": {"config": {
+        "backbone_config": _backbone("lw_detr_vit", hidden_size=16, num_hidden_layers=4,
+                                     num_attention_heads=2, window_block_indices=[0, 2],
+                                     out_indices=[1, 3], num_windows=4, image_size=64,
+                                     patch_size=8),
+        "projector_scale_factors": [0.5, 2.0], "d_model": 32, "decoder_ffn_dim": 32,
+        "decoder_layers": 2, "decoder_self_attention_heads": 2,
+        "decoder_cross_attention_heads": 4, "num_queries": 5, "group_detr": 2,
+        # derived in its __post_init__ from the two above; the default dict holds stale ones
+        "projector_in_channels": [32, 32], "projector_out_channels": 32, "num_feature_levels": 2},
+        "inputs": _pixels(2, 3, 64, 64)},
     # matchers take an image pair per example: (batch, 2, channels, height, width)
     "efficientloftr": {"config": {"out_features": [16, 16, 32, 32], "hidden_size": 32},
                        "inputs": _pixels(2, 2, 3, 64, 64)},
