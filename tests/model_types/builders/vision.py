@@ -120,8 +120,19 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "projector_in_channels": [32, 32], "projector_out_channels": 32, "num_feature_levels": 2},
         "inputs": _pixels(2, 3, 64, 64)},
     # matchers take an image pair per example: (batch, 2, channels, height, width)
-    "efficientloftr": {"config": {"out_features": [16, 16, 32, 32], "hidden_size": 32},
-                       "inputs": _pixels(2, 2, 3, 64, 64)},
+    # its tests' three stages (strides 2, 1, 2), 1×1 aggregation, 24 × 32 image pairs
+    "efficientloftr": {"config": {
+        "stage_num_blocks": [1, 1, 1], "out_features": [32, 32, 128], "stage_stride": [2, 1, 2],
+        "q_aggregation_kernel_size": 1, "kv_aggregation_kernel_size": 1,
+        "q_aggregation_stride": 1, "kv_aggregation_stride": 1, "num_attention_layers": 2,
+        "num_attention_heads": 8, "hidden_size": 128, "coarse_matching_threshold": 0.0,
+        "fine_kernel_size": 2, "coarse_matching_border_removal": 0,
+        # derived in its __post_init__ from the above; the default dict holds stale ones
+        "stage_in_channels": [1, 32, 32], "stage_block_stride": [[2], [1], [2]],
+        "stage_block_out_channels": [[32], [32], [128]],
+        "stage_block_in_channels": [[1], [32], [32]], "num_key_value_heads": 8,
+        "fine_fusion_dims": [128, 32], "intermediate_size": 256},
+        "inputs": _pixels(2, 2, 3, 24, 32)},
     "lightglue": {"inputs": _pixels(2, 2, 3, 64, 64)},
     # convnets (no attention: to be refused by name)
     "bit": {"config": {"num_groups": 2, "embedding_size": 16}},
