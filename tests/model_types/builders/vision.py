@@ -204,7 +204,8 @@ def _omdet_turbo() -> Any:
     r"""OmDet-Turbo as its tests build it (a Swin of width 8, a CLIP text tower of 16) on
     64-pixel images: each example reads its own task prompt (8 ids, the last 3 of example 1
     padding) and the same 3 class names (its processor flattens classes over the batch, so they
-    are rebuilt per call: an example alone gets its own copy); score = class logits of query 0."""
+    are rebuilt per call: an example alone gets its own copy), its text caches emptied before
+    each call; score = class logits of query 0."""
     from transformers import OmDetTurboConfig, OmDetTurboForObjectDetection
 
     from ..build import Case
@@ -227,6 +228,11 @@ def _omdet_turbo() -> Any:
     classes = torch.randint(5, 90, (3, 8), generator=generator)
 
     def forward(tasks: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # its LRU caches keep the text towers' outputs (and their graphs) of earlier calls, keyed
+        # by the ids: a later call would read stale tensors that no input of it computes
+        for cache in (model.language_cache_class, model.language_cache_prompt):
+            cache.cache.clear()
+            cache.current_load = 0
         count = pixels.shape[0]
         output = model(pixel_values=pixels, tasks_input_ids=tasks, tasks_attention_mask=mask,
                        classes_input_ids=classes.repeat(count, 1),
