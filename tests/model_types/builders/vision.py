@@ -184,7 +184,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "uvdoc": {"config": {"backbone_config": _backbone("uvdoc_backbone", out_features=[
         f"stage{i}" for i in range(1, 7)])},
               "inputs": _pixels(2, 3, 64, 64)},
-    # depth: a DINOv2 over the whole image, a ViT over patches at two scales, 64-pixel inputs
+    # depth: a DINOv2 over the whole image, a ViT over patches at two scales, 32-pixel inputs
+    # (its tests use 64: four times the patches, 40 s of checks here)
     "depth_pro": {"config": {
         "patch_size": 8, "fusion_hidden_size": 16, "intermediate_hook_ids": [1, 0],
         "intermediate_feature_dims": [10, 8], "scaled_images_ratios": [0.5, 1.0],
@@ -196,7 +197,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                                         num_attention_heads=2, patch_size=6, image_size=8),
         "fov_model_config": _backbone("vit", num_hidden_layers=2, hidden_size=32,
                                       num_attention_heads=4, patch_size=8, image_size=8)},
-        "inputs": _pixels(2, 3, 64, 64)},
+        "inputs": _pixels(2, 3, 32, 32)},
 }
 
 
