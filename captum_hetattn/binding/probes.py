@@ -138,22 +138,14 @@ def _origin_tokens(tensor: Tensor, token_dim: int, batch: int) -> int:
     return _token_count(tensor, token_dim)
 
 
-#: a token whose gradient is below this fraction of the pass's largest does not feed the rows:
-#: such traces (1e-13 of the largest through Grounding-DINO's masked text fusion) come and go
-#: with the random probe weights (rounding to exactly zero or not), and a feeding token gets a
-#: full share of a junction however little it feeds, so they changed relevance call to call
-NEGLIGIBLE = 1e-10
-
-
 def _token_support(grad: Tensor | None, tensor: Tensor, token_dim: int, batch: int) -> Tensor:
-    """``(B, n)``: tokens of ``tensor`` with a gradient above :data:`NEGLIGIBLE` of the
-    largest."""
+    """``(B, n)``: tokens of ``tensor`` with a non-zero gradient."""
     n = _origin_tokens(tensor, token_dim, batch)
     if grad is None:
         return torch.zeros(batch, n, dtype=torch.bool, device=tensor.device)
-    size = grad.abs().reshape(batch, n) if token_dim < 0 else \
-        tokens_view(grad, token_dim).abs().amax(dim=-1)
-    return size > size.max() * NEGLIGIBLE if size.numel() else size != 0
+    if token_dim < 0:
+        return grad.reshape(batch, n) != 0
+    return (tokens_view(grad, token_dim) != 0).any(dim=-1)
 
 
 def _dependence_by_rows(
