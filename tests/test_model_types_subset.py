@@ -36,6 +36,10 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "blip": ("eager", "batch"),  # dual encoder: text and pixels, per-example product
     "lxmert": ("types", "eager", "batch"),  # two streams, cross-attention (tests/arch_zoo.py)
     "xlm-roberta-xl": ("eager", "rule", "batch", "padding"),
+    "conditional_detr": ("eager", "batch"),  # detector on a ResNet backbone, learned queries
+    "d_fine": ("eager", "batch"),  # RT-DETR-like: hybrid encoder, deformable decoder
+    "sapiens2": ("eager", "rule", "batch"),  # grouped-query ViT with register tokens
+    "vjepa2": ("eager", "batch"),  # video tubelets, a predictor over context + mask tokens
 }
 REFUSED = {"mamba": "no attention call"}  # no attention at all: refused by name
 
