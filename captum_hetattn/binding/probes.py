@@ -39,7 +39,23 @@ class TokenRows:
 
 
 
-_GENERATOR = torch.Generator().manual_seed(20261123)
+#: every probe draws its weights from a generator seeded here, so that the same input gives the
+#: same support on every call (a trace near round-off may vanish under one draw, not another)
+_SEED = 20261123
+
+
+#: the layouts' probes (forward-mode tangents) still draw from one running generator
+_GENERATOR = torch.Generator().manual_seed(_SEED)
+
+
+def _generator() -> torch.Generator:
+    return torch.Generator().manual_seed(_SEED)
+
+
+def _draw(view: Tensor, generator: torch.Generator) -> Tensor:
+    r"""Random weights shaped like ``view`` ``(B, n, d)``, the same for every example, so that an
+    example's support does not depend on the batch it is in."""
+    return torch.randn(view.shape[1:], generator=generator).to(view).expand_as(view)
 
 
 @dataclass
@@ -90,8 +106,10 @@ def _dependence(
     view = tokens_view(into, into_dim)
     n_into = view.shape[1]
 
+    generator = _generator()
+
     def pass_rows(rows: Tensor) -> list[Tensor]:
-        return _pass_rows(into, into_dim, origins, batch, rows)
+        return _pass_rows(into, into_dim, origins, batch, rows, generator)
 
     # a vectorised backward (is_grads_batched) measured 1.7x slower on CPU: one pass per plane
     planes = max(1, math.ceil(math.log2(max(n_into, 2))))
@@ -120,11 +138,11 @@ def _dependence(
     return out
 
 def _pass_rows(into: Tensor, into_dim: int, origins: Sequence[tuple[Tensor, int]], batch: int,
-               rows: Tensor, generator: torch.Generator = _GENERATOR) -> list[Tensor]:
+               rows: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
     """``(B, n_origin)`` per origin: its tokens reached by one backward pass from ``rows``
     (``(n_into,)`` weights) of ``into``."""
     view = tokens_view(into, into_dim)
-    weights = torch.randn(view.shape, generator=generator).to(view) * rows[None, :, None]
+    weights = _draw(view, generator or _generator()) * rows[None, :, None]
     grads = torch.autograd.grad(
         into, [t for t, _ in origins], _restore_layout(weights, into, into_dim),
         retain_graph=True, allow_unused=True,
@@ -153,10 +171,11 @@ def _dependence_by_rows(
 ) -> Tensor:
     """The exact row-by-row dependence (one backward per into-row): the fallback."""
     view = tokens_view(into, into_dim)
+    generator = _generator()
     rows = []
     for i in range(view.shape[1]):
         weights = torch.zeros_like(view)
-        weights[:, i] = torch.randn(view.shape[0], view.shape[2], generator=_GENERATOR).to(view)
+        weights[:, i] = _draw(view, generator)[:, i]
         (grad,) = torch.autograd.grad(
             into, [origin], _restore_layout(weights, into, into_dim), retain_graph=True,
             allow_unused=True,
