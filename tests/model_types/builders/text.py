@@ -5,6 +5,43 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import Tensor
+
+
+def _randn(*shape: int, seed: int = 0) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(4321 + seed))
+
+
+def _forecast_inputs(config: Any) -> list[dict[str, Tensor]]:
+    r"""A batch of 2 series for the encoder-decoder forecasters: the context plus the lags the
+    model reads before it, its time features, everything observed, and the future values and
+    features the decoder reads (the way their own tests feed them)."""
+    past = config.context_length + max(config.lags_sequence)
+    future, features = config.prediction_length, config.num_time_features
+    return [{"past_values": _randn(2, past),
+             "past_time_features": _randn(2, past, features, seed=1),
+             "past_observed_mask": torch.ones(2, past),
+             "future_values": _randn(2, future, seed=2),
+             "future_time_features": _randn(2, future, features, seed=3)}]
+
+
+def _patch_series(config: Any) -> list[dict[str, Tensor]]:
+    r"""Patch-based forecasters: ``(B, context, channels)`` series."""
+    return [{"past_values": _randn(2, config.context_length, config.num_input_channels)}]
+
+
+def _timesfm(config: Any) -> list[dict[str, Tensor]]:
+    r"""TimesFM: two series of two patches, the second one shorter by two steps (1 = padding;
+    a wholly padded patch would be a query that sees no key), with a frequency class each."""
+    length = 2 * config.patch_length
+    padding = torch.zeros(2, length)
+    padding[1, :2] = 1
+    found = {"past_values": _randn(2, length), "past_values_padding": padding}
+    if hasattr(config, "freq_size"):
+        found["freq"] = torch.tensor([[0], [1]])
+    return [found]
+
 _ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 
 # a linear-attention layer and an indexed-attention layer; the token indexer keeps 4 of 8
@@ -12,7 +49,29 @@ _QWEN4 = {"num_hidden_layers": 2, "layer_types": ["linear_attention", "indexed_a
           "hc_lowrank": 8, "ple_embed_dim": 32, "indexer_n_heads": 2, "indexer_kv_heads": 1,
           "indexer_head_dim": 16, "indexer_budget": 4, "indexer_compress_ratio": 2}
 
+_FORECAST = {"prediction_length": 4, "context_length": 8, "lags_sequence": [1, 2, 3],
+             "num_time_features": 2, "feature_size": 7}  # 3 lags + 2 features + loc and scale
+
+# latent attention whose sliding-window heads are as wide as nope + rope parts
+_DOTS3 = {"head_dim": 16, "index_n_heads": 2, "index_topk": 4,
+          "shared_experts_intermediate_size": 64, "sliding_window": 4,
+          "per_layer_config": {"02": {"num_attention_heads": 2, "num_key_value_heads": 2,
+                                      "kv_lora_rank": 16, "qk_nope_head_dim": 8}}}
+
 OVERRIDES: dict[str, dict[str, Any]] = {
+    # time series: past values (and the features / masks their tests pass) are the inputs
+    "autoformer": {"config": {**_FORECAST, "label_length": 4, "moving_average": 3},
+                   "inputs": _forecast_inputs},
+    "informer": {"config": _FORECAST, "inputs": _forecast_inputs},
+    "time_series_transformer": {"config": _FORECAST, "inputs": _forecast_inputs},
+    "patchtst": {"config": {"context_length": 16, "patch_length": 4, "patch_stride": 4,
+                            "num_input_channels": 2}, "inputs": _patch_series},
+    "patchtsmixer": {"config": {"context_length": 16, "patch_length": 4, "patch_stride": 4,
+                                "num_input_channels": 2}, "inputs": _patch_series},
+    "timesfm": {"config": {"patch_length": 4, "context_length": 8, "horizon_length": 4},
+                "inputs": _timesfm},
+    "timesfm2_5": {"config": {"patch_length": 4, "context_length": 8, "horizon_length": 4,
+                              "output_quantile_len": 8}, "inputs": _timesfm},
     # grouped-query attention needs its key/value head count
     "nemotron": {"config": {"num_key_value_heads": 2}},
     # the attention sub-config reads its own rotary base
@@ -34,6 +93,21 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "qwen4_exp": {"config": {"text_config": _QWEN4}},
     "t5gemma2_encoder": {"config": {"text_config": {"dropout_rate": 0.0}}},
     "blt": {"config": {"num_hidden_layers": 2}},
+    # a sliding-window layer, then an indexed-attention layer that keeps 4 pooled keys
+    "kolibri1_1": {"config": {"num_hidden_layers": 2, "layer_types": [
+        "sliding_attention", "indexed_attention"], "index_layers": [1], "kv_source_layers": [0, 1],
+        "mlp_only_layers": [0], "mlp_only_intermediate_size": 64, "index_topk": 4,
+        "index_pool_size": 16, "index_compression": 2, "index_num_local_tokens": 2,
+        "index_num_sink_tokens": 1, "sliding_window": 4}},
+    # one input, one recurrent (looped twice) and one output layer
+    # (stored as blocks: each attention block is followed by an mlp block, counts doubled)
+    "dory": {"config": {"num_hidden_layers": 6, "layer_types": [
+        "sliding_attention", "mlp", "sliding_attention", "mlp", "full_attention", "mlp"],
+        "n_input_layers": 2, "n_recurrent_layers": 2, "n_output_layers": 2, "sliding_window": 4}},
+    "dots3_note_text": {"config": _DOTS3},
+    "dots3_note": {"config": {"text_config": _DOTS3}},
+    # the speech tokenizer has no projection around its quantizer
+    "apertus1p5": {"config": {"audio_config": {"codebook_dim": 32}}},
 }
 BUILDERS: dict[str, Any] = {}
 SKIP: dict[str, str] = {}
