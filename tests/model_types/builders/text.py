@@ -106,8 +106,55 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "n_input_layers": 2, "n_recurrent_layers": 2, "n_output_layers": 2, "sliding_window": 4}},
     "dots3_note_text": {"config": _DOTS3},
     "dots3_note": {"config": {"text_config": _DOTS3}},
+    # Mamba-2 mixers: heads × head size = expand × hidden, one group
+    "nemotron_h": {"config": {"mamba_num_heads": 4, "mamba_head_dim": 16, "expand": 2,
+                              "n_groups": 1, "ssm_state_size": 8, "chunk_size": 8,
+                              "moe_shared_expert_intermediate_size": 64}},
+    "zamba2": {"config": {"num_hidden_layers": 2, "layers_block_type": [
+        "linear_attention", "hybrid"], "hybrid_layer_ids": [1], "mamba_headdim": 16,
+        "n_mamba_heads": 4, "mamba_d_state": 8, "chunk_size": 8, "attention_hidden_size": 64,
+        "kv_channels": 16, "num_query_groups": 2, "adapter_rank": 8}},
+    # two hybrid layers share one attention block (the second ties to the first)
+    "zamba": {"config": {"num_hidden_layers": 4, "attn_layer_period": 2, "attn_layer_offset": 1,
+                         "layers_block_type": ["linear_attention", "hybrid"] * 2,
+                         "attention_hidden_size": 64, "mamba_dt_rank": 2, "mamba_d_state": 8}},
+    # a sliding-window and a global layer, no shared key/value layers, small per-layer inputs
+    "gemma3n_text": {"config": {"num_hidden_layers": 2, "layer_types": [
+        "sliding_attention", "full_attention"], "intermediate_size": [64, 64],
+        "activation_sparsity_pattern": [0.95, 0.0], "num_kv_shared_layers": 0,
+        "vocab_size_per_layer_input": 99, "hidden_size_per_layer_input": 8, "laurel_rank": 8,
+        "sliding_window": 4}},
+    # routed experts beside the dense MLP; the global layer's heads as wide as the others
+    "diffusion_gemma": {"config": {"text_config": {
+        "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 64, "sliding_window": 4,
+        "per_layer_config": {"05": {"head_dim": 16}}}}},
     # the speech tokenizer has no projection around its quantizer
     "apertus1p5": {"config": {"audio_config": {"codebook_dim": 32}}},
 }
-BUILDERS: dict[str, Any] = {}
+def _diffusion_gemma() -> Any:
+    r"""DiffusionGemma denoising a fixed canvas of 4 tokens (without one it draws a random canvas
+    in every forward) after a prompt (example 1 padded); the canvas reads the prompt's real
+    tokens only (``decoder_attention_mask``, the prompt mask then the canvas), scored on the
+    canvas' mean hidden state."""
+    import transformers
+
+    from model_types.build import Case, _ids_and_mask, _score, tiny_config
+
+    config = tiny_config("diffusion_gemma")
+    torch.manual_seed(0)
+    model = transformers.DiffusionGemmaModel(config).eval()
+    ids, mask = _ids_and_mask(config.text_config)
+    canvas = torch.randint(5, 60, (2, 4), generator=torch.Generator().manual_seed(7))
+
+    def forward(prompt: Tensor, noisy: Tensor, prompt_mask: Tensor) -> Tensor:
+        seen = torch.cat([prompt_mask, torch.ones_like(noisy)], dim=1)
+        output = model(input_ids=prompt, decoder_input_ids=noisy, attention_mask=prompt_mask,
+                       decoder_attention_mask=seen)
+        return _score(output, "base", None)
+
+    return Case("diffusion_gemma", "base", "DiffusionGemmaModel", model, forward, (ids, canvas),
+                (mask,), 1, mask, ["inputs: input_ids, decoder_input_ids (a fixed canvas)"])
+
+
+BUILDERS: dict[str, Any] = {"diffusion_gemma": _diffusion_gemma}
 SKIP: dict[str, str] = {}
