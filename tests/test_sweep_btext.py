@@ -16,3 +16,11 @@ def test_sparse_indexer_keys_are_the_models(model_type, one_thread):
     assert result["outcome"] == "explained", result
     for name in ("eager", "rule", "batch", "padding", "restored"):
         assert result["checks"][name][0] == "ok", (name, result["checks"][name])
+
+
+def test_recurrent_model_with_in_place_state_is_refused_by_name(one_thread):
+    r"""RWKV updates its recurrent state in place, so its mixer's own graph cannot be walked
+    backwards: the mixer is reported (not a crash) and the model refused, naming it."""
+    result = run_type("rwkv")
+    assert result["outcome"] == "refused", result
+    assert "rwkv.blocks.0.attention" in result["reason"] and result["names_module"], result

@@ -128,6 +128,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "diffusion_gemma": {"config": {"text_config": {
         "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 64, "sliding_window": 4,
         "per_layer_config": {"05": {"head_dim": 16}}}}},
+    # recurrent models without attention over tokens (they are refused by name)
+    "rwkv": {"config": {"attention_hidden_size": 32}},
+    "xlstm": {"config": {"chunk_size": 4}, "kwargs": {"use_cache": False}},
+    # language adapters: the one language the tiny model has
+    "xmod": {"config": {"default_language": "en_XX"}},
     # the speech tokenizer has no projection around its quantizer
     "apertus1p5": {"config": {"audio_config": {"codebook_dim": 32}}},
 }
