@@ -128,6 +128,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "diffusion_gemma": {"config": {"text_config": {
         "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 64, "sliding_window": 4,
         "per_layer_config": {"05": {"head_dim": 16}}}}},
+    # layout: box embeddings as wide as a head (Bros), six box parts per hidden (LiLT)
+    "bros": {"config": {"dim_bbox_projection": 16, "dim_bbox_sinusoid_emb_2d": 32,
+                        "dim_bbox_sinusoid_emb_1d": 4}},
+    "lilt": {"config": {"hidden_size": 24, "intermediate_size": 48}},
     # recurrent models without attention over tokens (they are refused by name)
     "rwkv": {"config": {"attention_hidden_size": 32}},
     "xlstm": {"config": {"chunk_size": 4}, "kwargs": {"use_cache": False}},
@@ -161,5 +165,47 @@ def _diffusion_gemma() -> Any:
                 (mask,), 1, mask, ["inputs: input_ids, decoder_input_ids (a fixed canvas)"])
 
 
-BUILDERS: dict[str, Any] = {"diffusion_gemma": _diffusion_gemma}
-SKIP: dict[str, str] = {}
+def _boxes(scale: float, integer: bool) -> Tensor:
+    r"""``(2, LENGTH, 4)`` ordered boxes (``x0 <= x1``, ``y0 <= y1``) within ``0..scale``."""
+    from model_types.build import LENGTH
+
+    corners = torch.rand(2, LENGTH, 2, 2, generator=torch.Generator().manual_seed(11))
+    low, high = corners.min(dim=2).values, corners.max(dim=2).values
+    boxes = torch.cat([low, high], dim=-1) * scale  # x0, y0, x1, y1
+    return boxes.round().long() if integer else boxes
+
+
+def _layout(model_type: str, class_name: str, head: str, scale: float, integer: bool) -> Any:
+    r"""A layout model: ids (example 1 padded) with a box per token; the boxes go beside the
+    mask (each example keeps its own), the ids are attributed."""
+    import transformers
+
+    from model_types.build import Case, _ids_and_mask, _score, tiny_config
+
+    config = tiny_config(model_type)
+    torch.manual_seed(0)
+    model = getattr(transformers, class_name)(config).eval()
+    ids, mask = _ids_and_mask(config)
+    extra = {}
+    if head == "seq2seq":
+        extra["decoder_input_ids"] = torch.full((1, 2), config.pad_token_id)
+
+    def forward(input_ids: Tensor, attention_mask: Tensor, bbox: Tensor) -> Tensor:
+        decoder = {k: v.expand(input_ids.shape[0], -1) for k, v in extra.items()}
+        output = model(input_ids=input_ids, attention_mask=attention_mask, bbox=bbox, **decoder)
+        return _score(output, head, attention_mask)
+
+    target = 7 if head == "seq2seq" else 1
+    return Case(model_type, head, class_name, model, forward, (ids,),
+                (mask, _boxes(scale, integer)), target, mask, ["inputs: input_ids, bbox"])
+
+
+BUILDERS: dict[str, Any] = {
+    "diffusion_gemma": _diffusion_gemma,
+    "bros": lambda: _layout("bros", "BrosModel", "base", 1.0, False),
+    "lilt": lambda: _layout("lilt", "LiltForSequenceClassification", "classifier", 1000, True),
+    "udop": lambda: _layout("udop", "UdopForConditionalGeneration", "seq2seq", 1.0, False),
+}
+SKIP: dict[str, str] = {
+    "layoutlmv2": "its visual backbone needs detectron2, which is not installable here",
+}
