@@ -200,7 +200,34 @@ def _layout(model_type: str, class_name: str, head: str, scale: float, integer: 
                 (mask, _boxes(scale, integer)), target, mask, ["inputs: input_ids, bbox"])
 
 
+def _decision_transformer() -> Any:
+    r"""Decision Transformer on a trajectory of 8 steps (returns-to-go, state, action per step,
+    interleaved into 24 tokens by the model); states are attributed, the rest goes beside them.
+    Scored on the mean last hidden state (the action prediction reads it)."""
+    import transformers
+
+    from model_types.build import LENGTH, Case, _score, tiny_config
+
+    config = tiny_config("decision_transformer")
+    torch.manual_seed(0)
+    model = transformers.DecisionTransformerModel(config).eval()
+    states = _randn(2, LENGTH, config.state_dim)
+    actions, returns = _randn(2, LENGTH, config.act_dim, seed=1), _randn(2, LENGTH, 1, seed=2)
+    rewards, steps = _randn(2, LENGTH, 1, seed=3), torch.arange(LENGTH).repeat(2, 1)
+
+    def forward(state: Tensor, action: Tensor, to_go: Tensor, reward: Tensor,
+                timesteps: Tensor) -> Tensor:
+        output = model(states=state, actions=action, returns_to_go=to_go, rewards=reward,
+                       timesteps=timesteps, attention_mask=torch.ones_like(timesteps))
+        return _score(output, "base", None)
+
+    return Case("decision_transformer", "base", "DecisionTransformerModel", model, forward,
+                (states,), (actions, returns, rewards, steps), 1, None,
+                ["inputs: states (actions, returns-to-go, rewards, timesteps beside them)"])
+
+
 BUILDERS: dict[str, Any] = {
+    "decision_transformer": _decision_transformer,
     "diffusion_gemma": _diffusion_gemma,
     "bros": lambda: _layout("bros", "BrosModel", "base", 1.0, False),
     "lilt": lambda: _layout("lilt", "LiltForSequenceClassification", "classifier", 1000, True),
