@@ -1,9 +1,41 @@
-r"""Sweep data for multimodal model types (see :mod:`model_types.builders`)."""
+r"""Sweep data for multimodal model types (see :mod:`model_types.builders`): config values the
+generic shrink cannot guess, as each type's own test suite sets them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-OVERRIDES: dict[str, dict[str, Any]] = {}
+import torch
+from torch import Tensor
+
+
+def _video_and_text(frames: int, size: int = 32) -> Any:
+    r"""Ids (example 1 padded) beside a clip of ``frames`` frames ``(B, T, C, H, W)``."""
+
+    def inputs(config: Any) -> list[dict[str, Tensor]]:
+        from model_types.build import _ids_and_mask
+
+        text = getattr(config, "text_config", None) or config
+        clip = torch.randn(2, frames, 3, size, size, generator=torch.Generator().manual_seed(5))
+        return [{"input_ids": _ids_and_mask(text)[0], "pixel_values": clip}]
+
+    return inputs
+
+
+# rotary over half of a 16-wide head: (time, height, width) sections of 8 / 2 = 4 channels
+_GLM_ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                 "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}}
+
+OVERRIDES: dict[str, dict[str, Any]] = {
+    "glm4v_moe_text": {"config": _GLM_ROPE},
+    "glm4v_moe": {"config": {"text_config": _GLM_ROPE}},
+    # dual encoders: the image tower's pooled width is what the projection reads
+    "align": {"config": {"projection_dim": 640}},
+    "vision-text-dual-encoder": {"config": {"vision_config": {"pooler_output_size": 32}}},
+    # video-text: two frames, a tiny multi-frame integration transformer
+    "xclip": {"config": {"vision_config": {"mit_hidden_size": 32, "mit_intermediate_size": 64,
+                                           "num_frames": 2}},
+              "inputs": _video_and_text(2)},
+}
 BUILDERS: dict[str, Any] = {}
 SKIP: dict[str, str] = {}
