@@ -22,6 +22,15 @@ def _video_and_text(frames: int, size: int = 32) -> Any:
     return inputs
 
 
+def _qformer(config: Any) -> list[dict[str, Tensor]]:
+    r"""The Q-Former alone: 8 learned queries reading 6 image features (the vision tower's output
+    in BLIP-2), both attributed."""
+    draw = torch.Generator().manual_seed(6)
+    return [{"query_embeds": torch.randn(2, 8, config.hidden_size, generator=draw),
+             "encoder_hidden_states": torch.randn(2, 6, config.encoder_hidden_size,
+                                                  generator=draw)}]
+
+
 # rotary over half of a 16-wide head: (time, height, width) sections of 8 / 2 = 4 channels
 _GLM_ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                  "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}}
@@ -29,6 +38,10 @@ _GLM_ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
 OVERRIDES: dict[str, dict[str, Any]] = {
     "glm4v_moe_text": {"config": _GLM_ROPE},
     "glm4v_moe": {"config": {"text_config": _GLM_ROPE}},
+    "blip_2_qformer": {"inputs": _qformer},
+    # image tokens of the VQ tokenizer in the vocabulary (two of them; the prompts are text)
+    "chameleon": {"config": {"vocabulary_map": {"<image>": 98, "IMGIMGAZ": 96,
+                                                "IMGIMGBZ": 97}}},
     # dual encoders: the image tower's pooled width is what the projection reads
     "align": {"config": {"projection_dim": 640}},
     "vision-text-dual-encoder": {"config": {"vision_config": {"pooler_output_size": 32}}},

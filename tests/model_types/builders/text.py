@@ -83,7 +83,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "dots1": {"config": {"n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1}},
     # one short-convolution layer, one attention layer; the second one routed
     "lfm2_moe": {"config": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1}},
-    "emu3": {"config": {"pad_token_id": 0, "text_config": {"pad_token_id": 0}}},
+    # image tokens of the VQ tokenizer in the vocabulary (two of them; the prompts are text)
+    "emu3": {"config": {"vocabulary_map": {
+        "<|extra_200|>": 94, "<image>": 98, "<|visual token 000000|>": 95,
+        "<|visual token 000001|>": 96}, "text_config": {"pad_token_id": 0}},
+        "head": ("base", "Emu3Model")},
     # latent attention: rotary over half of a 16-wide head, as in the full model's proportions
     "mistral4": {"config": {"head_dim": 16}},
     # one layer per stack, one high-level cycle of one low-level step: 1 * 1 * (1 + 1) layers
