@@ -31,6 +31,31 @@ def _qformer(config: Any) -> list[dict[str, Tensor]]:
                                                   generator=draw)}]
 
 
+def _idefics() -> Any:
+    r"""IDEFICS: a prompt (example 1 padded) whose every token may read one 32-px image through
+    the gated cross-attention layers (gates opened: zero-initialised gates hide the image);
+    ids and pixels attributed, the masks beside them."""
+    import transformers
+
+    from model_types.build import LENGTH, Case, _ids_and_mask, _score, tiny_config
+
+    config = tiny_config("idefics")
+    torch.manual_seed(0)
+    model = transformers.IdeficsModel(config).eval()
+    ids, mask = _ids_and_mask(config)
+    pixels = torch.randn(2, 1, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    image_mask = torch.ones(2, LENGTH, 1, dtype=torch.long)
+
+    def forward(input_ids: Tensor, pixel_values: Tensor, attention_mask: Tensor,
+                image_attention_mask: Tensor) -> Tensor:
+        output = model(input_ids=input_ids, pixel_values=pixel_values,
+                       attention_mask=attention_mask, image_attention_mask=image_attention_mask)
+        return _score(output, "base", attention_mask)
+
+    return Case("idefics", "base", "IdeficsModel", model, forward, (ids, pixels),
+                (mask, image_mask), 1, mask, ["inputs: input_ids, pixel_values"])
+
+
 # rotary over half of a 16-wide head: (time, height, width) sections of 8 / 2 = 4 channels
 _GLM_ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                  "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}}
@@ -39,6 +64,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "glm4v_moe_text": {"config": _GLM_ROPE},
     "glm4v_moe": {"config": {"text_config": _GLM_ROPE}},
     "blip_2_qformer": {"inputs": _qformer},
+    "idefics": {"config": {"alpha_initializer": "ones"}},
     # image tokens of the VQ tokenizer in the vocabulary (two of them; the prompts are text)
     "chameleon": {"config": {"vocabulary_map": {"<image>": 98, "IMGIMGAZ": 96,
                                                 "IMGIMGBZ": 97}}},
@@ -50,5 +76,5 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                                            "num_frames": 2}},
               "inputs": _video_and_text(2)},
 }
-BUILDERS: dict[str, Any] = {}
+BUILDERS: dict[str, Any] = {"idefics": _idefics}
 SKIP: dict[str, str] = {}
