@@ -68,6 +68,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # image tokens of the VQ tokenizer in the vocabulary (two of them; the prompts are text)
     "chameleon": {"config": {"vocabulary_map": {"<image>": 98, "IMGIMGAZ": 96,
                                                 "IMGIMGBZ": 97}}},
+    # the thinkers' multimodal rotary index reads the vision-start token
+    "qwen2_5_omni_thinker": {"config": {"vision_start_token_id": 93}},
+    "qwen3_omni_moe_thinker": {"config": {"vision_start_token_id": 93}},
     # dual encoders: the image tower's pooled width is what the projection reads
     "align": {"config": {"projection_dim": 640}},
     "vision-text-dual-encoder": {"config": {"vision_config": {"pooler_output_size": 32}}},
@@ -77,4 +80,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
               "inputs": _video_and_text(2)},
 }
 BUILDERS: dict[str, Any] = {"idefics": _idefics}
-SKIP: dict[str, str] = {}
+SKIP: dict[str, str] = {
+    "gemma3n": "its vision tower is a TimmWrapperModel and timm is not installed here "
+               "(gemma3n_text, its language model, is swept)",
+    "glm_image_vqmodel": "GlmImageVQVAE has no forward (GlmImage calls its encode(): 1×1 "
+                         "convolutions and a codebook lookup, no attention to explain)",
+}
