@@ -71,6 +71,22 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # the thinkers' multimodal rotary index reads the vision-start token
     "qwen2_5_omni_thinker": {"config": {"vision_start_token_id": 93}},
     "qwen3_omni_moe_thinker": {"config": {"vision_start_token_id": 93}},
+    # special tokens inside the tiny vocabulary (their defaults index a 100k+ one)
+    "granite_docling": {"config": {"pad_token_id": 0, "image_token_id": 98}},
+    "step3p7": {"config": {"image_token_id": 98, "text_config": {"sliding_window": 4}}},
+    "ernie4_5_vl_moe": {"config": {
+        "image_start_token_id": 92, "image_end_token_id": 93, "image_token_id": 94,
+        "video_start_token_id": 95, "video_end_token_id": 96, "video_token_id": 97,
+        # (height, width, time) sections of half a 16-wide head, height and width alike
+        "text_config": {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                            "mrope_section": [3, 3, 2]}}}},
+    # the adapter reads the last two of the two vision layers
+    "molmo2": {"config": {
+        "adapter_config": {"vision_feature_layer": [1, 0]},
+        "text_config": {"rope_scaling_layers": [0, 1]},
+        "image_start_token_id": 90, "low_res_image_start_token_id": 91,
+        "image_end_token_id": 92, "image_patch_id": 93, "frame_start_token_id": 94,
+        "frame_end_token_id": 95}},
     # dual encoders: the image tower's pooled width is what the projection reads
     "align": {"config": {"projection_dim": 640}},
     "vision-text-dual-encoder": {"config": {"vision_config": {"pooler_output_size": 32}}},
