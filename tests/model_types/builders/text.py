@@ -49,6 +49,13 @@ _QWEN4 = {"num_hidden_layers": 2, "layer_types": ["linear_attention", "indexed_a
           "hc_lowrank": 8, "ple_embed_dim": 32, "indexer_n_heads": 2, "indexer_kv_heads": 1,
           "indexer_head_dim": 16, "indexer_budget": 4, "indexer_compress_ratio": 2}
 
+def _drafter(config: Any) -> list[dict[str, Tensor]]:
+    r"""A block of noisy embeddings after 6 accepted tokens' target hidden states."""
+    width = config.hidden_size * len(config.target_layer_ids)
+    return [{"noise_embeds": _randn(2, config.block_size, config.hidden_size),
+             "context_hidden_states": _randn(2, 6, width, seed=1)}]
+
+
 _FORECAST = {"prediction_length": 4, "context_length": 8, "lags_sequence": [1, 2, 3],
              "num_time_features": 2, "feature_size": 7}  # 3 lags + 2 features + loc and scale
 
@@ -136,6 +143,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "bros": {"config": {"dim_bbox_projection": 16, "dim_bbox_sinusoid_emb_2d": 32,
                         "dim_bbox_sinusoid_emb_1d": 4}},
     "lilt": {"config": {"hidden_size": 24, "intermediate_size": 48}},
+    # the drafter reads the target's hidden states of its 2 chosen layers, in blocks of 4
+    "muse_glimmer_assistant": {"config": {"target_layer_ids": [0, 1], "block_size": 4,
+                                          "sliding_window": 4}, "inputs": _drafter},
     # recurrent models without attention over tokens (they are refused by name)
     "rwkv": {"config": {"attention_hidden_size": 32}},
     "xlstm": {"config": {"chunk_size": 4}, "kwargs": {"use_cache": False}},
@@ -230,7 +240,50 @@ def _decision_transformer() -> Any:
                 ["inputs: states (actions, returns-to-go, rewards, timesteps beside them)"])
 
 
+def _pi0(model_type: str, class_name: str) -> Any:
+    r"""PI0 / PI0.5: one 32-px camera image and a prompt (example 1 padded) as the prefix, a chunk
+    of noisy action embeddings denoised by the action expert, scored on its mean hidden state;
+    prompt, image and actions attributed."""
+    import transformers
+
+    from model_types.build import Case, _ids_and_mask, _score, tiny_config
+
+    config = tiny_config(model_type)
+    torch.manual_seed(0)
+    model = getattr(transformers, class_name)(config).eval()
+    with torch.no_grad():  # PI0.5's adaptive norms start at zero gates (a trained one's are not)
+        for name, weight in model.named_parameters():
+            if "dit." in name and ".dense." in name:
+                weight.normal_(0.0, 0.2)
+    text, text_mask = _ids_and_mask(config.vlm_config.text_config)
+    pixels = _randn(2, 1, 3, 32, 32, seed=9)
+    actions = _randn(2, config.chunk_size, config.dit_config.hidden_size, seed=10)
+    with torch.no_grad():
+        image_tokens = model.vlm.get_image_features(pixels.flatten(0, 1)).pooler_output.shape[1]
+    # the prompt starts with one placeholder per image token, as the processor writes it
+    ids = torch.cat([torch.full((2, image_tokens), config.vlm_config.image_token_id), text], 1)
+    mask = torch.cat([torch.ones(2, image_tokens, dtype=text_mask.dtype), text_mask], 1)
+
+    # PI0.5 modulates its expert's norms by the denoising step's embedding
+    step = (_randn(2, config.dit_config.hidden_size, seed=12),) if model_type == "pi05" else ()
+
+    def forward(input_ids: Tensor, pixel_values: Tensor, action_embeds: Tensor,
+                attention_mask: Tensor, *timestep: Tensor) -> Tensor:
+        extra = {"timestep_embeds": timestep[0]} if timestep else {}
+        output = model(action_embeds=action_embeds, input_ids=input_ids,
+                       pixel_values=pixel_values, attention_mask=attention_mask,
+                       pixel_attention_mask=attention_mask.new_ones(attention_mask.shape[0], 1),
+                       **extra)
+        return _score(output, "base", None)
+
+    return Case(model_type, "base", class_name, model, forward, (ids, pixels, actions),
+                (mask, *step),
+                1, mask, ["inputs: input_ids, pixel_values, action_embeds"])
+
+
 BUILDERS: dict[str, Any] = {
+    "pi0": lambda: _pi0("pi0", "PI0Model"),
+    "pi05": lambda: _pi0("pi05", "PI05Model"),
     "decision_transformer": _decision_transformer,
     "diffusion_gemma": _diffusion_gemma,
     "bros": lambda: _layout("bros", "BrosModel", "base", 1.0, False),
