@@ -49,13 +49,6 @@ _QWEN4 = {"num_hidden_layers": 2, "layer_types": ["linear_attention", "indexed_a
           "hc_lowrank": 8, "ple_embed_dim": 32, "indexer_n_heads": 2, "indexer_kv_heads": 1,
           "indexer_head_dim": 16, "indexer_budget": 4, "indexer_compress_ratio": 2}
 
-def _drafter(config: Any) -> list[dict[str, Tensor]]:
-    r"""A block of noisy embeddings after 6 accepted tokens' target hidden states."""
-    width = config.hidden_size * len(config.target_layer_ids)
-    return [{"noise_embeds": _randn(2, config.block_size, config.hidden_size),
-             "context_hidden_states": _randn(2, 6, width, seed=1)}]
-
-
 _FORECAST = {"prediction_length": 4, "context_length": 8, "lags_sequence": [1, 2, 3],
              "num_time_features": 2, "feature_size": 7}  # 3 lags + 2 features + loc and scale
 
@@ -145,7 +138,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "lilt": {"config": {"hidden_size": 24, "intermediate_size": 48}},
     # the drafter reads the target's hidden states of its 2 chosen layers, in blocks of 4
     "muse_glimmer_assistant": {"config": {"target_layer_ids": [0, 1], "block_size": 4,
-                                          "sliding_window": 4}, "inputs": _drafter},
+                                          "sliding_window": 4}},
     # recurrent models without attention over tokens (they are refused by name)
     "rwkv": {"config": {"attention_hidden_size": 32}},
     "xlstm": {"config": {"chunk_size": 4}, "kwargs": {"use_cache": False}},
@@ -281,7 +274,34 @@ def _pi0(model_type: str, class_name: str) -> Any:
                 1, mask, ["inputs: input_ids, pixel_values, action_embeds"])
 
 
+def _drafter() -> Any:
+    r"""The speculative drafter: a block of noisy embeddings after 6 accepted tokens' target
+    hidden states (the mask covers both, as its docs ask), both attributed."""
+    import transformers
+
+    from model_types.build import Case, _score, tiny_config
+
+    config = tiny_config("muse_glimmer_assistant")
+    torch.manual_seed(0)
+    model = transformers.MuseGlimmerAssistantModel(config).eval()
+    width = config.hidden_size * len(config.target_layer_ids)
+    noise = _randn(2, config.block_size, config.hidden_size)
+    context = _randn(2, 6, width, seed=1)
+    mask = torch.ones(2, 6 + config.block_size, dtype=torch.long)
+
+    def forward(noise_embeds: Tensor, context_hidden_states: Tensor,
+                attention_mask: Tensor) -> Tensor:
+        output = model(noise_embeds=noise_embeds, context_hidden_states=context_hidden_states,
+                       attention_mask=attention_mask)
+        return _score(output, "base", None)
+
+    return Case("muse_glimmer_assistant", "base", "MuseGlimmerAssistantModel", model, forward,
+                (noise, context), (mask,), 1, None,
+                ["inputs: noise_embeds, context_hidden_states"])
+
+
 BUILDERS: dict[str, Any] = {
+    "muse_glimmer_assistant": _drafter,
     "pi0": lambda: _pi0("pi0", "PI0Model"),
     "pi05": lambda: _pi0("pi05", "PI05Model"),
     "decision_transformer": _decision_transformer,
