@@ -109,7 +109,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "sliding_attention", "mlp", "sliding_attention", "mlp", "full_attention", "mlp"],
         "n_input_layers": 2, "n_recurrent_layers": 2, "n_output_layers": 2, "sliding_window": 4}},
     "dots3_note_text": {"config": _DOTS3},
-    "dots3_note": {"config": {"text_config": _DOTS3}},
+    "dots3_note": {"config": {"text_config": _DOTS3,  # adapters as wide as both towers
+                              "vision_config": {"adapter_in_dim": 32, "adapter_out_dim": 32},
+                              "audio_config": {"adapter_input_size": 32,
+                                               "adapter_out_dim": 32}}},
     # Mamba-2 mixers: heads × head size = expand × hidden, one group
     "nemotron_h": {"config": {"mamba_num_heads": 4, "mamba_head_dim": 16, "expand": 2,
                               "n_groups": 1, "ssm_state_size": 8, "chunk_size": 8,
@@ -145,7 +148,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # language adapters: the one language the tiny model has
     "xmod": {"config": {"default_language": "en_XX"}},
     # the speech tokenizer has no projection around its quantizer
-    "apertus1p5": {"config": {"audio_config": {"codebook_dim": 32}}},
+    # (image then audio codes at the top of the tiny vocabulary: 16 each from id 60)
+    "apertus1p5": {"config": {"audio_config": {"codebook_dim": 32, "codebook_size": 16},
+                              "vision_config": {"codebook_size": 16},
+                              "image_token_offset": 60, "audio_token_offset": 76}},
 }
 def _diffusion_gemma() -> Any:
     r"""DiffusionGemma denoising a fixed canvas of 4 tokens (without one it draws a random canvas
