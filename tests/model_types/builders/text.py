@@ -96,7 +96,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "qwen4_exp_text": {"config": _QWEN4},
     "qwen4_exp": {"config": {"text_config": _QWEN4}},
     "t5gemma2_encoder": {"config": {"text_config": {"dropout_rate": 0.0}}},
-    "blt": {"config": {"num_hidden_layers": 2}},
+    # byte patches: local encoder / decoder as wide as the global model, a small hash table
+    "blt": {"config": {"num_hidden_layers": 2, "encoder_hash_byte_group_vocab": 101,
+                       "encoder_config": {"hidden_size_global": 32},
+                       "decoder_config": {"hidden_size_global": 32}}},
     # a sliding-window layer, then an indexed-attention layer that keeps 4 pooled keys
     "kolibri1_1": {"config": {"num_hidden_layers": 2, "layer_types": [
         "sliding_attention", "indexed_attention"], "index_layers": [1], "kv_source_layers": [0, 1],
