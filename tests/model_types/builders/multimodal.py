@@ -56,6 +56,19 @@ def _idefics() -> Any:
                 (mask, image_mask), 1, mask, ["inputs: input_ids, pixel_values"])
 
 
+def _video_prompt(config: Any) -> list[dict[str, Tensor]]:
+    r"""InstructBLIP-Video: a 2-frame clip, the Q-Former's instruction, and the language
+    model's prompt led by one video placeholder per query token and frame."""
+    from model_types.build import _ids_and_mask
+
+    frames = 2
+    clip = torch.randn(2, frames, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    text = _ids_and_mask(config.text_config)[0]
+    slots = torch.full((2, config.num_query_tokens * frames), config.video_token_index)
+    return [{"pixel_values": clip, "qformer_input_ids": text,
+             "input_ids": torch.cat([slots, text], dim=1)}]
+
+
 # rotary over half of a 16-wide head: (time, height, width) sections of 8 / 2 = 4 channels
 _GLM_ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                  "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}}
@@ -64,6 +77,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "glm4v_moe_text": {"config": _GLM_ROPE},
     "glm4v_moe": {"config": {"text_config": _GLM_ROPE}},
     "blip_2_qformer": {"inputs": _qformer},
+    "instructblipvideo": {"config": {"video_token_index": 98}, "inputs": _video_prompt,
+                          "head": ("lm", "InstructBlipVideoForConditionalGeneration")},
     "idefics": {"config": {"alpha_initializer": "ones"}},
     # image tokens of the VQ tokenizer in the vocabulary (two of them; the prompts are text)
     "chameleon": {"config": {"vocabulary_map": {"<image>": 98, "IMGIMGAZ": 96,
