@@ -103,7 +103,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "image_end_token_id": 92, "image_patch_id": 93, "frame_start_token_id": 94,
         "frame_end_token_id": 95}},
     # dual encoders: the image tower's pooled width is what the projection reads
-    "align": {"config": {"projection_dim": 640}},
+    # (ALIGN's EfficientNet: one block a stage, unscaled, so its pooled features neither vanish
+    # nor overflow; they are as wide as its last stage: 320)
+    "align": {"config": {"projection_dim": 320, "vision_config": {
+        "depth_coefficient": 1.0, "width_coefficient": 1.0, "num_block_repeats": [1] * 7}}},
     "vision-text-dual-encoder": {"config": {"vision_config": {"pooler_output_size": 32}}},
     # video-text: two frames, a tiny multi-frame integration transformer
     "xclip": {"config": {"vision_config": {"mit_hidden_size": 32, "mit_intermediate_size": 64,
