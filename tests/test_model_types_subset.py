@@ -36,6 +36,9 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "blip": ("eager", "batch"),  # dual encoder: text and pixels, per-example product
     "lxmert": ("types", "eager", "batch"),  # two streams, cross-attention (tests/arch_zoo.py)
     "xlm-roberta-xl": ("eager", "rule", "batch", "padding"),
+    "nemotron": ("eager", "rule", "batch", "padding"),  # partial rotary, grouped keys
+    "bros": ("eager", "rule", "batch", "padding"),  # layout: a box per token beside the ids
+    "timesfm": ("eager", "rule", "batch"),  # time series: patches of a padded series
 }
 REFUSED = {"mamba": "no attention call"}  # no attention at all: refused by name
 
