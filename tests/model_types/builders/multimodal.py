@@ -115,6 +115,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 }
 BUILDERS: dict[str, Any] = {"idefics": _idefics}
 SKIP: dict[str, str] = {
+    "tvp": "only a batch of 1 runs: TvpVisualInputEmbedding.add_2d_positional_embeddings views "
+           "the (width, hidden) column embeddings as (batch_size, 1, width, hidden) "
+           "(transformers 5.25)",
     "gemma3n": "its vision tower is a TimmWrapperModel and timm is not installed here "
                "(gemma3n_text, its language model, is swept)",
     "glm_image_vqmodel": "GlmImageVQVAE has no forward (GlmImage calls its encode(): 1×1 "
