@@ -69,6 +69,23 @@ def _video_prompt(config: Any) -> list[dict[str, Tensor]]:
              "input_ids": torch.cat([slots, text], dim=1)}]
 
 
+def _align() -> Any:
+    r"""ALIGN as the generic build makes it, its EfficientNet's convolutions re-drawn with
+    He-normal weights: at the config's init (normal, std 0.02) every block shrinks the features
+    ~20×, they reach 1e-25 and the L2-normalised image embeddings are infinite (a trained
+    tower's are not)."""
+    from model_types.build import _try_class, tiny_config
+
+    case = _try_class("align", tiny_config("align"), "base", "AlignModel")
+    draw = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in case.model.vision_model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, generator=draw)
+    case.notes.append("image tower: He-normal convolutions")
+    return case
+
+
 # rotary over half of a 16-wide head: (time, height, width) sections of 8 / 2 = 4 channels
 _GLM_ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                  "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}}
@@ -113,7 +130,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                                            "num_frames": 2}},
               "inputs": _video_and_text(2)},
 }
-BUILDERS: dict[str, Any] = {"idefics": _idefics}
+BUILDERS: dict[str, Any] = {"idefics": _idefics, "align": _align}
 SKIP: dict[str, str] = {
     "tvp": "only a batch of 1 runs: TvpVisualInputEmbedding.add_2d_positional_embeddings views "
            "the (width, hidden) column embeddings as (batch_size, 1, width, hidden) "
