@@ -40,6 +40,9 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "d_fine": ("eager", "batch"),  # RT-DETR-like: hybrid encoder, deformable decoder
     "sapiens2": ("eager", "rule", "batch"),  # grouped-query ViT with register tokens
     "vjepa2": ("eager", "batch"),  # video tubelets, a predictor over context + mask tokens
+    "nemotron": ("eager", "rule", "batch", "padding"),  # partial rotary, grouped keys
+    "bros": ("eager", "rule", "batch", "padding"),  # layout: a box per token beside the ids
+    "timesfm": ("eager", "rule", "batch"),  # time series: patches of a padded series
 }
 REFUSED = {"mamba": "no attention call"}  # no attention at all: refused by name
 

@@ -183,6 +183,8 @@ class CallTracker:
         try:
             (grad,) = torch.autograd.grad(out, hidden, weights, retain_graph=True,
                                           allow_unused=True)
+        except RuntimeError:  # a graph its own in-place updates broke (RWKV's state): unknown
+            return True
         finally:
             self.session.muted = previous
         return grad is not None and bool(grad[:, :-1].any())

@@ -42,9 +42,6 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                             "attn_layers": ["local", "lsh"], "local_attn_chunk_length": 4,
                             "lsh_attn_chunk_length": 4, "num_buckets": 2,
                             "max_position_embeddings": 8, "is_decoder": False}},
-    # time-series transformers need a horizon
-    "autoformer": {"config": {"prediction_length": 4, "context_length": 8}},
-    "informer": {"config": {"prediction_length": 4, "context_length": 8}},
 }
 
 #: model_type -> the builder of ``tests/arch_zoo.py`` that makes it when the generic shrink does

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from itertools import count
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +70,11 @@ class InterfaceBackend(Backend):
                 f"{type(module).__name__} has no eager attention function; record it with "
                 "backend='softmax'"
             )
+        # sparse (indexer) attention hands its selected keys to non-eager kernels only: the
+        # eager function would ignore them and attend to every key (padding is read from the
+        # dense mask: a key no query selected is not padding)
+        dense_mask = attention_mask
+        attention_mask, kwargs = _with_sparse_indices(attention_mask, key, kwargs)
         session = self.session
         session.interface_dispatched.add(id(module))
         states = None
@@ -89,6 +94,7 @@ class InterfaceBackend(Backend):
             finally:
                 session.in_interface -= 1
             if result is not None:
+                self._dense_padding(made, dense_mask, attention_mask)
                 self._own_call(module, states, made)
                 return result
         catch: list[Tensor] = []
@@ -122,8 +128,18 @@ class InterfaceBackend(Backend):
                 record.masked_keys = masked_keys(attention_mask, kept.shape[0])
             if record is not None and states is not None:
                 record.states = states
+        self._dense_padding(made, dense_mask, attention_mask)
         self._own_call(module, states, made)
         return attn_output, weights
+
+    def _dense_padding(self, made: int, dense: Tensor | None, mask: Tensor | None) -> None:
+        r"""The padding of the calls just recorded read from the mask before an indexer's
+        selection was folded in (a key no query selected is not padding)."""
+        if dense is mask:
+            return
+        for record in self.recorder.records[made:]:
+            if record.masked_keys is not None:
+                record.masked_keys = masked_keys(dense, record.masked_keys.shape[0])
 
     def _own_call(self, module: nn.Module, states: tuple[Tensor, Tensor] | None,
                   made: int) -> None:
@@ -157,3 +173,23 @@ def _without_empty_rows(mask: Tensor | None) -> tuple[Tensor | None, Tensor | No
     if not bool(empty.any()):
         return mask, None
     return mask.masked_fill(empty[..., None], 0.0), empty
+
+
+def _with_sparse_indices(mask: Tensor | None, key: Tensor, kwargs: dict) -> tuple[Any, dict]:
+    r"""``(mask, kwargs)`` with an ``indices`` kwarg (``(B, n_q, top_k)`` key indices an indexer
+    selected: DeepSeek-V3.2, Dots 3, GLM-MoE-DSA, which build this very mask themselves under
+    ``"eager"`` / ``"sdpa"`` and pass the indices to other kernels) folded into the mask: every
+    key not selected is hidden, as those models' eager path does."""
+    indices = kwargs.get("indices")
+    if not isinstance(indices, Tensor):
+        return mask, kwargs
+    batch, n_query = indices.shape[0], indices.shape[1]
+    hidden = torch.ones(batch, n_query, key.shape[-2], dtype=torch.bool, device=key.device)
+    hidden = hidden.scatter(-1, indices.long(), False).unsqueeze(1)
+    if mask is None:
+        mask = torch.zeros(hidden.shape, dtype=key.dtype, device=key.device)
+    if mask.dtype == torch.bool:
+        mask = mask & ~hidden
+    else:
+        mask = mask.masked_fill(hidden, torch.finfo(mask.dtype).min)
+    return mask, {**kwargs, "indices": None}

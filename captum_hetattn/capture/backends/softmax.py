@@ -200,6 +200,10 @@ class SoftmaxBackend(Backend):
             return self._skip(module, out, "it weighs sampling points (deformable attention)")
         if dim not in (-1, out.dim() - 1):
             return self._skip(module, out, f"it normalises dimension {dim}, not the last one")
+        if isinstance(scores, Tensor) and _gathered_queries(scores):
+            return self._skip(module, out, (
+                "its query rows are a gathered selection of the tokens (Informer's ProbSparse "
+                "top-u queries), not the tokens in order, so its rows cannot be read as tokens"))
         heads = head_count(module)
         raw = False
         if out.dim() == 4 and not (
@@ -227,3 +231,35 @@ class SoftmaxBackend(Backend):
             if record is not None and session.record_io and isinstance(scores, Tensor):
                 record.scores, record.raw, record.heads = scores, raw, heads
                 record.linears = list(session.frames[-1].linears)
+
+
+_THROUGH = {"ViewBackward0", "UnsafeViewBackward0", "TransposeBackward0", "ExpandBackward0",
+            "CloneBackward0", "ReshapeAliasBackward0", "MulBackward0", "DivBackward0",
+            "AddBackward0", "ToCopyBackward0"}
+
+
+def _gathered_queries(scores: Tensor) -> bool:
+    r"""Whether the scores' query operand (the first factor of the product that made them, past
+    reshapes, scalings and an added mask) was taken by advanced indexing of another tensor: its
+    rows are then a selection or a permutation of the tokens (Informer's ProbSparse attention
+    computes ``softmax(Q[top_u] K^T)`` and scatters the rows back)."""
+    node = scores.grad_fn
+    for _ in range(8):  # to the product, through what keeps its rows
+        if node is None or type(node).__name__ in ("BmmBackward0", "MmBackward0"):
+            break
+        if type(node).__name__ not in _THROUGH or not node.next_functions:
+            return False
+        node = node.next_functions[0][0]
+    if node is None or type(node).__name__ not in ("BmmBackward0", "MmBackward0"):
+        return False
+    node = node.next_functions[0][0]
+    for _ in range(8):  # the query factor, through reshapes only
+        name = type(node).__name__ if node is not None else ""
+        if name == "IndexBackward0":
+            return True
+        if name not in ("ViewBackward0", "UnsafeViewBackward0", "TransposeBackward0",
+                        "ExpandBackward0", "CloneBackward0", "ReshapeAliasBackward0"):
+            return False
+        node = node.next_functions[0][0]
+    return False
+
