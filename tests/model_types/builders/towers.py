@@ -3,8 +3,88 @@ r"""Sweep data for SAM-style models and stand-alone vision towers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch import Tensor
+
+
+def _generator(offset: int) -> torch.Generator:
+    return torch.Generator().manual_seed(4321 + offset)
+
+
+def _tiny(model_type: str, **values: Any) -> Any:
+    r"""The sweep's shrunk config of ``model_type`` with ``values`` merged in."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from ..build import _merge, shrink
+
+    config_class = CONFIG_MAPPING[model_type]
+    data = shrink(config_class().to_dict())
+    _merge(data, values)
+    for key in ("transformers_version", "architectures", "id2label", "label2id"):
+        data.pop(key, None)
+    data["num_labels"] = 3
+    return config_class.from_dict(data)
+
+
+def _case(model_type: str, model: Any, forward: Callable[..., Tensor], inputs: tuple,
+          extra: tuple, mask: Tensor | None, notes: list[str], head: str = "classifier") -> Any:
+    from ..build import Case
+
+    return Case(model_type, head, type(model).__name__, model, forward, inputs, extra, 1, mask,
+                notes)
+
+
+# ------------------------------------------------------------------------------ SigLIP2 (NaFlex)
+_SIGLIP2_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                   "num_attention_heads": 2, "patch_size": 4, "num_patches": 16}
+
+
+def _naflex_batch(channels: int = 3, patch: int = 4) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Two images as NaFlex patch rows: a 4×4 grid, and a 3×4 grid padded to 16 rows."""
+    pixels = torch.randn(2, 16, channels * patch * patch, generator=_generator(0))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, 12:] = 0
+    pixels[1, 12:] = 0.0
+    return pixels, mask, torch.tensor([[4, 4], [3, 4]])
+
+
+def _siglip2_case(model_type: str, class_name: str, config: Any, head: str) -> Any:
+    import transformers
+
+    torch.manual_seed(0)
+    model = getattr(transformers, class_name)(config).eval()
+    pixels, mask, shapes = _naflex_batch()
+
+    def forward(pixel_values: Tensor, pixel_attention_mask: Tensor,
+                spatial_shapes: Tensor) -> Tensor:
+        output = model(pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask,
+                       spatial_shapes=spatial_shapes)
+        if head == "classifier":
+            return output.logits
+        return output.pooler_output[:, :4]  # the attention-pooling head's probe
+
+    notes = ["inputs: pixel_values (NaFlex patch rows), pixel_attention_mask, spatial_shapes"]
+    return _case(model_type, model, forward, (pixels,), (mask, shapes), mask, notes, head)
+
+
+def _siglip2() -> Any:
+    r"""The classifier mean-pools the patch tokens (not the pooling head)."""
+    config = _tiny("siglip2", vision_config=_SIGLIP2_VISION)
+    return _siglip2_case("siglip2", "Siglip2ForImageClassification", config, "classifier")
+
+
+def _siglip2_vision() -> Any:
+    r"""The vision tower scored on its attention-pooling head's output."""
+    config = _tiny("siglip2_vision_model", **_SIGLIP2_VISION)
+    return _siglip2_case("siglip2_vision_model", "Siglip2VisionModel", config, "base")
+
+
 OVERRIDES: dict[str, dict[str, Any]] = {}
-BUILDERS: dict[str, Any] = {}
+BUILDERS: dict[str, Any] = {
+    "siglip2": _siglip2,
+    "siglip2_vision_model": _siglip2_vision,
+}
 SKIP: dict[str, str] = {}
