@@ -82,9 +82,53 @@ def _siglip2_vision() -> Any:
     return _siglip2_case("siglip2_vision_model", "Siglip2VisionModel", config, "base")
 
 
+# ------------------------------------------------------------------------------ SAM
+# the values SAM's own tests use (24-pixel images in patches of 2: a 12×12 grid, the second layer
+# global), but windows of 6 that tile the grid: with their windows of 14 (as SAM's checkpoints,
+# 64-token grids in windows of 14) the padded window slots are attended unmasked, which the
+# engine refuses by name (tests/test_sweep_btowers.py)
+_SAM_VISION = {"hidden_size": 36, "intermediate_size": 72, "projection_dim": 62,
+               "output_channels": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "image_size": 24, "patch_size": 2, "window_size": 6, "global_attn_indexes": [1],
+               "num_pos_feats": 16, "mlp_dim": 72}
+_SAM_PROMPT = {"hidden_size": 32, "image_size": 24, "patch_size": 2, "mask_input_channels": 4,
+               "num_point_embeddings": 4, "image_embedding_size": 12}
+_SAM_DECODER = {"hidden_size": 32, "mlp_dim": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "attention_downsample_rate": 2, "iou_head_depth": 3,
+                "iou_head_hidden_dim": 32, "vit_dim": 36}
+
+
+def _prompted_case(model_type: str, class_name: str, config: Any, size: int) -> Any:
+    r"""A SAM-like model given an image and one point prompt per example, scored on its three
+    masks' predicted IoU."""
+    import transformers
+
+    torch.manual_seed(0)
+    model = getattr(transformers, class_name)(config).eval()
+    pixels = torch.randn(2, 3, size, size, generator=_generator(1))
+    points = torch.rand(2, 1, 1, 2, generator=_generator(2)) * size
+
+    def forward(pixel_values: Tensor, input_points: Tensor) -> Tensor:
+        return model(pixel_values=pixel_values, input_points=input_points).iou_scores[:, 0]
+
+    notes = ["inputs: pixel_values; one point prompt per example (input_points)"]
+    return _case(model_type, model, forward, (pixels,), (points,), None, notes, "base")
+
+
+def _sam(model_type: str, class_name: str) -> Callable[[], Any]:
+    def build() -> Any:
+        config = _tiny(model_type, vision_config=_SAM_VISION,
+                       prompt_encoder_config=_SAM_PROMPT, mask_decoder_config=_SAM_DECODER)
+        return _prompted_case(model_type, class_name, config, 24)
+
+    return build
+
+
 OVERRIDES: dict[str, dict[str, Any]] = {}
 BUILDERS: dict[str, Any] = {
     "siglip2": _siglip2,
     "siglip2_vision_model": _siglip2_vision,
+    "sam": _sam("sam", "SamModel"),
+    "sam_hq": _sam("sam_hq", "SamHQModel"),
 }
 SKIP: dict[str, str] = {}
