@@ -124,11 +124,75 @@ def _sam(model_type: str, class_name: str) -> Callable[[], Any]:
     return build
 
 
+# ------------------------------------------------------------------------------ SAM2 (Hiera)
+# SAM2's own tests' widths (12 → 96 over four stages), on 64-pixel images (grids 16, 8, 4, 2)
+# with one block per stage but a global second block in the third, windows that tile each grid
+_HIERA = {"hidden_size": 12, "image_size": 64, "patch_stride": 4, "patch_kernel_size": 7,
+          "patch_padding": 3, "blocks_per_stage": [1, 1, 2, 1],
+          "embed_dim_per_stage": [12, 24, 48, 96], "num_attention_heads_per_stage": [1, 2, 2, 2],
+          "window_size_per_stage": [8, 4, 4, 2], "global_attention_blocks": [3],
+          "window_positional_embedding_background_size": [4, 4]}
+
+
+def _sam2_vision_config() -> Any:
+    import transformers
+
+    backbone = transformers.Sam2HieraDetConfig(**_HIERA)
+    return transformers.Sam2VisionConfig(
+        backbone_config=backbone, backbone_channel_list=[96, 48, 24, 12],
+        backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=32)
+
+
+def _sam2() -> Any:
+    import transformers
+
+    config = transformers.Sam2Config(
+        vision_config=_sam2_vision_config(),
+        prompt_encoder_config=transformers.Sam2PromptEncoderConfig(
+            image_size=64, patch_size=16, mask_input_channels=8, hidden_size=32),
+        mask_decoder_config=transformers.Sam2MaskDecoderConfig(
+            hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=4,
+            iou_head_hidden_dim=32),
+        memory_encoder_hidden_size=32)
+    return _prompted_case("sam2", "Sam2Model", config, 64)
+
+
+def _pixels_case(model_type: str, model: Any, size: int) -> Any:
+    r"""A vision backbone scored on the first channels of its last feature map's mean."""
+    pixels = torch.randn(2, 3, size, size, generator=_generator(3))
+
+    def forward(pixel_values: Tensor) -> Tensor:
+        state = model(pixel_values=pixel_values).last_hidden_state  # (B, H, W, C)
+        return state.flatten(1, -2).mean(1)[:, :4]
+
+    return _case(model_type, model, forward, (pixels,), (), None, ["inputs: pixel_values"],
+                 "base")
+
+
+def _sam2_vision() -> Any:
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.Sam2VisionModel(_sam2_vision_config()).eval()
+    return _pixels_case("sam2_vision_model", model, 64)
+
+
+def _sam2_hiera() -> Any:
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.Sam2HieraDetModel(transformers.Sam2HieraDetConfig(**_HIERA)).eval()
+    return _pixels_case("sam2_hiera_det_model", model, 64)
+
+
 OVERRIDES: dict[str, dict[str, Any]] = {}
 BUILDERS: dict[str, Any] = {
     "siglip2": _siglip2,
     "siglip2_vision_model": _siglip2_vision,
     "sam": _sam("sam", "SamModel"),
     "sam_hq": _sam("sam_hq", "SamHQModel"),
+    "sam2": _sam2,
+    "sam2_vision_model": _sam2_vision,
+    "sam2_hiera_det_model": _sam2_hiera,
 }
 SKIP: dict[str, str] = {}
