@@ -185,6 +185,37 @@ def _sam2_hiera() -> Any:
     return _pixels_case("sam2_hiera_det_model", model, 64)
 
 
+# ------------------------------------------------------------------------------ packed towers
+def _packed(model_type: str, row: tuple[int, ...], grid: str = "grid_thw",
+            **extra: Tensor) -> Callable[[], Any]:
+    r"""A Qwen-VL-style vision tower given two images of 4×4 patches packed into one sequence of
+    ``row``-shaped patches, with their grid under ``grid``; scored per image on the mean of its
+    share of the output rows (merged or not, batched in one row or not)."""
+
+    def build() -> Any:
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+        from ..build import tiny_config
+
+        torch.manual_seed(0)
+        model = getattr(transformers, MODEL_MAPPING_NAMES[model_type])(
+            tiny_config(model_type)).eval()
+        rows = torch.randn(32, *row, generator=_generator(4))
+        kwargs = {grid: torch.tensor([[1, 4, 4], [1, 4, 4]]), **extra}
+
+        def forward(pixel_values: Tensor) -> Tensor:
+            state = model(pixel_values=pixel_values, **kwargs).last_hidden_state
+            state = state.reshape(2, -1, state.shape[-1])  # the images' rows, in order
+            return state.mean(1)[:, :4]
+
+        notes = [f"inputs: pixel_values (packed rows {tuple(row)}), {', '.join(kwargs)}",
+                 "packed images"]
+        return _case(model_type, model, forward, (rows,), (), None, notes, "base")
+
+    return build
+
+
 OVERRIDES: dict[str, dict[str, Any]] = {}
 BUILDERS: dict[str, Any] = {
     "siglip2": _siglip2,
@@ -194,5 +225,12 @@ BUILDERS: dict[str, Any] = {
     "sam2": _sam2,
     "sam2_vision_model": _sam2_vision,
     "sam2_hiera_det_model": _sam2_hiera,
+    "kimi_k25_vision": _packed("kimi_k25_vision", (3, 8, 8)),
+    "hunyuan_vl_vision": _packed("hunyuan_vl_vision", (192,)),
+    "hy_v4_vl_vision": _packed("hy_v4_vl_vision", (192,)),
+    "muse_glimmer_vision": _packed("muse_glimmer_vision", (384,)),  # two frames per patch
+    "muse_spark_vision": _packed("muse_spark_vision", (384,)),
+    "video_llama_3_vision": _packed("video_llama_3_vision", (192,),
+                                    merge_sizes=torch.tensor([1, 1])),
 }
 SKIP: dict[str, str] = {}
