@@ -216,6 +216,39 @@ def _packed(model_type: str, row: tuple[int, ...], grid: str = "grid_thw",
     return build
 
 
+# ------------------------------------------------------------------------------ Gemma 4 vision
+def _gemma4_vision() -> Any:
+    r"""Patchified images with their patch positions: a 4×4 grid, and a 4×2 grid padded to 16
+    patches (positions -1); the tower pools 2×2 patches and returns every image's valid rows
+    stacked, scored per image on the mean of its rows."""
+    import transformers
+
+    from ..build import tiny_config
+
+    config = tiny_config("gemma4_vision")
+    config.patch_size, config.pooling_kernel_size = 4, 2
+    torch.manual_seed(0)
+    model = transformers.Gemma4VisionModel(config).eval()
+    grid = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="xy"), -1)
+    positions = grid.reshape(1, 16, 2).repeat(2, 1, 1)
+    positions[1, 8:] = -1
+    pixels = torch.randn(2, 16, 3 * 16, generator=_generator(5))
+    pixels[1, 8:] = 0.0
+
+    def forward(pixel_values: Tensor, pixel_position_ids: Tensor) -> Tensor:
+        state = model(pixel_values=pixel_values, pixel_position_ids=pixel_position_ids)
+        valid = (pixel_position_ids >= 0).all(-1)
+        # each image keeps one row per pooling window holding a valid patch
+        counts = [len({tuple(p) for p in (pixel_position_ids[i][valid[i]] // 2).tolist()})
+                  for i in range(pixel_position_ids.shape[0])]
+        rows = state.last_hidden_state.split(counts)
+        return torch.stack([r.mean(0) for r in rows])[:, :4]
+
+    notes = ["inputs: pixel_values (patch rows), pixel_position_ids (-1 on padding)"]
+    mask = (positions >= 0).all(-1).long()
+    return _case("gemma4_vision", model, forward, (pixels,), (positions,), mask, notes, "base")
+
+
 OVERRIDES: dict[str, dict[str, Any]] = {}
 BUILDERS: dict[str, Any] = {
     "siglip2": _siglip2,
@@ -225,6 +258,7 @@ BUILDERS: dict[str, Any] = {
     "sam2": _sam2,
     "sam2_vision_model": _sam2_vision,
     "sam2_hiera_det_model": _sam2_hiera,
+    "gemma4_vision": _gemma4_vision,
     "kimi_k25_vision": _packed("kimi_k25_vision", (3, 8, 8)),
     "hunyuan_vl_vision": _packed("hunyuan_vl_vision", (192,)),
     "hy_v4_vl_vision": _packed("hy_v4_vl_vision", (192,)),
