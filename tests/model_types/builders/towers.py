@@ -249,6 +249,30 @@ def _gemma4_vision() -> Any:
     return _case("gemma4_vision", model, forward, (pixels,), (positions,), mask, notes, "base")
 
 
+# ------------------------------------------------------------------------------ Pixtral
+def _pixtral() -> Any:
+    r"""Two images padded to 32×32 with their real sizes (32×32 and 32×16): the tower cuts each
+    to its size and packs their patches into one sequence; scored per image on its rows' mean."""
+    import transformers
+
+    from ..build import tiny_config
+
+    torch.manual_seed(0)
+    model = transformers.PixtralVisionModel(tiny_config("pixtral")).eval()
+    patch = model.config.patch_size
+    sizes = torch.tensor([[32, 32], [32, 16]])
+    pixels = torch.randn(2, 3, 32, 32, generator=_generator(6))
+    pixels[1, :, :, 16:] = 0.0
+
+    def forward(pixel_values: Tensor, image_sizes: Tensor) -> Tensor:
+        state = model(pixel_values=pixel_values, image_sizes=image_sizes).last_hidden_state[0]
+        counts = (image_sizes // patch).prod(-1).tolist()
+        return torch.stack([r.mean(0) for r in state.split(counts)])[:, :4]
+
+    notes = ["inputs: pixel_values, image_sizes (example 1 half padding)", "packed images"]
+    return _case("pixtral", model, forward, (pixels,), (sizes,), None, notes, "base")
+
+
 OVERRIDES: dict[str, dict[str, Any]] = {}
 BUILDERS: dict[str, Any] = {
     "siglip2": _siglip2,
@@ -259,6 +283,7 @@ BUILDERS: dict[str, Any] = {
     "sam2_vision_model": _sam2_vision,
     "sam2_hiera_det_model": _sam2_hiera,
     "gemma4_vision": _gemma4_vision,
+    "pixtral": _pixtral,
     "kimi_k25_vision": _packed("kimi_k25_vision", (3, 8, 8)),
     "hunyuan_vl_vision": _packed("hunyuan_vl_vision", (192,)),
     "hy_v4_vl_vision": _packed("hy_v4_vl_vision", (192,)),
