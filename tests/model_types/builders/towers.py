@@ -273,6 +273,34 @@ def _pixtral() -> Any:
     return _case("pixtral", model, forward, (pixels,), (sizes,), None, notes, "base")
 
 
+# ------------------------------------------------------------------------------ MiniCPM towers
+def _minicpm(model_type: str) -> Callable[[], Any]:
+    r"""Two images of 4×4 patches as MiniCPM-V's one strip of patches ``(1, C, P, 32·P)`` with
+    their grids (``target_sizes``); scored per image on its rows' mean."""
+
+    def build() -> Any:
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+        from ..build import tiny_config
+
+        torch.manual_seed(0)
+        model = getattr(transformers, MODEL_MAPPING_NAMES[model_type])(
+            tiny_config(model_type)).eval()
+        patch = model.config.patch_size
+        strip = torch.randn(1, 3, patch, 32 * patch, generator=_generator(7))
+        sizes = torch.tensor([[4, 4], [4, 4]])
+
+        def forward(pixel_values: Tensor) -> Tensor:
+            state = model(pixel_values=pixel_values, target_sizes=sizes).last_hidden_state
+            return state.reshape(2, -1, state.shape[-1]).mean(1)[:, :4]
+
+        notes = ["inputs: pixel_values (one strip of patches), target_sizes", "packed images"]
+        return _case(model_type, model, forward, (strip,), (), None, notes, "base")
+
+    return build
+
+
 OVERRIDES: dict[str, dict[str, Any]] = {}
 BUILDERS: dict[str, Any] = {
     "siglip2": _siglip2,
@@ -284,6 +312,8 @@ BUILDERS: dict[str, Any] = {
     "sam2_hiera_det_model": _sam2_hiera,
     "gemma4_vision": _gemma4_vision,
     "pixtral": _pixtral,
+    "minicpm_ocr_vision": _minicpm("minicpm_ocr_vision"),
+    "minicpmv4_7_vision": _minicpm("minicpmv4_7_vision"),
     "kimi_k25_vision": _packed("kimi_k25_vision", (3, 8, 8)),
     "hunyuan_vl_vision": _packed("hunyuan_vl_vision", (192,)),
     "hy_v4_vl_vision": _packed("hy_v4_vl_vision", (192,)),
