@@ -301,6 +301,28 @@ def _minicpm(model_type: str) -> Callable[[], Any]:
     return build
 
 
+# ------------------------------------------------------------------------------ SAM3 tracker
+def _sam3_tracker() -> Any:
+    r"""SAM3's ViT (56-pixel images in patches of 14: a 4×4 grid, windows of 2 that tile it, the
+    second layer global) under SAM2's prompt encoder and mask decoder, one point prompt."""
+    import transformers
+
+    vit = transformers.Sam3ViTConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=56, patch_size=14, window_size=2, global_attn_indexes=[1],
+        pretrain_image_size=56)
+    vision = transformers.Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=32,
+                                           backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]])
+    config = transformers.Sam3TrackerConfig(
+        vision_config=vision,
+        prompt_encoder_config={"image_size": 56, "patch_size": 14, "mask_input_channels": 8,
+                               "hidden_size": 32},
+        mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_hidden_layers": 2,
+                             "num_attention_heads": 4, "iou_head_hidden_dim": 32},
+        memory_encoder_hidden_size=32)
+    return _prompted_case("sam3_tracker", "Sam3TrackerModel", config, 56)
+
+
 OVERRIDES: dict[str, dict[str, Any]] = {}
 BUILDERS: dict[str, Any] = {
     "siglip2": _siglip2,
@@ -310,6 +332,7 @@ BUILDERS: dict[str, Any] = {
     "sam2": _sam2,
     "sam2_vision_model": _sam2_vision,
     "sam2_hiera_det_model": _sam2_hiera,
+    "sam3_tracker": _sam3_tracker,
     "gemma4_vision": _gemma4_vision,
     "pixtral": _pixtral,
     "minicpm_ocr_vision": _minicpm("minicpm_ocr_vision"),
