@@ -323,6 +323,42 @@ def _sam3_tracker() -> Any:
     return _prompted_case("sam3_tracker", "Sam3TrackerModel", config, 56)
 
 
+# ------------------------------------------------------------------------------ SAM3 (text)
+def _sam3(model_type: str, class_name: str) -> Callable[[], Any]:
+    r"""SAM3 prompted by text (padded on example 1) over a 56-pixel image (SAM3's ViT as in
+    :func:`_sam3_tracker`), scored on its first object queries' logits."""
+
+    def build() -> Any:
+        import transformers
+
+        from ..build import _ids_and_mask, tiny_config
+
+        config = tiny_config(model_type)
+        vit = transformers.Sam3ViTConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            image_size=56, patch_size=14, window_size=2, global_attn_indexes=[1],
+            pretrain_image_size=56)
+        config.vision_config = transformers.Sam3VisionConfig(
+            backbone_config=vit, fpn_hidden_size=32,
+            backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]])
+        for name in ("geometry_encoder_config", "detr_encoder_config", "detr_decoder_config",
+                     "mask_decoder_config"):
+            getattr(config, name).hidden_size = 32
+        torch.manual_seed(0)
+        model = getattr(transformers, class_name)(config).eval()
+        ids, mask = _ids_and_mask(config.text_config)
+        pixels = torch.randn(2, 3, 56, 56, generator=_generator(8))
+
+        def forward(input_ids: Tensor, pixel_values: Tensor, attention_mask: Tensor) -> Tensor:
+            return model(pixel_values=pixel_values, input_ids=input_ids,
+                         attention_mask=attention_mask).pred_logits[:, :4]
+
+        notes = ["inputs: input_ids (text prompt), pixel_values"]
+        return _case(model_type, model, forward, (ids, pixels), (mask,), mask, notes, "base")
+
+    return build
+
+
 OVERRIDES: dict[str, dict[str, Any]] = {}
 BUILDERS: dict[str, Any] = {
     "siglip2": _siglip2,
@@ -333,6 +369,8 @@ BUILDERS: dict[str, Any] = {
     "sam2_vision_model": _sam2_vision,
     "sam2_hiera_det_model": _sam2_hiera,
     "sam3_tracker": _sam3_tracker,
+    "sam3": _sam3("sam3", "Sam3Model"),
+    "sam3_lite_text": _sam3("sam3_lite_text", "Sam3LiteTextModel"),
     "gemma4_vision": _gemma4_vision,
     "pixtral": _pixtral,
     "minicpm_ocr_vision": _minicpm("minicpm_ocr_vision"),
