@@ -359,7 +359,17 @@ def _sam3(model_type: str, class_name: str) -> Callable[[], Any]:
     return build
 
 
-OVERRIDES: dict[str, dict[str, Any]] = {}
+def _text_ids(config: Any) -> list[dict[str, Tensor]]:
+    r"""Padded ids alone, for a text tower whose ``main_input_name`` is not ``input_ids``."""
+    from ..build import _ids_and_mask
+
+    return [{"input_ids": _ids_and_mask(config)[0]}]
+
+
+OVERRIDES: dict[str, dict[str, Any]] = {
+    # its first and last layers are RepMixer convolutions: a third layer holds the attention
+    "sam3_lite_text_text_model": {"inputs": _text_ids, "config": {"num_hidden_layers": 3}},
+}
 BUILDERS: dict[str, Any] = {
     "siglip2": _siglip2,
     "siglip2_vision_model": _siglip2_vision,
@@ -383,4 +393,13 @@ BUILDERS: dict[str, Any] = {
     "video_llama_3_vision": _packed("video_llama_3_vision", (192,),
                                     merge_sizes=torch.tensor([1, 1])),
 }
-SKIP: dict[str, str] = {}
+_TIMM = "needs timm (optional, not a dependency)"
+_SESSION = ("stateful video tracking: forward takes an inference session (frames, prompts, "
+            "memory bank) that every call updates; there is no stateless batch forward to explain")
+SKIP: dict[str, str] = {
+    **dict.fromkeys(("edgetam", "edgetam_vision_model", "fast_vlm", "perception_lm",
+                     "gemma3n_vision", "pe_video", "pe_video_encoder", "pe_audio_video",
+                     "pe_audio_video_encoder"), _TIMM),
+    **dict.fromkeys(("sam2_video", "sam3_tracker_video", "sam3_video"), _SESSION),
+    "edgetam_video": f"{_SESSION}; its image encoder also {_TIMM}",
+}
