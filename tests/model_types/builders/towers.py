@@ -186,8 +186,8 @@ def _sam2_hiera() -> Any:
 
 
 # ------------------------------------------------------------------------------ packed towers
-def _packed(model_type: str, row: tuple[int, ...], grid: str = "grid_thw",
-            **extra: Tensor) -> Callable[[], Any]:
+def _packed(model_type: str, row: tuple[int, ...], grid: str = "grid_thw", count: int = 32,
+            thw: tuple[int, int, int] = (1, 4, 4), **extra: Tensor) -> Callable[[], Any]:
     r"""A Qwen-VL-style vision tower given two images of 4×4 patches packed into one sequence of
     ``row``-shaped patches, with their grid under ``grid``; scored per image on the mean of its
     share of the output rows (merged or not, batched in one row or not)."""
@@ -201,8 +201,8 @@ def _packed(model_type: str, row: tuple[int, ...], grid: str = "grid_thw",
         torch.manual_seed(0)
         model = getattr(transformers, MODEL_MAPPING_NAMES[model_type])(
             tiny_config(model_type)).eval()
-        rows = torch.randn(32, *row, generator=_generator(4))
-        kwargs = {grid: torch.tensor([[1, 4, 4], [1, 4, 4]]), **extra}
+        rows = torch.randn(count, *row, generator=_generator(4))
+        kwargs = {grid: torch.tensor([thw, thw]), **extra}
 
         def forward(pixel_values: Tensor) -> Tensor:
             state = model(pixel_values=pixel_values, **kwargs).last_hidden_state
@@ -390,6 +390,8 @@ BUILDERS: dict[str, Any] = {
     "hy_v4_vl_vision": _packed("hy_v4_vl_vision", (192,)),
     "muse_glimmer_vision": _packed("muse_glimmer_vision", (384,)),  # two frames per patch
     "muse_spark_vision": _packed("muse_spark_vision", (384,)),
+    # one row per language-model token: 2×2 tokens of 2×2 merged 8-pixel patches per image
+    "inkling2_vision": _packed("inkling2_vision", (16, 16, 3), "image_grid_thw", 8, (1, 2, 2)),
     "video_llama_3_vision": _packed("video_llama_3_vision", (192,),
                                     merge_sizes=torch.tensor([1, 1])),
 }
