@@ -36,6 +36,9 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "blip": ("eager", "batch"),  # dual encoder: text and pixels, per-example product
     "lxmert": ("types", "eager", "batch"),  # two streams, cross-attention (tests/arch_zoo.py)
     "xlm-roberta-xl": ("eager", "rule", "batch", "padding"),
+    "siglip2": ("eager", "batch", "padding"),  # NaFlex patch rows; mean-pooled, head unused
+    "gemma4_vision": ("eager", "batch", "padding"),  # patch positions, pooled rows stacked
+    "sam3_lite_text_text_model": ("eager", "batch", "padding"),  # RepMixer convs around attention
 }
 REFUSED = {"mamba": "no attention call"}  # no attention at all: refused by name
 
