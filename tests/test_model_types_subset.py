@@ -43,6 +43,9 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "nemotron": ("eager", "rule", "batch", "padding"),  # partial rotary, grouped keys
     "bros": ("eager", "rule", "batch", "padding"),  # layout: a box per token beside the ids
     "timesfm": ("eager", "rule", "batch"),  # time series: patches of a padded series
+    "siglip2": ("eager", "batch", "padding"),  # NaFlex patch rows; mean-pooled, head unused
+    "gemma4_vision": ("eager", "batch", "padding"),  # patch positions, pooled rows stacked
+    "sam3_lite_text_text_model": ("eager", "batch", "padding"),  # RepMixer convs around attention
 }
 REFUSED = {"mamba": "no attention call"}  # no attention at all: refused by name
 
