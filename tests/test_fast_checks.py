@@ -1,5 +1,5 @@
-r"""The one-pass finiteness check against the element-wise one it stands in for, and the
-rebuilt flash map (aligned product, shift subtracted after) against the softmax."""
+r"""The one-pass finiteness check against the element-wise one it stands in for, the
+rebuilt flash map against the softmax, and feeds() against its indexed form."""
 
 from __future__ import annotations
 
