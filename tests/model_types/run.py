@@ -108,9 +108,13 @@ def _run_checks(case: Any, explanation: Any, stage: Any,
     # (relevance + the read tokens' own share, ~1), not with the context relevance alone
     scale = max(float((r + checks._own_of(explanation, n)).abs().max())
                 for n, r in explanation.relevance.items())
-    same = all(checks._close(with_maps.relevance[n], r, rtol=1e-4, atol=1e-6 * scale)
-               for n, r in explanation.relevance.items())
-    results["maps-call"] = ("ok", "") if same else ("fail", "return_maps=True changes relevance")
+    missing = sorted(set(explanation.relevance) ^ set(with_maps.relevance))
+    same = not missing and all(
+        checks._close(with_maps.relevance[n], r, rtol=1e-4, atol=1e-6 * scale)
+        for n, r in explanation.relevance.items())
+    results["maps-call"] = ("ok", "") if same else (
+        "fail", f"return_maps=True changes the sources {missing}" if missing
+        else "return_maps=True changes relevance")
     stage("eager reference")
     results["eager"] = checks.eager_maps(with_maps, case)
     stage("batch == singles")
