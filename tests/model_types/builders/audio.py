@@ -1,9 +1,98 @@
-r"""Sweep data for audio model types (see :mod:`model_types.builders`)."""
+r"""Sweep data for audio model types (see :mod:`model_types.builders`).
+
+Audio models read float features or waveforms, so the generic builder passes no mask; the
+types here get their own shapes (what each type's transformers test feeds it) and, where the
+model takes one, a frame mask with example 1 padded, passed as an extra forward argument so a
+single example gets its own row.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-OVERRIDES: dict[str, dict[str, Any]] = {}
-BUILDERS: dict[str, Any] = {}
+import torch
+from torch import Tensor
+
+PAD = 4  # example 1's last frames are padding
+
+
+def _randn(*shape: int, seed: int = 2) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1234 + seed))
+
+
+def _frame_mask(frames: int, pad: int = PAD) -> Tensor:
+    mask = torch.ones(2, frames, dtype=torch.long)
+    mask[1, frames - pad:] = 0
+    return mask
+
+
+def _config(model_type: str, values: dict[str, Any]) -> Any:
+    r"""The shrunk default config of ``model_type`` with ``values`` merged in."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from ..build import LABELS, _merge, shrink
+
+    config_class = CONFIG_MAPPING[model_type]
+    data = shrink(config_class().to_dict())
+    _merge(data, values)
+    for key in ("transformers_version", "architectures", "id2label", "label2id"):
+        data.pop(key, None)
+    data["num_labels"] = LABELS
+    return config_class.from_dict(data)
+
+
+def _case(model_type: str, class_name: str, values: dict[str, Any], inputs: dict[str, Tensor],
+          extras: dict[str, Tensor] | None = None, head: str = "base", fixed: dict | None = None,
+          mask: Tensor | None = None) -> Any:
+    r"""A Case of ``class_name``: ``inputs`` attributed, ``extras`` (masks) passed as additional
+    forward args (sliced per example), ``fixed`` passed as they are."""
+    import transformers
+
+    from ..build import Case, _score
+
+    extras = extras or {}
+    config = _config(model_type, values)
+    torch.manual_seed(0)
+    model = getattr(transformers, class_name)(config).eval()
+    names = (*inputs, *extras)
+
+    def forward(*args: Tensor) -> Tensor:
+        kwargs = {**(fixed or {}), **dict(zip(names, args, strict=True))}
+        return _score(model(**kwargs), head, None)
+
+    with torch.no_grad():
+        forward(*inputs.values(), *extras.values())
+    return Case(model_type, head, class_name, model, forward, tuple(inputs.values()),
+                tuple(extras.values()), 1, mask, [f"inputs: {', '.join(names)}"])
+
+
+def _ast_inputs(config: Any) -> list[dict[str, Tensor]]:
+    return [{"input_values": _randn(2, config.max_length, config.num_mel_bins)}]
+
+
+OVERRIDES: dict[str, dict[str, Any]] = {
+    # 24 frames × 16 mel bins in 2×2 patches with stride 2: 12 × 8 patches
+    "audio-spectrogram-transformer": {
+        "config": {"patch_size": 2, "max_length": 24, "num_mel_bins": 16, "frequency_stride": 2,
+                   "time_stride": 2},
+        "inputs": _ast_inputs},
+}
+
+BUILDERS: dict[str, Any] = {
+    # conformer over 20 frames of 16 stacked features, example 1's last 4 frames masked
+    "wav2vec2-bert": partial(
+        _case, "wav2vec2-bert", "Wav2Vec2BertForSequenceClassification",
+        {"feature_projection_input_dim": 16, "conv_depthwise_kernel_size": 3,
+         "apply_spec_augment": False, "layerdrop": 0.0, "classifier_proj_size": 16},
+        {"input_features": _randn(2, 20, 16)}, {"attention_mask": _frame_mask(20)},
+        head="classifier"),
+    # 20 low-frame-rate rows of 8 mel bins × 7 stacked frames, with the frame mask
+    "fun_asr_nano_encoder": partial(
+        _case, "fun_asr_nano_encoder", "FunAsrNanoEncoder",
+        {"num_mel_bins": 8, "fsmn_kernel_size": 3, "hidden_dropout": 0.0,
+         "attention_dropout": 0.0},
+        {"input_features": _randn(2, 20, 56)},
+        {"input_features_mask": _frame_mask(20)}),
+}
 SKIP: dict[str, str] = {}
