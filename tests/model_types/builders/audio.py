@@ -94,5 +94,47 @@ BUILDERS: dict[str, Any] = {
          "attention_dropout": 0.0},
         {"input_features": _randn(2, 20, 56)},
         {"input_features_mask": _frame_mask(20)}),
+    # the Whisper-like encoder over 8 mel bins × 64 frames (stride 2: 32 positions), mask on frames
+    "audioflamingo3_encoder": partial(
+        _case, "audioflamingo3_encoder", "AudioFlamingo3Encoder", {"num_mel_bins": 8},
+        {"input_features": _randn(2, 8, 64)}, {"input_features_mask": _frame_mask(64, 8)}),
+    # conformer with chunked local attention: 16 mel bins, 2 conv subsampling steps; the mask is
+    # True on padding frames
+    "gemma3n_audio": partial(
+        _case, "gemma3n_audio", "Gemma3nAudioEncoder",
+        {"input_feat_size": 16, "sscp_conv_channel_size": [16, 16], "conf_num_hidden_layers": 2,
+         "conf_reduction_factor": 1},
+        {"audio_mel": _randn(2, 32, 16)}, {"audio_mel_mask": _frame_mask(32, 8) == 0}),
+    # its subsampler reads as many mel bins as its first conv has channels
+    "gemma4_audio": partial(
+        _case, "gemma4_audio", "Gemma4AudioModel",
+        {"subsampling_conv_channels": [16, 16], "output_proj_dims": 32},
+        {"input_features": _randn(2, 32, 16)}, {"attention_mask": _frame_mask(32, 8) == 1}),
+    # 4 stacked frames of 8 mel bins per row
+    "granite_speech5_encoder": partial(
+        _case, "granite_speech5_encoder", "GraniteSpeech5Encoder",
+        {"num_mel_bins": 8, "conv_kernel_size": 3, "context_size": 8},
+        {"input_features": _randn(2, 16, 32)}, {"attention_mask": _frame_mask(16)}),
+    "granite_speech5_ctc": partial(
+        _case, "granite_speech5_ctc", "GraniteSpeech5ForCTC",
+        {"encoder_config": {"num_mel_bins": 8, "conv_kernel_size": 3, "context_size": 8}},
+        {"input_features": _randn(2, 16, 32)}, {"attention_mask": _frame_mask(16)}, head="lm"),
+    # fast conformer (8× subsampling) over 64 frames of 16 mel bins, one decoder token each
+    "parakeet_rnnt": partial(
+        _case, "parakeet_rnnt", "ParakeetForRNNT",
+        {"encoder_config": {"num_mel_bins": 16, "conv_kernel_size": 3, "dropout": 0.0,
+                            "layerdrop": 0.0, "activation_dropout": 0.0,
+                            "attention_dropout": 0.0}},
+        {"input_features": _randn(2, 64, 16)},
+        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
+        mask=_frame_mask(8, 2)),
+    "parakeet_tdt": partial(
+        _case, "parakeet_tdt", "ParakeetForTDT",
+        {"encoder_config": {"num_mel_bins": 16, "conv_kernel_size": 3, "dropout": 0.0,
+                            "layerdrop": 0.0, "activation_dropout": 0.0,
+                            "attention_dropout": 0.0}},
+        {"input_features": _randn(2, 64, 16)},
+        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
+        mask=_frame_mask(8, 2)),
 }
 SKIP: dict[str, str] = {}
