@@ -71,7 +71,12 @@ def _ast_inputs(config: Any) -> list[dict[str, Tensor]]:
     return [{"input_values": _randn(2, config.max_length, config.num_mel_bins)}]
 
 
+_FAST_CONFORMER = {"num_mel_bins": 16, "conv_kernel_size": 3, "dropout": 0.0, "layerdrop": 0.0,
+                   "activation_dropout": 0.0, "attention_dropout": 0.0}
+
 OVERRIDES: dict[str, dict[str, Any]] = {
+    # the decoder's attention reads the key/value head count from the top config
+    "moonshine_streaming": {"config": {"num_key_value_heads": 2}},
     # 24 frames × 16 mel bins in 2×2 patches with stride 2: 12 × 8 patches
     "audio-spectrogram-transformer": {
         "config": {"patch_size": 2, "max_length": 24, "num_mel_bins": 16, "frequency_stride": 2,
@@ -136,5 +141,34 @@ BUILDERS: dict[str, Any] = {
         {"input_features": _randn(2, 64, 16)},
         {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
         mask=_frame_mask(8, 2)),
+    # cache-aware streaming conformer (8× subsampling), as Parakeet
+    "nemotron_asr_streaming": partial(
+        _case, "nemotron_asr_streaming", "NemotronAsrStreamingForRNNT",
+        {"encoder_config": {**_FAST_CONFORMER, "sliding_window": 8,
+                            "default_num_lookahead_tokens": 2}},
+        {"input_features": _randn(2, 64, 16)},
+        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
+        mask=_frame_mask(8, 2)),
+    "nemotron3_5_asr": partial(
+        _case, "nemotron3_5_asr", "Nemotron3_5AsrForRNNT",
+        {"encoder_config": {**_FAST_CONFORMER, "sliding_window": 8,
+                            "default_num_lookahead_tokens": 2},
+         "num_prompts": 4, "prompt_intermediate_size": 32, "default_prompt_id": 1},
+        {"input_features": _randn(2, 64, 16)},
+        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
+        mask=_frame_mask(8, 2)),
+    # one text stream and 4 audio codebooks per step, summed into one embedding per step
+    "kyutai_speech_to_text": partial(
+        _case, "kyutai_speech_to_text", "KyutaiSpeechToTextModel",
+        {"num_codebooks": 4, "codebook_vocab_size": 16, "sliding_window": 8},
+        {"input_ids": torch.randint(5, 15, (2, 8, 5), generator=torch.Generator().manual_seed(7))},
+        {"attention_mask": _frame_mask(8, 3)}, mask=_frame_mask(8, 3)),
+    # 64 frames of 16 mel bins, 8 frames per audio token: 8 text ids beside them
+    "voxtral_realtime": partial(
+        _case, "voxtral_realtime", "VoxtralRealtimeModel",
+        {"audio_config": {"num_mel_bins": 16, "sliding_window": 16},
+         "text_config": {"sliding_window": 16}},
+        {"input_features": _randn(2, 16, 64)},
+        {"input_ids": torch.randint(5, 40, (2, 8), generator=torch.Generator().manual_seed(8))}),
 }
 SKIP: dict[str, str] = {}
