@@ -27,13 +27,16 @@ def _frame_mask(frames: int, pad: int = PAD) -> Tensor:
     return mask
 
 
-def _config(model_type: str, values: dict[str, Any]) -> Any:
-    r"""The shrunk default config of ``model_type`` with ``values`` merged in."""
+def _config(model_type: str, values: dict[str, Any], config_name: str | None = None) -> Any:
+    r"""The shrunk default config of ``model_type`` (or of the sub-config class ``config_name``)
+    with ``values`` merged in."""
+    import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     from ..build import LABELS, _merge, shrink
 
-    config_class = CONFIG_MAPPING[model_type]
+    config_class = getattr(transformers, config_name) if config_name else CONFIG_MAPPING[
+        model_type]
     data = shrink(config_class().to_dict())
     _merge(data, values)
     for key in ("transformers_version", "architectures", "id2label", "label2id"):
@@ -44,7 +47,7 @@ def _config(model_type: str, values: dict[str, Any]) -> Any:
 
 def _case(model_type: str, class_name: str, values: dict[str, Any], inputs: dict[str, Tensor],
           extras: dict[str, Tensor] | None = None, head: str = "base", fixed: dict | None = None,
-          mask: Tensor | None = None) -> Any:
+          mask: Tensor | None = None, config_name: str | None = None) -> Any:
     r"""A Case of ``class_name``: ``inputs`` attributed, ``extras`` (masks) passed as additional
     forward args (sliced per example), ``fixed`` passed as they are."""
     import transformers
@@ -52,14 +55,16 @@ def _case(model_type: str, class_name: str, values: dict[str, Any], inputs: dict
     from ..build import Case, _score
 
     extras = extras or {}
-    config = _config(model_type, values)
+    config = _config(model_type, values, config_name)
     torch.manual_seed(0)
     model = getattr(transformers, class_name)(config).eval()
     names = (*inputs, *extras)
 
     def forward(*args: Tensor) -> Tensor:
         kwargs = {**(fixed or {}), **dict(zip(names, args, strict=True))}
-        return _score(model(**kwargs), head, None)
+        # an LM reads each example's last real token (the mask travels with its example)
+        read = kwargs.get("attention_mask") if head == "lm" else None
+        return _score(model(**kwargs), head, read)
 
     with torch.no_grad():
         forward(*inputs.values(), *extras.values())
@@ -71,6 +76,7 @@ def _ast_inputs(config: Any) -> list[dict[str, Tensor]]:
     return [{"input_values": _randn(2, config.max_length, config.num_mel_bins)}]
 
 
+_IDS = torch.randint(5, 90, (2, 8), generator=torch.Generator().manual_seed(9))
 _FAST_CONFORMER = {"num_mel_bins": 16, "conv_kernel_size": 3, "dropout": 0.0, "layerdrop": 0.0,
                    "activation_dropout": 0.0, "attention_dropout": 0.0}
 
@@ -170,5 +176,20 @@ BUILDERS: dict[str, Any] = {
          "text_config": {"sliding_window": 16}},
         {"input_features": _randn(2, 16, 64)},
         {"input_ids": torch.randint(5, 40, (2, 8), generator=torch.Generator().manual_seed(8))}),
+    # the sub-models are what runs (BarkModel only generates): the semantic text-to-token LM
+    "bark": partial(
+        _case, "bark", "BarkSemanticModel", {"input_vocab_size": 99, "output_vocab_size": 99},
+        {"input_ids": _IDS}, {"attention_mask": _frame_mask(8, 3)}, head="lm",
+        mask=_frame_mask(8, 3), config_name="BarkSemanticConfig"),
+    # the decoder LM over one codebook (its test builds it from the decoder config)
+    "musicgen": partial(
+        _case, "musicgen", "MusicgenForCausalLM", {"num_codebooks": 1, "vocab_size": 99},
+        {"input_ids": _IDS}, {"attention_mask": _frame_mask(8, 3)}, head="lm",
+        mask=_frame_mask(8, 3), config_name="MusicgenDecoderConfig"),
+    "musicgen_melody": partial(
+        _case, "musicgen_melody", "MusicgenMelodyForCausalLM",
+        {"num_codebooks": 1, "vocab_size": 99}, {"input_ids": _IDS},
+        {"attention_mask": _frame_mask(8, 3)}, head="lm", mask=_frame_mask(8, 3),
+        config_name="MusicgenMelodyDecoderConfig"),
 }
 SKIP: dict[str, str] = {}
