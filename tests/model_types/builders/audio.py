@@ -77,10 +77,19 @@ def _ast_inputs(config: Any) -> list[dict[str, Tensor]]:
 
 
 _IDS = torch.randint(5, 90, (2, 8), generator=torch.Generator().manual_seed(9))
+# Mimi's codec: upsampling groups = hidden size, 4 small codebooks, a frame of 2·2·2 samples
+_MIMI = {"upsample_groups": 32, "upsampling_ratios": [2, 2], "codebook_size": 16,
+         "codebook_dim": 32, "vector_quantization_hidden_dimension": 32, "num_quantizers": 4,
+         "num_filters": 8, "sliding_window": 16}
 _FAST_CONFORMER = {"num_mel_bins": 16, "conv_kernel_size": 3, "dropout": 0.0, "layerdrop": 0.0,
                    "activation_dropout": 0.0, "attention_dropout": 0.0}
 
+def _waveform(config: Any) -> list[dict[str, Tensor]]:
+    return [{"input_values": _randn(2, 1, 256)}]
+
+
 OVERRIDES: dict[str, dict[str, Any]] = {
+    "mimi": {"config": _MIMI, "inputs": _waveform},
     # the decoder's attention reads the key/value head count from the top config
     "moonshine_streaming": {"config": {"num_key_value_heads": 2}},
     # 24 frames × 16 mel bins in 2×2 patches with stride 2: 12 × 8 patches
@@ -191,5 +200,22 @@ BUILDERS: dict[str, Any] = {
         {"num_codebooks": 1, "vocab_size": 99}, {"input_ids": _IDS},
         {"attention_mask": _frame_mask(8, 3)}, head="lm", mask=_frame_mask(8, 3),
         config_name="MusicgenMelodyDecoderConfig"),
+    # text encoder + decoder over 3 delayed codebook channels
+    "dia": partial(
+        _case, "dia", "DiaForConditionalGeneration",
+        {"delay_pattern": [0, 1, 2], "decoder_config": {"cross_hidden_size": 32, "num_channels": 3}},
+        {"input_ids": _IDS},
+        {"attention_mask": _frame_mask(8, 3),
+         "decoder_input_ids": torch.randint(5, 40, (2, 4, 3),
+                                            generator=torch.Generator().manual_seed(10))},
+        head="seq2seq", mask=_frame_mask(8, 3)),
+    # the backbone LM over text ids; its codec is a tiny Mimi
+    "csm": partial(
+        _case, "csm", "CsmForConditionalGeneration",
+        {"num_codebooks": 4, "text_vocab_size": 99, "codec_config": _MIMI,
+         "depth_decoder_config": {"num_codebooks": 4, "backbone_hidden_size": 32,
+                                  "max_position_embeddings": 5}},
+        {"input_ids": _IDS}, {"attention_mask": _frame_mask(8, 3)}, head="lm",
+        mask=_frame_mask(8, 3)),
 }
 SKIP: dict[str, str] = {}
