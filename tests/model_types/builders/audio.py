@@ -217,5 +217,23 @@ BUILDERS: dict[str, Any] = {
                                   "max_position_embeddings": 5}},
         {"input_ids": _IDS}, {"attention_mask": _frame_mask(8, 3)}, head="lm",
         mask=_frame_mask(8, 3)),
+    # Mimi's and Pocket-TTS's codecs: a tiny Mimi-shaped codec on 256 samples or 8 latent frames
+    "mimi_decoder": partial(_case, "mimi_decoder", "MimiDecoderModel", _MIMI,
+                            {"latents": _randn(2, 32, 8)}),
+    "pocket_tts_audio_tokenizer": partial(
+        _case, "pocket_tts_audio_tokenizer", "PocketTTSAudioTokenizerModel", _MIMI,
+        {"input_values": _randn(2, 1, 256)}),
+    "pocket_tts_audio_tokenizer_decoder": partial(
+        _case, "pocket_tts_audio_tokenizer_decoder", "PocketTTSAudioTokenizerDecoderModel", _MIMI,
+        {"latents": _randn(2, 32, 8)}),
+    # waveforms long enough for their strided convolutions
+    "pe_audio_encoder": partial(_case, "pe_audio_encoder", "PeAudioEncoder", {},
+                                {"input_values": _randn(2, 1, 4800)}),
+    "vibevoice_acoustic_tokenizer_encoder": partial(
+        _case, "vibevoice_acoustic_tokenizer_encoder", "VibeVoiceAcousticTokenizerEncoderModel",
+        {}, {"hidden_states": _randn(2, 1, 3200)}),
+    # one frame of 1920 samples per example (the feature extractor pads to a multiple of it)
+    "muse_spark_audio": partial(_case, "muse_spark_audio", "MuseSparkAudioModel", {},
+                                {"input_values": _randn(2, 1920)}),
 }
 SKIP: dict[str, str] = {}
