@@ -203,7 +203,8 @@ BUILDERS: dict[str, Any] = {
     # text encoder + decoder over 3 delayed codebook channels
     "dia": partial(
         _case, "dia", "DiaForConditionalGeneration",
-        {"delay_pattern": [0, 1, 2], "decoder_config": {"cross_hidden_size": 32, "num_channels": 3}},
+        {"delay_pattern": [0, 1, 2],
+         "decoder_config": {"cross_hidden_size": 32, "num_channels": 3}},
         {"input_ids": _IDS},
         {"attention_mask": _frame_mask(8, 3),
          "decoder_input_ids": torch.randint(5, 40, (2, 4, 3),
@@ -235,5 +236,25 @@ BUILDERS: dict[str, Any] = {
     # one frame of 1920 samples per example (the feature extractor pads to a multiple of it)
     "muse_spark_audio": partial(_case, "muse_spark_audio", "MuseSparkAudioModel", {},
                                 {"input_values": _randn(2, 1920)}),
+    # no projections around the quantizer: its codebooks are as wide as the hidden size
+    "wavtokenizer": partial(_case, "wavtokenizer", "WavTokenizerModel", {"codebook_dim": 32},
+                            {"input_values": _randn(2, 1, 3200)}),
+    "vibevoice_acoustic_tokenizer": partial(
+        _case, "vibevoice_acoustic_tokenizer", "VibeVoiceAcousticTokenizerModel", {},
+        {"input_values": _randn(2, 1, 3200)}),
+    "vibevoice_acoustic_tokenizer_decoder": partial(
+        _case, "vibevoice_acoustic_tokenizer_decoder", "VibeVoiceAcousticTokenizerDecoderModel",
+        {}, {"hidden_states": _randn(2, 32, 4)}),
+    # audio-text contrastive: text ids (example 1 padded) beside a waveform
+    "pe_audio": partial(
+        _case, "pe_audio", "PeAudioModel", {},
+        {"input_ids": _IDS, "input_values": _randn(2, 1, 4800)},
+        {"attention_mask": _frame_mask(8, 3)}, mask=_frame_mask(8, 3)),
 }
-SKIP: dict[str, str] = {}
+SKIP: dict[str, str] = {
+    "higgs_audio_v2_tokenizer": "needs torchaudio, which is not installed here",
+    "voxtral_realtime_text": "transformers 5.x has no VoxtralRealtimeTextModel class to build "
+                             "(its text decoder is reached through VoxtralRealtimeModel)",
+    "wavtokenizer_encoder": "its forward returns only discrete audio codes (integers): no float "
+                            "output to score or explain",
+}
