@@ -106,7 +106,7 @@ BUILDERS: dict[str, Any] = {
         {"feature_projection_input_dim": 16, "conv_depthwise_kernel_size": 3,
          "apply_spec_augment": False, "layerdrop": 0.0, "classifier_proj_size": 16},
         {"input_features": _randn(2, 20, 16)}, {"attention_mask": _frame_mask(20)},
-        head="classifier"),
+        head="classifier", mask=_frame_mask(20)),
     # 20 low-frame-rate rows of 8 mel bins × 7 stacked frames, with the frame mask
     "fun_asr_nano_encoder": partial(
         _case, "fun_asr_nano_encoder", "FunAsrNanoEncoder",
