@@ -250,6 +250,17 @@ BUILDERS: dict[str, Any] = {
         _case, "pe_audio", "PeAudioModel", {},
         {"input_ids": _IDS, "input_values": _randn(2, 1, 4800)},
         {"attention_mask": _frame_mask(8, 3)}, mask=_frame_mask(8, 3)),
+    # CLAP: HTS-AT (Swin windows of 4 over a 64×16 spectrogram image) beside a RoBERTa text tower
+    "clap": partial(
+        _case, "clap", "ClapModel",
+        {"audio_config": {"spec_size": 64, "num_mel_bins": 16, "patch_size": 2,
+                          "patch_stride": [2, 2], "window_size": 4, "depths": [1, 1],
+                          "num_attention_heads": [2, 2], "hidden_size": 32,
+                          "patch_embeds_hidden_size": 16, "projection_dim": 32,
+                          "enable_fusion": False},
+         "text_config": {"projection_dim": 32}, "projection_dim": 32},
+        {"input_ids": _IDS, "input_features": _randn(2, 1, 64, 16)},
+        {"attention_mask": _frame_mask(8, 3)}, mask=_frame_mask(8, 3)),
 }
 SKIP: dict[str, str] = {
     "higgs_audio_v2_tokenizer": "needs torchaudio, which is not installed here",
