@@ -261,6 +261,9 @@ BUILDERS: dict[str, Any] = {
          "text_config": {"projection_dim": 32}, "projection_dim": 32},
         {"input_ids": _IDS, "input_features": _randn(2, 1, 64, 16)},
         {"attention_mask": _frame_mask(8, 3)}, mask=_frame_mask(8, 3)),
+    # codebooks as wide as the hidden size, 3200 samples
+    "encodec": partial(_case, "encodec", "EncodecModel", {"codebook_dim": 32},
+                       {"input_values": _randn(2, 1, 3200)}),
 }
 SKIP: dict[str, str] = {
     "higgs_audio_v2_tokenizer": "needs torchaudio, which is not installed here",
