@@ -264,6 +264,15 @@ BUILDERS: dict[str, Any] = {
     # codebooks as wide as the hidden size, 3200 samples
     "encodec": partial(_case, "encodec", "EncodecModel", {"codebook_dim": 32},
                        {"input_values": _randn(2, 1, 3200)}),
+    # the speech LM: 20 feature rows become 20 audio-token embeddings between 2 + 2 text ids
+    "fun_asr_nano": partial(
+        _case, "fun_asr_nano", "FunAsrNanoForConditionalGeneration",
+        {"adaptor_config": {"intermediate_size": 8}, "audio_token_id": 98,
+         "audio_config": {"num_mel_bins": 8, "fsmn_kernel_size": 3, "hidden_dropout": 0.0,
+                          "attention_dropout": 0.0}},
+        {"input_features": _randn(2, 20, 56)},
+        {"input_features_mask": _frame_mask(20, 0),
+         "input_ids": torch.tensor([[5, 6] + [98] * 20 + [7, 8]] * 2)}, head="lm"),
 }
 SKIP: dict[str, str] = {
     "higgs_audio_v2_tokenizer": "needs torchaudio, which is not installed here",
