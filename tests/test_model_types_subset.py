@@ -31,6 +31,9 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "swin": ("batch",),  # shifted windows
     "wav2vec2": ("eager", "rule", "batch"),  # audio frames
     "whisper": ("eager", "batch"),  # audio encoder-decoder
+    "parakeet_rnnt": ("eager", "rule", "batch", "padding"),  # conformer + RNN-T joint
+    "musicgen": ("eager", "rule", "batch", "padding"),  # audio-token decoder LM
+    "audio-spectrogram-transformer": ("eager", "rule", "batch"),  # spectrogram patches
     "videomae": ("eager", "rule", "batch"),  # video tubelets
     "llava": ("eager", "batch"),  # multimodal LM (text-only call)
     "blip": ("eager", "batch"),  # dual encoder: text and pixels, per-example product

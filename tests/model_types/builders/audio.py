@@ -1,9 +1,283 @@
-r"""Sweep data for audio model types (see :mod:`model_types.builders`)."""
+r"""Sweep data for audio model types (see :mod:`model_types.builders`).
+
+Audio models read float features or waveforms, so the generic builder passes no mask; the
+types here get their own shapes (what each type's transformers test feeds it) and, where the
+model takes one, a frame mask with example 1 padded, passed as an extra forward argument so a
+single example gets its own row.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-OVERRIDES: dict[str, dict[str, Any]] = {}
-BUILDERS: dict[str, Any] = {}
-SKIP: dict[str, str] = {}
+import torch
+from torch import Tensor
+
+PAD = 4  # example 1's last frames are padding
+
+
+def _randn(*shape: int, seed: int = 2) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1234 + seed))
+
+
+def _frame_mask(frames: int, pad: int = PAD) -> Tensor:
+    mask = torch.ones(2, frames, dtype=torch.long)
+    mask[1, frames - pad:] = 0
+    return mask
+
+
+def _config(model_type: str, values: dict[str, Any], config_name: str | None = None) -> Any:
+    r"""The shrunk default config of ``model_type`` (or of the sub-config class ``config_name``)
+    with ``values`` merged in."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from ..build import LABELS, _merge, shrink
+
+    config_class = getattr(transformers, config_name) if config_name else CONFIG_MAPPING[
+        model_type]
+    data = shrink(config_class().to_dict())
+    _merge(data, values)
+    for key in ("transformers_version", "architectures", "id2label", "label2id"):
+        data.pop(key, None)
+    data["num_labels"] = LABELS
+    return config_class.from_dict(data)
+
+
+def _case(model_type: str, class_name: str, values: dict[str, Any], inputs: dict[str, Tensor],
+          extras: dict[str, Tensor] | None = None, head: str = "base", fixed: dict | None = None,
+          mask: Tensor | None = None, config_name: str | None = None) -> Any:
+    r"""A Case of ``class_name``: ``inputs`` attributed, ``extras`` (masks) passed as additional
+    forward args (sliced per example), ``fixed`` passed as they are."""
+    import transformers
+
+    from ..build import Case, _score
+
+    extras = extras or {}
+    config = _config(model_type, values, config_name)
+    torch.manual_seed(0)
+    model = getattr(transformers, class_name)(config).eval()
+    names = (*inputs, *extras)
+
+    def forward(*args: Tensor) -> Tensor:
+        kwargs = {**(fixed or {}), **dict(zip(names, args, strict=True))}
+        # an LM reads each example's last real token (the mask travels with its example)
+        read = kwargs.get("attention_mask") if head == "lm" else None
+        return _score(model(**kwargs), head, read)
+
+    with torch.no_grad():
+        forward(*inputs.values(), *extras.values())
+    return Case(model_type, head, class_name, model, forward, tuple(inputs.values()),
+                tuple(extras.values()), 1, mask, [f"inputs: {', '.join(names)}"])
+
+
+def _ast_inputs(config: Any) -> list[dict[str, Tensor]]:
+    return [{"input_values": _randn(2, config.max_length, config.num_mel_bins)}]
+
+
+_IDS = torch.randint(5, 90, (2, 8), generator=torch.Generator().manual_seed(9))
+# Mimi's codec: upsampling groups = hidden size, 4 small codebooks, a frame of 2·2·2 samples
+_MIMI = {"upsample_groups": 32, "upsampling_ratios": [2, 2], "codebook_size": 16,
+         "codebook_dim": 32, "vector_quantization_hidden_dimension": 32, "num_quantizers": 4,
+         "num_filters": 8, "sliding_window": 16}
+_FAST_CONFORMER = {"num_mel_bins": 16, "conv_kernel_size": 3, "dropout": 0.0, "layerdrop": 0.0,
+                   "activation_dropout": 0.0, "attention_dropout": 0.0}
+
+def _waveform(config: Any) -> list[dict[str, Tensor]]:
+    return [{"input_values": _randn(2, 1, 256)}]
+
+
+OVERRIDES: dict[str, dict[str, Any]] = {
+    "mimi": {"config": _MIMI, "inputs": _waveform},
+    # the decoder's attention reads the key/value head count from the top config
+    "moonshine_streaming": {"config": {"num_key_value_heads": 2}},
+    # 24 frames × 16 mel bins in 2×2 patches with stride 2: 12 × 8 patches
+    "audio-spectrogram-transformer": {
+        "config": {"patch_size": 2, "max_length": 24, "num_mel_bins": 16, "frequency_stride": 2,
+                   "time_stride": 2},
+        "inputs": _ast_inputs},
+}
+
+BUILDERS: dict[str, Any] = {
+    # conformer over 20 frames of 16 stacked features, example 1's last 4 frames masked
+    "wav2vec2-bert": partial(
+        _case, "wav2vec2-bert", "Wav2Vec2BertForSequenceClassification",
+        {"feature_projection_input_dim": 16, "conv_depthwise_kernel_size": 3,
+         "apply_spec_augment": False, "layerdrop": 0.0, "classifier_proj_size": 16},
+        {"input_features": _randn(2, 20, 16)}, {"attention_mask": _frame_mask(20)},
+        head="classifier", mask=_frame_mask(20)),
+    # 20 low-frame-rate rows of 8 mel bins × 7 stacked frames, with the frame mask
+    "fun_asr_nano_encoder": partial(
+        _case, "fun_asr_nano_encoder", "FunAsrNanoEncoder",
+        {"num_mel_bins": 8, "fsmn_kernel_size": 3, "hidden_dropout": 0.0,
+         "attention_dropout": 0.0},
+        {"input_features": _randn(2, 20, 56)},
+        {"input_features_mask": _frame_mask(20)}),
+    # the Whisper-like encoder over 8 mel bins × 64 frames (stride 2: 32 positions), mask on frames
+    "audioflamingo3_encoder": partial(
+        _case, "audioflamingo3_encoder", "AudioFlamingo3Encoder", {"num_mel_bins": 8},
+        {"input_features": _randn(2, 8, 64)}, {"input_features_mask": _frame_mask(64, 8)}),
+    # conformer with chunked local attention: 16 mel bins, 2 conv subsampling steps; the mask is
+    # True on padding frames
+    "gemma3n_audio": partial(
+        _case, "gemma3n_audio", "Gemma3nAudioEncoder",
+        {"input_feat_size": 16, "sscp_conv_channel_size": [16, 16], "conf_num_hidden_layers": 2,
+         "conf_reduction_factor": 1},
+        {"audio_mel": _randn(2, 32, 16)}, {"audio_mel_mask": _frame_mask(32, 8) == 0}),
+    # its subsampler reads as many mel bins as its first conv has channels
+    "gemma4_audio": partial(
+        _case, "gemma4_audio", "Gemma4AudioModel",
+        {"subsampling_conv_channels": [16, 16], "output_proj_dims": 32},
+        {"input_features": _randn(2, 32, 16)}, {"attention_mask": _frame_mask(32, 8) == 1}),
+    # 4 stacked frames of 8 mel bins per row
+    "granite_speech5_encoder": partial(
+        _case, "granite_speech5_encoder", "GraniteSpeech5Encoder",
+        {"num_mel_bins": 8, "conv_kernel_size": 3, "context_size": 8},
+        {"input_features": _randn(2, 16, 32)}, {"attention_mask": _frame_mask(16)}),
+    "granite_speech5_ctc": partial(
+        _case, "granite_speech5_ctc", "GraniteSpeech5ForCTC",
+        {"encoder_config": {"num_mel_bins": 8, "conv_kernel_size": 3, "context_size": 8}},
+        {"input_features": _randn(2, 16, 32)}, {"attention_mask": _frame_mask(16)}, head="lm"),
+    # fast conformer (8× subsampling) over 64 frames of 16 mel bins, one decoder token each
+    "parakeet_rnnt": partial(
+        _case, "parakeet_rnnt", "ParakeetForRNNT",
+        {"encoder_config": {"num_mel_bins": 16, "conv_kernel_size": 3, "dropout": 0.0,
+                            "layerdrop": 0.0, "activation_dropout": 0.0,
+                            "attention_dropout": 0.0}},
+        {"input_features": _randn(2, 64, 16)},
+        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
+        mask=_frame_mask(8, 2)),
+    "parakeet_tdt": partial(
+        _case, "parakeet_tdt", "ParakeetForTDT",
+        {"encoder_config": {"num_mel_bins": 16, "conv_kernel_size": 3, "dropout": 0.0,
+                            "layerdrop": 0.0, "activation_dropout": 0.0,
+                            "attention_dropout": 0.0}},
+        {"input_features": _randn(2, 64, 16)},
+        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
+        mask=_frame_mask(8, 2)),
+    # cache-aware streaming conformer (8× subsampling), as Parakeet
+    "nemotron_asr_streaming": partial(
+        _case, "nemotron_asr_streaming", "NemotronAsrStreamingForRNNT",
+        {"encoder_config": {**_FAST_CONFORMER, "sliding_window": 8,
+                            "default_num_lookahead_tokens": 2}},
+        {"input_features": _randn(2, 64, 16)},
+        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
+        mask=_frame_mask(8, 2)),
+    "nemotron3_5_asr": partial(
+        _case, "nemotron3_5_asr", "Nemotron3_5AsrForRNNT",
+        {"encoder_config": {**_FAST_CONFORMER, "sliding_window": 8,
+                            "default_num_lookahead_tokens": 2},
+         "num_prompts": 4, "prompt_intermediate_size": 32, "default_prompt_id": 1},
+        {"input_features": _randn(2, 64, 16)},
+        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
+        mask=_frame_mask(8, 2)),
+    # one text stream and 4 audio codebooks per step, summed into one embedding per step
+    "kyutai_speech_to_text": partial(
+        _case, "kyutai_speech_to_text", "KyutaiSpeechToTextModel",
+        {"num_codebooks": 4, "codebook_vocab_size": 16, "sliding_window": 8},
+        {"input_ids": torch.randint(5, 15, (2, 8, 5), generator=torch.Generator().manual_seed(7))},
+        {"attention_mask": _frame_mask(8, 3)}, mask=_frame_mask(8, 3)),
+    # 64 frames of 16 mel bins, 8 frames per audio token: 8 text ids beside them
+    "voxtral_realtime": partial(
+        _case, "voxtral_realtime", "VoxtralRealtimeModel",
+        {"audio_config": {"num_mel_bins": 16, "sliding_window": 16},
+         "text_config": {"sliding_window": 16}},
+        {"input_features": _randn(2, 16, 64)},
+        {"input_ids": torch.randint(5, 40, (2, 8), generator=torch.Generator().manual_seed(8))}),
+    # the sub-models are what runs (BarkModel only generates): the semantic text-to-token LM
+    "bark": partial(
+        _case, "bark", "BarkSemanticModel", {"input_vocab_size": 99, "output_vocab_size": 99},
+        {"input_ids": _IDS}, {"attention_mask": _frame_mask(8, 3)}, head="lm",
+        mask=_frame_mask(8, 3), config_name="BarkSemanticConfig"),
+    # the decoder LM over one codebook (its test builds it from the decoder config)
+    "musicgen": partial(
+        _case, "musicgen", "MusicgenForCausalLM", {"num_codebooks": 1, "vocab_size": 99},
+        {"input_ids": _IDS}, {"attention_mask": _frame_mask(8, 3)}, head="lm",
+        mask=_frame_mask(8, 3), config_name="MusicgenDecoderConfig"),
+    "musicgen_melody": partial(
+        _case, "musicgen_melody", "MusicgenMelodyForCausalLM",
+        {"num_codebooks": 1, "vocab_size": 99}, {"input_ids": _IDS},
+        {"attention_mask": _frame_mask(8, 3)}, head="lm", mask=_frame_mask(8, 3),
+        config_name="MusicgenMelodyDecoderConfig"),
+    # text encoder + decoder over 3 delayed codebook channels
+    "dia": partial(
+        _case, "dia", "DiaForConditionalGeneration",
+        {"delay_pattern": [0, 1, 2],
+         "decoder_config": {"cross_hidden_size": 32, "num_channels": 3}},
+        {"input_ids": _IDS},
+        {"attention_mask": _frame_mask(8, 3),
+         "decoder_input_ids": torch.randint(5, 40, (2, 4, 3),
+                                            generator=torch.Generator().manual_seed(10))},
+        head="seq2seq", mask=_frame_mask(8, 3)),
+    # the backbone LM over text ids; its codec is a tiny Mimi
+    "csm": partial(
+        _case, "csm", "CsmForConditionalGeneration",
+        {"num_codebooks": 4, "text_vocab_size": 99, "codec_config": _MIMI,
+         "depth_decoder_config": {"num_codebooks": 4, "backbone_hidden_size": 32,
+                                  "max_position_embeddings": 5}},
+        {"input_ids": _IDS}, {"attention_mask": _frame_mask(8, 3)}, head="lm",
+        mask=_frame_mask(8, 3)),
+    # Mimi's and Pocket-TTS's codecs: a tiny Mimi-shaped codec on 256 samples or 8 latent frames
+    "mimi_decoder": partial(_case, "mimi_decoder", "MimiDecoderModel", _MIMI,
+                            {"latents": _randn(2, 32, 8)}),
+    "pocket_tts_audio_tokenizer": partial(
+        _case, "pocket_tts_audio_tokenizer", "PocketTTSAudioTokenizerModel", _MIMI,
+        {"input_values": _randn(2, 1, 256)}),
+    "pocket_tts_audio_tokenizer_decoder": partial(
+        _case, "pocket_tts_audio_tokenizer_decoder", "PocketTTSAudioTokenizerDecoderModel", _MIMI,
+        {"latents": _randn(2, 32, 8)}),
+    # waveforms long enough for their strided convolutions
+    "pe_audio_encoder": partial(_case, "pe_audio_encoder", "PeAudioEncoder", {},
+                                {"input_values": _randn(2, 1, 4800)}),
+    "vibevoice_acoustic_tokenizer_encoder": partial(
+        _case, "vibevoice_acoustic_tokenizer_encoder", "VibeVoiceAcousticTokenizerEncoderModel",
+        {}, {"hidden_states": _randn(2, 1, 3200)}),
+    # one frame of 1920 samples per example (the feature extractor pads to a multiple of it)
+    "muse_spark_audio": partial(_case, "muse_spark_audio", "MuseSparkAudioModel", {},
+                                {"input_values": _randn(2, 1920)}),
+    # no projections around the quantizer: its codebooks are as wide as the hidden size
+    "wavtokenizer": partial(_case, "wavtokenizer", "WavTokenizerModel", {"codebook_dim": 32},
+                            {"input_values": _randn(2, 1, 3200)}),
+    "vibevoice_acoustic_tokenizer": partial(
+        _case, "vibevoice_acoustic_tokenizer", "VibeVoiceAcousticTokenizerModel", {},
+        {"input_values": _randn(2, 1, 3200)}),
+    "vibevoice_acoustic_tokenizer_decoder": partial(
+        _case, "vibevoice_acoustic_tokenizer_decoder", "VibeVoiceAcousticTokenizerDecoderModel",
+        {}, {"hidden_states": _randn(2, 32, 4)}),
+    # audio-text contrastive: text ids (example 1 padded) beside a waveform
+    "pe_audio": partial(
+        _case, "pe_audio", "PeAudioModel", {},
+        {"input_ids": _IDS, "input_values": _randn(2, 1, 4800)},
+        {"attention_mask": _frame_mask(8, 3)}, mask=_frame_mask(8, 3)),
+    # CLAP: HTS-AT (Swin windows of 4 over a 64×16 spectrogram image) beside a RoBERTa text tower
+    "clap": partial(
+        _case, "clap", "ClapModel",
+        {"audio_config": {"spec_size": 64, "num_mel_bins": 16, "patch_size": 2,
+                          "patch_stride": [2, 2], "window_size": 4, "depths": [1, 1],
+                          "num_attention_heads": [2, 2], "hidden_size": 32,
+                          "patch_embeds_hidden_size": 16, "projection_dim": 32,
+                          "enable_fusion": False},
+         "text_config": {"projection_dim": 32}, "projection_dim": 32},
+        {"input_ids": _IDS, "input_features": _randn(2, 1, 64, 16)},
+        {"attention_mask": _frame_mask(8, 3)}, mask=_frame_mask(8, 3)),
+    # codebooks as wide as the hidden size, 3200 samples
+    "encodec": partial(_case, "encodec", "EncodecModel", {"codebook_dim": 32},
+                       {"input_values": _randn(2, 1, 3200)}),
+    # the speech LM: 20 feature rows become 20 audio-token embeddings between 2 + 2 text ids
+    "fun_asr_nano": partial(
+        _case, "fun_asr_nano", "FunAsrNanoForConditionalGeneration",
+        {"adaptor_config": {"intermediate_size": 8}, "audio_token_id": 98,
+         "audio_config": {"num_mel_bins": 8, "fsmn_kernel_size": 3, "hidden_dropout": 0.0,
+                          "attention_dropout": 0.0}},
+        {"input_features": _randn(2, 20, 56)},
+        {"input_features_mask": _frame_mask(20, 0),
+         "input_ids": torch.tensor([[5, 6] + [98] * 20 + [7, 8]] * 2)}, head="lm"),
+}
+SKIP: dict[str, str] = {
+    "higgs_audio_v2_tokenizer": "needs torchaudio, which is not installed here",
+    "voxtral_realtime_text": "transformers 5.x has no VoxtralRealtimeTextModel class to build "
+                             "(its text decoder is reached through VoxtralRealtimeModel)",
+    "wavtokenizer_encoder": "its forward returns only discrete audio codes (integers): no float "
+                            "output to score or explain",
+}
