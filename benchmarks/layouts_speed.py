@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 
 import torch
 from timing import interleaved_times  # benchmarks/timing.py (scripts run from this folder)
@@ -57,11 +58,11 @@ def _led(tokens: int):
     return model, forward, (ids,), (decoder, glob), 7
 
 
-def _longt5(tokens: int):
+def _longt5(tokens: int, attention: str = "transient-global"):
     from transformers import LongT5Config, LongT5ForConditionalGeneration
 
     config = LongT5Config(d_model=512, d_ff=1024, num_layers=6, num_heads=8,
-                          encoder_attention_type="transient-global")
+                          encoder_attention_type=attention)
     model = LongT5ForConditionalGeneration(config).eval()
     ids = torch.randint(5, 1000, (1, tokens))
     decoder = torch.randint(5, 1000, (1, 16))
@@ -72,18 +73,41 @@ def _longt5(tokens: int):
     return model, forward, (ids,), (decoder,), 7
 
 
+def _peak(built, which: str) -> None:
+    """Run one plain forward+backward or one first ``explain`` call; print VmHWM (MiB)."""
+    model, forward, inputs, extra, target = built
+    if which == "plain":
+        forward(*inputs, *(extra or ()))[0, target].backward()
+    else:
+        HeterogenousAttentionAttribution(forward, model=model).explain(
+            inputs, target=target, additional_forward_args=extra)
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    print(json.dumps({"memory": which, "peak_rss_mib": round(peak / 1024, 1)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=1024)
-    parser.add_argument("--models", nargs="*", default=["swin_t", "led", "longt5_tglobal"])
+    parser.add_argument("--models", nargs="*",
+                        default=["swin_t", "led", "longt5_local", "longt5_tglobal"])
+    parser.add_argument("--cpu", action="store_true",
+                        help="process CPU time instead of wall-clock (a shared machine)")
+    parser.add_argument("--memory", choices=["plain", "first"],
+                        help="run one call of one model and print peak RSS (fresh process)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {}
     builders = {"swin_t": _swin, "led": lambda: _led(args.tokens),
+                "longt5_local": lambda: _longt5(args.tokens, "local"),
                 "longt5_tglobal": lambda: _longt5(args.tokens)}
+    if args.memory:
+        _peak(builders[args.models[0]](), args.memory)
+        return
+    clock = time.process_time if args.cpu else time.perf_counter
     for name in args.models:
         build = builders[name]
         model, forward, inputs, extra, target = build()
@@ -103,7 +127,7 @@ def main() -> None:
             "explain_first_call": first,
             "explain_warm": lambda e=explainer, i=inputs, x=extra, t=target: e.explain(
                 i, target=t, additional_forward_args=x),
-        }, args.repeats)
+        }, args.repeats, clock)
         seconds = {name: statistics.median(values) for name, values in times.items()}
         base = times["plain_forward_backward"]
         for call in ("first_call", "warm"):  # per round (plain and ours timed back to back)

@@ -18,7 +18,8 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int,
+                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Wall-clock seconds of every function of ``fns``, called in turn ``repeats`` times after
     one warm-up round (on a shared machine, a load that comes and goes then falls on all)."""
     for fn in fns.values():
@@ -26,7 +27,7 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> dic
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times

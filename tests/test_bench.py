@@ -107,3 +107,15 @@ def test_headline_goes_between_the_readme_markers(tmp_path):
     plain.write_text("no markers\n")
     with pytest.raises(ValueError, match="bench-headline"):
         bench.write_headline(plain, text)
+
+
+def test_headline_reads_the_windowed_models_first_call_and_warm():
+    sections = {"windowed": {"data": [
+        {"model": "Swin-T 224 px", "ratio_first": 3.2, "ratio_warm": 1.4},
+        {"model": "LED-base sizes, 1024 tokens", "ratio_first": 9.0, "ratio_warm": 1.6},
+    ]}}
+    rows = {row[0]: row[1:] for row in bench.headline_rows(sections)}
+    assert rows["Swin-T 224 px: `explain` warm / plain"] == ["1.40×", "≤ 1.5×", "yes"]
+    assert rows["Swin-T 224 px: `explain` first call / plain"] == ["3.20×", "≤ 3×", "**no**"]
+    assert rows["LED-base sizes, 1024 tokens: `explain` warm / plain"][2] == "**no**"
+    assert len(rows) == 3  # no first-call goal for the long windowed models

@@ -25,6 +25,10 @@ ratio are measured in the same run, alternately. Sections (keys for ``only=``):
 5. ``evaluation`` — examples per second of the evaluation runner on ``shapes_vqa`` with 1 and 2
    processes (:func:`captum_hetattn.evaluation.distributed.evaluate_distributed`, wall clock
    including process start), and plain one-process :func:`~captum_hetattn.evaluation.evaluate`.
+6. ``windowed`` — Swin-T (224 px), LED-base sizes and LongT5-small sizes (local and
+   transient-global) at 1024 tokens: ``explain`` on its first call (new explainer: layout probes)
+   and warm (same explainer, same shapes: cached layouts) / a plain forward+backward, in process
+   CPU time on a CPU. Targets: warm ≤ 1.5×; Swin-T's first call ≤ 3×.
 
 Run: ``captum-hetattn bench`` or ``python -m captum_hetattn.bench [--quick] [--only ...]``;
 ``--readme README.md`` also writes the headline table (:func:`headline_markdown`) into the
@@ -33,7 +37,8 @@ README's ``bench-headline`` block.
 Modules: :mod:`~captum_hetattn.bench.cases` (models, timing, the long-context worker),
 :mod:`~captum_hetattn.bench.machine`, :mod:`~captum_hetattn.bench.report` (sections, options,
 markdown), :mod:`~captum_hetattn.bench.sections`, :mod:`~captum_hetattn.bench.long_context`,
-:mod:`~captum_hetattn.bench.runner` (:func:`run_benchmarks`, the command line).
+:mod:`~captum_hetattn.bench.runner` (:func:`run_benchmarks`, the command line),
+:mod:`~captum_hetattn.bench.windowed`.
 """
 
 from captum_hetattn.bench.cases import (
@@ -74,6 +79,7 @@ from captum_hetattn.bench.sections import (
     bench_integrated_gradients,
     bench_many_targets,
 )
+from captum_hetattn.bench.windowed import bench_windowed
 
 __all__ = [
     "DEFAULT_LENGTHS",
@@ -92,6 +98,7 @@ __all__ = [
     "bench_integrated_gradients",
     "bench_long_context",
     "bench_many_targets",
+    "bench_windowed",
     "build_bart",
     "build_bert",
     "build_detr",

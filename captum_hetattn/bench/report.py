@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 SECTIONS: tuple[str, ...] = (
-    "batch", "long_context", "many_targets", "integrated_gradients", "evaluation",
+    "batch", "long_context", "many_targets", "integrated_gradients", "evaluation", "windowed",
 )
 
 
@@ -46,6 +46,7 @@ TITLES = {
     "many_targets": "3. Many targets on one input",
     "integrated_gradients": "4. Integrated Gradients vs ours",
     "evaluation": "5. Evaluation throughput",
+    "windowed": "6. Windowed models: `explain`, first call and warm",
 }
 TARGETS = {
     "batch": "ours / plain ≤ 0.7",
@@ -54,6 +55,8 @@ TARGETS = {
     "many_targets": "batched / looped ≤ 0.6 for 20 targets",
     "integrated_gradients": "IntegratedGradients(n_steps=50) / ours ≥ 40",
     "evaluation": "none set (examples per second with 1 and 2 processes are reported)",
+    "windowed": "Swin-T warm ≤ 1.5× and first call ≤ 3× plain; LED and LongT5 at 1024 tokens "
+                "warm ≤ 1.5× plain",
 }
 
 
@@ -124,6 +127,11 @@ def headline_rows(sections: dict[str, dict[str, Any]]) -> list[list[str]]:
     for item in sections.get("integrated_gradients", {}).get("data", []):
         add(f"{item['model']}: IntegratedGradients(50) / ours", item.get("ratio"), "≥ 40×", 40,
             below=False, digits=1)
+    for item in sections.get("windowed", {}).get("data", []):
+        add(f"{item['model']}: `explain` warm / plain", item.get("ratio_warm"), "≤ 1.5×", 1.5)
+        if item["model"].startswith("Swin"):
+            add(f"{item['model']}: `explain` first call / plain", item.get("ratio_first"),
+                "≤ 3×", 3.0)
     for item in sections.get("evaluation", {}).get("data", []):
         if item.get("runner") == "evaluate":
             rows.append(["evaluation, shapes_vqa (in process)",

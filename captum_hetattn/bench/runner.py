@@ -35,6 +35,7 @@ from captum_hetattn.bench.sections import (
     bench_integrated_gradients,
     bench_many_targets,
 )
+from captum_hetattn.bench.windowed import bench_windowed
 
 DEFAULT_LENGTHS: tuple[int, ...] = (512, 2048, 4096, 8192)
 QUICK_LENGTHS: tuple[int, ...] = (64,)
@@ -46,6 +47,7 @@ RUNNERS: dict[str, Callable[[Options], Section]] = {
     "many_targets": bench_many_targets,
     "integrated_gradients": bench_integrated_gradients,
     "evaluation": bench_evaluation,
+    "windowed": bench_windowed,
 }
 
 
