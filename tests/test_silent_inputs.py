@@ -139,6 +139,42 @@ def test_fully_masked_query_rows_record_zero_in_flash_and_eager(count_flash):
     assert eager.relevance["text"][1, :2].abs().sum() == 0
 
 
+@pytest.mark.parametrize("hidden", ["finite", "minus_inf", "padding"])
+def test_flash_map_of_a_wholly_masked_row_is_what_the_model_computes(hidden):
+    """A query row that no key is visible to: under a large finite mask (transformers' eager
+    masks, BLT's cross-attention) the model's softmax is uniform and so is the recorded map;
+    under ``-inf`` sdpa gives zero and so does the map; a padding query's row (square map, its
+    own token seen by no query) records zero. Both kernels' backward maps equal eager."""
+    gen = torch.Generator().manual_seed(0)
+    n_q, n_k = (3, 3) if hidden == "padding" else (3, 4)
+    query, key, value = (torch.randn(1, 2, n, 4, generator=gen, requires_grad=True)
+                         for n in (n_q, n_k, n_k))
+    low = float("-inf") if hidden == "minus_inf" else torch.finfo(torch.float32).min
+    mask = torch.zeros(1, 1, n_q, n_k)
+    mask[0, 0, 0] = low  # query row 0 sees no key
+    if hidden == "padding":
+        mask[0, 0, :, 0] = low  # token 0 is padding: no query sees it
+    scores = torch.matmul(query, key.transpose(-1, -2)) * 0.5 + mask
+    eager = torch.softmax(scores, -1).nan_to_num(0.0)  # the model's (sdpa's for -inf) map
+    for fused in (True, False):
+        handed = []
+        with pytest.MonkeyPatch.context() as patch:
+            if not fused:
+                patch.setattr(flash_module, "_fused_cpu", lambda *a: False)
+            output = FlashAttention.apply(query, key, value, mask,
+                                          torch.zeros((), requires_grad=True), 0.5,
+                                          lambda a, *_, into=handed: into.append(a))
+            torch.autograd.grad(output.sum(), (query, key, value))
+        torch.testing.assert_close(output, torch.matmul(eager, value))
+        (maps,) = handed
+        assert bool(torch.isfinite(maps).all())
+        if hidden == "finite":
+            torch.testing.assert_close(maps[0, :, 0], torch.full((2, n_k), 1 / n_k))
+        else:
+            assert maps[0, :, 0].abs().sum() == 0
+        torch.testing.assert_close(maps[0, :, 1:], eager.detach()[0, :, 1:])
+
+
 def test_flash_map_of_a_row_masked_with_minus_inf_is_zero_like_the_kernel():
     gen = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(1, 2, 3, 4, generator=gen, requires_grad=True)

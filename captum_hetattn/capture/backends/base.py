@@ -1,6 +1,7 @@
 r"""What every capture backend is: made for one recording (its recorder and session), with an
 ``install(stack)`` that changes the model (or the process) until the recording's stack closes;
-and what every backend records alike (a query row that sees no key records zero)."""
+and what every backend records alike (a query row that ``-inf`` hides from every key, or a
+padding query's row, records zero)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,40 @@ if TYPE_CHECKING:
 
 
 def empty_rows(mask: Tensor | None) -> Tensor | None:
-    r"""The query rows of an additive mask that hide every key (``-inf`` or at most half the
-    dtype's lowest value), shaped like the mask without its key dimension; ``None`` when no
-    row is empty.
+    r"""The query rows of an additive mask that record zero, shaped like the mask without its
+    key dimension; ``None`` when there is none.
 
-    Such a row has no keys: sdpa returns zeros for it, an eager softmax a uniform row over keys
-    that are all masked. Its recorded map is zero in both captures, so masked keys get no
-    relevance (``tests/test_silent_inputs.py``).
+    A row that ``-inf`` (or a boolean mask) hides from every key has no keys: sdpa returns zeros
+    for it (an eager softmax NaN), so its map is zero. A row that a large *finite* value (at most
+    half the dtype's lowest, as transformers' eager masks) hides from every key is the model's
+    own softmax of those scores (uniform for a constant mask): it is kept as computed, unless its
+    query is padding — a square map whose query's own token is a key no query sees — whose row
+    reaches nothing real, so masked keys get no relevance (``tests/test_silent_inputs.py``).
     """
     if mask is None or not isinstance(mask, Tensor) or not mask.is_floating_point():
         return None
-    if mask.shape[-1] == 0:
+    if mask.dim() < 2 or mask.shape[-1] == 0:
         return None
+    low = mask <= torch.finfo(mask.dtype).min / 2
+    empty = low.all(-1)
+    if not bool(empty.any()):
+        return None
+    cleared = torch.isneginf(mask).all(-1)
+    if mask.shape[-1] == mask.shape[-2]:  # a padding query: its own token no query sees
+        cleared = cleared | (empty & low.all(-2))
+    return cleared if bool(cleared.any()) else None
+
+
+def huge_rows(mask: Tensor | None) -> bool:
+    r"""Whether a row of ``mask`` hides every key by large finite values (not all ``-inf``):
+    its softmax is a real row (uniform for a constant mask) that a map rebuilt from the
+    kernel's log-sum-exp loses to rounding (the shift is as large as the mask)."""
+    if mask is None or not isinstance(mask, Tensor) or not mask.is_floating_point():
+        return False
+    if mask.dim() < 1 or mask.shape[-1] == 0:
+        return False
     empty = (mask <= torch.finfo(mask.dtype).min / 2).all(-1)
-    return empty if bool(empty.any()) else None
+    return bool((empty & ~torch.isneginf(mask).all(-1)).any())
 
 
 def clear_empty_rows(attention: Tensor, mask: Tensor | None) -> Tensor:

@@ -31,7 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_hetattn.capture.backends.base import Backend, clear_empty_rows, masked_keys
+from captum_hetattn.capture.backends.base import (
+    Backend,
+    clear_empty_rows,
+    huge_rows,
+    masked_keys,
+)
 from captum_hetattn.capture.session import Entry, Session
 
 if TYPE_CHECKING:
@@ -88,8 +93,9 @@ def lse_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float,
     mask)`` with ``Q' = [Q · scale, -lse]`` and ``K' = [K, 1]`` (the shift is in the product:
     one pass over the map fewer). Equal to :func:`attention_map` to float32 rounding
     (≈ 1e-7); a row that a ``-inf`` mask hides entirely is 0 (the kernel's log-sum-exp is 0
-    there), other empty rows are cleared by the caller (:func:`clear_empty_rows`). ``out``:
-    where to write it."""
+    there), other empty rows are cleared by the caller (:func:`clear_empty_rows`); a row that a
+    large finite mask hides wholly is lost to rounding here (the caller builds those chunks with
+    :func:`attention_map`, see :func:`huge_rows`). ``out``: where to write it."""
     ones = key.new_ones(*key.shape[:-1], 1)
     shifted = torch.cat([query * scale, -logsumexp.unsqueeze(-1).to(query.dtype)], dim=-1)
     scores = torch.matmul(shifted, torch.cat([key, ones], dim=-1).transpose(-1, -2), out=out)
@@ -226,8 +232,11 @@ class FlashAttention(torch.autograd.Function):
                 head_mask = mask[:, part] if mask.dim() == 4 and mask.shape[1] == heads else mask
             shape = (query.shape[0], min(chunk, heads - first), query.shape[2], key.shape[2])
             into = ctx.workspace.take(shape, query) if ctx.workspace is not None else (None,) * 2
-            attention = lse_map(query[:, part], key[:, part], head_mask, ctx.scale,
-                                logsumexp[:, part], out=into[0])
+            if huge_rows(head_mask):  # rows a finite mask hides wholly: the softmax itself
+                attention = attention_map(query[:, part], key[:, part], head_mask, ctx.scale)
+            else:
+                attention = lse_map(query[:, part], key[:, part], head_mask, ctx.scale,
+                                    logsumexp[:, part], out=into[0])
             gradient = torch.matmul(grad_output[:, part], value[:, part].transpose(-1, -2),
                                     out=into[1])
             done = ctx.sink(clear_empty_rows(attention, head_mask), gradient, first, heads)
