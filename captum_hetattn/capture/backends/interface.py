@@ -66,10 +66,8 @@ class InterfaceBackend(Backend):
         # (named as before the split: tracebacks and tests know the interception by this name)
         eager = hf_eager_function(type(module))
         if eager is None:  # pragma: no cover - only modules with one are routed here
-            raise RuntimeError(
-                f"{type(module).__name__} has no eager attention function; record it with "
-                "backend='softmax'"
-            )
+            raise RuntimeError(f"{type(module).__name__} has no eager attention function; "
+                               "record it with backend='softmax'")
         # sparse (indexer) attention hands its selected keys to non-eager kernels only: the
         # eager function would ignore them and attend to every key (padding is read from the
         # dense mask: a key no query selected is not padding)
