@@ -187,8 +187,8 @@ class FlashAttention(torch.autograd.Function):
     The backward runs over chunks of heads (``chunk`` heads at a time; all at once when
     ``None``), so it holds one chunk's ``(B, chunk, n_q, n_k)`` temporaries at a time; the sink
     gets each chunk's maps with the index of its first head and the total head count. With
-    ``rows`` (the kernel's path only), each chunk arrives in blocks of that many query rows:
-    ``sink(A, G, first_head, heads, first_row)``.
+    ``rows`` (the kernel's path only), each chunk arrives in blocks of that many query rows
+    where it has more: ``sink(A, G, first_head, heads, first_row)``.
     ``probe`` is a scalar that requires grad: asking ``torch.autograd.grad`` for it makes a
     backward run through this call without keeping any map (its gradient is 0).
     """
@@ -275,7 +275,7 @@ class FlashAttention(torch.autograd.Function):
                 attention = lse_map(query[:, part, rows], key[:, part], block_mask, ctx.scale,
                                     logsumexp[:, part, rows], out=into[0], extended=extended)
                 gradient = torch.matmul(grad_output[:, part, rows], value_t, out=into[1])
-                at_row = () if ctx.rows is None else (row,)
+                at_row = () if rows.stop - row == n_query else (row,)  # (one block: as before)
                 done = ctx.sink(clear_empty_rows(attention, block_mask), gradient, first, heads,
                                 *at_row)
                 if done is not True and ctx.workspace is not None:
