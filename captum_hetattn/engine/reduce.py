@@ -112,9 +112,11 @@ class Capture:
         if not blocks:
             fixed = _corrected_sum(attention, gradient, correction, total)
         else:  # the first chunk writes its rows of the sum, the later ones add to them
-            fixed = total
-            _corrected_sum(attention, gradient, correction, None if first == 0 else
-                           total[:, rows], out=total[:, rows] if first == 0 else None)
+            fixed, block = total, total[:, rows]
+            if first == 0:
+                _corrected_sum(attention, gradient, correction, out=block)
+            else:
+                _corrected_sum(attention, gradient, correction, block)
         if earlier is not None and mass is not None:
             mass = earlier[1] + mass
         if first + attention.shape[1] < heads or row + attention.shape[-2] < n_query:
