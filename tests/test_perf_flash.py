@@ -216,3 +216,121 @@ def test_class_check_of_a_long_input_runs_the_eager_function_on_spread_rows(monk
                                                                                        target=1)
     for name, value in eager_run.relevance.items():
         torch.testing.assert_close(flash.relevance[name], value, atol=1e-5, rtol=1e-4)
+
+
+def test_row_blocks_cover_the_rows_with_no_short_block():
+    blocks = flash_module._row_blocks(100, 20)
+    assert [(b.start, b.stop) for b in blocks] == [(0, 20), (20, 40), (40, 60), (60, 80),
+                                                   (80, 100)]
+    blocks = flash_module._row_blocks(70, 20)  # a last block of 10 rows joins the one before
+    assert [(b.start, b.stop) for b in blocks] == [(0, 20), (20, 40), (40, 70)]
+    assert [(b.start, b.stop) for b in flash_module._row_blocks(70, 1)] == [
+        (s, s + flash_module.MIN_ROWS) for s in range(0, 48, flash_module.MIN_ROWS)] + [(48, 70)]
+    assert [(b.start, b.stop) for b in flash_module._row_blocks(9, None)] == [(0, 9)]
+    assert [(b.start, b.stop) for b in flash_module._row_blocks(9, 4)] == [(0, 9)]
+
+
+def _reduced(query, key, value, mask, chunk, rows, correction):
+    """``Ā`` and what the reduction notes (key mass zeros, causal, no gradient) of one flash
+    call on the kernel's path, its chunks handed over whole (``rows=None``) or in row blocks."""
+    from captum_hetattn.capture import AttentionRecord
+
+    batch, heads, n = query.shape[:3]
+    capture = reduce_module.Capture(correction)
+    key_ = ("a", 0)
+    capture.corrections[key_] = correction
+    capture.mass_of.add(key_)
+    record = AttentionRecord(name="a", call_index=0, role=None, attention=None, gradient=None,
+                             shape=(batch, heads, n, n))
+    reduced, rows_seen = [], []
+
+    def sink(attention, gradient, first, count, row=0):
+        rows_seen.append(attention.shape[2])
+        done = capture.reduce_heads(record, attention, gradient, first, count, row)
+        if done is not None:
+            reduced.append(done.clone())
+        return True
+
+    leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+    output = FlashAttention.apply(*leaves, mask, torch.zeros((), requires_grad=True), 0.35,
+                                  sink, chunk, Workspace(), rows)
+    output.backward(torch.randn(output.shape, generator=torch.Generator().manual_seed(9)))
+    assert len(reduced) == 1
+    return (reduced[0], capture.key_mass[key_] == 0, key_ in capture.causal,
+            key_ in capture.no_gradient, rows_seen)
+
+
+@pytest.mark.parametrize("mask_name", list(_masks()))
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("chunk", [None, 3, 1])
+def test_reduction_in_blocks_of_rows_is_the_same_to_the_bit(mask_name, causal, chunk):
+    n = 70
+    query, key, value = _states(n=n)
+    mask = _masks(n=n)[mask_name]
+    if causal:
+        upper = torch.full((n, n), float("-inf")).triu(1)[None, None]
+        mask = upper if mask is None else mask + upper
+    for correction in ("pos", "abs", "full", "none"):
+        whole = _reduced(query, key, value, mask, chunk, None, correction)
+        assert set(whole[-1]) == {n}
+        for rows in (16, 23):
+            blocks = _reduced(query, key, value, mask, chunk, rows, correction)
+            assert max(blocks[-1]) < n  # row blocks were handed over
+            assert torch.equal(blocks[0], whole[0])
+            assert torch.equal(blocks[1], whole[1]) and blocks[2:4] == whole[2:4]
+        assert whole[2] == causal
+        if mask_name == "padding":
+            assert whole[1][1, -4:].all() and not whole[1][0].any()
+
+
+def test_the_hidden_querys_row_is_zero_in_its_block():
+    n = 70
+    query, key, value = _states(n=n)
+    mask = torch.zeros(2, 1, n, n)
+    mask[0, 0, 40] = float("-inf")  # a query in the third block sees no key
+    reduced = _reduced(query, key, value, mask, None, 16, "none")[0]
+    assert not reduced[0, 40].any() and reduced[0, 39].any() and reduced[1, 40].any()
+
+
+def _long_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, vocab_size=99, num_labels=3)
+    model = BertForSequenceClassification(config).eval()
+    ids = torch.randint(5, 99, (2, 45), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, -7:] = 0
+    return model, ids, mask
+
+
+@pytest.mark.parametrize("options", [{}, {"return_maps": True}])
+def test_relevance_from_row_blocks_equals_whole_chunks(options, monkeypatch, count_flash):
+    model, ids, mask = _long_bert()
+    blocks = []
+    on_flash = flash_module.FlashBackend._on_flash
+
+    def watched(self, entry, attention, *args):
+        blocks.append(attention.shape[2])
+        return on_flash(self, entry, attention, *args)
+
+    monkeypatch.setattr(flash_module.FlashBackend, "_on_flash", watched)
+
+    def explain():
+        explainer = HeterogenousAttentionAttribution(
+            lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+        return explainer.explain(ids, target=1, additional_forward_args=(mask,), **options)
+
+    whole = explain()
+    assert count_flash and set(blocks) == {45}
+    blocks.clear()
+    monkeypatch.setattr(flash_module, "ROW_BUDGET", 1)  # blocks of MIN_ROWS rows
+    rows = explain()
+    assert set(blocks) == {16, 29}
+    for name, value in whole.relevance.items():
+        assert torch.equal(rows.relevance[name], value)
+    for name, value in whole.padding.items():
+        assert torch.equal(rows.padding[name], value)
+    if options.get("return_maps"):
+        assert whole.maps and all(torch.equal(rows.maps[k], v) for k, v in whole.maps.items())

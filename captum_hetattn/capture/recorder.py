@@ -59,7 +59,9 @@ class AttentionRecorder:
             called with chunks of a flash call's heads (at most ``flash_budget`` map entries
             per chunk) in its backward: it returns the record's reduced value with the last
             chunk (``None`` before), or ``NotImplemented`` for a record it cannot reduce by
-            chunks (whose chunks are then assembled and given to ``reduce``).
+            chunks (whose chunks are then assembled and given to ``reduce``). One with a
+            true ``rows`` attribute gets a long call's chunks in blocks of query rows, as
+            ``reduce_heads(record, A, G, first_head, heads, first_row)``.
         flash_budget: map entries (``B · chunk · n_q · n_k``) per chunk with ``reduce_heads``
             (default :data:`~captum_hetattn.capture.FLASH_BUDGET`, read when the recorder is
             made).

@@ -81,28 +81,45 @@ class Capture:
         return self._streamed(record, self._reduce(record))
 
     def reduce_heads(self, record: AttentionRecord, attention: Tensor, gradient: Tensor,
-                     first: int, heads: int) -> Tensor | None:
-        """:meth:`reduce` chunk by chunk of heads (flash capture's backward): the sum of
-        ``f(G) ⊙ A`` over heads and the key mass accumulate; the last chunk gives ``Ā``."""
+                     first: int, heads: int, row: int = 0) -> Tensor | None:
+        """:meth:`reduce` chunk by chunk of heads (flash capture's backward), each chunk whole
+        or in blocks of query rows from ``row``: the sum of ``f(G) ⊙ A`` over heads (per row,
+        in the same order either way) and the key mass accumulate; the last block gives
+        ``Ā``."""
         key = (record.name, record.call_index)
         if key not in self.corrections:
             return None
         if self.keep_heads or key in self.values or record.layout is not None:
             return NotImplemented
-        earlier = self._partial.pop(key) if first > 0 else None
-        # whether it got a gradient: read until one chunk says so (before the gradient's
+        n_query = record.shape[-2]
+        blocks = row > 0 or attention.shape[-2] != n_query
+        earlier = self._partial.pop(key) if first > 0 or row > 0 else None
+        # whether it got a gradient: read until one block says so (before the gradient's
         # memory is reused below)
         touched = (earlier is not None and earlier[3]) or _nonzero(gradient)
-        # the key mass only where padding is read from it (the first self call of a stream)
+        # the key mass only where padding is read from it (the first self call of a stream);
+        # only whether it is zero is read: block sums in any order say the same
         mass = attention.detach().sum(dim=(1, 2)) if key in self.mass_of else None
-        causal = is_causal(attention)
+        if earlier is None:
+            causal = _causal_rows(attention, row, n_query) if blocks else is_causal(attention)
+        else:
+            causal = earlier[2] and _causal_rows(attention, row, n_query)
         total = None if earlier is None else earlier[0]
-        fixed = _corrected_sum(attention, gradient, self.corrections[key], total)
-        if earlier is not None:
-            _, old_mass, old_causal, _ = earlier
-            mass = None if mass is None else old_mass + mass
-            causal = causal and old_causal
-        if first + attention.shape[1] < heads:
+        if blocks and total is None:
+            total = attention.new_empty((attention.shape[0], n_query, attention.shape[-1]),
+                                        dtype=relevance_dtype(attention.dtype))
+        correction, rows = self.corrections[key], slice(row, row + attention.shape[-2])
+        if not blocks:
+            fixed = _corrected_sum(attention, gradient, correction, total)
+        else:  # the first chunk writes its rows of the sum, the later ones add to them
+            fixed, block = total, total[:, rows]
+            if first == 0:
+                _corrected_sum(attention, gradient, correction, out=block)
+            else:
+                _corrected_sum(attention, gradient, correction, block)
+        if earlier is not None and mass is not None:
+            mass = earlier[1] + mass
+        if first + attention.shape[1] < heads or row + attention.shape[-2] < n_query:
             self._partial[key] = (fixed, mass, causal, touched)
             return None
         self._note(key, mass, causal, touched)
@@ -111,6 +128,8 @@ class Capture:
     #: the flash backward may write its next chunk into this one's memory: nothing here keeps
     #: a chunk (the gradient's memory is even reused for ``f(G) ⊙ A``)
     reduce_heads.keeps_no_chunk = True  # type: ignore[attr-defined]
+    #: and may hand each chunk over in blocks of query rows (with the first row's index)
+    reduce_heads.rows = True  # type: ignore[attr-defined]
 
     def _note(self, key: Key, mass: Tensor | None, causal: bool, touched: bool) -> None:
         """What a reduced call tells besides ``Ā``: which keys anyone attends to (zero columns
@@ -176,24 +195,39 @@ class Capture:
 
 
 def _corrected_sum(attention: Tensor, gradient: Tensor, correction: str,
-                   total: Tensor | None = None) -> Tensor:
+                   total: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     r"""``corrected(attention, gradient, correction).sum(dim=1)``, plus ``total`` (the sum of
     the chunks before, added to in place), the same values, computed in ``gradient``'s memory
     (flash capture hands over a gradient chunk nobody reads afterwards: two passes over the
-    chunk instead of two new tensors of its size; a chunk of one head is added without a sum)."""
+    chunk instead of two new tensors of its size; a chunk of one head is added without a sum).
+    ``out``: where the sum is written when there is no ``total`` (else a new tensor)."""
     dtype = relevance_dtype(attention.dtype)
     if (correction not in ("pos", "abs", "full") or attention.dtype != dtype
             or gradient.dtype != dtype or gradient.shape != attention.shape):
         chunk = corrected(attention, gradient, correction).sum(dim=1)
-        return chunk if total is None else total.add_(chunk)
+        if total is not None:
+            return total.add_(chunk)
+        return chunk if out is None else out.copy_(chunk)
     if correction == "pos":
         gradient = gradient.clamp_(min=0)
     elif correction == "abs":
         gradient = gradient.abs_()
     weighted = gradient.mul_(attention)
-    if total is None:
-        return weighted.sum(dim=1)  # a tensor of its own (the chunk's memory is reused)
+    if total is None:  # a tensor of its own (the chunk's memory is reused)
+        return weighted.sum(dim=1) if out is None else torch.sum(weighted, dim=1, out=out)
     return total.add_(weighted[:, 0] if weighted.shape[1] == 1 else weighted.sum(dim=1))
+
+
+def _causal_rows(attention: Tensor, row: int, n_query: int) -> bool:
+    r""":func:`is_causal` for the block of a square ``n_query × n_query`` map's query rows
+    from ``row``: no query of the block sees a later key."""
+    if attention.shape[-1] != n_query or n_query < 2:
+        return False
+    if row == 0 and bool(attention[..., 0, 1:].any()):  # the first query sees a later key
+        return False
+    upper = torch.triu(torch.ones(attention.shape[-2:], dtype=torch.bool,
+                                  device=attention.device), diagonal=1 + row)
+    return bool((attention[..., upper] == 0).all())
 
 
 def _nonzero(tensor: Tensor) -> bool:

@@ -88,18 +88,52 @@ def _fused_cpu(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
 
 
 def lse_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float,
-            logsumexp: Tensor, out: Tensor | None = None) -> Tensor:
+            logsumexp: Tensor, out: Tensor | None = None,
+            extended: Tensor | None = None) -> Tensor:
     r"""``softmax(Q Kᵀ · scale + mask)`` from the kernel's row log-sum-exp: ``exp(Q' K'ᵀ +
     mask)`` with ``Q' = [Q · scale, -lse]`` and ``K' = [K, 1]`` (the shift is in the product:
     one pass over the map fewer). Equal to :func:`attention_map` to float32 rounding
     (≈ 1e-7); a row that a ``-inf`` mask hides entirely is 0 (the kernel's log-sum-exp is 0
     there), other empty rows are cleared by the caller (:func:`clear_empty_rows`); a row that a
-    large finite mask hides wholly is lost to rounding here (the caller builds those chunks with
-    :func:`attention_map`, see :func:`huge_rows`). ``out``: where to write it."""
-    ones = key.new_ones(*key.shape[:-1], 1)
+    large finite mask hides wholly is lost to rounding here (the caller builds those blocks with
+    :func:`attention_map`, see :func:`huge_rows`). ``out``: where to write it; ``extended``:
+    ``K'ᵀ`` (:func:`extended_keys`), built once by a caller that rebuilds the map in blocks of
+    query rows."""
+    if extended is None:
+        extended = extended_keys(key)
     shifted = torch.cat([query * scale, -logsumexp.unsqueeze(-1).to(query.dtype)], dim=-1)
-    scores = torch.matmul(shifted, torch.cat([key, ones], dim=-1).transpose(-1, -2), out=out)
+    scores = torch.matmul(shifted, extended, out=out)
     return _plus_mask(scores, mask, in_place=True).exp_()
+
+
+def extended_keys(key: Tensor) -> Tensor:
+    r"""``[K, 1]ᵀ``: the right side of :func:`lse_map`'s product."""
+    return torch.cat([key, key.new_ones(*key.shape[:-1], 1)], dim=-1).transpose(-1, -2)
+
+
+#: the fewest query rows of a block: a product of one or two rows may round differently from
+#: the same rows of the whole product (a matrix-vector kernel), from three on it was the same
+#: to the bit (tests/test_perf_flash.py)
+MIN_ROWS = 16
+
+
+def _row_blocks(n_query: int, rows: int | None) -> list[slice]:
+    """``rows`` query rows at a time (all at once when ``None``), at least :data:`MIN_ROWS`:
+    a shorter last block joins the one before."""
+    block = n_query if rows is None else max(MIN_ROWS, int(rows))
+    starts = list(range(0, n_query, block)) or [0]
+    if len(starts) > 1 and n_query - starts[-1] < MIN_ROWS:
+        starts.pop()
+    return [slice(start, end) for start, end in zip(starts, [*starts[1:], n_query],
+                                                    strict=True)]
+
+
+def _mask_rows(mask: Tensor | None, rows: slice) -> Tensor | None:
+    """The query rows ``rows`` of a mask laid out over the scores (one broadcast over the
+    rows stays whole)."""
+    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
+        return mask
+    return mask[..., rows, :]
 
 
 def recorded_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
@@ -159,15 +193,18 @@ class FlashAttention(torch.autograd.Function):
 
     The backward runs over chunks of heads (``chunk`` heads at a time; all at once when
     ``None``), so it holds one chunk's ``(B, chunk, n_q, n_k)`` temporaries at a time; the sink
-    gets each chunk's maps with the index of its first head and the total head count.
+    gets each chunk's maps with the index of its first head and the total head count. With
+    ``rows`` (the kernel's path only), each chunk arrives in blocks of that many query rows
+    where it has more: ``sink(A, G, first_head, heads, first_row)``.
     ``probe`` is a scalar that requires grad: asking ``torch.autograd.grad`` for it makes a
     backward run through this call without keeping any map (its gradient is 0).
     """
 
     @staticmethod
     def forward(ctx, query, key, value, mask, probe, scale, sink, chunk=None,  # noqa: D102
-                workspace=None):
+                workspace=None, rows=None):
         ctx.scale, ctx.sink, ctx.chunk, ctx.workspace = scale, sink, chunk, workspace
+        ctx.rows = rows
         ctx.fused = _fused_cpu(query, key, value, mask, scale)
         if ctx.fused:  # the kernel F.scaled_dot_product_attention picks, with its log-sum-exp
             output, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -211,39 +248,52 @@ class FlashAttention(torch.autograd.Function):
                      heads)
             del attention, gradient, grad_scores
         return (grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None,
-                None)
+                None, None)
 
     @staticmethod
     def _fused_backward(ctx, grad_output):
         """The CPU kernel's own backward for ``Q, K, V`` (what a plain backward runs); each
         chunk of heads' maps rebuilt from the saved log-sum-exp (:func:`lse_map`) and
         ``G = dO · Vᵀ``, handed to the sink (which may reuse their memory; where it returns
-        ``True`` it keeps neither, and the next chunk is written into the same memory)."""
+        ``True`` it keeps neither, and the next chunk is written into the same memory). With
+        ``rows``, each chunk goes to the sink in blocks of that many query rows, with the first
+        row's index (the same values: each row's map and gradient depend on that row only),
+        so the map-sized temporaries are one block's."""
         query, key, value, mask, output, logsumexp = ctx.saved_tensors
         grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_output, query, key, value, output, logsumexp, 0.0, False, attn_mask=mask,
             scale=ctx.scale)
-        heads = query.shape[1]
+        heads, n_query = query.shape[1], query.shape[2]
         chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
         for first in range(0, heads, chunk):
             part = slice(first, first + chunk)
             head_mask = None
             if mask is not None:
                 head_mask = mask[:, part] if mask.dim() == 4 and mask.shape[1] == heads else mask
-            shape = (query.shape[0], min(chunk, heads - first), query.shape[2], key.shape[2])
-            into = ctx.workspace.take(shape, query) if ctx.workspace is not None else (None,) * 2
-            if huge_rows(head_mask):  # rows a finite mask hides wholly: the softmax itself
-                attention = attention_map(query[:, part], key[:, part], head_mask, ctx.scale)
-            else:
-                attention = lse_map(query[:, part], key[:, part], head_mask, ctx.scale,
-                                    logsumexp[:, part], out=into[0])
-            gradient = torch.matmul(grad_output[:, part], value[:, part].transpose(-1, -2),
-                                    out=into[1])
-            done = ctx.sink(clear_empty_rows(attention, head_mask), gradient, first, heads)
-            if done is not True and ctx.workspace is not None:
-                ctx.workspace.drop()  # the sink keeps them: the next chunk gets new memory
-            del attention, gradient
-        return *grads, None, torch.zeros(()), None, None, None, None
+            extended = extended_keys(key[:, part])
+            value_t = value[:, part].transpose(-1, -2)
+            for rows in _row_blocks(n_query, ctx.rows):
+                row = rows.start
+                shape = (query.shape[0], min(chunk, heads - first), rows.stop - row,
+                         key.shape[2])
+                into = (ctx.workspace.take(shape, query) if ctx.workspace is not None
+                        else (None,) * 2)
+                block_mask = _mask_rows(head_mask, rows)
+                if huge_rows(block_mask):  # rows a finite mask hides wholly: the softmax itself
+                    attention = attention_map(query[:, part, rows], key[:, part], block_mask,
+                                              ctx.scale)
+                else:
+                    attention = lse_map(query[:, part, rows], key[:, part], block_mask,
+                                        ctx.scale, logsumexp[:, part, rows], out=into[0],
+                                        extended=extended)
+                gradient = torch.matmul(grad_output[:, part, rows], value_t, out=into[1])
+                at_row = () if rows.stop - row == n_query else (row,)  # (one block: as before)
+                done = ctx.sink(clear_empty_rows(attention, block_mask), gradient, first, heads,
+                                *at_row)
+                if done is not True and ctx.workspace is not None:
+                    ctx.workspace.drop()  # the sink keeps them: the next block gets new memory
+                del attention, gradient
+        return *grads, None, torch.zeros(()), None, None, None, None, None
 
 
 class Workspace:
@@ -273,6 +323,10 @@ class Workspace:
 
 #: per model: the attention classes' verdicts (:attr:`FlashBackend.checked`)
 _VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[type, bool]] = weakref.WeakKeyDictionary()
+
+#: map entries (``B · chunk · rows · n_k``) per block of query rows, where the head reduction
+#: takes rows: one block's map and gradient stay in the CPU's cache between their passes
+ROW_BUDGET = 2**19
 
 #: query rows the class check compares maps at (all of them up to this many)
 CHECK_ROWS = 128
@@ -434,13 +488,16 @@ class FlashBackend(Backend):
         saved_query, saved_key = query.detach(), key.detach()
         record.recompute = entry.recompute = functools.partial(
             recorded_map, saved_query, saved_key, None if mask is None else mask.detach(), scale)
-        chunk = None
-        if self.recorder.reduce_heads is not None:  # one chunk of heads' maps at a time
+        chunk = rows = None
+        reduce_heads = self.recorder.reduce_heads
+        if reduce_heads is not None:  # one chunk of heads' maps at a time
             per_head = shape[0] * shape[2] * shape[3]
             chunk = max(1, self.recorder.flash_budget // max(per_head, 1))
+            if getattr(reduce_heads, "rows", False):  # and of query rows, where it takes them
+                rows = max(1, ROW_BUDGET // max(shape[0] * min(chunk, shape[1]) * shape[3], 1))
         output = FlashAttention.apply(query, key, value, mask, probe, scale,
                                       functools.partial(self._on_flash, entry), chunk,
-                                      self.workspace)
+                                      self.workspace, rows)
         return output.transpose(1, 2).contiguous(), None
 
     def _add_flash(self, module: nn.Module, probe: Tensor, shape: tuple[int, ...]) -> Entry:
@@ -452,33 +509,40 @@ class FlashBackend(Backend):
         return entry
 
     def _on_flash(self, entry: Entry, attention: Tensor, gradient: Tensor, first: int = 0,
-                  heads: int | None = None) -> bool:
-        """A chunk of heads ``first, first + 1, ...`` of a flash call's maps, from its backward:
-        reduced chunk by chunk where ``reduce_heads`` can, else assembled, then recorded.
-        Returns whether nothing keeps the chunk's tensors (their memory is free for the next
-        chunk): a ``reduce_heads`` says so with a true ``keeps_no_chunk`` attribute."""
+                  heads: int | None = None, row: int = 0) -> bool:
+        """A chunk of heads ``first, first + 1, ...`` (of query rows ``row, row + 1, ...``) of
+        a flash call's maps, from its backward: reduced chunk by chunk where ``reduce_heads``
+        can, else assembled, then recorded. Returns whether nothing keeps the chunk's tensors
+        (their memory is free for the next chunk): a ``reduce_heads`` says so with a true
+        ``keeps_no_chunk`` attribute; one with a true ``rows`` attribute takes blocks of rows
+        (and the first row's index)."""
         record = entry.record
         if record.reduced is not None or self.session.tracing:
             return True  # one gradient pass per recording with reduce; or a tracing pass
         heads = attention.shape[1] if heads is None else heads
-        last = first + attention.shape[1] >= heads
+        n_query = record.shape[2] if row or attention.shape[2] != record.shape[2] else None
+        last = first + attention.shape[1] >= heads and (
+            n_query is None or row + attention.shape[2] >= n_query)
         reduce_heads = self.recorder.reduce_heads
         if reduce_heads is not None and record.part_of is None and entry.buffer is None:
             # (every head at once too)
-            done = reduce_heads(record, attention, gradient, first, heads)
+            at_row = (row,) if getattr(reduce_heads, "rows", False) else ()
+            done = reduce_heads(record, attention, gradient, first, heads, *at_row)
             if done is not NotImplemented:
                 if last:
                     record.reduced, record.recompute = done, None
                 return bool(getattr(reduce_heads, "keeps_no_chunk", False))
-        if first == 0 and last:  # the whole map at once
+        if first == 0 and n_query is None and last:  # the whole map at once
             record.attention, record.recompute = attention, None
             self.recorder._set_gradient(entry, gradient)
             return False
         if entry.buffer is None:  # assemble the chunks into the whole map
-            full = (record.shape[0], heads, *attention.shape[2:])
+            full = (record.shape[0], heads, n_query or attention.shape[2], attention.shape[3])
             entry.buffer = (attention.new_empty(full), gradient.new_empty(full))
-        entry.buffer[0][:, first:first + attention.shape[1]] = attention
-        entry.buffer[1][:, first:first + attention.shape[1]] = gradient
+        into = (slice(None), slice(first, first + attention.shape[1]),
+                slice(row, row + attention.shape[2]))
+        entry.buffer[0][into] = attention
+        entry.buffer[1][into] = gradient
         if last:
             (record.attention, assembled), entry.buffer = entry.buffer, None
             record.recompute = None
