@@ -99,6 +99,19 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "inputs": _ast_inputs},
 }
 
+_PARAKEET = {"encoder_config": _FAST_CONFORMER}
+_STREAMING = {"encoder_config": {**_FAST_CONFORMER, "sliding_window": 8,
+                                 "default_num_lookahead_tokens": 2}}
+
+
+def _transducer(model_type: str, class_name: str, config: dict[str, Any]) -> Any:
+    r"""An RNNT / TDT model (8× subsampling) over 64 frames of 16 mel bins, one decoder token
+    per example; example 1's last 16 frames (2 encoder tokens) are padding."""
+    return _case(model_type, class_name, config, {"input_features": _randn(2, 64, 16)},
+                 {"attention_mask": _frame_mask(64, 16),
+                  "decoder_input_ids": torch.tensor([[5], [6]])}, mask=_frame_mask(8, 2))
+
+
 BUILDERS: dict[str, Any] = {
     # conformer over 20 frames of 16 stacked features, example 1's last 4 frames masked
     "wav2vec2-bert": partial(
@@ -140,38 +153,15 @@ BUILDERS: dict[str, Any] = {
         {"encoder_config": {"num_mel_bins": 8, "conv_kernel_size": 3, "context_size": 8}},
         {"input_features": _randn(2, 16, 32)}, {"attention_mask": _frame_mask(16)}, head="lm"),
     # fast conformer (8× subsampling) over 64 frames of 16 mel bins, one decoder token each
-    "parakeet_rnnt": partial(
-        _case, "parakeet_rnnt", "ParakeetForRNNT",
-        {"encoder_config": {"num_mel_bins": 16, "conv_kernel_size": 3, "dropout": 0.0,
-                            "layerdrop": 0.0, "activation_dropout": 0.0,
-                            "attention_dropout": 0.0}},
-        {"input_features": _randn(2, 64, 16)},
-        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
-        mask=_frame_mask(8, 2)),
-    "parakeet_tdt": partial(
-        _case, "parakeet_tdt", "ParakeetForTDT",
-        {"encoder_config": {"num_mel_bins": 16, "conv_kernel_size": 3, "dropout": 0.0,
-                            "layerdrop": 0.0, "activation_dropout": 0.0,
-                            "attention_dropout": 0.0}},
-        {"input_features": _randn(2, 64, 16)},
-        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
-        mask=_frame_mask(8, 2)),
+    "parakeet_rnnt": partial(_transducer, "parakeet_rnnt", "ParakeetForRNNT", _PARAKEET),
+    "parakeet_tdt": partial(_transducer, "parakeet_tdt", "ParakeetForTDT", _PARAKEET),
     # cache-aware streaming conformer (8× subsampling), as Parakeet
     "nemotron_asr_streaming": partial(
-        _case, "nemotron_asr_streaming", "NemotronAsrStreamingForRNNT",
-        {"encoder_config": {**_FAST_CONFORMER, "sliding_window": 8,
-                            "default_num_lookahead_tokens": 2}},
-        {"input_features": _randn(2, 64, 16)},
-        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
-        mask=_frame_mask(8, 2)),
+        _transducer, "nemotron_asr_streaming", "NemotronAsrStreamingForRNNT", _STREAMING),
     "nemotron3_5_asr": partial(
-        _case, "nemotron3_5_asr", "Nemotron3_5AsrForRNNT",
-        {"encoder_config": {**_FAST_CONFORMER, "sliding_window": 8,
-                            "default_num_lookahead_tokens": 2},
-         "num_prompts": 4, "prompt_intermediate_size": 32, "default_prompt_id": 1},
-        {"input_features": _randn(2, 64, 16)},
-        {"attention_mask": _frame_mask(64, 16), "decoder_input_ids": torch.tensor([[5], [6]])},
-        mask=_frame_mask(8, 2)),
+        _transducer, "nemotron3_5_asr", "Nemotron3_5AsrForRNNT",
+        {**_STREAMING, "num_prompts": 4, "prompt_intermediate_size": 32,
+         "default_prompt_id": 1}),
     # one text stream and 4 audio codebooks per step, summed into one embedding per step
     "kyutai_speech_to_text": partial(
         _case, "kyutai_speech_to_text", "KyutaiSpeechToTextModel",
