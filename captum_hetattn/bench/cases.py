@@ -210,19 +210,21 @@ def build_detr(quick: bool, queries: int = 20) -> tuple[Case, list[tuple[int, in
 
 
 def median_times(functions: dict[str, Callable[[], object]], repeats: int,
-                 sync: Callable[[], None] = lambda: None) -> dict[str, float]:
-    """Median seconds of each function over ``repeats`` runs, after one warm-up of each; the
-    functions run in turn within each repeat, so slow drifts of the machine hit all alike."""
+                 sync: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds (of ``clock``) of each function over ``repeats`` runs, after one warm-up
+    of each; the functions run in turn within each repeat, so slow drifts of the machine hit all
+    alike."""
     for fn in functions.values():
         fn()
         sync()
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
         for name, fn in functions.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

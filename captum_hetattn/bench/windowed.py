@@ -5,13 +5,12 @@ plain forward+backward, timed in turn in one process."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from captum_hetattn.bench.cases import Case, _generator, sync_for, to_device
+from captum_hetattn.bench.cases import Case, _generator, median_times, sync_for, to_device
 from captum_hetattn.bench.report import TARGETS, TITLES, Options, Section, met
 
 #: input tokens of the long windowed models (LED, LongT5) at real sizes
@@ -104,19 +103,8 @@ def _times(case: Case, repeats: int, device: str) -> dict[str, float]:
     GPU; plain, first call and warm in turn, medians of ``repeats`` after one warm-up each."""
     first, warm = _explain_calls(case)
     calls = {"plain": case.plain, "first": first, "warm": warm}
-    sync = sync_for(device)
     clock = time.perf_counter if device == "cuda" else time.process_time
-    for fn in calls.values():
-        fn()
-        sync()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = clock()
-            fn()
-            sync()
-            times[name].append(clock() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return median_times(calls, repeats, sync_for(device), clock)
 
 
 def bench_windowed(opts: Options) -> Section:
