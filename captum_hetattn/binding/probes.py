@@ -172,11 +172,11 @@ def _dependence_by_rows(
 ) -> Tensor:
     """The exact row-by-row dependence (one backward per into-row): the fallback."""
     view = tokens_view(into, into_dim)
-    generator = _generator()
+    draws = _draw(view, _generator())
     rows = []
     for i in range(view.shape[1]):
         weights = torch.zeros_like(view)
-        weights[:, i] = _draw(view, generator)[:, i]
+        weights[:, i] = draws[:, i]
         (grad,) = torch.autograd.grad(
             into, [origin], _restore_layout(weights, into, into_dim), retain_graph=True,
             allow_unused=True,
