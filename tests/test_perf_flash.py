@@ -112,23 +112,22 @@ def test_nonzero_reads_like_any():
         assert reduce_module._nonzero(tensor) == bool(tensor.any())
 
 
-def _bert(padding):
+def _bert(padding, length=19):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
     config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=37, vocab_size=99, num_labels=3)
     model = BertForSequenceClassification(config).eval()
-    ids = torch.randint(5, 99, (2, 19), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(5, 99, (2, length), generator=torch.Generator().manual_seed(3))
     mask = torch.ones_like(ids)
-    if padding:
-        mask[1, -5:] = 0
+    mask[1, length - padding:] = 0  # example 1's last ``padding`` tokens
     return model, ids, mask
 
 
 @pytest.mark.parametrize("padding", [False, True])
 def test_relevance_on_the_kernel_path_equals_the_rebuilt_path(padding, monkeypatch, count_flash):
-    model, ids, mask = _bert(padding)
+    model, ids, mask = _bert(5 if padding else 0)
 
     def explain():
         explainer = HeterogenousAttentionAttribution(
@@ -160,7 +159,7 @@ def test_class_verdicts_are_kept_for_the_models_life(monkeypatch):
         return original(self, module, *args, **kwargs)
 
     monkeypatch.setattr(flash_module.FlashBackend, "_reproduces", counted)
-    model, ids, mask = _bert(False)
+    model, ids, mask = _bert(0)
     explainer = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits,
                                                  model=model)
     first = explainer.attribute(ids, target=1)
@@ -168,7 +167,7 @@ def test_class_verdicts_are_kept_for_the_models_life(monkeypatch):
     again = HeterogenousAttentionAttribution(lambda i: model(input_ids=i).logits, model=model)
     torch.testing.assert_close(again.attribute(ids, target=1), first)
     assert checks == ["BertSelfAttention"]  # same model, another explainer: kept
-    other, _, _ = _bert(False)
+    other, _, _ = _bert(0)
     HeterogenousAttentionAttribution(lambda i: other(input_ids=i).logits,
                                      model=other).attribute(ids, target=1)
     assert checks == ["BertSelfAttention"] * 2  # another model is checked again
@@ -292,22 +291,9 @@ def test_the_hidden_querys_row_is_zero_in_its_block():
     assert not reduced[0, 40].any() and reduced[0, 39].any() and reduced[1, 40].any()
 
 
-def _long_bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, vocab_size=99, num_labels=3)
-    model = BertForSequenceClassification(config).eval()
-    ids = torch.randint(5, 99, (2, 45), generator=torch.Generator().manual_seed(3))
-    mask = torch.ones_like(ids)
-    mask[1, -7:] = 0
-    return model, ids, mask
-
-
 @pytest.mark.parametrize("options", [{}, {"return_maps": True}])
 def test_relevance_from_row_blocks_equals_whole_chunks(options, monkeypatch, count_flash):
-    model, ids, mask = _long_bert()
+    model, ids, mask = _bert(7, length=45)
     blocks = []
     on_flash = flash_module.FlashBackend._on_flash
 

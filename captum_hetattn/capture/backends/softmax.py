@@ -262,4 +262,3 @@ def _gathered_queries(scores: Tensor) -> bool:
             return False
         node = node.next_functions[0][0]
     return False
-
