@@ -47,9 +47,11 @@ def _config(model_type: str, values: dict[str, Any], config_name: str | None = N
 
 def _case(model_type: str, class_name: str, values: dict[str, Any], inputs: dict[str, Tensor],
           extras: dict[str, Tensor] | None = None, head: str = "base", fixed: dict | None = None,
-          mask: Tensor | None = None, config_name: str | None = None) -> Any:
+          mask: Tensor | None = None, config_name: str | None = None,
+          score: Any = None) -> Any:
     r"""A Case of ``class_name``: ``inputs`` attributed, ``extras`` (masks) passed as additional
-    forward args (sliced per example), ``fixed`` passed as they are."""
+    forward args (sliced per example), ``fixed`` passed as they are; ``score(output)`` replaces
+    the generic score."""
     import transformers
 
     from ..build import Case, _score
@@ -64,7 +66,8 @@ def _case(model_type: str, class_name: str, values: dict[str, Any], inputs: dict
         kwargs = {**(fixed or {}), **dict(zip(names, args, strict=True))}
         # an LM reads each example's last real token (the mask travels with its example)
         read = kwargs.get("attention_mask") if head == "lm" else None
-        return _score(model(**kwargs), head, read)
+        output = model(**kwargs)
+        return score(output) if score is not None else _score(output, head, read)
 
     with torch.no_grad():
         forward(*inputs.values(), *extras.values())
@@ -112,7 +115,28 @@ def _transducer(model_type: str, class_name: str, config: dict[str, Any]) -> Any
                   "decoder_input_ids": torch.tensor([[5], [6]])}, mask=_frame_mask(8, 2))
 
 
+# its rotary embedding spans at least 32 channels of a head: one head of 32
+_CLVP_ENCODER = {"num_attention_heads": 1, "bos_token_id": 98, "eos_token_id": 98}
+
+
+def _clvp_score(output: Any) -> Tensor:
+    r"""Example i's text embedding against its own speech embedding (the logits pair every text
+    with every speech clip of the batch)."""
+    return (output.text_embeds * output.speech_embeds)[:, :4]
+
+
 BUILDERS: dict[str, Any] = {
+    # its test's sizes: text ids (example 1 padded, the mask to the text encoder) conditioning
+    # a decoder on 20 frames of 16 mel bins; the speech encoder reads the decoder's argmax ids
+    "clvp": partial(
+        _case, "clvp", "ClvpModelForConditionalGeneration",
+        {"decoder_config": {"feature_size": 16, "num_mel_attn_blocks": 1, "max_text_tokens": 32,
+                            "max_mel_tokens": 32, "relative_attention_num_buckets": 4,
+                            "relative_attention_max_distance": 16, "bos_token_id": 97,
+                            "eos_token_id": 98},
+         "text_config": _CLVP_ENCODER, "speech_config": _CLVP_ENCODER},
+        {"input_ids": _IDS, "input_features": _randn(2, 16, 20)},
+        {"attention_mask": _frame_mask(8, 3)}, mask=_frame_mask(8, 3), score=_clvp_score),
     # conformer over 20 frames of 16 stacked features, example 1's last 4 frames masked
     "wav2vec2-bert": partial(
         _case, "wav2vec2-bert", "Wav2Vec2BertForSequenceClassification",
