@@ -119,6 +119,32 @@ def _transducer(model_type: str, class_name: str, config: dict[str, Any]) -> Any
 _CLVP_ENCODER = {"num_attention_heads": 1, "bos_token_id": 98, "eos_token_id": 98}
 
 
+# Nemotron 3.5 Transcribe: a speech encoder and a diarization model (4 speakers) on the same
+# 16 mel bins, both 8× subsampled; a Nemotron-H LM (one Mamba-2 mixer, one attention layer)
+_DIARIZATION = {"audio_config": {"num_mel_bins": 16}, "chunk_length": 16, "chunk_right_context": 4,
+                "head_config": {"hidden_size": 32, "audio_hidden_size": 32, "num_speakers": 4},
+                "streaming_config": {"num_speakers": 4, "speaker_cache_length": 8,
+                                     "fifo_length": 8, "speaker_cache_update_period": 8}}
+_TRANSCRIBE_AUDIO = {"asr_config": {"num_mel_bins": 16}, "diarization_config": _DIARIZATION}
+_TRANSCRIBE = {
+    "audio_config": _TRANSCRIBE_AUDIO, "audio_token_id": 98,
+    "word_timestamp_config": {"blank_token_id": 98},
+    "text_config": {"layers_block_type": ["mamba", "attention"], "mamba_num_heads": 4,
+                    "mamba_head_dim": 16, "expand": 2, "n_groups": 1, "ssm_state_size": 8,
+                    "chunk_size": 8, "moe_shared_expert_intermediate_size": 64}}
+
+
+def _transcribe_speechlm() -> Any:
+    r"""64 frames of 16 mel bins (example 1's last 16 padding) become 8 audio tokens (6 for
+    example 1: padding frames give none) between 2 + 2 text ids; example 1 masks its last 2."""
+    ids = torch.tensor([[5, 6] + [98] * 8 + [7, 8], [5, 6] + [98] * 6 + [7, 8, 0, 0]])
+    mask = (ids != 0).long()
+    return _case("nemo_speechlm", "Nemotron3_5TranscribeForConditionalGeneration", _TRANSCRIBE,
+                 {"input_ids": ids, "input_features": _randn(2, 64, 16)},
+                 {"attention_mask": mask, "input_features_mask": _frame_mask(64, 16)},
+                 head="lm", mask=mask)
+
+
 def _clvp_score(output: Any) -> Tensor:
     r"""Example i's text embedding against its own speech embedding (the logits pair every text
     with every speech clip of the batch)."""
@@ -126,6 +152,17 @@ def _clvp_score(output: Any) -> Tensor:
 
 
 BUILDERS: dict[str, Any] = {
+    "nemo_speechlm": _transcribe_speechlm,
+    "nemotron3_5_transcribe_audio": partial(
+        _case, "nemotron3_5_transcribe_audio", "Nemotron3_5TranscribeAudioModel",
+        _TRANSCRIBE_AUDIO, {"input_features": _randn(2, 64, 16)},
+        {"input_features_mask": _frame_mask(64, 16)}, mask=_frame_mask(8, 2)),
+    # speech encoder states (8 frames, example 1's last 2 padding), upsampled 2× before attention
+    # (the relevance is over the 16 upsampled frames)
+    "nemotron3_5_transcribe_word_timestamp": partial(
+        _case, "nemotron3_5_transcribe_word_timestamp", "Nemotron3_5TranscribeWordTimestampModel",
+        {"blank_token_id": 98}, {"inputs_embeds": _randn(2, 8, 32)},
+        {"attention_mask": _frame_mask(8, 2)}, mask=_frame_mask(16, 4)),
     # its test's sizes: text ids (example 1 padded, the mask to the text encoder) conditioning
     # a decoder on 20 frames of 16 mel bins; the speech encoder reads the decoder's argmax ids
     "clvp": partial(
