@@ -145,6 +145,43 @@ def _transcribe_speechlm() -> Any:
                  head="lm", mask=mask)
 
 
+def _wave_mask(samples: int, pad: int) -> Tensor:
+    r"""A ``(2, 1, samples)`` waveform padding mask, example 1's last ``pad`` samples padding."""
+    return _frame_mask(samples, pad).unsqueeze(1)
+
+
+# its test's codec: an acoustic encoder of hop 2·2·4 = 16 (24 at the decoder's 24 kHz) beside
+# a Wav2Vec2-BERT semantic encoder over 8 mel bins × 2 stacked frames, one FSQ codebook
+_NEUCODEC = {"encoder_hidden_size": 8, "downsampling_ratios": [2, 2, 4], "hidden_size": 32,
+             "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8,
+             "quantization_dim": 64, "quantization_levels": [4, 4, 4, 4],
+             "semantic_model_config": {"model_type": "wav2vec2-bert", "hidden_size": 32,
+                                       "num_attention_heads": 2, "intermediate_size": 64,
+                                       "feature_projection_input_dim": 16,
+                                       "output_hidden_size": 32}}
+
+
+def _audio_score(output: Any) -> Tensor:
+    r"""A codec's reconstruction in 4 means over consecutive spans of samples (its first 4
+    samples alone fall where the synthesis window is ~0)."""
+    return output.audio_values.flatten(1).unflatten(1, (4, -1)).mean(-1)
+
+
+def _spread_fsq(case: Any, module: str) -> Any:
+    r"""``case`` with the linear ``module`` (before an FSQ quantizer) rescaled so its outputs on
+    the batch have unit spread: at init they are ~1e-4, every latent rounds to the same code and
+    the decoder's input (so its audio) is exactly zero."""
+    layer = case.model.get_submodule(module)
+    seen: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        case.forward_func(*case.inputs, *case.additional_forward_args)
+        handle.remove()
+        layer.weight.mul_(1.0 / float(seen[0].std()))
+    case.notes.append(f"{module} rescaled: latents spread over the FSQ levels")
+    return case
+
+
 def _clvp_score(output: Any) -> Tensor:
     r"""Example i's text embedding against its own speech embedding (the logits pair every text
     with every speech clip of the batch)."""
@@ -152,6 +189,20 @@ def _clvp_score(output: Any) -> Tensor:
 
 
 BUILDERS: dict[str, Any] = {
+    # 8 frames of 128 samples / 16-wide features, example 1's last 2 feature frames masked in the
+    # semantic encoder; no waveform padding mask: a padded one makes a (B, 1, T) code mask that
+    # the decoder's mask builder cannot index (transformers 5.25)
+    "neucodec": lambda: _spread_fsq(_case(
+        "neucodec", "NeuCodecModel", _NEUCODEC,
+        {"input_values": _randn(2, 1, 128), "input_features": _randn(2, 8, 16, seed=3)},
+        {"input_features_mask": _frame_mask(8, 2)}, score=_audio_score),
+        "quantizer.project_in"),
+    # NeuCodec's parent: the same codec at one sampling rate (the decoder takes no mask)
+    "xcodec2": lambda: _spread_fsq(_case(
+        "xcodec2", "Xcodec2Model", _NEUCODEC,
+        {"input_values": _randn(2, 1, 128), "input_features": _randn(2, 8, 16, seed=3)},
+        {"input_features_mask": _frame_mask(8, 2)}, score=_audio_score),
+        "quantizer.project_in"),
     "nemo_speechlm": _transcribe_speechlm,
     "nemotron3_5_transcribe_audio": partial(
         _case, "nemotron3_5_transcribe_audio", "Nemotron3_5TranscribeAudioModel",
