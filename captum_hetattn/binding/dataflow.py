@@ -145,9 +145,14 @@ def analyse(
         raise ValueError("no attention call was recorded")
     batch = batch if batch is not None else _batch_size(records)
     if all(r.nodes.get("query") is None for r in records):
+        names = list(dict.fromkeys(r.name for r in records))
+        listed = ", ".join(f"'{n}'" for n in names[:3]) + (
+            f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise ValueError(
-            "no attention call's hidden states carry an autograd graph, so where their tokens "
-            "come from cannot be traced (all parameters frozen and no float input?)"
+            f"no attention call's hidden states carry an autograd graph ({listed}), so where "
+            "their tokens come from cannot be traced: they ran under torch.no_grad() or on "
+            "detached inputs (a frozen sub-model), or every parameter is frozen and no float "
+            "input reaches them"
         )
     walker = _Walker()
     for i, record in enumerate(records):

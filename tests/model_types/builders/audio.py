@@ -197,6 +197,18 @@ BUILDERS: dict[str, Any] = {
         {"input_values": _randn(2, 1, 128), "input_features": _randn(2, 8, 16, seed=3)},
         {"input_features_mask": _frame_mask(8, 2)}, score=_audio_score),
         "quantizer.project_in"),
+    # its test's codec: a DAC of hop 16·16 over 256 samples beside a 2-layer HuBERT (codes
+    # between encoder and decoder, the semantic model under no_grad)
+    "xcodec": partial(
+        _case, "xcodec", "XcodecModel",
+        {"acoustic_model_config": {"decoder_hidden_size": 8, "encoder_hidden_size": 8,
+                                   "codebook_size": 16, "downsampling_ratios": [16, 16],
+                                   "upsampling_ratios": [16, 16], "hidden_size": 32},
+         "codebook_dim": 64,
+         "semantic_model_config": {"hidden_size": 32, "num_hidden_layers": 2,
+                                   "num_attention_heads": 2, "intermediate_size": 12,
+                                   "conv_dim": [4] * 7}},
+        {"input_values": _randn(2, 1, 256)}, score=_audio_score),
     # NeuCodec's parent: the same codec at one sampling rate (the decoder takes no mask)
     "xcodec2": lambda: _spread_fsq(_case(
         "xcodec2", "Xcodec2Model", _NEUCODEC,
