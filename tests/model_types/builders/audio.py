@@ -182,6 +182,63 @@ def _spread_fsq(case: Any, module: str) -> Any:
     return case
 
 
+# Qwen3-ASR's encoder: chunks of 100 frames (its token count per chunk, 13, is fixed in the
+# model), 16 mel bins, attention in windows of 2 chunks = one window per example here
+_QWEN3_ASR_ENCODER = {"num_mel_bins": 16, "downsample_hidden_size": 8, "output_dim": 32,
+                      "n_window": 50, "n_window_infer": 200}
+
+
+def _qwen3_asr_tokens(features_mask: Tensor) -> Tensor:
+    r"""Each example's encoder token count: 13 per full chunk of 100 frames, the rest through
+    three stride-2 convolutions."""
+    from transformers.models.qwen3_asr.modeling_qwen3_asr import _get_feat_extract_output_lengths
+
+    return _get_feat_extract_output_lengths(features_mask.sum(-1).long())
+
+
+def _qwen3_asr_encoder() -> Any:
+    r"""The encoder packs every example's valid tokens into one sequence (attention within each
+    example's window): the score averages each example's own rows. 200 frames of 16 mel bins,
+    both examples whole (26 tokens each): with example 1's last 50 frames masked (26 + 20
+    packed rows) the engine refuses, reading its windows as "not over tokens" (an open
+    limitation of packed sequences with unequal examples)."""
+    import transformers
+
+    from ..build import Case
+
+    config = _config("qwen3_asr_encoder", _QWEN3_ASR_ENCODER)
+    torch.manual_seed(0)
+    model = transformers.Qwen3ASREncoder(config).eval()
+
+    def forward(input_features: Tensor, input_features_mask: Tensor) -> Tensor:
+        rows = model(input_features=input_features,
+                     input_features_mask=input_features_mask).last_hidden_state
+        sizes = _qwen3_asr_tokens(input_features_mask).tolist()
+        return torch.stack([part.mean(0)[:4] for part in rows.split(sizes)])
+
+    features, mask = _randn(2, 16, 200), _frame_mask(200, 0)
+    with torch.no_grad():
+        forward(features, mask)
+    return Case("qwen3_asr_encoder", "base", "Qwen3ASREncoder", model, forward, (features,),
+                (mask,), 1, None, ["inputs: input_features", "packed examples"])
+
+
+def _qwen3_asr() -> Any:
+    r"""The speech LM: 2 text ids, 26 audio placeholders (200 frames each), 6 text ids, example
+    1's last 3 padding. (Audio of unequal lengths lays the examples' streams out differently:
+    refused by name, one example at a time is explained.)"""
+    ids = torch.tensor([[5, 6] + [98] * 26 + [7, 8, 9, 10, 11, 12]] * 2)
+    ids[1, -3:] = 0
+    mask = (ids != 0).long()
+    return _case("qwen3_asr", "Qwen3ASRForConditionalGeneration",
+                 {"audio_config": _QWEN3_ASR_ENCODER, "audio_token_id": 98, "pad_token_id": 0,
+                  "eos_token_id": 2, "timestamp_token_id": 97,
+                  "text_config": {"pad_token_id": 0}},
+                 {"input_ids": ids, "input_features": _randn(2, 16, 200)},
+                 {"attention_mask": mask, "input_features_mask": _frame_mask(200, 0)},
+                 head="lm", mask=mask)
+
+
 def _clvp_score(output: Any) -> Tensor:
     r"""Example i's text embedding against its own speech embedding (the logits pair every text
     with every speech clip of the batch)."""
@@ -189,6 +246,8 @@ def _clvp_score(output: Any) -> Tensor:
 
 
 BUILDERS: dict[str, Any] = {
+    "qwen3_asr_encoder": _qwen3_asr_encoder,
+    "qwen3_asr": _qwen3_asr,
     # 8 frames of 128 samples / 16-wide features, example 1's last 2 feature frames masked in the
     # semantic encoder; no waveform padding mask: a padded one makes a (B, 1, T) code mask that
     # the decoder's mask builder cannot index (transformers 5.25)
