@@ -5,6 +5,7 @@ with a message naming the modules at fault."""
 from __future__ import annotations
 
 import pytest
+import torch
 from model_types.run import run_type
 
 
@@ -26,4 +27,49 @@ def test_new_audio_builds_are_explained(model_type, one_thread):
     result = run_type(model_type)
     assert result["outcome"] == "explained", result
     for name in ("eager", "batch", "restored", "finite"):
+        assert result["checks"][name][0] == "ok", (name, result["checks"][name])
+
+
+class _ScalesInPlace(torch.nn.Module):
+    r"""Multiplies its input in place before a self-attention layer (TVP's frame-pad prompter
+    does this to its pixels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompter = _Prompter()
+        self.attention = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prompter(x)
+        return self.attention(x, x, x)[0].mean(1)
+
+
+class _Prompter(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x *= torch.ones(x.shape[-1])
+        return x
+
+
+def test_input_modified_in_place_is_refused_by_name():
+    r"""A model that writes its float input in place cannot run on the leaf tensors the inputs
+    are traced as: refused naming the module that wrote it and the way out (a copy), which then
+    explains."""
+    from captum_hetattn import HeterogenousAttentionAttribution
+
+    torch.manual_seed(0)
+    model = _ScalesInPlace().eval()
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match=r"in place \(in 'prompter', _Prompter\).*clone"):
+        HeterogenousAttentionAttribution(model, model=model).explain((x,), target=1)
+    copied = HeterogenousAttentionAttribution(lambda t: model(t.clone()), model=model)
+    explanation = copied.explain((x,), target=1)
+    assert explanation.relevance and all(bool(torch.isfinite(r).all())
+                                         for r in explanation.relevance.values())
+
+
+def test_tvp_batch_of_one_is_explained(one_thread):
+    r"""TVP (only a batch of 1 runs), its pixels passed as a copy: explained, every check ok."""
+    result = run_type("tvp")
+    assert result["outcome"] == "explained", result
+    for name in ("eager", "restored", "finite", "maps-call"):
         assert result["checks"][name][0] == "ok", (name, result["checks"][name])

@@ -37,6 +37,7 @@ from captum_hetattn.engine.checks import (
     check_finite_calls,
     check_finite_relevance,
     check_mask_lengths,
+    in_place_input,
 )
 from captum_hetattn.engine.readout import (
     Readout,
@@ -186,7 +187,13 @@ def _record(host: Host, recorder: AttentionRecorder, traced: tuple[Any, ...],
             extra: tuple[Any, ...], score_fns: list[Score], options: Options, capture: Capture,
             watcher: ValueWatcher | None) -> tuple[list[Tensor], BoundRecording]:
     """The forward, the scores, the binding, and (``weighting="value"``) the value terms."""
-    output = host.forward_func(*traced, *extra)
+    try:
+        output = host.forward_func(*traced, *extra)
+    except RuntimeError as error:
+        refusal = in_place_input(error, host.model)
+        if refusal is None:
+            raise
+        raise refusal from error
     reasons, foreign = recorder.census()
     if not recorder.records or len(foreign) == len({r.name for r in recorder.records}):
         raise ValueError(no_attention(type(host.model).__name__, reasons, foreign))

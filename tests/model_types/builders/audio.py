@@ -48,10 +48,13 @@ def _config(model_type: str, values: dict[str, Any], config_name: str | None = N
 def _case(model_type: str, class_name: str, values: dict[str, Any], inputs: dict[str, Tensor],
           extras: dict[str, Tensor] | None = None, head: str = "base", fixed: dict | None = None,
           mask: Tensor | None = None, config_name: str | None = None,
-          score: Any = None) -> Any:
-    r"""A Case of ``class_name``: ``inputs`` attributed, ``extras`` (masks) passed as additional
-    forward args (sliced per example), ``fixed`` passed as they are; ``score(output)`` replaces
-    the generic score."""
+          score: Any = None, module: str | None = None) -> Any:
+    r"""A Case of ``class_name`` (of ``transformers``, or of ``transformers.models.<module>``
+    for a class it does not export): ``inputs`` attributed, ``extras`` (masks) passed as
+    additional forward args (sliced per example), ``fixed`` passed as they are;
+    ``score(output)`` replaces the generic score."""
+    import importlib
+
     import transformers
 
     from ..build import Case, _score
@@ -59,7 +62,8 @@ def _case(model_type: str, class_name: str, values: dict[str, Any], inputs: dict
     extras = extras or {}
     config = _config(model_type, values, config_name)
     torch.manual_seed(0)
-    model = getattr(transformers, class_name)(config).eval()
+    owner = importlib.import_module(f"transformers.models.{module}") if module else transformers
+    model = getattr(owner, class_name)(config).eval()
     names = (*inputs, *extras)
 
     def forward(*args: Tensor) -> Tensor:
@@ -239,6 +243,20 @@ def _qwen3_asr() -> Any:
                  head="lm", mask=mask)
 
 
+def _voxtral_realtime_text() -> Any:
+    r"""The text decoder of Voxtral Realtime alone (not exported by ``transformers``): ids with
+    example 1's last 3 padding, the time condition of 6 delay tokens the full model passes."""
+    from transformers.models.voxtral_realtime.modeling_voxtral_realtime import (
+        VoxtralRealtimeTimeEmbedding,
+    )
+
+    t_cond = VoxtralRealtimeTimeEmbedding(32)(torch.tensor([6.0]))[None]
+    return _case("voxtral_realtime_text", "VoxtralRealtimeTextModel", {"sliding_window": 16},
+                 {"input_ids": _IDS}, {"attention_mask": _frame_mask(8, 3)}, head="lm",
+                 fixed={"t_cond": t_cond}, mask=_frame_mask(8, 3),
+                 module="voxtral_realtime.modeling_voxtral_realtime")
+
+
 def _clvp_score(output: Any) -> Tensor:
     r"""Example i's text embedding against its own speech embedding (the logits pair every text
     with every speech clip of the batch)."""
@@ -246,6 +264,13 @@ def _clvp_score(output: Any) -> Tensor:
 
 
 BUILDERS: dict[str, Any] = {
+    "voxtral_realtime_text": _voxtral_realtime_text,
+    # WavTokenizer's encoder returns only its codes: scored as numbers (a conv + LSTM encoder and
+    # a codebook lookup, nothing to differentiate)
+    "wavtokenizer_encoder": partial(
+        _case, "wavtokenizer_encoder", "WavTokenizerEncoderModel", {"codebook_dim": 32},
+        {"input_values": _randn(2, 1, 3200)},
+        score=lambda output: output.audio_codes.flatten(1)[:, :4].float()),
     "qwen3_asr_encoder": _qwen3_asr_encoder,
     "qwen3_asr": _qwen3_asr,
     # 8 frames of 128 samples / 16-wide features, example 1's last 2 feature frames masked in the
@@ -449,8 +474,4 @@ BUILDERS: dict[str, Any] = {
 }
 SKIP: dict[str, str] = {
     "higgs_audio_v2_tokenizer": "needs torchaudio, which is not installed here",
-    "voxtral_realtime_text": "transformers 5.x has no VoxtralRealtimeTextModel class to build "
-                             "(its text decoder is reached through VoxtralRealtimeModel)",
-    "wavtokenizer_encoder": "its forward returns only discrete audio codes (integers): no float "
-                            "output to score or explain",
 }
