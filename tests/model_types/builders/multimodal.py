@@ -167,7 +167,8 @@ def _tvp() -> Any:
     r"""TVP runs only a batch of 1 (its column position embeddings are viewed as
     ``(batch_size, 1, width, hidden)``), as its own test builds it: 4 text ids (the last one
     padding) beside 2 frames of 64 px framed by an 8-px learned prompt, a 2-stage ResNet of
-    stride 32 (2×2 grid tokens)."""
+    stride 32 (2×2 grid tokens). Its text source is 10 learned prompt tokens then the ids: the
+    padding check reads that 14-token mask."""
     from .audio import _case
 
     ids = torch.tensor([[5, 6, 7, 0]])
@@ -182,7 +183,7 @@ def _tvp() -> Any:
                   "max_grid_row_position_embeddings": 30, "hidden_dropout_prob": 0.0,
                   "attention_probs_dropout_prob": 0.0, "pad_token_id": 0},
                  {"input_ids": ids, "pixel_values": pixels}, {"attention_mask": mask},
-                 mask=mask)
+                 mask=torch.cat([torch.ones(1, 10, dtype=torch.long), mask], dim=1))
     # its frame-pad prompter multiplies the pixels in place: the model gets a copy (what the
     # engine's refusal of the in-place write asks for)
     inner = case.forward_func
