@@ -62,6 +62,10 @@ class AttentionRecorder:
             chunks (whose chunks are then assembled and given to ``reduce``). One with a
             true ``rows`` attribute gets a long call's chunks in blocks of query rows, as
             ``reduce_heads(record, A, G, first_head, heads, first_row)``.
+        narrow_keys: with such a ``reduce_heads``, optional ``narrow_keys(record)``: whether
+            the record's row blocks may come with only the leading keys some row of the block
+            sees (the map is zero on the keys after them: a causal mask's later keys), as
+            ``A`` and ``G`` of fewer keys than the record's map has.
         flash_budget: map entries (``B · chunk · n_q · n_k``) per chunk with ``reduce_heads``
             (default :data:`~captum_hetattn.capture.FLASH_BUDGET`, read when the recorder is
             made).
@@ -107,6 +111,7 @@ class AttentionRecorder:
         reduce_heads: Callable[[AttentionRecord, Tensor, Tensor, int, int], Any] | None = None,
         flash_budget: int | None = None,
         keep_layouts: bool = False,
+        narrow_keys: Callable[[AttentionRecord], bool] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -119,6 +124,7 @@ class AttentionRecorder:
         self.record_io = record_io
         self.flash = flash
         self.reduce_heads = reduce_heads
+        self.narrow_keys = narrow_keys
         #: keep layouts after a reduce, for another gradient pass (:meth:`rearm`)
         self.keep_layouts = keep_layouts
         self.flash_budget = int(flash_budget)

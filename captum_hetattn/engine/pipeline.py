@@ -166,6 +166,7 @@ def run(host: Host, inputs: tuple[Tensor, ...], additional_forward_args: Any,
     with torch.enable_grad(), AttentionRecorder(
         host.model, reduce=capture.reduce, record_io=True, flash=flash,
         reduce_heads=capture.reduce_heads, keep_layouts=len(score_fns) > 1,
+        narrow_keys=capture.takes_narrow_blocks,
     ) as recorder, watcher or contextlib.nullcontext():
         scores, recording = _record(host, recorder, traced, extra, score_fns, options, capture,
                                     watcher)
