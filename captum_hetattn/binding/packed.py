@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
+from captum_hetattn.binding.tokens import PACKED, TILES, _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord
 
 
@@ -88,3 +90,70 @@ def uneven_examples(group: Sequence[AttentionRecord], query_sources: Sequence[Te
             "different sequences (images of different sizes or counts), so which rows are "
             "whose is not known; explain the examples one at a time")
 
+
+
+# ------------------------------------------------------------------------------ packed rows
+def packed_token_dim(tensor: Tensor | None, token_dim: int, batch: int) -> int | None:
+    r"""The ``token_dim`` that reads a call's own hidden states as ``batch`` equal blocks of
+    consecutive rows, one per example (:data:`~captum_hetattn.binding.tokens.TILES` ``+ k``:
+    ``(B·k, n, d)`` tiles or ``(B·k, d)`` packed rows; :data:`PACKED` ``+ r``: one packed
+    sequence ``(1, B·r, d)``), or ``None`` when they cannot be split so."""
+    if tensor is None or not tensor.requires_grad:
+        return None
+    if token_dim == 1 and tensor.dim() == 3 and tensor.shape[0] == 1:  # (1, B·r, d)
+        rows = tensor.shape[1]
+        return PACKED + rows // batch if rows > batch and rows % batch == 0 else None
+    tiled_3d = token_dim == 1 and tensor.dim() >= 3
+    packed_2d = token_dim == 0 and tensor.dim() == 2  # Qwen2-VL's vision rows
+    sequences = tensor.shape[0]
+    if not (tiled_3d or packed_2d) or sequences <= batch or sequences % batch:
+        return None
+    return TILES + sequences // batch
+
+
+def witnessed(tensor: Tensor, token_dim: int, batch: int, inputs: Sequence[object],
+              generator: torch.Generator) -> bool:
+    r"""Whether a traced float model input confirms that example ``b``'s block of ``tensor``
+    (read with ``token_dim``) is computed from the ``b``-th of ``batch`` equal chunks of that
+    input along one of its axes: batch-first pixels for tiles, packed patch rows ``(B·r, D)``,
+    or MiniCPM-V's strip of patches ``(1, C, P, B·r·P)`` along its width. An input whose first
+    axis splits into the examples but whose chunks are read across examples refutes it."""
+    witnesses = [x for x in inputs if isinstance(x, Tensor) and x.is_floating_point()
+                 and x.requires_grad and x.dim() >= 2]
+    if not witnesses:
+        return False
+    view = tokens_view(tensor, token_dim)
+    reach: list[list[Tensor | None]] = []  # per example, per witness: elements its block reads
+    for b in range(batch):
+        weights = torch.zeros(view.shape, dtype=tensor.dtype, device=tensor.device)
+        weights[b] = torch.randn(weights[b].shape, generator=generator).to(weights)  # not flat
+        grads = torch.autograd.grad(tensor, witnesses,
+                                    _restore_layout(weights, tensor, token_dim),
+                                    retain_graph=True, allow_unused=True)
+        reach.append([None if g is None else g.ne(0) for g in grads])
+    confirmed = False
+    for w, witness in enumerate(witnesses):
+        reached = [r[w] for r in reach]
+        if any(r is None for r in reached):
+            continue
+        for axis in range(witness.dim()):
+            clean, fed = _split_along(reached, axis, batch)
+            if axis == 0 and witness.shape[0] % batch == 0 and not clean:
+                return False  # units of one example read another's input: not its blocks
+            confirmed = confirmed or (clean and fed)
+    return confirmed
+
+
+def _split_along(reached: Sequence[Tensor], axis: int, batch: int) -> tuple[bool, bool]:
+    """Whether each example's reach lies in its own chunk along ``axis`` (``clean``), and
+    whether some example reaches its chunk at all (``fed``)."""
+    size = reached[0].shape[axis]
+    if size % batch or size < batch:
+        return False, False
+    fed = False
+    for b, mask in enumerate(reached):
+        chunks = mask.movedim(axis, 0).reshape(batch, -1).any(dim=1)
+        if bool(chunks[torch.arange(batch) != b].any()):
+            return False, False
+        fed = fed or bool(chunks[b])
+    return True, fed

@@ -15,11 +15,16 @@ CHANNELS_FIRST = 3
 #: sequences per example (image crops, video frames), read as ``(B, k·n, d)``; packed rows
 #: ``(B·k, d)`` (every example's image in one sequence) as ``(B, k, d)``
 TILES = 100
+#: ``token_dim`` ``PACKED + r``: one packed sequence ``(1, B·r, d)`` (HunYuan-VL's vision tower
+#: keeps a batch dimension of one) holding ``r`` consecutive rows per example, read as ``(B, r, d)``
+PACKED = 1_000_000
 
 
 def tokens_view(tensor: Tensor, token_dim: int) -> Tensor:
     """``(B, n, rest)`` view of hidden states (sequence-first, packed 2-D and channels-last grids
     ``(B, h, w, C)`` included)."""
+    if token_dim > PACKED:  # (1, B·r, d) → (B, r, d)
+        return tensor.reshape(-1, token_dim - PACKED, tensor.shape[-1])
     if token_dim > TILES:  # (B·k, n, d) → (B, k·n, d); packed rows (B·k, d) → (B, k, d)
         per_example = token_dim - TILES
         return tensor.reshape(tensor.shape[0] // per_example, -1, tensor.shape[-1])
