@@ -55,7 +55,7 @@ from captum_hetattn.binding.dataflow import _dependence
 from captum_hetattn.binding.depth import over_depth, per_token_query
 from captum_hetattn.binding.layout_cache import LayoutCache, Placement
 from captum_hetattn.binding.layout_scores import _lay_out_over, _lay_out_scores
-from captum_hetattn.binding.packed import unequal_examples, uneven_examples
+from captum_hetattn.binding.packed import misowned, unequal_examples, uneven_examples
 from captum_hetattn.binding.padding import attends_to_padding, kept_mass, padded_rows
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
@@ -325,7 +325,8 @@ def _lay_out_states(
     where = query[0].where
     packed = len(group) > 1 and all(r.shape[0] == 1 for r in group)  # one map per sequence
     if packed and where.endswith("(tiles)") and batch > 1:  # an equal split, unconfirmed
-        uneven = uneven_examples(group, query[1], batch, n_q, _describe(first))
+        uneven = uneven_examples(group, query[1], batch, n_q, _describe(first)) or misowned(
+            group, query[1], query[0].tensor, query[0].token_dim, batch, n_q, _describe(first))
         if uneven is not None:
             raise NotImplementedError(uneven)
     kind = ("tiled" if where.endswith("(tiles)") else "packed" if where == f"'{first.name}'"

@@ -10,13 +10,19 @@ laid out over the wrong examples.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
 
 from captum_hetattn.binding.tokens import PACKED, TILES, _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord
+
+# the owners' checks draw from their own stream: the layouts' probes keep their draws
+_OWNERS = torch.Generator().manual_seed(20261207)
 
 
 def unequal_examples(group: Sequence[AttentionRecord], batch: int, per_example: int,
@@ -157,3 +163,99 @@ def _split_along(reached: Sequence[Tensor], axis: int, batch: int) -> tuple[bool
             return False, False
         fed = fed or bool(chunks[b])
     return True, fed
+
+
+# ------------------------------------------------------------------------------ whose rows
+#: the forward's per-example scores while a recording is bound (see :func:`objective`), and the
+#: owners of the packed rows found from them, per packed tensor shape
+_OBJECTIVE: ContextVar[tuple[Tensor, dict] | None] = ContextVar("packed_objective",
+                                                                default=None)
+
+
+@contextlib.contextmanager
+def objective(scores: Tensor | None) -> Iterator[None]:
+    r"""Within, a packed call split into equal blocks is checked against whose rows the
+    examples' scores ``(B, ...)`` read (:func:`misowned`): the packed rows themselves say
+    nothing of which example holds them, the scores do."""
+    token = _OBJECTIVE.set((scores, {}) if isinstance(scores, Tensor) else None)
+    try:
+        yield
+    finally:
+        _OBJECTIVE.reset(token)
+
+
+def misowned(group: Sequence[AttentionRecord], query_sources: Sequence[Tensor],
+             tensor: Tensor, token_dim: int, batch: int, per_example: int,
+             describe: str) -> str | None:
+    r"""The refusal of a packed call whose equal split into ``batch`` blocks of
+    ``per_example`` rows gives some example a sequence another example's score reads (example
+    0 one image of 8 rows and example 1 three: the split 16 / 16 crosses no map and every
+    example holds two sequences of 8, but rows 8-15 are example 1's), or that some example's
+    score reads rows of several examples; ``None`` when every sequence a score reads is that
+    example's, or without scores to tell (:func:`objective`).
+
+    Args:
+        group: the call's raw maps, one per sequence.
+        query_sources: per map, each state row's packed row (``b · per_example + t``).
+        tensor, token_dim: the packed hidden states and how they are read.
+        batch, per_example: the equal split.
+        describe: the call, as error messages name it.
+    """
+    state = _OBJECTIVE.get()
+    if state is None or batch < 2:
+        return None
+    scores, found = state
+    if scores.shape[0] != batch or not scores.requires_grad:
+        return None
+    key = (tuple(tensor.shape), token_dim)
+    if key not in found:
+        found[key] = _readers(scores, tensor, token_dim)
+    readers = found[key]
+    if readers is None:
+        return None
+    reads: list[list[int]] = [[] for _ in range(batch)]
+    for index, sources in enumerate(query_sources):
+        rows = sources[sources >= 0]
+        if not rows.numel():
+            continue
+        block = int(rows.min()) // per_example
+        who = readers[rows.cpu()].any(dim=0).nonzero().flatten().tolist()
+        for b in who:
+            reads[b].append(index)
+        if who and who != [block]:
+            held = "; ".join(f"example {b}'s score reads sequence(s) {r}"
+                             for b, r in enumerate(reads) if r)
+            return (f"{describe} packs the batch's sequences into one of "
+                    f"{batch * per_example} rows, and split into {batch} equal examples, "
+                    f"sequence {index} (rows {int(rows.min())}-{int(rows.max())}) falls to "
+                    f"example {block} while the score of example(s) {who} reads it ({held}): "
+                    "the examples hold different numbers of rows (images of different sizes "
+                    "or counts), which a packed call cannot be laid out over yet; explain the "
+                    "examples one at a time")
+    return None
+
+
+def _readers(scores: Tensor, tensor: Tensor, token_dim: int) -> Tensor | None:
+    r"""``(rows, B)`` bool: which examples' scores each packed row feeds, from two
+    vector-Jacobian products per bit of the example's number (the scores of the examples whose
+    bit is set, then of the others, each with random weights over the score's entries)."""
+    batch = scores.shape[0]
+    view = tokens_view(tensor, token_dim)
+    rows = view.shape[0] * view.shape[1]
+    number = torch.arange(batch)
+    weights = torch.randn(scores.shape, generator=_OWNERS).to(scores)
+    on = torch.zeros(rows, max(1, math.ceil(math.log2(batch))), 2, dtype=torch.bool)
+    for plane in range(on.shape[1]):
+        bit = ((number >> plane) & 1).bool()
+        for side, chosen in enumerate((bit, ~bit)):
+            picked = weights * chosen.view(-1, *[1] * (scores.dim() - 1)).to(weights)
+            (grad,) = torch.autograd.grad(scores, tensor, picked, retain_graph=True,
+                                          allow_unused=True)
+            if grad is None:
+                return None
+            on[:, plane, side] = tokens_view(grad, token_dim).reshape(rows, -1).ne(0).any(-1).cpu()
+    readers = torch.ones(rows, batch, dtype=torch.bool)
+    for plane in range(on.shape[1]):
+        bit = ((number >> plane) & 1).bool()
+        readers &= torch.where(bit[None, :], on[:, plane, :1], on[:, plane, 1:])
+    return readers
