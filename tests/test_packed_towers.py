@@ -98,24 +98,45 @@ def test_minicpm_strip_of_patches_is_split_along_its_width_and_equals_its_exampl
     assert checks.batch_equals_singles(batch, alone) == ("ok", "")
 
 
-def test_a_packed_split_that_lines_up_but_gives_one_example_anothers_image_is_refused():
-    # example 0: one image of 8 rows; example 1: three. The equal split 16 / 16 crosses no map
-    # and gives each example two sequences of 8, but rows 8-15 are example 1's: its score
-    # reads them, which the engine checks before laying the call out
-    model, forward, pixels, _ = _grid_tower("hunyuan_vl_vision",
-                                            [[(1, 4, 2)], [(1, 4, 2)] * 3])
-    with pytest.raises(NotImplementedError) as caught:
-        _explain(model, forward, pixels)
-    message = str(caught.value)
-    assert "'layers.0.self_attn'" in message
-    assert "sequence 1 (rows 8-15) falls to example 0" in message
-    assert "example 1's score reads sequence(s) [1" in message
+def _equals_singles(batch, singles) -> None:
+    r"""Example ``b`` of the batch equals example ``b`` explained alone on its own tokens, and
+    the slots past them (an example with fewer rows than another) hold exactly zero."""
+    assert set(batch.relevance) == {name for one in singles for name in one.relevance}
+    for b, one in enumerate(singles):
+        for name, alone in one.relevance.items():
+            row, n = batch.relevance[name][b], alone.shape[1]
+            assert alone.abs().sum() > 0 and row.shape[0] >= n
+            torch.testing.assert_close(row[:n], alone[0], atol=2e-6, rtol=1e-4)
+            assert bool((row[n:] == 0).all()), (name, b)
 
 
-def test_a_packed_tower_with_unequal_images_per_example_is_refused_by_name():
-    model, forward, pixels, _ = _grid_tower("hunyuan_vl_vision",
-                                            [[(1, 4, 4)], [(1, 4, 4), (1, 4, 4)]])
-    with pytest.raises(NotImplementedError, match=r"'layers\.0\.self_attn'.*different numbers"):
+@pytest.mark.parametrize("images", [
+    [[(1, 4, 4)], [(1, 4, 4), (1, 4, 4)]],  # one image, then two
+    [[(1, 4, 4), (1, 4, 2)], [(1, 4, 2)]],  # 24 rows, then 8
+    # 8 rows, then 24: the equal split 16 / 16 crosses no map and gives each example two
+    # sequences of 8, but rows 8-15 are example 1's (its score reads them)
+    [[(1, 4, 2)], [(1, 4, 2)] * 3],
+])
+def test_a_packed_tower_with_unequal_images_per_example_equals_its_examples_alone(images):
+    model, forward, pixels, singles = _grid_tower("hunyuan_vl_vision", images)
+    batch = _explain(model, forward, pixels)
+    (relevance,) = batch.relevance.values()
+    counts = [sum(t * h * w for t, h, w in grids) for grids in images]
+    assert relevance.shape == (2, max(counts))
+    _equals_singles(batch, [_explain(model, f, p) for f, p in singles])
+
+
+def test_a_packed_example_whose_score_reads_no_row_is_refused_by_name():
+    # example 1 holds no image: its score is a constant of nothing the tower computed
+    model = _tower("hunyuan_vl_vision")
+    pixels = torch.randn(16, 192, generator=torch.Generator().manual_seed(4))
+    grid = torch.tensor([[1, 4, 4]])
+
+    def forward(pixel_values):
+        state = model(pixel_values=pixel_values, grid_thw=grid).last_hidden_state[0]
+        return torch.stack([state.mean(0), state.mean(0) * 0])[:, :4]
+
+    with pytest.raises(NotImplementedError, match=r"'layers\.0\.self_attn'"):
         _explain(model, forward, pixels)
 
 
@@ -126,17 +147,85 @@ def _qwen2_vl(images):
     return _qwen2_vl_batch(images)
 
 
+def _qwen2_vl_singles(images, forward, ids, pixels, grid, mask, traced):
+    model_inputs = []
+    start, first = 0, 0
+    for b, grids in enumerate(images):
+        rows = sum(t * h * w for t, h, w in grids)
+        n = int(mask[b].sum())
+        one = (ids[b:b + 1, :n], pixels[start:start + rows], grid[first:first + len(grids)],
+               mask[b:b + 1, :n])
+        model_inputs.append(((one[0], one[1]), one[2:]) if traced else ((one[0],), one[1:]))
+        start, first = start + rows, first + len(grids)
+    return model_inputs
+
+
 @pytest.mark.parametrize("images", [
     [[(1, 4, 4)], [(1, 4, 4), (1, 4, 4)]],
-    [[(1, 4, 4), (1, 4, 4)], [(1, 4, 4)]],
+    [[(1, 4, 2)], [(1, 4, 2), (1, 4, 4)]],
     [[(1, 4, 2)], [(1, 4, 2)] * 3],
 ])
 @pytest.mark.parametrize("traced", [True, False])
-def test_qwen2_vl_batch_of_two_with_unequal_images_is_refused_naming_the_vision_attention(
-        images, traced):
+def test_qwen2_vl_batch_of_two_with_unequal_images_equals_its_examples_alone(images, traced):
     model, forward, ids, pixels, grid, mask = _qwen2_vl(images)
     explainer = HeterogenousAttentionAttribution(forward, model=model)
     inputs, extra = ((ids, pixels), (grid, mask)) if traced else ((ids,), (pixels, grid, mask))
-    with pytest.raises(NotImplementedError, match=r"'model\.visual\.blocks\.0\.attn'"):
-        explainer.explain(inputs, target=3, additional_forward_args=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = explainer.explain(inputs, target=3, additional_forward_args=extra)
+        singles = [HeterogenousAttentionAttribution(forward, model=model).explain(
+            one, target=3, additional_forward_args=rest)
+            for one, rest in _qwen2_vl_singles(images, forward, ids, pixels, grid, mask, traced)]
+    _equals_singles(batch, singles)
     assert model.training is False and not model._forward_hooks
+
+
+def test_qwen2_vl_unequal_images_attribute_is_refused_naming_the_module_and_input():
+    # explain() gives each example its rows; the pixel rows of examples of different sizes
+    # cannot be laid out as (batch, elements) rows, which the input mapping needs
+    model, forward, ids, pixels, grid, mask = _qwen2_vl([[(1, 4, 4)], [(1, 4, 4), (1, 4, 4)]])
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    with pytest.raises(NotImplementedError) as caught:
+        explainer.attribute((ids, pixels), target=3, additional_forward_args=(grid, mask))
+    message = str(caught.value)
+    assert "'model.visual.blocks.0.attn'" in message and "input(s) [1]" in message
+    assert model.training is False and not model._forward_hooks
+
+
+def test_qwen2_vl_images_spliced_at_other_positions_per_example_are_refused_by_name():
+    # example 0's two images put its text later than example 1's: the language model's first
+    # stream takes text and image tokens at different places per example (traced pixels)
+    model, forward, ids, pixels, grid, mask = _qwen2_vl([[(1, 4, 4), (1, 4, 4)], [(1, 4, 4)]])
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    with pytest.raises((NotImplementedError, ValueError),
+                       match=r"'model\.language_model\.layers\.0\.self_attn'"):
+        explainer.explain((ids, pixels), target=3, additional_forward_args=(grid, mask))
+    assert model.training is False and not model._forward_hooks
+
+
+# ------------------------------------------------------------------ Pixtral: one masked map
+def test_pixtral_images_of_different_sizes_in_one_block_masked_map_equal_their_examples():
+    # Pixtral packs the patches of every image into one sequence and masks one map
+    # block-diagonal: the entries across images are exactly zero, so each image is laid out
+    # over its own example's rows (16 and 8 patches)
+    model = _tower("pixtral")
+    patch = model.config.patch_size
+    sizes = torch.tensor([[32, 32], [32, 16]])
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    pixels[1, :, :, 16:] = 0.0
+
+    def forward(pixel_values, image_sizes):
+        state = model(pixel_values=pixel_values, image_sizes=image_sizes).last_hidden_state[0]
+        counts = (image_sizes // patch).prod(-1).tolist()
+        return torch.stack([r.mean(0) for r in state.split(counts)])[:, :4]
+
+    def explain(x, s):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return HeterogenousAttentionAttribution(forward, model=model).explain(
+                (x,), target=1, additional_forward_args=(s,))
+
+    batch = explain(pixels, sizes)
+    assert [tuple(r.shape) for r in batch.relevance.values()] == [(2, 16)]
+    _equals_singles(batch, [explain(pixels[b:b + 1, :, :, :32 // (b + 1)], sizes[b:b + 1])
+                            for b in range(2)])

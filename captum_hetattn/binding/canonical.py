@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from captum_hetattn.binding.packed import packed_token_dim, witnessed
+from captum_hetattn.binding.packed import owned_token_dim, packed_token_dim, witnessed
 from captum_hetattn.binding.tokens import CHANNELS_FIRST, _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, Context
 
@@ -266,6 +266,9 @@ def _tiled(
     ``b`` only (``confirm=False``: unconfirmed, for a cached layout that is checked itself)."""
     tensor = record.query_input if side == "query" else record.key_input
     dim = record.token_dim if side == "query" else record.key_token_dim
+    owned = owned_token_dim(tensor, dim, batch)  # whose rows, read off the examples' scores
+    if owned is not None:
+        return _tiles_of(record, side, tensor, owned)
     tiles = packed_token_dim(tensor, dim, batch)
     if tiles is None or (confirm and not witnessed(tensor, tiles, batch, inputs, _GENERATOR)):
         return None

@@ -18,7 +18,13 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor
 
-from captum_hetattn.binding.tokens import PACKED, TILES, _restore_layout, tokens_view
+from captum_hetattn.binding.tokens import (
+    PACKED,
+    TILES,
+    _restore_layout,
+    gathered,
+    tokens_view,
+)
 from captum_hetattn.capture import AttentionRecord
 
 # the owners' checks draw from their own stream: the layouts' probes keep their draws
@@ -259,3 +265,62 @@ def _readers(scores: Tensor, tensor: Tensor, token_dim: int) -> Tensor | None:
         bit = ((number >> plane) & 1).bool()
         readers &= torch.where(bit[None, :], on[:, plane, :1], on[:, plane, 1:])
     return readers
+
+
+def owned_token_dim(tensor: Tensor | None, token_dim: int, batch: int) -> int | None:
+    r"""The ``token_dim`` that reads one packed sequence of rows (``(B·r, d)`` or
+    ``(1, B·r, d)``, examples of any sizes) as each example's rows in packed order, when the
+    examples' scores (:func:`objective`) say whose every row is: each row feeds exactly one
+    example's score. The equal split (:func:`packed_token_dim`) when the rows fall so, else a
+    gathered index (examples with fewer rows padded with slots that hold no token); ``None``
+    without scores, or where a row feeds several examples' scores or none."""
+    state = _OBJECTIVE.get()
+    if state is None or tensor is None or not tensor.requires_grad or batch < 2:
+        return None
+    if token_dim not in (0, 1) or tokens_view(tensor, token_dim).shape[0] != 1:
+        return None
+    scores, found = state
+    if scores.shape[0] != batch or not scores.requires_grad:
+        return None
+    key = (tuple(tensor.shape), token_dim)
+    if key not in found:
+        found[key] = _readers(scores, tensor, token_dim)
+    readers = found[key]
+    if readers is None or not bool((readers.sum(dim=1) == 1).all()):
+        return None
+    owner = readers.long().argmax(dim=1)
+    if bool((owner.diff() < 0).any()):
+        return None  # examples interleaved: not packed in example order
+    counts = torch.bincount(owner, minlength=batch)
+    if not bool((counts > 0).all()):
+        return None  # an example reads no row of this sequence
+    if bool((counts == counts[0]).all()):
+        return packed_token_dim(tensor, token_dim, batch)
+    index = torch.full((batch, int(counts.max())), -1, dtype=torch.long)
+    for b in range(batch):
+        rows = (owner == b).nonzero().flatten()
+        index[b, :rows.numel()] = rows
+    return gathered(index)
+
+
+def unmapped_inputs(record: AttentionRecord, positions: Sequence[int]) -> str:
+    r"""The refusal to map input elements onto a packed stream whose examples hold different
+    numbers of rows (an input's elements are laid out per example as ``(B, m)``, equal sizes)."""
+    return (f"attention module '{record.name}' [call {record.call_index}]: its tokens are the "
+            "packed rows of examples that hold different numbers of them (images of different "
+            f"sizes or counts), and input(s) {list(positions)} feed them element by element, "
+            "which cannot be laid out as (batch, elements) rows: explain() gives each "
+            "example's relevance over its own rows; attribute the inputs one example at a time")
+
+
+def masked_across(record: AttentionRecord, across: Tensor) -> bool:
+    r"""Whether every entry of a raw map that pairs tokens of different examples (``across``,
+    ``(parts, heads, rows, cols)`` with the map's key heads) holds exactly zero attention: one
+    map over several packed examples masked block-diagonal (Pixtral's images), whose entries
+    across examples are masked keys, never a path between examples."""
+    attention = record.attention
+    if attention is None or tuple(attention.shape[-2:]) != tuple(across.shape[-2:]):
+        return False
+    if attention.shape[1] != across.shape[1]:
+        across = across[:, :1].expand(attention.shape[0], attention.shape[1], *across.shape[2:])
+    return bool((attention[across.to(attention.device)] == 0).all())
