@@ -263,7 +263,9 @@ def _tiled(
     """The call's own hidden states read as ``k`` consecutive sequences per example (crops of
     one image, frames of one video), when nothing around the call holds them per example —
     if a batched float model input confirms it: example ``b``'s sequences depend on input
-    ``b`` only (``confirm=False``: unconfirmed, for a cached layout that is checked itself)."""
+    ``b`` only (``confirm=False``: unconfirmed, for a cached layout that is checked itself).
+    One packed sequence of rows is read by whose rows each example's score reads, when the
+    scores are at hand (:func:`~captum_hetattn.binding.packed.owned_token_dim`)."""
     tensor = record.query_input if side == "query" else record.key_input
     dim = record.token_dim if side == "query" else record.key_token_dim
     owned = owned_token_dim(tensor, dim, batch)  # whose rows, read off the examples' scores

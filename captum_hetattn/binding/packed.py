@@ -1,11 +1,15 @@
-r"""Why a packed call (Qwen2-VL's vision tower: one ``(rows, D)`` sequence holding every image of
-the batch, one attention map per image) cannot be split into examples.
+r"""Packed calls (Qwen2-VL's vision tower: one ``(rows, D)`` sequence holding every image of the
+batch, one attention map per image; Pixtral: one map masked block-diagonal): which rows are whose.
 
-A packed tower is laid out as ``k`` consecutive rows per example, the only split the packed
-rows themselves allow. When examples hold different numbers of rows (images of different sizes,
-or a different number of images), some map runs across the boundary of that equal split; the
-call is then refused with what really differs — the rows each example holds — instead of being
-laid out over the wrong examples.
+The packed rows say nothing of the example they belong to; the examples' scores do. While a
+recording is bound (:func:`objective`), each row's example is read off the scores — the rows
+example ``b``'s score reads (:func:`owned_token_dim`, a few vector-Jacobian products) — and the
+call is laid out over ``(batch, rows)``: the equal split when the rows fall so, else a gathered
+index (an example with fewer rows gets slots that hold no token, zero relevance). Without
+scores (graph inference) the equal split is kept only when a traced float input confirms it
+(:func:`witnessed`) and every example holds the same sequences; otherwise, and wherever a row
+feeds several examples' scores, the call is refused with what differs — the rows each example
+holds (:func:`unequal_examples`, :func:`uneven_examples`, :func:`misowned`).
 """
 
 from __future__ import annotations
