@@ -116,13 +116,14 @@ def _equals_singles(batch, singles) -> None:
     # 8 rows, then 24: the equal split 16 / 16 crosses no map and gives each example two
     # sequences of 8, but rows 8-15 are example 1's (its score reads them)
     [[(1, 4, 2)], [(1, 4, 2)] * 3],
+    [[(1, 4, 4)], [(1, 4, 2), (1, 4, 4)], [(1, 4, 2)]],  # three examples: two bit planes
 ])
 def test_a_packed_tower_with_unequal_images_per_example_equals_its_examples_alone(images):
     model, forward, pixels, singles = _grid_tower("hunyuan_vl_vision", images)
     batch = _explain(model, forward, pixels)
     (relevance,) = batch.relevance.values()
     counts = [sum(t * h * w for t, h, w in grids) for grids in images]
-    assert relevance.shape == (2, max(counts))
+    assert relevance.shape == (len(images), max(counts))
     _equals_singles(batch, [_explain(model, f, p) for f, p in singles])
 
 
