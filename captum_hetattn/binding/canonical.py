@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from captum_hetattn.binding.tokens import CHANNELS_FIRST, TILES, _restore_layout, tokens_view
+from captum_hetattn.binding.packed import owned_token_dim, packed_token_dim, witnessed
+from captum_hetattn.binding.tokens import CHANNELS_FIRST, _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, Context
 
 #: codes of :func:`row_sources` for rows that are not one token
@@ -262,43 +263,21 @@ def _tiled(
     """The call's own hidden states read as ``k`` consecutive sequences per example (crops of
     one image, frames of one video), when nothing around the call holds them per example —
     if a batched float model input confirms it: example ``b``'s sequences depend on input
-    ``b`` only (``confirm=False``: unconfirmed, for a cached layout that is checked itself)."""
+    ``b`` only (``confirm=False``: unconfirmed, for a cached layout that is checked itself).
+    One packed sequence of rows is read by whose rows each example's score reads, when the
+    scores are at hand (:func:`~captum_hetattn.binding.packed.owned_token_dim`)."""
     tensor = record.query_input if side == "query" else record.key_input
     dim = record.token_dim if side == "query" else record.key_token_dim
-    tiled_3d = dim == 1 and tensor is not None and tensor.dim() >= 3
-    packed_2d = dim == 0 and tensor is not None and tensor.dim() == 2  # Qwen2-VL's vision rows
-    if not (tiled_3d or packed_2d) or not tensor.requires_grad:
+    owned = owned_token_dim(tensor, dim, batch)  # whose rows, read off the examples' scores
+    if owned is not None:
+        return _tiles_of(record, side, tensor, owned)
+    tiles = packed_token_dim(tensor, dim, batch)
+    if tiles is None or (confirm and not witnessed(tensor, tiles, batch, inputs, _GENERATOR)):
         return None
-    sequences = tensor.shape[0]
-    if sequences <= batch or sequences % batch:
-        return None
-    per_example = sequences // batch
-    if not confirm:
-        return _tiles_of(record, side, tensor, per_example)
-    # a witness: a traced float input split the same way (batch-first, or packed rows)
-    witnesses = [x for x in inputs if isinstance(x, Tensor) and x.is_floating_point()
-                 and x.requires_grad and x.dim() >= 2 and x.shape[0] % batch == 0]
-    confirmed = False
-    for b in range(batch):
-        weights = torch.zeros(tensor.shape, dtype=tensor.dtype, device=tensor.device)
-        rows = slice(b * per_example, (b + 1) * per_example)  # random: a norm's sum is flat
-        weights[rows] = torch.randn(weights[rows].shape, generator=_GENERATOR).to(weights)
-        grads = torch.autograd.grad(tensor, witnesses, weights, retain_graph=True,
-                                    allow_unused=True) if witnesses else ()
-        for grad in grads:
-            if grad is None:
-                continue
-            reached = grad.reshape(batch, -1).ne(0).any(dim=1)
-            if bool(reached[torch.arange(batch) != b].any()):
-                return None  # units of one example read another's input: not its tiles
-            confirmed = confirmed or bool(reached[b])
-    if not confirmed:
-        return None
-    return _tiles_of(record, side, tensor, per_example)
+    return _tiles_of(record, side, tensor, tiles)
 
 
-def _tiles_of(record: AttentionRecord, side: str, tensor: Tensor, per_example: int) -> _Canonical:
-    tiles = TILES + per_example
+def _tiles_of(record: AttentionRecord, side: str, tensor: Tensor, tiles: int) -> _Canonical:
     output = record.output if side == "query" else None
     same = output is not None and output.shape == tensor.shape
     return _Canonical(tensor, tiles, record.nodes.get(side), output if same else None,

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from captum_hetattn._captum_compat import _format_additional_forward_args
 from captum_hetattn.binding.bind import BoundRecording, bind_records
 from captum_hetattn.binding.layout_cache import LayoutCache
+from captum_hetattn.binding.packed import objective as packed_objective
 from captum_hetattn.binding.streams import name_streams, stream_towers
 from captum_hetattn.binding.trace import trace
 from captum_hetattn.capture import AttentionRecorder
@@ -201,7 +202,7 @@ def _record(host: Host, recorder: AttentionRecorder, traced: tuple[Any, ...],
     check_finite_calls(recorder.records, host.model)
     scores = [score(score_fn, output, index if options.targets is not None else None)
               for index, score_fn in enumerate(score_fns)]
-    with recorder.tracing():
+    with recorder.tracing(), packed_objective(scores[0]):  # whose packed rows: the scores tell
         recording = bind(host, recorder, [*traced, *extra], options.map_inputs,
                          scores[0].shape[0])
     check_sources(recording, [*traced, *extra], recorder.embeddings,
