@@ -204,9 +204,8 @@ def _qwen3_asr_encoder() -> Any:
     r"""The encoder packs every example's valid tokens into one sequence (attention within each
     example's window): the score averages each example's own rows. 200 frames of 16 mel bins,
     both examples whole (26 tokens each). The inputs stay batch-first (the packing is inside),
-    so single examples slice off the batch. With example 1's last 50 frames masked (26 + 20
-    packed rows) main's engine refuses, reading the windows as "not over tokens"; r7-packed's
-    row layout (examples of different sizes) explains it, rule and batch checks ok."""
+    so single examples slice off the batch. Example 1's last 50 frames are masked: 26 + 20
+    packed rows, examples of different sizes."""
     import transformers
 
     from ..build import Case
@@ -221,7 +220,7 @@ def _qwen3_asr_encoder() -> Any:
         sizes = _qwen3_asr_tokens(input_features_mask).tolist()
         return torch.stack([part.mean(0)[:4] for part in rows.split(sizes)])
 
-    features, mask = _randn(2, 16, 200), _frame_mask(200, 0)
+    features, mask = _randn(2, 16, 200), _frame_mask(200, 50)
     with torch.no_grad():
         forward(features, mask)
     return Case("qwen3_asr_encoder", "base", "Qwen3ASREncoder", model, forward, (features,),
@@ -229,18 +228,17 @@ def _qwen3_asr_encoder() -> Any:
 
 
 def _qwen3_asr() -> Any:
-    r"""The speech LM: 2 text ids, 26 audio placeholders (200 frames each), 6 text ids, example
-    1's last 3 padding. (Audio of unequal lengths lays the examples' streams out differently:
-    refused by name, one example at a time is explained.)"""
-    ids = torch.tensor([[5, 6] + [98] * 26 + [7, 8, 9, 10, 11, 12]] * 2)
-    ids[1, -3:] = 0
+    r"""The speech LM: 2 text ids, audio placeholders (26 for example 0's 200 frames, 20 for
+    example 1's 150), text ids, example 1's last 9 padding."""
+    ids = torch.tensor([[5, 6] + [98] * 26 + [7, 8, 9, 10, 11, 12],
+                        [5, 6] + [98] * 20 + [7, 8, 9] + [0] * 9])
     mask = (ids != 0).long()
     return _case("qwen3_asr", "Qwen3ASRForConditionalGeneration",
                  {"audio_config": _QWEN3_ASR_ENCODER, "audio_token_id": 98, "pad_token_id": 0,
                   "eos_token_id": 2, "timestamp_token_id": 97,
                   "text_config": {"pad_token_id": 0}},
                  {"input_ids": ids, "input_features": _randn(2, 16, 200)},
-                 {"attention_mask": mask, "input_features_mask": _frame_mask(200, 0)},
+                 {"attention_mask": mask, "input_features_mask": _frame_mask(200, 50)},
                  head="lm", mask=mask)
 
 
