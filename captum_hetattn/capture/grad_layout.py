@@ -4,11 +4,12 @@ torch's batch-norm backward on CPU (``native_batch_norm_backward``, train and ev
 returns a wrong input gradient when the input is contiguous and the incoming gradient is
 channels-last with a batch of one whose batch stride is not ``C·H·W``: e.g. a ``(1, C, H, W)``
 conv → batch norm → ``flatten(2).transpose(1, 2)`` (the hybrid encoders of RT-DETR-style
-detectors, OmDet-Turbo's channel projections). The stride of a size-1 dimension is arbitrary, the
-kernel reads the gradient in the input's layout anyway, and every gradient upstream of the norm
-is garbage — for an example explained alone, not in a batch (its batch stride is then
-``C·H·W``). Measured on OmDet-Turbo: the gradient of a decoder input into its image tokens was
-half the batch's, so the batch and the single example got different explanations.
+detectors, OmDet-Turbo's channel projections). The stride of a size-1 dimension is arbitrary;
+the result looks as if the kernel read the gradient in the input's layout, and every gradient
+upstream of the norm is wrong — for an example explained alone, not in a batch (its batch
+stride is then ``C·H·W``). Measured on OmDet-Turbo: the gradient of a decoder input into its
+image tokens was half the batch's, so the batch and the single example got different
+explanations.
 
 While a recording runs, the output of each batch-norm module whose input is contiguous gets a
 gradient hook that makes an incoming gradient contiguous too (the same values; a copy only when
