@@ -333,10 +333,11 @@ class _Builder(SourceFinder):
         dependences = self.dependence(
             ("stream", i), tensor, dim, [(t, d) for _, t, d, _ in origins], self.batch
         ) if origins else []
-        maps = [d.matrix() for d in dependences]
-        feeding = [(o, m) for o, m in zip(origins, maps, strict=True) if m is not None and m.any()]
+        maps = [(d.matrix(), d) for d in dependences]
+        feeding = [(o, m, d.shares()) for o, (m, d) in zip(origins, maps, strict=True)
+                   if m is not None and m.any()]
         if len(feeding) == 1:
-            (stream, _, _, _), matrix = feeding[0]
+            (stream, _, _, _), matrix, _ = feeding[0]
             j, role = latest[stream]
             calls = self.streams[stream].calls
             current = calls[-1:] == [j] if role == OUT else not calls or calls[-1] < j
@@ -357,8 +358,8 @@ class _Builder(SourceFinder):
         fed = torch.zeros(self.batch, n, dtype=torch.bool, device=tensor.device)
         if feeding:
             ordered = sorted(feeding, key=lambda item: item[0][3])  # application order
-            weights = junction_weights([matrix for _, matrix in ordered])
-            for k, ((stream, _, _, before), matrix) in enumerate(ordered):
+            weights = junction_weights([shares for *_, shares in ordered])
+            for k, ((stream, _, _, before), matrix, _) in enumerate(ordered):
                 self.junctions.append(FlowJunction(
                     new.index, stream, before, TokenRows(matrix), weights[k], additive=k > 0,
                 ))

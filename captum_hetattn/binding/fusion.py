@@ -117,10 +117,10 @@ def cut_at(nodes: Iterable[object]) -> Iterator[None]:
 
 
 def fused_feeding(builder: Any, i: int, tensor: Tensor, dim: int,
-                  latest: dict[int, tuple[int, int]]) -> list[tuple[tuple, Tensor]]:
+                  latest: dict[int, tuple[int, int]]) -> list[tuple[tuple, Tensor, Tensor]]:
     r"""Per stream of ``latest``, which rows of ``tensor`` its state feeds, probed with the
-    gradient cut at every other call's tensors: ``[((stream, state, token_dim, before), map)]``
-    for the streams that feed some row."""
+    gradient cut at every other call's tensors: ``[((stream, state, token_dim, before), map,
+    shares)]`` for the streams that feed some row (shares: see :func:`junction_weights`)."""
     marked = [n for n, marks in builder.walker.marks.items()
               if any(m[0] == "call" and m[1] < i for m in marks)]
     feeding = []
@@ -134,7 +134,7 @@ def fused_feeding(builder: Any, i: int, tensor: Tensor, dim: int,
                                                [(state, state_dim)], builder.batch)
         matrix = dependence.matrix()
         if matrix is not None and matrix.any():
-            feeding.append(((stream, state, state_dim, before), matrix))
+            feeding.append(((stream, state, state_dim, before), matrix, dependence.shares()))
     return feeding
 
 
@@ -152,15 +152,15 @@ def add_into(builder: Any, i: int, tensor: Tensor, dim: int, stream: int,
     """
     feeding = fused_feeding(builder, i, tensor, dim, {stream: state, **added})
     fused = torch.zeros(builder.batch, builder.streams[stream].size, dtype=torch.bool)
-    for (origin, *_), matrix in feeding:
+    for (origin, *_), matrix, _ in feeding:
         if origin != stream:
             fused |= matrix.any(dim=-1)
     if not fused.any():
         return
-    weights = junction_weights([matrix for _, matrix in feeding])
+    weights = junction_weights([shares for *_, shares in feeding])
     # the stream's own share replaces the rows first, the added tokens' shares add to it
     ordered = sorted(zip(feeding, weights, strict=True), key=lambda f: f[0][0][0] != stream)
-    for ((origin, _, _, before), matrix), weight in ordered:
+    for ((origin, _, _, before), matrix, _), weight in ordered:
         matrix, weight = matrix & fused[..., None], weight * fused[..., None]
         own = origin == stream  # its share read from a copy: a junction joins two streams
         ran_since = [c for c in builder.streams[origin].calls if c >= before]
@@ -172,7 +172,10 @@ def add_into(builder: Any, i: int, tensor: Tensor, dim: int, stream: int,
 def junction_weights(matrices: list[Tensor]) -> list[Tensor]:
     r"""Junction weights of rows fed by several streams: each stream feeding a row gets an
     equal share of it, spread evenly over its tokens feeding the row (a merged token is the
-    mean of those it merges; a row two streams add takes half from each)."""
+    mean of those it merges; a row two streams add takes half from each). ``matrices`` are
+    boolean, or the probes' float shares (:meth:`~captum_hetattn.binding.probes._Dependence.
+    shares`): a feeder at the level of round-off then takes a share as small as it is, so its
+    vanishing in another batch moves no weight."""
     counts = [m.float().sum(dim=-1, keepdim=True) for m in matrices]
     streams = sum((c > 0).float() for c in counts)
     return [m.float() / c.clamp(min=1) / streams.clamp(min=1)

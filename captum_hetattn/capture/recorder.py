@@ -22,6 +22,7 @@ from captum_hetattn.capture.backends.softmax import SoftmaxBackend
 from captum_hetattn.capture.census import census
 from captum_hetattn.capture.claims import claim, release
 from captum_hetattn.capture.errors import blame_the_model
+from captum_hetattn.capture.grad_layout import keep_batch_norm_grads_in_input_layout
 from captum_hetattn.capture.plan import BACKENDS, listed_names, plan_capture
 from captum_hetattn.capture.record import AttentionRecord
 from captum_hetattn.capture.session import Entry, Frame, Session
@@ -185,6 +186,7 @@ class AttentionRecorder:
         for backend in (flash, interface, softmax, mha):
             if backend is not None:
                 backend.install(stack)
+        keep_batch_norm_grads_in_input_layout(stack, self.model)  # a torch bug at batch 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None:
