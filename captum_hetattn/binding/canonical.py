@@ -44,12 +44,54 @@ class TokenLayout:
     weight: Tensor | None = None
     #: ``dense_index`` with the head left out (``summed_index()``), kept once computed
     head_free_index: Tensor | None = None
+    #: per raw entry, its ``(example, key)`` (``key_index()``), kept once computed
+    key_of_entry: Tensor | None = None
 
     def release(self) -> None:
         """Drop the index tensors (as large as the raw maps) once the call is folded for good."""
         empty = torch.zeros(0, dtype=torch.long)
         self.raw_index = self.dense_index = empty
-        self.weight = self.head_free_index = None
+        self.weight = self.head_free_index = self.key_of_entry = None
+
+    def key_index(self) -> Tensor:
+        """The ``(example, key)`` element (flat: ``b·n_k + k``) each raw entry lands on."""
+        if self.key_of_entry is None:
+            batch, heads, n_q, n_k = self.dense_shape
+            example = self.dense_index.div(heads * n_q * n_k, rounding_mode="floor")
+            self.key_of_entry = example * n_k + self.dense_index % n_k
+        return self.key_of_entry
+
+    def where_attention_goes(self, parts: Sequence[Tensor], mass: bool = True
+                             ) -> tuple[Tensor | None, bool]:
+        r"""Of maps ``parts`` of probabilities, what the dense map would say, without it: the
+        ``(B, n_k)`` mass on each key (``fold(parts, sum_heads=True).sum(dim=(1, 2))``, the
+        same sums in another order: only whether one is zero is read; ``None`` without
+        ``mass``) and whether it is causal (``is_causal``: no entry is negative, so a dense
+        entry is zero exactly when every raw entry on it is)."""
+        batch, _, n_q, n_k = self.dense_shape
+        flat = torch.cat([p.detach().reshape(-1) for p in parts])
+        causal = n_q == n_k >= 2
+        # the first entries settle most maps (a window sees later keys): the rest if need be
+        for entries in (slice(0, 1 << 16), slice(1 << 16, None)):
+            if not causal:
+                break
+            dense = self.dense_index[entries]
+            upper = dense % n_k > dense.div(n_k, rounding_mode="floor") % n_q
+            causal = not bool(self._values(flat, entries)[upper].ne(0).any())
+        total = None
+        if mass:
+            total = flat.new_zeros(batch * n_k).index_add_(0, self.key_index(),
+                                                           self._values(flat, None))
+        return None if total is None else total.view(batch, n_k), causal
+
+    def _values(self, flat: Tensor, entries: slice | None) -> Tensor:
+        """The values of raw entries ``entries`` (all: ``None``) as folded (weighted)."""
+        raw = self.raw_index if entries is None else self.raw_index[entries]
+        values = flat[raw]
+        if self.weight is not None:  # an aggregated key spread over its tokens
+            weight = self.weight if entries is None else self.weight[entries]
+            values = values * weight.to(values)
+        return values
 
     def summed_index(self) -> Tensor:
         """The element of the head-summed ``(B, 1, n_q, n_k)`` map each raw entry lands on."""
@@ -60,18 +102,19 @@ class TokenLayout:
                                     * size + self.dense_index % size)
         return self.head_free_index
 
-    def fold(self, parts: Sequence[Tensor], sum_heads: bool = False) -> Tensor:
+    def fold(self, parts: Sequence[Tensor], sum_heads: bool = False,
+             out: Tensor | None = None) -> Tensor:
         r"""The dense map of raw maps ``parts`` (anything laid out like them: ``A``, ``G``,
         ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it. With
-        ``sum_heads``, its sum over heads ``(B, 1, n_q, n_k)``, without the per-head map."""
+        ``sum_heads``, its sum over heads ``(B, 1, n_q, n_k)``, without the per-head map.
+        ``out``: memory of that many elements and the parts' dtype to write it into (zeroed
+        here: memory used before costs no page faults)."""
         flat = torch.cat([p.reshape(-1) for p in parts])
         batch, heads, n_q, n_k = self.dense_shape
         shape = (batch, 1, n_q, n_k) if sum_heads else self.dense_shape
-        out = flat.new_zeros(math.prod(shape))
-        values = flat[self.raw_index]
-        if self.weight is not None:  # an aggregated key spread over its tokens
-            values = values * self.weight.to(values)
-        out.index_add_(0, self.summed_index() if sum_heads else self.dense_index, values)
+        out = flat.new_zeros(math.prod(shape)) if out is None else out.view(-1).zero_()
+        out.index_add_(0, self.summed_index() if sum_heads else self.dense_index,
+                       self._values(flat, None))
         return out.view(shape)
 
 

@@ -58,6 +58,8 @@ class Capture:
         self._partial: dict[Key, tuple[Tensor, Tensor, bool, bool]] = {}
         #: with a streaming adjoint: reduced maps go to it (records keep an empty tensor)
         self.stream: Streaming | None = None
+        #: a folded map the streaming adjoint used and dropped (its memory is reused)
+        self._spare: Tensor | None = None
 
     def rearm(self) -> None:
         """Before another gradient pass: what depends on the gradient is computed again."""
@@ -65,6 +67,7 @@ class Capture:
         self.heads = {}
         self._partial = {}
         self.stream = None
+        self._spare = None
 
     def expect(self, recording: BoundRecording) -> None:
         """The bound calls and their corrections (calls not bound are not reduced)."""
@@ -131,6 +134,10 @@ class Capture:
     #: and may hand each chunk over in blocks of query rows (with the first row's index)
     reduce_heads.rows = True  # type: ignore[attr-defined]
 
+    #: a call with a layout is reduced from its raw parts alone: the recorder need not fold
+    #: its map first
+    reduce.reads_parts = True  # type: ignore[attr-defined]
+
     def _note(self, key: Key, mass: Tensor | None, causal: bool, touched: bool) -> None:
         """What a reduced call tells besides ``Ā``: which keys anyone attends to (zero columns
         are attention-masked padding), whether it is causal, whether it got a gradient."""
@@ -147,25 +154,42 @@ class Capture:
         if self.stream is None or not isinstance(reduced, Tensor) or key not in self.stream.keys:
             return reduced
         self.stream.offer(key, reduced)
+        if record.layout is not None and key not in self.stream.maps:
+            self._spare = reduced  # used and dropped: the next folded map may be written here
         return reduced.new_empty(0)
+
+    def _spare_for(self, record: AttentionRecord, like: Tensor) -> Tensor | None:
+        """The memory of a folded map the streaming adjoint is done with, where it fits the
+        head-summed map of ``record`` (which then owns it)."""
+        spare, self._spare = self._spare, None
+        batch, _, n_q, n_k = record.shape
+        if (spare is None or spare.numel() != batch * n_q * n_k or spare.dtype != like.dtype
+                or spare.device != like.device):
+            return None
+        return spare
 
     def _reduce(self, record: AttentionRecord) -> Tensor | None:
         key = (record.name, record.call_index)
         if key not in self.corrections:
             return None
-        assert record.attention is not None
         correction = self.corrections[key]
         # (whether it got a gradient matters only under a correction: no sync otherwise)
-        self._note(key, record.attention.detach().sum(dim=(1, 2)), is_causal(record.attention),
-                   correction == "none" or _has_gradient(record))
+        touched = correction == "none" or _has_gradient(record)
         if record.layout is not None:  # correct each raw entry, then fold (exact with overlaps)
+            # where attention goes, read from the raw maps (no dense map of A: see reads_parts)
+            self._note(key, *record.layout.where_attention_goes(
+                [p.attention for p in record.parts], mass=key in self.mass_of), touched)
             parts = [corrected(p.attention, p.gradient, correction) for p in record.parts]
             if not self.keep_heads:  # the sum over heads folded at once: no per-head map
-                return record.layout.fold(parts, sum_heads=True)[:, 0] / record.shape[1]
+                return record.layout.fold(parts, sum_heads=True, out=self._spare_for(
+                    record, parts[0]))[:, 0].div_(record.shape[1])
             folded = record.layout.fold(parts)
             self._keep(key, record, record.layout.fold([p.attention for p in record.parts]),
                        record.layout.fold([p.gradient for p in record.parts]), folded)
             return folded.mean(dim=1)
+        assert record.attention is not None
+        self._note(key, record.attention.detach().sum(dim=(1, 2)), is_causal(record.attention),
+                   touched)
         if self.keep_heads:
             self._keep(key, record, record.attention, record.gradient,
                        corrected(record.attention, record.gradient, correction))
