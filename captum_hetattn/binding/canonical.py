@@ -44,22 +44,33 @@ class TokenLayout:
     weight: Tensor | None = None
     #: ``dense_index`` with the head left out (``summed_index()``), kept once computed
     head_free_index: Tensor | None = None
-    #: per raw entry, its ``(example, key)`` (``key_index()``), kept once computed
-    key_of_entry: Tensor | None = None
+    #: per raw entry, its query and key token and the entries on the diagonal (``tokens()``),
+    #: kept once computed
+    token_index: tuple[Tensor, Tensor, Tensor] | None = None
 
     def release(self) -> None:
         """Drop the index tensors (as large as the raw maps) once the call is folded for good."""
         empty = torch.zeros(0, dtype=torch.long)
         self.raw_index = self.dense_index = empty
-        self.weight = self.head_free_index = self.key_of_entry = None
+        self.weight = self.head_free_index = self.token_index = None
 
-    def key_index(self) -> Tensor:
-        """The ``(example, key)`` element (flat: ``b·n_k + k``) each raw entry lands on."""
-        if self.key_of_entry is None:
+    def tokens(self) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Per raw entry, its query token (flat ``b·n_q + q``) and key token (``b·n_k + k``),
+        and the raw entries (positions) whose query is their key (none for a map that is not
+        square)."""
+        if self.token_index is None:
             batch, heads, n_q, n_k = self.dense_shape
             example = self.dense_index.div(heads * n_q * n_k, rounding_mode="floor")
-            self.key_of_entry = example * n_k + self.dense_index % n_k
-        return self.key_of_entry
+            query = self.dense_index.div(n_k, rounding_mode="floor") % n_q
+            key = self.dense_index % n_k
+            diagonal = ((query == key).nonzero().flatten() if n_q == n_k
+                        else key.new_zeros(0))
+            self.token_index = (example * n_q + query, example * n_k + key, diagonal)
+        return self.token_index
+
+    def raw_values(self, parts: Sequence[Tensor]) -> Tensor:
+        """Per raw entry, its value in maps ``parts`` as folded (weighted)."""
+        return self._values(torch.cat([p.reshape(-1) for p in parts]), None)
 
     def where_attention_goes(self, parts: Sequence[Tensor], mass: bool = True
                              ) -> tuple[Tensor | None, bool]:
@@ -80,7 +91,7 @@ class TokenLayout:
             causal = not bool(self._values(flat, entries)[upper].ne(0).any())
         total = None
         if mass:
-            total = flat.new_zeros(batch * n_k).index_add_(0, self.key_index(),
+            total = flat.new_zeros(batch * n_k).index_add_(0, self.tokens()[1],
                                                            self._values(flat, None))
         return None if total is None else total.view(batch, n_k), causal
 
@@ -102,17 +113,14 @@ class TokenLayout:
                                     * size + self.dense_index % size)
         return self.head_free_index
 
-    def fold(self, parts: Sequence[Tensor], sum_heads: bool = False,
-             out: Tensor | None = None) -> Tensor:
+    def fold(self, parts: Sequence[Tensor], sum_heads: bool = False) -> Tensor:
         r"""The dense map of raw maps ``parts`` (anything laid out like them: ``A``, ``G``,
         ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it. With
-        ``sum_heads``, its sum over heads ``(B, 1, n_q, n_k)``, without the per-head map.
-        ``out``: memory of that many elements and the parts' dtype to write it into (zeroed
-        here: memory used before costs no page faults)."""
+        ``sum_heads``, its sum over heads ``(B, 1, n_q, n_k)``, without the per-head map."""
         flat = torch.cat([p.reshape(-1) for p in parts])
         batch, heads, n_q, n_k = self.dense_shape
         shape = (batch, 1, n_q, n_k) if sum_heads else self.dense_shape
-        out = flat.new_zeros(math.prod(shape)) if out is None else out.view(-1).zero_()
+        out = flat.new_zeros(math.prod(shape))
         out.index_add_(0, self.summed_index() if sum_heads else self.dense_index,
                        self._values(flat, None))
         return out.view(shape)

@@ -16,6 +16,7 @@ from captum_hetattn.binding import BoundRecording
 from captum_hetattn.capture import AttentionRecord
 from captum_hetattn.engine.values import ValueTerms
 from captum_hetattn.graph.inference import is_causal
+from captum_hetattn.rules.folded import FoldedMap
 from captum_hetattn.rules.ops import (
     aggregate_heads,
     corrected,
@@ -58,8 +59,6 @@ class Capture:
         self._partial: dict[Key, tuple[Tensor, Tensor, bool, bool]] = {}
         #: with a streaming adjoint: reduced maps go to it (records keep an empty tensor)
         self.stream: Streaming | None = None
-        #: a folded map the streaming adjoint used and dropped (its memory is reused)
-        self._spare: Tensor | None = None
 
     def rearm(self) -> None:
         """Before another gradient pass: what depends on the gradient is computed again."""
@@ -67,7 +66,6 @@ class Capture:
         self.heads = {}
         self._partial = {}
         self.stream = None
-        self._spare = None
 
     def expect(self, recording: BoundRecording) -> None:
         """The bound calls and their corrections (calls not bound are not reduced)."""
@@ -151,22 +149,11 @@ class Capture:
     def _streamed(self, record: AttentionRecord, reduced: Any) -> Any:
         """Hand a reduced map to the streaming adjoint (the record keeps an empty tensor)."""
         key = (record.name, record.call_index)
-        if self.stream is None or not isinstance(reduced, Tensor) or key not in self.stream.keys:
+        if (self.stream is None or not isinstance(reduced, (Tensor, FoldedMap))
+                or key not in self.stream.keys):
             return reduced
         self.stream.offer(key, reduced)
-        if record.layout is not None and key not in self.stream.maps:
-            self._spare = reduced  # used and dropped: the next folded map may be written here
-        return reduced.new_empty(0)
-
-    def _spare_for(self, record: AttentionRecord, like: Tensor) -> Tensor | None:
-        """The memory of a folded map the streaming adjoint is done with, where it fits the
-        head-summed map of ``record`` (which then owns it)."""
-        spare, self._spare = self._spare, None
-        batch, _, n_q, n_k = record.shape
-        if (spare is None or spare.numel() != batch * n_q * n_k or spare.dtype != like.dtype
-                or spare.device != like.device):
-            return None
-        return spare
+        return (reduced.values if isinstance(reduced, FoldedMap) else reduced).new_empty(0)
 
     def _reduce(self, record: AttentionRecord) -> Tensor | None:
         key = (record.name, record.call_index)
@@ -180,9 +167,13 @@ class Capture:
             self._note(key, *record.layout.where_attention_goes(
                 [p.attention for p in record.parts], mass=key in self.mass_of), touched)
             parts = [corrected(p.attention, p.gradient, correction) for p in record.parts]
+            if self.stream is not None and self.stream.takes(key) and not self.keep_heads:
+                # used at once by the streaming adjoint, then dropped: no dense map at all
+                batch, heads, n_q, n_k = record.shape
+                values = record.layout.raw_values(parts).div_(heads)
+                return FoldedMap((batch, n_q, n_k), values, *record.layout.tokens())
             if not self.keep_heads:  # the sum over heads folded at once: no per-head map
-                return record.layout.fold(parts, sum_heads=True, out=self._spare_for(
-                    record, parts[0]))[:, 0].div_(record.shape[1])
+                return record.layout.fold(parts, sum_heads=True)[:, 0].div_(record.shape[1])
             folded = record.layout.fold(parts)
             self._keep(key, record, record.layout.fold([p.attention for p in record.parts]),
                        record.layout.fold([p.gradient for p in record.parts]), folded)
