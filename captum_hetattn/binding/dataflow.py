@@ -70,10 +70,12 @@ class _Walker:
 
     def __init__(self) -> None:
         self.marks: dict[object, set[Mark]] = {}
+        self.node_of: dict[Mark, object] = {}
 
     def mark(self, node: object | None, mark: Mark) -> None:
         if node is not None:
             self.marks.setdefault(node, set()).add(mark)
+            self.node_of[mark] = node
 
     def _valid(self, node: object, before: int, also: Mark | None = None) -> set[Mark]:
         return {m for m in self.marks.get(node, ())
@@ -262,9 +264,11 @@ class _Builder(SourceFinder):
         # keys may be computed from the call's own query input (Segformer's reduced keys)
         hits = self.walker.hits(node, before=i, also=("call", i, Q_IN) if side == "key" else None)
         latest = self._latest_per_stream(hits)
-        if latest and side == "query":
+        own = self._latest_per_stream(hits - self._rereads(hits))
+        # keys: only where every path reaches the one stream (nothing could be added in)
+        if latest and (side == "query" or (len(own) == 1 and all(m[0] == "call" for m in hits))):
             # cheap continuation: the newest state of a stream of the same tower and length
-            stream, (j, role) = max(latest.items(), key=lambda item: item[1])
+            stream, (j, role) = max(own.items(), key=lambda item: item[1])
             if (
                 role != K_IN
                 and self.streams[stream].calls[-1:] == [j]
@@ -301,6 +305,22 @@ class _Builder(SourceFinder):
             FlowJunction(fork.index, stream, before, TokenRows(identity), identity.float())
         )
         return fork.index
+
+    def _rereads(self, hits: frozenset[Mark]) -> frozenset[Mark]:
+        """The key marks among ``hits`` on a tensor that also holds a query-side mark of the
+        same stream: a state read again as keys by a later call (LXMERT's two cross
+        directions read each other's layer input) says no more than the earlier mark."""
+        marks, node_of = self.walker.marks, self.walker.node_of
+        out = set()
+        for mark in hits:
+            if mark[0] != "call" or mark[2] != K_IN or mark not in node_of:
+                continue
+            stream = self.side_stream.get((mark[1], "key"))
+            if any(other[0] == "call" and other[2] != K_IN and other in hits
+                   and self.side_stream.get((other[1], "query")) == stream
+                   for other in marks[node_of[mark]]):
+                out.add(mark)
+        return frozenset(out)
 
     def _latest_per_stream(self, hits: frozenset[Mark]) -> dict[int, tuple[int, int]]:
         """Per stream, the latest of its call tensors among ``hits``."""

@@ -21,6 +21,7 @@ the stream's own attention (which mixes all tokens) does not blur the map.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -70,14 +71,38 @@ def added_streams(builder: Any, i: int, node: object, stream: int, j: int
     return added
 
 
+#: autograd nodes that keep each token in its row (reshapes, pads, per-token norms): a walk
+#: below a query node passes them without counting a step (Swin's last stage reads its
+#: queries through a view, a pad, a window partition and a norm of the layer's input)
+_ROW_KEEPING = ("ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward", "TransposeBackward",
+                "PermuteBackward", "ConstantPadNdBackward", "RollBackward", "CloneBackward",
+                "NativeLayerNormBackward", "SqueezeBackward", "UnsqueezeBackward", "ToCopyBackward")
+
+
 def _near(node: object, depth: int) -> set[object]:
-    """``node`` and the nodes at most ``depth`` steps below it."""
-    found, layer = {node}, [node]
-    for _ in range(depth):
-        layer = [child for n in layer for child, _ in getattr(n, "next_functions", ())
-                 if child is not None and child not in found]
-        found.update(layer)
-    return found
+    """``node`` and the nodes at most ``depth`` steps below it, a step into a
+    :data:`_ROW_KEEPING` node not counted."""
+    steps = {node: 0}
+    queue = collections.deque([node])
+    while queue:
+        parent = queue.popleft()
+        for child, _ in getattr(parent, "next_functions", ()):
+            if child is None:
+                continue
+            free = _keeps_rows(child)
+            cost = steps[parent] + (0 if free else 1)
+            if cost > depth or steps.get(child, depth + 1) <= cost:
+                continue
+            steps[child] = cost
+            if free:  # (0-1 breadth first: the cheaper paths first)
+                queue.appendleft(child)
+            else:
+                queue.append(child)
+    return set(steps)
+
+
+def _keeps_rows(node: object) -> bool:
+    return type(node).__name__.rstrip("0123456789") in _ROW_KEEPING
 
 
 def _frontier(walker: Any, node: object, before: int, region: set[object]

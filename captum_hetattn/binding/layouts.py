@@ -170,8 +170,8 @@ def canonicalise(
     for ordinal, group in enumerate(groups.values()):
         key = cache.key(signature, ordinal, group) if cache is not None else None
         cached = cache.get(key) if cache is not None else None
-        if cached is not None and cached.kind not in ("plain", "dropped"):
-            _materialise(group)
+        # (a replay reads states or scores, not maps: a flash record's map is rebuilt in the
+        # backward, and probing afresh materialises what it reads)
         call = cached.replay(group, batch, inputs) if cached is not None else None
         if cache is not None:
             cache.hits += call is not None

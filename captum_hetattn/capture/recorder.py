@@ -411,9 +411,10 @@ class AttentionRecorder:
             return
         # with a reduce, the call's own map only says where attention goes (key mass,
         # causality: zero or not, so the sum over heads of probabilities says it); the reduce
-        # folds the parts itself
-        call.attention = call.layout.fold([p.attention for p in call.parts],
-                                          sum_heads=self.reduce is not None)
+        # folds the parts itself, and one that ``reads_parts`` reads those from them too
+        if not getattr(self.reduce, "reads_parts", False):
+            call.attention = call.layout.fold([p.attention for p in call.parts],
+                                              sum_heads=self.reduce is not None)
         if self.reduce is None:  # a reduce reads the parts; only a plain recording keeps G
             call.gradient = call.layout.fold([p.gradient for p in call.parts])
         if self.reduce is not None:  # one gradient pass: the parts and indices are spent

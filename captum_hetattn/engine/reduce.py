@@ -16,6 +16,7 @@ from captum_hetattn.binding import BoundRecording
 from captum_hetattn.capture import AttentionRecord
 from captum_hetattn.engine.values import ValueTerms
 from captum_hetattn.graph.inference import is_causal
+from captum_hetattn.rules.folded import FoldedMap
 from captum_hetattn.rules.ops import (
     aggregate_heads,
     corrected,
@@ -155,6 +156,10 @@ class Capture:
     #: and may hand each chunk over in blocks of query rows (with the first row's index)
     reduce_heads.rows = True  # type: ignore[attr-defined]
 
+    #: a call with a layout is reduced from its raw parts alone: the recorder need not fold
+    #: its map first
+    reduce.reads_parts = True  # type: ignore[attr-defined]
+
     def _note(self, key: Key, mass: Tensor | None, causal: bool, touched: bool) -> None:
         """What a reduced call tells besides ``Ā``: which keys anyone attends to (zero columns
         are attention-masked padding), whether it is causal, whether it got a gradient."""
@@ -168,28 +173,38 @@ class Capture:
     def _streamed(self, record: AttentionRecord, reduced: Any) -> Any:
         """Hand a reduced map to the streaming adjoint (the record keeps an empty tensor)."""
         key = (record.name, record.call_index)
-        if self.stream is None or not isinstance(reduced, Tensor) or key not in self.stream.keys:
+        if (self.stream is None or not isinstance(reduced, (Tensor, FoldedMap))
+                or key not in self.stream.keys):
             return reduced
         self.stream.offer(key, reduced)
-        return reduced.new_empty(0)
+        return (reduced.values if isinstance(reduced, FoldedMap) else reduced).new_empty(0)
 
     def _reduce(self, record: AttentionRecord) -> Tensor | None:
         key = (record.name, record.call_index)
         if key not in self.corrections:
             return None
-        assert record.attention is not None
         correction = self.corrections[key]
         # (whether it got a gradient matters only under a correction: no sync otherwise)
-        self._note(key, record.attention.detach().sum(dim=(1, 2)), is_causal(record.attention),
-                   correction == "none" or _has_gradient(record))
+        touched = correction == "none" or _has_gradient(record)
         if record.layout is not None:  # correct each raw entry, then fold (exact with overlaps)
+            # where attention goes, read from the raw maps (no dense map of A: see reads_parts)
+            self._note(key, *record.layout.where_attention_goes(
+                [p.attention for p in record.parts], mass=key in self.mass_of), touched)
             parts = [corrected(p.attention, p.gradient, correction) for p in record.parts]
+            if self.stream is not None and self.stream.takes(key) and not self.keep_heads:
+                # used at once by the streaming adjoint, then dropped: no dense map at all
+                batch, heads, n_q, n_k = record.shape
+                values = record.layout.raw_values(parts).div_(heads)
+                return FoldedMap((batch, n_q, n_k), values, *record.layout.tokens())
             if not self.keep_heads:  # the sum over heads folded at once: no per-head map
-                return record.layout.fold(parts, sum_heads=True)[:, 0] / record.shape[1]
+                return record.layout.fold(parts, sum_heads=True)[:, 0].div_(record.shape[1])
             folded = record.layout.fold(parts)
             self._keep(key, record, record.layout.fold([p.attention for p in record.parts]),
                        record.layout.fold([p.gradient for p in record.parts]), folded)
             return folded.mean(dim=1)
+        assert record.attention is not None
+        self._note(key, record.attention.detach().sum(dim=(1, 2)), is_causal(record.attention),
+                   touched)
         if self.keep_heads:
             self._keep(key, record, record.attention, record.gradient,
                        corrected(record.attention, record.gradient, correction))
