@@ -57,6 +57,7 @@ from captum_hetattn.binding.layout_cache import LayoutCache, Placement
 from captum_hetattn.binding.layout_scores import _lay_out_over, _lay_out_scores
 from captum_hetattn.binding.packed import unequal_examples, uneven_examples
 from captum_hetattn.binding.padding import attends_to_padding, kept_mass, padded_rows
+from captum_hetattn.binding.probe_budget import row_support, several_reason
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 
@@ -368,6 +369,10 @@ def _pick(
     reason = None
     unfed: list[_Canonical] = []  # hidden states none of whose tokens the slots are computed from
     for candidate in _with_tiles(record, side, batch, inputs):
+        several = _several_at_once(side, states[0], candidate)
+        if several is not None:  # ruled out in one pass, where probing every row takes forty
+            reason = reason or several
+            continue
         sources = _state_tokens(record, side, states, candidate)
         if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
             reason = reason or (f"its {side} slots are each computed from several tokens of "
@@ -380,7 +385,7 @@ def _pick(
             continue
         return candidate, sources
     if reason is not None:
-        return reason
+        return _packed_first(record, side, batch, reason)
     depth = over_depth(record, side, unfed)
     if depth is not None:
         return depth
@@ -391,6 +396,38 @@ def _pick(
         "(pass the pixel values as an input, not an additional argument), or explain one "
         "example at a time"
     )
+
+
+def _several_at_once(side: str, states: Tensor, candidate: _Canonical) -> str | None:
+    r"""Why ``candidate`` cannot hold the ``side`` slots when a row of the first head of the
+    first example's ``states`` ``(B, H, n, d)`` (at a half, a quarter, three quarters of its
+    rows) reads several of its tokens (one backward pass each), else ``None`` (probe every
+    row)."""
+    rows = states.shape[-2] if states.dim() >= 2 else 1
+    for at in (rows // 2, rows // 4, 3 * rows // 4):
+        support = row_support(states, at, candidate.tensor, candidate.token_dim)
+        if support is None:
+            return None
+        reason = several_reason(side, support, candidate)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _packed_first(record: AttentionRecord, side: str, batch: int, reason: str) -> str:
+    r"""``reason`` (the slots read several tokens of every batched hidden state around the
+    call), led by the cause when the call's own hidden states are not batched: they pack
+    several examples' tokens into fewer sequences (Pixtral's images in one sequence), and the
+    batched tensors around them hold finer units (pixels)."""
+    own = record.query_input if side == "query" else record.key_input
+    dim = record.token_dim if side == "query" else record.key_token_dim
+    if own is None or tokens_view(own, dim).shape[0] == batch:
+        return reason
+    rows = tuple(tokens_view(own, dim).shape[:2])
+    return (f"its own hidden states hold {rows[0]} sequence(s) of {rows[1]} tokens, not "
+            f"(batch={batch}, tokens) rows: the examples' tokens are packed together (several "
+            "images or sequences in one), and no hidden state around it holds them per example "
+            f"({reason}); explain one example at a time, or pass the tokens batched")
 
 
 def _state_tokens(

@@ -27,7 +27,10 @@ from torch import Tensor
 from captum_hetattn.binding.dataflow import _Dependence, _pass_rows
 from captum_hetattn.binding.tokens import tokens_view
 
-__all__ = ["guarded"]
+__all__ = ["guarded", "row_support", "several_reason"]
+
+# the refutations draw from their own stream: the layout probes' draws stay as they were
+_REFUTE = torch.Generator().manual_seed(20261207)
 
 Probe = Callable[..., list[_Dependence]]
 
@@ -125,3 +128,43 @@ def guarded(probe: Probe | None, names: Sequence[str]) -> Probe:
 
     inner = probe or (lambda site, *args, **kwargs: _dependence(*args, **kwargs))
     return _Guard(inner, list(names))
+
+
+def row_support(into: Tensor, row: int, origin: Tensor, origin_dim: int) -> Tensor | None:
+    r"""``(B, n)`` bool: the tokens of ``origin`` that row ``row`` of ``into`` (flattened over
+    all dimensions but the last) is computed from, in one backward pass; ``None`` where
+    ``into`` is not computed from ``origin``.
+
+    The layout probes decode every row's token with two passes per bit of the token count,
+    and forward-mode ones at that (a second-order pass through everything between ``origin``
+    and ``into``); a hidden state whose slots are not its tokens is ruled out by one row that
+    reads several of them, so candidates that fail (CvT's and MobileViT's convolutional
+    projections against each enclosing layer, patches of pixels) cost one first-order pass
+    each instead of forty. A row depends on a token iff its Jacobian block is nonzero, which a
+    random cotangent shows as the forward-mode probes do (both are exact zero tests)."""
+    if not into.requires_grad or not origin.requires_grad:
+        return None
+    weights = torch.zeros(into.shape, dtype=into.dtype, device=into.device)
+    flat = weights.view(-1, into.shape[-1])
+    flat[row] = torch.randn(into.shape[-1], generator=_REFUTE).to(weights)
+    (grad,) = torch.autograd.grad(into, origin, weights, retain_graph=True, allow_unused=True)
+    if grad is None:
+        return None
+    return (tokens_view(grad, origin_dim) != 0).any(dim=-1)
+
+
+def several_reason(side: str, support: Tensor, canonical: Any) -> str | None:
+    r"""Why the hidden states ``canonical`` (a ``_Canonical``: ``where``, ``size``) cannot hold
+    a call's ``side`` slots when one of them reads the tokens ``support`` (``(B, n)`` bool, from
+    :func:`row_support`), or ``None`` where it reads one token or none."""
+    count = int(support.sum())
+    if count < 2:
+        return None
+    start = (f"its {side} slots are each computed from several tokens of {canonical.where} "
+             f"(one reads {count} of them")
+    if bool((support.sum(dim=1) == canonical.size).any()):
+        return (f"{start}: every token of its example): the softmax is not over tokens "
+                "(e.g. channel attention), or its slots are computed from the whole example")
+    return (f"{start}, of {canonical.size} per example): the slots are new tokens made from "
+            "several of these (a patch of pixels, a convolutional or pooled projection), not "
+            "tokens of them")
