@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from captum_hetattn.binding.probe_budget import backward
 from captum_hetattn.binding.tokens import CHANNELS_FIRST, TILES, _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, Context
 
@@ -98,7 +99,7 @@ def rows_sources(intos: Sequence[Tensor], origin: Tensor, origin_dim: int) -> li
     if not live or not origin.requires_grad:
         return unknown
     probes = [torch.zeros_like(intos[i], requires_grad=True) for i in live]
-    (pullback,) = torch.autograd.grad([intos[i] for i in live], origin, probes,
+    (pullback,) = backward([intos[i] for i in live], origin, probes,
                                       create_graph=True, allow_unused=True)
     if pullback is None or not pullback.requires_grad:
         return unknown
@@ -119,7 +120,7 @@ def rows_sources(intos: Sequence[Tensor], origin: Tensor, origin_dim: int) -> li
         responses = []
         for side in (bit, ~bit):
             weights = torch.randn(view.shape, generator=_GENERATOR).to(view) * side[..., None]
-            pushes = torch.autograd.grad(pullback, probes,
+            pushes = backward(pullback, probes,
                                          _restore_layout(weights, origin, origin_dim),
                                          retain_graph=True, allow_unused=True)
             responses.append([
@@ -178,7 +179,7 @@ def _decode_by_ratio(pullback: Tensor, probes: Sequence[Tensor], view: Tensor, o
     ``None`` (probe by bit planes) where that cannot tell."""
     batch, n, _ = view.shape
     tangent = torch.randn(view.shape, generator=_GENERATOR).to(view).reshape(batch * n, -1)
-    pushes = [torch.autograd.grad(pullback, probes,
+    pushes = [backward(pullback, probes,
                                   _restore_layout(t.view(view.shape), origin, origin_dim),
                                   retain_graph=True, allow_unused=True)
               for t in _scales(tangent, batch * n, 0, base)]
@@ -207,7 +208,7 @@ def token_rows(into: Tensor, into_dim: int, origin: Tensor, origin_dim: int,
     cotangent = torch.randn(view.shape, generator=_GENERATOR).to(view).reshape(rows, -1)
     grads = []
     for weights in _scales(cotangent, rows, 0, base):
-        (grad,) = torch.autograd.grad(into, origin,
+        (grad,) = backward(into, origin,
                                       _restore_layout(weights.view(view.shape), into, into_dim),
                                       retain_graph=True, allow_unused=True)
         if grad is None:
@@ -283,7 +284,7 @@ def _tiled(
         weights = torch.zeros(tensor.shape, dtype=tensor.dtype, device=tensor.device)
         rows = slice(b * per_example, (b + 1) * per_example)  # random: a norm's sum is flat
         weights[rows] = torch.randn(weights[rows].shape, generator=_GENERATOR).to(weights)
-        grads = torch.autograd.grad(tensor, witnesses, weights, retain_graph=True,
+        grads = backward(tensor, witnesses, weights, retain_graph=True,
                                     allow_unused=True) if witnesses else ()
         for grad in grads:
             if grad is None:

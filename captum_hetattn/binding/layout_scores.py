@@ -30,7 +30,7 @@ from captum_hetattn.binding.canonical import (
     _with_tiles,
     row_sources,
 )
-from captum_hetattn.binding.probe_budget import row_support, several_reason
+from captum_hetattn.binding.probe_budget import backward, row_support, several_reason
 from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
 
@@ -50,7 +50,7 @@ def _entry_rows(
     """
     none = torch.full(scores.shape, NO_SOURCE, dtype=torch.long, device=scores.device)
     probe = torch.zeros_like(scores, requires_grad=True)
-    (pullback,) = torch.autograd.grad(scores, projection, probe, create_graph=True,
+    (pullback,) = backward(scores, projection, probe, create_graph=True,
                                       allow_unused=True)
     if pullback is None or not pullback.requires_grad:
         return none, none
@@ -65,7 +65,7 @@ def _entry_rows(
 
     def responds(mask: Tensor) -> Tensor:
         tangent = (direction * mask.to(projection)).reshape(projection.shape)
-        (out,) = torch.autograd.grad(pullback, probe, tangent, retain_graph=True)
+        (out,) = backward(pullback, probe, tangent, retain_graph=True)
         return out != 0
 
     def decode(numbers: Tensor, count: int, as_mask) -> tuple[Tensor, Tensor, Tensor]:
@@ -200,7 +200,7 @@ def _place_entries(
         if query_side and id(projection) not in sources:
             # one query row that reads several tokens rules these hidden states out: one
             # pass, where decoding every row's token takes forty
-            several = several_query_tokens(projection, row[read], canonical)
+            several = several_query_tokens(projection, row[read], canonical, record.name)
             if several is not None:
                 return several
         if id(projection) not in sources:
@@ -212,8 +212,7 @@ def _place_entries(
         token = torch.where(read, tokens[row.clamp(min=0)], NO_SOURCE)
         if query_side:
             if bool((token == SEVERAL_SOURCES).any()):
-                return (f"its query slots are each computed from several tokens of "
-                        f"{canonical.where} (not tokens)")
+                return "its query slots are each computed from several tokens (not tokens)"
             q_token = torch.where(read & (q_token == NO_SOURCE), token, q_token)
         else:
             fresh = read & (k_token == NO_SOURCE)
@@ -259,7 +258,8 @@ class _Reads:
             index += 1
 
 
-def several_query_tokens(projection: Tensor, rows: Tensor, canonical: _Canonical) -> str | None:
+def several_query_tokens(projection: Tensor, rows: Tensor, canonical: _Canonical,
+                         name: str) -> str | None:
     r"""Why ``canonical`` cannot hold a call's query slots when one of the projection ``rows``
     its queries read (at a half, a quarter, three quarters of them: a ``[CLS]`` row or a
     border may read one token where the others read several) is computed from several of its
@@ -270,7 +270,7 @@ def several_query_tokens(projection: Tensor, rows: Tensor, canonical: _Canonical
         support = row_support(projection, int(picked[at]), canonical.tensor, canonical.token_dim)
         if support is None:
             return None
-        reason = several_reason("query", support, canonical)
+        reason = several_reason("query", support, canonical, name)
         if reason is not None:
             return reason
     return None
@@ -323,7 +323,7 @@ def _row_members(projection: Tensor, row: int, canonical: _Canonical) -> Tensor:
     """``(B·n,)``: the tokens one projection row depends on (one reverse pass)."""
     weights = torch.zeros_like(projection).reshape(-1, projection.shape[-1])
     weights[row] = torch.randn(projection.shape[-1], generator=_GENERATOR).to(weights)
-    (grad,) = torch.autograd.grad(projection, canonical.tensor, weights.view_as(projection),
+    (grad,) = backward(projection, canonical.tensor, weights.view_as(projection),
                                   retain_graph=True, allow_unused=True)
     if grad is None:
         return torch.zeros(tokens_view(canonical.tensor, canonical.token_dim).shape[:2].numel())

@@ -57,7 +57,13 @@ from captum_hetattn.binding.layout_cache import LayoutCache, Placement
 from captum_hetattn.binding.layout_scores import _lay_out_over, _lay_out_scores
 from captum_hetattn.binding.packed import unequal_examples, uneven_examples
 from captum_hetattn.binding.padding import attends_to_padding, kept_mass, padded_rows
-from captum_hetattn.binding.probe_budget import row_support, several_reason
+from captum_hetattn.binding.probe_budget import (
+    LayoutBudgetExceeded,
+    backward,
+    layout_budget,
+    row_support,
+    several_reason,
+)
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 
@@ -96,13 +102,13 @@ def _reads_tokens(record: AttentionRecord) -> bool:
     if scores is None or scores.dim() != 4:
         return True
     probe = torch.zeros_like(scores, requires_grad=True)
-    (pullback,) = torch.autograd.grad(scores, hidden, probe, create_graph=True, allow_unused=True)
+    (pullback,) = backward(scores, hidden, probe, create_graph=True, allow_unused=True)
     if pullback is None or not pullback.requires_grad:
         return True
     view = tokens_view(hidden, record.token_dim)
     tangent = torch.zeros_like(view)
     tangent[0, 0] = torch.randn(view.shape[-1], generator=_GENERATOR).to(view)
-    (push,) = torch.autograd.grad(pullback, probe, _restore_layout(tangent, hidden,
+    (push,) = backward(pullback, probe, _restore_layout(tangent, hidden,
                                                                     record.token_dim))
     moved = push[0].reshape(-1, *push.shape[-2:]).double()  # (heads, rows, cols), example 0
     elsewhere = moved[:, 1:, 1:] if record.key_input is None else moved[:, 1:, :]
@@ -126,7 +132,7 @@ def _state_row_is_local(states: Tensor, hidden: Tensor, token_dim: int) -> bool:
     weights = torch.zeros(states.shape, dtype=states.dtype, device=states.device)
     weights.view(-1, states.shape[-1])[0] = torch.randn(states.shape[-1],
                                                         generator=_GENERATOR).to(weights)
-    (grad,) = torch.autograd.grad(states, hidden, weights, retain_graph=True, allow_unused=True)
+    (grad,) = backward(states, hidden, weights, retain_graph=True, allow_unused=True)
     if grad is None:
         return True
     reached = (tokens_view(grad, token_dim)[0] != 0).any(dim=-1)
@@ -196,7 +202,18 @@ def _materialise(group: list[AttentionRecord]) -> None:
 def _place(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
            ) -> tuple[Placement, AttentionRecord | str]:
     """Probe one call's layout: its placement (for the cache) and the laid-out call, or
-    ``"plain"``, or the reason it is left out."""
+    ``"plain"``, or the reason it is left out — also when its probes would run past the
+    budget of backward passes (:func:`~captum_hetattn.binding.probe_budget.layout_budget`)."""
+    try:
+        with layout_budget():
+            return _probe(group, batch, inputs)
+    except LayoutBudgetExceeded as over:
+        return Placement("dropped", reason=over.reason()), over.reason()
+
+
+def _probe(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
+           ) -> tuple[Placement, AttentionRecord | str]:
+    """:func:`_place` within the budget."""
     depth = per_token_query(group[0], batch)
     if depth is not None:
         return Placement("dropped", reason=depth), depth
@@ -369,7 +386,7 @@ def _pick(
     reason = None
     unfed: list[_Canonical] = []  # hidden states none of whose tokens the slots are computed from
     for candidate in _with_tiles(record, side, batch, inputs):
-        several = _several_at_once(side, states[0], candidate)
+        several = _several_at_once(record, side, states[0], candidate)
         if several is not None:  # ruled out in one pass, where probing every row takes forty
             reason = reason or several
             continue
@@ -398,7 +415,8 @@ def _pick(
     )
 
 
-def _several_at_once(side: str, states: Tensor, candidate: _Canonical) -> str | None:
+def _several_at_once(record: AttentionRecord, side: str, states: Tensor, candidate: _Canonical
+                     ) -> str | None:
     r"""Why ``candidate`` cannot hold the ``side`` slots when a row of the first head of the
     first example's ``states`` ``(B, H, n, d)`` (at a half, a quarter, three quarters of its
     rows) reads several of its tokens (one backward pass each), else ``None`` (probe every
@@ -408,7 +426,7 @@ def _several_at_once(side: str, states: Tensor, candidate: _Canonical) -> str | 
         support = row_support(states, at, candidate.tensor, candidate.token_dim)
         if support is None:
             return None
-        reason = several_reason(side, support, candidate)
+        reason = several_reason(side, support, candidate, record.name)
         if reason is not None:
             return reason
     return None
