@@ -385,13 +385,16 @@ def _pick(
              if tokens_view(c.tensor, c.token_dim).shape[0] != batch]
     reason = None
     unfed: list[_Canonical] = []  # hidden states none of whose tokens the slots are computed from
+    mixed: list[str] = []  # hidden states whose tokens the slots mix
     for candidate in _with_tiles(record, side, batch, inputs):
         several = _several_at_once(record, side, states[0], candidate)
         if several is not None:  # ruled out in one pass, where probing every row takes forty
             reason = reason or several
+            mixed.append(candidate.where)
             continue
         sources = _state_tokens(record, side, states, candidate)
         if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
+            mixed.append(candidate.where)
             reason = reason or (f"its {side} slots are each computed from several tokens of "
                                 f"{candidate.where}: the softmax is not over tokens (e.g. "
                                 "channel attention)")
@@ -402,7 +405,7 @@ def _pick(
             continue
         return candidate, sources
     if reason is not None:
-        return _packed_first(record, side, batch, reason)
+        return _packed_first(record, side, batch, reason, mixed)
     depth = over_depth(record, side, unfed)
     if depth is not None:
         return depth
@@ -432,20 +435,24 @@ def _several_at_once(record: AttentionRecord, side: str, states: Tensor, candida
     return None
 
 
-def _packed_first(record: AttentionRecord, side: str, batch: int, reason: str) -> str:
+def _packed_first(record: AttentionRecord, side: str, batch: int, reason: str,
+                  mixed: list[str]) -> str:
     r"""``reason`` (the slots read several tokens of every batched hidden state around the
-    call), led by the cause when the call's own hidden states are not batched: they pack
-    several examples' tokens into fewer sequences (Pixtral's images in one sequence), and the
-    batched tensors around them hold finer units (pixels)."""
+    call: ``mixed``), or, when the call's own hidden states are not batched, that cause: they
+    pack several examples' tokens into fewer sequences (Pixtral's images in one sequence), and
+    the batched tensors around them hold other units (pixels)."""
     own = record.query_input if side == "query" else record.key_input
     dim = record.token_dim if side == "query" else record.key_token_dim
     if own is None or tokens_view(own, dim).shape[0] == batch:
         return reason
     rows = tuple(tokens_view(own, dim).shape[:2])
+    around = ", ".join("the model input" if w == "''" else w for w in dict.fromkeys(mixed))
     return (f"its own hidden states hold {rows[0]} sequence(s) of {rows[1]} tokens, not "
             f"(batch={batch}, tokens) rows: the examples' tokens are packed together (several "
-            "images or sequences in one), and no hidden state around it holds them per example "
-            f"({reason}); explain one example at a time, or pass the tokens batched")
+            f"images or sequences in one), and the batched tensors around it ({around}) hold "
+            f"other units (each of its {side} slots reads several of their rows: pixels of a "
+            "patch, or its whole example); explain one example at a time, or pass the tokens "
+            "batched")
 
 
 def _state_tokens(
