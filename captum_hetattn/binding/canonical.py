@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from captum_hetattn.binding.packed import owned_token_dim, packed_token_dim, witnessed
+from captum_hetattn.binding.probe_budget import backward
 from captum_hetattn.binding.tokens import CHANNELS_FIRST, _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, Context
 
@@ -150,7 +151,7 @@ def rows_sources(intos: Sequence[Tensor], origin: Tensor, origin_dim: int) -> li
     if not live or not origin.requires_grad:
         return unknown
     probes = [torch.zeros_like(intos[i], requires_grad=True) for i in live]
-    (pullback,) = torch.autograd.grad([intos[i] for i in live], origin, probes,
+    (pullback,) = backward([intos[i] for i in live], origin, probes,
                                       create_graph=True, allow_unused=True)
     if pullback is None or not pullback.requires_grad:
         return unknown
@@ -171,7 +172,7 @@ def rows_sources(intos: Sequence[Tensor], origin: Tensor, origin_dim: int) -> li
         responses = []
         for side in (bit, ~bit):
             weights = torch.randn(view.shape, generator=_GENERATOR).to(view) * side[..., None]
-            pushes = torch.autograd.grad(pullback, probes,
+            pushes = backward(pullback, probes,
                                          _restore_layout(weights, origin, origin_dim),
                                          retain_graph=True, allow_unused=True)
             responses.append([
@@ -230,7 +231,7 @@ def _decode_by_ratio(pullback: Tensor, probes: Sequence[Tensor], view: Tensor, o
     ``None`` (probe by bit planes) where that cannot tell."""
     batch, n, _ = view.shape
     tangent = torch.randn(view.shape, generator=_GENERATOR).to(view).reshape(batch * n, -1)
-    pushes = [torch.autograd.grad(pullback, probes,
+    pushes = [backward(pullback, probes,
                                   _restore_layout(t.view(view.shape), origin, origin_dim),
                                   retain_graph=True, allow_unused=True)
               for t in _scales(tangent, batch * n, 0, base)]
@@ -259,7 +260,7 @@ def token_rows(into: Tensor, into_dim: int, origin: Tensor, origin_dim: int,
     cotangent = torch.randn(view.shape, generator=_GENERATOR).to(view).reshape(rows, -1)
     grads = []
     for weights in _scales(cotangent, rows, 0, base):
-        (grad,) = torch.autograd.grad(into, origin,
+        (grad,) = backward(into, origin,
                                       _restore_layout(weights.view(view.shape), into, into_dim),
                                       retain_graph=True, allow_unused=True)
         if grad is None:

@@ -14,7 +14,7 @@ map of the call that recomputes rows (Longformer's global tokens) holds those ro
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +30,7 @@ from captum_hetattn.binding.canonical import (
     _with_tiles,
     row_sources,
 )
+from captum_hetattn.binding.probe_budget import backward, row_support, several_reason
 from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
 
@@ -49,7 +50,7 @@ def _entry_rows(
     """
     none = torch.full(scores.shape, NO_SOURCE, dtype=torch.long, device=scores.device)
     probe = torch.zeros_like(scores, requires_grad=True)
-    (pullback,) = torch.autograd.grad(scores, projection, probe, create_graph=True,
+    (pullback,) = backward(scores, projection, probe, create_graph=True,
                                       allow_unused=True)
     if pullback is None or not pullback.requires_grad:
         return none, none
@@ -64,7 +65,7 @@ def _entry_rows(
 
     def responds(mask: Tensor) -> Tensor:
         tangent = (direction * mask.to(projection)).reshape(projection.shape)
-        (out,) = torch.autograd.grad(pullback, probe, tangent, retain_graph=True)
+        (out,) = backward(pullback, probe, tangent, retain_graph=True)
         return out != 0
 
     def decode(numbers: Tensor, count: int, as_mask) -> tuple[Tensor, Tensor, Tensor]:
@@ -99,10 +100,11 @@ def _lay_out_scores(
     first = group[0]
     reason: str | None = None
     tried = 0
+    reads: dict[int, _Reads] = {}  # which projection row each entry reads: the same for all
     for candidate in _with_tiles(first, "query", batch, inputs):
         # the first whose tokens the scores read one by one
         tried += 1
-        call = _lay_out_over(group, batch, candidate)
+        call = _lay_out_over(group, batch, candidate, reads)
         if not isinstance(call, str):
             return call
         reason = reason or call
@@ -115,16 +117,21 @@ def _lay_out_scores(
 
 
 def _lay_out_over(
-    group: list[AttentionRecord], batch: int, canonical: _Canonical
+    group: list[AttentionRecord], batch: int, canonical: _Canonical,
+    reads: dict[int, _Reads] | None = None,
 ) -> AttentionRecord | str:
-    """:func:`_lay_out_scores` over one choice of the canonical hidden states."""
+    """:func:`_lay_out_scores` over one choice of the canonical hidden states (``reads``: what
+    the score entries read, kept across the choices)."""
     first = group[0]
     heads = _heads_of(group)
     n = canonical.size
     sources: dict[int, tuple[Tensor, dict[int, Tensor] | None]] = {}  # by id(projection)
+    reads = {} if reads is None else reads
     placed = []
     for record in group:
-        entries = _place_entries(record, canonical, heads, sources)
+        if id(record) not in reads:
+            reads[id(record)] = _Reads(record.scores, record.linears, heads)
+        entries = _place_entries(record, canonical, heads, sources, reads[id(record)])
         if isinstance(entries, str):
             return entries
         q_token, k_token, shares, head, queried = entries
@@ -166,7 +173,7 @@ def _lay_out_over(
 
 def _place_entries(
     record: AttentionRecord, canonical: _Canonical, heads: int,
-    sources: dict[int, tuple[Tensor, dict[int, Tensor] | None]],
+    sources: dict[int, tuple[Tensor, dict[int, Tensor] | None]], reads: _Reads,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], Tensor, Tensor] | str:
     r"""``(query token, key token, (entry, share), head)`` per placed pair of one raw map
     (flat tensors over the pairs; an entry whose key is an aggregate of several tokens gives one
@@ -177,7 +184,7 @@ def _place_entries(
     k_token = q_token.clone()
     head = q_token.clone()
     aggregated: list[tuple[Tensor, Tensor]] = []  # (entries, their key's tokens)
-    for projection, row, row_head in _projection_reads(scores, record.linears, heads):
+    for projection, row, row_head in reads:
         if bool((row == SEVERAL_SOURCES).any()):
             return ("each of its entries reads several tokens of one projection: the softmax "
                     "is not over tokens (channel attention), or its queries are pooled from "
@@ -186,15 +193,21 @@ def _place_entries(
         read = row >= 0
         if not bool(read.any()):
             continue
+        # query side: one projection row along the softmax dimension (unread entries aside)
+        low = torch.where(read, row, row.max() + 1).amin(dim=-1)
+        high = torch.where(read, row, -1).amax(dim=-1)
+        query_side = bool(((low == high) | ~read.any(dim=-1)).all())
+        if query_side and id(projection) not in sources:
+            # one query row that reads several tokens rules these hidden states out: one
+            # pass, where decoding every row's token takes forty
+            several = several_query_tokens(projection, row[read], canonical, record.name)
+            if several is not None:
+                return several
         if id(projection) not in sources:
             sources[id(projection)] = _projection_tokens(projection, canonical)
         tokens, _ = sources[id(projection)]
         if not bool((tokens != NO_SOURCE).any()):
             continue
-        # query side: one projection row along the softmax dimension (unread entries aside)
-        low = torch.where(read, row, row.max() + 1).amin(dim=-1)
-        high = torch.where(read, row, -1).amax(dim=-1)
-        query_side = bool(((low == high) | ~read.any(dim=-1)).all())
         read, row, row_head = read.flatten(), row.flatten(), row_head.flatten()
         token = torch.where(read, tokens[row.clamp(min=0)], NO_SOURCE)
         if query_side:
@@ -222,6 +235,45 @@ def _place_entries(
     entry = torch.cat(entries)
     return (q_token[entry], torch.cat(keys), (entry, torch.cat(shares)), head[entry],
             q_token >= 0)
+
+
+class _Reads:
+    """:func:`_projection_reads` of one raw map, probed once and lazily (a candidate refused at
+    its first projection leaves the others unprobed), then replayed for every candidate: which
+    projection row each entry reads does not depend on the hidden states it is laid out over."""
+
+    def __init__(self, scores: Tensor, projections: Sequence[Tensor], heads: int) -> None:
+        self._source = _projection_reads(scores, projections, heads)
+        self._seen: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        index = 0
+        while True:
+            if index == len(self._seen):
+                found = next(self._source, None)
+                if found is None:
+                    return
+                self._seen.append(found)
+            yield self._seen[index]
+            index += 1
+
+
+def several_query_tokens(projection: Tensor, rows: Tensor, canonical: _Canonical,
+                         name: str) -> str | None:
+    r"""Why ``canonical`` cannot hold a call's query slots when one of the projection ``rows``
+    its queries read (at a half, a quarter, three quarters of them: a ``[CLS]`` row or a
+    border may read one token where the others read several) is computed from several of its
+    tokens (one backward pass each,
+    :func:`~captum_hetattn.binding.probe_budget.row_support`), else ``None`` (probe them all)."""
+    picked = rows.unique()
+    for at in (picked.numel() // 2, picked.numel() // 4, 3 * picked.numel() // 4):
+        support = row_support(projection, int(picked[at]), canonical.tensor, canonical.token_dim)
+        if support is None:
+            return None
+        reason = several_reason("query", support, canonical, name)
+        if reason is not None:
+            return reason
+    return None
 
 
 def _projection_reads(scores: Tensor, projections: Sequence[Tensor], heads: int):
@@ -271,7 +323,7 @@ def _row_members(projection: Tensor, row: int, canonical: _Canonical) -> Tensor:
     """``(B·n,)``: the tokens one projection row depends on (one reverse pass)."""
     weights = torch.zeros_like(projection).reshape(-1, projection.shape[-1])
     weights[row] = torch.randn(projection.shape[-1], generator=_GENERATOR).to(weights)
-    (grad,) = torch.autograd.grad(projection, canonical.tensor, weights.view_as(projection),
+    (grad,) = backward(projection, canonical.tensor, weights.view_as(projection),
                                   retain_graph=True, allow_unused=True)
     if grad is None:
         return torch.zeros(tokens_view(canonical.tensor, canonical.token_dim).shape[:2].numel())

@@ -62,6 +62,13 @@ from captum_hetattn.binding.packed import (
     uneven_examples,
 )
 from captum_hetattn.binding.padding import attends_to_padding, kept_mass, padded_rows
+from captum_hetattn.binding.probe_budget import (
+    LayoutBudgetExceeded,
+    backward,
+    layout_budget,
+    row_support,
+    several_reason,
+)
 from captum_hetattn.binding.tokens import GATHERED, _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 
@@ -100,13 +107,13 @@ def _reads_tokens(record: AttentionRecord) -> bool:
     if scores is None or scores.dim() != 4:
         return True
     probe = torch.zeros_like(scores, requires_grad=True)
-    (pullback,) = torch.autograd.grad(scores, hidden, probe, create_graph=True, allow_unused=True)
+    (pullback,) = backward(scores, hidden, probe, create_graph=True, allow_unused=True)
     if pullback is None or not pullback.requires_grad:
         return True
     view = tokens_view(hidden, record.token_dim)
     tangent = torch.zeros_like(view)
     tangent[0, 0] = torch.randn(view.shape[-1], generator=_GENERATOR).to(view)
-    (push,) = torch.autograd.grad(pullback, probe, _restore_layout(tangent, hidden,
+    (push,) = backward(pullback, probe, _restore_layout(tangent, hidden,
                                                                     record.token_dim))
     moved = push[0].reshape(-1, *push.shape[-2:]).double()  # (heads, rows, cols), example 0
     elsewhere = moved[:, 1:, 1:] if record.key_input is None else moved[:, 1:, :]
@@ -130,7 +137,7 @@ def _state_row_is_local(states: Tensor, hidden: Tensor, token_dim: int) -> bool:
     weights = torch.zeros(states.shape, dtype=states.dtype, device=states.device)
     weights.view(-1, states.shape[-1])[0] = torch.randn(states.shape[-1],
                                                         generator=_GENERATOR).to(weights)
-    (grad,) = torch.autograd.grad(states, hidden, weights, retain_graph=True, allow_unused=True)
+    (grad,) = backward(states, hidden, weights, retain_graph=True, allow_unused=True)
     if grad is None:
         return True
     reached = (tokens_view(grad, token_dim)[0] != 0).any(dim=-1)
@@ -200,7 +207,18 @@ def _materialise(group: list[AttentionRecord]) -> None:
 def _place(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
            ) -> tuple[Placement, AttentionRecord | str]:
     """Probe one call's layout: its placement (for the cache) and the laid-out call, or
-    ``"plain"``, or the reason it is left out."""
+    ``"plain"``, or the reason it is left out — also when its probes would run past the
+    budget of backward passes (:func:`~captum_hetattn.binding.probe_budget.layout_budget`)."""
+    try:
+        with layout_budget():
+            return _probe(group, batch, inputs)
+    except LayoutBudgetExceeded as over:
+        return Placement("dropped", reason=over.reason()), over.reason()
+
+
+def _probe(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
+           ) -> tuple[Placement, AttentionRecord | str]:
+    """:func:`_place` within the budget."""
     depth = per_token_query(group[0], batch)
     if depth is not None:
         return Placement("dropped", reason=depth), depth
@@ -376,9 +394,16 @@ def _pick(
              if tokens_view(c.tensor, c.token_dim).shape[0] != batch]
     reason = None
     unfed: list[_Canonical] = []  # hidden states none of whose tokens the slots are computed from
+    mixed: list[str] = []  # hidden states whose tokens the slots mix
     for candidate in _with_tiles(record, side, batch, inputs):
+        several = _several_at_once(record, side, states[0], candidate)
+        if several is not None:  # ruled out in one pass, where probing every row takes forty
+            reason = reason or several
+            mixed.append(candidate.where)
+            continue
         sources = _state_tokens(record, side, states, candidate)
         if any(bool((s == SEVERAL_SOURCES).any()) for s in sources):
+            mixed.append(candidate.where)
             reason = reason or (f"its {side} slots are each computed from several tokens of "
                                 f"{candidate.where}: the softmax is not over tokens (e.g. "
                                 "channel attention)")
@@ -389,7 +414,7 @@ def _pick(
             continue
         return candidate, sources
     if reason is not None:
-        return reason
+        return _packed_first(record, side, batch, reason, mixed)
     depth = over_depth(record, side, unfed)
     if depth is not None:
         return depth
@@ -400,6 +425,43 @@ def _pick(
         "(pass the pixel values as an input, not an additional argument), or explain one "
         "example at a time"
     )
+
+
+def _several_at_once(record: AttentionRecord, side: str, states: Tensor, candidate: _Canonical
+                     ) -> str | None:
+    r"""Why ``candidate`` cannot hold the ``side`` slots when a row of the first head of the
+    first example's ``states`` ``(B, H, n, d)`` (at a half, a quarter, three quarters of its
+    rows) reads several of its tokens (one backward pass each), else ``None`` (probe every
+    row)."""
+    rows = states.shape[-2] if states.dim() >= 2 else 1
+    for at in (rows // 2, rows // 4, 3 * rows // 4):
+        support = row_support(states, at, candidate.tensor, candidate.token_dim)
+        if support is None:
+            return None
+        reason = several_reason(side, support, candidate, record.name)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _packed_first(record: AttentionRecord, side: str, batch: int, reason: str,
+                  mixed: list[str]) -> str:
+    r"""``reason`` (the slots read several tokens of every batched hidden state around the
+    call: ``mixed``), or, when the call's own hidden states are not batched, that cause: they
+    pack several examples' tokens into fewer sequences (Pixtral's images in one sequence), and
+    the batched tensors around them hold other units (pixels)."""
+    own = record.query_input if side == "query" else record.key_input
+    dim = record.token_dim if side == "query" else record.key_token_dim
+    if own is None or tokens_view(own, dim).shape[0] == batch:
+        return reason
+    rows = tuple(tokens_view(own, dim).shape[:2])
+    around = ", ".join("the model input" if w == "''" else w for w in dict.fromkeys(mixed))
+    return (f"its own hidden states hold {rows[0]} sequence(s) of {rows[1]} tokens, not "
+            f"(batch={batch}, tokens) rows: the examples' tokens are packed together (several "
+            f"images or sequences in one), and the batched tensors around it ({around}) hold "
+            f"other units (each of its {side} slots reads several of their rows: pixels of a "
+            "patch, or its whole example); explain one example at a time, or pass the tokens "
+            "batched")
 
 
 def _state_tokens(

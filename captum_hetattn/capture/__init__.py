@@ -109,6 +109,7 @@ __all__ = [
     "BACKENDS",
     "CROSS_INPUT_NAMES",
     "FLASH_BUDGET",
+    "LAYOUT_PASSES",
     "PROBE_PASSES",
     "AttentionRecord",
     "AttentionRecorder",
@@ -128,3 +129,9 @@ FLASH_BUDGET = 2**24
 #: feed several rows (one pass per row); past it those maps are traced in blocks of rows, with a
 #: warning naming the module (:mod:`captum_hetattn.binding.probe_budget`). ``None``: no limit
 PROBE_PASSES: int | None = 256
+
+#: backward passes the probes that find one call's token layout may spend (a few dozen for
+#: windows, bands and packed sequences: two per bit of the token count); past it the call is
+#: left out with a warning naming it, not probed for minutes
+#: (:mod:`captum_hetattn.binding.probe_budget`). ``None``: no limit
+LAYOUT_PASSES: int | None = 512
