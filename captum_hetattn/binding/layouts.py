@@ -60,6 +60,7 @@ from captum_hetattn.binding.packed import unequal_examples, uneven_examples
 from captum_hetattn.binding.padding import (
     attends_to_padding,
     dropped_not_padding,
+    learned_rows,
     outputs_read,
     padded_rows,
     unverified_padding,
@@ -245,8 +246,8 @@ def _padded_window(group: list[AttentionRecord], batch: int, inputs: Sequence[ob
     layer = fewer[0]
     zero = zero_slots(record)
     assert zero is not None
-    if outputs_read(record, layer.output, zero):
-        return None
+    if learned_rows(record, zero, layer.node) or outputs_read(record, layer.output, zero):
+        return None  # not padding: tokens the module adds (their rows stay in the stream)
     _materialise(group)
     describe = _describe(record)
     try:

@@ -21,14 +21,16 @@ refused by name.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_hetattn.binding.canonical import _GENERATOR, TokenLayout, _Canonical
-from captum_hetattn.binding.tokens import tokens_view
-from captum_hetattn.capture import AttentionRecord
+from captum_hetattn.binding.tokens import _restore_layout, tokens_view
+from captum_hetattn.capture import AttentionRecord, autograd_node
 
 #: how far a kept query row's mass (kept keys plus padded keys) may be from one
 MASS_TOLERANCE = 1e-3
+#: the largest part of a layer's autograd graph walked for parameters feeding its input
+_WALK = 4096
 
 
 def zero_slots(record: AttentionRecord) -> Tensor | None:
@@ -73,6 +75,36 @@ def outputs_read(record: AttentionRecord, output: Tensor | None, slots: Tensor) 
     if grad is None:
         return False
     return bool(tokens_view(grad, record.token_dim)[slots.to(grad.device)].ne(0).any())
+
+
+def learned_rows(record: AttentionRecord, slots: Tensor, stop: object = None) -> bool:
+    r"""Whether the module's input rows at ``slots`` ``(parts, slots)`` are computed from
+    learned parameters (zero-initialised tokens the module adds, such as GroupViT's group
+    tokens before training), not zero padding: a backward pass from those rows reaches a
+    parameter met on the graph above ``stop`` (the layer's input)."""
+    hidden = record.query_input
+    root = autograd_node(hidden)
+    if hidden is None or root is None or stop is None:
+        return False
+    parameters, seen, stack = [], {root}, [root]
+    while stack and len(seen) <= _WALK:
+        node = stack.pop()
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, nn.Parameter):
+            parameters.append(variable)
+        for child, _ in getattr(node, "next_functions", ()):
+            if child is not None and child not in seen and child is not stop:
+                seen.add(child)
+                stack.append(child)
+    if stack or not parameters:  # past the walk's bound: the layer's input not met
+        return False
+    view = tokens_view(torch.zeros_like(hidden), record.token_dim)
+    view[slots.to(view.device)] = torch.randn(view[slots.to(view.device)].shape,
+                                              generator=_GENERATOR).to(view)
+    grads = torch.autograd.grad(hidden, parameters, _restore_layout(view, hidden,
+                                                                    record.token_dim),
+                                retain_graph=True, allow_unused=True)
+    return any(g is not None and bool(g.ne(0).any()) for g in grads)
 
 
 def _kept(record: AttentionRecord, raw: Tensor, weight: Tensor | None
