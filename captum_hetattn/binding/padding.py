@@ -20,6 +20,8 @@ refused by name.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -107,23 +109,28 @@ def learned_rows(record: AttentionRecord, slots: Tensor, stop: object = None) ->
     return any(g is not None and bool(g.ne(0).any()) for g in grads)
 
 
-def _kept(record: AttentionRecord, raw: Tensor, weight: Tensor | None
-          ) -> tuple[Tensor, Tensor, Tensor]:
+def _kept_slots(record: AttentionRecord, raw: Tensor) -> tuple[Tensor, Tensor]:
     r"""Which slots of one raw map ``(parts, H, n, n)`` its kept entries (flat indices
-    ``raw``) use as queries and as keys ``(parts, n)``, and each row's kept mass
-    ``(parts, H, n)``."""
+    ``raw``) use as queries and as keys, ``(parts, n)`` each."""
     parts, heads, n, _ = record.shape
     row = raw.div(n, rounding_mode="floor")  # (part, head, query) flattened
-    part, query, key = row.div(heads * n, rounding_mode="floor"), row % n, raw % n
+    part = row.div(heads * n, rounding_mode="floor")
     query_kept = torch.zeros(parts, n, dtype=torch.bool, device=raw.device)
     key_kept = query_kept.clone()
-    query_kept[part, query] = True
-    key_kept[part, key] = True
-    mass = record.attention.reshape(-1).double()[raw.to(record.attention.device)].cpu()
+    query_kept[part, row % n] = True
+    key_kept[part, raw % n] = True
+    return query_kept.cpu(), key_kept.cpu()
+
+
+def _kept_mass(record: AttentionRecord, raw: Tensor, weight: Tensor | None) -> Tensor:
+    r"""``(parts, H, n)``: each row's mass on the entries the layout keeps."""
+    parts, heads, n, _ = record.shape
+    mass = record.attention.reshape(-1)[raw.to(record.attention.device)].double().cpu()
     if weight is not None:
         mass = mass * weight.to(mass)
-    held = torch.zeros(parts * heads * n, dtype=torch.float64).index_add_(0, row.cpu(), mass)
-    return query_kept.cpu(), key_kept.cpu(), held.view(parts, heads, n)
+    rows = raw.div(n, rounding_mode="floor").cpu()
+    return torch.zeros(parts * heads * n, dtype=torch.float64).index_add_(
+        0, rows, mass).view(parts, heads, n)
 
 
 def unverified_padding(group: list[AttentionRecord], layout: TokenLayout,
@@ -140,14 +147,14 @@ def unverified_padding(group: list[AttentionRecord], layout: TokenLayout,
     """
     offset = 0
     for record in group:
-        size = record.attention.numel()
+        size = math.prod(record.shape)
         zero = zero_slots(record)
         if zero is None:
             offset += size
             continue
         mine = (layout.raw_index >= offset) & (layout.raw_index < offset + size)
-        weight = layout.weight[mine] if layout.weight is not None else None
-        query_kept, key_kept, held = _kept(record, layout.raw_index[mine] - offset, weight)
+        raw = layout.raw_index[mine] - offset
+        query_kept, key_kept = _kept_slots(record, raw)
         offset += size
         if bool((query_kept & key_kept).all()):
             continue  # every slot a token
@@ -161,8 +168,11 @@ def unverified_padding(group: list[AttentionRecord], layout: TokenLayout,
             return ("the outputs of its left-out slots are read by the layer's tokens (they "
                     "are tokens the module adds, not padding)" if read else
                     "whether the layer crops the outputs of its left-out slots cannot be traced")
-        attention = record.attention.double()
-        on_padding = (attention * dropped[:, None, None, :].to(attention.device)).sum(dim=-1)
+        held = _kept_mass(record, raw, layout.weight[mine] if layout.weight is not None
+                          else None)
+        attention = record.attention
+        on_padding = (attention * dropped[:, None, None, :].to(attention)).sum(
+            dim=-1, dtype=torch.float64)
         off = (held + on_padding.cpu() - 1).abs()[query_kept[:, None, :].expand_as(held)]
         if off.numel() and float(off.max()) > MASS_TOLERANCE:
             return (f"a kept query row's mass on kept keys and padded keys sums to "
