@@ -395,8 +395,10 @@ def _maskformer() -> Any:
 
     from ..build import tiny_config
 
+    config = tiny_config("maskformer")
+    config.backbone_config.depths = [1, 1, 1, 1]  # not 18 blocks in the third stage
     torch.manual_seed(0)
-    model = transformers.MaskFormerForInstanceSegmentation(tiny_config("maskformer")).eval()
+    model = transformers.MaskFormerForInstanceSegmentation(config).eval()
     pixels = torch.randn(2, 3, 32, 32, generator=_generator(10))
 
     def forward(pixel_values: Tensor) -> Tensor:
