@@ -153,6 +153,10 @@ def test_sam_vit_over_padded_windows_follows_the_rule_on_its_tokens(grid, window
             (second.view(2, 2, n, n), second_grad.view(2, 2, n, n), global_slots)]
     _assert_rule(explanation, _rule(maps, 2, n, explanation.readout["image"]))
     _assert_batch_is_singles(explainer, pixels, explanation, 2)
+    hits = explainer.layouts.hits  # the layout found once, used again after its check
+    again = explainer.explain(pixels, target=2)
+    assert explainer.layouts.hits > hits
+    torch.testing.assert_close(again.relevance["image"], explanation.relevance["image"])
 
 
 # ------------------------------------------------------------------------------ Swin
