@@ -294,3 +294,21 @@ def test_windows_whose_zero_slots_are_read_by_the_tokens_are_refused_naming_the_
                        match=r"'blocks.0.attention'.*read by the layer's tokens"):
         explainer.explain(ids, target=1)
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_groupvits_zero_initialised_group_tokens_are_not_taken_for_padding():
+    # GroupViT concatenates learned group tokens (an nn.Parameter of zeros before training) to a
+    # stage's tokens and keeps them through the stage: all-zero rows, but no padding
+    from model_types.build import build
+
+    case = build("groupvit")
+    (stage,) = [m for n, m in case.model.named_modules()
+                if n == "vision_model.encoder.stages.0"]
+    assert not bool(stage.group_token.any()) and stage.group_token.shape[1] == 64
+    explainer = HeterogenousAttentionAttribution(case.forward_func, model=case.model)
+    explanation = explainer.explain(case.inputs, target=case.target,
+                                    additional_forward_args=case.additional_forward_args,
+                                    return_maps=True)
+    (first,) = [c for c in explanation.call_maps
+                if c.name == "vision_model.encoder.stages.0.layers.0.self_attn"]
+    assert tuple(first.attention.shape[-2:]) == (80, 80)  # the stage's 16 tokens + 64 groups
