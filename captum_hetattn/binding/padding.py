@@ -114,12 +114,12 @@ def _kept_slots(record: AttentionRecord, raw: Tensor) -> tuple[Tensor, Tensor]:
     ``raw``) use as queries and as keys, ``(parts, n)`` each."""
     parts, heads, n, _ = record.shape
     row = raw.div(n, rounding_mode="floor")  # (part, head, query) flattened
-    part = row.div(heads * n, rounding_mode="floor")
-    query_kept = torch.zeros(parts, n, dtype=torch.bool, device=raw.device)
+    part = row.div(heads * n, rounding_mode="floor") * n
+    query_kept = torch.zeros(parts * n, dtype=torch.bool, device=raw.device)
     key_kept = query_kept.clone()
-    query_kept[part, row % n] = True
-    key_kept[part, raw % n] = True
-    return query_kept.cpu(), key_kept.cpu()
+    query_kept[part + row % n] = True
+    key_kept[part + raw % n] = True
+    return query_kept.view(parts, n).cpu(), key_kept.view(parts, n).cpu()
 
 
 def _kept_mass(record: AttentionRecord, raw: Tensor, weight: Tensor | None) -> Tensor:
@@ -152,6 +152,8 @@ def unverified_padding(group: list[AttentionRecord], layout: TokenLayout,
         if zero is None:
             offset += size
             continue
+        if len(group) == 1 and layout.raw_index.numel() == size and layout.weight is None:
+            continue  # every entry kept once (a window partition without padding)
         mine = (layout.raw_index >= offset) & (layout.raw_index < offset + size)
         raw = layout.raw_index[mine] - offset
         query_kept, key_kept = _kept_slots(record, raw)
