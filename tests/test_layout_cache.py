@@ -66,8 +66,9 @@ TARGET = 2  # a class of Swin's three, a token of the seq2seq vocabularies with 
 
 
 def _layouts(model, forward, inputs, extra, cache):
-    """The laid-out calls' (name, kind, raw_index, dense_index, weight, maps, gradients) of one
-    recorded forward (raw parts kept: no reduce)."""
+    """The laid-out calls' (name, kind, raw_index, dense_index, weight, maps, gradients, and
+    each entry's query and key token and the diagonal entries: a cached placement keeps them)
+    of one recorded forward (raw parts kept: no reduce)."""
     traced = [x.detach().requires_grad_() if x.is_floating_point() else x for x in inputs]
     with torch.enable_grad(), AttentionRecorder(model, record_io=True,
                                                 keep_layouts=True) as recorder:
@@ -75,7 +76,8 @@ def _layouts(model, forward, inputs, extra, cache):
         trace(recorder, [*traced, *extra], layouts=cache)
         recorder.compute_gradients(score)
     return [(r.name, r.layout.kind, r.layout.raw_index, r.layout.dense_index, r.layout.weight,
-             r.attention, r.gradient) for r in recorder.records if r.layout is not None]
+             r.attention, r.gradient, *r.layout.tokens())
+            for r in recorder.records if r.layout is not None]
 
 
 def _assert_same(got, want):

@@ -107,9 +107,9 @@ def test_swin_relevance_equals_the_relevance_of_hand_unwindowed_maps(correction,
         if record.layout is None:
             return original(self, record)
         key = (record.name, record.call_index)
-        self.key_mass[key] = record.attention.sum(dim=(1, 2))
         side, window, shift = geometry[record.name]  # maps arrive in backward order
         (part,) = record.parts
+        self.key_mass[key] = _unwindow(part.attention, side, window, shift).sum(dim=(1, 2))
         return aggregate_heads(_unwindow(part.attention, side, window, shift),
                                _unwindow(part.gradient, side, window, shift),
                                self.corrections[key])
@@ -650,7 +650,6 @@ def test_led_relevance_equals_the_relevance_of_dense_maps_recomputed_from_its_pr
         if record.layout is None:
             return original(self, record)
         key = (record.name, record.call_index)
-        self.key_mass[key] = record.attention.sum(dim=(1, 2))
         i = next(layer_of) % len(model.led.encoder.layers)
         q = projections["query"][-len(model.led.encoder.layers) + i].transpose(0, 1)
         k = projections["key"][-len(model.led.encoder.layers) + i].transpose(0, 1)
@@ -659,6 +658,7 @@ def test_led_relevance_equals_the_relevance_of_dense_maps_recomputed_from_its_pr
         positions = torch.arange(n)
         band = (positions[:, None] - positions[None, :]).abs() <= window
         scores = (q @ k.transpose(-1, -2)).masked_fill(~band, float("-inf"))
+        self.key_mass[key] = scores.softmax(dim=-1).sum(dim=(1, 2))
         return scores.softmax(dim=-1).mean(dim=1)
 
     monkeypatch.setattr(attribution.Capture, "_reduce", dense_reference)

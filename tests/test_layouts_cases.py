@@ -96,26 +96,33 @@ def _qwen2_vl_batch(images):
     return model, forward, ids, pixels, grid, mask
 
 
-def test_qwen2_vl_images_of_different_sizes_are_refused_naming_each_examples_rows():
+def test_qwen2_vl_images_of_different_sizes_are_refused_naming_the_module_at_fault():
+    # the vision tower's rows are each example's (its score reads them: tests/
+    # test_packed_towers.py), but the language model splices 4 and 8 image tokens, so its
+    # first stream holds text and image tokens at different places per example
     model, forward, ids, pixels, grid, mask = _qwen2_vl_batch([[(1, 4, 4)], [(1, 4, 8)]])
     explainer = HeterogenousAttentionAttribution(forward, model=model)
-    with pytest.raises(NotImplementedError) as caught:
+    with pytest.raises(ValueError) as caught:
         explainer.explain((ids, pixels), target=3, additional_forward_args=(grid, mask))
     message = str(caught.value)
-    assert "'model.visual.blocks.0.attn'" in message
-    assert "example 0 has 16, example 1 has 32 rows" in message
-    assert "pairs tokens of different examples" not in message
+    assert "'model.language_model.layers.0.self_attn'" in message
+    assert "laid out differently in each example" in message
     assert model.training is False and not model._forward_hooks
 
 
-def test_qwen2_vl_packed_split_that_lines_up_but_is_wrong_is_refused():
+def test_qwen2_vl_packed_split_that_lines_up_but_is_wrong_gives_each_example_its_rows():
     # example 0: one image of 8 patches; example 1: 8 + 16. The equal split 16 / 16 crosses no
-    # map, but rows 8-15 are example 1's: laid out, example 0 would take example 1's image
+    # map, but rows 8-15 are example 1's: example 0 holds 8 rows, and its other slots are zero
     model, forward, ids, pixels, grid, mask = _qwen2_vl_batch(
         [[(1, 4, 2)], [(1, 4, 2), (1, 4, 4)]])
     explainer = HeterogenousAttentionAttribution(forward, model=model)
-    with pytest.raises(NotImplementedError, match=r"example 0 would hold sequences of \[8, 8\]"):
-        explainer.explain((ids, pixels), target=3, additional_forward_args=(grid, mask))
+    both = explainer.explain((ids, pixels), target=3, additional_forward_args=(grid, mask))
+    image = both.relevance["image"]
+    assert image.shape == (2, 24) and bool((image[0, 8:] == 0).all())
+    n = int(mask[0].sum())
+    one = HeterogenousAttentionAttribution(forward, model=model).explain(
+        (ids[:1, :n], pixels[:8]), target=3, additional_forward_args=(grid[:1], mask[:1, :n]))
+    torch.testing.assert_close(image[:1, :8], one.relevance["image"], atol=2e-6, rtol=1e-4)
 
 
 def test_qwen2_vl_equal_images_per_example_are_explained_and_batch_equals_singles():

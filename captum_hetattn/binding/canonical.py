@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from captum_hetattn.binding.tokens import CHANNELS_FIRST, TILES, _restore_layout, tokens_view
+from captum_hetattn.binding.packed import owned_token_dim, packed_token_dim, witnessed
+from captum_hetattn.binding.tokens import CHANNELS_FIRST, _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, Context
 
 #: codes of :func:`row_sources` for rows that are not one token
@@ -44,12 +45,65 @@ class TokenLayout:
     weight: Tensor | None = None
     #: ``dense_index`` with the head left out (``summed_index()``), kept once computed
     head_free_index: Tensor | None = None
+    #: per raw entry, its query and key token and the entries on the diagonal (``tokens()``),
+    #: kept once computed
+    token_index: tuple[Tensor, Tensor, Tensor] | None = None
 
     def release(self) -> None:
         """Drop the index tensors (as large as the raw maps) once the call is folded for good."""
         empty = torch.zeros(0, dtype=torch.long)
         self.raw_index = self.dense_index = empty
-        self.weight = self.head_free_index = None
+        self.weight = self.head_free_index = self.token_index = None
+
+    def tokens(self) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Per raw entry, its query token (flat ``b·n_q + q``) and key token (``b·n_k + k``),
+        and the raw entries (positions) whose query is their key (none for a map that is not
+        square)."""
+        if self.token_index is None:
+            batch, heads, n_q, n_k = self.dense_shape
+            example = self.dense_index.div(heads * n_q * n_k, rounding_mode="floor")
+            query = self.dense_index.div(n_k, rounding_mode="floor") % n_q
+            key = self.dense_index % n_k
+            diagonal = ((query == key).nonzero().flatten() if n_q == n_k
+                        else key.new_zeros(0))
+            self.token_index = (example * n_q + query, example * n_k + key, diagonal)
+        return self.token_index
+
+    def raw_values(self, parts: Sequence[Tensor]) -> Tensor:
+        """Per raw entry, its value in maps ``parts`` as folded (weighted)."""
+        return self._values(torch.cat([p.reshape(-1) for p in parts]), None)
+
+    def where_attention_goes(self, parts: Sequence[Tensor], mass: bool = True
+                             ) -> tuple[Tensor | None, bool]:
+        r"""Of maps ``parts`` of probabilities, what the dense map would say, without it: the
+        ``(B, n_k)`` mass on each key (``fold(parts, sum_heads=True).sum(dim=(1, 2))``, the
+        same sums in another order: only whether one is zero is read; ``None`` without
+        ``mass``) and whether it is causal (``is_causal``: no entry is negative, so a dense
+        entry is zero exactly when every raw entry on it is)."""
+        batch, _, n_q, n_k = self.dense_shape
+        flat = torch.cat([p.detach().reshape(-1) for p in parts])
+        causal = n_q == n_k >= 2
+        # the first entries settle most maps (a window sees later keys): the rest if need be
+        for entries in (slice(0, 1 << 16), slice(1 << 16, None)):
+            if not causal:
+                break
+            dense = self.dense_index[entries]
+            upper = dense % n_k > dense.div(n_k, rounding_mode="floor") % n_q
+            causal = not bool(self._values(flat, entries)[upper].ne(0).any())
+        total = None
+        if mass:
+            total = flat.new_zeros(batch * n_k).index_add_(0, self.tokens()[1],
+                                                           self._values(flat, None))
+        return None if total is None else total.view(batch, n_k), causal
+
+    def _values(self, flat: Tensor, entries: slice | None) -> Tensor:
+        """The values of raw entries ``entries`` (all: ``None``) as folded (weighted)."""
+        raw = self.raw_index if entries is None else self.raw_index[entries]
+        values = flat[raw]
+        if self.weight is not None:  # an aggregated key spread over its tokens
+            weight = self.weight if entries is None else self.weight[entries]
+            values = values * weight.to(values)
+        return values
 
     def summed_index(self) -> Tensor:
         """The element of the head-summed ``(B, 1, n_q, n_k)`` map each raw entry lands on."""
@@ -68,10 +122,8 @@ class TokenLayout:
         batch, heads, n_q, n_k = self.dense_shape
         shape = (batch, 1, n_q, n_k) if sum_heads else self.dense_shape
         out = flat.new_zeros(math.prod(shape))
-        values = flat[self.raw_index]
-        if self.weight is not None:  # an aggregated key spread over its tokens
-            values = values * self.weight.to(values)
-        out.index_add_(0, self.summed_index() if sum_heads else self.dense_index, values)
+        out.index_add_(0, self.summed_index() if sum_heads else self.dense_index,
+                       self._values(flat, None))
         return out.view(shape)
 
 
@@ -262,43 +314,21 @@ def _tiled(
     """The call's own hidden states read as ``k`` consecutive sequences per example (crops of
     one image, frames of one video), when nothing around the call holds them per example —
     if a batched float model input confirms it: example ``b``'s sequences depend on input
-    ``b`` only (``confirm=False``: unconfirmed, for a cached layout that is checked itself)."""
+    ``b`` only (``confirm=False``: unconfirmed, for a cached layout that is checked itself).
+    One packed sequence of rows is read by whose rows each example's score reads, when the
+    scores are at hand (:func:`~captum_hetattn.binding.packed.owned_token_dim`)."""
     tensor = record.query_input if side == "query" else record.key_input
     dim = record.token_dim if side == "query" else record.key_token_dim
-    tiled_3d = dim == 1 and tensor is not None and tensor.dim() >= 3
-    packed_2d = dim == 0 and tensor is not None and tensor.dim() == 2  # Qwen2-VL's vision rows
-    if not (tiled_3d or packed_2d) or not tensor.requires_grad:
+    owned = owned_token_dim(tensor, dim, batch)  # whose rows, read off the examples' scores
+    if owned is not None:
+        return _tiles_of(record, side, tensor, owned)
+    tiles = packed_token_dim(tensor, dim, batch)
+    if tiles is None or (confirm and not witnessed(tensor, tiles, batch, inputs, _GENERATOR)):
         return None
-    sequences = tensor.shape[0]
-    if sequences <= batch or sequences % batch:
-        return None
-    per_example = sequences // batch
-    if not confirm:
-        return _tiles_of(record, side, tensor, per_example)
-    # a witness: a traced float input split the same way (batch-first, or packed rows)
-    witnesses = [x for x in inputs if isinstance(x, Tensor) and x.is_floating_point()
-                 and x.requires_grad and x.dim() >= 2 and x.shape[0] % batch == 0]
-    confirmed = False
-    for b in range(batch):
-        weights = torch.zeros(tensor.shape, dtype=tensor.dtype, device=tensor.device)
-        rows = slice(b * per_example, (b + 1) * per_example)  # random: a norm's sum is flat
-        weights[rows] = torch.randn(weights[rows].shape, generator=_GENERATOR).to(weights)
-        grads = torch.autograd.grad(tensor, witnesses, weights, retain_graph=True,
-                                    allow_unused=True) if witnesses else ()
-        for grad in grads:
-            if grad is None:
-                continue
-            reached = grad.reshape(batch, -1).ne(0).any(dim=1)
-            if bool(reached[torch.arange(batch) != b].any()):
-                return None  # units of one example read another's input: not its tiles
-            confirmed = confirmed or bool(reached[b])
-    if not confirmed:
-        return None
-    return _tiles_of(record, side, tensor, per_example)
+    return _tiles_of(record, side, tensor, tiles)
 
 
-def _tiles_of(record: AttentionRecord, side: str, tensor: Tensor, per_example: int) -> _Canonical:
-    tiles = TILES + per_example
+def _tiles_of(record: AttentionRecord, side: str, tensor: Tensor, tiles: int) -> _Canonical:
     output = record.output if side == "query" else None
     same = output is not None and output.shape == tensor.shape
     return _Canonical(tensor, tiles, record.nodes.get(side), output if same else None,

@@ -70,10 +70,12 @@ class _Walker:
 
     def __init__(self) -> None:
         self.marks: dict[object, set[Mark]] = {}
+        self.node_of: dict[Mark, object] = {}
 
     def mark(self, node: object | None, mark: Mark) -> None:
         if node is not None:
             self.marks.setdefault(node, set()).add(mark)
+            self.node_of[mark] = node
 
     def _valid(self, node: object, before: int, also: Mark | None = None) -> set[Mark]:
         return {m for m in self.marks.get(node, ())
@@ -145,9 +147,14 @@ def analyse(
         raise ValueError("no attention call was recorded")
     batch = batch if batch is not None else _batch_size(records)
     if all(r.nodes.get("query") is None for r in records):
+        names = list(dict.fromkeys(r.name for r in records))
+        listed = ", ".join(f"'{n}'" for n in names[:3]) + (
+            f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise ValueError(
-            "no attention call's hidden states carry an autograd graph, so where their tokens "
-            "come from cannot be traced (all parameters frozen and no float input?)"
+            f"no attention call's hidden states carry an autograd graph ({listed}), so where "
+            "their tokens come from cannot be traced: they ran under torch.no_grad() or on "
+            "detached inputs (a frozen sub-model), or every parameter is frozen and no float "
+            "input reaches them"
         )
     walker = _Walker()
     for i, record in enumerate(records):
@@ -257,9 +264,11 @@ class _Builder(SourceFinder):
         # keys may be computed from the call's own query input (Segformer's reduced keys)
         hits = self.walker.hits(node, before=i, also=("call", i, Q_IN) if side == "key" else None)
         latest = self._latest_per_stream(hits)
-        if latest and side == "query":
+        own = self._latest_per_stream(hits - self._rereads(hits))
+        # keys: only where every path reaches the one stream (nothing could be added in)
+        if latest and (side == "query" or (len(own) == 1 and all(m[0] == "call" for m in hits))):
             # cheap continuation: the newest state of a stream of the same tower and length
-            stream, (j, role) = max(latest.items(), key=lambda item: item[1])
+            stream, (j, role) = max(own.items(), key=lambda item: item[1])
             if (
                 role != K_IN
                 and self.streams[stream].calls[-1:] == [j]
@@ -297,6 +306,22 @@ class _Builder(SourceFinder):
         )
         return fork.index
 
+    def _rereads(self, hits: frozenset[Mark]) -> frozenset[Mark]:
+        """The key marks among ``hits`` on a tensor that also holds a query-side mark of the
+        same stream: a state read again as keys by a later call (LXMERT's two cross
+        directions read each other's layer input) says no more than the earlier mark."""
+        marks, node_of = self.walker.marks, self.walker.node_of
+        out = set()
+        for mark in hits:
+            if mark[0] != "call" or mark[2] != K_IN or mark not in node_of:
+                continue
+            stream = self.side_stream.get((mark[1], "key"))
+            if any(other[0] == "call" and other[2] != K_IN and other in hits
+                   and self.side_stream.get((other[1], "query")) == stream
+                   for other in marks[node_of[mark]]):
+                out.add(mark)
+        return frozenset(out)
+
     def _latest_per_stream(self, hits: frozenset[Mark]) -> dict[int, tuple[int, int]]:
         """Per stream, the latest of its call tensors among ``hits``."""
         latest: dict[int, tuple[int, int]] = {}
@@ -328,10 +353,11 @@ class _Builder(SourceFinder):
         dependences = self.dependence(
             ("stream", i), tensor, dim, [(t, d) for _, t, d, _ in origins], self.batch
         ) if origins else []
-        maps = [d.matrix() for d in dependences]
-        feeding = [(o, m) for o, m in zip(origins, maps, strict=True) if m is not None and m.any()]
+        maps = [(d.matrix(), d) for d in dependences]
+        feeding = [(o, m, d.shares()) for o, (m, d) in zip(origins, maps, strict=True)
+                   if m is not None and m.any()]
         if len(feeding) == 1:
-            (stream, _, _, _), matrix = feeding[0]
+            (stream, _, _, _), matrix, _ = feeding[0]
             j, role = latest[stream]
             calls = self.streams[stream].calls
             current = calls[-1:] == [j] if role == OUT else not calls or calls[-1] < j
@@ -352,8 +378,8 @@ class _Builder(SourceFinder):
         fed = torch.zeros(self.batch, n, dtype=torch.bool, device=tensor.device)
         if feeding:
             ordered = sorted(feeding, key=lambda item: item[0][3])  # application order
-            weights = junction_weights([matrix for _, matrix in ordered])
-            for k, ((stream, _, _, before), matrix) in enumerate(ordered):
+            weights = junction_weights([shares for *_, shares in ordered])
+            for k, ((stream, _, _, before), matrix, _) in enumerate(ordered):
                 self.junctions.append(FlowJunction(
                     new.index, stream, before, TokenRows(matrix), weights[k], additive=k > 0,
                 ))

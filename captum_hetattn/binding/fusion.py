@@ -21,6 +21,7 @@ the stream's own attention (which mixes all tokens) does not blur the map.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -70,14 +71,38 @@ def added_streams(builder: Any, i: int, node: object, stream: int, j: int
     return added
 
 
+#: autograd nodes that keep each token in its row (reshapes, pads, per-token norms): a walk
+#: below a query node passes them without counting a step (Swin's last stage reads its
+#: queries through a view, a pad, a window partition and a norm of the layer's input)
+_ROW_KEEPING = ("ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward", "TransposeBackward",
+                "PermuteBackward", "ConstantPadNdBackward", "RollBackward", "CloneBackward",
+                "NativeLayerNormBackward", "SqueezeBackward", "UnsqueezeBackward", "ToCopyBackward")
+
+
 def _near(node: object, depth: int) -> set[object]:
-    """``node`` and the nodes at most ``depth`` steps below it."""
-    found, layer = {node}, [node]
-    for _ in range(depth):
-        layer = [child for n in layer for child, _ in getattr(n, "next_functions", ())
-                 if child is not None and child not in found]
-        found.update(layer)
-    return found
+    """``node`` and the nodes at most ``depth`` steps below it, a step into a
+    :data:`_ROW_KEEPING` node not counted."""
+    steps = {node: 0}
+    queue = collections.deque([node])
+    while queue:
+        parent = queue.popleft()
+        for child, _ in getattr(parent, "next_functions", ()):
+            if child is None:
+                continue
+            free = _keeps_rows(child)
+            cost = steps[parent] + (0 if free else 1)
+            if cost > depth or steps.get(child, depth + 1) <= cost:
+                continue
+            steps[child] = cost
+            if free:  # (0-1 breadth first: the cheaper paths first)
+                queue.appendleft(child)
+            else:
+                queue.append(child)
+    return set(steps)
+
+
+def _keeps_rows(node: object) -> bool:
+    return type(node).__name__.rstrip("0123456789") in _ROW_KEEPING
 
 
 def _frontier(walker: Any, node: object, before: int, region: set[object]
@@ -117,10 +142,10 @@ def cut_at(nodes: Iterable[object]) -> Iterator[None]:
 
 
 def fused_feeding(builder: Any, i: int, tensor: Tensor, dim: int,
-                  latest: dict[int, tuple[int, int]]) -> list[tuple[tuple, Tensor]]:
+                  latest: dict[int, tuple[int, int]]) -> list[tuple[tuple, Tensor, Tensor]]:
     r"""Per stream of ``latest``, which rows of ``tensor`` its state feeds, probed with the
-    gradient cut at every other call's tensors: ``[((stream, state, token_dim, before), map)]``
-    for the streams that feed some row."""
+    gradient cut at every other call's tensors: ``[((stream, state, token_dim, before), map,
+    shares)]`` for the streams that feed some row (shares: see :func:`junction_weights`)."""
     marked = [n for n, marks in builder.walker.marks.items()
               if any(m[0] == "call" and m[1] < i for m in marks)]
     feeding = []
@@ -134,7 +159,7 @@ def fused_feeding(builder: Any, i: int, tensor: Tensor, dim: int,
                                                [(state, state_dim)], builder.batch)
         matrix = dependence.matrix()
         if matrix is not None and matrix.any():
-            feeding.append(((stream, state, state_dim, before), matrix))
+            feeding.append(((stream, state, state_dim, before), matrix, dependence.shares()))
     return feeding
 
 
@@ -152,15 +177,15 @@ def add_into(builder: Any, i: int, tensor: Tensor, dim: int, stream: int,
     """
     feeding = fused_feeding(builder, i, tensor, dim, {stream: state, **added})
     fused = torch.zeros(builder.batch, builder.streams[stream].size, dtype=torch.bool)
-    for (origin, *_), matrix in feeding:
+    for (origin, *_), matrix, _ in feeding:
         if origin != stream:
             fused |= matrix.any(dim=-1)
     if not fused.any():
         return
-    weights = junction_weights([matrix for _, matrix in feeding])
+    weights = junction_weights([shares for *_, shares in feeding])
     # the stream's own share replaces the rows first, the added tokens' shares add to it
     ordered = sorted(zip(feeding, weights, strict=True), key=lambda f: f[0][0][0] != stream)
-    for ((origin, _, _, before), matrix), weight in ordered:
+    for ((origin, _, _, before), matrix, _), weight in ordered:
         matrix, weight = matrix & fused[..., None], weight * fused[..., None]
         own = origin == stream  # its share read from a copy: a junction joins two streams
         ran_since = [c for c in builder.streams[origin].calls if c >= before]
@@ -172,7 +197,10 @@ def add_into(builder: Any, i: int, tensor: Tensor, dim: int, stream: int,
 def junction_weights(matrices: list[Tensor]) -> list[Tensor]:
     r"""Junction weights of rows fed by several streams: each stream feeding a row gets an
     equal share of it, spread evenly over its tokens feeding the row (a merged token is the
-    mean of those it merges; a row two streams add takes half from each)."""
+    mean of those it merges; a row two streams add takes half from each). ``matrices`` are
+    boolean, or the probes' float shares (:meth:`~captum_hetattn.binding.probes._Dependence.
+    shares`): a feeder at the level of round-off then takes a share as small as it is, so its
+    vanishing in another batch moves no weight."""
     counts = [m.float().sum(dim=-1, keepdim=True) for m in matrices]
     streams = sum((c > 0).float() for c in counts)
     return [m.float() / c.clamp(min=1) / streams.clamp(min=1)

@@ -68,7 +68,8 @@ class Placement:
         the call's own once it is folded)."""
         first = call.parts[0]
         cross = call.key_input is not None
-        call.layout.summed_index()  # computed once: every replay's copy shares it
+        # computed once: every replay's copy shares them
+        call.layout.summed_index(), call.layout.tokens()
         return cls(
             "states" if sources is not None else "scores",
             layout=dataclasses.replace(call.layout),

@@ -56,7 +56,12 @@ from captum_hetattn.binding.dataflow import _dependence
 from captum_hetattn.binding.depth import over_depth, per_token_query
 from captum_hetattn.binding.layout_cache import LayoutCache, Placement
 from captum_hetattn.binding.layout_scores import _lay_out_over, _lay_out_scores
-from captum_hetattn.binding.packed import unequal_examples, uneven_examples
+from captum_hetattn.binding.packed import (
+    masked_across,
+    misowned,
+    unequal_examples,
+    uneven_examples,
+)
 from captum_hetattn.binding.padding import (
     attends_to_padding,
     dropped_not_padding,
@@ -66,7 +71,7 @@ from captum_hetattn.binding.padding import (
     unverified_padding,
     zero_slots,
 )
-from captum_hetattn.binding.tokens import _restore_layout, tokens_view
+from captum_hetattn.binding.tokens import GATHERED, _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord, AttentionRecorder
 
 __all__ = [
@@ -174,8 +179,8 @@ def canonicalise(
     for ordinal, group in enumerate(groups.values()):
         key = cache.key(signature, ordinal, group) if cache is not None else None
         cached = cache.get(key) if cache is not None else None
-        if cached is not None and cached.kind not in ("plain", "dropped"):
-            _materialise(group)
+        # (a replay reads states or scores, not maps: a flash record's map is rebuilt in the
+        # backward, and probing afresh materialises what it reads)
         call = cached.replay(group, batch, inputs) if cached is not None else None
         if cache is not None:
             cache.hits += call is not None
@@ -340,8 +345,10 @@ def _lay_out_states(
         offset += math.prod(record.shape)
     where = query[0].where
     packed = len(group) > 1 and all(r.shape[0] == 1 for r in group)  # one map per sequence
-    if packed and where.endswith("(tiles)") and batch > 1:  # an equal split, unconfirmed
-        uneven = uneven_examples(group, query[1], batch, n_q, _describe(first))
+    # an equal split, unconfirmed (a gathered one is read off the examples' scores)
+    if packed and where.endswith("(tiles)") and batch > 1 and query[0].token_dim < GATHERED:
+        uneven = uneven_examples(group, query[1], batch, n_q, _describe(first)) or misowned(
+            group, query[1], query[0].tensor, query[0].token_dim, batch, n_q, _describe(first))
         if uneven is not None:
             raise NotImplementedError(uneven)
     kind = ("tiled" if where.endswith("(tiles)") else "packed" if where == f"'{first.name}'"
@@ -365,7 +372,9 @@ def _dense_entries(
     b_k, t_k = k_src.div(n_k, rounding_mode="floor"), k_src % n_k
     same = b_q[..., :, None] == b_k[..., None, :]
     if bool((valid & ~same).any()):
-        return None
+        if not masked_across(record, valid & ~same):
+            return None
+        valid = valid & same  # one map over several examples, masked block-diagonal (Pixtral)
     head = torch.arange(h, device=q_src.device).view(1, h, 1, 1)
     flat = ((b_q[..., :, None] * h + head) * n_q + t_q[..., :, None]) * n_k + t_k[..., None, :]
     positions = valid.flatten().nonzero().flatten()

@@ -44,6 +44,11 @@ class TokenRows:
 _SEED = 20261123
 
 
+#: a feeder whose dependence is below this fraction of its row's largest feeder's is within
+#: float32 round-off of the row (≈ 8 ε): its junction share is scaled down by it
+ROUND_OFF = 1e-6
+
+
 #: the layouts' probes (forward-mode tangents) still draw from one running generator
 _GENERATOR = torch.Generator().manual_seed(_SEED)
 
@@ -67,6 +72,9 @@ class _Dependence:
     n_into: int
     codes: Tensor | None
     full: Tensor | None = None
+    #: how strongly each origin token feeds: ``(B, n_origin)`` with ``codes`` (its row's),
+    #: ``(B, n_into, n_origin)`` with ``full``; ``None``: not measured (every feeder alike)
+    strength: Tensor | None = None
 
     def matrix(self) -> Tensor | None:
         if self.full is not None or self.codes is None:
@@ -77,6 +85,21 @@ class _Dependence:
         b, j = (self.codes >= 0).nonzero(as_tuple=True)
         out[b, self.codes[b, j], j] = True
         return out
+
+    def shares(self) -> Tensor | None:
+        r"""``(B, n_into, n_origin)`` float: 1 where a token feeds a row, as :meth:`matrix`,
+        but a feeder whose measured dependence is below :data:`ROUND_OFF` of the row's largest
+        feeder's gets its strength relative to that (a trace at the level of round-off: it may
+        vanish in another batch, which must then move the junction weights only as much)."""
+        matrix = self.matrix()
+        if matrix is None or self.strength is None:
+            return None if matrix is None else matrix.float()
+        strength = self.strength
+        if self.full is None:  # each token's strength, in the one row it feeds
+            strength = strength.unsqueeze(1) * matrix
+        top = strength.amax(dim=-1, keepdim=True)
+        ramp = (strength / (top * ROUND_OFF).clamp(min=torch.finfo(strength.dtype).tiny))
+        return torch.where(matrix, ramp.clamp(max=1.0), 0.0)
 
     def feeds(self) -> Tensor:
         """``(B, n_into)``: rows fed by some origin token."""
@@ -110,7 +133,7 @@ def _dependence(
     generator = _generator()
 
     def pass_rows(rows: Tensor) -> list[Tensor]:
-        return _pass_rows(into, into_dim, origins, batch, rows, generator)
+        return _pass_magnitudes(into, into_dim, origins, batch, rows, generator)
 
     # a vectorised backward (is_grads_batched) measured 1.7x slower on CPU: one pass per plane
     planes = max(1, math.ceil(math.log2(max(n_into, 2))))
@@ -118,37 +141,56 @@ def _dependence(
     codes: list[Tensor] = []
     clash: list[Tensor] = []
     seen: list[Tensor] = []
+    strength: list[Tensor] = []
     for plane in range(planes):
         bit = ((index >> plane) & 1).bool()
-        on, off = pass_rows(bit.to(view.dtype)), pass_rows((~bit).to(view.dtype))
+        on_size, off_size = pass_rows(bit.to(view.dtype)), pass_rows((~bit).to(view.dtype))
+        on, off = [m != 0 for m in on_size], [m != 0 for m in off_size]
         if not codes:
             codes = [torch.zeros_like(o, dtype=torch.long) for o in on]
             clash = [torch.zeros_like(o) for o in on]
             seen = [torch.zeros_like(o) for o in on]
+            strength = [torch.zeros_like(m) for m in on_size]
         for k in range(len(origins)):
             codes[k] |= on[k].long() << plane
             clash[k] |= on[k] & off[k]
             seen[k] |= on[k] | off[k]
+            strength[k] = torch.maximum(strength[k], torch.maximum(on_size[k], off_size[k]))
     out = []
     for k, (tensor, dim) in enumerate(origins):
         if clash[k].any() or (codes[k][seen[k]] >= n_into).any():
-            full = _dependence_by_rows(into, into_dim, tensor, dim, batch) if exact else None
-            out.append(_Dependence(n_into, None, full))
+            full, size = (_dependence_by_rows(into, into_dim, tensor, dim, batch) if exact
+                          else (None, None))
+            out.append(_Dependence(n_into, None, full, size))
         else:
-            out.append(_Dependence(n_into, torch.where(seen[k], codes[k], -1)))
+            out.append(_Dependence(n_into, torch.where(seen[k], codes[k], -1), None,
+                                   _measured(strength[k])))
     return out
 
 def _pass_rows(into: Tensor, into_dim: int, origins: Sequence[tuple[Tensor, int]], batch: int,
                rows: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
     """``(B, n_origin)`` per origin: its tokens reached by one backward pass from ``rows``
     (``(n_into,)`` weights) of ``into``."""
+    return [m != 0 for m in _pass_magnitudes(into, into_dim, origins, batch, rows, generator)]
+
+
+def _pass_magnitudes(into: Tensor, into_dim: int, origins: Sequence[tuple[Tensor, int]],
+                     batch: int, rows: Tensor,
+                     generator: torch.Generator | None = None) -> list[Tensor]:
+    """``(B, n_origin)`` per origin: the largest gradient magnitude of each of its tokens in one
+    backward pass from ``rows`` (``(n_into,)`` weights) of ``into`` (0: not reached)."""
     view = tokens_view(into, into_dim)
     weights = _draw(view, generator or _generator()) * rows[None, :, None]
     grads = torch.autograd.grad(
         into, [t for t, _ in origins], _restore_layout(weights, into, into_dim),
         retain_graph=True, allow_unused=True,
     )
-    return [_token_support(g, t, d, batch) for g, (t, d) in zip(grads, origins, strict=True)]
+    return [_token_magnitude(g, t, d, batch) for g, (t, d) in zip(grads, origins, strict=True)]
+
+
+def _measured(strength: Tensor) -> Tensor | None:
+    """``strength`` if every value is finite (a NaN or inf gradient measures nothing)."""
+    return strength if bool(torch.isfinite(strength).all()) else None
 
 
 def _origin_tokens(tensor: Tensor, token_dim: int, batch: int) -> int:
@@ -159,18 +201,26 @@ def _origin_tokens(tensor: Tensor, token_dim: int, batch: int) -> int:
 
 def _token_support(grad: Tensor | None, tensor: Tensor, token_dim: int, batch: int) -> Tensor:
     """``(B, n)``: tokens of ``tensor`` with a non-zero gradient."""
+    return _token_magnitude(grad, tensor, token_dim, batch) != 0
+
+
+def _token_magnitude(grad: Tensor | None, tensor: Tensor, token_dim: int,
+                     batch: int) -> Tensor:
+    """``(B, n)`` float: each token's largest gradient magnitude (0 where none reaches it; NaN
+    stays NaN, so it counts as reached)."""
     n = _origin_tokens(tensor, token_dim, batch)
     if grad is None:
-        return torch.zeros(batch, n, dtype=torch.bool, device=tensor.device)
+        return torch.zeros(batch, n, device=tensor.device)
     if token_dim < 0:
-        return grad.reshape(batch, n) != 0
-    return (tokens_view(grad, token_dim) != 0).any(dim=-1)
+        return grad.reshape(batch, n).abs()
+    return tokens_view(grad, token_dim).abs().amax(dim=-1)
 
 
 def _dependence_by_rows(
     into: Tensor, into_dim: int, origin: Tensor, origin_dim: int, batch: int
 ) -> Tensor:
-    """The exact row-by-row dependence (one backward per into-row): the fallback."""
+    """The exact row-by-row dependence (one backward per into-row): the fallback, and each
+    feeder's strength (``None`` if not finite)."""
     view = tokens_view(into, into_dim)
     draws = _draw(view, _generator())
     rows = []
@@ -181,5 +231,6 @@ def _dependence_by_rows(
             into, [origin], _restore_layout(weights, into, into_dim), retain_graph=True,
             allow_unused=True,
         )
-        rows.append(_token_support(grad, origin, origin_dim, batch))
-    return torch.stack(rows, dim=1)
+        rows.append(_token_magnitude(grad, origin, origin_dim, batch))
+    size = torch.stack(rows, dim=1)
+    return size != 0, _measured(size)

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from captum_hetattn.binding.flowdata import FlowSource, FlowStream, InputRows
+from captum_hetattn.binding.packed import unmapped_inputs
 from captum_hetattn.binding.params import parameter_only, takes_untraced
 from captum_hetattn.binding.probes import _GENERATOR
-from captum_hetattn.binding.tokens import _restore_layout, tokens_view
+from captum_hetattn.binding.tokens import GATHERED, _restore_layout, tokens_view
 
 
 class SourceFinder:
@@ -43,6 +44,8 @@ class SourceFinder:
             return
         origins = [self.input_tensors[p] for p in positions]
         record = self.records[i]
+        if dim >= GATHERED:  # examples of different sizes: an input's elements are not (B, m)
+            raise NotImplementedError(unmapped_inputs(record, positions))
         dependences = self.dependence(("inputs", i, tuple(positions)), tensor, dim, origins,
                                       self.batch, exact=len(positions) > 1)
         # inputs that reach only rows spliced in from other streams belong to those streams

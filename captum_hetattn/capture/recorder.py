@@ -22,6 +22,7 @@ from captum_hetattn.capture.backends.softmax import SoftmaxBackend
 from captum_hetattn.capture.census import census
 from captum_hetattn.capture.claims import claim, release
 from captum_hetattn.capture.errors import blame_the_model
+from captum_hetattn.capture.grad_layout import keep_batch_norm_grads_in_input_layout
 from captum_hetattn.capture.plan import BACKENDS, listed_names, plan_capture
 from captum_hetattn.capture.record import AttentionRecord
 from captum_hetattn.capture.session import Entry, Frame, Session
@@ -62,6 +63,10 @@ class AttentionRecorder:
             chunks (whose chunks are then assembled and given to ``reduce``). One with a
             true ``rows`` attribute gets a long call's chunks in blocks of query rows, as
             ``reduce_heads(record, A, G, first_head, heads, first_row)``.
+        narrow_keys: with such a ``reduce_heads``, optional ``narrow_keys(record)``: whether
+            the record's row blocks may come with only the leading keys some row of the block
+            sees (the map is zero on the keys after them: a causal mask's later keys), as
+            ``A`` and ``G`` of fewer keys than the record's map has.
         flash_budget: map entries (``B · chunk · n_q · n_k``) per chunk with ``reduce_heads``
             (default :data:`~captum_hetattn.capture.FLASH_BUDGET`, read when the recorder is
             made).
@@ -107,6 +112,7 @@ class AttentionRecorder:
         reduce_heads: Callable[[AttentionRecord, Tensor, Tensor, int, int], Any] | None = None,
         flash_budget: int | None = None,
         keep_layouts: bool = False,
+        narrow_keys: Callable[[AttentionRecord], bool] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -119,6 +125,7 @@ class AttentionRecorder:
         self.record_io = record_io
         self.flash = flash
         self.reduce_heads = reduce_heads
+        self.narrow_keys = narrow_keys
         #: keep layouts after a reduce, for another gradient pass (:meth:`rearm`)
         self.keep_layouts = keep_layouts
         self.flash_budget = int(flash_budget)
@@ -179,6 +186,7 @@ class AttentionRecorder:
         for backend in (flash, interface, softmax, mha):
             if backend is not None:
                 backend.install(stack)
+        keep_batch_norm_grads_in_input_layout(stack, self.model)  # a torch bug at batch 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None:
@@ -403,9 +411,10 @@ class AttentionRecorder:
             return
         # with a reduce, the call's own map only says where attention goes (key mass,
         # causality: zero or not, so the sum over heads of probabilities says it); the reduce
-        # folds the parts itself
-        call.attention = call.layout.fold([p.attention for p in call.parts],
-                                          sum_heads=self.reduce is not None)
+        # folds the parts itself, and one that ``reads_parts`` reads those from them too
+        if not getattr(self.reduce, "reads_parts", False):
+            call.attention = call.layout.fold([p.attention for p in call.parts],
+                                              sum_heads=self.reduce is not None)
         if self.reduce is None:  # a reduce reads the parts; only a plain recording keeps G
             call.gradient = call.layout.fold([p.gradient for p in call.parts])
         if self.reduce is not None:  # one gradient pass: the parts and indices are spent

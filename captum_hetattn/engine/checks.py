@@ -358,3 +358,27 @@ def check_flag(name: str, value: Any) -> None:
     """A yes/no option is a bool (``include_own="no"`` would otherwise read as True)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+
+_IN_PLACE_LEAF = "a leaf Variable that requires grad is being used in an in-place operation"
+
+
+def in_place_input(error: RuntimeError, model: nn.Module) -> ValueError | None:
+    r"""The refusal for a forward that modifies a float input in place (autograd forbids it on
+    the leaf tensors the inputs are traced as), naming the innermost module of ``model`` on
+    the failing stack; ``None`` for any other error."""
+    if _IN_PLACE_LEAF not in str(error):
+        return None
+    names = {id(module): name for name, module in model.named_modules()}
+    at, frame = "", error.__traceback__
+    while frame is not None:
+        owner = frame.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            at = f" (in '{names[id(owner)] or type(owner).__name__}', {type(owner).__name__})"
+        frame = frame.tb_next
+    return ValueError(
+        f"the model modifies a float input in place{at}: each float input is traced as a leaf "
+        "tensor that requires grad, which autograd does not let the model modify; pass it a "
+        "copy (e.g. forward_func=lambda x, *rest: f(x.clone(), *rest))"
+    )

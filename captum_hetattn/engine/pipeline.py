@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from captum_hetattn._captum_compat import _format_additional_forward_args
 from captum_hetattn.binding.bind import BoundRecording, bind_records
 from captum_hetattn.binding.layout_cache import LayoutCache
+from captum_hetattn.binding.packed import objective as packed_objective
 from captum_hetattn.binding.streams import name_streams, stream_towers
 from captum_hetattn.binding.trace import trace
 from captum_hetattn.capture import AttentionRecorder
@@ -37,6 +38,7 @@ from captum_hetattn.engine.checks import (
     check_finite_calls,
     check_finite_relevance,
     check_mask_lengths,
+    in_place_input,
 )
 from captum_hetattn.engine.readout import (
     Readout,
@@ -165,6 +167,7 @@ def run(host: Host, inputs: tuple[Tensor, ...], additional_forward_args: Any,
     with torch.enable_grad(), AttentionRecorder(
         host.model, reduce=capture.reduce, record_io=True, flash=flash,
         reduce_heads=capture.reduce_heads, keep_layouts=len(score_fns) > 1,
+        narrow_keys=capture.takes_narrow_blocks,
     ) as recorder, watcher or contextlib.nullcontext():
         scores, recording = _record(host, recorder, traced, extra, score_fns, options, capture,
                                     watcher)
@@ -186,14 +189,20 @@ def _record(host: Host, recorder: AttentionRecorder, traced: tuple[Any, ...],
             extra: tuple[Any, ...], score_fns: list[Score], options: Options, capture: Capture,
             watcher: ValueWatcher | None) -> tuple[list[Tensor], BoundRecording]:
     """The forward, the scores, the binding, and (``weighting="value"``) the value terms."""
-    output = host.forward_func(*traced, *extra)
+    try:
+        output = host.forward_func(*traced, *extra)
+    except RuntimeError as error:
+        refusal = in_place_input(error, host.model)
+        if refusal is None:
+            raise
+        raise refusal from error
     reasons, foreign = recorder.census()
     if not recorder.records or len(foreign) == len({r.name for r in recorder.records}):
         raise ValueError(no_attention(type(host.model).__name__, reasons, foreign))
     check_finite_calls(recorder.records, host.model)
     scores = [score(score_fn, output, index if options.targets is not None else None)
               for index, score_fn in enumerate(score_fns)]
-    with recorder.tracing():
+    with recorder.tracing(), packed_objective(scores[0]):  # whose packed rows: the scores tell
         recording = bind(host, recorder, [*traced, *extra], options.map_inputs,
                          scores[0].shape[0])
     check_sources(recording, [*traced, *extra], recorder.embeddings,

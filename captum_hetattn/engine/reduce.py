@@ -16,6 +16,7 @@ from captum_hetattn.binding import BoundRecording
 from captum_hetattn.capture import AttentionRecord
 from captum_hetattn.engine.values import ValueTerms
 from captum_hetattn.graph.inference import is_causal
+from captum_hetattn.rules.folded import FoldedMap
 from captum_hetattn.rules.ops import (
     aggregate_heads,
     corrected,
@@ -80,18 +81,28 @@ class Capture:
         """The recorder's callback for a whole map: ``Ā``, or ``None`` for an unbound call."""
         return self._streamed(record, self._reduce(record))
 
+    def takes_narrow_blocks(self, record: AttentionRecord) -> bool:
+        """Whether :meth:`reduce_heads` takes this record's row blocks with only the leading
+        keys their rows see (every bound call it reduces by chunks: nothing here reads the
+        gradient where the map is zero)."""
+        key = (record.name, record.call_index)
+        return (key in self.corrections and not self.keep_heads and key not in self.values
+                and record.layout is None)
+
     def reduce_heads(self, record: AttentionRecord, attention: Tensor, gradient: Tensor,
                      first: int, heads: int, row: int = 0) -> Tensor | None:
         """:meth:`reduce` chunk by chunk of heads (flash capture's backward), each chunk whole
-        or in blocks of query rows from ``row``: the sum of ``f(G) ⊙ A`` over heads (per row,
-        in the same order either way) and the key mass accumulate; the last block gives
-        ``Ā``."""
+        or in blocks of query rows from ``row`` (a block may hold only the leading keys its
+        rows see, :meth:`takes_narrow_blocks`: zero after them): the sum of ``f(G) ⊙ A``
+        over heads (per row, in the same order either way) and the key mass accumulate; the
+        last block gives ``Ā``."""
         key = (record.name, record.call_index)
         if key not in self.corrections:
             return None
         if self.keep_heads or key in self.values or record.layout is not None:
             return NotImplemented
-        n_query = record.shape[-2]
+        n_query, n_key = record.shape[-2], record.shape[-1]
+        width = attention.shape[-1]
         blocks = row > 0 or attention.shape[-2] != n_query
         earlier = self._partial.pop(key) if first > 0 or row > 0 else None
         # whether it got a gradient: read until one block says so (before the gradient's
@@ -99,24 +110,20 @@ class Capture:
         touched = (earlier is not None and earlier[3]) or _nonzero(gradient)
         # the key mass only where padding is read from it (the first self call of a stream);
         # only whether it is zero is read: block sums in any order say the same
-        mass = attention.detach().sum(dim=(1, 2)) if key in self.mass_of else None
+        mass = None
+        if key in self.mass_of:
+            mass = torch.nn.functional.pad(attention.detach().sum(dim=(1, 2)), (0, n_key - width))
         if earlier is None:
-            causal = _causal_rows(attention, row, n_query) if blocks else is_causal(attention)
+            causal = _causal_rows(attention, row, n_query, n_key) if blocks else is_causal(
+                attention)
         else:
-            causal = earlier[2] and _causal_rows(attention, row, n_query)
+            causal = earlier[2] and _causal_rows(attention, row, n_query, n_key)
         total = None if earlier is None else earlier[0]
         if blocks and total is None:
-            total = attention.new_empty((attention.shape[0], n_query, attention.shape[-1]),
+            total = attention.new_empty((attention.shape[0], n_query, n_key),
                                         dtype=relevance_dtype(attention.dtype))
-        correction, rows = self.corrections[key], slice(row, row + attention.shape[-2])
-        if not blocks:
-            fixed = _corrected_sum(attention, gradient, correction, total)
-        else:  # the first chunk writes its rows of the sum, the later ones add to them
-            fixed, block = total, total[:, rows]
-            if first == 0:
-                _corrected_sum(attention, gradient, correction, out=block)
-            else:
-                _corrected_sum(attention, gradient, correction, block)
+        fixed = self._add_block(attention, gradient, self.corrections[key], total, first,
+                                slice(row, row + attention.shape[-2]), blocks)
         if earlier is not None and mass is not None:
             mass = earlier[1] + mass
         if first + attention.shape[1] < heads or row + attention.shape[-2] < n_query:
@@ -125,11 +132,33 @@ class Capture:
         self._note(key, mass, causal, touched)
         return self._streamed(record, fixed.div_(heads))  # (a sum of this call's own)
 
+    @staticmethod
+    def _add_block(attention: Tensor, gradient: Tensor, correction: str, total: Tensor | None,
+                   first: int, rows: slice, blocks: bool) -> Tensor:
+        """The sum over heads of ``f(G) ⊙ A`` with the block's, in ``total``'s rows ``rows``
+        and leading keys (the first chunk of heads writes them, zero after the block's keys;
+        the later ones add)."""
+        if not blocks:
+            return _corrected_sum(attention, gradient, correction, total)
+        assert total is not None
+        block = total[:, rows]
+        width = attention.shape[-1]
+        if first == 0:
+            _corrected_sum(attention, gradient, correction, out=block[..., :width])
+            block[..., width:] = 0
+        else:
+            _corrected_sum(attention, gradient, correction, block[..., :width])
+        return total
+
     #: the flash backward may write its next chunk into this one's memory: nothing here keeps
     #: a chunk (the gradient's memory is even reused for ``f(G) ⊙ A``)
     reduce_heads.keeps_no_chunk = True  # type: ignore[attr-defined]
     #: and may hand each chunk over in blocks of query rows (with the first row's index)
     reduce_heads.rows = True  # type: ignore[attr-defined]
+
+    #: a call with a layout is reduced from its raw parts alone: the recorder need not fold
+    #: its map first
+    reduce.reads_parts = True  # type: ignore[attr-defined]
 
     def _note(self, key: Key, mass: Tensor | None, causal: bool, touched: bool) -> None:
         """What a reduced call tells besides ``Ā``: which keys anyone attends to (zero columns
@@ -144,28 +173,38 @@ class Capture:
     def _streamed(self, record: AttentionRecord, reduced: Any) -> Any:
         """Hand a reduced map to the streaming adjoint (the record keeps an empty tensor)."""
         key = (record.name, record.call_index)
-        if self.stream is None or not isinstance(reduced, Tensor) or key not in self.stream.keys:
+        if (self.stream is None or not isinstance(reduced, (Tensor, FoldedMap))
+                or key not in self.stream.keys):
             return reduced
         self.stream.offer(key, reduced)
-        return reduced.new_empty(0)
+        return (reduced.values if isinstance(reduced, FoldedMap) else reduced).new_empty(0)
 
     def _reduce(self, record: AttentionRecord) -> Tensor | None:
         key = (record.name, record.call_index)
         if key not in self.corrections:
             return None
-        assert record.attention is not None
         correction = self.corrections[key]
         # (whether it got a gradient matters only under a correction: no sync otherwise)
-        self._note(key, record.attention.detach().sum(dim=(1, 2)), is_causal(record.attention),
-                   correction == "none" or _has_gradient(record))
+        touched = correction == "none" or _has_gradient(record)
         if record.layout is not None:  # correct each raw entry, then fold (exact with overlaps)
+            # where attention goes, read from the raw maps (no dense map of A: see reads_parts)
+            self._note(key, *record.layout.where_attention_goes(
+                [p.attention for p in record.parts], mass=key in self.mass_of), touched)
             parts = [corrected(p.attention, p.gradient, correction) for p in record.parts]
+            if self.stream is not None and self.stream.takes(key) and not self.keep_heads:
+                # used at once by the streaming adjoint, then dropped: no dense map at all
+                batch, heads, n_q, n_k = record.shape
+                values = record.layout.raw_values(parts).div_(heads)
+                return FoldedMap((batch, n_q, n_k), values, *record.layout.tokens())
             if not self.keep_heads:  # the sum over heads folded at once: no per-head map
-                return record.layout.fold(parts, sum_heads=True)[:, 0] / record.shape[1]
+                return record.layout.fold(parts, sum_heads=True)[:, 0].div_(record.shape[1])
             folded = record.layout.fold(parts)
             self._keep(key, record, record.layout.fold([p.attention for p in record.parts]),
                        record.layout.fold([p.gradient for p in record.parts]), folded)
             return folded.mean(dim=1)
+        assert record.attention is not None
+        self._note(key, record.attention.detach().sum(dim=(1, 2)), is_causal(record.attention),
+                   touched)
         if self.keep_heads:
             self._keep(key, record, record.attention, record.gradient,
                        corrected(record.attention, record.gradient, correction))
@@ -218,16 +257,22 @@ def _corrected_sum(attention: Tensor, gradient: Tensor, correction: str,
     return total.add_(weighted[:, 0] if weighted.shape[1] == 1 else weighted.sum(dim=1))
 
 
-def _causal_rows(attention: Tensor, row: int, n_query: int) -> bool:
+def _causal_rows(attention: Tensor, row: int, n_query: int, n_key: int) -> bool:
     r""":func:`is_causal` for the block of a square ``n_query × n_query`` map's query rows
-    from ``row``: no query of the block sees a later key."""
-    if attention.shape[-1] != n_query or n_query < 2:
+    from ``row``, given over its leading keys (zero after them): no query of the block sees a
+    later key — none past the block's last row, and the block's own triangle above its
+    diagonal is zero."""
+    if n_key != n_query or n_query < 2:
         return False
     if row == 0 and bool(attention[..., 0, 1:].any()):  # the first query sees a later key
         return False
-    upper = torch.triu(torch.ones(attention.shape[-2:], dtype=torch.bool,
-                                  device=attention.device), diagonal=1 + row)
-    return bool((attention[..., upper] == 0).all())
+    count, width = attention.shape[-2], attention.shape[-1]
+    end = min(row + count, width)
+    if end < width and _nonzero(attention[..., end:]):  # keys after every row of the block
+        return False
+    corner = attention[..., row:end]  # (rows, keys row .. end): the triangle above the diagonal
+    upper = torch.ones(corner.shape[-2:], dtype=torch.bool, device=attention.device).triu(1)
+    return not bool(corner[..., upper].any())
 
 
 def _nonzero(tensor: Tensor) -> bool:

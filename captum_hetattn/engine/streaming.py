@@ -19,6 +19,7 @@ from captum_hetattn.engine.readout import (
 )
 from captum_hetattn.engine.reduce import Capture
 from captum_hetattn.rules.adjoint import RowAdjoint
+from captum_hetattn.rules.folded import FoldedMap
 from captum_hetattn.rules.ops import AttentionFlow, TokenMap, relevance_dtype
 from captum_hetattn.rules.propagators import Propagator
 
@@ -47,10 +48,24 @@ class Streaming:
                                   dtype=dtype)
         self._advance()
 
-    def offer(self, key: tuple[str, int], reduced: Tensor) -> None:
+    def offer(self, key: tuple[str, int], reduced: Tensor | FoldedMap) -> None:
         self.maps[key] = reduced
-        self.reference = reduced.new_empty(0)  # its dtype and device (not the map: dropped)
+        # its dtype and device (not the map: dropped)
+        values = reduced.values if isinstance(reduced, FoldedMap) else reduced
+        self.reference = values.new_empty(0)
         self._advance()
+
+    def takes(self, key: tuple[str, int]) -> bool:
+        """Whether a map offered for ``key`` now is used at once (its step is the next to run
+        and the step's other maps have arrived): it may be a
+        :class:`~captum_hetattn.rules.folded.FoldedMap`, nothing else reads it."""
+        if self.adjoint is None or self.next < 0:
+            return False
+        step = self.steps[self.next]
+        if isinstance(step, TokenMap):
+            return False
+        keys = [(c.record.name, c.record.call_index) for c in step]
+        return key in keys and all(k in self.maps for k in keys if k != key)
 
     def _advance(self) -> None:
         while self.adjoint is not None and self.next >= 0:

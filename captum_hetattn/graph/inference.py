@@ -45,14 +45,24 @@ from captum_hetattn.graph.presets import find_preset
 __all__ = ["graph_from_flow", "infer_graph", "is_causal"]
 
 
+#: query rows :func:`is_causal` reads at a time (its temporaries stay a block's, not a map's)
+CAUSAL_ROWS = 256
+
+
 def is_causal(attention: Tensor | None) -> bool:
-    """Whether a self-attention map is causal (upper triangle exactly zero)."""
+    """Whether a self-attention map is causal (upper triangle exactly zero; NaN is not)."""
     if attention is None or attention.shape[-1] != attention.shape[-2] or attention.shape[-1] < 2:
         return False
     if bool(attention[..., 0, 1:].any()):  # the first query sees a later key: not causal
         return False
-    upper = torch.triu(torch.ones_like(attention[0, 0], dtype=torch.bool), diagonal=1)
-    return bool((attention[..., upper] == 0).all())
+    n = attention.shape[-1]
+    for start in range(0, n, CAUSAL_ROWS):
+        block = attention[..., start:start + CAUSAL_ROWS, :]
+        upper = torch.ones(block.shape[-2:], dtype=torch.bool,
+                           device=attention.device).triu(1 + start)
+        if bool(block[..., upper].any()):
+            return False
+    return True
 
 
 def graph_from_flow(
@@ -116,11 +126,11 @@ def graph_from_flow(
         s for j in flow.junctions for s in (j.into, j.origin)
     }
     readout = flow.calls[-1].query if readout_stream is None else readout_stream
-    self_maps = [r.attention if r.attention is not None or r.recompute is None
-                 else r.recompute()  # a flash record: its map is built in the backward
-                 for r, c in zip(records, flow.calls, strict=True)
-                 if c.query == readout and c.key == readout]
-    causal = bool(self_maps) and all(is_causal(a) for a in self_maps)
+    readout_self = [r for r, c in zip(records, flow.calls, strict=True)
+                    if c.query == readout and c.key == readout]
+    # one map at a time (a flash record's is rebuilt here: all of them at once would hold
+    # every layer's map of a long input), stopping at the first that is not causal
+    causal = bool(readout_self) and all(is_causal(_self_map(r)) for r in readout_self)
     return LayerGraph(
         streams=[names[s.index] for s in flow.streams if s.index in used],
         steps=steps,
@@ -129,6 +139,14 @@ def graph_from_flow(
         name=name,
         junctions=junctions,
     )
+
+
+def _self_map(record: AttentionRecord) -> Tensor | None:
+    """A call's map: its recorded one, or a flash record's built now (it arrives in the
+    backward)."""
+    if record.attention is not None or record.recompute is None:
+        return record.attention
+    return record.recompute()
 
 
 def _wider_patterns(patterns: Iterable[str], recorded: Mapping[str, int],

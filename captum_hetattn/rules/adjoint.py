@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from captum_hetattn.rules.folded import FoldedMap
 from captum_hetattn.rules.ops import (
     Block,
     FlowStep,
@@ -404,7 +405,9 @@ class RowAdjoint:
         loops: dict[str, Tensor] = {}
         for flow in as_group(step):
             if flow.query == flow.key and flow.query in staying:
-                diagonal = flow.attention.to(self.dtype).diagonal(dim1=-2, dim2=-1)
+                attention = flow.attention.to(self.dtype)
+                diagonal = (attention.diagonal() if isinstance(attention, FoldedMap)
+                            else attention.diagonal(dim1=-2, dim2=-1))
                 accumulate(loops, flow.query, staying[flow.query] * diagonal)
         for q, keep in residuals.items():
             if q in staying:

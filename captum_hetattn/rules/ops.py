@@ -28,6 +28,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from captum_hetattn.rules.folded import FoldedMap
+
 Correction = Literal["pos", "full", "abs", "none"]
 CORRECTIONS: tuple[str, ...] = ("pos", "full", "abs", "none")
 NODE_TYPES: tuple[str, ...] = ("A", "B", "C")
@@ -43,7 +45,8 @@ class AttentionFlow:
     Args:
         query: stream the queries come from (the stream whose relevance is updated).
         key: stream the keys/values come from (== ``query`` for self-attention).
-        attention: the aggregated map ``Ā`` of shape ``(B, n_query, n_key)``.
+        attention: the aggregated map ``Ā`` of shape ``(B, n_query, n_key)`` (for the row
+            adjoint alone, also a :class:`~captum_hetattn.rules.folded.FoldedMap`).
         label: how error messages name the call (e.g. the module name).
         residual: ``(B, n_query)`` weights of the query tokens' own relevance in the update
             (``R[q, s] ← residual ⊙ R[q, s] + Ā · R[k, s]``); ``None`` is the paper's 1 (see
@@ -250,6 +253,8 @@ def row_increment(row: Tensor, weights: Tensor) -> Tensor:
     Returns:
         ``(B, n_k)``.
     """
+    if isinstance(weights, FoldedMap):  # a map kept as its entries (a windowed call)
+        return weights.row_times(row)
     return (row.unsqueeze(1) @ weights).squeeze(1)
 
 

@@ -87,7 +87,7 @@ def _fused_cpu(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
     return choice == int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 
 
-def lse_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float,
+def lse_map(query: Tensor, key: Tensor | None, mask: Tensor | None, scale: float,
             logsumexp: Tensor, out: Tensor | None = None,
             extended: Tensor | None = None) -> Tensor:
     r"""``softmax(Q Kᵀ · scale + mask)`` from the kernel's row log-sum-exp: ``exp(Q' K'ᵀ +
@@ -128,12 +128,16 @@ def _row_blocks(n_query: int, rows: int | None) -> list[slice]:
                                                     strict=True)]
 
 
-def _mask_rows(mask: Tensor | None, rows: slice) -> Tensor | None:
-    """The query rows ``rows`` of a mask laid out over the scores (one broadcast over the
-    rows stays whole)."""
-    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
+def _mask_rows(mask: Tensor | None, rows: slice, width: int | None = None) -> Tensor | None:
+    """The query rows ``rows`` (and the leading ``width`` keys) of a mask laid out over the
+    scores (one broadcast over the rows or keys stays whole)."""
+    if mask is None or mask.dim() < 2:
         return mask
-    return mask[..., rows, :]
+    if mask.shape[-2] != 1:
+        mask = mask[..., rows, :]
+    if width is not None and mask.shape[-1] > width:
+        mask = mask[..., :width]
+    return mask
 
 
 def recorded_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
@@ -202,9 +206,9 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, mask, probe, scale, sink, chunk=None,  # noqa: D102
-                workspace=None, rows=None):
+                workspace=None, rows=None, narrow=None):
         ctx.scale, ctx.sink, ctx.chunk, ctx.workspace = scale, sink, chunk, workspace
-        ctx.rows = rows
+        ctx.rows, ctx.narrow = rows, narrow
         ctx.fused = _fused_cpu(query, key, value, mask, scale)
         if ctx.fused:  # the kernel F.scaled_dot_product_attention picks, with its log-sum-exp
             output, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -248,7 +252,7 @@ class FlashAttention(torch.autograd.Function):
                      heads)
             del attention, gradient, grad_scores
         return (grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None,
-                None, None)
+                None, None, None)
 
     @staticmethod
     def _fused_backward(ctx, grad_output):
@@ -258,42 +262,73 @@ class FlashAttention(torch.autograd.Function):
         ``True`` it keeps neither, and the next chunk is written into the same memory). With
         ``rows``, each chunk goes to the sink in blocks of that many query rows, with the first
         row's index (the same values: each row's map and gradient depend on that row only),
-        so the map-sized temporaries are one block's."""
+        so the map-sized temporaries are one block's. Where ``narrow()`` says the sink takes
+        them, a block holds only the leading keys some query of the block sees
+        (:func:`key_extents`: a causal mask's later keys are built for no row)."""
         query, key, value, mask, output, logsumexp = ctx.saved_tensors
         grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_output, query, key, value, output, logsumexp, 0.0, False, attn_mask=mask,
             scale=ctx.scale)
         heads, n_query = query.shape[1], query.shape[2]
         chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
+        blocks = _row_blocks(n_query, ctx.rows)
+        narrow = len(blocks) > 1 and ctx.narrow is not None and ctx.narrow()
         for first in range(0, heads, chunk):
             part = slice(first, first + chunk)
             head_mask = None
             if mask is not None:
                 head_mask = mask[:, part] if mask.dim() == 4 and mask.shape[1] == heads else mask
+            extents = key_extents(head_mask, blocks, key.shape[2]) if narrow else None
             extended = extended_keys(key[:, part])
             value_t = value[:, part].transpose(-1, -2)
-            for rows in _row_blocks(n_query, ctx.rows):
-                row = rows.start
-                shape = (query.shape[0], min(chunk, heads - first), rows.stop - row,
-                         key.shape[2])
-                into = (ctx.workspace.take(shape, query) if ctx.workspace is not None
-                        else (None,) * 2)
-                block_mask = _mask_rows(head_mask, rows)
-                if huge_rows(block_mask):  # rows a finite mask hides wholly: the softmax itself
-                    attention = attention_map(query[:, part, rows], key[:, part], block_mask,
-                                              ctx.scale)
-                else:
-                    attention = lse_map(query[:, part, rows], key[:, part], block_mask,
-                                        ctx.scale, logsumexp[:, part, rows], out=into[0],
-                                        extended=extended)
-                gradient = torch.matmul(grad_output[:, part, rows], value_t, out=into[1])
-                at_row = () if rows.stop - row == n_query else (row,)  # (one block: as before)
-                done = ctx.sink(clear_empty_rows(attention, block_mask), gradient, first, heads,
-                                *at_row)
+            for index, rows in enumerate(blocks):
+                width = key.shape[2] if extents is None else extents[index]
+                attention, gradient = _block_maps(
+                    ctx, query[:, part, rows], extended[..., :width], value_t[..., :width],
+                    _mask_rows(head_mask, rows, width), logsumexp[:, part, rows],
+                    grad_output[:, part, rows])
+                at_row = () if rows.stop - rows.start == n_query else (rows.start,)
+                done = ctx.sink(attention, gradient, first, heads, *at_row)
                 if done is not True and ctx.workspace is not None:
                     ctx.workspace.drop()  # the sink keeps them: the next block gets new memory
                 del attention, gradient
-        return *grads, None, torch.zeros(()), None, None, None, None, None
+        return *grads, None, torch.zeros(()), None, None, None, None, None, None
+
+
+def _block_maps(ctx: Any, query: Tensor, extended: Tensor, value_t: Tensor, mask: Tensor | None,
+                logsumexp: Tensor, grad_output: Tensor) -> tuple[Tensor, Tensor]:
+    """One block's map (its empty rows cleared) and ``G = dO · Vᵀ``, over the keys of
+    ``extended`` (``K'ᵀ``, :func:`extended_keys`) and ``value_t`` (``Vᵀ``), written into the
+    workspace where there is one."""
+    shape = (*query.shape[:3], extended.shape[-1])
+    into = ctx.workspace.take(shape, query) if ctx.workspace is not None else (None,) * 2
+    if huge_rows(mask):  # rows a finite mask hides wholly: the softmax itself
+        key = extended[..., :-1, :].transpose(-1, -2)
+        attention = attention_map(query, key, mask, ctx.scale)
+    else:
+        attention = lse_map(query, None, mask, ctx.scale, logsumexp, out=into[0],
+                            extended=extended)
+    gradient = torch.matmul(grad_output, value_t, out=into[1])
+    return clear_empty_rows(attention, mask), gradient
+
+
+def key_extents(mask: Tensor | None, blocks: list[slice], n_key: int) -> list[int]:
+    r"""Per block of query rows, how many leading keys some row of the block sees: past it,
+    ``mask`` hides every key from every row (a causal mask: the keys after the block's last
+    row), so the block's map is zero there. ``n_key`` for a block with a row that sees no key
+    (its row is the softmax of the mask itself, or zero: built whole as before) and without a
+    mask over the rows and keys."""
+    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1 or mask.shape[-1] != n_key:
+        return [n_key] * len(blocks)
+    seen = mask > torch.finfo(mask.dtype).min / 2
+    seen = seen.reshape(-1, *seen.shape[-2:]).any(0)  # (n_query, n_key): any example or head
+    # one past the last key each row sees (0 for a row that sees none)
+    last = torch.where(seen.any(-1), n_key - seen.flip(-1).int().argmax(-1), 0)
+    extents = []
+    for rows in blocks:
+        block = last[rows]
+        extents.append(n_key if bool((block == 0).any()) else int(block.max()))
+    return extents
 
 
 class Workspace:
@@ -497,7 +532,8 @@ class FlashBackend(Backend):
                 rows = max(1, ROW_BUDGET // max(shape[0] * min(chunk, shape[1]) * shape[3], 1))
         output = FlashAttention.apply(query, key, value, mask, probe, scale,
                                       functools.partial(self._on_flash, entry), chunk,
-                                      self.workspace, rows)
+                                      self.workspace, rows,
+                                      functools.partial(self._narrowable, entry))
         return output.transpose(1, 2).contiguous(), None
 
     def _add_flash(self, module: nn.Module, probe: Tensor, shape: tuple[int, ...]) -> Entry:
@@ -507,6 +543,15 @@ class FlashBackend(Backend):
         entry = Entry(record, probe, id(owner), True, flash=True)
         self.recorder._keep(entry)
         return entry
+
+    def _narrowable(self, entry: Entry) -> bool:
+        """Whether this call's row blocks may reach ``reduce_heads`` with only the leading keys
+        their rows see (the recorder's ``narrow_keys`` says so for the record): never where
+        the chunks are assembled into a whole map (its gradient is wanted on every key)."""
+        record, narrow_keys = entry.record, self.recorder.narrow_keys
+        return (narrow_keys is not None and self.recorder.reduce_heads is not None
+                and record.reduced is None and not self.session.tracing
+                and record.part_of is None and entry.buffer is None and narrow_keys(record))
 
     def _on_flash(self, entry: Entry, attention: Tensor, gradient: Tensor, first: int = 0,
                   heads: int | None = None, row: int = 0) -> bool:

@@ -86,6 +86,112 @@ def _align() -> Any:
     return case
 
 
+def _prompt(image_tokens: int, token: int, lead: int = 2, text: int = 6) -> tuple[Tensor, Tensor]:
+    r"""Ids ``lead`` text tokens, ``image_tokens`` placeholders ``token``, ``text`` text tokens
+    (example 1's last 3 are padding, id 0) and their mask."""
+    draw = torch.Generator().manual_seed(11)
+    ids = torch.cat([torch.randint(5, 60, (2, lead), generator=draw),
+                     torch.full((2, image_tokens), token),
+                     torch.randint(5, 60, (2, text), generator=draw)], dim=1)
+    mask = torch.ones_like(ids)
+    ids[1, -3:], mask[1, -3:] = 0, 0
+    return ids, mask
+
+
+def _deepseek_ocr2() -> Any:
+    r"""Its test's SAM (16 px in patches of 2, windows of 4, one global layer, two stride-2
+    convolutions) and query encoder: 144 learned queries + a separator = 145 image tokens per
+    image in a prompt whose example 1 ends in padding."""
+    from .audio import _case
+
+    ids, mask = _prompt(145, 98)
+    sam = {"hidden_size": 32, "output_channels": 16, "num_hidden_layers": 2,
+           "num_attention_heads": 2, "image_size": 16, "patch_size": 2, "window_size": 4,
+           "global_attn_indexes": [1], "downsample_channels": [32, 64]}
+    encoder = {"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 2, "num_key_value_heads": 2}
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(12))
+    return _case("deepseek_ocr2", "DeepseekOcr2ForConditionalGeneration",
+                 {"image_token_id": 98, "vision_config": {"sam_config": sam,
+                                                          "encoder_config": encoder},
+                  "text_config": {"mlp_layer_types": ["dense", "sparse"], "pad_token_id": 0}},
+                 {"input_ids": ids, "pixel_values": pixels}, {"attention_mask": mask},
+                 head="lm", mask=mask)
+
+
+def _granite4_vision() -> Any:
+    r"""Its test's sizes: a CLIP tower 64 wide (the window Q-Former has one head per 64
+    channels) over 2 views of 8 px in patches of 2, downsampled by 1/2 into 10 image tokens per
+    image (2×2 base + 2×2 view + 2 newlines), injected into the first LLM layer."""
+    from .audio import _case
+
+    ids, mask = _prompt(10, 98)
+    pixels = torch.randn(2, 2, 3, 8, 8, generator=torch.Generator().manual_seed(13))
+    return _case("granite4_vision", "Granite4VisionForConditionalGeneration",
+                 {"image_token_index": 98, "image_grid_pinpoints": [[8, 8]],
+                  "downsample_rate": "1/2", "deepstack_layer_map": [[1, 0]],
+                  "projector_dropout": 0.0, "qformer_config": {"intermediate_size": 64},
+                  "vision_config": {"hidden_size": 64, "intermediate_size": 64,
+                                    "num_attention_heads": 2, "image_size": 8,
+                                    "patch_size": 2, "projection_dim": 64},
+                  "text_config": {"pad_token_id": 0}},
+                 {"input_ids": ids, "pixel_values": pixels},
+                 {"attention_mask": mask, "image_sizes": torch.tensor([[8, 8], [8, 8]])},
+                 head="lm", mask=mask)
+
+
+def _glm_image_vqmodel() -> Any:
+    r"""GLM-Image's frozen VQ tokenizer has no ``forward``: GLM-Image calls its ``encode`` on
+    vision-tower features ``(B, latent_channels, H, W)``; scored on its quantized latents (1×1
+    convolutions and a codebook lookup)."""
+    import transformers
+
+    from model_types.build import Case
+
+    from .audio import _config
+
+    config = _config("glm_image_vqmodel", {"embed_dim": 16, "num_embeddings": 32,
+                                           "latent_channels": 32})
+    torch.manual_seed(0)
+    model = transformers.GlmImageVQVAE(config).eval()
+
+    def forward(hidden_states: Tensor) -> Tensor:
+        return model.encode(hidden_states).quantized_last_hidden_state.flatten(2).mean(-1)[:, :4]
+
+    features = torch.randn(2, 32, 4, 4, generator=torch.Generator().manual_seed(14))
+    return Case("glm_image_vqmodel", "base", "GlmImageVQVAE", model, forward, (features,), (), 1,
+                None, ["inputs: hidden_states (through encode)"])
+
+
+def _tvp() -> Any:
+    r"""TVP runs only a batch of 1 (its column position embeddings are viewed as
+    ``(batch_size, 1, width, hidden)``), as its own test builds it: 4 text ids (the last one
+    padding) beside 2 frames of 64 px framed by an 8-px learned prompt, a 2-stage ResNet of
+    stride 32 (2×2 grid tokens). Its text source is 10 learned prompt tokens then the ids: the
+    padding check reads that 14-token mask."""
+    from .audio import _case
+
+    ids = torch.tensor([[5, 6, 7, 0]])
+    mask = (ids != 0).long()
+    pixels = torch.randn(1, 2, 3, 64, 64, generator=torch.Generator().manual_seed(15))
+    resnet = {"model_type": "resnet", "num_channels": 3, "embeddings_size": 16,
+              "hidden_sizes": [16, 32], "depths": [1, 1], "hidden_act": "relu",
+              "out_features": ["stage2"], "out_indices": [2]}
+    case = _case("tvp", "TvpModel",
+                 {"backbone_config": resnet, "num_frames": 2, "max_img_size": 64,
+                  "visual_prompt_size": 8, "max_grid_col_position_embeddings": 30,
+                  "max_grid_row_position_embeddings": 30, "hidden_dropout_prob": 0.0,
+                  "attention_probs_dropout_prob": 0.0, "pad_token_id": 0},
+                 {"input_ids": ids, "pixel_values": pixels}, {"attention_mask": mask},
+                 mask=torch.cat([torch.ones(1, 10, dtype=torch.long), mask], dim=1))
+    # its frame-pad prompter multiplies the pixels in place: the model gets a copy (what the
+    # engine's refusal of the in-place write asks for)
+    inner = case.forward_func
+    case.forward_func = lambda ids, pixels, *rest: inner(ids, pixels.clone(), *rest)
+    case.notes.append("pixels passed as a copy (the model writes them in place)")
+    return case
+
+
 # rotary over half of a 16-wide head: (time, height, width) sections of 8 / 2 = 4 channels
 _GLM_ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                  "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}}
@@ -130,13 +236,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                                            "num_frames": 2}},
               "inputs": _video_and_text(2)},
 }
-BUILDERS: dict[str, Any] = {"idefics": _idefics, "align": _align}
+BUILDERS: dict[str, Any] = {"idefics": _idefics, "align": _align,
+                            "deepseek_ocr2": _deepseek_ocr2,
+                            "granite4_vision": _granite4_vision,
+                            "glm_image_vqmodel": _glm_image_vqmodel, "tvp": _tvp}
 SKIP: dict[str, str] = {
-    "tvp": "only a batch of 1 runs: TvpVisualInputEmbedding.add_2d_positional_embeddings views "
-           "the (width, hidden) column embeddings as (batch_size, 1, width, hidden) "
-           "(transformers 5.25)",
     "gemma3n": "its vision tower is a TimmWrapperModel and timm is not installed here "
                "(gemma3n_text, its language model, is swept)",
-    "glm_image_vqmodel": "GlmImageVQVAE has no forward (GlmImage calls its encode(): 1×1 "
-                         "convolutions and a codebook lookup, no attention to explain)",
 }

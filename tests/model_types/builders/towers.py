@@ -276,7 +276,8 @@ def _pixtral() -> Any:
 # ------------------------------------------------------------------------------ MiniCPM towers
 def _minicpm(model_type: str) -> Callable[[], Any]:
     r"""Two images of 4×4 patches as MiniCPM-V's one strip of patches ``(1, C, P, 32·P)`` with
-    their grids (``target_sizes``); scored per image on its rows' mean."""
+    their grids (``target_sizes``); scored per image on its rows' mean. Its single examples
+    (``case.singles()``) are each image's half of the strip."""
 
     def build() -> Any:
         import transformers
@@ -289,14 +290,63 @@ def _minicpm(model_type: str) -> Callable[[], Any]:
             tiny_config(model_type)).eval()
         patch = model.config.patch_size
         strip = torch.randn(1, 3, patch, 32 * patch, generator=_generator(7))
-        sizes = torch.tensor([[4, 4], [4, 4]])
 
-        def forward(pixel_values: Tensor) -> Tensor:
-            state = model(pixel_values=pixel_values, target_sizes=sizes).last_hidden_state
-            return state.reshape(2, -1, state.shape[-1]).mean(1)[:, :4]
+        def forward_of(count: int) -> Callable[[Tensor], Tensor]:
+            sizes = torch.tensor([[4, 4]] * count)
+
+            def forward(pixel_values: Tensor) -> Tensor:
+                state = model(pixel_values=pixel_values, target_sizes=sizes).last_hidden_state
+                return state.reshape(count, -1, state.shape[-1]).mean(1)[:, :4]
+
+            return forward
 
         notes = ["inputs: pixel_values (one strip of patches), target_sizes", "packed images"]
-        return _case(model_type, model, forward, (strip,), (), None, notes, "base")
+        case = _case(model_type, model, forward_of(2), (strip,), (), None, notes, "base")
+        width = 16 * patch
+        case.singles = lambda: [_case(model_type, model, forward_of(1),
+                                      (strip[..., b * width:(b + 1) * width],), (), None,
+                                      notes, "base") for b in range(2)]
+        return case
+
+    return build
+
+
+def _packed_unequal(model_type: str) -> Callable[[], Any]:
+    r"""A ``grid_thw`` tower whose examples hold different images, packed in order: example 0
+    one image of 4×4 patches, example 1 two (4×4 and 4×2); scored per example on the mean of its
+    images' output rows. Its single examples (``case.singles()``) are each example's rows."""
+    images = [[(1, 4, 4)], [(1, 4, 4), (1, 4, 2)]]
+
+    def build() -> Any:
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+        from ..build import tiny_config
+
+        torch.manual_seed(0)
+        model = getattr(transformers, MODEL_MAPPING_NAMES[model_type])(
+            tiny_config(model_type)).eval()
+        counts = [sum(t * h * w for t, h, w in grids) for grids in images]
+        rows = torch.randn(sum(counts), 192, generator=_generator(4))
+
+        def forward_of(examples: list[int]) -> Callable[[Tensor], Tensor]:
+            grid = torch.tensor([g for b in examples for g in images[b]])
+
+            def forward(pixel_values: Tensor) -> Tensor:
+                state = model(pixel_values=pixel_values, grid_thw=grid).last_hidden_state[0]
+                per_example = state.split([counts[b] for b in examples])
+                return torch.stack([r.mean(0) for r in per_example])[:, :4]
+
+            return forward
+
+        notes = ["inputs: pixel_values (packed rows (192,)), grid_thw: example 0 one image, "
+                 "example 1 two", "packed images"]
+        case = _case(model_type, model, forward_of([0, 1]), (rows,), (), None, notes, "base")
+        starts = [0, counts[0]]
+        case.singles = lambda: [_case(model_type, model, forward_of([b]),
+                                      (rows[starts[b]:starts[b] + counts[b]],), (), None,
+                                      notes, "base") for b in range(2)]
+        return case
 
     return build
 
@@ -438,8 +488,8 @@ BUILDERS: dict[str, Any] = {
     "minicpm_ocr_vision": _minicpm("minicpm_ocr_vision"),
     "minicpmv4_7_vision": _minicpm("minicpmv4_7_vision"),
     "kimi_k25_vision": _packed("kimi_k25_vision", (3, 8, 8)),
-    "hunyuan_vl_vision": _packed("hunyuan_vl_vision", (192,)),
-    "hy_v4_vl_vision": _packed("hy_v4_vl_vision", (192,)),
+    "hunyuan_vl_vision": _packed_unequal("hunyuan_vl_vision"),
+    "hy_v4_vl_vision": _packed_unequal("hy_v4_vl_vision"),
     "muse_glimmer_vision": _packed("muse_glimmer_vision", (384,)),  # two frames per patch
     "muse_spark_vision": _packed("muse_spark_vision", (384,)),
     # one row per language-model token: 2×2 tokens of 2×2 merged 8-pixel patches per image
