@@ -117,40 +117,52 @@ def _sam(grid: int, window: int, implementation: str):
     with torch.no_grad():  # weights that make the maps and their gradients far from trivial
         for parameter in model.parameters():
             parameter.normal_(0, 0.3)
-    return model
+    return model, 2 * grid
 
 
-def _sam_forward(model):
+def _sam3(grid: int, window: int, implementation: str):
+    config = transformers.Sam3ViTConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=14 * grid, patch_size=14, window_size=window, global_attn_indexes=[1],
+        pretrain_image_size=14 * grid, attn_implementation=implementation)
+    torch.manual_seed(0)
+    return transformers.Sam3ViTModel(config).eval(), 14 * grid
+
+
+def _pooled(model):
     def forward(pixel_values: Tensor) -> Tensor:
-        return model(pixel_values=pixel_values).last_hidden_state.flatten(2).mean(-1)
+        state = model(pixel_values=pixel_values).last_hidden_state
+        return state.flatten(2).mean(-1) if state.dim() == 4 else state.mean(dim=1)
     return forward
 
 
-@pytest.mark.parametrize(("grid", "window"), [(4, 6), (5, 3)],
-                         ids=["one-window-larger-than-the-grid", "windows-past-the-grid"])
-def test_sam_vit_over_padded_windows_follows_the_rule_on_its_tokens(grid, window):
-    model = _sam(grid, window, "sdpa")  # SAM's default: sdpa called by hand
-    eager = _sam(grid, window, "eager")
+@pytest.mark.parametrize(("family", "grid", "window"),
+                         [(_sam, 4, 6), (_sam, 5, 3), (_sam3, 4, 6), (_sam3, 5, 3)],
+                         ids=["sam-one-window-past-the-grid", "sam-windows-past-the-grid",
+                              "sam3-one-window-past-the-grid", "sam3-windows-past-the-grid"])
+def test_sam_vit_over_padded_windows_follows_the_rule_on_its_tokens(family, grid, window):
+    model, size = family(grid, window, "sdpa")  # the default: sdpa called by hand in SAM
+    eager, _ = family(grid, window, "eager")
     eager.load_state_dict(model.state_dict())
-    pixels = torch.randn(2, 3, 2 * grid, 2 * grid, generator=torch.Generator().manual_seed(1))
-    explainer = HeterogenousAttentionAttribution(_sam_forward(model), model=model)
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    explainer = HeterogenousAttentionAttribution(_pooled(model), model=model)
     explanation = explainer.explain(pixels, target=2, return_maps=True)
     n = grid * grid
     assert explanation.sizes == {"image": n}  # the tokens, not the padded slots
     assert [tuple(c.attention.shape) for c in explanation.call_maps] == [(2, 2, n, n)] * 2
-    found = _maps_and_gradients(_sam_forward(eager), pixels, 2)
+    found = _maps_and_gradients(_pooled(eager), pixels, 2)
     assert len(found) == 2
     padded = math.ceil(grid / window) * window
     (first, first_grad), (second, second_grad) = found
-    assert first.shape[-1] == window ** 2 and 2 * (padded // window) ** 2 * 2 == first.shape[0]
+    windowed = _slot_tokens(2, grid, window)  # 2 examples × (padded / window)² windows
+    assert first.numel() == windowed.shape[0] * 2 * window ** 4 and padded > grid
+    heads = (2, window ** 2, window ** 2)
+    first, first_grad = first.reshape(-1, *heads), first_grad.reshape(-1, *heads)
     # the model attends to its padded slots: that mass is real, and goes nowhere
-    windowed = _slot_tokens(2, grid, window)
-    heads = (first.shape[0] // windowed.shape[0], window ** 2, window ** 2)
-    first, first_grad = first.view(-1, *heads), first_grad.view(-1, *heads)
     assert float(_on_padding(first, windowed).max()) > 0.05
     global_slots = torch.arange(2 * n).view(2, n)
     maps = [(first, first_grad, windowed),
-            (second.view(2, 2, n, n), second_grad.view(2, 2, n, n), global_slots)]
+            (second.reshape(2, 2, n, n), second_grad.reshape(2, 2, n, n), global_slots)]
     _assert_rule(explanation, _rule(maps, 2, n, explanation.readout["image"]))
     _assert_batch_is_singles(explainer, pixels, explanation, 2)
     hits = explainer.layouts.hits  # the layout found once, used again after its check
