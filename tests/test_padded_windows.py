@@ -324,3 +324,33 @@ def test_groupvits_zero_initialised_group_tokens_are_not_taken_for_padding():
     (first,) = [c for c in explanation.call_maps
                 if c.name == "vision_model.encoder.stages.0.layers.0.self_attn"]
     assert tuple(first.attention.shape[-2:]) == (80, 80)  # the stage's 16 tokens + 64 groups
+
+
+class _UntracedBlock(torch.nn.Module):
+    r"""Pads its 6 tokens with zero rows into one window of 10 slots, crops them, and returns one
+    row more than it takes (a pooled row): its output is not laid out like its input, so
+    whether the padded slots' outputs are cropped cannot be traced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.attention = torch.nn.LayerNorm(16), _Attention()
+
+    def forward(self, x):
+        slots = torch.nn.functional.pad(self.norm(x), (0, 0, 0, 10 - x.shape[1]))
+        out = x + self.attention(slots)[:, :x.shape[1]]
+        return torch.cat([out, out.mean(dim=1, keepdim=True)], dim=1)
+
+
+def test_a_padded_window_whose_crop_cannot_be_traced_is_refused_naming_the_module():
+    torch.manual_seed(0)
+    embed, block, head = torch.nn.Embedding(50, 16), _UntracedBlock(), torch.nn.Linear(16, 3)
+    model = torch.nn.ModuleDict({"embed": embed, "block": block, "head": head}).eval()
+
+    def forward(ids):
+        return head(block(embed(ids))[:, -1])
+
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(5))
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    with pytest.raises(NotImplementedError,
+                       match=r"'block.attention'.*10 slots.*6 tokens.*4 all-zero slots.*cannot"):
+        explainer.explain(ids, target=1)
