@@ -138,33 +138,6 @@ def test_qwen2_vl_equal_images_per_example_are_explained_and_batch_equals_single
         assert single[1].abs().sum() > 0
 
 
-# ------------------------------------------------------- MaskFormer's Swin: padded into one window
-def test_maskformer_swin_padded_into_one_window_is_refused_naming_the_module():
-    from transformers.models.maskformer.configuration_maskformer_swin import (
-        MaskFormerSwinConfig,
-    )
-    from transformers.models.maskformer.modeling_maskformer_swin import MaskFormerSwinModel
-
-    torch.manual_seed(0)
-    # 32×32 pixels, 4×4 patches: 8×8 tokens, padded (with zero rows, nothing masked) into one
-    # 12×12 window per example
-    model = MaskFormerSwinModel(MaskFormerSwinConfig(
-        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
-        window_size=12)).eval()
-    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-
-    def forward(x):
-        return model(pixel_values=x).last_hidden_state.mean(dim=1)[:, :4]
-
-    explainer = HeterogenousAttentionAttribution(forward, model=model)
-    with pytest.raises(NotImplementedError) as caught:
-        explainer.explain((pixels,), target=0)
-    message = str(caught.value)
-    assert "'encoder.layers.0.blocks.0.attention.self'" in message
-    assert "144 slots" in message and "64 tokens" in message and "padding" in message
-    assert model.training is False and not any(m._forward_hooks for m in model.modules())
-
-
 # ------------------------------------------------------------------- Pegasus-X: global tokens
 def test_pegasus_x_global_keys_are_refused_naming_the_module_and_the_second_stream():
     from transformers import PegasusXConfig, PegasusXForConditionalGeneration
@@ -261,10 +234,20 @@ def test_padded_window_with_masked_padding_is_laid_out_on_the_layers_tokens():
                                    atol=1e-7, rtol=1e-5)
 
 
-def test_padded_window_whose_padding_takes_attention_is_refused_naming_the_module():
+def test_padded_window_whose_padding_takes_attention_keeps_the_models_real_entries():
+    # unmasked zero padding (MaskFormer's Swin, SAM): the padded slots take attention that goes
+    # nowhere, so the laid-out map is the model's own over the real rows and columns
+    # (tests/test_padded_windows.py checks the relevance against the rule)
     torch.manual_seed(0)
     model = _PaddedToy(mask=False).eval()
     ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(5))
     explainer = HeterogenousAttentionAttribution(model, model=model)
-    with pytest.raises(NotImplementedError, match=r"'blocks.0.attention'.*10 slots.*6 tokens"):
-        explainer.explain(ids, target=1)
+    batch = explainer.explain(ids, target=1, return_maps=True)
+    assert tuple(batch.relevance["text"].shape) == (2, 6)
+    with torch.no_grad():
+        block = model.blocks[0]
+        attention, _ = block.attention.probabilities(block.padded(model.embed(ids)), 6)
+    assert float(attention[:, :, :6, 6:].sum(-1).min()) > 0.05  # mass on padding
+    (laid_out,) = [c for c in batch.call_maps if c.name == "blocks.0.attention"]
+    torch.testing.assert_close(laid_out.attention, attention[:, :, :6, :6], atol=1e-6,
+                               rtol=1e-5)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import warnings
 
-import pytest
 import torch
 from model_types.build import build
 from model_types.builders.towers import _siglip2, _siglip2_vision
@@ -47,17 +46,22 @@ def test_siglip2_vision_tower_scored_on_its_head_is_read_at_the_probe():
     assert bool((relevance.abs().sum(-1) > 0).all())
 
 
-def test_sam_with_a_padded_unmasked_window_is_refused_by_name():
+def test_sam_with_a_padded_unmasked_window_is_explained_on_its_tokens_per_example():
     from model_types.builders import towers
 
     vision = {**towers._SAM_VISION, "window_size": 14}  # the 12×12 grid padded to one 14×14
     config = towers._tiny("sam", vision_config=vision, prompt_encoder_config=towers._SAM_PROMPT,
                           mask_decoder_config=towers._SAM_DECODER)
     case = towers._prompted_case("sam", "SamModel", config, 24)
-    explainer = HeterogenousAttentionAttribution(case.forward_func, model=case.model)
-    with pytest.raises(NotImplementedError, match="vision_encoder.layers.0.attn.*padding"):
-        explainer.explain(case.inputs, target=case.target,
-                          additional_forward_args=case.additional_forward_args)
+    explanation, _ = _explain(case)
+    # the padded slots are no source: the image holds the grid's 144 tokens, not 196 slots
+    assert explanation.sizes["image"] == 144
+    for index in range(2):
+        alone, _ = _explain(case.example(index))
+        for name, relevance in explanation.relevance.items():
+            torch.testing.assert_close(alone.relevance[name][0], relevance[index],
+                                       rtol=1e-4, atol=1e-6)
+    assert bool((explanation.relevance["image"].abs().sum(-1) > 0).all())
 
 
 def test_sam_whose_windows_tile_the_grid_is_explained_per_example():

@@ -30,6 +30,7 @@ from captum_hetattn.binding.canonical import (
     _with_tiles,
     row_sources,
 )
+from captum_hetattn.binding.padding import key_padding
 from captum_hetattn.binding.probe_budget import backward, row_support, several_reason
 from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
@@ -143,7 +144,11 @@ def _lay_out_over(
         flat = ((b_q * heads + head) * n + q_token % n) * n + k_token % n
         mass = record.attention.reshape(-1)
         share = torch.zeros_like(mass).index_add_(0, shares[0], shares[1].to(mass))
-        lost = (mass * (1 - share))[queried].sum()  # on a query token, off any key token
+        lost = mass * (1 - share)  # on a query token, off any key token
+        padding = key_padding(record)  # keys on all-zero rows: checked once laid out
+        if padding is not None:
+            lost = lost * ~padding.expand(record.shape).reshape(-1).to(lost.device)
+        lost = lost[queried].sum()
         if float(lost) > 1e-3 * float(mass[queried].sum()):
             raise NotImplementedError(
                 f"{_describe(first)}: {float(lost):.3g} of the attention mass of its map of "

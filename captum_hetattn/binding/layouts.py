@@ -9,7 +9,8 @@ hidden states — the module's own input when it is laid out as ``(batch, tokens
 input of the nearest enclosing module that is (a Swin layer's) — and the call then propagates
 exactly like a dense map of the same call would: entries of the dense map that no raw entry
 holds are zero (keys in another window), raw entries of padding slots are dropped (they hold no
-token; their mass went to padding, as with masked keys).
+token and their outputs are cropped; their mass went to padding, as with masked keys — checked
+in :mod:`~captum_hetattn.binding.padding`).
 
 **Where each slot comes from** is read from the autograd graph, not from the model's code: the
 per-head query and key states that the attention function was handed are probed against the
@@ -61,7 +62,15 @@ from captum_hetattn.binding.packed import (
     unequal_examples,
     uneven_examples,
 )
-from captum_hetattn.binding.padding import attends_to_padding, kept_mass, padded_rows
+from captum_hetattn.binding.padding import (
+    attends_to_padding,
+    dropped_not_padding,
+    learned_rows,
+    outputs_read,
+    padded_rows,
+    unverified_padding,
+    zero_slots,
+)
 from captum_hetattn.binding.probe_budget import (
     LayoutBudgetExceeded,
     backward,
@@ -231,16 +240,21 @@ def _probe(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
     call, sources = _lay_out(group, batch, inputs)
     if isinstance(call, str):
         return Placement("dropped", reason=call), call
+    assert call.layout is not None
+    why = unverified_padding(group, call.layout, call.output)  # windows padded with zero rows
+    if why is not None:
+        raise NotImplementedError(dropped_not_padding(_describe(group[0]), why))
     return Placement.of(call, batch, sources), call
 
 
 def _padded_window(group: list[AttentionRecord], batch: int, inputs: Sequence[object]
                    ) -> tuple[Placement, AttentionRecord] | None:
     r"""A self-attention call that looks like one dense map over its own hidden states but
-    whose layer holds fewer tokens than its map has slots (MaskFormer's Swin backbone pads each
-    stage into one window per example): laid out over the layer's tokens, the padded slots
-    never a source; ``None`` (plain) when the layer holds as many, or the slots cannot be
-    placed on its tokens."""
+    whose layer holds fewer tokens than its map has slots, the rest all-zero rows (SAM's ViT
+    and MaskFormer's Swin pad a stage smaller than one window into it): laid out over the
+    layer's tokens, the padded slots left out (:mod:`~captum_hetattn.binding.padding`);
+    ``None`` (plain) when the layer holds as many, or the zero rows' outputs stay in the layer
+    (tokens the module adds, such as GroupViT's zero-initialised group tokens)."""
     record = group[0]
     if record.role != "self" or record.n_key != record.n_query:
         return None
@@ -252,22 +266,24 @@ def _padded_window(group: list[AttentionRecord], batch: int, inputs: Sequence[ob
              and bool((padded == record.n_query - c.size).all())]
     if not fewer:
         return None
-    _materialise(group)
     layer = fewer[0]
+    zero = zero_slots(record)
+    assert zero is not None
+    if learned_rows(record, zero, layer.node) or outputs_read(record, layer.output, zero):
+        return None  # not padding: tokens the module adds (their rows stay in the stream)
+    _materialise(group)
+    describe = _describe(record)
     try:
         call, sources = _lay_out_on(group, batch, layer)
     except NotImplementedError as error:
-        refusal = attends_to_padding(record, layer, _describe(record), str(error))
-        if refusal is not None:
-            raise NotImplementedError(refusal) from error
-        return None
+        raise NotImplementedError(attends_to_padding(
+            record, layer, describe, f"its map cannot be laid out on those tokens ({error})")
+        ) from error
     if isinstance(call, str) or call.layout is None:
         return None
-    held = kept_mass(group, call.layout)
-    if held < 1 - 1e-3:  # the padded slots took the rest: the model attends to padding
-        raise NotImplementedError(attends_to_padding(
-            record, layer, _describe(record),
-            f"{1 - held:.3g} of each real query row's attention lies on the padded slots"))
+    why = unverified_padding(group, call.layout, call.output)
+    if why is not None:
+        raise NotImplementedError(attends_to_padding(record, layer, describe, why))
     return Placement.of(call, batch, sources), call
 
 

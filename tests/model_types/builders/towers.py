@@ -409,6 +409,55 @@ def _sam3(model_type: str, class_name: str) -> Callable[[], Any]:
     return build
 
 
+# ------------------------------------------------------------------ windows padded with zero rows
+def _image_encoder(model_type: str, class_name: str) -> Callable[[], Any]:
+    r"""A SAM image encoder built from the sweep's tiny config (a 4×4 grid in one 14×14 window:
+    its padded slots take attention), scored on the mean over positions of its neck's first
+    channels (channels-first, each position's channels normalised: the generic score, a mean
+    over channels, is identically zero)."""
+
+    def build() -> Any:
+        import transformers
+
+        from ..build import tiny_config
+
+        config = tiny_config(model_type)
+        torch.manual_seed(0)
+        model = getattr(transformers, class_name)(config).eval()
+        size = config.image_size
+        pixels = torch.randn(2, 3, size, size, generator=_generator(9))
+
+        def forward(pixel_values: Tensor) -> Tensor:
+            state = model(pixel_values=pixel_values).last_hidden_state  # (B, C, h, w)
+            return state.flatten(2).mean(-1)[:, :4]
+
+        return _case(model_type, model, forward, (pixels,), (), None,
+                     ["inputs: pixel_values"], "base")
+
+    return build
+
+
+def _maskformer() -> Any:
+    r"""MaskFormer for instance segmentation from the sweep's tiny config (its Swin backbone pads
+    each stage into one window), scored on the first query's class logits (the base model's
+    generic score, a mean over normalised channels, is identically zero)."""
+    import transformers
+
+    from ..build import tiny_config
+
+    config = tiny_config("maskformer")
+    config.backbone_config.depths = [1, 1, 1, 1]  # not 18 blocks in the third stage
+    torch.manual_seed(0)
+    model = transformers.MaskFormerForInstanceSegmentation(config).eval()
+    pixels = torch.randn(2, 3, 32, 32, generator=_generator(10))
+
+    def forward(pixel_values: Tensor) -> Tensor:
+        return model(pixel_values=pixel_values).class_queries_logits[:, 0]
+
+    return _case("maskformer", model, forward, (pixels,), (), None, ["inputs: pixel_values"],
+                 "base")
+
+
 def _text_ids(config: Any) -> list[dict[str, Tensor]]:
     r"""Padded ids alone, for a text tower whose ``main_input_name`` is not ``input_ids``."""
     from ..build import _ids_and_mask
@@ -425,6 +474,9 @@ BUILDERS: dict[str, Any] = {
     "siglip2_vision_model": _siglip2_vision,
     "sam": _sam("sam", "SamModel"),
     "sam_hq": _sam("sam_hq", "SamHQModel"),
+    "sam_vision_model": _image_encoder("sam_vision_model", "SamVisionModel"),
+    "sam_hq_vision_model": _image_encoder("sam_hq_vision_model", "SamHQVisionModel"),
+    "maskformer": _maskformer,
     "sam2": _sam2,
     "sam2_vision_model": _sam2_vision,
     "sam2_hiera_det_model": _sam2_hiera,
