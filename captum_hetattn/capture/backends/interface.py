@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from captum_hetattn.capture.backends.base import Backend, clear_empty_rows, masked_keys
 from captum_hetattn.capture.backends.softmax import SoftmaxMode
-from captum_hetattn.capture.introspect import hf_eager_function, set_implementation
+from captum_hetattn.capture.introspect import configs_of, hf_eager_function, set_implementation
 from captum_hetattn.capture.session import Session
 
 if TYPE_CHECKING:
@@ -58,7 +58,9 @@ class InterfaceBackend(Backend):
         if mask_interface is not None:
             # Without it the mask builders return no mask for an unknown key: causal masks
             # would be silently dropped.
-            mask_interface.register(key, eager_mask)
+            sdpa = {id(cfg) for cfg in configs_of(self.recorder.model, plan.interface)
+                    if cfg._attn_implementation_internal == "sdpa"}
+            mask_interface.register(key, _mask_as_before(eager_mask, sdpa))
             stack.callback(mask_interface._global_mapping.pop, key, None)
         set_implementation(stack, self.recorder.model, plan.interface, key)
 
@@ -71,9 +73,10 @@ class InterfaceBackend(Backend):
         # sparse (indexer) attention hands its selected keys to non-eager kernels only: the
         # eager function would ignore them and attend to every key (padding is read from the
         # dense mask: a key no query selected is not padding)
-        dense_mask = attention_mask
-        attention_mask, kwargs = _with_sparse_indices(attention_mask, key, kwargs)
+        attention_mask = _additive(attention_mask, query.dtype)
         session = self.session
+        dense_mask = _module_mask(session, module, attention_mask)
+        attention_mask, kwargs = _with_sparse_indices(attention_mask, key, kwargs)
         session.interface_dispatched.add(id(module))
         states = None
         if session.record_io and session.frames and session.frames[-1].module is module:
@@ -132,12 +135,16 @@ class InterfaceBackend(Backend):
 
     def _dense_padding(self, made: int, dense: Tensor | None, mask: Tensor | None) -> None:
         r"""The padding of the calls just recorded read from the mask before an indexer's
-        selection was folded in (a key no query selected is not padding)."""
+        selection was folded in, by the kernel or by the module itself (Qwen4-Exp's indexed
+        attention hides the keys no query selected in the mask it hands on): a key no query
+        selected is not padding."""
         if dense is mask:
             return
         for record in self.recorder.records[made:]:
             if record.masked_keys is not None:
-                record.masked_keys = masked_keys(dense, record.masked_keys.shape[0])
+                dense_keys = masked_keys(dense, record.masked_keys.shape[0])
+                record.masked_keys = None if dense_keys is None or dense_keys.shape != \
+                    record.masked_keys.shape else dense_keys & record.masked_keys
 
     def _own_call(self, module: nn.Module, states: tuple[Tensor, Tensor] | None,
                   made: int) -> None:
@@ -157,6 +164,48 @@ class InterfaceBackend(Backend):
             if name not in self.session.repeated:
                 self.session.repeated.append(name)
 
+
+
+def _mask_as_before(eager_mask: Any, sdpa: set[int]) -> Any:
+    r"""The mask function of the recording key: the boolean mask ``sdpa`` would build for the
+    configs in ``sdpa`` (made additive where the eager function gets it, :func:`_additive`),
+    the eager one for the others. A model's code between the mask builder and its attention
+    sees the mask it sees without us: NemotronAsr's streaming encoder turns the mask with
+    ``logical_not()`` into a fill of its position scores, which an additive mask (0 where a
+    key is seen) inverts into one that hides every key."""
+    from transformers.masking_utils import sdpa_mask
+
+    def mask(*args: Any, **kwargs: Any) -> Any:
+        if id(kwargs.get("config")) not in sdpa:
+            return eager_mask(*args, **kwargs)
+        kwargs.pop("dtype", None)
+        kwargs["allow_is_causal_skip"] = False  # the eager function has no is_causal
+        return sdpa_mask(*args, **kwargs)
+
+    return mask
+
+
+def _additive(mask: Any, dtype: torch.dtype) -> Any:
+    r"""A boolean mask (``True``: the key is seen) as the additive one ``eager_mask`` builds."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(
+        ~mask, torch.finfo(dtype).min)
+
+
+def _module_mask(session: Session, module: nn.Module, mask: Any) -> Any:
+    r"""The ``attention_mask`` ``module`` was handed (additive), where it is laid out like the
+    mask it hands the attention function (``mask``): what the module hides itself on top
+    (a selection of keys) is no padding; else ``mask``."""
+    frame = session.frames[-1] if session.frames else None
+    if frame is None or frame.module is not module or not isinstance(mask, Tensor):
+        return mask
+    given = frame.mask
+    if not isinstance(given, Tensor) or given.dim() != 4 or mask.dim() != 4:
+        return mask
+    if given.shape[-2:] != mask.shape[-2:] or given.shape[0] not in (1, mask.shape[0]):
+        return mask
+    return _additive(given, mask.dtype if mask.is_floating_point() else torch.float32)
 
 
 def _without_empty_rows(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
