@@ -186,11 +186,16 @@ def _mask_as_before(eager_mask: Any, sdpa: set[int]) -> Any:
 
 
 def _additive(mask: Any, dtype: torch.dtype) -> Any:
-    r"""A boolean mask (``True``: the key is seen) as the additive one ``eager_mask`` builds."""
+    r"""A boolean mask (``True``: the key is seen) as the additive one ``eager_mask`` builds,
+    but a query row that sees no key ``-inf``: sdpa gives such a row zero (a wholly padded
+    TimesFM patch), as the eager function does once :func:`_without_empty_rows` has it, not
+    the uniform row of a finite mask."""
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         return mask
-    return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(
+    additive = torch.zeros((), dtype=dtype, device=mask.device).masked_fill(
         ~mask, torch.finfo(dtype).min)
+    empty = ~mask.any(dim=-1, keepdim=True)
+    return additive.masked_fill(empty, float("-inf")) if bool(empty.any()) else additive
 
 
 def _module_mask(session: Session, module: nn.Module, mask: Any) -> Any:

@@ -32,15 +32,24 @@ def _patch_series(config: Any) -> list[dict[str, Tensor]]:
 
 
 def _timesfm(config: Any) -> list[dict[str, Tensor]]:
-    r"""TimesFM: two series of two patches, the second one shorter by two steps (1 = padding;
-    a wholly padded patch would be a query that sees no key), with a frequency class each."""
+    r"""TimesFM: two series of two patches, the second one a patch shorter (1 = padding: its
+    first patch is wholly padded, a query that sees no key; :func:`_timesfm_mask`), with a
+    frequency class each."""
     length = 2 * config.patch_length
     padding = torch.zeros(2, length)
-    padding[1, :2] = 1
+    padding[1, :config.patch_length] = 1
     found = {"past_values": _randn(2, length), "past_values_padding": padding}
     if hasattr(config, "freq_size"):
         found["freq"] = torch.tensor([[0], [1]])
     return [found]
+
+def _timesfm_mask(config: Any, named: dict[str, Tensor]) -> Tensor:
+    r"""The patch tokens' mask (1 = real): a patch whose every step is padding is padding
+    (TimesFM; TimesFM 2.5 reads a patch's last step, the same for a wholly padded patch)."""
+    padding = named["past_values_padding"]
+    patches = padding.view(padding.shape[0], -1, config.patch_length)
+    return (patches.amin(dim=-1) < 0.5).long()
+
 
 _ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 
@@ -69,9 +78,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "patchtsmixer": {"config": {"context_length": 16, "patch_length": 4, "patch_stride": 4,
                                 "num_input_channels": 2}, "inputs": _patch_series},
     "timesfm": {"config": {"patch_length": 4, "context_length": 8, "horizon_length": 4},
-                "inputs": _timesfm},
+                "inputs": _timesfm, "mask": _timesfm_mask},
     "timesfm2_5": {"config": {"patch_length": 4, "context_length": 8, "horizon_length": 4,
-                              "output_quantile_len": 8}, "inputs": _timesfm},
+                              "output_quantile_len": 8}, "inputs": _timesfm,
+                   "mask": _timesfm_mask},
     # grouped-query attention needs its key/value head count
     "nemotron": {"config": {"num_key_value_heads": 2}},
     # the attention sub-config reads its own rotary base
