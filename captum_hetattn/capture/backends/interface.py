@@ -70,11 +70,14 @@ class InterfaceBackend(Backend):
         if eager is None:  # pragma: no cover - only modules with one are routed here
             raise RuntimeError(f"{type(module).__name__} has no eager attention function; "
                                "record it with backend='softmax'")
+        # a boolean mask (the model's own kind under sdpa) made additive; the rows it hides
+        # wholly are zero in the output, as sdpa gives them
+        unseen = _unseen_rows(attention_mask)
+        attention_mask = _additive(attention_mask, query.dtype)
+        session = self.session
         # sparse (indexer) attention hands its selected keys to non-eager kernels only: the
         # eager function would ignore them and attend to every key (padding is read from the
         # dense mask: a key no query selected is not padding)
-        attention_mask = _additive(attention_mask, query.dtype)
-        session = self.session
         dense_mask = _module_mask(session, module, attention_mask)
         attention_mask, kwargs = _with_sparse_indices(attention_mask, key, kwargs)
         session.interface_dispatched.add(id(module))
@@ -87,6 +90,7 @@ class InterfaceBackend(Backend):
         dropout = kwargs.get("dropout", 0.0)
         flash = self.flash
         made = len(self.recorder.records)
+        result = None
         if flash is not None and flash.can_flash(module, attention_mask, dropout, kwargs):
             session.in_interface += 1  # its softmax and sdpa are not calls of their own
             try:
@@ -94,10 +98,17 @@ class InterfaceBackend(Backend):
                                     states)
             finally:
                 session.in_interface -= 1
-            if result is not None:
-                self._dense_padding(made, dense_mask, attention_mask)
-                self._own_call(module, states, made)
-                return result
+        if result is None:
+            result = self._eager_call(module, eager, (query, key, value), attention_mask,
+                                      kwargs, states)
+        self._dense_padding(made, dense_mask, attention_mask)
+        self._own_call(module, states, made)
+        return _zero_rows(result[0], unseen), result[1]
+
+    def _eager_call(self, module: nn.Module, eager: Any, qkv: tuple[Tensor, Tensor, Tensor],
+                    attention_mask: Any, kwargs: dict, states: Any) -> tuple[Any, Any]:
+        r"""The call through the model file's eager function, its map recorded."""
+        session, dropout = self.session, kwargs.get("dropout", 0.0)
         catch: list[Tensor] = []
         given, (attention_mask, empty) = attention_mask, _without_empty_rows(attention_mask)
         session.in_interface += 1
@@ -105,18 +116,13 @@ class InterfaceBackend(Backend):
             if module.training and isinstance(dropout, float) and dropout > 0.0:
                 # The returned weights are dropped out: catch the softmax before the dropout.
                 with SoftmaxMode(lambda out, dim, scores: catch.append(out)):
-                    attn_output, weights = eager(
-                        module, query, key, value, attention_mask, **kwargs
-                    )
+                    attn_output, weights = eager(module, *qkv, attention_mask, **kwargs)
             else:
-                attn_output, weights = eager(module, query, key, value, attention_mask, **kwargs)
+                attn_output, weights = eager(module, *qkv, attention_mask, **kwargs)
         finally:
             session.in_interface -= 1
         attention_mask = given
-        if empty is not None and isinstance(attn_output, Tensor) and attn_output.dim() == 4:
-            rows = empty.transpose(1, 2)[..., None]  # (B, n_q, heads | 1, 1) like the output
-            if rows.shape[1] == attn_output.shape[1] and rows.shape[2] in (1, attn_output.shape[2]):
-                attn_output = attn_output.masked_fill(rows, 0.0)  # as the kernel gives them
+        attn_output = _zero_rows(attn_output, empty)  # as the kernel gives them
         if isinstance(weights, Tensor) and session.in_scope(module):
             matching = [t for t in catch if t.shape == weights.shape]
             live = matching[-1] if matching else weights
@@ -129,8 +135,6 @@ class InterfaceBackend(Backend):
                 record.masked_keys = masked_keys(attention_mask, kept.shape[0])
             if record is not None and states is not None:
                 record.states = states
-        self._dense_padding(made, dense_mask, attention_mask)
-        self._own_call(module, states, made)
         return attn_output, weights
 
     def _dense_padding(self, made: int, dense: Tensor | None, mask: Tensor | None) -> None:
@@ -186,16 +190,32 @@ def _mask_as_before(eager_mask: Any, sdpa: set[int]) -> Any:
 
 
 def _additive(mask: Any, dtype: torch.dtype) -> Any:
-    r"""A boolean mask (``True``: the key is seen) as the additive one ``eager_mask`` builds,
-    but a query row that sees no key ``-inf``: sdpa gives such a row zero (a wholly padded
-    TimesFM patch), as the eager function does once :func:`_without_empty_rows` has it, not
-    the uniform row of a finite mask."""
+    r"""A boolean mask (``True``: the key is seen) as the additive one ``eager_mask`` builds."""
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         return mask
-    additive = torch.zeros((), dtype=dtype, device=mask.device).masked_fill(
+    return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(
         ~mask, torch.finfo(dtype).min)
-    empty = ~mask.any(dim=-1, keepdim=True)
-    return additive.masked_fill(empty, float("-inf")) if bool(empty.any()) else additive
+
+
+def _unseen_rows(mask: Any) -> Tensor | None:
+    r"""``(B, heads | 1, n_q)``: the query rows a 4-D boolean mask hides wholly; sdpa gives
+    them zero (a wholly padded TimesFM patch, a left-padded query), not the uniform row of the
+    additive mask's finite minimum. ``None`` without any."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() != 4:
+        return None
+    empty = ~mask.any(dim=-1)
+    return empty if bool(empty.any()) else None
+
+
+def _zero_rows(output: Any, empty: Tensor | None) -> Any:
+    r"""``output`` ``(B, n_q, heads, d)`` with the query rows ``empty`` marks
+    (``(B, heads | 1, n_q)``) set to zero, where laid out so."""
+    if empty is None or not isinstance(output, Tensor) or output.dim() != 4:
+        return output
+    rows = empty.transpose(1, 2)[..., None]  # (B, n_q, heads | 1, 1) like the output
+    if rows.shape[1] != output.shape[1] or rows.shape[2] not in (1, output.shape[2]):
+        return output
+    return output.masked_fill(rows, 0.0)
 
 
 def _module_mask(session: Session, module: nn.Module, mask: Any) -> Any:

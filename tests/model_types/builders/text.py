@@ -31,13 +31,13 @@ def _patch_series(config: Any) -> list[dict[str, Tensor]]:
     return [{"past_values": _randn(2, config.context_length, config.num_input_channels)}]
 
 
-def _timesfm(config: Any) -> list[dict[str, Tensor]]:
-    r"""TimesFM: two series of two patches, the second one a patch shorter (1 = padding: its
-    first patch is wholly padded, a query that sees no key; :func:`_timesfm_mask`), with a
+def _timesfm(config: Any, pad: int = 2) -> list[dict[str, Tensor]]:
+    r"""TimesFM: two series of two patches, the second one shorter by ``pad`` steps (1 =
+    padding; a wholly padded patch is a query that sees no key: :func:`_timesfm_mask`), with a
     frequency class each."""
     length = 2 * config.patch_length
     padding = torch.zeros(2, length)
-    padding[1, :config.patch_length] = 1
+    padding[1, :pad] = 1
     found = {"past_values": _randn(2, length), "past_values_padding": padding}
     if hasattr(config, "freq_size"):
         found["freq"] = torch.tensor([[0], [1]])
@@ -79,8 +79,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                                 "num_input_channels": 2}, "inputs": _patch_series},
     "timesfm": {"config": {"patch_length": 4, "context_length": 8, "horizon_length": 4},
                 "inputs": _timesfm, "mask": _timesfm_mask},
+    # a wholly padded first patch (TimesFM alone would have one patch token less: its batch
+    # check stays on the 2-step pad)
     "timesfm2_5": {"config": {"patch_length": 4, "context_length": 8, "horizon_length": 4,
-                              "output_quantile_len": 8}, "inputs": _timesfm,
+                              "output_quantile_len": 8},
+                   "inputs": lambda config: _timesfm(config, config.patch_length),
                    "mask": _timesfm_mask},
     # grouped-query attention needs its key/value head count
     "nemotron": {"config": {"num_key_value_heads": 2}},
