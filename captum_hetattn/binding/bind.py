@@ -205,7 +205,11 @@ def _pair(
         if call.role != _role(node) and not _inferred_self(graph, node, call):
             raise ValueError(
                 f"{node.label} (module '{call.name}') is a {_role(node)}-attention node but the "
-                f"recorded call is {call.role}-attention"
+                f"recorded call is {call.role}-attention" + (
+                    f" (the graph was inferred from the data flow, which reads its queries from "
+                    f"stream '{node.query}' and its keys from '{node.key}', but its map is "
+                    f"{tuple(call.shape)}; no graph of yours is at fault)"
+                    if graph.name == "inferred" and isinstance(call, AttentionRecord) else "")
             )
         pairing.bound.append((index, BoundNode(call.name, node.call_index, node.query,
                                                node.key, "A", node)))

@@ -230,6 +230,12 @@ def _module_mask(session: Session, module: nn.Module, mask: Any) -> Any:
         return mask
     if given.shape[-2:] != mask.shape[-2:] or given.shape[0] not in (1, mask.shape[0]):
         return mask
+    if given.is_floating_point():
+        low = given <= torch.finfo(given.dtype).min / 2
+        if not bool(((given == 0) | low).all()):
+            return mask  # not a plain additive mask (a bias, 0/1 weights): says nothing here
+    elif given.dtype != torch.bool:
+        return mask
     return _additive(given, mask.dtype if mask.is_floating_point() else torch.float32)
 
 
