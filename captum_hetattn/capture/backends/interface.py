@@ -1,9 +1,11 @@
 r"""transformers' ``AttentionInterface``: models whose attention modules dispatch through
 ``ALL_ATTENTION_FUNCTIONS`` (the model files that define ``eager_attention_forward``).
 
-A function is registered in ``transformers.AttentionInterface`` (and the eager mask function in
-``AttentionMaskInterface``, otherwise causal masks are silently dropped) under a neutral key that
-is then set as the attention implementation of the configs those modules read. The function
+A function is registered in ``transformers.AttentionInterface`` (and a mask function in
+``AttentionMaskInterface``, otherwise causal masks are silently dropped: the boolean mask sdpa
+builds for configs that ran sdpa, made additive where the eager function gets it, the eager one
+for the others) under a neutral key that is then set as the attention implementation of the
+configs those modules read. The function
 delegates to the model file's *own* eager attention (the default that the module passes to
 ``get_interface``), so position biases, GQA or soft-capping stay exact, and records the weights
 that function returns (the tensor the attention output is computed from); with ``flash`` it runs
