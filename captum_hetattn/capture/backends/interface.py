@@ -100,44 +100,42 @@ class InterfaceBackend(Backend):
                                     states)
             finally:
                 session.in_interface -= 1
-        if result is None:
-            result = self._eager_call(module, eager, (query, key, value), attention_mask,
-                                      kwargs, states)
+        if result is None:  # the model file's eager function (called here: its errors'
+            catch: list[Tensor] = []  # frames stay the model's, capture/errors.py)
+            eager_mask, empty = _without_empty_rows(attention_mask)
+            session.in_interface += 1
+            try:
+                if module.training and isinstance(dropout, float) and dropout > 0.0:
+                    # The returned weights are dropped out: catch the softmax before the dropout
+                    with SoftmaxMode(lambda out, dim, scores: catch.append(out)):
+                        result = eager(module, query, key, value, eager_mask, **kwargs)
+                else:
+                    result = eager(module, query, key, value, eager_mask, **kwargs)
+            finally:
+                session.in_interface -= 1
+            result = (_zero_rows(result[0], empty), result[1])  # as the kernel gives them
+            self._keep_eager_map(module, result[1], catch, attention_mask, states)
         self._dense_padding(made, dense_mask, attention_mask)
         self._own_call(module, states, made)
         return _zero_rows(result[0], unseen), result[1]
 
-    def _eager_call(self, module: nn.Module, eager: Any, qkv: tuple[Tensor, Tensor, Tensor],
-                    attention_mask: Any, kwargs: dict, states: Any) -> tuple[Any, Any]:
-        r"""The call through the model file's eager function, its map recorded."""
-        session, dropout = self.session, kwargs.get("dropout", 0.0)
-        catch: list[Tensor] = []
-        given, (attention_mask, empty) = attention_mask, _without_empty_rows(attention_mask)
-        session.in_interface += 1
-        try:
-            if module.training and isinstance(dropout, float) and dropout > 0.0:
-                # The returned weights are dropped out: catch the softmax before the dropout.
-                with SoftmaxMode(lambda out, dim, scores: catch.append(out)):
-                    attn_output, weights = eager(module, *qkv, attention_mask, **kwargs)
-            else:
-                attn_output, weights = eager(module, *qkv, attention_mask, **kwargs)
-        finally:
-            session.in_interface -= 1
-        attention_mask = given
-        attn_output = _zero_rows(attn_output, empty)  # as the kernel gives them
-        if isinstance(weights, Tensor) and session.in_scope(module):
-            matching = [t for t in catch if t.shape == weights.shape]
-            live = matching[-1] if matching else weights
-            kept = live.detach()
-            if isinstance(attention_mask, Tensor) and attention_mask.dim() == kept.dim():
-                # rows that hide every key record zero, as the flash capture's (no keys, no share)
-                kept = clear_empty_rows(kept, attention_mask[..., : kept.shape[-1]])
-            record = self.recorder._add_map(module, live, kept)
-            if record is not None:
-                record.masked_keys = masked_keys(attention_mask, kept.shape[0])
-            if record is not None and states is not None:
-                record.states = states
-        return attn_output, weights
+    def _keep_eager_map(self, module: nn.Module, weights: Any, catch: list[Tensor],
+                        attention_mask: Any, states: Any) -> None:
+        r"""Record the map the eager function returned (or the softmax caught before its
+        dropout), its wholly hidden rows zero and its padding read from ``attention_mask``."""
+        if not isinstance(weights, Tensor) or not self.session.in_scope(module):
+            return
+        matching = [t for t in catch if t.shape == weights.shape]
+        live = matching[-1] if matching else weights
+        kept = live.detach()
+        if isinstance(attention_mask, Tensor) and attention_mask.dim() == kept.dim():
+            # rows that hide every key record zero, as the flash capture's (no keys, no share)
+            kept = clear_empty_rows(kept, attention_mask[..., : kept.shape[-1]])
+        record = self.recorder._add_map(module, live, kept)
+        if record is not None:
+            record.masked_keys = masked_keys(attention_mask, kept.shape[0])
+        if record is not None and states is not None:
+            record.states = states
 
     def _dense_padding(self, made: int, dense: Tensor | None, mask: Tensor | None) -> None:
         r"""The padding of the calls just recorded read from the mask before an indexer's
