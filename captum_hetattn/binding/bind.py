@@ -202,10 +202,14 @@ def _pair(
             pairing.unbound.append(call)
             continue
         pairing.layers[index] = order.check(node, call)
-        if call.role != _role(node):
+        if call.role != _role(node) and not _inferred_self(graph, node, call):
             raise ValueError(
                 f"{node.label} (module '{call.name}') is a {_role(node)}-attention node but the "
-                f"recorded call is {call.role}-attention"
+                f"recorded call is {call.role}-attention" + (
+                    f" (the graph was inferred from the data flow, which reads its queries from "
+                    f"stream '{node.query}' and its keys from '{node.key}', but its map is "
+                    f"{tuple(call.shape)}; no graph of yours is at fault)"
+                    if graph.name == "inferred" and isinstance(call, AttentionRecord) else "")
             )
         pairing.bound.append((index, BoundNode(call.name, node.call_index, node.query,
                                                node.key, "A", node)))
@@ -220,6 +224,18 @@ def _pair(
                 + "; check the graph against the model and the inputs"
             )
     return pairing
+
+
+def _inferred_self(graph: LayerGraph, node: AttentionNode,
+                   call: AttentionRecord | _Expected) -> bool:
+    r"""A call recorded as cross-attention (its keys handed as a tensor of their own) that the
+    graph *we inferred* from the data flow makes a self node: its queries and keys are the
+    same stream's tokens, each plus a term of its own (DAB-DETR's decoder self-attention adds
+    separate position projections to the query and to the key content), and its map is
+    square. A graph the user wrote is checked as written."""
+    return (graph.name == "inferred" and not node.is_cross and node.query == node.key
+            and isinstance(call, AttentionRecord) and len(call.shape) >= 2
+            and call.n_query == call.n_key)
 
 
 def _role(node: AttentionNode) -> str:

@@ -63,15 +63,22 @@ def per_token_query(record: AttentionRecord, batch: int) -> str | None:
     positions = record.shape[1]
     if positions < 2 or tuple(query.shape[:2]) != (batch, positions):
         return None
-    if not torch.equal(query, query[:1, :1].expand_as(query)) or not query.any():
-        # queries computed per example or per head: attention as usual; all zero (an untrained
-        # Q-Former's learned queries) says nothing of the second dimension (heads or tokens)
-        return None
+    if not torch.equal(query, query[:1, :1].expand_as(query)):
+        return None  # queries computed per example or per head: attention as usual
     keys = record.states[1] if len(record.states) > 1 else None
     if keys is None or tuple(keys.shape[:3]) != (batch, positions, record.n_key):
         return None  # keys not a stack of n_key states at each of those positions
-    around = [c.where for c in _candidates(record, "query")[1:]
-              if tokens_view(c.tensor, c.token_dim).shape[:2] == (batch, positions)]
+    candidates = _candidates(record, "query")
+    views = [tokens_view(c.tensor, c.token_dim) for c in candidates]
+    around = [c.where for c, v in list(zip(candidates, views, strict=True))[1:]
+              if v.shape[:2] == (batch, positions)]
+    held = any(tuple(t.shape[:2]) == (batch, positions)  # the stack itself: (B, n, blocks, d)
+               for t in (*views, *(c.tensor for c in candidates)))
+    if not query.any() and (not held or any(v.shape[1] == record.n_key for v in views)):
+        # all zero (an untrained Q-Former's learned queries, or inkling2's zero-initialised
+        # depth queries) says nothing of the second dimension by itself: tokens only where the
+        # hidden states around hold that many tokens and none holds as many as the keys
+        return None
     where = f" of {around[0]}" if around else ""
     return (f"its queries are one learned query repeated over the {positions} tokens{where}, "
             f"each attending over a stack of {record.n_key} states of its own token: the "

@@ -64,6 +64,7 @@ class SourceFinder:
             self.sources.append(FlowSource(stream.index, all_columns, tuple(positions)))
             return
         feeds = torch.stack([d.feeds() for d in dependences], dim=1)  # (B, inputs, n)
+        feeds, fresh = _less_padding(feeds, fresh, record.masked_keys)
         if not bool((feeds == feeds[:1]).all() and (fresh == fresh[:1]).all()):
             raise ValueError(
                 f"attention module '{record.name}' [call {record.call_index}]: its tokens come "
@@ -202,3 +203,19 @@ def padded_input(ids: Tensor, tensor: Tensor) -> bool:
     # from a lookup of padding alone (LED looks its padding up on its own)
     return bool(torch.equal(ids[..., :n], tensor) and (tail == pad).all()
                 and (tensor != pad).any())
+
+
+def _less_padding(feeds: Tensor, fresh: Tensor, padding: Tensor | None) -> tuple[Tensor, Tensor]:
+    r"""``feeds`` ``(B, inputs, n)`` and ``fresh`` ``(B, n)`` with each padded token (a key the
+    call's mask hides from every query) given the signature of the same token in an example
+    where it is real: which inputs feed padding says nothing of the layout (TimesFM zeroes a
+    wholly padded patch's values, so only its padding flags feed it)."""
+    if padding is None or padding.shape != fresh.shape or not bool(padding.any()):
+        return feeds, fresh
+    padding = padding.to(fresh.device)
+    first_real = (~padding).long().argmax(dim=0)  # per token, an example where it is real
+    columns = torch.arange(fresh.shape[1], device=fresh.device)
+    pad_feeds = padding[:, None, :].expand_as(feeds)
+    feeds = torch.where(pad_feeds, feeds[first_real, :, columns].T[None], feeds)
+    fresh = torch.where(padding, fresh[first_real, columns][None], fresh)
+    return feeds, fresh

@@ -50,6 +50,7 @@ class Frame:
     contexts: list[Context] = field(default_factory=list)
     linears: list[Tensor] = field(default_factory=list)  # F.linear outputs (record_io)
     made: tuple[int, int] = (0, 0)  # records and skipped softmaxes when the call started
+    mask: Tensor | None = None  # the ``attention_mask`` the module was handed
 
 
 @dataclass(eq=False)

@@ -100,6 +100,8 @@ class CallTracker:
         session = self.session
         hint, query_input, key_input = call_inputs(module, args, kwargs)
         frame = Frame(module, hint, call_id=next(session.call_ids))
+        mask = kwargs.get("attention_mask")
+        frame.mask = mask if isinstance(mask, Tensor) else None
         if session.record_io:
             frame.contexts = session.contexts[::-1]
             frame.query_input, frame.key_input = query_input, key_input

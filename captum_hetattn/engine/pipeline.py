@@ -46,6 +46,7 @@ from captum_hetattn.engine.readout import (
     absent_tokens,
     bypassed,
     check_not_padding,
+    check_score_rows,
     masked_tokens,
     resolve_readout,
     terminal_outputs,
@@ -202,6 +203,7 @@ def _record(host: Host, recorder: AttentionRecorder, traced: tuple[Any, ...],
     check_finite_calls(recorder.records, host.model)
     scores = [score(score_fn, output, index if options.targets is not None else None)
               for index, score_fn in enumerate(score_fns)]
+    check_score_rows(scores[0], [*traced, *extra])
     with recorder.tracing(), packed_objective(scores[0]):  # whose packed rows: the scores tell
         recording = bind(host, recorder, [*traced, *extra], options.map_inputs,
                          scores[0].shape[0])

@@ -47,6 +47,32 @@ def check_readout_token(value: Any, what: str) -> None:
         )
 
 
+def check_score_rows(scores: Tensor, arguments: Sequence[Any]) -> None:
+    r"""One score row per example: scores with ``k`` rows for each example of a batch that every
+    batched argument holds (``k > 1``) fold another dimension into the batch (Dia's logits are
+    ``(batch · channels, ...)``, one row per audio channel); no hidden state holds those rows,
+    so the call is refused here, naming the shapes, rather than later by a layout that fails.
+
+    Raises:
+        ValueError: naming the score's and the arguments' shapes.
+    """
+    batched = [(i, a) for i, a in enumerate(arguments) if isinstance(a, Tensor) and a.dim() >= 2]
+    batches = {a.shape[0] for _, a in batched}
+    if scores.dim() == 0 or len(batches) != 1:
+        return
+    batch, rows = batches.pop(), scores.shape[0]
+    if batch < 2 or rows <= batch or rows % batch:
+        return  # one row may pack several images (MiniCPM's slices): the layouts decide
+    where = ", ".join(f"argument {i} {tuple(a.shape)}" for i, a in batched)
+    raise ValueError(
+        f"forward_func returns scores of shape {tuple(scores.shape)}: {rows // batch} rows for "
+        f"each of the {batch} examples its arguments hold ({where}); the output folds another "
+        "dimension into the batch (one row per audio channel, codebook or crop?), and the "
+        f"explanation reads one score row per example: return ({batch}, ...) scores (reshape "
+        f"to ({batch}, {rows // batch}, ...) and pick or sum the rows of each example)"
+    )
+
+
 def resolve_readout(
     readout: Readout,
     main_stream: str | None,

@@ -16,6 +16,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
@@ -427,10 +428,11 @@ def _score(output: Any, head: str, mask: Tensor | None) -> Tensor:
 
 
 def _forward_for(model: nn.Module, head: str, names: tuple[str, ...], has_mask: bool,
-                 extra: dict[str, Any]) -> Callable[..., Tensor]:
+                 extra: dict[str, Any], tokens_mask: Callable[..., Tensor] | None = None
+                 ) -> Callable[..., Tensor]:
     r"""``forward(*inputs, [mask])`` → scores: ``inputs`` are passed as ``names``. Packed
     vision towers (``grid_thw`` in ``extra``) return every image's rows stacked: each image's
-    rows are averaged."""
+    rows are averaged. ``tokens_mask(inputs)``: the real tokens the score reads (patches)."""
 
     def forward(*args: Tensor) -> Tensor:
         kwargs = dict(extra)
@@ -438,7 +440,8 @@ def _forward_for(model: nn.Module, head: str, names: tuple[str, ...], has_mask: 
         mask = args[len(names)] if has_mask else None
         if mask is not None:
             kwargs["attention_mask"] = mask
-        scores = _score(model(**kwargs), head, mask)
+        read = tokens_mask(kwargs) if tokens_mask is not None else mask
+        scores = _score(model(**kwargs), head, read)
         if "grid_thw" in extra:
             scores = scores.reshape(extra["grid_thw"].shape[0], -1, scores.shape[-1]).mean(1)
         return scores
@@ -515,9 +518,12 @@ def _try_class(model_type: str, config: Any, head: str, class_name: str) -> Case
             extra = {**extra, "grid_thw": named.pop("grid_thw")}
         first = next(iter(named.values()))
         has_mask = not first.is_floating_point() and "attention_mask" in parameters
-        forward = _forward_for(model, head, tuple(named), has_mask, extra)
+        tokens_mask = OVERRIDES.get(model_type, {}).get("mask")  # tokens not ids (patches)
+        tokens_mask = None if tokens_mask is None else partial(tokens_mask, config)
+        forward = _forward_for(model, head, tuple(named), has_mask, extra, tokens_mask)
         mask = _ids_and_mask(config)[1] if has_mask else None
         args = (mask,) if has_mask else ()
+        mask = tokens_mask(named) if tokens_mask is not None else mask
         try:
             with torch.no_grad():
                 scores = forward(*named.values(), *args)

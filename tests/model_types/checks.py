@@ -153,8 +153,18 @@ def _real_queries(attention: Tensor, mask: Tensor | None) -> Tensor | float:
     return mask.bool()[:, None, :, None].to(attention.dtype)
 
 
+def _real_keys(attention: Tensor, mask: Tensor | None) -> Tensor | float:
+    r"""Columns of padded keys are left out of the gradient comparison only: the map is zero
+    there (compared), so ``A ⊙ ∇A`` is zero whatever ``∇A`` is, and ``∇A`` there is the padded
+    token's value, which a model may compute any way (the eager row of a wholly padded TimesFM
+    patch is uniform, sdpa's is zero)."""
+    if mask is None or attention.shape[-1] != mask.shape[1]:
+        return 1.0
+    return mask.bool()[:, None, None, :].to(attention.dtype)
+
+
 def _match_call(call: Any, maps: list[Tensor], grads: list[Tensor | None],
-                real: Tensor | float) -> Verdict:
+                real: Tensor | float, keys: Tensor | float = 1.0) -> Verdict:
     r"""One recorded call against the eager softmaxes: one of the same shape, or the first
     ``n_key`` columns of a wider one (attention sinks: a softmax over the keys and a learned
     sink column that is dropped), must equal its map and its gradient."""
@@ -167,7 +177,8 @@ def _match_call(call: Any, maps: list[Tensor], grads: list[Tensor | None],
         match = [(m, g) for m, g in candidates if _close(call.attention * real, m * real)]
         if not match:
             continue
-        if any(_close(call.gradient * real, (torch.zeros_like(m) if g is None else g) * real,
+        if any(_close(call.gradient * real * keys,
+                      (torch.zeros_like(m) if g is None else g) * real * keys,
                       rtol=1e-3, atol=1e-8) for m, g in match):
             return "ok", ""
         return "fail", f"{call.name}[{call.call_index}]: its gradient is not the eager one"
@@ -209,7 +220,8 @@ def eager_maps(explanation: Any, case: Any) -> Verdict:
     verified = unverified = 0
     calls = explanation.call_maps or []
     for call in calls:
-        verdict = _match_call(call, maps, grads, _real_queries(call.attention, case.mask))
+        verdict = _match_call(call, maps, grads, _real_queries(call.attention, case.mask),
+                              _real_keys(call.attention, case.mask))
         shape = call.attention.shape
         one_to_one = sum(m.shape == shape for m in maps) == sum(
             c.attention.shape == shape for c in calls)

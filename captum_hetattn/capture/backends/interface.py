@@ -1,9 +1,11 @@
 r"""transformers' ``AttentionInterface``: models whose attention modules dispatch through
 ``ALL_ATTENTION_FUNCTIONS`` (the model files that define ``eager_attention_forward``).
 
-A function is registered in ``transformers.AttentionInterface`` (and the eager mask function in
-``AttentionMaskInterface``, otherwise causal masks are silently dropped) under a neutral key that
-is then set as the attention implementation of the configs those modules read. The function
+A function is registered in ``transformers.AttentionInterface`` (and a mask function in
+``AttentionMaskInterface``, otherwise causal masks are silently dropped: the boolean mask sdpa
+builds for configs that ran sdpa, made additive where the eager function gets it, the eager one
+for the others) under a neutral key that is then set as the attention implementation of the
+configs those modules read. The function
 delegates to the model file's *own* eager attention (the default that the module passes to
 ``get_interface``), so position biases, GQA or soft-capping stay exact, and records the weights
 that function returns (the tensor the attention output is computed from); with ``flash`` it runs
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 
 from captum_hetattn.capture.backends.base import Backend, clear_empty_rows, masked_keys
 from captum_hetattn.capture.backends.softmax import SoftmaxMode
-from captum_hetattn.capture.introspect import hf_eager_function, set_implementation
+from captum_hetattn.capture.introspect import configs_of, hf_eager_function, set_implementation
 from captum_hetattn.capture.session import Session
 
 if TYPE_CHECKING:
@@ -58,7 +60,9 @@ class InterfaceBackend(Backend):
         if mask_interface is not None:
             # Without it the mask builders return no mask for an unknown key: causal masks
             # would be silently dropped.
-            mask_interface.register(key, eager_mask)
+            sdpa = {id(cfg) for cfg in configs_of(self.recorder.model, plan.interface)
+                    if cfg._attn_implementation_internal == "sdpa"}
+            mask_interface.register(key, _mask_as_before(eager_mask, sdpa))
             stack.callback(mask_interface._global_mapping.pop, key, None)
         set_implementation(stack, self.recorder.model, plan.interface, key)
 
@@ -68,12 +72,16 @@ class InterfaceBackend(Backend):
         if eager is None:  # pragma: no cover - only modules with one are routed here
             raise RuntimeError(f"{type(module).__name__} has no eager attention function; "
                                "record it with backend='softmax'")
+        # a boolean mask (the model's own kind under sdpa) made additive; the rows it hides
+        # wholly are zero in the output, as sdpa gives them
+        unseen = _unseen_rows(attention_mask)
+        attention_mask = _additive(attention_mask, query.dtype)
+        session = self.session
         # sparse (indexer) attention hands its selected keys to non-eager kernels only: the
         # eager function would ignore them and attend to every key (padding is read from the
         # dense mask: a key no query selected is not padding)
-        dense_mask = attention_mask
+        dense_mask = _module_mask(session, module, attention_mask)
         attention_mask, kwargs = _with_sparse_indices(attention_mask, key, kwargs)
-        session = self.session
         session.interface_dispatched.add(id(module))
         states = None
         if session.record_io and session.frames and session.frames[-1].module is module:
@@ -84,6 +92,7 @@ class InterfaceBackend(Backend):
         dropout = kwargs.get("dropout", 0.0)
         flash = self.flash
         made = len(self.recorder.records)
+        result = None
         if flash is not None and flash.can_flash(module, attention_mask, dropout, kwargs):
             session.in_interface += 1  # its softmax and sdpa are not calls of their own
             try:
@@ -91,53 +100,55 @@ class InterfaceBackend(Backend):
                                     states)
             finally:
                 session.in_interface -= 1
-            if result is not None:
-                self._dense_padding(made, dense_mask, attention_mask)
-                self._own_call(module, states, made)
-                return result
-        catch: list[Tensor] = []
-        given, (attention_mask, empty) = attention_mask, _without_empty_rows(attention_mask)
-        session.in_interface += 1
-        try:
-            if module.training and isinstance(dropout, float) and dropout > 0.0:
-                # The returned weights are dropped out: catch the softmax before the dropout.
-                with SoftmaxMode(lambda out, dim, scores: catch.append(out)):
-                    attn_output, weights = eager(
-                        module, query, key, value, attention_mask, **kwargs
-                    )
-            else:
-                attn_output, weights = eager(module, query, key, value, attention_mask, **kwargs)
-        finally:
-            session.in_interface -= 1
-        attention_mask = given
-        if empty is not None and isinstance(attn_output, Tensor) and attn_output.dim() == 4:
-            rows = empty.transpose(1, 2)[..., None]  # (B, n_q, heads | 1, 1) like the output
-            if rows.shape[1] == attn_output.shape[1] and rows.shape[2] in (1, attn_output.shape[2]):
-                attn_output = attn_output.masked_fill(rows, 0.0)  # as the kernel gives them
-        if isinstance(weights, Tensor) and session.in_scope(module):
-            matching = [t for t in catch if t.shape == weights.shape]
-            live = matching[-1] if matching else weights
-            kept = live.detach()
-            if isinstance(attention_mask, Tensor) and attention_mask.dim() == kept.dim():
-                # rows that hide every key record zero, as the flash capture's (no keys, no share)
-                kept = clear_empty_rows(kept, attention_mask[..., : kept.shape[-1]])
-            record = self.recorder._add_map(module, live, kept)
-            if record is not None:
-                record.masked_keys = masked_keys(attention_mask, kept.shape[0])
-            if record is not None and states is not None:
-                record.states = states
+        if result is None:  # the model file's eager function (called here: its errors'
+            catch: list[Tensor] = []  # frames stay the model's, capture/errors.py)
+            eager_mask, empty = _without_empty_rows(attention_mask)
+            session.in_interface += 1
+            try:
+                if module.training and isinstance(dropout, float) and dropout > 0.0:
+                    # The returned weights are dropped out: catch the softmax before the dropout
+                    with SoftmaxMode(lambda out, dim, scores: catch.append(out)):
+                        result = eager(module, query, key, value, eager_mask, **kwargs)
+                else:
+                    result = eager(module, query, key, value, eager_mask, **kwargs)
+            finally:
+                session.in_interface -= 1
+            result = (_zero_rows(result[0], empty), result[1])  # as the kernel gives them
+            self._keep_eager_map(module, result[1], catch, attention_mask, states)
         self._dense_padding(made, dense_mask, attention_mask)
         self._own_call(module, states, made)
-        return attn_output, weights
+        return _zero_rows(result[0], unseen), result[1]
+
+    def _keep_eager_map(self, module: nn.Module, weights: Any, catch: list[Tensor],
+                        attention_mask: Any, states: Any) -> None:
+        r"""Record the map the eager function returned (or the softmax caught before its
+        dropout), its wholly hidden rows zero and its padding read from ``attention_mask``."""
+        if not isinstance(weights, Tensor) or not self.session.in_scope(module):
+            return
+        matching = [t for t in catch if t.shape == weights.shape]
+        live = matching[-1] if matching else weights
+        kept = live.detach()
+        if isinstance(attention_mask, Tensor) and attention_mask.dim() == kept.dim():
+            # rows that hide every key record zero, as the flash capture's (no keys, no share)
+            kept = clear_empty_rows(kept, attention_mask[..., : kept.shape[-1]])
+        record = self.recorder._add_map(module, live, kept)
+        if record is not None:
+            record.masked_keys = masked_keys(attention_mask, kept.shape[0])
+        if record is not None and states is not None:
+            record.states = states
 
     def _dense_padding(self, made: int, dense: Tensor | None, mask: Tensor | None) -> None:
         r"""The padding of the calls just recorded read from the mask before an indexer's
-        selection was folded in (a key no query selected is not padding)."""
+        selection was folded in, by the kernel or by the module itself (Qwen4-Exp's indexed
+        attention hides the keys no query selected in the mask it hands on): a key no query
+        selected is not padding."""
         if dense is mask:
             return
         for record in self.recorder.records[made:]:
             if record.masked_keys is not None:
-                record.masked_keys = masked_keys(dense, record.masked_keys.shape[0])
+                dense_keys = masked_keys(dense, record.masked_keys.shape[0])
+                record.masked_keys = None if dense_keys is None or dense_keys.shape != \
+                    record.masked_keys.shape else dense_keys & record.masked_keys
 
     def _own_call(self, module: nn.Module, states: tuple[Tensor, Tensor] | None,
                   made: int) -> None:
@@ -157,6 +168,75 @@ class InterfaceBackend(Backend):
             if name not in self.session.repeated:
                 self.session.repeated.append(name)
 
+
+
+def _mask_as_before(eager_mask: Any, sdpa: set[int]) -> Any:
+    r"""The mask function of the recording key: the boolean mask ``sdpa`` would build for the
+    configs in ``sdpa`` (made additive where the eager function gets it, :func:`_additive`),
+    the eager one for the others. A model's code between the mask builder and its attention
+    sees the mask it sees without us: NemotronAsr's streaming encoder turns the mask with
+    ``logical_not()`` into a fill of its position scores, which an additive mask (0 where a
+    key is seen) inverts into one that hides every key."""
+    from transformers.masking_utils import sdpa_mask
+
+    def mask(*args: Any, **kwargs: Any) -> Any:
+        if id(kwargs.get("config")) not in sdpa:
+            return eager_mask(*args, **kwargs)
+        kwargs.pop("dtype", None)
+        kwargs["allow_is_causal_skip"] = False  # the eager function has no is_causal
+        return sdpa_mask(*args, **kwargs)
+
+    return mask
+
+
+def _additive(mask: Any, dtype: torch.dtype) -> Any:
+    r"""A boolean mask (``True``: the key is seen) as the additive one ``eager_mask`` builds."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(
+        ~mask, torch.finfo(dtype).min)
+
+
+def _unseen_rows(mask: Any) -> Tensor | None:
+    r"""``(B, heads | 1, n_q)``: the query rows a 4-D boolean mask hides wholly; sdpa gives
+    them zero (a wholly padded TimesFM patch, a left-padded query), not the uniform row of the
+    additive mask's finite minimum. ``None`` without any."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() != 4:
+        return None
+    empty = ~mask.any(dim=-1)
+    return empty if bool(empty.any()) else None
+
+
+def _zero_rows(output: Any, empty: Tensor | None) -> Any:
+    r"""``output`` ``(B, n_q, heads, d)`` with the query rows ``empty`` marks
+    (``(B, heads | 1, n_q)``) set to zero, where laid out so."""
+    if empty is None or not isinstance(output, Tensor) or output.dim() != 4:
+        return output
+    rows = empty.transpose(1, 2)[..., None]  # (B, n_q, heads | 1, 1) like the output
+    if rows.shape[1] != output.shape[1] or rows.shape[2] not in (1, output.shape[2]):
+        return output
+    return output.masked_fill(rows, 0.0)
+
+
+def _module_mask(session: Session, module: nn.Module, mask: Any) -> Any:
+    r"""The ``attention_mask`` ``module`` was handed (additive), where it is laid out like the
+    mask it hands the attention function (``mask``): what the module hides itself on top
+    (a selection of keys) is no padding; else ``mask``."""
+    frame = session.frames[-1] if session.frames else None
+    if frame is None or frame.module is not module or not isinstance(mask, Tensor):
+        return mask
+    given = frame.mask
+    if not isinstance(given, Tensor) or given.dim() != 4 or mask.dim() != 4:
+        return mask
+    if given.shape[-2:] != mask.shape[-2:] or given.shape[0] not in (1, mask.shape[0]):
+        return mask
+    if given.is_floating_point():
+        low = given <= torch.finfo(given.dtype).min / 2
+        if not bool(((given == 0) | low).all()):
+            return mask  # not a plain additive mask (a bias, 0/1 weights): says nothing here
+    elif given.dtype != torch.bool:
+        return mask
+    return _additive(given, mask.dtype if mask.is_floating_point() else torch.float32)
 
 
 def _without_empty_rows(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:

@@ -31,16 +31,25 @@ def _patch_series(config: Any) -> list[dict[str, Tensor]]:
     return [{"past_values": _randn(2, config.context_length, config.num_input_channels)}]
 
 
-def _timesfm(config: Any) -> list[dict[str, Tensor]]:
-    r"""TimesFM: two series of two patches, the second one shorter by two steps (1 = padding;
-    a wholly padded patch would be a query that sees no key), with a frequency class each."""
+def _timesfm(config: Any, pad: int = 2) -> list[dict[str, Tensor]]:
+    r"""TimesFM: two series of two patches, the second one shorter by ``pad`` steps (1 =
+    padding; a wholly padded patch is a query that sees no key: :func:`_timesfm_mask`), with a
+    frequency class each."""
     length = 2 * config.patch_length
     padding = torch.zeros(2, length)
-    padding[1, :2] = 1
+    padding[1, :pad] = 1
     found = {"past_values": _randn(2, length), "past_values_padding": padding}
     if hasattr(config, "freq_size"):
         found["freq"] = torch.tensor([[0], [1]])
     return [found]
+
+def _timesfm_mask(config: Any, named: dict[str, Tensor]) -> Tensor:
+    r"""The patch tokens' mask (1 = real): a patch whose every step is padding is padding
+    (TimesFM; TimesFM 2.5 reads a patch's last step, the same for a wholly padded patch)."""
+    padding = named["past_values_padding"]
+    patches = padding.view(padding.shape[0], -1, config.patch_length)
+    return (patches.amin(dim=-1) < 0.5).long()
+
 
 _ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 
@@ -69,9 +78,13 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "patchtsmixer": {"config": {"context_length": 16, "patch_length": 4, "patch_stride": 4,
                                 "num_input_channels": 2}, "inputs": _patch_series},
     "timesfm": {"config": {"patch_length": 4, "context_length": 8, "horizon_length": 4},
-                "inputs": _timesfm},
+                "inputs": _timesfm, "mask": _timesfm_mask},
+    # a wholly padded first patch (TimesFM alone would have one patch token less: its batch
+    # check stays on the 2-step pad)
     "timesfm2_5": {"config": {"patch_length": 4, "context_length": 8, "horizon_length": 4,
-                              "output_quantile_len": 8}, "inputs": _timesfm},
+                              "output_quantile_len": 8},
+                   "inputs": lambda config: _timesfm(config, config.patch_length),
+                   "mask": _timesfm_mask},
     # grouped-query attention needs its key/value head count
     "nemotron": {"config": {"num_key_value_heads": 2}},
     # the attention sub-config reads its own rotary base
