@@ -111,6 +111,21 @@ def test_the_checks_catch_a_wrong_explanation(one_thread):
         handle.remove()
 
 
+def test_the_eager_check_reads_the_models_own_sdpa_run_where_eager_differs(one_thread):
+    """Grounding-DINO's text mask is boolean: sdpa keeps the ``True`` keys (each token sees its
+    phrase), transformers' eager function adds it to the scores. The recorded maps are the sdpa
+    run's; the check compares them with that run's sdpa calls written out, and still fails on a
+    wrong map."""
+    case = build("grounding-dino")
+    right = _explained(case, return_maps=True)
+    verdict = checks.eager_maps(right, case)
+    assert verdict[0] == "ok" and "written out" in verdict[1], verdict
+    first = next(c for c in right.call_maps if "text_backbone" in c.name)
+    shifted = [replace(c, attention=c.attention.roll(1, dims=-1)) if c is first else c
+               for c in right.call_maps]
+    assert checks.eager_maps(replace(right, call_maps=shifted), case)[0] == "fail"
+
+
 def test_errors_are_told_apart_by_where_they_are_raised():
     """Our own ``raise`` of a ValueError is a refusal; an error from inside torch, or one of our
     lines that is not a raise, is a crash."""

@@ -4,7 +4,8 @@ does not apply here; the detail says why).
 
 - :func:`eager_maps`: every recorded map ``A`` and gradient ``∇A`` equals a softmax output of the
   model run with ``attn_implementation="eager"`` and its ``autograd.grad`` (the softmax collector
-  of ``tests/test_capture.py``);
+  of ``tests/test_capture.py``), or, where that eager function is not the model's default one,
+  of its default run with each sdpa call written out as a softmax;
 - :func:`paper_rule`: for single-stream models, the relevance recomputed from scratch from the
   recorded maps (``R ← R + mean_h(∇A⁺ ⊙ A) R``, read with the readout weights);
 - :func:`batch_equals_singles`, :func:`padding_is_zero`, :func:`restored`.
@@ -189,7 +190,11 @@ def _match_call(call: Any, maps: list[Tensor], grads: list[Tensor | None],
 
 def eager_maps(explanation: Any, case: Any) -> Verdict:
     r"""Every recorded ``A`` / ``∇A`` equals a softmax output of the eager model and its
-    gradient; a recorded map with no eager softmax of its shape is counted as unverified."""
+    gradient; a recorded map with no eager softmax of its shape is counted as unverified. Where
+    transformers' eager attention computes another function than the model's default sdpa run
+    (a mask whose meaning differs between the two: Grounding-DINO's boolean text mask), or no
+    eager softmax equals a map, the reference is the model's own default run with each
+    ``F.scaled_dot_product_attention`` call written out (:func:`_sdpa_written_out`)."""
     from test_capture import SoftmaxCollector
 
     configs = _eager_configs(case.model)
@@ -201,22 +206,41 @@ def eager_maps(explanation: Any, case: Any) -> Verdict:
         for config in configs:
             config._attn_implementation_internal = "eager"
         collector = SoftmaxCollector()
-        with torch.enable_grad(), collector:
-            torch.manual_seed(0)
-            scores = case.forward_func(*case.inputs, *case.additional_forward_args)
-        maps = [m for m in collector.maps if m.requires_grad]
-        grads = torch.autograd.grad(scores[:, case.target].sum(), maps, allow_unused=True) \
-            if maps else ()
+        with collector:
+            scores, maps, grads = _maps_and_gradients(case, lambda: collector.maps)
     finally:
         for config, implementation in zip(configs, previous, strict=True):
             config._attn_implementation_internal = implementation
     if not torch.allclose(scores.detach(), default_scores, rtol=1e-4, atol=1e-5):
         # transformers' own eager attention computes another function for this model (e.g. a
         # streaming mask it applies only under sdpa): it is no reference for the maps
-        return "n/a", "the model's eager attention gives other scores than its default one"
+        verdict: Verdict = ("n/a", "the model's eager attention gives other scores than its "
+                                   "default one")
+    else:
+        verdict = _compare_calls(explanation, case, maps, grads)
+    if verdict[0] == "ok":
+        return verdict
+    sdpa = _sdpa_written_out(explanation, case, default_scores)
+    return sdpa if sdpa is not None and sdpa[0] == "ok" else verdict
+
+
+def _maps_and_gradients(case: Any, maps_of: Any) -> tuple[Tensor, list[Tensor],
+                                                          list[Tensor | None]]:
+    """The case's scores, the maps ``maps_of()`` collected while they were computed (with
+    grad) and their gradients of the target's score (NaN rows zero, as every capture has)."""
+    with torch.enable_grad():
+        torch.manual_seed(0)
+        scores = case.forward_func(*case.inputs, *case.additional_forward_args)
+    maps = [m for m in maps_of() if m.requires_grad]
+    grads = torch.autograd.grad(scores[:, case.target].sum(), maps, allow_unused=True) \
+        if maps else ()
     # a query row that sees no key is NaN under eager softmax and zero in every capture
-    maps = [m.detach().nan_to_num(0.0) for m in maps]
-    grads = [None if g is None else g.nan_to_num(0.0) for g in grads]
+    return (scores, [m.detach().nan_to_num(0.0) for m in maps],
+            [None if g is None else g.nan_to_num(0.0) for g in grads])
+
+
+def _compare_calls(explanation: Any, case: Any, maps: list[Tensor],
+                   grads: list[Tensor | None]) -> Verdict:
     verified = unverified = 0
     calls = explanation.call_maps or []
     for call in calls:
@@ -233,6 +257,56 @@ def eager_maps(explanation: Any, case: Any) -> Verdict:
     if not verified:
         return "n/a", f"no recorded map has an eager softmax of its shape ({unverified} calls)"
     return "ok", f"{verified} verified, {unverified} unverified"
+
+
+def _sdpa_written_out(explanation: Any, case: Any, default_scores: Tensor) -> Verdict | None:
+    r"""The calls checked against the model's default run with every
+    ``F.scaled_dot_product_attention`` replaced by its definition (:func:`_written_out`), its
+    other softmaxes collected as they are: the maps of what the model computes itself.
+    ``None`` when the model calls no sdpa or that run's scores differ from the default ones."""
+    from test_capture import SoftmaxCollector
+
+    class WrittenOut(SoftmaxCollector):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") != "scaled_dot_product_attention":
+                return super().__torch_function__(func, types, args, kwargs)
+            self.calls += 1
+            attention, output = _written_out(*args, **(kwargs or {}))
+            self.maps.append(attention)
+            return output
+
+    collector = WrittenOut()
+    with collector:
+        scores, maps, grads = _maps_and_gradients(case, lambda: collector.maps)
+    if not collector.calls or not torch.allclose(scores.detach(), default_scores, rtol=1e-4,
+                                                 atol=1e-5):
+        return None
+    verdict = _compare_calls(explanation, case, maps, grads)
+    return (verdict[0], f"{verdict[1]}, against the model's own run with its sdpa calls "
+                        "written out (its eager attention computes another function)")
+
+
+def _written_out(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
+                 dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                 enable_gqa: bool = False) -> tuple[Tensor, Tensor]:
+    """``F.scaled_dot_product_attention`` by its definition: a boolean mask keeps the ``True``
+    keys, a float one is added, ``is_causal`` hides later keys, a row that sees no key is zero;
+    its softmax and its output."""
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        groups = query.shape[-3] // key.shape[-3]
+        key, value = (t.repeat_interleave(groups, dim=-3) for t in (key, value))
+    scores = query @ key.transpose(-2, -1) * (query.shape[-1] ** -0.5 if scale is None
+                                              else scale)
+    if is_causal:
+        later = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
+        scores = scores.masked_fill(later, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) \
+            if attn_mask.dtype == torch.bool else scores + attn_mask
+    attention = torch.softmax(scores, dim=-1)
+    return attention, attention.nan_to_num(0.0) @ value
 
 
 def node_types(explanation: Any, case: Any) -> Verdict:
