@@ -406,7 +406,11 @@ BUILDERS: dict[str, Any] = {
         {"attention_mask": _frame_mask(8, 3),
          "decoder_input_ids": torch.randint(5, 40, (2, 4, 3),
                                             generator=torch.Generator().manual_seed(10))},
-        head="seq2seq", mask=_frame_mask(8, 3)),
+        head="seq2seq", mask=_frame_mask(8, 3),
+        # its logits are (batch · 3 channels, steps, vocab): each example's last step, the
+        # mean over its channels
+        score=lambda output: output.logits.view(-1, 3, *output.logits.shape[1:])[:, :, -1]
+        .mean(1)),
     # the backbone LM over text ids; its codec is a tiny Mimi
     "csm": partial(
         _case, "csm", "CsmForConditionalGeneration",
