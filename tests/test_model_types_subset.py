@@ -52,6 +52,7 @@ SUBSET: dict[str, tuple[str, ...]] = {
     "clvp": ("eager", "batch", "padding"),  # text encoder beside a speech decoder's argmax ids
     "granite4_vision": ("eager", "batch", "padding"),  # deepstack: image rows added into the LM
     "voxtral_realtime_text": ("eager", "rule", "batch", "padding"),  # time-conditioned norms
+    "lilt": ("eager", "rule", "batch", "padding"),  # two maps per call, the layout reads one
 }
 REFUSED = {"mamba": "no attention call"}  # no attention at all: refused by name
 

@@ -155,6 +155,9 @@ def unverified_padding(group: list[AttentionRecord], layout: TokenLayout,
         if len(group) == 1 and layout.raw_index.numel() == size and layout.weight is None:
             continue  # every entry kept once (a window partition without padding)
         mine = (layout.raw_index >= offset) & (layout.raw_index < offset + size)
+        if not bool(mine.any()):  # a map of the call the layout does not read at all (LiLT's
+            offset += size        # text map beside its layout one): no slot of it is padding
+            continue
         raw = layout.raw_index[mine] - offset
         query_kept, key_kept = _kept_slots(record, raw)
         offset += size
