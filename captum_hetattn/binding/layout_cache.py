@@ -60,6 +60,9 @@ class Placement:
     query: int = 0
     key: int | None = None
     sources: tuple[list[Tensor], list[Tensor]] | None = None
+    #: for ``"scores"``: each placed pair's query and key token and which raw entries are
+    #: placed (:func:`_entry_tokens`), kept with the index they were read from
+    tokens: tuple[Tensor, ...] | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def of(cls, call: AttentionRecord, batch: int,
@@ -76,6 +79,8 @@ class Placement:
             key=_index_of(first, "key", batch, call.key_input, call.key_token_dim)
             if cross else None,
             sources=sources,
+            tokens=None if sources is not None else _entry_tokens(
+                call.layout, sum(r.scores.numel() for r in call.parts)),  # type: ignore[union-attr]
         )
 
     def replay(self, group: list[AttentionRecord], batch: int,
@@ -97,7 +102,10 @@ class Placement:
                 return None
             role = first.role
         else:
-            if not _scores_hold(group, query, self.layout):
+            if self.tokens is None or self.tokens[0] is not self.layout.dense_index \
+                    or self.tokens[1] is not self.layout.raw_index:
+                self.tokens = _entry_tokens(self.layout, sum(r.scores.numel() for r in group))
+            if not _scores_hold(group, query, self.layout, self.tokens[2:]):
                 return None
             role = "self"
         return _call_of(group, dataclasses.replace(self.layout), query, key, role)
@@ -364,29 +372,37 @@ def _dependences_hold(cached: list[_Dependence], into: Tensor, into_dim: int,
     return True
 
 
-def _scores_hold(group: list[AttentionRecord], canonical: _Canonical,
-                 layout: TokenLayout) -> bool:
-    """Whether every placed score entry still reads exactly the query token and key tokens the
-    layout folds it onto, on one random plane of tokens and its complement."""
-    push = _pushes([r.scores for r in group], canonical)  # type: ignore[misc]
-    if push is None:
-        return False
+def _entry_tokens(layout: TokenLayout, total: int) -> tuple[Tensor, ...]:
+    """The layout's dense and raw index, each placed pair's query token and key token (flat over the
+    examples' tokens), and which of the ``total`` raw entries are placed: what every check
+    compares with."""
     _, heads, n, _ = layout.dense_shape
     dense, raw = layout.dense_index, layout.raw_index
     example = dense.div(heads * n * n, rounding_mode="floor") * n
-    query_token = example + dense.div(n, rounding_mode="floor") % n
-    key_token = example + dense % n
-    total = sum(r.scores.numel() for r in group)  # type: ignore[union-attr]
     placed = torch.zeros(total, dtype=torch.bool, device=raw.device)
     placed[raw] = True
+    query = example + dense.div(n, rounding_mode="floor") % n
+    return dense, raw, query, example + dense % n, placed
+
+
+def _scores_hold(group: list[AttentionRecord], canonical: _Canonical,
+                 layout: TokenLayout, tokens: tuple[Tensor, ...]) -> bool:
+    """Whether every placed score entry still reads exactly the query token and key tokens the
+    layout folds it onto, on one random plane of tokens and its complement (``tokens``: from
+    :func:`_entry_tokens`)."""
+    push = _pushes([r.scores for r in group], canonical)  # type: ignore[misc]
+    if push is None:
+        return False
+    raw = layout.raw_index
+    query_token, key_token, placed = tokens
     for plane in _planes(_tokens(canonical)):
         plane = plane.to(raw.device)
-        hit = (plane[query_token] | plane[key_token]).to(torch.int32)
-        want = torch.zeros(total, dtype=torch.int32, device=raw.device).index_add_(0, raw, hit)
+        want = torch.zeros(placed.shape, dtype=torch.bool, device=raw.device)
+        want[raw[plane[query_token] | plane[key_token]]] = True  # all writes True: any order
         responses = push(plane.to(canonical.tensor.device))
         if any(r is None for r in responses):
             return False
         got = torch.cat([r.reshape(-1) for r in responses]).to(raw.device)  # type: ignore[union-attr]
-        if not torch.equal(got[placed], want[placed] > 0):
+        if not torch.equal(got & placed, want):  # want lies on placed entries only
             return False
     return True
