@@ -2,8 +2,10 @@ r"""Token layouts of calls whose maps were caught at the softmax (banded Longfor
 global keys and rows, LongT5's blocks, BigBird's block-sparse pieces, ProphetNet's n-gram stream,
 ViTDet's windows): they have no per-head states, so every *entry* of the softmax input is placed.
 
-Bit planes of the rows (and of the head's column block) of each ``F.linear`` output the module
-computed before the softmax, as tangents, tell which projection row each score reads — the query
+Tangents on each ``F.linear`` output the module computed before the softmax, scaled by powers
+of two per row and per head's column block (:mod:`~captum_hetattn.binding.score_reads`: three or
+four products; bit planes of the rows where a ratio is not exact), tell which projection row
+and head each score reads — the query
 side reads one row along the softmax dimension, the key side a row that changes along it — and
 the projection rows' tokens come from :func:`~captum_hetattn.binding.canonical.row_sources`. A
 fused ``q|k|v`` projection is read chunk by chunk; a key row computed from several tokens
@@ -39,8 +41,9 @@ def _entry_rows(
     scores: Tensor, projection: Tensor, heads: int, part: tuple[int, int] = (0, 1)
 ) -> tuple[Tensor, Tensor]:
     r"""For every entry of ``scores``, the row of ``projection`` (all dimensions but the last)
-    it is computed from and the head (the column block of ``projection``): bit planes of the
-    row (column block) numbers as tangents of forward-mode products, as in
+    it is computed from and the head (the column block of ``projection``): tangents scaled by
+    powers of two (:func:`~captum_hetattn.binding.score_reads.read_by_scales`), else bit
+    planes of the row (column block) numbers as tangents of forward-mode products, as in
     :func:`row_sources` (zero or not is exact where ratios of values are not). ``part=(k, m)``
     probes only the k-th of m equal column chunks (the queries or keys of a fused projection).
 
