@@ -110,3 +110,18 @@ def test_aggregate_pairs_follow_the_order_of_one_pass_per_aggregate_row():
     for a, b in zip(got, (torch.cat(entries), torch.cat(tokens), torch.cat(shares)),
                     strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_layers_laid_out_alike_share_one_copy_in_the_cache(name):
+    model, forward, inputs, extra = CASES[name]()
+    cache = LayoutCache()
+    fresh = _layouts(model, forward, inputs, extra, cache)
+    kept = [p for p, _ in cache._placements.values() if getattr(p, "layout", None) is not None]
+    assert len(kept) >= 2  # two encoder layers
+    first = kept[0].layout
+    assert all(p.layout.raw_index is first.raw_index for p in kept[1:])
+    sizes = [size for p, size in cache._placements.values()
+             if getattr(p, "layout", None) is not None]
+    assert sizes == [first.raw_index.numel()] + [0] * (len(sizes) - 1)  # counted once
+    _assert_same(_layouts(model, forward, inputs, extra, cache), fresh)

@@ -166,7 +166,8 @@ class LayoutCache:
         order every time: keeping the first ones serves the next call, dropping them would
         drop each before it is used)."""
         if elements is None:
-            elements = value.elements if isinstance(value, Placement) else 0
+            shared = isinstance(value, Placement) and self._share(value)
+            elements = value.elements if isinstance(value, Placement) and not shared else 0
         self._placements[key] = (value, elements)
         self._placements.move_to_end(key)
         total = self.elements
@@ -181,6 +182,28 @@ class LayoutCache:
                 return
             _, size = self._placements.pop(oldest)
             total -= size
+
+    def _share(self, value: Placement) -> bool:
+        r"""Let ``value`` hold the index tensors of an equal layout kept already (every layer of
+        LED or LongT5 lays out alike: one copy instead of one per layer, counted once against
+        the bound); whether it does."""
+        layout = value.layout
+        if layout is None:
+            return False
+        for other, _ in self._placements.values():
+            kept = other.layout if isinstance(other, Placement) else None
+            if (kept is None or other is value or other.kind != value.kind
+                    or kept.dense_shape != layout.dense_shape
+                    or kept.raw_index.shape != layout.raw_index.shape
+                    or (kept.weight is None) != (layout.weight is None)):
+                continue
+            if (torch.equal(kept.raw_index, layout.raw_index)
+                    and torch.equal(kept.dense_index, layout.dense_index)
+                    and (kept.weight is None or torch.equal(kept.weight, layout.weight))):
+                value.layout = dataclasses.replace(kept)
+                value.tokens = other.tokens
+                return True
+        return False
 
     def dependences(self, batch: int, inputs: Sequence[object]):
         r"""The data flow's probe (``dependence(site, into, into_dim, origins, batch, exact)``,
