@@ -404,8 +404,8 @@ def _entry_tokens(layout: TokenLayout, total: int) -> tuple[Tensor, ...]:
     example = dense.div(heads * n * n, rounding_mode="floor") * n
     placed = torch.zeros(total, dtype=torch.bool, device=raw.device)
     placed[raw] = True
-    query = example + dense.div(n, rounding_mode="floor") % n
-    return dense, raw, query, example + dense % n, placed
+    query = (example + dense.div(n, rounding_mode="floor") % n).to(torch.int32)  # half the size
+    return dense, raw, query, (example + dense % n).to(torch.int32), placed
 
 
 def _scores_hold(group: list[AttentionRecord], canonical: _Canonical,
