@@ -79,8 +79,6 @@ class Placement:
             key=_index_of(first, "key", batch, call.key_input, call.key_token_dim)
             if cross else None,
             sources=sources,
-            tokens=None if sources is not None else _entry_tokens(
-                call.layout, sum(r.scores.numel() for r in call.parts)),  # type: ignore[union-attr]
         )
 
     def replay(self, group: list[AttentionRecord], batch: int,
@@ -104,7 +102,7 @@ class Placement:
         else:
             if self.tokens is None or self.tokens[0] is not self.layout.dense_index \
                     or self.tokens[1] is not self.layout.raw_index:
-                self.tokens = _entry_tokens(self.layout, sum(r.scores.numel() for r in group))
+                self.tokens = _entry_tokens(self.layout)
             if not _scores_hold(group, query, self.layout, self.tokens[2:]):
                 return None
             role = "self"
@@ -168,6 +166,8 @@ class LayoutCache:
         if elements is None:
             shared = isinstance(value, Placement) and self._share(value)
             elements = value.elements if isinstance(value, Placement) and not shared else 0
+            if isinstance(value, Placement) and value.kind == "scores" and not shared:
+                value.tokens = _entry_tokens(value.layout)  # once: layers alike share it
         self._placements[key] = (value, elements)
         self._placements.move_to_end(key)
         total = self.elements
@@ -395,13 +395,14 @@ def _dependences_hold(cached: list[_Dependence], into: Tensor, into_dim: int,
     return True
 
 
-def _entry_tokens(layout: TokenLayout, total: int) -> tuple[Tensor, ...]:
-    """The layout's dense and raw index, each placed pair's query token and key token (flat over the
-    examples' tokens), and which of the ``total`` raw entries are placed: what every check
-    compares with."""
+def _entry_tokens(layout: TokenLayout) -> tuple[Tensor, ...]:
+    """The layout's dense and raw index, each placed pair's query token and key token (flat
+    over the examples' tokens), and which raw entries (up to the last placed one) are placed:
+    what every check compares with."""
     _, heads, n, _ = layout.dense_shape
     dense, raw = layout.dense_index, layout.raw_index
     example = dense.div(heads * n * n, rounding_mode="floor") * n
+    total = int(raw.max()) + 1 if raw.numel() else 0  # entries past the last are not placed
     placed = torch.zeros(total, dtype=torch.bool, device=raw.device)
     placed[raw] = True
     query = (example + dense.div(n, rounding_mode="floor") % n).to(torch.int32)  # half the size
@@ -426,6 +427,7 @@ def _scores_hold(group: list[AttentionRecord], canonical: _Canonical,
         if any(r is None for r in responses):
             return False
         got = torch.cat([r.reshape(-1) for r in responses]).to(raw.device)  # type: ignore[union-attr]
+        got = got[:placed.numel()]  # entries past the last placed one are not checked
         if not torch.equal(got & placed, want):  # want lies on placed entries only
             return False
     return True
