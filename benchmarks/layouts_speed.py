@@ -86,6 +86,16 @@ def _peak(built, which: str) -> None:
     print(json.dumps({"memory": which, "peak_rss_mib": round(peak / 1024, 1)}))
 
 
+def _reporting(model: str, call: str, fn, clock):
+    """``fn``, printing the seconds of each of its calls (``--progress``)."""
+    def timed():
+        start = clock()
+        fn()
+        print(json.dumps({"model": model, "call": call, "seconds": round(clock() - start, 3)}),
+              flush=True)
+    return timed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
@@ -95,6 +105,9 @@ def main() -> None:
                         default=["swin_t", "led", "longt5_local", "longt5_tglobal"])
     parser.add_argument("--cpu", action="store_true",
                         help="process CPU time instead of wall-clock (a shared machine)")
+    parser.add_argument("--progress", action="store_true",
+                        help="print every timed call as it ends (the warm-up round included), "
+                        "so that a run stopped by a time limit still tells something")
     parser.add_argument("--memory", choices=["plain", "first"],
                         help="run one call of one model and print peak RSS (fresh process)")
     args = parser.parse_args()
@@ -122,12 +135,15 @@ def main() -> None:
             HeterogenousAttentionAttribution(forward, model=model).explain(
                 inputs, target=target, additional_forward_args=extra)
 
-        times = interleaved_times({
+        fns = {
             "plain_forward_backward": plain,
             "explain_first_call": first,
             "explain_warm": lambda e=explainer, i=inputs, x=extra, t=target: e.explain(
                 i, target=t, additional_forward_args=x),
-        }, args.repeats, clock)
+        }
+        if args.progress:
+            fns = {call: _reporting(name, call, fn, clock) for call, fn in fns.items()}
+        times = interleaved_times(fns, args.repeats, clock)
         seconds = {name: statistics.median(values) for name, values in times.items()}
         base = times["plain_forward_backward"]
         for call in ("first_call", "warm"):  # per round (plain and ours timed back to back)

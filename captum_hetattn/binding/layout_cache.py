@@ -60,6 +60,9 @@ class Placement:
     query: int = 0
     key: int | None = None
     sources: tuple[list[Tensor], list[Tensor]] | None = None
+    #: for ``"scores"``: each placed pair's query and key token and which raw entries are
+    #: placed (:func:`_entry_tokens`), kept with the index they were read from
+    tokens: tuple[Tensor, ...] | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def of(cls, call: AttentionRecord, batch: int,
@@ -98,7 +101,10 @@ class Placement:
                 return None
             role = first.role
         else:
-            if not _scores_hold(group, query, self.layout):
+            if self.tokens is None or self.tokens[0] is not self.layout.dense_index \
+                    or self.tokens[1] is not self.layout.raw_index:
+                self.tokens = _entry_tokens(self.layout)
+            if not _scores_hold(group, query, self.layout, self.tokens[2:]):
                 return None
             role = "self"
         return _call_of(group, dataclasses.replace(self.layout), query, key, role)
@@ -159,7 +165,10 @@ class LayoutCache:
         order every time: keeping the first ones serves the next call, dropping them would
         drop each before it is used)."""
         if elements is None:
-            elements = value.elements if isinstance(value, Placement) else 0
+            shared = isinstance(value, Placement) and self._share(value)
+            elements = value.elements if isinstance(value, Placement) and not shared else 0
+            if isinstance(value, Placement) and value.kind == "scores" and not shared:
+                value.tokens = _entry_tokens(value.layout)  # once: layers alike share it
         self._placements[key] = (value, elements)
         self._placements.move_to_end(key)
         total = self.elements
@@ -174,6 +183,28 @@ class LayoutCache:
                 return
             _, size = self._placements.pop(oldest)
             total -= size
+
+    def _share(self, value: Placement) -> bool:
+        r"""Let ``value`` hold the index tensors of an equal layout kept already (every layer of
+        LED or LongT5 lays out alike: one copy instead of one per layer, counted once against
+        the bound); whether it does."""
+        layout = value.layout
+        if layout is None:
+            return False
+        for other, _ in self._placements.values():
+            kept = other.layout if isinstance(other, Placement) else None
+            if (kept is None or other is value or other.kind != value.kind
+                    or kept.dense_shape != layout.dense_shape
+                    or kept.raw_index.shape != layout.raw_index.shape
+                    or (kept.weight is None) != (layout.weight is None)):
+                continue
+            if (torch.equal(kept.raw_index, layout.raw_index)
+                    and torch.equal(kept.dense_index, layout.dense_index)
+                    and (kept.weight is None or torch.equal(kept.weight, layout.weight))):
+                value.layout = dataclasses.replace(kept)
+                value.tokens = other.tokens
+                return True
+        return False
 
     def dependences(self, batch: int, inputs: Sequence[object]):
         r"""The data flow's probe (``dependence(site, into, into_dim, origins, batch, exact)``,
@@ -365,29 +396,39 @@ def _dependences_hold(cached: list[_Dependence], into: Tensor, into_dim: int,
     return True
 
 
-def _scores_hold(group: list[AttentionRecord], canonical: _Canonical,
-                 layout: TokenLayout) -> bool:
-    """Whether every placed score entry still reads exactly the query token and key tokens the
-    layout folds it onto, on one random plane of tokens and its complement."""
-    push = _pushes([r.scores for r in group], canonical)  # type: ignore[misc]
-    if push is None:
-        return False
+def _entry_tokens(layout: TokenLayout) -> tuple[Tensor, ...]:
+    """The layout's dense and raw index, each placed pair's query token and key token (flat
+    over the examples' tokens), and which raw entries (up to the last placed one) are placed:
+    what every check compares with."""
     _, heads, n, _ = layout.dense_shape
     dense, raw = layout.dense_index, layout.raw_index
     example = dense.div(heads * n * n, rounding_mode="floor") * n
-    query_token = example + dense.div(n, rounding_mode="floor") % n
-    key_token = example + dense % n
-    total = sum(r.scores.numel() for r in group)  # type: ignore[union-attr]
+    total = int(raw.max()) + 1 if raw.numel() else 0  # entries past the last are not placed
     placed = torch.zeros(total, dtype=torch.bool, device=raw.device)
     placed[raw] = True
+    query = (example + dense.div(n, rounding_mode="floor") % n).to(torch.int32)  # half the size
+    return dense, raw, query, (example + dense % n).to(torch.int32), placed
+
+
+def _scores_hold(group: list[AttentionRecord], canonical: _Canonical,
+                 layout: TokenLayout, tokens: tuple[Tensor, ...]) -> bool:
+    """Whether every placed score entry still reads exactly the query token and key tokens the
+    layout folds it onto, on one random plane of tokens and its complement (``tokens``: from
+    :func:`_entry_tokens`)."""
+    push = _pushes([r.scores for r in group], canonical)  # type: ignore[misc]
+    if push is None:
+        return False
+    raw = layout.raw_index
+    query_token, key_token, placed = tokens
     for plane in _planes(_tokens(canonical)):
         plane = plane.to(raw.device)
-        hit = (plane[query_token] | plane[key_token]).to(torch.int32)
-        want = torch.zeros(total, dtype=torch.int32, device=raw.device).index_add_(0, raw, hit)
+        want = torch.zeros(placed.shape, dtype=torch.bool, device=raw.device)
+        want[raw[plane[query_token] | plane[key_token]]] = True  # all writes True: any order
         responses = push(plane.to(canonical.tensor.device))
         if any(r is None for r in responses):
             return False
         got = torch.cat([r.reshape(-1) for r in responses]).to(raw.device)  # type: ignore[union-attr]
-        if not torch.equal(got[placed], want[placed] > 0):
+        got = got[:placed.numel()]  # entries past the last placed one are not checked
+        if not torch.equal(got & placed, want):  # want lies on placed entries only
             return False
     return True

@@ -2,8 +2,10 @@ r"""Token layouts of calls whose maps were caught at the softmax (banded Longfor
 global keys and rows, LongT5's blocks, BigBird's block-sparse pieces, ProphetNet's n-gram stream,
 ViTDet's windows): they have no per-head states, so every *entry* of the softmax input is placed.
 
-Bit planes of the rows (and of the head's column block) of each ``F.linear`` output the module
-computed before the softmax, as tangents, tell which projection row each score reads — the query
+Tangents on each ``F.linear`` output the module computed before the softmax, scaled by powers
+of two per row and per head's column block (:mod:`~captum_hetattn.binding.score_reads`: three or
+four products; bit planes of the rows where a ratio is not exact), tell which projection row
+and head each score reads — the query
 side reads one row along the softmax dimension, the key side a row that changes along it — and
 the projection rows' tokens come from :func:`~captum_hetattn.binding.canonical.row_sources`. A
 fused ``q|k|v`` projection is read chunk by chunk; a key row computed from several tokens
@@ -32,6 +34,7 @@ from captum_hetattn.binding.canonical import (
 )
 from captum_hetattn.binding.padding import key_padding
 from captum_hetattn.binding.probe_budget import backward, row_support, several_reason
+from captum_hetattn.binding.score_reads import aggregate_pairs, read_by_scales
 from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
 
@@ -40,8 +43,9 @@ def _entry_rows(
     scores: Tensor, projection: Tensor, heads: int, part: tuple[int, int] = (0, 1)
 ) -> tuple[Tensor, Tensor]:
     r"""For every entry of ``scores``, the row of ``projection`` (all dimensions but the last)
-    it is computed from and the head (the column block of ``projection``): bit planes of the
-    row (column block) numbers as tangents of forward-mode products, as in
+    it is computed from and the head (the column block of ``projection``): tangents scaled by
+    powers of two (:func:`~captum_hetattn.binding.score_reads.read_by_scales`), else bit
+    planes of the row (column block) numbers as tangents of forward-mode products, as in
     :func:`row_sources` (zero or not is exact where ratios of values are not). ``part=(k, m)``
     probes only the k-th of m equal column chunks (the queries or keys of a fused projection).
 
@@ -64,10 +68,21 @@ def _entry_rows(
     direction = direction * columns.to(direction)
     width = chunk
 
+    def push(tangent: Tensor) -> Tensor:
+        (out,) = backward(pullback, probe, tangent.reshape(projection.shape),
+                          retain_graph=True)
+        return out
+
     def responds(mask: Tensor) -> Tensor:
-        tangent = (direction * mask.to(projection)).reshape(projection.shape)
-        (out,) = backward(pullback, probe, tangent, retain_graph=True)
-        return out != 0
+        return push(direction * mask.to(projection)) != 0
+
+    block = max(1, width // heads)
+    numbers = torch.zeros(projection.shape[-1], dtype=torch.long)
+    numbers[columns] = torch.arange(width) // block
+    read = read_by_scales(push, direction, torch.arange(rows), numbers)
+    if read is not None:  # a few scaled products; bit planes where they cannot tell
+        reached, row, head = read
+        return torch.where(reached, row, NO_SOURCE), torch.where(reached, head, NO_SOURCE)
 
     def decode(numbers: Tensor, count: int, as_mask) -> tuple[Tensor, Tensor, Tensor]:
         code = torch.zeros(scores.shape, dtype=torch.long, device=scores.device)
@@ -82,9 +97,6 @@ def _entry_rows(
         return code, reached, several
 
     row, reached, several = decode(torch.arange(rows), rows, lambda bit: bit[:, None])
-    block = max(1, width // heads)
-    numbers = torch.zeros(projection.shape[-1], dtype=torch.long)
-    numbers[columns] = torch.arange(width) // block
     head, _, _ = decode(numbers, heads, lambda bit: (bit & columns)[None, :])
     row = torch.where(several, SEVERAL_SOURCES, torch.where(reached, row, NO_SOURCE))
     return row, torch.where(reached, head, NO_SOURCE)
@@ -159,13 +171,14 @@ def _lay_out_over(
         placed.append((shares[0], flat, shares[1]))
     # a later map of the call recomputes rows an earlier one had (Longformer's global tokens:
     # their output rows are overwritten), so the later one holds those rows
-    raw, dense, weight, taken = [], [], [], torch.zeros(0, dtype=torch.long)
+    raw, dense, weight = [], [], []
+    taken = torch.zeros(batch * heads * n, dtype=torch.bool)  # a mask: no sort of the rows
     sizes = [math.prod(r.shape) for r in group]
     for k in range(len(group) - 1, -1, -1):
         positions, flat, share = placed[k]
         rows = flat.div(n, rounding_mode="floor")
-        keep = ~torch.isin(rows, taken)
-        taken = torch.cat([taken, rows[keep].unique()])
+        keep = ~taken[rows]
+        taken[rows[keep]] = True
         raw.append(positions[keep] + sum(sizes[:k]))
         dense.append(flat[keep])
         weight.append(share[keep])
@@ -188,7 +201,7 @@ def _place_entries(
     q_token = torch.full((size,), NO_SOURCE, dtype=torch.long)
     k_token = q_token.clone()
     head = q_token.clone()
-    aggregated: list[tuple[Tensor, Tensor]] = []  # (entries, their key's tokens)
+    aggregated: list[tuple[Tensor, Tensor, Tensor]] = []  # (entries, key tokens, shares)
     for projection, row, row_head in reads:
         if bool((row == SEVERAL_SOURCES).any()):
             return ("each of its entries reads several tokens of one projection: the softmax "
@@ -223,20 +236,19 @@ def _place_entries(
             fresh = read & (k_token == NO_SOURCE)
             k_token = torch.where(fresh, token, k_token)
             members = _members_of(projection, canonical, sources)
-            for key_row, key_tokens in members.items():  # a block aggregate: its tokens
-                entries = (fresh & (row == key_row)).nonzero().flatten()
-                aggregated.append((entries, key_tokens))
+            if members:  # block aggregates: their tokens
+                aggregated.append(aggregate_pairs(fresh, row, members))
         head = torch.where(read & (head == NO_SOURCE), row_head, head)
     if not bool((k_token != NO_SOURCE).any()):
         return "no projection computed before its softmax gives its key slots"
     placed = (q_token >= 0) & (head >= 0)
     direct = (placed & (k_token >= 0)).nonzero().flatten()
     entries, keys, shares = [direct], [k_token[direct]], [torch.ones(direct.numel())]
-    for rows, key_tokens in aggregated:
-        rows = rows[placed[rows]]
-        entries.append(rows.repeat_interleave(key_tokens.numel()))
-        keys.append(key_tokens.repeat(rows.numel()))
-        shares.append(torch.full((rows.numel() * key_tokens.numel(),), 1 / key_tokens.numel()))
+    for rows, key_tokens, share in aggregated:
+        kept = placed[rows]
+        entries.append(rows[kept])
+        keys.append(key_tokens[kept])
+        shares.append(share[kept])
     entry = torch.cat(entries)
     return (q_token[entry], torch.cat(keys), (entry, torch.cat(shares)), head[entry],
             q_token >= 0)

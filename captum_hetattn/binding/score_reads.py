@@ -1,0 +1,109 @@
+r"""Which projection row and head every score entry reads, in a few products: tangents scaled by
+powers of two.
+
+A score entry of a banded, blocked or chunked attention (Longformer's sliding chunks, LongT5's
+``_concatenate_3_blocks``, BigBird's gathered blocks) is an ``einsum`` / ``matmul`` of one
+query row and one key row that ``view`` / ``unfold`` / ``pad`` / ``cat`` moved into place: a
+linear function of the projection that reads exactly one of its rows and one head's columns.
+The forward-mode product of a tangent on the projection then responds at the entry with the
+tangent's contraction against the other side, and scaling the tangent's row ``r`` by ``2ᵈ``
+scales the entry's response by exactly ``2ᵈ``: a power of two passes every product and sum of
+a linear computation without rounding. So one plain product and one scaled product per base-64
+digit of the row number (and one for the head: its column block's number) read each entry's
+row and head off the ratios' exponents — three or four products per projection, where bit
+planes take two per bit of the row count (28 for LED-base sizes at 1024 tokens).
+
+An entry whose ratio is not exactly a power of two reads several rows or head blocks (channel
+attention, pooled queries), or its products left the range of exact scaling (overflow,
+subnormal values): the caller then probes by bit planes, which tell those apart exactly. A
+read never guesses: each ratio is an exact power of two or the read is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["read_by_scales"]
+
+#: digits of a row number read per product: the scales 2⁰ … 2⁶³ stay far from float32's range
+BASE = 64
+
+
+def read_by_scales(
+    push: Callable[[Tensor], Tensor], direction: Tensor, rows: Tensor, columns: Tensor,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    r"""Each responding entry's row and column block, from scaled tangents.
+
+    Args:
+        push: the forward-mode product of a tangent shaped like ``direction`` (the
+            projection's rows × columns): the responses at the score entries.
+        direction: the random tangent (zero outside the columns probed).
+        rows: ``(rows,)`` the number of each row (its index).
+        columns: ``(columns,)`` the number of each column's block (the head), any value where
+            ``direction`` is zero.
+
+    Returns:
+        ``(reached, row, block)``: which entries respond, and for them the row and block read
+        (zero elsewhere); ``None`` where some entry's ratio is not one power of two (several
+        rows or blocks, or values out of the range of exact scaling): probe otherwise.
+    """
+    plain = push(direction)
+    reached = plain != 0
+    base = torch.where(reached, plain, 1)  # full-size operations: masked indexing is slower
+    row = _digits(push, direction, rows[:, None], base, reached)
+    if row is None:
+        return None
+    block = _digits(push, direction, columns[None, :], base, reached)
+    if block is None:
+        return None
+    return reached, row, block
+
+
+def _digits(push: Callable[[Tensor], Tensor], direction: Tensor, numbers: Tensor, base: Tensor,
+            reached: Tensor) -> Tensor | None:
+    """The number each responding entry reads (zero elsewhere), one base-64 digit per scaled
+    product."""
+    count = int(numbers.max()) + 1
+    code = torch.zeros(base.shape, dtype=torch.long, device=base.device)
+    for digit in range(math.ceil(math.log(count, BASE)) if count > 1 else 0):
+        scale = torch.exp2(((numbers // BASE ** digit) % BASE).double()).to(direction)
+        out = push(direction * scale)
+        mantissa, exponent = torch.frexp(out / base)
+        # an exact 2ᵈ is 0.5 · 2^(d+1); anything else mixes rows (or was rounded); an entry
+        # that did not respond must stay silent
+        exact = (mantissa == 0.5) & (exponent >= 1) & (exponent <= BASE)
+        if not bool(torch.where(reached, exact, out == 0).all()):
+            return None
+        code += (exponent.long() - 1).clamp_(min=0) * BASE ** digit
+    return code.masked_fill_(~reached, 0)
+
+
+def aggregate_pairs(fresh: Tensor, row: Tensor, members: dict[int, Tensor]
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The (entry, key token, share) pairs of the entries ``fresh`` whose key is a block
+    aggregate: ``row`` (flat, per entry) the projection row it reads, ``members`` the tokens of
+    each aggregate row. Ordered by aggregate row, then entry, then token (as one pass per
+    aggregate row would give them), in a few full-size operations instead of one per row."""
+    keys = torch.tensor(sorted(members), dtype=torch.long)
+    tokens = [members[k] for k in keys.tolist()]
+    counts = torch.tensor([t.numel() for t in tokens], dtype=torch.long)
+    starts = torch.cumsum(counts, 0) - counts
+    flat_tokens = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long)
+    size = max(int(row.max()) if row.numel() else 0, int(keys.max()) if keys.numel() else 0)
+    slot = torch.full((size + 1,), -1, dtype=torch.long)
+    slot[keys] = torch.arange(keys.numel())
+    which = torch.where(fresh & (row >= 0), slot[row.clamp(min=0)], -1)
+    entries = (which >= 0).nonzero().flatten()
+    order = torch.argsort(which[entries], stable=True)
+    entries = entries[order]
+    agg = which[entries]
+    each = counts[agg]
+    pair_entries = entries.repeat_interleave(each)
+    offsets = torch.arange(int(each.sum())) - (torch.cumsum(each, 0) - each).repeat_interleave(each)
+    pair_tokens = flat_tokens[starts[agg].repeat_interleave(each) + offsets]
+    shares = (1 / counts.double())[agg].repeat_interleave(each).float()
+    return pair_entries, pair_tokens, shares
