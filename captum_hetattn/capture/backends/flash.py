@@ -273,12 +273,14 @@ class FlashAttention(torch.autograd.Function):
         chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
         blocks = _row_blocks(n_query, ctx.rows)
         narrow = len(blocks) > 1 and ctx.narrow is not None and ctx.narrow()
+        per_head = mask is not None and mask.dim() == 4 and mask.shape[1] == heads > 1
+        shared = None  # a mask over every head: what it says about the blocks, read once
         for first in range(0, heads, chunk):
             part = slice(first, first + chunk)
-            head_mask = None
-            if mask is not None:
-                head_mask = mask[:, part] if mask.dim() == 4 and mask.shape[1] == heads else mask
-            extents = key_extents(head_mask, blocks, key.shape[2]) if narrow else None
+            head_mask = mask[:, part] if per_head else mask
+            if shared is None or per_head:
+                shared = _read_mask(head_mask, blocks, key.shape[2], narrow)
+            extents, emptied = shared
             extended = extended_keys(key[:, part])
             value_t = value[:, part].transpose(-1, -2)
             for index, rows in enumerate(blocks):
@@ -286,7 +288,7 @@ class FlashAttention(torch.autograd.Function):
                 attention, gradient = _block_maps(
                     ctx, query[:, part, rows], extended[..., :width], value_t[..., :width],
                     _mask_rows(head_mask, rows, width), logsumexp[:, part, rows],
-                    grad_output[:, part, rows])
+                    grad_output[:, part, rows], emptied[index])
                 at_row = () if rows.stop - rows.start == n_query else (rows.start,)
                 done = ctx.sink(attention, gradient, first, heads, *at_row)
                 if done is not True and ctx.workspace is not None:
@@ -295,21 +297,39 @@ class FlashAttention(torch.autograd.Function):
         return *grads, None, torch.zeros(()), None, None, None, None, None, None
 
 
+def _read_mask(mask: Tensor | None, blocks: list[slice], n_key: int, narrow: bool
+               ) -> tuple[list[int] | None, list[bool]]:
+    """What a call's mask says about its blocks of query rows, read once per call (per chunk
+    of heads only for a mask per head): their key extents (with ``narrow``,
+    :func:`key_extents`) and whether each holds a row the mask hides from every key (only
+    those are looked at again: :func:`huge_rows`, :func:`clear_empty_rows`)."""
+    extents = key_extents(mask, blocks, n_key) if narrow else None
+    if mask is None or mask.dim() < 2 or not mask.is_floating_point():
+        return extents, [mask is not None] * len(blocks)
+    hidden = (mask <= torch.finfo(mask.dtype).min / 2).all(-1)
+    hidden = hidden.reshape(-1, hidden.shape[-1]).any(0)  # per query row (or one broadcast)
+    if hidden.numel() == 1:
+        return extents, [bool(hidden)] * len(blocks)
+    return extents, [bool(hidden[rows].any()) for rows in blocks]
+
+
 def _block_maps(ctx: Any, query: Tensor, extended: Tensor, value_t: Tensor, mask: Tensor | None,
-                logsumexp: Tensor, grad_output: Tensor) -> tuple[Tensor, Tensor]:
-    """One block's map (its empty rows cleared) and ``G = dO · Vᵀ``, over the keys of
-    ``extended`` (``K'ᵀ``, :func:`extended_keys`) and ``value_t`` (``Vᵀ``), written into the
-    workspace where there is one."""
+                logsumexp: Tensor, grad_output: Tensor, emptied: bool = True
+                ) -> tuple[Tensor, Tensor]:
+    """One block's map (its empty rows cleared, where ``emptied`` says the mask hides a row
+    of it from every key) and ``G = dO · Vᵀ``, over the keys of ``extended`` (``K'ᵀ``,
+    :func:`extended_keys`) and ``value_t`` (``Vᵀ``), written into the workspace where there is
+    one."""
     shape = (*query.shape[:3], extended.shape[-1])
     into = ctx.workspace.take(shape, query) if ctx.workspace is not None else (None,) * 2
-    if huge_rows(mask):  # rows a finite mask hides wholly: the softmax itself
+    if emptied and huge_rows(mask):  # rows a finite mask hides wholly: the softmax itself
         key = extended[..., :-1, :].transpose(-1, -2)
         attention = attention_map(query, key, mask, ctx.scale)
     else:
         attention = lse_map(query, None, mask, ctx.scale, logsumexp, out=into[0],
                             extended=extended)
     gradient = torch.matmul(grad_output, value_t, out=into[1])
-    return clear_empty_rows(attention, mask), gradient
+    return (clear_empty_rows(attention, mask) if emptied else attention), gradient
 
 
 def key_extents(mask: Tensor | None, blocks: list[slice], n_key: int) -> list[int]:
