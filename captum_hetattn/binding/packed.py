@@ -211,16 +211,7 @@ def misowned(group: Sequence[AttentionRecord], query_sources: Sequence[Tensor],
         batch, per_example: the equal split.
         describe: the call, as error messages name it.
     """
-    state = _OBJECTIVE.get()
-    if state is None or batch < 2:
-        return None
-    scores, found = state
-    if scores.shape[0] != batch or not scores.requires_grad:
-        return None
-    key = (tuple(tensor.shape), token_dim)
-    if key not in found:
-        found[key] = _readers(scores, tensor, token_dim)
-    readers = found[key]
+    readers = _scores_readers(tensor, token_dim, batch)
     if readers is None:
         return None
     reads: list[list[int]] = [[] for _ in range(batch)]
@@ -243,6 +234,22 @@ def misowned(group: Sequence[AttentionRecord], query_sources: Sequence[Tensor],
                     "or counts), which a packed call cannot be laid out over yet; explain the "
                     "examples one at a time")
     return None
+
+
+def _scores_readers(tensor: Tensor, token_dim: int, batch: int) -> Tensor | None:
+    """Which examples' scores read each row of ``tensor`` (:func:`_readers`), from the scores
+    the pipeline set (:func:`objective`), once per shape within one forward; ``None`` without
+    scores of ``batch`` examples (at least 2) that carry a graph."""
+    state = _OBJECTIVE.get()
+    if state is None or batch < 2:
+        return None
+    scores, found = state
+    if scores.shape[0] != batch or not scores.requires_grad:
+        return None
+    key = (tuple(tensor.shape), token_dim)
+    if key not in found:
+        found[key] = _readers(scores, tensor, token_dim)
+    return found[key]
 
 
 def _readers(scores: Tensor, tensor: Tensor, token_dim: int) -> Tensor | None:
@@ -278,18 +285,11 @@ def owned_token_dim(tensor: Tensor | None, token_dim: int, batch: int) -> int | 
     example's score. The equal split (:func:`packed_token_dim`) when the rows fall so, else a
     gathered index (examples with fewer rows padded with slots that hold no token); ``None``
     without scores, or where a row feeds several examples' scores or none."""
-    state = _OBJECTIVE.get()
-    if state is None or tensor is None or not tensor.requires_grad or batch < 2:
+    if tensor is None or not tensor.requires_grad:
         return None
     if token_dim not in (0, 1) or tokens_view(tensor, token_dim).shape[0] != 1:
         return None
-    scores, found = state
-    if scores.shape[0] != batch or not scores.requires_grad:
-        return None
-    key = (tuple(tensor.shape), token_dim)
-    if key not in found:
-        found[key] = _readers(scores, tensor, token_dim)
-    readers = found[key]
+    readers = _scores_readers(tensor, token_dim, batch)
     if readers is None or not bool((readers.sum(dim=1) == 1).all()):
         return None
     owner = readers.long().argmax(dim=1)
