@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 import torch
+from test_issue19_named import tiny_mobilevit
 
 from captum_hetattn import HeterogenousAttentionAttribution, capture
 from captum_hetattn.binding import probe_budget
@@ -76,12 +77,7 @@ def test_mobilevit_outcome_unchanged_in_a_few_dozen_passes_per_call(monkeypatch)
     """MobileViT: its first transformer's calls are laid out as tiles of the unfolded patches,
     the later ones refused (their slots mix tokens); the outcome (the vanished-gradient
     refusal, naming the module) is as before, in under 60 passes a call (about 250 before)."""
-    torch.manual_seed(0)
-    config = transformers.MobileViTConfig(
-        image_size=32, patch_size=2, hidden_sizes=[16, 16, 16],
-        neck_hidden_sizes=[8, 8, 16, 16, 16, 32, 32], num_attention_heads=2, num_labels=3,
-        mlp_ratio=2.0)
-    model = transformers.MobileViTForImageClassification(config).eval()
+    model = tiny_mobilevit()
     passes = _Passes(monkeypatch)
     with pytest.raises(ValueError) as refused:
         _explain(model, _pixels(), target=0)

@@ -85,16 +85,21 @@ def test_cvt_convolutional_projections_are_refused_naming_each_module():
     assert "computed from several tokens" in text
 
 
-def test_mobilevit_vanished_gradient_is_refused_naming_the_module_and_its_size():
-    """MobileViT's later stages are left out by name (their slots mix tokens); with tester-like
-    weights the objective's gradient at the first block is about 1e-31: the refusal says so,
-    naming the module, where it said "zero" and named none."""
+def tiny_mobilevit():
+    """MobileViT at tester-like sizes and weights (32 px, three stages of 16 channels)."""
     torch.manual_seed(0)
     config = transformers.MobileViTConfig(
         image_size=32, patch_size=2, hidden_sizes=[16, 16, 16],
         neck_hidden_sizes=[8, 8, 16, 16, 16, 32, 32], num_attention_heads=2, num_labels=3,
         mlp_ratio=2.0)
-    model = transformers.MobileViTForImageClassification(config).eval()
+    return transformers.MobileViTForImageClassification(config).eval()
+
+
+def test_mobilevit_vanished_gradient_is_refused_naming_the_module_and_its_size():
+    """MobileViT's later stages are left out by name (their slots mix tokens); with tester-like
+    weights the objective's gradient at the first block is about 1e-31: the refusal says so,
+    naming the module, where it said "zero" and named none."""
+    model = tiny_mobilevit()
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with pytest.raises(ValueError) as refused:
         _explain(model, pixels, target=0)
