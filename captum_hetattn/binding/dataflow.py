@@ -203,6 +203,8 @@ class _Builder(SourceFinder):
         self.junctions: list[FlowJunction] = []
         self.sources: list[FlowSource] = []
         self.inputs: list[InputRows] = []
+        self.fed: dict[int, Tensor] = {}  # stream -> (B, n) rows the inputs feed, where probed
+        self.parameter_rows: dict[int, Tensor] = {}
         # which stream a call's tensor stands for: (record, role side) -> stream
         self.side_stream: dict[tuple[int, str], int] = {}
         # tensor node -> (stream, its call count then): the tokens of that stream at that time
@@ -223,7 +225,7 @@ class _Builder(SourceFinder):
             self.streams[query].calls.append(i)
             self.calls.append(FlowCall(query, key, self._parallel(i, query, key)))
         return DataFlow(self.streams, self.calls, self.junctions, self.sources, self.inputs,
-                        self.batch)
+                        self.batch, parameter_rows=self.parameter_rows)
 
     # ----------------------------------------------------------- streams
     def _stream_of(self, i: int, tensor: Tensor | None, side: str) -> int:
