@@ -349,3 +349,22 @@ def test_normalised_rules_read_the_learned_token_as_zero(monkeypatch, method):
     learned = torch.zeros(2, 6, dtype=torch.bool)
     learned[:, 0] = True
     _check_zeroed(old, new, stream, learned)
+
+
+def test_a_learned_token_among_untraced_pixels_is_told_apart():
+    r"""LayoutLMv3's visual [CLS] beside patches of pixels passed untraced: the patch
+    embedding's weight stands for the pixels, so the [CLS] is listed like the traced run's."""
+    model, ids, bbox, pixels = _layoutlmv3()
+
+    def forward(input_ids, bbox, pixel_values):
+        return model(input_ids=input_ids, bbox=bbox,
+                     pixel_values=pixel_values).last_hidden_state[:, 0, :3]
+
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    untraced = explainer.explain((ids, bbox), target=0, additional_forward_args=(pixels,))
+    traced = explainer.explain((ids, bbox, pixels), target=0)
+    for out in (untraced, traced):
+        (stream, learned), = out.parameter_tokens.items()
+        assert learned.sum(dim=1).tolist() == [1, 1] and bool(learned[:, 6].all())
+        assert (out.stream_relevance[stream][:, 6] == 0).all()
+        assert (out.stream_relevance[stream][:, 7:].abs().sum(dim=1) > 0).all()

@@ -79,6 +79,33 @@ def fed_rows(tensor: Tensor, token_dim: int, origins: Sequence[Tensor]) -> Tenso
     return tokens_view(product, token_dim).abs().amax(dim=-1) != 0
 
 
+def untraced_weights(tensor: Tensor, stop: Container[object] = (), batch: int | None = None
+                     ) -> list[Tensor]:
+    r"""The parameters that operations on untraced float data read beside it, above the nodes
+    in ``stop`` (a patch embedding's weight, with pixel values passed as an additional
+    argument): a row depends on such a weight where the untraced data feeds it, so they stand
+    for that data in :func:`fed_rows`. Empty where none is found (or past the walk's limit)."""
+    root = autograd_node(tensor)
+    found: dict[int, Tensor] = {}
+    seen, stack = {root}, [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        children = [child for child, _ in getattr(node, "next_functions", ())]
+        if None in children and _saves_untraced(node, batch):
+            for child in children:
+                variable = getattr(child, "variable", None)
+                if isinstance(variable, nn.Parameter):
+                    found[id(variable)] = variable
+        for child in children:
+            if child is None or child in seen or child in stop:
+                continue
+            seen.add(child)
+            if len(seen) > _LIMIT:
+                return []
+            stack.append(child)
+    return list(found.values())
+
+
 def _leaves(tensor: Tensor, stop: Container[object], batch: int | None = None
             ) -> set[str] | None:
     """The kinds of leaves above ``stop``: ``parameter``, ``outside`` (an edge without a
@@ -125,4 +152,4 @@ def _saves_untraced(node: object, batch: int | None = None) -> bool:
     return False
 
 
-__all__ = ["fed_rows", "parameter_only", "takes_untraced"]
+__all__ = ["fed_rows", "parameter_only", "takes_untraced", "untraced_weights"]

@@ -14,7 +14,12 @@ from torch import Tensor
 
 from captum_hetattn.binding.flowdata import FlowSource, FlowStream, InputRows
 from captum_hetattn.binding.packed import unmapped_inputs
-from captum_hetattn.binding.params import fed_rows, parameter_only, takes_untraced
+from captum_hetattn.binding.params import (
+    fed_rows,
+    parameter_only,
+    takes_untraced,
+    untraced_weights,
+)
 from captum_hetattn.binding.probes import _GENERATOR
 from captum_hetattn.binding.tokens import GATHERED, _restore_layout, tokens_view
 
@@ -35,18 +40,27 @@ class SourceFinder:
 
     def _mark_parameter_rows(self, stream: FlowStream, i: int, tensor: Tensor, dim: int,
                              start: int) -> None:
-        """Fresh rows of the sources added from ``start`` on that no traced input feeds, where
-        no untraced tensor enters the stream (its rows would be that input's, a source of
-        their own): parameter tokens, listed in ``parameter_rows``."""
+        """Fresh rows of the sources added from ``start`` on that no input feeds: parameter
+        tokens, listed in ``parameter_rows``. Where untraced data enters the stream, the
+        weights read beside it stand for it (:func:`untraced_weights`); where none is found,
+        its rows are not told apart from parameter tokens and nothing is listed."""
         added = self.sources[start:]
-        positions = sorted({p for source in added for p in source.inputs if p >= 0})
         fresh = stream.fresh
-        if not positions or fresh is None or any(-1 in s.inputs for s in added) \
-                or takes_untraced(tensor, stop=self.walker.marks, batch=self.batch):
+        if not added or fresh is None:
             return
-        fed = self.fed.get(stream.index)
+        positions = sorted({p for source in added for p in source.inputs if p >= 0})
+        origins = [self.input_tensors[p][0] for p in positions]
+        fed = None
+        if any(-1 in s.inputs for s in added) \
+                or takes_untraced(tensor, stop=self.walker.marks, batch=self.batch):
+            weights = untraced_weights(tensor, stop=self.walker.marks, batch=self.batch)
+            if not weights:
+                return
+            origins += weights
+        else:
+            fed = self.fed.get(stream.index)
         if fed is None:
-            fed = fed_rows(tensor, dim, [self.input_tensors[p][0] for p in positions])
+            fed = fed_rows(tensor, dim, origins)
         if fed is None:  # no double backward through the embedding: left as before
             return
         held = torch.zeros_like(fresh)
