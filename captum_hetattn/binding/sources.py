@@ -49,7 +49,7 @@ class SourceFinder:
         if not added or fresh is None:
             return
         positions = sorted({p for source in added for p in source.inputs if p >= 0})
-        origins = [self.input_tensors[p][0] for p in positions]
+        origins = [self._fed_origin(tensor, p) for p in positions]
         fed = None
         if any(-1 in s.inputs for s in added) \
                 or takes_untraced(tensor, stop=self.walker.marks, batch=self.batch):
@@ -69,6 +69,14 @@ class SourceFinder:
         unfed = fresh & held & ~fed.to(fresh.device)
         if bool(unfed.any()):
             self.parameter_rows[stream.index] = unfed
+
+    def _fed_origin(self, tensor: Tensor, position: int) -> Tensor:
+        """Input ``position``'s tensor, or the patch embedding's output that is its only path
+        to ``tensor`` (cheaper to differentiate than every pixel)."""
+        from captum_hetattn.binding.lifts import lifted_origin  # lifts imports the data flow
+
+        origin, token_dim = self.input_tensors[position]
+        return lifted_origin(tensor, origin, self.lifts) if token_dim < 0 else origin
 
     def _add_input_sources(
         self, stream: FlowStream, i: int, tensor: Tensor, positions, dim: int
