@@ -54,7 +54,8 @@ class FlowShare:
         label: ``"input"`` for the start, else the step's call names (or a junction's name).
         kind: ``"start"``, the node type ``"A"`` / ``"B"`` / ``"C"``, or ``"junction"``.
         shares: source → ``(B,)`` relevance of the readout row on that source's tokens after
-            the step (at the start, all of it is on the readout tokens themselves).
+            the step (at the start, all of it is on the readout tokens themselves; none on a
+            learned parameter token, which starts with no input relevance).
         own: source → ``(B,)`` the part of ``shares`` on the readout tokens' own entries
             (``Σ_i w_x[i] R[x, x][i, i]``): the identity they start with and what the steps add
             to it, which displays leave out as GAE's reference code does.
