@@ -282,19 +282,15 @@ def test_vit_registers_and_cls_are_no_source(monkeypatch):
 
 
 def test_groupvit_group_tokens_are_no_source(monkeypatch):
+    r"""GroupViT's first stage: 64 learned group tokens after the 16 patches (its second
+    stage's group tokens join a stream of merged groups, which holds no source)."""
     case = _case("groupvit")
     old, new = _old_and_new(monkeypatch, _explain_case(case))
-    assert new.parameter_tokens, new.streams
-    groups = list(case.model.config.vision_config.num_group_tokens)
-    for stream, learned in new.parameter_tokens.items():
-        counts = learned.sum(dim=1)
-        assert (counts == counts[0]).all() and int(counts[0]) in groups, (stream, counts)
-        _check_zeroed(old, new, stream, learned) if len(new.parameter_tokens) == 1 else None
-        assert (new.stream_relevance[stream][learned] == 0).all()
-        torch.testing.assert_close(new.stream_relevance[stream][~learned],
-                                   old.stream_relevance[stream][~learned], rtol=0, atol=0)
-    assert any(old.stream_relevance[s][m].abs().sum() > 0
-               for s, m in new.parameter_tokens.items())
+    (stream, learned), = new.parameter_tokens.items()
+    groups = case.model.config.vision_config.num_group_tokens[0]
+    expected = torch.zeros_like(learned)
+    expected[:, -groups:] = True
+    _check_zeroed(old, new, stream, expected)
 
 
 def test_bert_cls_from_the_ids_stays_a_source():
