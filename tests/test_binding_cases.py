@@ -20,7 +20,8 @@ from test_parameter_tokens import _layoutlmv3  # noqa: E402
 
 class _AddedVision(nn.Module):
     """Patches attend once; a text stream (4 learned placeholder rows, then the ids) attends,
-    the vision features are added into its placeholder rows, and it attends again."""
+    the vision features are added into its placeholder rows, and it attends again. The
+    placeholders are parameter tokens: they start with no input relevance."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,9 +57,9 @@ def test_vision_added_into_a_stream_that_goes_on_is_a_junction():
                             return_maps=True, include_own=True)
     assert [c.type for c in out.calls] == ["A", "A", "C"], [(c.name, c.type) for c in out.calls]
     vision, text0, text1 = (_bar(c) for c in out.call_maps)
-    eye = torch.eye(8).expand(2, -1, -1)
+    eye = torch.diag(torch.tensor([0.0] * 4 + [1.0] * 4)).expand(2, -1, -1)  # learned: 0
     image = torch.eye(4) + vision  # (I + Ā) I
-    r_tt, r_ti = eye + text0, torch.zeros(2, 8, 4)
+    r_tt, r_ti = eye + text0 @ eye, torch.zeros(2, 8, 4)
     # rows 0..3 add the vision tokens: half their own state, half the vision token's
     half = torch.cat([torch.full((4,), 0.5), torch.ones(4)])[None, :, None]
     r_tt = r_tt * half
@@ -67,7 +68,7 @@ def test_vision_added_into_a_stream_that_goes_on_is_a_junction():
     relevance = {r.shape[1]: r for r in out.relevance.values()}
     torch.testing.assert_close(relevance[4], r_ti[:, -1], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(relevance[8], r_tt[:, -1], atol=1e-6, rtol=1e-5)
-    assert relevance[4].abs().sum(dim=1).gt(0).all()
+    assert (relevance[8][:, :4] == 0).all() and relevance[4].abs().sum(dim=1).gt(0).all()
     # without the add the image reaches the text through nothing: exactly zero
     alone = explainer.explain(patches, target=1, additional_forward_args=(ids, False))
     assert [c.type for c in alone.calls] == ["A", "A", "A"]
@@ -176,7 +177,7 @@ def test_kosmos2_image_relevance_flows_through_its_latent_queries():
     assert len(out.relevance) == 2  # text and image; the latents are no source
     assert [c.type for c in out.calls] == ["A", "A", "B", "C", "C"]
     v0, v1, cross, t0, t1 = (_bar(c) for c in out.call_maps)
-    image = torch.eye(5) + v0
+    image = torch.diag(torch.tensor([0.0] + [1.0] * 4)) + v0  # the learned [CLS]: no identity
     image = image + v1 @ image
     keys = torch.cat([image, torch.zeros(2, 3, 5)], dim=1)  # features, then the latents
     latents = cross @ keys
@@ -186,7 +187,7 @@ def test_kosmos2_image_relevance_flows_through_its_latent_queries():
     r_ti = r_ti + t1 @ r_ti
     relevance = out.relevance["image"]
     torch.testing.assert_close(relevance, r_ti[:, -1], atol=1e-12, rtol=1e-4)
-    assert bool((relevance > 0).all())
+    assert bool((relevance[:, 1:] > 0).all()) and bool((relevance[:, 0] == 0).all())
 
 
 def test_an_encoder_read_only_through_a_copy_is_not_read_by_the_objective():
@@ -298,6 +299,9 @@ def test_bridgetower_link_towers_fuse_by_addition():
         raw = each.explain((ids, pixels), target=1, include_own=True)
         for name, relevance in seen.relevance.items():
             assert bool((relevance[:, 0] < relevance[:, 1:].max(dim=1).values).all()), name
+            if name == "image":  # the vision tower's [CLS] is learned: no input relevance
+                assert bool((raw.relevance[name][:, 0] == 0).all())
+                continue
             assert bool((raw.relevance[name][:, 0] > 0.1).all()), name
             torch.testing.assert_close(raw.relevance[name][:, 1:], relevance[:, 1:])
 

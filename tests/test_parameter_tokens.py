@@ -166,3 +166,201 @@ def test_a_joining_token_is_a_source_only_when_an_input_makes_it():
     assert [c.type for c in fed.calls] == ["A", "C"]
     patches = min(fed.relevance.values(), key=lambda r: r.shape[1])  # the metadata token is read
     assert patches.shape == (2, 5) and patches.abs().sum(dim=1).gt(0).all()
+
+
+# ------------------------------------------ learned tokens spliced into an input's stream
+sys.path.insert(0, str(Path(__file__).parent / "model_types"))
+
+
+def _old_and_new(monkeypatch, explain):
+    r"""``explain()`` as it is, and as it was before parameter tokens spliced into an input's
+    stream were told apart (their columns read like any token's)."""
+    from captum_hetattn.engine import result
+
+    new = explain()
+    with monkeypatch.context() as patch:
+        patch.setattr(result, "parameter_tokens", lambda recording: {})
+        old = explain()
+    return old, new
+
+
+def _check_zeroed(old, new, stream: str, learned: torch.Tensor) -> None:
+    """The learned columns exactly 0 everywhere users see (they were not before); every
+    other column as before."""
+    assert new.parameter_tokens.keys() == {stream}
+    assert torch.equal(new.parameter_tokens[stream], learned)
+    for field in ("stream_relevance", "own"):
+        before, after = getattr(old, field)[stream], getattr(new, field)[stream]
+        assert (after[learned] == 0).all()
+        torch.testing.assert_close(after[~learned], before[~learned], rtol=0, atol=0)
+    assert old.stream_relevance[stream][learned].abs().sum() > 0  # what the fix takes out
+    for name, source_stream in new.sources.items():
+        if source_stream == stream:
+            columns = learned[:, : new.relevance[name].shape[1]]
+            assert (new.relevance[name][columns] == 0).all()
+
+
+class _Prompted(nn.Module):
+    """A learned token spliced into the patches' stream (a register), read by mean pooling of
+    the patches only: the register is never read, but attention mixes it in."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 8)
+        self.register = nn.Parameter(torch.randn(1, 2, 8))
+        self.blocks = nn.ModuleList(
+            nn.MultiheadAttention(8, 2, batch_first=True) for _ in range(2)
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.proj(x)
+        h = torch.cat([h[:, :2], self.register.expand(len(x), -1, -1), h[:, 2:]], dim=1)
+        for block in self.blocks:
+            h = h + block(h, h, h)[0]
+        return self.head(torch.cat([h[:, :2], h[:, 4:]], dim=1).mean(dim=1))
+
+
+def _paper_rows(explanation, stream: str, start: torch.Tensor) -> torch.Tensor:
+    """``w · R`` of the paper's rule from the call maps, ``R`` starting as ``start``."""
+    relevance = start.double()
+    for call in explanation.call_maps:
+        mixed = (call.gradient.double().clamp(min=0) * call.attention.double()).mean(dim=1)
+        relevance = relevance + mixed @ relevance
+    return torch.einsum("bi,bij->bj", explanation.readout[stream].double(), relevance)
+
+
+def test_a_learned_token_spliced_into_an_input_stream_starts_with_no_relevance(monkeypatch):
+    torch.manual_seed(0)
+    model = _Prompted().eval()
+    x = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(4))
+    explainer = HeterogenousAttentionAttribution(model, model=model)
+    old, new = _old_and_new(monkeypatch, lambda: explainer.explain(
+        x, target=1, return_maps=True, include_own=True))
+    (stream,) = new.streams
+    learned = torch.zeros(2, 8, dtype=torch.bool)
+    learned[:, 2:4] = True
+    _check_zeroed(old, new, stream, learned)
+    # against the rule itself: the identity on the input's tokens only, zero on the learned
+    eye = torch.eye(8).expand(2, 8, 8)
+    expected = _paper_rows(new, stream, eye * (~learned)[:, None, :])
+    torch.testing.assert_close(new.stream_relevance[stream].double(), expected, rtol=1e-5,
+                               atol=1e-8)
+    # and the input tokens' relevance is what the identity everywhere gave them
+    torch.testing.assert_close(expected[~learned], _paper_rows(new, stream, eye)[~learned])
+    # onto the input: unchanged (the learned rows were never any element's)
+    torch.testing.assert_close(explainer.attribute(x, target=1), _old_and_new(
+        monkeypatch, lambda: explainer.attribute(x, target=1))[0])
+
+
+def _case(model_type: str):
+    from model_types.build import build
+
+    return build(model_type)
+
+
+def _explain_case(case, **kwargs):
+    explainer = HeterogenousAttentionAttribution(case.forward_func, model=case.model)
+    return lambda: explainer.explain(
+        case.inputs, target=case.target,
+        additional_forward_args=case.additional_forward_args or None, **kwargs)
+
+
+def test_vit_registers_and_cls_are_no_source(monkeypatch):
+    case = _case("dinov2_with_registers")
+    old, new = _old_and_new(monkeypatch, _explain_case(case, return_maps=True,
+                                                       include_own=True))
+    (stream,) = new.streams
+    registers = case.model.config.num_register_tokens
+    learned = torch.zeros_like(new.stream_relevance[stream], dtype=torch.bool)
+    learned[:, : 1 + registers] = True  # [CLS], then the registers, then the patches
+    _check_zeroed(old, new, stream, learned)
+    eye = torch.eye(learned.shape[1]).expand(*learned.shape, learned.shape[1])
+    expected = _paper_rows(new, stream, eye * (~learned)[:, None, :])
+    torch.testing.assert_close(new.stream_relevance[stream].double(), expected, rtol=1e-4,
+                               atol=1e-7)
+
+
+def test_groupvit_group_tokens_are_no_source(monkeypatch):
+    r"""GroupViT's first stage: 64 learned group tokens after the 16 patches (its second
+    stage's group tokens join a stream of merged groups, which holds no source)."""
+    case = _case("groupvit")
+    old, new = _old_and_new(monkeypatch, _explain_case(case))
+    (stream, learned), = new.parameter_tokens.items()
+    groups = case.model.config.vision_config.num_group_tokens[0]
+    expected = torch.zeros_like(learned)
+    expected[:, -groups:] = True
+    _check_zeroed(old, new, stream, expected)
+
+
+def test_bert_cls_from_the_ids_stays_a_source():
+    case = _case("bert")
+    new = _explain_case(case)()
+    assert new.parameter_tokens == {}
+    (stream,) = new.streams
+    assert (new.own[stream][:, 0] > 0).all()  # [CLS] read: its own share is kept apart
+
+
+class _Captioner(nn.Module):
+    """Patches with a learned [CLS] spliced in attend to each other; text tokens attend to
+    themselves, then cross-attend to the patches (a key stream holding a parameter token)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj, self.embed = nn.Linear(4, 8), nn.Embedding(10, 8)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.image = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.text = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.cross = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids, patches):
+        v = torch.cat([self.cls.expand(len(ids), -1, -1), self.proj(patches)], dim=1)
+        v = v + self.image(v, v, v)[0]
+        t = self.embed(ids)
+        t = t + self.text(t, t, t)[0]
+        t = t + self.cross(t, v, v)[0]
+        return self.head(t.mean(dim=1))  # every text row gets a gradient: no zero row in GAE
+
+
+@pytest.mark.parametrize("method", ["gae", "noise_link", "ours"])
+def test_normalised_rules_read_the_learned_token_as_zero(monkeypatch, method):
+    r"""GAE's normalisation and the noise link keep ``R − I`` over every token of the key
+    stream, as GAE's reference code keeps ViT's [CLS] in its state: the learned token's
+    column is read as zero and every other column is what it was."""
+    from captum_hetattn import GenericAttentionExplainability
+
+    torch.manual_seed(0)
+    model = _Captioner().eval()
+    generator = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 10, (2, 4), generator=generator)
+    patches = torch.randn(2, 5, 4, generator=generator, requires_grad=True)
+    cls = GenericAttentionExplainability if method == "gae" else \
+        HeterogenousAttentionAttribution
+    explainer = cls(model, model=model)
+    options = {"noise_link": True} if method == "noise_link" else {}
+    old, new = _old_and_new(monkeypatch, lambda: explainer.explain(
+        (ids, patches), target=1, **options))
+    stream = next(s for s, n in new.streams.items() if n == 6)
+    learned = torch.zeros(2, 6, dtype=torch.bool)
+    learned[:, 0] = True
+    _check_zeroed(old, new, stream, learned)
+
+
+def test_a_learned_token_among_untraced_pixels_is_told_apart():
+    r"""LayoutLMv3's visual [CLS] beside patches of pixels passed untraced: the patch
+    embedding's weight stands for the pixels, so the [CLS] is listed like the traced run's."""
+    model, ids, bbox, pixels = _layoutlmv3()
+
+    def forward(input_ids, bbox, pixel_values):
+        return model(input_ids=input_ids, bbox=bbox,
+                     pixel_values=pixel_values).last_hidden_state[:, 0, :3]
+
+    explainer = HeterogenousAttentionAttribution(forward, model=model)
+    untraced = explainer.explain((ids, bbox), target=0, additional_forward_args=(pixels,))
+    traced = explainer.explain((ids, bbox, pixels), target=0)
+    for out in (untraced, traced):
+        (stream, learned), = out.parameter_tokens.items()
+        assert learned.sum(dim=1).tolist() == [1, 1] and bool(learned[:, 6].all())
+        assert (out.stream_relevance[stream][:, 6] == 0).all()
+        assert (out.stream_relevance[stream][:, 7:].abs().sum(dim=1) > 0).all()

@@ -28,9 +28,10 @@ embeddings, norms), so they cost a small fraction of one model backward.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_hetattn.binding.flowdata import (  # noqa: F401  (re-exported)
     K_IN,
@@ -122,6 +123,7 @@ def analyse(
     map_inputs: bool = False,
     batch: int | None = None,
     dependence: Callable[..., list[_Dependence]] | None = None,
+    lifts: Sequence[tuple[str, nn.Module, Tensor, Tensor, Any]] = (),
 ) -> DataFlow:
     r"""Streams, junctions and sources of one recorded forward (``record_io=True``).
 
@@ -139,6 +141,9 @@ def analyse(
         dependence: ``dependence(site, into, into_dim, origins, batch, exact)``, the probe of
             which rows each origin token feeds (default :func:`_dependence`; ``site`` names
             the probe, for a cache of them).
+        lifts: the recorder's patch embeddings and per-token linear maps that read an input
+            (:mod:`~captum_hetattn.binding.lifts`): where one is an input's only path, its
+            output stands for the input when the rows an input feeds are asked for.
 
     Raises:
         ValueError: a call whose hidden states are not traceable (no autograd graph).
@@ -177,6 +182,7 @@ def analyse(
         walker.mark(node, ("input", position, 0))
     flow = _Builder(records, walker, input_tensors, towers, batch, map_inputs)
     flow.padded_inputs = padded
+    flow.lifts = list(lifts)
     if dependence is not None:
         flow.dependence = dependence
     return flow.run()
@@ -203,6 +209,9 @@ class _Builder(SourceFinder):
         self.junctions: list[FlowJunction] = []
         self.sources: list[FlowSource] = []
         self.inputs: list[InputRows] = []
+        self.fed: dict[int, Tensor] = {}  # stream -> (B, n) rows the inputs feed, where probed
+        self.lifts: list[tuple[str, nn.Module, Tensor, Tensor, Any]] = []
+        self.parameter_rows: dict[int, Tensor] = {}
         # which stream a call's tensor stands for: (record, role side) -> stream
         self.side_stream: dict[tuple[int, str], int] = {}
         # tensor node -> (stream, its call count then): the tokens of that stream at that time
@@ -223,7 +232,7 @@ class _Builder(SourceFinder):
             self.streams[query].calls.append(i)
             self.calls.append(FlowCall(query, key, self._parallel(i, query, key)))
         return DataFlow(self.streams, self.calls, self.junctions, self.sources, self.inputs,
-                        self.batch)
+                        self.batch, parameter_rows=self.parameter_rows)
 
     # ----------------------------------------------------------- streams
     def _stream_of(self, i: int, tensor: Tensor | None, side: str) -> int:

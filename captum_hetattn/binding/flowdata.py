@@ -84,6 +84,9 @@ class DataFlow:
     left_out: list[tuple[str, str]] = field(default_factory=list)
     #: ``(input position, module)``: a patch embedding's tokens repeated in a stream (lifts.py)
     repeated: list[tuple[int, str]] = field(default_factory=list)
+    #: stream index -> ``(B, n)``: rows of an input's source that no input feeds (learned
+    #: parameter tokens spliced into the stream): they start with no input relevance
+    parameter_rows: dict[int, Tensor] = field(default_factory=dict)
 
     def last_call(self, stream: int) -> int | None:
         calls = self.streams[stream].calls

@@ -90,6 +90,19 @@ def _only_path(into: Tensor, lift: _Lift) -> bool:
     return True
 
 
+def lifted_origin(into: Tensor, tensor: Tensor,
+                  lifts: Sequence[tuple[str, nn.Module, Tensor, Tensor, Any]]) -> Tensor:
+    r"""What stands for float input ``tensor`` when asking which rows of ``into`` it feeds: the
+    output of the one patch embedding or per-token linear map that reads it, where every path
+    from ``into`` to the input passes through it (a backward then stops there, not at every
+    pixel); else ``tensor`` itself."""
+    readers = [_Lift(m, t, o, n, name) for name, m, t, o, n in lifts if t is tensor]
+    if len(readers) == 1 and _lift_of(readers[0].module, tensor, readers[0].output) \
+            and _only_path(into, readers[0]):
+        return readers[0].output
+    return tensor
+
+
 def lifted_dependences(
     dependence: Callable[..., list[_Dependence]], site: Any, into: Tensor, into_dim: int,
     origins: Sequence[tuple[Tensor, int]], batch: int, exact: bool,

@@ -10,10 +10,12 @@ operation as an edge without a gradient function, while a parameter is a leaf of
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 
+import torch
 from torch import Tensor, nn
 
+from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import autograd_node
 
 #: the largest part of the autograd graph walked (a parameter token is a few nodes deep)
@@ -43,6 +45,65 @@ def takes_untraced(tensor: Tensor, stop: Container[object] = (), batch: int | No
     graph too large to walk does not count (its rows stay the traced input's)."""
     leaves = _leaves(tensor, stop, batch)
     return leaves is not None and "untraced" in leaves
+
+
+def fed_rows(tensor: Tensor, token_dim: int, origins: Sequence[Tensor]) -> Tensor | None:
+    r"""``(B, n)``: the tokens of ``tensor`` that some element of ``origins`` feeds (a row
+    the inputs do not reach is a parameter token or padding the model made).
+
+    One Jacobian-vector product ``J·v`` for random ``v`` (a token is fed where its row of ``J``
+    is non-zero; ``v`` misses that with probability 0), taken as the gradient of a vector-Jacobian
+    product ``uᵀJ`` with respect to ``u``: two backward passes through the part of the graph
+    between the origins and ``tensor``, whatever its size in tokens. ``None`` where that part
+    has no double backward (a custom function's)."""
+    direction = torch.zeros_like(tensor, requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    try:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(tensor, list(origins), direction, create_graph=True,
+                                        retain_graph=True, allow_unused=True)
+            pairs = [(g, torch.randn(g.shape, generator=generator).to(g))
+                     for g in grads if g is not None]
+            if not pairs:
+                return torch.zeros(tokens_view(tensor, token_dim).shape[:2], dtype=torch.bool,
+                                   device=tensor.device)
+            if not all(g.requires_grad for g, _ in pairs):
+                return None
+            (product,) = torch.autograd.grad([g for g, _ in pairs], direction,
+                                             [v for _, v in pairs], allow_unused=True)
+    except RuntimeError:
+        return None
+    if product is None:
+        return torch.zeros(tokens_view(tensor, token_dim).shape[:2], dtype=torch.bool,
+                           device=tensor.device)
+    return tokens_view(product, token_dim).abs().amax(dim=-1) != 0
+
+
+def untraced_weights(tensor: Tensor, stop: Container[object] = (), batch: int | None = None
+                     ) -> list[Tensor]:
+    r"""The parameters that operations on untraced float data read beside it, above the nodes
+    in ``stop`` (a patch embedding's weight, with pixel values passed as an additional
+    argument): a row depends on such a weight where the untraced data feeds it, so they stand
+    for that data in :func:`fed_rows`. Empty where none is found (or past the walk's limit)."""
+    root = autograd_node(tensor)
+    found: dict[int, Tensor] = {}
+    seen, stack = {root}, [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        children = [child for child, _ in getattr(node, "next_functions", ())]
+        if None in children and _saves_untraced(node, batch):
+            for child in children:
+                variable = getattr(child, "variable", None)
+                if isinstance(variable, nn.Parameter):
+                    found[id(variable)] = variable
+        for child in children:
+            if child is None or child in seen or child in stop:
+                continue
+            seen.add(child)
+            if len(seen) > _LIMIT:
+                return []
+            stack.append(child)
+    return list(found.values())
 
 
 def _leaves(tensor: Tensor, stop: Container[object], batch: int | None = None
@@ -91,4 +152,4 @@ def _saves_untraced(node: object, batch: int | None = None) -> bool:
     return False
 
 
-__all__ = ["parameter_only", "takes_untraced"]
+__all__ = ["fed_rows", "parameter_only", "takes_untraced", "untraced_weights"]

@@ -1,6 +1,11 @@
 r"""Sources of the data flow: a stream's rows that no other stream feeds come from the model
 inputs, one source per input signature; rows no traced input feeds are parameter tokens (never a
-source) or the tokens of an input the engine does not trace (a source of their own)."""
+source) or the tokens of an input the engine does not trace (a source of their own).
+
+Parameter tokens spliced into an input's stream (ViT's ``[CLS]``, registers, GroupViT's group
+tokens, TVP's prompt) keep their column in that input's source, so every shape stays, but the
+data flow lists them (``DataFlow.parameter_rows``): they start with no input relevance, and the
+engine reads their columns as zero (DESIGN §11)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,12 @@ from torch import Tensor
 
 from captum_hetattn.binding.flowdata import FlowSource, FlowStream, InputRows
 from captum_hetattn.binding.packed import unmapped_inputs
-from captum_hetattn.binding.params import parameter_only, takes_untraced
+from captum_hetattn.binding.params import (
+    fed_rows,
+    parameter_only,
+    takes_untraced,
+    untraced_weights,
+)
 from captum_hetattn.binding.probes import _GENERATOR
 from captum_hetattn.binding.tokens import GATHERED, _restore_layout, tokens_view
 
@@ -20,6 +30,55 @@ class SourceFinder:
     appends to its ``sources`` and ``inputs``)."""
 
     def _add_sources(
+        self, stream: FlowStream, i: int, tensor: Tensor, positions, dim: int
+    ) -> None:
+        """The sources of a new stream's fresh rows (:meth:`_add_input_sources`), then the
+        parameter tokens among the rows they hold (:meth:`_mark_parameter_rows`)."""
+        start = len(self.sources)
+        self._add_input_sources(stream, i, tensor, positions, dim)
+        self._mark_parameter_rows(stream, i, tensor, dim, start)
+
+    def _mark_parameter_rows(self, stream: FlowStream, i: int, tensor: Tensor, dim: int,
+                             start: int) -> None:
+        """Fresh rows of the sources added from ``start`` on that no input feeds: parameter
+        tokens, listed in ``parameter_rows``. Where untraced data enters the stream, the
+        weights read beside it stand for it (:func:`untraced_weights`); where none is found,
+        its rows are not told apart from parameter tokens and nothing is listed."""
+        added = self.sources[start:]
+        fresh = stream.fresh
+        if not added or fresh is None:
+            return
+        positions = sorted({p for source in added for p in source.inputs if p >= 0})
+        origins = [self._fed_origin(tensor, p) for p in positions]
+        fed = None
+        if any(-1 in s.inputs for s in added) \
+                or takes_untraced(tensor, stop=self.walker.marks, batch=self.batch):
+            weights = untraced_weights(tensor, stop=self.walker.marks, batch=self.batch)
+            if not weights:
+                return
+            origins += weights
+        else:
+            fed = self.fed.get(stream.index)
+        if fed is None:
+            fed = fed_rows(tensor, dim, origins)
+        if fed is None:  # no double backward through the embedding: left as before
+            return
+        held = torch.zeros_like(fresh)
+        for source in added:
+            held[:, source.columns.to(held.device)] = True
+        unfed = fresh & held & ~fed.to(fresh.device)
+        if bool(unfed.any()):
+            self.parameter_rows[stream.index] = unfed
+
+    def _fed_origin(self, tensor: Tensor, position: int) -> Tensor:
+        """Input ``position``'s tensor, or the patch embedding's output that is its only path
+        to ``tensor`` (cheaper to differentiate than every pixel)."""
+        from captum_hetattn.binding.lifts import lifted_origin  # lifts imports the data flow
+
+        origin, token_dim = self.input_tensors[position]
+        return lifted_origin(tensor, origin, self.lifts) if token_dim < 0 else origin
+
+    def _add_input_sources(
         self, stream: FlowStream, i: int, tensor: Tensor, positions, dim: int
     ) -> None:
         """One source over all the stream's columns, or one per input signature when two
@@ -55,6 +114,8 @@ class SourceFinder:
             self._add_inputless(stream, tensor)
             return
         positions, dependences = [p for p, _ in kept], [d for _, d in kept]
+        if all(d.codes is not None or d.full is not None for d in dependences):
+            self.fed[stream.index] = torch.stack([d.feeds() for d in dependences]).any(dim=0)
         for position, dependence in kept:
             self.inputs.append(InputRows(position, stream.index, dependence.codes))
         if len(positions) == 1 and untraced and dependences[0].codes is not None:

@@ -69,6 +69,7 @@ def trace(
             dependence=guarded(with_lifts(
                 layouts.dependences(batch, inputs) if layouts is not None else None,
                 recorder.lifts, repeated), [r.name for r in records]),
+            lifts=recorder.lifts,
         )
     flow.left_out = [(record.name, reason) for record, reason in left_out]
     flow.left_out += recorder.skipped

@@ -54,7 +54,8 @@ class FlowShare:
         label: ``"input"`` for the start, else the step's call names (or a junction's name).
         kind: ``"start"``, the node type ``"A"`` / ``"B"`` / ``"C"``, or ``"junction"``.
         shares: source → ``(B,)`` relevance of the readout row on that source's tokens after
-            the step (at the start, all of it is on the readout tokens themselves).
+            the step (at the start, all of it is on the readout tokens themselves; none on a
+            learned parameter token, which starts with no input relevance).
         own: source → ``(B,)`` the part of ``shares`` on the readout tokens' own entries
             (``Σ_i w_x[i] R[x, x][i, i]``): the identity they start with and what the steps add
             to it, which displays leave out as GAE's reference code does.
@@ -103,6 +104,11 @@ class Explanation:
         flow: with ``return_maps=True`` (and no ``stage``), :class:`FlowShare` per step of the
             layer graph, the start first: how the readout's relevance is shared between sources
             as the steps run (the full propagation; its last entry sums ``relevance``).
+        parameter_tokens: per stream that has them, ``(B, n_stream)`` booleans, True at the
+            learned parameter tokens the model spliced into an input's tokens (a ``[CLS]``
+            added inside the model, registers, group or prompt tokens): no input feeds them,
+            so they start with no input relevance and their columns are zero everywhere
+            (``relevance``, ``stream_relevance``, ``own``, ``flow``).
     """
 
     relevance: dict[str, Tensor]
@@ -120,6 +126,28 @@ class Explanation:
     calls: list[BoundNode] = field(default_factory=list)
     call_maps: list[CallMaps] | None = None
     flow: list[FlowShare] | None = None
+    parameter_tokens: dict[str, Tensor] = field(default_factory=dict)
+
+
+def parameter_tokens(recording: BoundRecording) -> dict[str, Tensor]:
+    r"""Per stream, ``(B, n)``: the learned parameter tokens spliced into an input's stream
+    (``DataFlow.parameter_rows``, named)."""
+    flow = recording.flow
+    if flow is None:
+        return {}
+    return {recording.stream_names[index]: rows for index, rows in flow.parameter_rows.items()
+            if index in recording.stream_names}
+
+
+def without_parameter_tokens(rows: Mapping[str, Tensor], learned: Mapping[str, Tensor]
+                             ) -> dict[str, Tensor]:
+    r"""``rows`` with the columns of parameter tokens zero: they start with no input
+    relevance (DESIGN §11). The rules right-multiply the initial state, so for every linear
+    method this is exactly a zero initial row; GAE's normalisation and the noise link keep the
+    identity on every token in ``R − I`` (as GAE's reference code keeps ViT's ``[CLS]`` and
+    DETR's queries in its state) and these columns are read as zero."""
+    return {s: row.masked_fill(learned[s].to(row.device), 0) if s in learned
+            and learned[s].shape == row.shape else row for s, row in rows.items()}
 
 
 def padding_of(
@@ -155,6 +183,9 @@ def assemble(
         return_maps: keep each call's reduced map.
         own: per stream, the read tokens' own share (:attr:`Explanation.own`).
     """
+    learned = parameter_tokens(recording)
+    stream_relevance = without_parameter_tokens(stream_relevance, learned)
+    own = without_parameter_tokens(own or {}, learned)
     relevance = {
         name: sum(stream_relevance[stream][:, columns] for stream, columns in source.parts)
         .contiguous()
@@ -181,8 +212,9 @@ def assemble(
         streams=dict(recording.sizes),
         sources={name: source.stream for name, source in recording.sources.items()},
         stream_relevance=stream_relevance,
-        own=dict(own or {}),
+        own=own,
         calls=[c.node for c in recording.calls],
+        parameter_tokens=learned,
     )
 
 
@@ -210,6 +242,7 @@ def flow_shares(
     """The readout row per source after every step (one full propagation, read as it runs)."""
     kinds = {c.node.name: c.node.type for c in recording.calls}
     shares: list[FlowShare] = []
+    learned = parameter_tokens(recording)
 
     zero = next(iter(readout.values())).new_zeros(next(iter(readout.values())).shape[0])
 
@@ -225,6 +258,9 @@ def flow_shares(
                     if block is None:
                         continue
                     w = w.to(block.dtype)
+                    if stream in learned:  # parameter tokens' columns: no input relevance
+                        block = block.masked_fill(learned[stream][:, None, :].to(block.device),
+                                                  0)
                     rows[name] = rows[name] + (w.unsqueeze(1) @ block[:, :, columns]).sum(
                         dim=(1, 2))
                     if x == stream:

@@ -102,7 +102,8 @@ def batch_equals_singles(batch: Any, singles: list[Any]) -> Verdict:
 
 
 def paper_rule(explanation: Any) -> Verdict:
-    r"""Single-stream models: ``R = I``, then per call ``R ← R + mean_h((∇A)⁺ ⊙ A) · R``;
+    r"""Single-stream models: ``R = I`` (zero on learned parameter tokens), then per call
+    ``R ← R + mean_h((∇A)⁺ ⊙ A) · R``;
     ``w_xᵀ R`` equals the stream's relevance plus the read tokens' own share."""
     if len(explanation.streams) != 1 or len(explanation.relevance) != 1:
         return "n/a", f"{len(explanation.streams)} streams"
@@ -116,6 +117,9 @@ def paper_rule(explanation: Any) -> Verdict:
         return "n/a", "no readout weights"
     batch = weights.shape[0]
     relevance = torch.eye(tokens, dtype=torch.float64).expand(batch, tokens, tokens).clone()
+    learned = getattr(explanation, "parameter_tokens", {}).get(stream)
+    if learned is not None:  # learned parameter tokens start with no input relevance (§11)
+        relevance = relevance * (~learned).double()[:, None, :]
     for call in explanation.call_maps:
         attention, gradient = call.attention.double(), call.gradient.double()
         if attention.shape[-2:] != (tokens, tokens):
