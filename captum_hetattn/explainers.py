@@ -89,7 +89,9 @@ class _AttentionAttribution(Attribution):
                 built inside the backward from its queries, keys and output gradient, one call
                 at a time — equal to eager capture, checked against the module's eager
                 function on the first call of each attention class (a class whose outputs
-                differ is captured eagerly). ``"eager"``: every map is computed eagerly and
+                differ is captured eagerly), and where a call's maps are small
+                (``capture.FLASH_MIN_ENTRIES``) eager capture, cheaper there, is used.
+                ``"eager"``: every map is computed eagerly and
                 kept from the forward to the backward. Hand-written attention,
                 ``nn.MultiheadAttention`` and ``weighting="value"`` always capture eagerly.
         """

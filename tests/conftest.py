@@ -4,6 +4,16 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def flash_at_every_size(monkeypatch):
+    """The tests' tiny models run through the flash capture where it can run, as models at
+    scale do (by default a call with small maps is captured eagerly, which costs less there:
+    capture.FLASH_MIN_ENTRIES); tests/test_capture_size.py checks that rule itself."""
+    from captum_hetattn import capture
+
+    monkeypatch.setattr(capture, "FLASH_MIN_ENTRIES", 0)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: a second thread costs more than it gives on the 2-core CI machine."""

@@ -4,6 +4,7 @@ checked: they are measurements, not test results)."""
 import json
 
 import pytest
+import torch
 
 from captum_hetattn import bench
 
@@ -28,6 +29,14 @@ def test_quick_run_writes_every_section(tmp_path):
     assert "## Headline" in text and "IntegratedGradients(50) / ours" in text
     saved = json.loads(out.with_suffix(".json").read_text())
     assert list(saved["sections"]) == list(bench.SECTIONS) == list(data["sections"])
+    # the batch section measures the floor (forward + gradients to the attention calls) beside
+    # plain and ours, for every model and batch
+    batch = saved["sections"]["batch"]
+    assert "floor (s)" in batch["header"] and "ours / floor" in batch["header"]
+    assert "| floor (s) | ours (s) | ours / plain | ours / floor |" in text
+    assert len(batch["data"]) == 6
+    for item in batch["data"]:
+        assert item["floor"] > 0 and item["ratio_floor"] == item["ours"] / item["floor"], item
     long = saved["sections"]["long_context"]["data"][0]
     assert "error" not in long["plain"] and "error" not in long["ours"], long
     assert long["plain"]["peak_mib"] > 0
@@ -124,3 +133,19 @@ def test_headline_reads_the_windowed_models_first_call_and_warm():
     assert rows["Swin-T 224 px: `explain` first call / plain"] == ["3.20×", "≤ 3×", "**no**"]
     assert rows["LED-base sizes, 1024 tokens: `explain` warm / plain"][2] == "**no**"
     assert len(rows) == 3  # no first-call goal for the long windowed models
+
+
+def test_floor_reaches_every_attention_call_and_no_parameter():
+    from captum_hetattn.bench import cases
+
+    originals = torch.nn.functional.softmax, torch.nn.functional.scaled_dot_product_attention
+    for build, calls in ((cases.build_vit, 2), (cases.build_bert, 2), (cases.build_lxmert, 11)):
+        case = build(2, True)
+        with cases.attention_outputs() as outputs:
+            case.forward(*case.inputs, *(case.extra or ()))
+        assert len(outputs) == calls, case.name  # every layer's attention, nothing else
+        case.floor()
+        assert all(p.grad is None for p in case.model.parameters()), case.name
+    # the functions are restored after the block
+    assert (torch.nn.functional.softmax,
+            torch.nn.functional.scaled_dot_product_attention) == originals

@@ -13,8 +13,8 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,16 @@ class Case:
         output = self.forward(*self.inputs, *(self.extra or ()))
         _select(output, self.target).sum().backward()
 
+    def floor(self) -> None:
+        r"""The physical floor of one attribution: forward + ``torch.autograd.grad`` of the target
+        logit(s) to every attention call's output — the fused kernel's context
+        (``F.scaled_dot_product_attention``), or the probabilities of a hand-written softmax —
+        with no parameter gradients (DESIGN §8): what any method that needs every layer's
+        attention gradient pays at least. A call the target does not depend on gets none."""
+        with attention_outputs() as outputs:
+            output = self.forward(*self.inputs, *(self.extra or ()))
+        torch.autograd.grad(_select(output, self.target).sum(), outputs, allow_unused=True)
+
     def ours(self, **options: Any) -> Any:
         if self._explainer is None:  # built once, as a user would (its graph is cached)
             from captum_hetattn import HeterogenousAttentionAttribution
@@ -57,6 +67,33 @@ class Case:
     @property
     def attention(self) -> str:
         return str(getattr(self.model.config, "_attn_implementation", None) or "?")
+
+
+@contextmanager
+def attention_outputs() -> Iterator[list[Tensor]]:
+    r"""While on, the outputs of ``F.scaled_dot_product_attention`` and ``F.softmax`` (the maps
+    of eager and hand-written attention) called through ``torch.nn.functional``, in call order.
+
+    The two functions are swapped on the module for the block (the models look them up there
+    at each call); nothing else runs, so the floor pays no hook."""
+    outputs: list[Tensor] = []
+    functional = torch.nn.functional
+    originals = functional.scaled_dot_product_attention, functional.softmax
+
+    def keep(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def kept(*args: Any, **kwargs: Any) -> Tensor:
+            out = function(*args, **kwargs)
+            if out.requires_grad:
+                outputs.append(out)
+            return out
+        return kept
+
+    functional.scaled_dot_product_attention = keep(originals[0])
+    functional.softmax = keep(originals[1])
+    try:
+        yield outputs
+    finally:
+        functional.scaled_dot_product_attention, functional.softmax = originals
 
 
 def _select(output: Tensor, target: Any) -> Tensor:
@@ -278,6 +315,7 @@ def peak_rss_mib() -> float:
 
 __all__ = [
     "Case",
+    "attention_outputs",
     "build_bart",
     "build_bert",
     "build_detr",

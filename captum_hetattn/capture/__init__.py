@@ -109,6 +109,7 @@ __all__ = [
     "BACKENDS",
     "CROSS_INPUT_NAMES",
     "FLASH_BUDGET",
+    "FLASH_MIN_ENTRIES",
     "LAYOUT_PASSES",
     "PROBE_PASSES",
     "AttentionRecord",
@@ -124,6 +125,14 @@ __all__ = [
 #: map entries per chunk of heads in a flash call's backward (64 MB of float32); a recorder
 #: made without ``flash_budget`` reads it here when it is made, so setting it here takes effect
 FLASH_BUDGET = 2**24
+
+#: map entries (``B · H · n_q · n_k``) from which a call runs through the flash capture; a call
+#: with fewer is captured eagerly (the same maps to float rounding): below it the eager
+#: function's kept map and its backward's own ``dO · Vᵀ`` cost less than the fused kernel plus
+#: rebuilding each map and its gradient in the backward (ViT-base, 197 tokens: eager faster at
+#: batch 1 and 2, flash at batch 8; BERT-base 128 tokens: eager at batch 1, flash at 8). Read at
+#: each call, so setting it here takes effect; ``0``: flash wherever it can run
+FLASH_MIN_ENTRIES = 2**20
 
 #: backward passes one recording's data-flow probes may spend on exact token maps where tokens
 #: feed several rows (one pass per row); past it those maps are traced in blocks of rows, with a

@@ -203,8 +203,9 @@ class Capture:
                        record.layout.fold([p.gradient for p in record.parts]), folded)
             return folded.mean(dim=1)
         assert record.attention is not None
-        self._note(key, record.attention.detach().sum(dim=(1, 2)), is_causal(record.attention),
-                   touched)
+        # the key mass only where padding is read from it (as for chunks: one pass fewer)
+        mass = record.attention.detach().sum(dim=(1, 2)) if key in self.mass_of else None
+        self._note(key, mass, is_causal(record.attention), touched)
         if self.keep_heads:
             self._keep(key, record, record.attention, record.gradient,
                        corrected(record.attention, record.gradient, correction))

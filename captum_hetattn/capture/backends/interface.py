@@ -93,7 +93,8 @@ class InterfaceBackend(Backend):
         flash = self.flash
         made = len(self.recorder.records)
         result = None
-        if flash is not None and flash.can_flash(module, attention_mask, dropout, kwargs):
+        if (flash is not None and _maps_large(query, key)
+                and flash.can_flash(module, attention_mask, dropout, kwargs)):
             session.in_interface += 1  # its softmax and sdpa are not calls of their own
             try:
                 result = flash.call(module, eager, query, key, value, attention_mask, kwargs,
@@ -168,6 +169,18 @@ class InterfaceBackend(Backend):
             if name not in self.session.repeated:
                 self.session.repeated.append(name)
 
+
+
+def _maps_large(query: Any, key: Any) -> bool:
+    r"""Whether the call's maps reach :data:`~captum_hetattn.capture.FLASH_MIN_ENTRIES` entries
+    (``B · H · n_q · n_k``, heads of the queries): the flash capture pays from there on."""
+    from captum_hetattn import capture  # the package's value now: setting it there works
+
+    if not (isinstance(query, Tensor) and isinstance(key, Tensor) and query.dim() == 4
+            and key.dim() == 4):
+        return True  # not the usual layout: flash decides (it checks the call itself)
+    batch, heads, n_query = query.shape[:3]
+    return batch * heads * n_query * key.shape[2] >= capture.FLASH_MIN_ENTRIES
 
 
 def _mask_as_before(eager_mask: Any, sdpa: set[int]) -> Any:
