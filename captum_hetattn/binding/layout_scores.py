@@ -34,7 +34,7 @@ from captum_hetattn.binding.canonical import (
 )
 from captum_hetattn.binding.padding import key_padding
 from captum_hetattn.binding.probe_budget import backward, row_support, several_reason
-from captum_hetattn.binding.score_reads import aggregate_pairs, read_by_scales
+from captum_hetattn.binding.score_reads import aggregate_pairs, read_by_scales, steady_direction
 from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
 
@@ -60,18 +60,22 @@ def _entry_rows(
     if pullback is None or not pullback.requires_grad:
         return none, none
     rows, width = math.prod(projection.shape[:-1]), projection.shape[-1]
-    direction = torch.randn(rows, width, generator=_GENERATOR).to(projection)
     # `part` (k, of): only the k-th of `of` equal column chunks (a fused q|k|v projection)
     chunk = width // part[1]
     columns = torch.zeros(width, dtype=torch.bool)
     columns[part[0] * chunk:(part[0] + 1) * chunk] = True
-    direction = direction * columns.to(direction)
-    width = chunk
+
+    def draw() -> Tensor:
+        direction = torch.randn(rows, width, generator=_GENERATOR).to(projection)
+        return direction * columns.to(direction)
 
     def push(tangent: Tensor) -> Tensor:
         (out,) = backward(pullback, probe, tangent.reshape(projection.shape),
                           retain_graph=True)
         return out
+
+    direction, plain = steady_direction(push, draw)
+    width = chunk
 
     def responds(mask: Tensor) -> Tensor:
         return push(direction * mask.to(projection)) != 0
@@ -79,7 +83,7 @@ def _entry_rows(
     block = max(1, width // heads)
     numbers = torch.zeros(projection.shape[-1], dtype=torch.long)
     numbers[columns] = torch.arange(width) // block
-    read = read_by_scales(push, direction, torch.arange(rows), numbers)
+    read = read_by_scales(push, direction, torch.arange(rows), numbers, plain)
     if read is not None:  # a few scaled products; bit planes where they cannot tell
         reached, row, head = read
         return torch.where(reached, row, NO_SOURCE), torch.where(reached, head, NO_SOURCE)

@@ -27,14 +27,37 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["read_by_scales"]
+__all__ = ["aggregate_pairs", "read_by_scales", "steady_direction"]
 
 #: digits of a row number read per product: the scales 2⁰ … 2⁶³ stay far from float32's range
 BASE = 64
 
 
+def steady_direction(push: Callable[[Tensor], Tensor], draw: Callable[[], Tensor],
+                     tries: int = 4) -> tuple[Tensor, Tensor]:
+    r"""A random tangent (from ``draw``) and its responses (``push``) that respond wherever a
+    second, independent one does. A response is a sum of products (a score entry's: a query
+    row's dot product with a key row), and at millions of entries a few sum to exactly zero
+    by cancellation (about one in 3·10⁷ in float32): such an entry would read as reading
+    nothing, and would be left out of the map. Two independent draws both cancelling on one
+    entry is about 10⁻¹⁵; a draw whose zeros the other does not share is replaced."""
+    direction = draw()
+    plain = push(direction)
+    for _ in range(tries):
+        other = draw()
+        again = push(other)
+        union = (plain != 0) | (again != 0)
+        if torch.equal(plain != 0, union):
+            return direction, plain
+        if torch.equal(again != 0, union):  # confirmed by the first draw's responses
+            return other, again
+        direction, plain = other, again
+    return direction, plain  # (four draws that all cancel somewhere: not met)
+
+
 def read_by_scales(
     push: Callable[[Tensor], Tensor], direction: Tensor, rows: Tensor, columns: Tensor,
+    plain: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     r"""Each responding entry's row and column block, from scaled tangents.
 
@@ -45,13 +68,14 @@ def read_by_scales(
         rows: ``(rows,)`` the number of each row (its index).
         columns: ``(columns,)`` the number of each column's block (the head), any value where
             ``direction`` is zero.
+        plain: ``push(direction)`` if computed already (:func:`steady_direction`).
 
     Returns:
         ``(reached, row, block)``: which entries respond, and for them the row and block read
         (zero elsewhere); ``None`` where some entry's ratio is not one power of two (several
         rows or blocks, or values out of the range of exact scaling): probe otherwise.
     """
-    plain = push(direction)
+    plain = push(direction) if plain is None else plain
     reached = plain != 0
     base = torch.where(reached, plain, 1)  # full-size operations: masked indexing is slower
     row = _digits(push, direction, rows[:, None], base, reached)
