@@ -333,7 +333,9 @@ def several_query_tokens(projection: Tensor, rows: Tensor, canonical: _Canonical
     border may read one token where the others read several) is computed from several of its
     tokens (one backward pass each,
     :func:`~captum_hetattn.binding.probe_budget.row_support`), else ``None`` (probe them all)."""
-    picked = rows.unique()
+    present = torch.zeros(int(rows.max()) + 1 if rows.numel() else 0, dtype=torch.bool)
+    present[rows] = True  # the rows read, in order: as `unique`, without its sort
+    picked = present.nonzero().flatten()
     for at in (picked.numel() // 2, picked.numel() // 4, 3 * picked.numel() // 4):
         support = row_support(projection, int(picked[at]), canonical.tensor, canonical.token_dim)
         if support is None:
