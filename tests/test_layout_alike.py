@@ -13,7 +13,7 @@ from test_layout_cache import TARGET, _assert_same, _layouts
 from test_score_reads import CASES
 
 from captum_hetattn import HeterogenousAttentionAttribution
-from captum_hetattn.binding import layouts
+from captum_hetattn.binding import layout_cache, layouts
 from captum_hetattn.binding.layout_cache import LayoutCache
 
 torch.set_num_threads(1)
@@ -117,3 +117,54 @@ def test_the_alike_key_leaves_out_the_layer_number_only():
     decoder = [k for n, k in keys if ".decoder." in n]
     assert len(encoder) >= 2 and encoder[0] == encoder[1]
     assert decoder and all(k != encoder[0] for k in decoder)
+
+
+def _silencing(monkeypatch, first_only: bool) -> list[int]:
+    """Every check's pushes, with one responding entry of each push silenced (as a sum that
+    cancels exactly would be) — on the first push of each check only, or on all of them."""
+    silenced: list[int] = []
+    pushes = layout_cache._pushes
+
+    def silencing(intos, origin):
+        push = pushes(intos, origin)
+        if push is None:
+            return None
+        calls = [0]
+
+        def silenced_push(plane):
+            out = push(plane)
+            calls[0] += 1
+            if (calls[0] == 1 or not first_only) and out[0] is not None:
+                flat = out[0].reshape(-1).clone()
+                on = flat.nonzero().flatten()
+                flat[on[on.numel() // 2]] = False
+                silenced.append(int(on[on.numel() // 2]))
+                out = [flat.view_as(out[0]), *out[1:]]
+            return out
+
+        return silenced_push
+
+    monkeypatch.setattr(layout_cache, "_pushes", silencing)
+    return silenced
+
+
+def test_a_check_asks_again_where_a_response_cancelled(monkeypatch):
+    model, forward, inputs, extra = CASES["longt5_tglobal"]()
+    cache = LayoutCache()
+    fresh = _layouts(model, forward, inputs, extra, cache)
+    misses = cache.misses
+    silenced = _silencing(monkeypatch, first_only=True)
+    again = _layouts(model, forward, inputs, extra, cache)
+    assert silenced and cache.misses == misses  # the second push answered: no probe
+    _assert_same(again, fresh)
+
+
+def test_a_check_whose_entry_stays_silent_fails(monkeypatch):
+    model, forward, inputs, extra = CASES["longt5_tglobal"]()
+    cache = LayoutCache()
+    fresh = _layouts(model, forward, inputs, extra, cache)
+    misses = cache.misses
+    silenced = _silencing(monkeypatch, first_only=False)
+    again = _layouts(model, forward, inputs, extra, cache)
+    assert silenced and cache.misses > misses  # silent for real: probed afresh
+    _assert_same(again, fresh)
