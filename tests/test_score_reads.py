@@ -110,6 +110,24 @@ def test_aggregate_pairs_follow_the_order_of_one_pass_per_aggregate_row():
     for a, b in zip(got, (torch.cat(entries), torch.cat(tokens), torch.cat(shares)),
                     strict=True):
         assert torch.equal(a, b)
+    for piece in (1, 5, 64):  # in pieces of whole entries: the same pairs in the same order
+        pieces = list(score_reads.aggregate_pieces(fresh, row, members, piece))
+        assert len(pieces) > 1
+        assert all(len(p[0]) < piece + 3 for p in pieces)  # whole entries of <= 3 tokens
+        for a, b in zip(got, zip(*pieces, strict=True), strict=True):
+            assert torch.equal(a, torch.cat(b))
+
+
+def test_a_tangent_that_cancels_on_an_entry_is_drawn_again():
+    # entry 0 reads rows 0 and 1 with opposite signs: the first draw cancels there exactly
+    matrix = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    draws = iter([torch.tensor([2.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 5.0])])
+    direction, plain = score_reads.steady_direction(lambda t: matrix @ t, lambda: next(draws))
+    assert torch.equal(direction, torch.tensor([1.0, 3.0, 5.0]))
+    assert torch.equal(plain != 0, torch.tensor([True, True, False]))  # entry 2 reads nothing
+    draws = iter([torch.tensor([1.0, 3.0, 5.0]), torch.tensor([2.0, 2.0, 3.0])])
+    direction, plain = score_reads.steady_direction(lambda t: matrix @ t, lambda: next(draws))
+    assert torch.equal(direction, torch.tensor([1.0, 3.0, 5.0]))  # confirmed by the second
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -34,7 +34,7 @@ from captum_hetattn.binding.canonical import (
 )
 from captum_hetattn.binding.padding import key_padding
 from captum_hetattn.binding.probe_budget import backward, row_support, several_reason
-from captum_hetattn.binding.score_reads import aggregate_pairs, read_by_scales
+from captum_hetattn.binding.score_reads import aggregate_pieces, read_by_scales, steady_direction
 from captum_hetattn.binding.tokens import tokens_view
 from captum_hetattn.capture import AttentionRecord
 
@@ -60,18 +60,22 @@ def _entry_rows(
     if pullback is None or not pullback.requires_grad:
         return none, none
     rows, width = math.prod(projection.shape[:-1]), projection.shape[-1]
-    direction = torch.randn(rows, width, generator=_GENERATOR).to(projection)
     # `part` (k, of): only the k-th of `of` equal column chunks (a fused q|k|v projection)
     chunk = width // part[1]
     columns = torch.zeros(width, dtype=torch.bool)
     columns[part[0] * chunk:(part[0] + 1) * chunk] = True
-    direction = direction * columns.to(direction)
-    width = chunk
+
+    def draw() -> Tensor:
+        direction = torch.randn(rows, width, generator=_GENERATOR).to(projection)
+        return direction * columns.to(direction)
 
     def push(tangent: Tensor) -> Tensor:
         (out,) = backward(pullback, probe, tangent.reshape(projection.shape),
                           retain_graph=True)
         return out
+
+    direction, plain = steady_direction(push, draw)
+    width = chunk
 
     def responds(mask: Tensor) -> Tensor:
         return push(direction * mask.to(projection)) != 0
@@ -79,7 +83,7 @@ def _entry_rows(
     block = max(1, width // heads)
     numbers = torch.zeros(projection.shape[-1], dtype=torch.long)
     numbers[columns] = torch.arange(width) // block
-    read = read_by_scales(push, direction, torch.arange(rows), numbers)
+    read = read_by_scales(push, direction, torch.arange(rows), numbers, plain)
     if read is not None:  # a few scaled products; bit planes where they cannot tell
         reached, row, head = read
         return torch.where(reached, row, NO_SOURCE), torch.where(reached, head, NO_SOURCE)
@@ -147,15 +151,12 @@ def _lay_out_over(
         entries = _place_entries(record, canonical, heads, sources, reads[id(record)])
         if isinstance(entries, str):
             return entries
-        q_token, k_token, shares, head, queried = entries
-        b_q = q_token.div(n, rounding_mode="floor")
-        if bool(((k_token >= 0) & (b_q != k_token.div(n, rounding_mode="floor"))).any()):
-            raise NotImplementedError(
-                f"{_describe(first)}: a map pairs tokens of different examples"
-            )
-        flat = ((b_q * heads + head) * n + q_token % n) * n + k_token % n
+        positions, flat, shares, queried = entries
         mass = record.attention.reshape(-1)
-        share = torch.zeros_like(mass).index_add_(0, shares[0], shares[1].to(mass))
+        share = torch.zeros_like(mass)
+        for where, weight in zip(positions, shares, strict=True):
+            share.index_add_(0, where, weight.to(mass) if weight is not None
+                             else torch.ones(1).to(mass).expand(where.numel()))
         lost = mass * (1 - share)  # on a query token, off any key token
         padding = key_padding(record)  # keys on all-zero rows: checked once laid out
         if padding is not None:
@@ -168,40 +169,100 @@ def _lay_out_over(
                 "key token) pair of its hidden states, so the map cannot be laid out exactly"
                 + _foreign_keys(record, queried, share, canonical)
             )
-        placed.append((shares[0], flat, shares[1]))
-    # a later map of the call recomputes rows an earlier one had (Longformer's global tokens:
-    # their output rows are overwritten), so the later one holds those rows
+        placed.append((positions, flat, shares))
+    return _call_of(group, _later_rows(group, placed, batch, heads, n, canonical, first),
+                    canonical, None, "self")
+
+
+def _later_rows(group: list[AttentionRecord], placed: list, batch: int, heads: int, n: int,
+                canonical: _Canonical, first: AttentionRecord) -> TokenLayout:
+    r"""The layout of the placed pairs (per map: lists of raw positions, dense elements and
+    shares, ``None`` for whole ones). A later map of the call recomputes rows an earlier one
+    had (Longformer's global tokens: their output rows are overwritten), so the later one holds
+    those rows. Pieces are copied only where some row is taken, and joined once."""
     raw, dense, weight = [], [], []
     taken = torch.zeros(batch * heads * n, dtype=torch.bool)  # a mask: no sort of the rows
     sizes = [math.prod(r.shape) for r in group]
     for k in range(len(group) - 1, -1, -1):
-        positions, flat, share = placed[k]
-        rows = flat.div(n, rounding_mode="floor")
-        keep = ~taken[rows]
-        taken[rows[keep]] = True
-        raw.append(positions[keep] + sum(sizes[:k]))
-        dense.append(flat[keep])
-        weight.append(share[keep])
+        offset = sum(sizes[:k])
+        now = torch.zeros_like(taken)
+        for positions, flat, share in zip(*placed[k], strict=True):
+            rows = flat.div(n, rounding_mode="floor")
+            keep = ~taken[rows]
+            now[rows] = True
+            if not bool(keep.all()):
+                positions, flat = positions[keep], flat[keep]
+                share = share[keep] if share is not None else None
+            del rows, keep
+            raw.append(positions + offset if offset else positions)
+            dense.append(flat)
+            weight.append(share)
+        taken |= now
+    weights = None if all(w is None for w in weight) else torch.cat(  # None: all whole
+        [w if w is not None else torch.ones(p.numel()) for w, p in zip(weight, raw, strict=True)])
+    weight.clear()
+    raw_index = _joined(raw)
+    raw.clear()  # each piece let go once joined
+    dense_index = _joined(dense)
+    dense.clear()
     kind = ("tiled" if canonical.where.endswith("(tiles)") else
             "local" if canonical.where == f"'{first.name}'" else "windowed")
-    layout = TokenLayout(kind, (batch, heads, n, n), torch.cat(raw), torch.cat(dense),
-                         torch.cat(weight))
-    return _call_of(group, layout, canonical, None, "self")
+    return TokenLayout(kind, (batch, heads, n, n), raw_index, dense_index, weights)
+
+
+def _joined(pieces: list[Tensor]) -> Tensor:
+    """``torch.cat`` that does not copy a single piece."""
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _dense_of(q_token: Tensor, k_token: Tensor, head: Tensor, heads: int, n: int,
+              name: str) -> Tensor:
+    r"""The element of the dense ``(B, H, n, n)`` map of each placed pair (flat tokens
+    ``b·n + t``); a pair of tokens of different examples is an error."""
+    example = q_token.div(n, rounding_mode="floor")
+    if not torch.equal(example, k_token.div(n, rounding_mode="floor")):
+        raise NotImplementedError(f"{name}: a map pairs tokens of different examples")
+    flat = example.mul_(heads).add_(head).mul_(n).add_(q_token % n).mul_(n)
+    return flat.add_(k_token % n)
 
 
 def _place_entries(
     record: AttentionRecord, canonical: _Canonical, heads: int,
     sources: dict[int, tuple[Tensor, dict[int, Tensor] | None]], reads: _Reads,
-) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], Tensor, Tensor] | str:
-    r"""``(query token, key token, (entry, share), head)`` per placed pair of one raw map
-    (flat tensors over the pairs; an entry whose key is an aggregate of several tokens gives one
-    pair per token, ``share`` ``1/|tokens|`` each) and which entries have a query token."""
-    scores = record.scores
-    size = scores.numel()
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None], Tensor] | str:
+    r"""The placed pairs of one raw map, in pieces: each piece's raw entries, the elements of
+    the dense map they land on and their shares (``None``: whole; an entry whose key is an
+    aggregate of several tokens gives one pair per token, ``1/|tokens|`` each), and which
+    entries have a query token."""
+    found = _entry_tokens(record, canonical, heads, sources, reads)
+    if isinstance(found, str):
+        return found
+    q_token, k_token, head, aggregated = found
+    name, n = _describe(record), canonical.size
+    placed = (q_token >= 0) & (head >= 0)
+    direct = (placed & (k_token >= 0)).nonzero().flatten()
+    positions, shares = [direct], [None]
+    dense = [_dense_of(q_token[direct], k_token[direct], head[direct], heads, n, name)]
+    for fresh, row, members in aggregated:  # in bounded pieces: pairs are many
+        for rows, key_tokens, share in aggregate_pieces(fresh & placed, row, members):
+            positions.append(rows)
+            dense.append(_dense_of(q_token[rows], key_tokens, head[rows], heads, n, name))
+            shares.append(share)
+    return positions, dense, shares, q_token >= 0
+
+
+def _entry_tokens(
+    record: AttentionRecord, canonical: _Canonical, heads: int,
+    sources: dict[int, tuple[Tensor, dict[int, Tensor] | None]], reads: _Reads,
+) -> tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, Tensor, dict[int, Tensor]]]] | str:
+    r"""Per entry of one raw map, its query token, key token (:data:`NO_SOURCE` for none, and
+    for a key that aggregates several tokens) and head, and the entries whose key is such an
+    aggregate (``(entries, projection row, the tokens of each aggregate row)``)."""
+    size = record.scores.numel()
     q_token = torch.full((size,), NO_SOURCE, dtype=torch.long)
     k_token = q_token.clone()
     head = q_token.clone()
-    aggregated: list[tuple[Tensor, Tensor, Tensor]] = []  # (entries, key tokens, shares)
+    aggregated: list[tuple[Tensor, Tensor, dict[int, Tensor]]] = []
     for projection, row, row_head in reads:
         if bool((row == SEVERAL_SOURCES).any()):
             return ("each of its entries reads several tokens of one projection: the softmax "
@@ -237,21 +298,11 @@ def _place_entries(
             k_token = torch.where(fresh, token, k_token)
             members = _members_of(projection, canonical, sources)
             if members:  # block aggregates: their tokens
-                aggregated.append(aggregate_pairs(fresh, row, members))
+                aggregated.append((fresh, row, members))
         head = torch.where(read & (head == NO_SOURCE), row_head, head)
     if not bool((k_token != NO_SOURCE).any()):
         return "no projection computed before its softmax gives its key slots"
-    placed = (q_token >= 0) & (head >= 0)
-    direct = (placed & (k_token >= 0)).nonzero().flatten()
-    entries, keys, shares = [direct], [k_token[direct]], [torch.ones(direct.numel())]
-    for rows, key_tokens, share in aggregated:
-        kept = placed[rows]
-        entries.append(rows[kept])
-        keys.append(key_tokens[kept])
-        shares.append(share[kept])
-    entry = torch.cat(entries)
-    return (q_token[entry], torch.cat(keys), (entry, torch.cat(shares)), head[entry],
-            q_token >= 0)
+    return q_token, k_token, head, aggregated
 
 
 class _Reads:
@@ -282,7 +333,9 @@ def several_query_tokens(projection: Tensor, rows: Tensor, canonical: _Canonical
     border may read one token where the others read several) is computed from several of its
     tokens (one backward pass each,
     :func:`~captum_hetattn.binding.probe_budget.row_support`), else ``None`` (probe them all)."""
-    picked = rows.unique()
+    present = torch.zeros(int(rows.max()) + 1 if rows.numel() else 0, dtype=torch.bool)
+    present[rows] = True  # the rows read, in order: as `unique`, without its sort
+    picked = present.nonzero().flatten()
     for at in (picked.numel() // 2, picked.numel() // 4, 3 * picked.numel() // 4):
         support = row_support(projection, int(picked[at]), canonical.tensor, canonical.token_dim)
         if support is None:

@@ -32,8 +32,11 @@ folding (``rules.corrected``), which keeps them exact where entries overlap.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -183,6 +186,7 @@ def canonicalise(
     calls: list[AttentionRecord] = []
     dropped: list[tuple[AttentionRecord, str]] = []
     signature = LayoutCache.signature(batch, inputs) if cache is not None else None
+    alike: dict[Any, Placement] = {}  # this forward's laid-out calls, by what they look like
     for ordinal, group in enumerate(groups.values()):
         key = cache.key(signature, ordinal, group) if cache is not None else None
         cached = cache.get(key) if cache is not None else None
@@ -192,10 +196,16 @@ def canonicalise(
         if cache is not None:
             cache.hits += call is not None
         if call is None:
-            placement, call = _place(group, batch, inputs)
+            looks = alike_key(group) if cache is not None else None
+            placement, call = (_like_earlier(group, batch, inputs, alike.get(looks))
+                               if looks is not None else (None, None))
+            if placement is None:
+                placement, call = _place(group, batch, inputs)
             if cache is not None:
                 cache.misses += 1
                 cache.put(key, placement)
+                if placement.kind in ("scores", "states"):
+                    alike.setdefault(looks, placement)
         if isinstance(call, str):
             if call != "plain":
                 dropped += [(r, call) for r in group]
@@ -204,6 +214,51 @@ def canonicalise(
     if calls or dropped:
         recorder.use_layouts(calls, drop=[r for r, _ in dropped])
     return dropped
+
+
+def alike_key(group: list[AttentionRecord]) -> tuple[Any, ...]:
+    r"""What a call's layout is read from, but which layer it is: per raw map, its module's
+    name with the layer numbers left out (``encoder.layers.#.self_attn``), and the shapes and
+    strides of every tensor the layout is read from, the autograd node that computed its
+    scores and which keys its mask hides (every encoder layer of LED or LongT5 looks alike;
+    Swin's shifted and unshifted blocks differ in their masks and are told apart by the
+    check in any case)."""
+    def tensor(t: Tensor | None, node: bool = False) -> Any:
+        return None if t is None else (tuple(t.shape), t.stride(), t.dtype,
+                                       type(t.grad_fn).__name__ if node else None)
+
+    def masked(t: Tensor | None) -> Any:
+        return None if t is None else (tuple(t.shape), t.detach().cpu().nonzero().flatten()
+                                       .numpy().tobytes())
+
+    return tuple(
+        (_LAYER.sub("#", r.name), tuple(r.shape), r.role, r.heads, r.raw, r.token_dim,
+         r.key_token_dim, tensor(r.query_input), tensor(r.key_input), tensor(r.scores, True),
+         tuple(tensor(t, True) for t in r.linears),
+         tuple(tensor(s, True) for s in r.states or ()),
+         masked(r.masked_keys),
+         tuple((_LAYER.sub("#", c.name), tensor(c.input), tensor(c.output))
+               for c in r.contexts))
+        for r in group)
+
+
+#: a layer's number in a module's qualified name
+_LAYER = re.compile(r"(?<=\.)\d+(?=\.|$)")
+
+
+def _like_earlier(group: list[AttentionRecord], batch: int, inputs: Sequence[object],
+                  earlier: Placement | None
+                  ) -> tuple[Placement | None, AttentionRecord | str | None]:
+    r"""The placement of an ``earlier`` call of this forward that looks like this one
+    (:func:`alike_key`: another layer of the same stack), used after the check a cached
+    placement passes before reuse (the same check, on this call's own tensors: a layout that
+    does not hold is probed afresh); ``(None, None)`` where it does not hold."""
+    if earlier is None:
+        return None, None
+    call = earlier.replay(group, batch, inputs)
+    if call is None or isinstance(call, str):
+        return None, None
+    return dataclasses.replace(earlier), call
 
 
 def _materialise(group: list[AttentionRecord]) -> None:
