@@ -69,6 +69,10 @@ class Placement:
     #: vouches for and their versions (a replaced or modified index is not vouched for)
     proof: tuple[Fingerprint, tuple[Any, ...] | None] | None = dataclasses.field(
         default=None, repr=False)
+    #: the shapes of the raw maps laid out, and the layout of the call just laid out (until
+    #: kept: it folds by the sums over heads kept, as every later call does, to the bit)
+    shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list, repr=False)
+    origin: TokenLayout | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, call: AttentionRecord, batch: int,
@@ -86,6 +90,8 @@ class Placement:
             key=_index_of(first, "key", batch, call.key_input, call.key_token_dim)
             if cross else None,
             sources=sources,
+            shapes=[tuple(r.shape) for r in call.parts],
+            origin=call.layout,
         )
         if sources is None and call.query_input is not None:  # found on this very graph
             found = fingerprint([r.scores for r in call.parts], call.query_input)  # type: ignore[misc]
@@ -134,11 +140,18 @@ class Placement:
         self.proof = None if found is None else (found, self._vouched())
         return True
 
-    def seal(self) -> None:
-        """Let the fingerprint taken when the placement was found vouch for the index tensors
-        it is kept with (after :meth:`LayoutCache.put` shared them)."""
+    def seal(self, shared: bool) -> None:
+        """Once kept (``shared``: with the index tensors of an equal layout): let the fingerprint
+        taken when the placement was found vouch for those tensors, and fold by the sums over
+        heads (computed once per layout kept, given to the call just laid out too)."""
         if self.proof is not None and self.proof[1] is None:
             self.proof = (self.proof[0], self._vouched())
+        if self.layout is not None:
+            if not shared:
+                self.layout.heads_alike(self.shapes, compute=True)
+            if self.origin is not None:
+                self.origin.head_sums = self.layout.head_sums
+        self.origin = None
 
     def _vouched(self) -> tuple[Any, ...] | None:
         """The index tensors and their versions (an in-place change bumps a version)."""
@@ -217,7 +230,7 @@ class LayoutCache:
             if isinstance(value, Placement) and value.kind == "scores" and not shared:
                 value.tokens = _entry_tokens(value.layout)  # once: layers alike share it
         if isinstance(value, Placement):
-            value.seal()
+            value.seal(shared)
         self._placements[key] = (value, elements)
         self._placements.move_to_end(key)
         total = self.elements
