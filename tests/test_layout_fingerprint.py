@@ -204,3 +204,58 @@ def test_no_fingerprint_through_an_unknown_node():
     x = torch.randn(3, 4, requires_grad=True)
     assert fingerprint([torch.tanh(x @ torch.ones(4, 4))], x) is None
     assert fingerprint([(x @ torch.ones(4, 4)).detach()], x) is None
+
+
+# ------------------------------------------------------ folding the maps summed over heads
+def _laid_out(name):
+    """The laid-out calls of one recorded forward through a layout cache: layout, raw maps."""
+    from captum_hetattn import AttentionRecorder
+    from captum_hetattn.binding import trace
+
+    model, forward, inputs, extra = MODELS[name]()
+    with torch.enable_grad(), AttentionRecorder(model, record_io=True,
+                                                keep_layouts=True) as recorder:
+        score = forward(*inputs, *extra)[:, TARGET].sum()
+        trace(recorder, [*inputs, *extra], layouts=LayoutCache())
+        recorder.compute_gradients(score)
+    return [(r.layout, [p.attention for p in r.parts]) for r in recorder.records
+            if r.layout is not None]
+
+
+@pytest.mark.parametrize("name", ["led", "longt5", "swin"])
+def test_maps_summed_over_heads_fold_as_the_entries_do(name):
+    import dataclasses
+
+    calls = _laid_out(name)
+    assert calls and all(layout.head_sums for layout, _ in calls)  # every head alike here
+    for layout, parts in calls:
+        sums = layout.head_sums
+        heads = layout.dense_shape[1]
+        assert sums.raw.numel() * heads == layout.raw_index.numel()
+        plain = dataclasses.replace(layout, head_sums=False)  # folded entry by entry
+        torch.testing.assert_close(layout.fold(parts, sum_heads=True),
+                                   plain.fold(parts, sum_heads=True))
+        mass, causal = layout.where_attention_goes(parts)
+        want_mass, want_causal = plain.where_attention_goes(parts)
+        assert causal == want_causal and torch.equal(mass.eq(0), want_mass.eq(0))
+        torch.testing.assert_close(mass, want_mass)
+        values, rows, columns, diagonal = layout.mean_over_heads(parts)
+        dense = torch.zeros(layout.dense_shape[0] * layout.dense_shape[2],
+                            layout.dense_shape[3])
+        dense.index_put_((rows, columns % layout.dense_shape[3]), values, accumulate=True)
+        torch.testing.assert_close(dense.view(-1, *layout.dense_shape[2:]),
+                                   plain.fold(parts, sum_heads=True)[:, 0] / heads)
+        assert torch.equal(rows[diagonal] % layout.dense_shape[2],
+                           columns[diagonal] % layout.dense_shape[3])
+
+
+def test_heads_laid_out_differently_are_not_summed():
+    from captum_hetattn.binding.canonical import TokenLayout
+
+    # two heads, one query and two keys each: head 1 reads its keys the other way round
+    raw = torch.arange(4)
+    dense = torch.tensor([0, 1, 3, 2])  # (B=1, H=2, 1, 2): head 0 → keys 0, 1; head 1 → 1, 0
+    layout = TokenLayout("local", (1, 2, 1, 2), raw, dense)
+    assert layout.heads_alike([(1, 2, 1, 2)], compute=True) is None
+    alike = TokenLayout("local", (1, 2, 1, 2), raw, torch.arange(4))
+    assert alike.heads_alike([(1, 2, 1, 2)], compute=True) is not None

@@ -199,24 +199,32 @@ def _head_sums(layout: TokenLayout, shapes: list[tuple[int, ...]]) -> HeadSums |
     if heads < 2 or raw.numel() == 0:
         return None
     head = _floor_div(dense, n_q * n_k) % heads
-    reduced, dims = raw.new_empty(raw.shape), []
-    start = summed = done = 0
-    for shape in shapes:  # the entries of each raw map, in order of the maps
-        size = math.prod(shape)
-        count = int(raw[done:].lt(start + size).sum()) if done < raw.numel() else 0
-        local = raw[done:done + count] - start
-        if bool(local.lt(0).any()) or bool(local.ge(size).any()):
-            return None
-        dim = _head_dim(shape, heads, local, head[done:done + count])
-        if dim is None:
+    sizes = [math.prod(s) for s in shapes]
+    part = (torch.searchsorted(torch.tensor(sizes).cumsum(0).to(raw.device), raw, right=True)
+            if len(shapes) > 1 else torch.zeros_like(raw))
+    change = torch.ones(raw.numel(), dtype=torch.bool, device=raw.device)
+    change[1:] = part[1:] != part[:-1]
+    bounds = [*change.nonzero().flatten().tolist(), raw.numel()]
+    if len(bounds) - 1 > len(shapes) or int(part[-1]) >= len(shapes):
+        return None  # a map's entries in more than one run (or past the maps)
+    reduced = raw.new_empty(raw.shape)
+    dims = [-1] * len(shapes)
+    for begin, end in zip(bounds[:-1], bounds[1:], strict=False):  # the entries of one map
+        k = int(part[begin])
+        shape, start = shapes[k], sum(sizes[:k])
+        local = raw[begin:end] - start
+        dim = _head_dim(shape, heads, local, head[begin:end])
+        if dim is None or dims[k] not in (-1, dim):
             return None
         inner = math.prod(shape[dim + 1:])
-        reduced[done:done + count] = (_floor_div(local, inner * heads) * inner
-                                      + local % inner + summed)
-        dims.append(dim)
-        start, summed, done = start + size, summed + size // heads, done + count
-    if done != raw.numel():
-        return None
+        reduced[begin:end] = (_floor_div(local, inner * heads) * inner + local % inner
+                              + sum(sizes[:k]) // heads)
+        dims[k] = dim
+    for k, shape in enumerate(shapes):  # a map no entry reads: still summed over a head dim
+        if dims[k] < 0:
+            dims[k] = next((d for d, size in enumerate(shape) if size == heads), -1)
+            if dims[k] < 0:
+                return None
     partner = _partners(head, heads)
     rows, columns, _ = layout.tokens()
     if partner is None or not all(torch.equal(x, x[partner]) for x in (reduced, rows, columns)) \

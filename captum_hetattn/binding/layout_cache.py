@@ -12,6 +12,14 @@ forward: one random plane of the canonical tokens (and its complement) pushed fo
 projections must reach exactly the state rows or score entries the placement says (two products,
 where probing takes two per bit of the token count). A check that fails re-probes, never folds
 with a stale map.
+
+A placement read from the scores skips those passes (a double backward through the layer's
+projections: about a layer's forward and backward at LED-base sizes) where the autograd graph
+between the scores and the canonical tokens has the fingerprint it had when the placement was
+found or last checked (:mod:`~captum_hetattn.binding.graph_fingerprint`, which says why equal
+fingerprints mean the same placement), for the same index tensors at the same versions (a
+replaced or modified index is not vouched for). A graph without a fingerprint, or another one,
+is checked by the passes, and one that passes them is fingerprinted for the next call.
 """
 
 from __future__ import annotations
