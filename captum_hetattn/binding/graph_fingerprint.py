@@ -8,8 +8,9 @@ random tangents). That pattern is a function of the graph between the two: the n
 edges, each node's non-tensor arguments (sizes, strides, dims, pads, slices, scalars), its saved
 integer and bool tensors (gather and scatter indices, masks) and, for products, where its saved
 float tensors are zero. The fingerprint records all of these, node by node in a fixed walk order
-from the scores back to the canonical tokens (walking stops there and at parameters), so two
-graphs with equal fingerprints compute their scores by the same operations on the same positions;
+from the scores back to the canonical tokens (walking stops there and at parameters), with the
+shapes each node made (a view's target shape, where a ``cat`` splits), so two graphs with equal
+fingerprints compute their scores by the same operations on the same positions;
 their float values differ, and away from exact zeros (recorded) and exact cancellations (which
 random tangents in the probes do not tell from structure either) the response pattern, hence the
 placement, is the same.
@@ -26,6 +27,11 @@ What it covers, deliberately:
   not expose): the node is applied to a gradient that numbers its elements, and the written
   region is read off what comes back — a strided region, and whether the write kept or replaced
   what it covers. A write it cannot read that way fails the fingerprint.
+
+A tensor's strides follow from the operations that made it (recorded) and from its inputs'
+strides: those of the tokens, the parameters and every saved tensor are recorded; a tensor that
+enters through an addition saves nothing, and its strides could reach the placement only through
+an ``as_strided`` of the sum (no model we know of does that).
 
 Only node types whose backward is fixed by what they expose and whose derivative vanishes only
 where a saved tensor is zero are accepted (:data:`STRUCTURAL`); any other node (``tanh``,
@@ -139,11 +145,13 @@ def _walk(roots: Sequence[Tensor], stop: Tensor, max_nodes: int) -> Fingerprint:
         if name not in STRUCTURAL:
             raise _Unreadable(name)
         if name == "AccumulateGrad":  # a parameter or input other than the tokens
-            structure.append((name, tuple(node.variable.shape)))
+            structure.append((name, tuple(node.variable.shape), node.variable.stride()))
             continue
         edges = tuple((number(n), nr) for n, nr in node.next_functions)
+        # the shapes it made (a view's target, where a cat splits: not among its saved values)
+        made = tuple((tuple(m.shape), m.dtype) for m in node._input_metadata)
         saved = _copied(node, tensors) if name == "CopySlices" else _saved(node, tensors)
-        structure.append((name, edges, saved))
+        structure.append((name, edges, made, saved))
     return Fingerprint(tuple(structure), tensors)
 
 
