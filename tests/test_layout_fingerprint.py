@@ -204,6 +204,7 @@ def test_no_fingerprint_through_an_unknown_node():
     x = torch.randn(3, 4, requires_grad=True)
     assert fingerprint([torch.tanh(x @ torch.ones(4, 4))], x) is None
     assert fingerprint([(x @ torch.ones(4, 4)).detach()], x) is None
+    assert fingerprint([None], x) is None  # a record without scores
 
 
 # ------------------------------------------------------ folding the maps summed over heads

@@ -103,14 +103,15 @@ class Fingerprint:
     __hash__ = None  # type: ignore[assignment]
 
 
-def fingerprint(roots: Sequence[Tensor], stop: Tensor,
+def fingerprint(roots: Sequence[Tensor | None], stop: Tensor,
                 max_nodes: int = MAX_NODES) -> Fingerprint | None:
     r"""The fingerprint of the graph from ``roots`` (the recorded scores) back to ``stop`` (the
     canonical hidden states), or ``None`` where it cannot be taken (see the module docstring)."""
-    if not stop.requires_grad or not all(r.requires_grad for r in roots):
+    if not stop.requires_grad or not all(isinstance(r, Tensor) and r.requires_grad
+                                         for r in roots):
         return None
     try:
-        return _walk(roots, stop, max_nodes)
+        return _walk(roots, stop, max_nodes)  # type: ignore[arg-type]
     except (_Unreadable, RuntimeError):  # RuntimeError: a saved tensor already freed
         return None
 
