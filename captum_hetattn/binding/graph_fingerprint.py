@@ -118,7 +118,7 @@ def fingerprint(roots: Sequence[Tensor | None], stop: Tensor,
 
 def _walk(roots: Sequence[Tensor], stop: Tensor, max_nodes: int) -> Fingerprint:
     """Number the nodes in a fixed depth-first order and record each one."""
-    tensors: list[Tensor] = []
+    tensors = _Kept()
     ordinal: dict[Any, int] = {}
     nodes: list[Any] = []
     structure: list[Any] = [tuple((tuple(r.shape), r.dtype, r.output_nr) for r in roots),
@@ -153,7 +153,7 @@ def _walk(roots: Sequence[Tensor], stop: Tensor, max_nodes: int) -> Fingerprint:
         made = tuple((tuple(m.shape), m.dtype) for m in node._input_metadata)
         saved = _copied(node, tensors) if name == "CopySlices" else _saved(node, tensors)
         structure.append((name, edges, made, saved))
-    return Fingerprint(tuple(structure), tensors)
+    return Fingerprint(tuple(structure), list(tensors))
 
 
 def _is_stop(node: Any, stop: Tensor) -> bool:
@@ -167,12 +167,12 @@ def _saved_names(kind: type) -> tuple[str, ...]:
     return tuple(sorted(a for a in dir(kind) if a.startswith("_saved_")))
 
 
-def _saved(node: Any, tensors: list[Tensor]) -> tuple[Any, ...]:
+def _saved(node: Any, tensors: _Kept) -> tuple[Any, ...]:
     """A node's saved values: non-tensor ones as they are, tensors by :func:`_tensor`."""
     return tuple(_value(getattr(node, name), tensors) for name in _saved_names(type(node)))
 
 
-def _value(value: Any, tensors: list[Tensor]) -> Any:
+def _value(value: Any, tensors: _Kept) -> Any:
     if isinstance(value, Tensor):
         return _tensor(value, tensors)
     if value is None or isinstance(value, (bool, int, float, str, torch.dtype,
@@ -183,22 +183,42 @@ def _value(value: Any, tensors: list[Tensor]) -> Any:
     raise _Unreadable(type(value).__name__)
 
 
-def _tensor(value: Tensor, tensors: list[Tensor]) -> tuple[Any, ...]:
+def _tensor(value: Tensor, tensors: _Kept) -> tuple[Any, ...]:
     """A saved tensor: its shape, strides and type; an integer or bool tensor kept whole, a
-    float tensor by where it is zero (``"dense"`` when nowhere: nothing kept)."""
+    float tensor by where it is zero (``"dense"`` when nowhere: nothing kept). A tensor several
+    nodes saved (the hidden states each projection saves) is read once per walk."""
     meta = (tuple(value.shape), tuple(value.stride()), value.dtype, value.requires_grad)
     data = value.detach()
+    same = (data.data_ptr(), data.storage_offset(), *meta, data._version)
+    memo = tensors.memo
+    if same in memo:
+        kind, kept = memo[same]
+        if kept is not None:
+            tensors.append(kept)
+        return (*meta, kind)
+    kept = None
     if not (data.is_floating_point() or data.is_complex()):
-        tensors.append(data.clone())
-        return (*meta, "exact")
-    if int(torch.count_nonzero(data)) == data.numel():
-        return (*meta, "dense")
-    tensors.append(data.eq(0))
-    return (*meta, "zeros")
+        kept, kind = data.clone(), "exact"
+    elif int(torch.count_nonzero(data)) == data.numel():
+        kind = "dense"
+    else:
+        kept, kind = data.eq(0), "zeros"
+    memo[same] = (kind, kept)
+    if kept is not None:
+        tensors.append(kept)
+    return (*meta, kind)
+
+
+class _Kept(list):
+    """The tensors a fingerprint keeps, and (``memo``) the saved tensors read so far."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.memo: dict[tuple[Any, ...], tuple[str, Tensor | None]] = {}
 
 
 # ------------------------------------------------------------------------- in-place writes
-def _copied(node: Any, tensors: list[Tensor]) -> tuple[Any, ...]:
+def _copied(node: Any, tensors: _Kept) -> tuple[Any, ...]:
     r"""A ``CopySlices`` node (an in-place write into a view of a tensor) read by applying it
     to a gradient numbering the tensor's elements: each other input's gradient must be a
     strided read of those numbers (its view), and the tensor's own gradient those numbers
@@ -216,9 +236,9 @@ def _copied(node: Any, tensors: list[Tensor]) -> tuple[Any, ...]:
     base = out[0]
     if base is None:
         return ("CopySlices", shape, regions, None)
-    changed = base != numbers
-    if not bool(changed.any()):
+    if torch.equal(base, numbers):  # one pass, nothing allocated: the common in-place add
         return ("CopySlices", shape, regions, "kept")
+    changed = base != numbers
     ratio = base[changed] / numbers[changed]
     scale = float(ratio[0])
     if not bool((ratio == scale).all()):
