@@ -238,6 +238,9 @@ def _copied(node: Any, tensors: _Kept) -> tuple[Any, ...]:
         return ("CopySlices", shape, regions, None)
     if torch.equal(base, numbers):  # one pass, nothing allocated: the common in-place add
         return ("CopySlices", shape, regions, "kept")
+    replaced = _replaced(base, numbers, regions)
+    if replaced is not None:
+        return ("CopySlices", shape, regions, ("replaced", replaced))
     changed = base != numbers
     ratio = base[changed] / numbers[changed]
     scale = float(ratio[0])
@@ -255,7 +258,27 @@ def _copied(node: Any, tensors: _Kept) -> tuple[Any, ...]:
     return ("CopySlices", shape, regions, ("scaled at", scale))
 
 
-@functools.lru_cache(maxsize=4)
+def _replaced(base: Tensor, numbers: Tensor, regions: tuple[Any, ...]) -> Any:
+    """The region a source reads that the write replaced (zeroed in ``base``, all else kept),
+    in passes over the region and one over ``base``: the region is put back and ``base`` must
+    then equal ``numbers`` (``base`` is this reading's own gradient); ``None`` otherwise."""
+    if not base.is_contiguous() or base.storage_offset() != 0:
+        return None
+    flat, numbered = base.view(-1), numbers.view(-1)
+    for region in regions:
+        if region is None:
+            continue
+        view = flat.as_strided(*region)
+        if bool(view.ne(0).any()):
+            continue
+        view.copy_(numbered.as_strided(*region))
+        if torch.equal(base, numbers):
+            return region
+        view.zero_()  # as it was
+    return None
+
+
+@functools.lru_cache(maxsize=8)
 def _numbers(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """``1, 2, …`` in ``shape``: each element's number, exact in ``dtype`` below ``2**24``."""
     count = math.prod(shape)
