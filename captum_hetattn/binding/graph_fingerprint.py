@@ -262,8 +262,9 @@ def _replaced(base: Tensor, numbers: Tensor, regions: tuple[Any, ...]) -> Any:
     """The region a source reads that the write replaced (zeroed in ``base``, all else kept),
     in passes over the region and one over ``base``: the region is put back and ``base`` must
     then equal ``numbers`` (``base`` is this reading's own gradient); ``None`` otherwise."""
-    if not base.is_contiguous() or base.storage_offset() != 0:
-        return None
+    if (not base.is_contiguous() or base.storage_offset() != 0
+            or base.untyped_storage().data_ptr() == numbers.untyped_storage().data_ptr()):
+        return None  # (never write into the numbers, kept for the next reading)
     flat, numbered = base.view(-1), numbers.view(-1)
     for region in regions:
         if region is None:
