@@ -49,12 +49,39 @@ class TokenLayout:
     #: per raw entry, its query and key token and the entries on the diagonal (``tokens()``),
     #: kept once computed
     token_index: tuple[Tensor, Tensor, Tensor] | None = None
+    #: the layout of the raw maps summed over their heads, where every head is laid out alike
+    #: (``heads_alike()``; ``False``: they are not), kept once computed
+    head_sums: HeadSums | bool | None = None
 
     def release(self) -> None:
         """Drop the index tensors (as large as the raw maps) once the call is folded for good."""
         empty = torch.zeros(0, dtype=torch.long)
         self.raw_index = self.dense_index = empty
-        self.weight = self.head_free_index = self.token_index = None
+        self.weight = self.head_free_index = self.token_index = self.head_sums = None
+
+    def heads_alike(self, shapes: Sequence[tuple[int, ...]],
+                    compute: bool = False) -> HeadSums | None:
+        r"""For raw maps of ``shapes``: where each has a dimension of heads and every head's
+        entries land alike (the same element of the maps summed over heads, the same pair of
+        tokens, the same weight), their layout over the head-summed maps
+        (:class:`HeadSums`: ``1/heads`` of the entries); ``None`` where they do not, or where
+        it was not computed (``compute``: compute it now; the layout cache does, once per
+        layout it keeps)."""
+        if self.head_sums is None and compute:
+            self.head_sums = _head_sums(self, [tuple(s) for s in shapes]) or False
+        found = self.head_sums
+        return found if isinstance(found, HeadSums) and found.shapes == [
+            tuple(s) for s in shapes] else None
+
+    def mean_over_heads(self, parts: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""The mean over heads of raw maps ``parts`` as entries: ``(values, rows, columns,
+        diagonal)`` (see :class:`~captum_hetattn.rules.folded.FoldedMap`); from the maps summed
+        over heads where the heads are laid out alike (``1/heads`` of the entries)."""
+        heads = self.dense_shape[1]
+        sums = self.heads_alike([tuple(p.shape) for p in parts])
+        if sums is None:
+            return (self.raw_values(parts).div_(heads), *self.tokens())
+        return (sums.values(parts).div_(heads), sums.rows, sums.columns, sums.diagonal)
 
     def tokens(self) -> tuple[Tensor, Tensor, Tensor]:
         r"""Per raw entry, its query token (flat ``b·n_q + q``) and key token (``b·n_k + k``),
@@ -92,7 +119,11 @@ class TokenLayout:
             upper = dense % n_k > dense.div(n_k, rounding_mode="floor") % n_q
             causal = not bool(self._values(flat, entries)[upper].ne(0).any())
         total = None
-        if mass:
+        sums = self.heads_alike([tuple(p.shape) for p in parts]) if mass else None
+        if sums is not None:  # the same sums (of non-negative entries) in another order
+            total = flat.new_zeros(batch * n_k).index_add_(
+                0, sums.columns, sums.values([p.detach() for p in parts]))
+        elif mass:
             total = flat.new_zeros(batch * n_k).index_add_(0, self.tokens()[1],
                                                            self._values(flat, None))
         return None if total is None else total.view(batch, n_k), causal
@@ -119,13 +150,129 @@ class TokenLayout:
         r"""The dense map of raw maps ``parts`` (anything laid out like them: ``A``, ``G``,
         ``f(G) ⊙ A``); linear, so head aggregation and corrections commute with it. With
         ``sum_heads``, its sum over heads ``(B, 1, n_q, n_k)``, without the per-head map."""
-        flat = torch.cat([p.reshape(-1) for p in parts])
         batch, heads, n_q, n_k = self.dense_shape
+        sums = self.heads_alike([tuple(p.shape) for p in parts]) if sum_heads else None
+        if sums is not None:
+            out = parts[0].new_zeros(batch * n_q * n_k)
+            head_free = sums.rows * n_k + sums.columns % n_k  # b·n_q·n_k + q·n_k + k
+            return out.index_add_(0, head_free, sums.values(parts)).view(batch, 1, n_q, n_k)
+        flat = torch.cat([p.reshape(-1) for p in parts])
         shape = (batch, 1, n_q, n_k) if sum_heads else self.dense_shape
         out = flat.new_zeros(math.prod(shape))
         out.index_add_(0, self.summed_index() if sum_heads else self.dense_index,
                        self._values(flat, None))
         return out.view(shape)
+
+
+@dataclass
+class HeadSums:
+    r"""A layout over raw maps summed over their heads (:meth:`TokenLayout.heads_alike`):
+    ``raw`` the element of the summed maps (flattened, concatenated) each entry reads,
+    ``rows`` / ``columns`` its query / key token (flat over the examples), ``diagonal`` the
+    entries whose query is their key, ``weight`` as the layout's; ``dims``: each map's
+    dimension of heads."""
+
+    shapes: list[tuple[int, ...]]
+    dims: list[int]
+    raw: Tensor
+    rows: Tensor
+    columns: Tensor
+    diagonal: Tensor
+    weight: Tensor | None
+
+    def values(self, parts: Sequence[Tensor]) -> Tensor:
+        """Per entry, its value in ``parts`` summed over heads (weighted)."""
+        flat = torch.cat([p.sum(dim=d).reshape(-1) for p, d in zip(parts, self.dims,
+                                                                    strict=True)])
+        values = flat[self.raw]
+        return values if self.weight is None else values * self.weight.to(values)
+
+
+def _head_sums(layout: TokenLayout, shapes: list[tuple[int, ...]]) -> HeadSums | None:
+    """:meth:`TokenLayout.heads_alike` computed. Each entry's head (from the dense map) must be
+    its index along one dimension of its raw map, and the entries must come in runs of one
+    head, each group of ``heads`` runs holding heads ``0, 1, …`` in turn, each run repeating
+    the first run of its group entry by entry on the summed maps (the same element, the same
+    tokens, the same weight): then head 0's runs are the layout over the sums."""
+    batch, heads, n_q, n_k = layout.dense_shape
+    raw, dense = layout.raw_index, layout.dense_index
+    if heads < 2 or raw.numel() == 0:
+        return None
+    head = _floor_div(dense, n_q * n_k) % heads
+    sizes = [math.prod(s) for s in shapes]
+    part = (torch.searchsorted(torch.tensor(sizes).cumsum(0).to(raw.device), raw, right=True)
+            if len(shapes) > 1 else torch.zeros_like(raw))
+    change = torch.ones(raw.numel(), dtype=torch.bool, device=raw.device)
+    change[1:] = part[1:] != part[:-1]
+    bounds = [*change.nonzero().flatten().tolist(), raw.numel()]
+    if len(bounds) - 1 > len(shapes) or int(part[-1]) >= len(shapes):
+        return None  # a map's entries in more than one run (or past the maps)
+    reduced = raw.new_empty(raw.shape)
+    dims = [-1] * len(shapes)
+    for begin, end in zip(bounds[:-1], bounds[1:], strict=False):  # the entries of one map
+        k = int(part[begin])
+        shape, start = shapes[k], sum(sizes[:k])
+        local = raw[begin:end] - start
+        dim = _head_dim(shape, heads, local, head[begin:end])
+        if dim is None or dims[k] not in (-1, dim):
+            return None
+        inner = math.prod(shape[dim + 1:])
+        reduced[begin:end] = (_floor_div(local, inner * heads) * inner + local % inner
+                              + sum(sizes[:k]) // heads)
+        dims[k] = dim
+    for k, shape in enumerate(shapes):  # a map no entry reads: still summed over a head dim
+        if dims[k] < 0:
+            dims[k] = next((d for d, size in enumerate(shape) if size == heads), -1)
+            if dims[k] < 0:
+                return None
+    partner = _partners(head, heads)
+    rows, columns, _ = layout.tokens()
+    if partner is None or not all(torch.equal(x, x[partner]) for x in (reduced, rows, columns)) \
+            or (layout.weight is not None and not torch.equal(layout.weight,
+                                                              layout.weight[partner])):
+        return None
+    first = (head == 0).nonzero().flatten()
+    rows, columns = rows[first], columns[first]
+    diagonal = ((rows % n_q == columns % n_k).nonzero().flatten() if n_q == n_k
+                else rows.new_zeros(0))
+    weight = None if layout.weight is None else layout.weight[first]
+    return HeadSums(shapes, dims, reduced[first], rows, columns, diagonal, weight)
+
+
+def _floor_div(index: Tensor, by: int) -> Tensor:
+    """``index // by`` for non-negative indices below ``2**53`` (in float64: exact there, and
+    many times faster than integer division)."""
+    return index.double().div_(by).floor_().long()
+
+
+def _partners(head: Tensor, heads: int) -> Tensor | None:
+    """Per entry, the entry of head 0 it must repeat: runs of one head come in groups of
+    ``heads`` runs of equal length holding heads ``0, 1, …``; ``None`` where they do not."""
+    change = torch.ones(head.numel(), dtype=torch.bool, device=head.device)
+    change[1:] = head[1:] != head[:-1]
+    starts = change.nonzero().flatten()
+    if starts.numel() % heads:
+        return None
+    lengths = torch.diff(starts, append=starts.new_tensor([head.numel()])).view(-1, heads)
+    if not torch.equal(head[starts].view(-1, heads),
+                       torch.arange(heads, device=head.device).expand(lengths.shape[0], -1)) \
+            or not bool((lengths == lengths[:, :1]).all()):
+        return None
+    shift = (starts.view(-1, heads) - starts.view(-1, heads)[:, :1]).reshape(-1)
+    return torch.arange(head.numel(), device=head.device) - shift.repeat_interleave(
+        lengths.reshape(-1))
+
+
+def _head_dim(shape: tuple[int, ...], heads: int, local: Tensor, head: Tensor) -> int | None:
+    """The dimension of ``shape`` whose index is each entry's ``head`` (``local``: the entries'
+    flat positions in a map of ``shape``), or ``None``."""
+    for dim, size in enumerate(shape):
+        if size != heads:
+            continue
+        inner = math.prod(shape[dim + 1:])
+        if torch.equal(_floor_div(local, inner) % heads, head):
+            return dim
+    return None
 
 
 # ------------------------------------------------------------------------------ probing

@@ -12,6 +12,14 @@ forward: one random plane of the canonical tokens (and its complement) pushed fo
 projections must reach exactly the state rows or score entries the placement says (two products,
 where probing takes two per bit of the token count). A check that fails re-probes, never folds
 with a stale map.
+
+A placement read from the scores skips those passes (a double backward through the layer's
+projections: about a layer's forward and backward at LED-base sizes) where the autograd graph
+between the scores and the canonical tokens has the fingerprint it had when the placement was
+found or last checked (:mod:`~captum_hetattn.binding.graph_fingerprint`, which says why equal
+fingerprints mean the same placement), for the same index tensors at the same versions (a
+replaced or modified index is not vouched for). A graph without a fingerprint, or another one,
+is checked by the passes, and one that passes them is fingerprinted for the next call.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from captum_hetattn.binding.canonical import (
     _tiled,
 )
 from captum_hetattn.binding.dataflow import _Dependence, _dependence, _pass_rows
+from captum_hetattn.binding.graph_fingerprint import Fingerprint, fingerprint
 from captum_hetattn.binding.tokens import _restore_layout, tokens_view
 from captum_hetattn.capture import AttentionRecord
 
@@ -63,6 +72,15 @@ class Placement:
     #: for ``"scores"``: each placed pair's query and key token and which raw entries are
     #: placed (:func:`_entry_tokens`), kept with the index they were read from
     tokens: tuple[Tensor, ...] | None = dataclasses.field(default=None, repr=False)
+    #: for ``"scores"``: the fingerprint of a graph the placement was found on or checked
+    #: against (:mod:`~captum_hetattn.binding.graph_fingerprint`), with the index tensors it
+    #: vouches for and their versions (a replaced or modified index is not vouched for)
+    proof: tuple[Fingerprint, tuple[Any, ...] | None] | None = dataclasses.field(
+        default=None, repr=False)
+    #: the shapes of the raw maps laid out, and the layout of the call just laid out (until
+    #: kept: it folds by the sums over heads kept, as every later call does, to the bit)
+    shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list, repr=False)
+    origin: TokenLayout | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, call: AttentionRecord, batch: int,
@@ -73,14 +91,20 @@ class Placement:
         cross = call.key_input is not None
         # computed once: every replay's copy shares them
         call.layout.summed_index(), call.layout.tokens()
-        return cls(
+        placement = cls(
             "states" if sources is not None else "scores",
             layout=dataclasses.replace(call.layout),
             query=_index_of(first, "query", batch, call.query_input, call.token_dim),
             key=_index_of(first, "key", batch, call.key_input, call.key_token_dim)
             if cross else None,
             sources=sources,
+            shapes=[tuple(r.shape) for r in call.parts],
+            origin=call.layout,
         )
+        if sources is None and call.query_input is not None:  # found on this very graph
+            found = fingerprint([r.scores for r in call.parts], call.query_input)  # type: ignore[misc]
+            placement.proof = None if found is None else (found, None)
+        return placement
 
     def replay(self, group: list[AttentionRecord], batch: int,
                inputs: Sequence[object]) -> AttentionRecord | str | None:
@@ -101,18 +125,62 @@ class Placement:
                 return None
             role = first.role
         else:
-            if self.tokens is None or self.tokens[0] is not self.layout.dense_index \
-                    or self.tokens[1] is not self.layout.raw_index:
-                self.tokens = _entry_tokens(self.layout)
-            if not _scores_hold(group, query, self.layout, self.tokens[2:]):
+            if not self._scores_hold(group, query):
                 return None
             role = "self"
         return _call_of(group, dataclasses.replace(self.layout), query, key, role)
+
+    def _scores_hold(self, group: list[AttentionRecord], query: _Canonical) -> bool:
+        r"""Whether the scores placement holds for ``group``: its graph's fingerprint equals
+        one this placement was found on or checked against, for the same index tensors (no
+        pass through the graph), else :func:`_scores_hold`'s passes (and a graph that passes
+        them is fingerprinted for the next call)."""
+        assert self.layout is not None
+        found = fingerprint([r.scores for r in group], query.tensor)  # type: ignore[misc]
+        if found is not None and self.proof is not None \
+                and _same(self.proof[1], self._vouched()) and self.proof[0] == found:
+            return True
+        if self.tokens is None or self.tokens[0] is not self.layout.dense_index \
+                or self.tokens[1] is not self.layout.raw_index:
+            self.tokens = _entry_tokens(self.layout)
+        if not _scores_hold(group, query, self.layout, self.tokens[2:]):
+            return False
+        self.proof = None if found is None else (found, self._vouched())
+        return True
+
+    def seal(self, shared: bool) -> None:
+        """Once kept (``shared``: with the index tensors of an equal layout): let the fingerprint
+        taken when the placement was found vouch for those tensors, and fold by the sums over
+        heads (computed once per layout kept, given to the call just laid out too)."""
+        if self.proof is not None and self.proof[1] is None:
+            self.proof = (self.proof[0], self._vouched())
+        if self.layout is not None:
+            if not shared:
+                self.layout.heads_alike(self.shapes, compute=True)
+            if self.origin is not None:
+                self.origin.head_sums = self.layout.head_sums
+        self.origin = None
+
+    def _vouched(self) -> tuple[Any, ...] | None:
+        """The index tensors and their versions (an in-place change bumps a version)."""
+        if self.layout is None:
+            return None
+        held = (self.layout.raw_index, self.layout.dense_index, self.layout.weight)
+        return tuple((t, t._version) if t is not None else None for t in held)
 
     @property
     def elements(self) -> int:
         """How many index elements the placement keeps (for the cache's bound)."""
         return 0 if self.layout is None else int(self.layout.raw_index.numel())
+
+
+def _same(vouched: tuple[Any, ...] | None, held: tuple[Any, ...] | None) -> bool:
+    """Whether the same index tensor objects, at the same versions, are held."""
+    if vouched is None or held is None or len(vouched) != len(held):
+        return False
+    return all((a is None and b is None) or (a is not None and b is not None
+                                             and a[0] is b[0] and a[1] == b[1])
+               for a, b in zip(vouched, held, strict=True))
 
 
 class LayoutCache:
@@ -169,6 +237,8 @@ class LayoutCache:
             elements = value.elements if isinstance(value, Placement) and not shared else 0
             if isinstance(value, Placement) and value.kind == "scores" and not shared:
                 value.tokens = _entry_tokens(value.layout)  # once: layers alike share it
+        if isinstance(value, Placement):
+            value.seal(shared)
         self._placements[key] = (value, elements)
         self._placements.move_to_end(key)
         total = self.elements

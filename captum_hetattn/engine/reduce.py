@@ -194,8 +194,7 @@ class Capture:
             if self.stream is not None and self.stream.takes(key) and not self.keep_heads:
                 # used at once by the streaming adjoint, then dropped: no dense map at all
                 batch, heads, n_q, n_k = record.shape
-                values = record.layout.raw_values(parts).div_(heads)
-                return FoldedMap((batch, n_q, n_k), values, *record.layout.tokens())
+                return FoldedMap((batch, n_q, n_k), *record.layout.mean_over_heads(parts))
             if not self.keep_heads:  # the sum over heads folded at once: no per-head map
                 return record.layout.fold(parts, sum_heads=True)[:, 0].div_(record.shape[1])
             folded = record.layout.fold(parts)
