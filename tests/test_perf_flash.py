@@ -353,3 +353,39 @@ def test_relevance_from_row_blocks_equals_whole_chunks(options, monkeypatch, cou
         assert torch.equal(rows.padding[name], value)
     if options.get("return_maps"):
         assert whole.maps and all(torch.equal(rows.maps[k], v) for k, v in whole.maps.items())
+
+
+def test_the_first_layers_state_gradients_are_not_computed(monkeypatch, count_flash):
+    """Nothing the gradient pass asks for lies below the first layer's queries, keys and values:
+    its flash backward skips them (the kernel's backward), and the relevance is unchanged."""
+    model, ids, mask = _bert(3)
+    executed = flash_module._executed
+    seen = []
+
+    def watched(ctx):
+        seen.append(executed(ctx)[:3])
+        return seen[-1]
+
+    def explain():
+        explainer = HeterogenousAttentionAttribution(
+            lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+        return explainer.explain(ids, target=1, additional_forward_args=(mask,))
+
+    monkeypatch.setattr(flash_module, "_executed", watched)
+    skipped = explain()
+    assert count_flash and len(seen) == 2  # two layers, from the last
+    assert any(seen[0]) and not any(seen[1])
+    monkeypatch.setattr(flash_module, "_executed", lambda ctx: [True] * 11)  # the old backward
+    every = explain()
+    for name, value in every.relevance.items():
+        assert torch.equal(skipped.relevance[name], value)
+    for name, value in every.padding.items():
+        assert torch.equal(skipped.padding[name], value)
+
+
+def test_a_backward_into_the_states_still_gets_their_gradients(monkeypatch):
+    """Where the states' nodes run (a backward into the inputs), both paths compute them."""
+    query, key, value = _states()
+    for fused in (True, False):
+        _, grads, _ = _run(query, key, value, None, None, fused, monkeypatch)
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)

@@ -253,6 +253,8 @@ def _corrected_sum(attention: Tensor, gradient: Tensor, correction: str,
         gradient = gradient.abs_()
     weighted = gradient.mul_(attention)
     if total is None:  # a tensor of its own (the chunk's memory is reused)
+        if out is not None and weighted.shape[1] == 1:  # one head: a copy, not a reduction
+            return out.copy_(weighted[:, 0])  # (a sum into ``out`` zero-fills it first)
         return weighted.sum(dim=1) if out is None else torch.sum(weighted, dim=1, out=out)
     return total.add_(weighted[:, 0] if weighted.shape[1] == 1 else weighted.sum(dim=1))
 
