@@ -273,8 +273,9 @@ def _causal_rows(attention: Tensor, row: int, n_query: int, n_key: int) -> bool:
     if end < width and _nonzero(attention[..., end:]):  # keys after every row of the block
         return False
     corner = attention[..., row:end]  # (rows, keys row .. end): the triangle above the diagonal
-    upper = torch.ones(corner.shape[-2:], dtype=torch.bool, device=attention.device).triu(1)
-    return not bool(corner[..., upper].any())
+    # (zeroing the rest is a vectorised pass; a boolean index of it was a nonzero + gather,
+    # 40% of the reduction's time on GPT-2)
+    return not _nonzero(corner.triu(1))
 
 
 def _nonzero(tensor: Tensor) -> bool:
