@@ -389,3 +389,19 @@ def test_a_backward_into_the_states_still_gets_their_gradients(monkeypatch):
     for fused in (True, False):
         _, grads, _ = _run(query, key, value, None, None, fused, monkeypatch)
         assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_narrow_blocks_are_cut_to_narrow_rows_and_reduce_the_same(monkeypatch):
+    """Under a causal mask, blocks built over the keys their rows see are at most NARROW_ROWS
+    rows (less of the hidden triangle built), and give the whole reduction to the bit."""
+    n = 70
+    query, key, value = _states(n=n)
+    mask = torch.full((n, n), MIN).triu(1)[None, None]
+    monkeypatch.setattr(flash_module, "NARROW_ROWS", 16)
+    for correction in ("pos", "none"):
+        whole = _reduced(query, key, value, mask, 3, None, correction)
+        narrow = _reduced(query, key, value, mask, 3, 40, correction, narrow=True)
+        assert torch.equal(narrow[0], whole[0]) and narrow[2:4] == whole[2:4]
+        assert [keys for _, keys in narrow[-1]] == [16, 32, 48, 70] * 2
+        wide = _reduced(query, key, value, mask, 3, 40, correction)  # not narrow: 40 rows
+        assert wide[-1] == [40, 30] * 2

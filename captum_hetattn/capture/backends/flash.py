@@ -281,6 +281,10 @@ class FlashAttention(torch.autograd.Function):
         chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
         blocks = _row_blocks(n_query, ctx.rows)
         narrow = len(blocks) > 1 and ctx.narrow is not None and ctx.narrow()
+        if narrow and mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1:
+            # (a block is built over the keys its last row sees: shorter blocks build less of
+            # what a causal mask hides, down to a size that keeps the products fast)
+            blocks = _row_blocks(n_query, min(ctx.rows, NARROW_ROWS))
         per_head = mask is not None and mask.dim() == 4 and mask.shape[1] == heads > 1
         shared = None  # a mask over every head: what it says about the blocks, read once
         for first in range(0, heads, chunk):
@@ -406,6 +410,10 @@ _VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[type, bool]] = weakref.Weak
 #: head's blocks of 2**19 to 2**20 entries were fastest at 2048-8192 tokens, 64 rows or fewer
 #: ~10% slower)
 ROW_BUDGET = 2**20
+
+#: the most query rows of a block built over only the keys its rows see (a causal mask): a
+#: block of ``r`` rows builds ``≈ r · n / 2`` entries the mask hides
+NARROW_ROWS = 128
 
 #: query rows the class check compares maps at (all of them up to this many)
 CHECK_ROWS = 128
