@@ -122,22 +122,28 @@ class Capture:
         if blocks and total is None:
             total = attention.new_empty((attention.shape[0], n_query, n_key),
                                         dtype=relevance_dtype(attention.dtype))
+        # the last chunk of heads divides each block by the head count while it is in cache
+        divide = heads if blocks and first + attention.shape[1] >= heads else None
         fixed = self._add_block(attention, gradient, self.corrections[key], total, first,
-                                slice(row, row + attention.shape[-2]), blocks)
+                                slice(row, row + attention.shape[-2]), blocks, divide)
         if earlier is not None and mass is not None:
             mass = earlier[1] + mass
         if first + attention.shape[1] < heads or row + attention.shape[-2] < n_query:
             self._partial[key] = (fixed, mass, causal, touched)
             return None
         self._note(key, mass, causal, touched)
-        return self._streamed(record, fixed.div_(heads))  # (a sum of this call's own)
+        if not blocks:
+            fixed = fixed.div_(heads)
+        return self._streamed(record, fixed)  # (a sum of this call's own)
 
     @staticmethod
     def _add_block(attention: Tensor, gradient: Tensor, correction: str, total: Tensor | None,
-                   first: int, rows: slice, blocks: bool) -> Tensor:
+                   first: int, rows: slice, blocks: bool, divide: int | None = None
+                   ) -> Tensor:
         """The sum over heads of ``f(G) ⊙ A`` with the block's, in ``total``'s rows ``rows``
         and leading keys (the first chunk of heads writes them, zero after the block's keys;
-        the later ones add)."""
+        the later ones add); ``divide``: the head count the last chunk divides the block by
+        (the same values as dividing the whole sum at the end, one pass less over memory)."""
         if not blocks:
             return _corrected_sum(attention, gradient, correction, total)
         assert total is not None
@@ -148,6 +154,8 @@ class Capture:
             block[..., width:] = 0
         else:
             _corrected_sum(attention, gradient, correction, block[..., :width])
+        if divide is not None:
+            block[..., :width].div_(divide)
         return total
 
     #: the flash backward may write its next chunk into this one's memory: nothing here keeps
