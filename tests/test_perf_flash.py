@@ -405,3 +405,34 @@ def test_narrow_blocks_are_cut_to_narrow_rows_and_reduce_the_same(monkeypatch):
         assert [keys for _, keys in narrow[-1]] == [16, 32, 48, 70] * 2
         wide = _reduced(query, key, value, mask, 3, 40, correction)  # not narrow: 40 rows
         assert wide[-1] == [40, 30] * 2
+
+
+def test_a_call_reuses_the_memory_of_a_sum_the_adjoint_has_dropped(monkeypatch, count_flash):
+    """With row blocks and the streaming adjoint, the second layer's sum over heads is written
+    into the first one's memory (used and dropped by the adjoint), and the relevance is the
+    same as with new memory for each."""
+    model, ids, mask = _bert(4, length=45)
+    monkeypatch.setattr(flash_module, "ROW_BUDGET", 1)  # row blocks
+    total = reduce_module.Capture._total
+    given = []
+
+    def watched(self, like, shape):
+        spare = self._spare
+        given.append((total(self, like, shape), spare))
+        return given[-1][0]
+
+    def explain():
+        explainer = HeterogenousAttentionAttribution(
+            lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+        return explainer.explain(ids, target=1, additional_forward_args=(mask,))
+
+    monkeypatch.setattr(reduce_module.Capture, "_total", watched)
+    reused = explain()
+    assert count_flash and len(given) == 2
+    assert given[0][1] is None and given[1][1] is not None
+    assert given[1][0].data_ptr() == given[0][0].data_ptr()  # the first call's memory
+    monkeypatch.setattr(reduce_module.Capture, "_total",
+                        lambda self, like, shape: like.new_empty(shape))
+    fresh = explain()
+    for name, value in fresh.relevance.items():
+        assert torch.equal(reused.relevance[name], value)

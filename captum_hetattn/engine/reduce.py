@@ -59,6 +59,8 @@ class Capture:
         self._partial: dict[Key, tuple[Tensor, Tensor, bool, bool]] = {}
         #: with a streaming adjoint: reduced maps go to it (records keep an empty tensor)
         self.stream: Streaming | None = None
+        #: a reduced map the streaming adjoint used and dropped (:meth:`_total`)
+        self._spare: Tensor | None = None
 
     def rearm(self) -> None:
         """Before another gradient pass: what depends on the gradient is computed again."""
@@ -66,6 +68,7 @@ class Capture:
         self.heads = {}
         self._partial = {}
         self.stream = None
+        self._spare = None
 
     def expect(self, recording: BoundRecording) -> None:
         """The bound calls and their corrections (calls not bound are not reduced)."""
@@ -120,8 +123,7 @@ class Capture:
             causal = earlier[2] and _causal_rows(attention, row, n_query, n_key)
         total = None if earlier is None else earlier[0]
         if blocks and total is None:
-            total = attention.new_empty((attention.shape[0], n_query, n_key),
-                                        dtype=relevance_dtype(attention.dtype))
+            total = self._total(attention, (attention.shape[0], n_query, n_key))
         # the last chunk of heads divides each block by the head count while it is in cache
         divide = heads if blocks and first + attention.shape[1] >= heads else None
         fixed = self._add_block(attention, gradient, self.corrections[key], total, first,
@@ -134,7 +136,21 @@ class Capture:
         self._note(key, mass, causal, touched)
         if not blocks:
             fixed = fixed.div_(heads)
-        return self._streamed(record, fixed)  # (a sum of this call's own)
+        streamed = self._streamed(record, fixed)  # (a sum of this call's own)
+        if blocks and streamed is not fixed and key not in self.stream.maps:
+            self._spare = fixed  # used by the adjoint and dropped: the next call's memory
+        return streamed
+
+    def _total(self, like: Tensor, shape: tuple[int, int, int]) -> Tensor:
+        """Memory for a call's sum over heads: the last call's, where the streaming adjoint
+        used it and let it go and it fits (a new CPU tensor of this size is mapped afresh, a
+        page fault on every page as it is first written), else new."""
+        spare, self._spare = self._spare, None
+        dtype = relevance_dtype(like.dtype)
+        if (spare is not None and tuple(spare.shape) == shape and spare.dtype == dtype
+                and spare.device == like.device):
+            return spare
+        return like.new_empty(shape, dtype=dtype)
 
     @staticmethod
     def _add_block(attention: Tensor, gradient: Tensor, correction: str, total: Tensor | None,
