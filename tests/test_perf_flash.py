@@ -353,3 +353,86 @@ def test_relevance_from_row_blocks_equals_whole_chunks(options, monkeypatch, cou
         assert torch.equal(rows.padding[name], value)
     if options.get("return_maps"):
         assert whole.maps and all(torch.equal(rows.maps[k], v) for k, v in whole.maps.items())
+
+
+def test_the_first_layers_state_gradients_are_not_computed(monkeypatch, count_flash):
+    """Nothing the gradient pass asks for lies below the first layer's queries, keys and values:
+    its flash backward skips them (the kernel's backward), and the relevance is unchanged."""
+    model, ids, mask = _bert(3)
+    executed = flash_module._executed
+    seen = []
+
+    def watched(ctx):
+        seen.append(executed(ctx)[:3])
+        return seen[-1]
+
+    def explain():
+        explainer = HeterogenousAttentionAttribution(
+            lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+        return explainer.explain(ids, target=1, additional_forward_args=(mask,))
+
+    monkeypatch.setattr(flash_module, "_executed", watched)
+    skipped = explain()
+    assert count_flash and len(seen) == 2  # two layers, from the last
+    assert any(seen[0]) and not any(seen[1])
+    monkeypatch.setattr(flash_module, "_executed", lambda ctx: [True] * 11)  # the old backward
+    every = explain()
+    for name, value in every.relevance.items():
+        assert torch.equal(skipped.relevance[name], value)
+    for name, value in every.padding.items():
+        assert torch.equal(skipped.padding[name], value)
+
+
+def test_a_backward_into_the_states_still_gets_their_gradients(monkeypatch):
+    """Where the states' nodes run (a backward into the inputs), both paths compute them."""
+    query, key, value = _states()
+    for fused in (True, False):
+        _, grads, _ = _run(query, key, value, None, None, fused, monkeypatch)
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_narrow_blocks_are_cut_to_narrow_rows_and_reduce_the_same(monkeypatch):
+    """Under a causal mask, blocks built over the keys their rows see are at most NARROW_ROWS
+    rows (less of the hidden triangle built), and give the whole reduction to the bit."""
+    n = 70
+    query, key, value = _states(n=n)
+    mask = torch.full((n, n), MIN).triu(1)[None, None]
+    monkeypatch.setattr(flash_module, "NARROW_ROWS", 16)
+    for correction in ("pos", "none"):
+        whole = _reduced(query, key, value, mask, 3, None, correction)
+        narrow = _reduced(query, key, value, mask, 3, 40, correction, narrow=True)
+        assert torch.equal(narrow[0], whole[0]) and narrow[2:4] == whole[2:4]
+        assert [keys for _, keys in narrow[-1]] == [16, 32, 48, 70] * 2
+        wide = _reduced(query, key, value, mask, 3, 40, correction)  # not narrow: 40 rows
+        assert wide[-1] == [40, 30] * 2
+
+
+def test_a_call_reuses_the_memory_of_a_sum_the_adjoint_has_dropped(monkeypatch, count_flash):
+    """With row blocks and the streaming adjoint, the second layer's sum over heads is written
+    into the first one's memory (used and dropped by the adjoint), and the relevance is the
+    same as with new memory for each."""
+    model, ids, mask = _bert(4, length=45)
+    monkeypatch.setattr(flash_module, "ROW_BUDGET", 1)  # row blocks
+    total = reduce_module.Capture._total
+    given = []
+
+    def watched(self, like, shape):
+        spare = self._spare
+        given.append((total(self, like, shape), spare))
+        return given[-1][0]
+
+    def explain():
+        explainer = HeterogenousAttentionAttribution(
+            lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model)
+        return explainer.explain(ids, target=1, additional_forward_args=(mask,))
+
+    monkeypatch.setattr(reduce_module.Capture, "_total", watched)
+    reused = explain()
+    assert count_flash and len(given) == 2
+    assert given[0][1] is None and given[1][1] is not None
+    assert given[1][0].data_ptr() == given[0][0].data_ptr()  # the first call's memory
+    monkeypatch.setattr(reduce_module.Capture, "_total",
+                        lambda self, like, shape: like.new_empty(shape))
+    fresh = explain()
+    for name, value in fresh.relevance.items():
+        assert torch.equal(reused.relevance[name], value)

@@ -228,6 +228,8 @@ class FlashAttention(torch.autograd.Function):
         grad_query, grad_key, grad_value = (torch.empty_like(t) for t in (query, key, value))
         grad_mask = None
         wants_mask = mask is not None and ctx.needs_input_grad[3]
+        wants_states = any(_executed(ctx)[:4])  # (none of the first layer's)
+        grad_scores: Tensor | None = None
         for first in range(0, heads, chunk):
             part = slice(first, first + chunk)
             head_mask = None
@@ -236,11 +238,12 @@ class FlashAttention(torch.autograd.Function):
             q, k, v, d_out = query[:, part], key[:, part], value[:, part], grad_output[:, part]
             attention = attention_map(q, k, head_mask, ctx.scale)
             gradient = torch.matmul(d_out, v.transpose(-1, -2))  # ∂y/∂A = dO · Vᵀ
-            grad_value[:, part] = torch.matmul(attention.transpose(-1, -2), d_out)
-            grad_scores = attention * (gradient - (gradient * attention).sum(-1, keepdim=True))
-            grad_query[:, part] = torch.matmul(grad_scores, k) * ctx.scale
-            grad_key[:, part] = torch.matmul(grad_scores.transpose(-1, -2), q) * ctx.scale
-            if wants_mask:
+            if wants_states:
+                grad_value[:, part] = torch.matmul(attention.transpose(-1, -2), d_out)
+                grad_scores = attention * (gradient - (gradient * attention).sum(-1, keepdim=True))
+                grad_query[:, part] = torch.matmul(grad_scores, k) * ctx.scale
+                grad_key[:, part] = torch.matmul(grad_scores.transpose(-1, -2), q) * ctx.scale
+            if wants_mask and wants_states:
                 if mask.dim() == 4 and mask.shape[1] == heads and heads > 1:
                     if grad_mask is None:
                         grad_mask = torch.zeros_like(mask)
@@ -250,7 +253,10 @@ class FlashAttention(torch.autograd.Function):
                     grad_mask = partial if grad_mask is None else grad_mask + partial
             ctx.sink(clear_empty_rows(attention.detach(), head_mask), gradient.detach(), first,
                      heads)
-            del attention, gradient, grad_scores
+            del attention, gradient
+            grad_scores = None  # (one chunk's temporaries alive at a time)
+        if not wants_states:
+            grad_query = grad_key = grad_value = None
         return (grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None,
                 None, None, None)
 
@@ -266,13 +272,19 @@ class FlashAttention(torch.autograd.Function):
         them, a block holds only the leading keys some query of the block sees
         (:func:`key_extents`: a causal mask's later keys are built for no row)."""
         query, key, value, mask, output, logsumexp = ctx.saved_tensors
-        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad_output, query, key, value, output, logsumexp, 0.0, False, attn_mask=mask,
-            scale=ctx.scale)
+        grads: tuple[Tensor | None, ...] = (None, None, None)
+        if any(_executed(ctx)[:3]):  # (the first layer's are wanted by no one: not computed)
+            grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad_output, query, key, value, output, logsumexp, 0.0, False, attn_mask=mask,
+                scale=ctx.scale)
         heads, n_query = query.shape[1], query.shape[2]
         chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
         blocks = _row_blocks(n_query, ctx.rows)
         narrow = len(blocks) > 1 and ctx.narrow is not None and ctx.narrow()
+        if narrow and mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1:
+            # (a block is built over the keys its last row sees: shorter blocks build less of
+            # what a causal mask hides, down to a size that keeps the products fast)
+            blocks = _row_blocks(n_query, min(ctx.rows, NARROW_ROWS))
         per_head = mask is not None and mask.dim() == 4 and mask.shape[1] == heads > 1
         shared = None  # a mask over every head: what it says about the blocks, read once
         for first in range(0, heads, chunk):
@@ -295,6 +307,20 @@ class FlashAttention(torch.autograd.Function):
                     ctx.workspace.drop()  # the sink keeps them: the next block gets new memory
                 del attention, gradient
         return *grads, None, torch.zeros(()), None, None, None, None, None, None
+
+
+def _executed(ctx: Any) -> list[bool]:
+    r"""Per input of a :class:`FlashAttention` call, whether this backward's gradient pass
+    runs the node its gradient goes to (the first layer's queries, keys and values lead to
+    no gradient ``torch.autograd.grad(objective, maps)`` asks for: their gradients are not
+    computed). ``True`` where the engine cannot say (a leaf under ``autograd.grad``)."""
+    wanted = []
+    for node, _ in ctx.next_functions:
+        try:
+            wanted.append(node is not None and torch._C._will_engine_execute_node(node))
+        except RuntimeError:  # pragma: no cover - a leaf input under autograd.grad
+            wanted.append(True)
+    return wanted
 
 
 def _read_mask(mask: Tensor | None, blocks: list[slice], n_key: int, narrow: bool
@@ -380,8 +406,14 @@ class Workspace:
 _VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[type, bool]] = weakref.WeakKeyDictionary()
 
 #: map entries (``B · chunk · rows · n_k``) per block of query rows, where the head reduction
-#: takes rows: one block's map and gradient stay in the CPU's cache between their passes
-ROW_BUDGET = 2**19
+#: takes rows: one block's map and gradient stay in the CPU's cache between their passes (one
+#: head's blocks of 2**19 to 2**20 entries were fastest at 2048-8192 tokens, 64 rows or fewer
+#: ~10% slower)
+ROW_BUDGET = 2**20
+
+#: the most query rows of a block built over only the keys its rows see (a causal mask): a
+#: block of ``r`` rows builds ``≈ r · n / 2`` entries the mask hides
+NARROW_ROWS = 128
 
 #: query rows the class check compares maps at (all of them up to this many)
 CHECK_ROWS = 128
@@ -549,6 +581,9 @@ class FlashBackend(Backend):
             per_head = shape[0] * shape[2] * shape[3]
             chunk = max(1, self.recorder.flash_budget // max(per_head, 1))
             if getattr(reduce_heads, "rows", False):  # and of query rows, where it takes them
+                if _fused_cpu(query, key, value, mask, scale):
+                    chunk = 1  # (the kernel's backward runs whole: one head's blocks rebuild
+                    # and reduce fastest, measured at 2048-8192 tokens)
                 rows = max(1, ROW_BUDGET // max(shape[0] * min(chunk, shape[1]) * shape[3], 1))
         output = FlashAttention.apply(query, key, value, mask, probe, scale,
                                       functools.partial(self._on_flash, entry), chunk,
