@@ -85,8 +85,12 @@ def test_moved_global_attention_misses_the_fingerprint_and_probes_afresh(monkeyp
     moved = torch.zeros_like(glob)
     moved[:, 5] = 1  # as many global tokens, elsewhere: the same shapes, the same key
     del checks[:]
+    misses = cache.misses
     got = _layouts(model, forward, inputs, (decoder, moved), cache)
-    assert checks  # the fingerprint missed: checked by passes (which fail: probed afresh)
+    # the fingerprint missed: probed afresh, not checked by the passes, which sample one random
+    # plane and pass a global column moved within it (with this blind key, about one seed in
+    # two: the test ran it under the suite's generator state)
+    assert not checks and cache.misses > misses
     _assert_same(got, _layouts(model, forward, inputs, (decoder, moved), None))
     del checks[:]
     _assert_same(_layouts(model, forward, inputs, (decoder, moved), cache), got)
@@ -145,7 +149,9 @@ def test_new_random_blocks_miss_the_fingerprint_and_probe_afresh(checks):
             module.seed += 7  # other random blocks on the next forward, same inputs
     misses = cache.misses
     got = _layouts(model, forward, inputs, extra, cache)
-    assert checks and cache.misses > misses  # missed, checked, failed: probed afresh
+    # another graph over the same index: probed afresh, not checked by the passes (which a
+    # block moved within their random plane would pass)
+    assert not checks and cache.misses > misses
     _assert_same(got, _layouts(model, forward, inputs, extra, None))
 
 

@@ -18,8 +18,11 @@ projections: about a layer's forward and backward at LED-base sizes) where the a
 between the scores and the canonical tokens has the fingerprint it had when the placement was
 found or last checked (:mod:`~captum_hetattn.binding.graph_fingerprint`, which says why equal
 fingerprints mean the same placement), for the same index tensors at the same versions (a
-replaced or modified index is not vouched for). A graph without a fingerprint, or another one,
-is checked by the passes, and one that passes them is fingerprinted for the next call.
+replaced or modified index is not vouched for). Another fingerprint over the same index is
+another graph: probed afresh, not checked by the passes (their one random plane passes a key
+token moved within it about one time in two; the cache key holds the integer inputs' values for
+that reason). A graph without a fingerprint, or a replaced index, is checked by the passes, and
+one that passes them is fingerprinted for the next call.
 """
 
 from __future__ import annotations
@@ -133,13 +136,17 @@ class Placement:
     def _scores_hold(self, group: list[AttentionRecord], query: _Canonical) -> bool:
         r"""Whether the scores placement holds for ``group``: its graph's fingerprint equals
         one this placement was found on or checked against, for the same index tensors (no
-        pass through the graph), else :func:`_scores_hold`'s passes (and a graph that passes
-        them is fingerprinted for the next call)."""
+        pass through the graph; a different fingerprint fails), else, where either has no
+        fingerprint or the index changed, :func:`_scores_hold`'s passes (and a graph that
+        passes them is fingerprinted for the next call)."""
         assert self.layout is not None
         found = fingerprint([r.scores for r in group], query.tensor)  # type: ignore[misc]
         if found is not None and self.proof is not None \
-                and _same(self.proof[1], self._vouched()) and self.proof[0] == found:
-            return True
+                and _same(self.proof[1], self._vouched()):
+            # another graph over the same index: probe afresh. The passes sample one random
+            # plane and its complement, which a key token moved within the plane passes
+            # (LED's global columns moved under a key blind to them: about one seed in two)
+            return self.proof[0] == found
         if self.tokens is None or self.tokens[0] is not self.layout.dense_index \
                 or self.tokens[1] is not self.layout.raw_index:
             self.tokens = _entry_tokens(self.layout)
