@@ -66,7 +66,11 @@ class SourceFinder:
         held = torch.zeros_like(fresh)
         for source in added:
             held[:, source.columns.to(held.device)] = True
-        unfed = fresh & held & ~fed.to(fresh.device)
+        fed = fed.to(fresh.device)
+        # spliced among rows an input feeds: where no row of an example is fed, its rows come
+        # through a path the Jacobian does not see (codes chosen by argmin, as Mimi's decoder
+        # reads them), not from parameters alone: left as before
+        unfed = fresh & held & ~fed & (fresh & held & fed).any(dim=-1, keepdim=True)
         if bool(unfed.any()):
             self.parameter_rows[stream.index] = unfed
 

@@ -27,6 +27,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                          "key_dim": [8, 8, 8], "mlp_ratio": [2, 2, 2],
                          "attention_ratio": [2, 2, 2],
                          "down_ops": [["Subsample", 8, 2, 4, 2, 2], ["Subsample", 8, 4, 4, 2, 2]]}},
+    # strides 4·2·2·2: at 32 px the last stage (the one with [CLS]) holds a single patch
+    "pvt": {"config": {"image_size": 64}},
     "swin2sr": {"config": {"embed_dim": 16, "depths": [1, 1], "num_heads": [2, 2],
                            "window_size": 4, "image_size": 32, "patch_size": 1}},
     # Mamba-2 mixers beside attention layers: heads × head size = expand × hidden
