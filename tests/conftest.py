@@ -1,7 +1,31 @@
 """Shared fixtures."""
 
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on the 2-core CI machine: one thread each (the tiny models
+    # gain nothing from a second), and the processes they start (notebook kernels, CLI runs,
+    # distributed ranks) one thread each too, instead of four threads fighting for two cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+#: the files that take longest (``--durations``, 2 cores); under pytest-xdist they are handed out
+#: first, so that no worker is left running one of them alone at the end
+SLOW_FIRST = ("test_notebooks.py", "test_distributed.py", "test_readme.py", "test_bench.py",
+              "test_evaluation_runner.py", "test_wheel.py", "test_architectures.py",
+              "test_docs.py", "test_model_types_subset.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (every worker collects, in the same order): the slow files first, each file's
+    tests in their order. A plain ``pytest`` run keeps the files' order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {name: index for index, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(autouse=True)

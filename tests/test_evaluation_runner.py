@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from captum_hetattn.cli import main, run_demo
+from captum_hetattn.cli import main
 from captum_hetattn.evaluation import evaluate, perturbation_curve, standard_methods
 from captum_hetattn.zoo import load
 
@@ -46,32 +46,7 @@ def test_perturbation_curve_never_removes_protected_tokens():
     assert (~seen[-1][:, 1:]).any()  # at fraction 1 the removable tokens are gone
 
 
-def test_demo_writes_a_self_contained_report(tmp_path, capsys):
-    metrics = run_demo(tmp_path, n=40, n_show=2, seed=12345)
-    html = (tmp_path / "report.html").read_text()
-    for attribute in ("src=", "href="):
-        for part in html.split(attribute)[1:]:
-            value = part[1:].split(part[0])[0]
-            assert value.startswith("data:") or value.startswith("#"), value
-    figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
-    # per example: the methods' overlays and ours as image + text; the curves; the yes/no
-    # contrast maps (logical inspection)
-    assert figures == ["example_0.png", "example_0_image_text.png", "example_1.png",
-                       "example_1_image_text.png", "logical_inspection.png",
-                       "perturbation_curves.png"]
-    assert html.count("data:image/png;base64,") == len(figures)
-    assert "Contrast(yes, no)" in html and 'alt="logical inspection"' in html
-    assert html.count('alt="example 0: image and text"') == 1
-    # the readout token ([CLS]) is greyed in every text row rather than swamping it
-    text_rows = html.count("</td><td class='name'><span")
-    assert text_rows >= 2 * 5 and html.count('class="readout"') == text_rows
-    # head view, model view and relevance flow of one example, inline with distinct ids
-    assert [html.count(f'data-hetattn-view="{kind}"') for kind in ("head", "model", "flow")] \
-        == [1, 1, 1]
-    saved = json.loads((tmp_path / "metrics.json").read_text())
-    methods = {entry["method"] for entry in saved["evaluation"]["methods"]}
-    assert methods == set(standard_methods()) == set(metrics["methods"])
-    assert "ours (pos)" in capsys.readouterr().out
+# the demo's report: tests/test_demo_report.py
 
 
 def test_cli_evaluate_and_explain(tmp_path, capsys):
