@@ -29,12 +29,13 @@ browser:
 	   DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 # the suite in PYTEST_WORKERS processes (pytest-xdist), a file to a worker, so that a file's
-# module fixtures are built once; PYTEST_WORKERS=0 runs it in this one process
+# module fixtures are built once, in the order tests/conftest.py gives (the slow files first, not
+# xdist's most-tests-first); PYTEST_WORKERS=0 runs it in this one process
 PYTEST_WORKERS ?= 2
 test: install browser
 	$(VENV)/bin/ruff check .
 	$(PY) tools/house_report.py  # room sizes: a warning-only report
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # the main job: explain and evaluate the bundled VQA model, write ./hetattn-report/
 demo: install

@@ -15,8 +15,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 #: the files that take longest (``--durations``, 2 cores); under pytest-xdist they are handed out
 #: first, so that no worker is left running one of them alone at the end
 SLOW_FIRST = ("test_notebooks.py", "test_distributed.py", "test_readme.py", "test_bench.py",
-              "test_evaluation_runner.py", "test_wheel.py", "test_architectures.py",
-              "test_docs.py", "test_model_types_subset.py")
+              "test_wheel.py", "test_architectures.py", "test_demo_report.py", "test_docs.py",
+              "test_model_types_subset.py", "test_flash.py", "test_evaluation_runner.py")
 
 
 def pytest_collection_modifyitems(config, items):
