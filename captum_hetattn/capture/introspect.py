@@ -201,6 +201,48 @@ def token_dim(module: nn.Module, hidden: Tensor | None, n_tokens: int | None = N
     return 1
 
 
+def layout_unsure(module: nn.Module, hidden: Tensor | None, n_tokens: int,
+                  batch: int | None) -> bool:
+    r"""Whether the sizes cannot tell batch-first hidden states ``(B, n, C)`` from
+    sequence-first ``(n, B, C)`` (XLNet, FSMT): 3-D with as many tokens as examples (more than
+    one), and no ``batch_first`` flag (``nn.MultiheadAttention``'s) says which
+    (:func:`probed_token_dim` then tells)."""
+    return (isinstance(hidden, Tensor) and hidden.dim() == 3 and batch is not None
+            and batch > 1 and hidden.shape[0] == hidden.shape[1] == n_tokens == batch
+            and not isinstance(module, nn.MultiheadAttention))
+
+
+def probed_token_dim(name: str, hidden: Tensor, example: list[Tensor]) -> int:
+    r"""The token dimension (1 or 0) of hidden states whose sizes cannot tell
+    (:func:`layout_unsure`), told by dependence: the gradient of a random weighting of
+    ``example`` (live tensors holding the call's example 0 only: its map, its query and key
+    states) reaches ``hidden[0]`` alone where the states are batch-first, ``hidden[:, 0]``
+    alone where they are sequence-first. The weights are random because a map's rows sum to
+    one (a plain sum has no gradient). Where neither or both hold, or no graph links them,
+    raises ``ValueError`` naming module ``name``: never a guess."""
+    parts = [t for t in example if t.requires_grad]
+    grad = None
+    if parts and hidden.requires_grad:
+        generator = torch.Generator().manual_seed(0)
+        weights = [(torch.rand(t.shape, generator=generator) + 0.5).to(t) for t in parts]
+        try:
+            (grad,) = torch.autograd.grad(parts, hidden, weights, retain_graph=True,
+                                          allow_unused=True)
+        except RuntimeError:  # a graph broken by in-place updates: cannot be told
+            grad = None
+    if grad is not None:
+        reached = grad.detach().flatten(2).abs().amax(dim=-1) != 0
+        batch_first = bool(reached[0].any()) and not bool(reached[1:].any())
+        sequence_first = bool(reached[:, 0].any()) and not bool(reached[:, 1:].any())
+        if batch_first != sequence_first:
+            return 1 if batch_first else 0
+    raise ValueError(
+        f"module '{name}' is handed hidden states of shape {tuple(hidden.shape)} with as many "
+        f"tokens as examples ({hidden.shape[0]}): their layout, batch-first (B, n, C) or "
+        "sequence-first (n, B, C), cannot be told from the sizes, nor from how the call's "
+        "first example depends on them; explain with another batch size")
+
+
 def token_count_at(tensor: Tensor, dim: int) -> int:
     r"""How many tokens ``tensor`` holds with its tokens at ``dim`` (a channels-last grid
     ``(B, h, w, C)`` counts ``h · w``)."""

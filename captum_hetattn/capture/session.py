@@ -12,7 +12,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from captum_hetattn.capture.introspect import autograd_node, token_count_at, token_dim
+from captum_hetattn.capture.introspect import (
+    autograd_node,
+    layout_unsure,
+    probed_token_dim,
+    token_count_at,
+    token_dim,
+)
 from captum_hetattn.capture.plan import Plan
 from captum_hetattn.capture.record import AttentionRecord, Context
 
@@ -154,6 +160,35 @@ class Session:
                     and token_count_at(output, dim) == shape[-2])
         except IndexError:
             return False
+
+    def settle_layouts(self, frame: Frame) -> None:
+        r"""When a call returns (``record_io``): its records' hidden states whose layout the
+        sizes could not tell (as many tokens as examples: batch-first or sequence-first) get
+        it from dependence on the call's live maps or query/key states
+        (:func:`~captum_hetattn.capture.introspect.probed_token_dim`); nothing runs where the
+        sizes tell."""
+        for record in frame.records:
+            batch = record.shape[0] if len(record.shape) == 4 else None
+            sides = (("token_dim", record.query_input, record.shape[-2]),
+                     ("key_token_dim", record.key_input, record.shape[-1]))
+            for attribute, hidden, n in sides:
+                if not layout_unsure(frame.module, hidden, n, batch):
+                    continue
+                example = [t.reshape(batch, -1)[0] for t in self._live_of(record)
+                           if t.numel() and t.shape[0] % batch == 0]
+                previous, self.muted = self.muted, True  # the probe leaves the records alone
+                self.tracing += 1
+                try:
+                    setattr(record, attribute, probed_token_dim(record.name, hidden, example))
+                finally:
+                    self.muted, self.tracing = previous, self.tracing - 1
+
+    def _live_of(self, record: AttentionRecord) -> list[Tensor]:
+        """A record's live per-head states, else its live map (a flash record has none)."""
+        if record.states is not None:
+            return list(record.states)
+        live = next((e.live for e in reversed(self.entries) if e.record is record), None)
+        return [live] if isinstance(live, Tensor) and live.dim() > 0 else []
 
     def new_record(self, module: nn.Module, owner: nn.Module, shape: tuple[int, ...],
                    attention: Tensor | None, own: Frame | None = None) -> AttentionRecord:

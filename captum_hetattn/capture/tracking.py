@@ -195,6 +195,7 @@ class CallTracker:
         """Give the records made inside this call the module's output (``record_io``)."""
         if not (self.session.record_io and frame.records):
             return
+        self.session.settle_layouts(frame)
         output = first_tensor(output)
         for record in frame.records:
             record.output = output if isinstance(output, Tensor) else None
