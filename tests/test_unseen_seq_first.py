@@ -101,6 +101,26 @@ def test_as_many_tokens_as_examples_is_exact(kind: str, n: int, capture: str,
     _batch_equals_singles(explainer, ids, target=1)
 
 
+@pytest.mark.parametrize("padded", [[[1, 0], [1, 1]], [[0, 1], [1, 1]], [[1, 1], [1, 0]]])
+def test_a_padded_first_example_leaves_the_layout_to_the_next(padded: list) -> None:
+    r"""FSMT at 2 tokens x 2 examples whose first example has one real token: its map reaches
+    only that token (a padded query's row is constant), which both layouts allow; the next
+    example tells, and the batch is explained as each example alone."""
+    model = _text_model("fsmt")
+    mask = torch.tensor(padded)
+    explainer = HeterogenousAttentionAttribution(
+        lambda ids, mask: model(input_ids=ids, attention_mask=mask,
+                                decoder_input_ids=ids).logits[:, -1], model=model)
+    ids = torch.randint(5, 90, (2, 2), generator=torch.Generator().manual_seed(1))
+    batch = explainer.explain(ids, target=1, additional_forward_args=(mask,)).relevance
+    for index in range(2):
+        alone = explainer.explain(ids[index:index + 1], target=1,
+                                  additional_forward_args=(mask[index:index + 1],)).relevance
+        for name, value in alone.items():
+            torch.testing.assert_close(batch[name][index:index + 1], value, rtol=1e-5,
+                                       atol=1e-9)
+
+
 @pytest.mark.parametrize("capture", ["flash", "eager"])
 def test_image_tokens_as_many_as_examples_is_exact(capture: str, monkeypatch) -> None:
     r"""A ViT whose 4 patches and class token make 5 tokens, explained on 5 images."""

@@ -212,35 +212,43 @@ def layout_unsure(module: nn.Module, hidden: Tensor | None, n_tokens: int,
             and not isinstance(module, nn.MultiheadAttention))
 
 
-def probed_token_dim(name: str, hidden: Tensor, example: list[Tensor]) -> int:
+def probed_token_dim(name: str, hidden: Tensor, live: list[Tensor], batch: int) -> int:
     r"""The token dimension (1 or 0) of hidden states whose sizes cannot tell
-    (:func:`layout_unsure`), told by dependence: the gradient of a random weighting of
-    ``example`` (live tensors holding the call's example 0 only: its map, its query and key
-    states) reaches ``hidden[0]`` alone where the states are batch-first, ``hidden[:, 0]``
-    alone where they are sequence-first. The weights are random because a map's rows sum to
-    one (a plain sum has no gradient). Where neither or both hold, or no graph links them,
-    raises ``ValueError`` naming module ``name``: never a guess."""
-    parts = [t for t in example if t.requires_grad]
-    grad = None
-    if parts and hidden.requires_grad:
-        generator = torch.Generator().manual_seed(0)
-        weights = [(torch.rand(t.shape, generator=generator) + 0.5).to(t) for t in parts]
+    (:func:`layout_unsure`), told by dependence: the gradient of a random weighting of example
+    ``e``'s part of ``live`` (the call's live tensors, examples first: its map, its query and
+    key states) reaches ``hidden[e]`` alone where the states are batch-first,
+    ``hidden[:, e]`` alone where they are sequence-first. The weights are random because a
+    map's rows sum to one (a plain sum has no gradient). One example decides where its
+    dependence holds to one layout only (the first almost always; one whose part reaches
+    only its first token, a padded example's, cannot); where dependence holds to neither, none
+    tells, or no graph links them, raises ``ValueError`` naming module ``name``: never a
+    guess."""
+    parts = [t.reshape(batch, -1) for t in live
+             if t.requires_grad and t.numel() and t.shape[0] % batch == 0]
+    generator = torch.Generator().manual_seed(0)
+    for example in range(batch if parts and hidden.requires_grad else 0):
+        outputs = [t[example] for t in parts]
+        weights = [(torch.rand(t.shape, generator=generator) + 0.5).to(t) for t in outputs]
         try:
-            (grad,) = torch.autograd.grad(parts, hidden, weights, retain_graph=True,
+            (grad,) = torch.autograd.grad(outputs, hidden, weights, retain_graph=True,
                                           allow_unused=True)
         except RuntimeError:  # a graph broken by in-place updates: cannot be told
-            grad = None
-    if grad is not None:
-        reached = grad.detach().flatten(2).abs().amax(dim=-1) != 0
-        batch_first = bool(reached[0].any()) and not bool(reached[1:].any())
-        sequence_first = bool(reached[:, 0].any()) and not bool(reached[:, 1:].any())
+            break
+        if grad is None:
+            break
+        reached = grad.detach().flatten(2).abs().amax(dim=-1) != 0  # (hidden's dims 0, 1)
+        rows, columns = reached.any(dim=1), reached.any(dim=0)
+        rows[example] = columns[example] = False  # what reaches beyond the example's own
+        batch_first, sequence_first = not bool(rows.any()), not bool(columns.any())
         if batch_first != sequence_first:
             return 1 if batch_first else 0
+        if not (batch_first or sequence_first):
+            break
     raise ValueError(
         f"module '{name}' is handed hidden states of shape {tuple(hidden.shape)} with as many "
-        f"tokens as examples ({hidden.shape[0]}): their layout, batch-first (B, n, C) or "
+        f"tokens as examples ({batch}): their layout, batch-first (B, n, C) or "
         "sequence-first (n, B, C), cannot be told from the sizes, nor from how the call's "
-        "first example depends on them; explain with another batch size")
+        "examples depend on them; explain with another batch size")
 
 
 def token_count_at(tensor: Tensor, dim: int) -> int:

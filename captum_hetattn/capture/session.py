@@ -174,12 +174,11 @@ class Session:
             for attribute, hidden, n in sides:
                 if not layout_unsure(frame.module, hidden, n, batch):
                     continue
-                example = [t.reshape(batch, -1)[0] for t in self._live_of(record)
-                           if t.numel() and t.shape[0] % batch == 0]
                 previous, self.muted = self.muted, True  # the probe leaves the records alone
                 self.tracing += 1
                 try:
-                    setattr(record, attribute, probed_token_dim(record.name, hidden, example))
+                    setattr(record, attribute, probed_token_dim(
+                        record.name, hidden, self._live_of(record), batch))
                 finally:
                     self.muted, self.tracing = previous, self.tracing - 1
 
