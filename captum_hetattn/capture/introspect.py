@@ -184,7 +184,8 @@ def token_dim(module: nn.Module, hidden: Tensor | None, n_tokens: int | None = N
     queries) third; 1 otherwise. Knowing the call's token count and batch, 3-D hidden states
     whose second dimension is not the tokens are read as sequence-first ``(n, B, C)`` (FSMT)
     or channels-first ``(B, C, n)`` (SqueezeBERT's convolutions,
-    :data:`CHANNELS_FIRST`)."""
+    :data:`CHANNELS_FIRST`). At as many tokens as examples the sizes cannot tell: 1 here, and
+    the recording settles it by dependence when the call returns (:func:`layout_unsure`)."""
     if hidden is not None and hidden.dim() == 2:
         return 0
     if isinstance(module, nn.MultiheadAttention) and not module.batch_first:
