@@ -228,6 +228,16 @@ def eager_maps(explanation: Any, case: Any) -> Verdict:
     return sdpa if sdpa is not None and sdpa[0] == "ok" else verdict
 
 
+def target_score(scores: Tensor, target: Any) -> Tensor:
+    r"""``(B,)``: Captum's ``target`` read off ``(B, ...)`` scores without Captum — an int or a
+    tuple indexes every example alike, a list gives each example its own."""
+    if isinstance(target, list):
+        rows = torch.arange(scores.shape[0])
+        return torch.stack([scores[(int(i), *(t if isinstance(t, tuple) else (t,)))]
+                            for i, t in zip(rows, target, strict=True)])
+    return scores[(slice(None), *(target if isinstance(target, tuple) else (target,)))]
+
+
 def _maps_and_gradients(case: Any, maps_of: Any) -> tuple[Tensor, list[Tensor],
                                                           list[Tensor | None]]:
     """The case's scores, the maps ``maps_of()`` collected while they were computed (with
@@ -236,7 +246,7 @@ def _maps_and_gradients(case: Any, maps_of: Any) -> tuple[Tensor, list[Tensor],
         torch.manual_seed(0)
         scores = case.forward_func(*case.inputs, *case.additional_forward_args)
     maps = [m for m in maps_of() if m.requires_grad]
-    grads = torch.autograd.grad(scores[:, case.target].sum(), maps, allow_unused=True) \
+    grads = torch.autograd.grad(target_score(scores, case.target).sum(), maps, allow_unused=True) \
         if maps else ()
     # a query row that sees no key is NaN under eager softmax and zero in every capture
     return (scores, [m.detach().nan_to_num(0.0) for m in maps],
