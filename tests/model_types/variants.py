@@ -166,8 +166,11 @@ def _embeds(case: Case) -> Case:
 
     if "inputs_embeds" not in inspect.signature(case.model.forward).parameters:
         raise NotApplicable("the model takes no inputs_embeds")
-    with torch.no_grad():
-        embeds = case.model.get_input_embeddings()(ids).detach()
+    try:
+        with torch.no_grad():
+            embeds = case.model.get_input_embeddings()(ids).detach()
+    except (NotImplementedError, TypeError, AttributeError) as error:
+        raise NotApplicable(f"no input embeddings: {str(error)[:200]}") from error
     if embeds.shape[:2] != ids.shape or embeds.dim() != 3:
         raise NotApplicable(f"embeddings of shape {tuple(embeds.shape)}")
     extra = B.OVERRIDES.get(case.model_type, {}).get("kwargs", {})
