@@ -13,7 +13,11 @@ leaves at zero or one (gates, layer scales) take part. Variants:
   (three examples padded 0 / 3 / 1 tokens), ``holes`` (masked tokens inside real ones),
   ``embeds`` (``inputs_embeds`` instead of ids);
 - target: ``target-tuple`` (``(t,)``), ``target-list`` (one class per example);
-- ``weights``: the perturbation alone.
+- ``weights``: the perturbation alone; ``sharp``: a perturbation four times larger (peaked maps);
+- ``window``: a sliding window of 4 tokens over 16 (where the config has one); ``eager``: the
+  model set to ``attn_implementation="eager"``; ``output-attentions``: the model returns its maps;
+  ``double``: the model and its float inputs in float64; ``bool-mask`` / ``float-mask``: the
+  attention mask as booleans / floats.
 
 Usage (from the repository root)::
 
@@ -54,9 +58,12 @@ CONFIG: dict[str, dict[str, int]] = {
     "labels1": {"LABELS": 1},
     "labels5": {"LABELS": 5},
 }
+#: config values merged into the type's tiny config (a key the config lacks is inert)
+WINDOW = {"sliding_window": 4, "use_sliding_window": True, "max_window_layers": 0}
 HEADS = {"head-lm": "lm", "head-base": "base", "head-classifier": "classifier"}
-IDS = ("pad-left", "pad-right", "holes", "embeds")
-OTHER = ("batch3", "target-tuple", "target-list", "weights")
+IDS = ("pad-left", "pad-right", "holes", "embeds", "bool-mask", "float-mask")
+OTHER = ("batch3", "target-tuple", "target-list", "weights", "window", "eager",
+         "output-attentions", "double", "sharp")
 VARIANTS = (*CONFIG, *HEADS, *IDS, *OTHER)
 
 
@@ -69,17 +76,22 @@ def _seed(*parts: Any) -> int:
 
 
 @contextmanager
-def _constants(values: dict[str, int], model_type: str, head: str | None, seed: int) -> Any:
-    r"""``build``'s module constants, its input generator (seeded) and the type's forced class
-    set for the duration of a build."""
+def _constants(values: dict[str, int], model_type: str, head: Any, seed: int,
+               config: dict[str, Any] | None = None) -> Any:
+    r"""``build``'s module constants, its input generator (seeded), the type's forced class and
+    extra config values set for the duration of a build."""
     saved = {name: getattr(B, name) for name in values}
     generator, overrides = B._generator, B.OVERRIDES.get(model_type)
     try:
         for name, value in values.items():
             setattr(B, name, value)
         B._generator = lambda offset: torch.Generator().manual_seed(1234 + offset + seed)
+        entry = dict(overrides or {})
         if head is not None:
-            B.OVERRIDES[model_type] = {**(overrides or {}), "head": head}
+            entry["head"] = head
+        if config:
+            entry["config"] = {**entry.get("config", {}), **config}
+        B.OVERRIDES[model_type] = entry
         yield
     finally:
         for name, value in saved.items():
@@ -210,14 +222,62 @@ def _batch3(case: Case, seed: int) -> Case:
 
 
 def _target(case: Case, variant: str) -> Case:
-    classes = _scores(case).shape[1]
+    batch, classes = _scores(case).shape  # packed inputs: the scores' rows are the examples
     if variant == "target-tuple":
         target: Any = (case.target,)
     else:
-        target = [(case.target + index) % classes for index in range(case.inputs[0].shape[0])]
+        target = [(case.target + index) % classes for index in range(batch)]
     return Case(case.model_type, case.head, case.class_name, case.model, case.forward_func,
                 case.inputs, case.additional_forward_args, target, case.mask,
                 [*case.notes, f"target {target!r}"], case.types)
+
+
+def _has_window(model_type: str) -> bool:
+    r"""Whether the type's own tiny config (or a sub-config) has a sliding window."""
+    def find(data: Any) -> bool:
+        return isinstance(data, dict) and ("sliding_window" in data or any(
+            find(value) for value in data.values()))
+
+    return find(B.tiny_config(model_type).to_dict())
+
+
+def _mask_dtype(case: Case, dtype: torch.dtype) -> Case:
+    ids, mask = _ids_case(case)
+    new = mask.to(dtype)
+    return _replace(case, (ids,), (new,), new, f"the mask as {dtype}")
+
+
+def _configs(model: torch.nn.Module) -> list[Any]:
+    found: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation_internal"):
+            found[id(config)] = config
+            for name in getattr(config, "sub_configs", {}) or {}:
+                sub = getattr(config, name, None)
+                if hasattr(sub, "_attn_implementation_internal"):
+                    found[id(sub)] = sub
+    return list(found.values())
+
+
+def _model_setting(case: Case, variant: str) -> Case:
+    r"""The model as a user may have set it: eager attention, maps returned, float64."""
+    if variant == "eager":
+        for config in _configs(case.model):
+            config._attn_implementation_internal = "eager"
+    elif variant == "output-attentions":  # transformers returns maps under eager only
+        for config in _configs(case.model):
+            config._attn_implementation_internal = "eager"
+            config.output_attentions = True
+    else:
+        case.model.double()
+        cast = lambda t: t.double() if isinstance(t, Tensor) and t.is_floating_point() else t  # noqa: E731
+        mask = case.mask
+        inputs = tuple(cast(t) for t in case.inputs)
+        args = tuple(cast(t) for t in case.additional_forward_args)
+        case = _replace(case, inputs, args, mask, "float64")
+    case.notes.append(variant)
+    return case
 
 
 def make(name: str, seed: int = 0, size: float = 1.0) -> Case:
@@ -230,8 +290,12 @@ def make(name: str, seed: int = 0, size: float = 1.0) -> Case:
     if variant in HEADS:
         current = B.build(model_type).class_name
         head = _other_class(model_type, HEADS[variant], current)
-    with _constants(CONFIG.get(variant, {}), model_type, head, seed):
+    constants = {"LENGTH": 16, "PAD_EXTRA": 3} if variant == "window" else CONFIG.get(variant, {})
+    window = WINDOW if variant == "window" else None
+    with _constants(constants, model_type, head, seed, window):
         case = B.build(model_type)
+    if variant == "window" and not _has_window(model_type):
+        raise NotApplicable("no sliding window in the config")
     if variant in ("pad-left", "pad-right", "holes"):
         side = "left" if variant == "pad-left" else "right"
         case = _padded(case, side, run_seed, holes=variant == "holes")
@@ -241,8 +305,12 @@ def make(name: str, seed: int = 0, size: float = 1.0) -> Case:
         case = _batch3(case, run_seed)
     elif variant.startswith("target-"):
         case = _target(case, variant)
+    elif variant in ("bool-mask", "float-mask"):
+        case = _mask_dtype(case, torch.bool if variant == "bool-mask" else torch.float32)
+    elif variant in ("eager", "output-attentions", "double"):
+        case = _model_setting(case, variant)
     if size:
-        perturb(case.model, run_seed, size)
+        perturb(case.model, run_seed, 4 * size if variant == "sharp" else size)
     try:
         scores = _scores(case)
     except Exception as error:  # noqa: BLE001 - a variant the model does not run is not built
