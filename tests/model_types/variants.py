@@ -293,7 +293,13 @@ def make(name: str, seed: int = 0, size: float = 1.0) -> Case:
     constants = {"LENGTH": 16, "PAD_EXTRA": 3} if variant == "window" else CONFIG.get(variant, {})
     window = WINDOW if variant == "window" else None
     with _constants(constants, model_type, head, seed, window):
-        case = B.build(model_type)
+        try:
+            case = B.build(model_type)
+        except BuildError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a builder's config the variant made invalid
+            raise NotApplicable(f"the variant's config is invalid here: {type(error).__name__}: "
+                                f"{str(error)[:200]}") from error
     if variant == "window" and not _has_window(model_type):
         raise NotApplicable("no sliding window in the config")
     if variant in ("pad-left", "pad-right", "holes"):
