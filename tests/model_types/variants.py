@@ -137,32 +137,41 @@ def _other_class(model_type: str, head: str, current: str) -> tuple[str, str]:
 
 
 def _ids_case(case: Case) -> tuple[Tensor, Tensor]:
-    r"""The ids and the mask of a sweep case whose only input is ids beside their mask."""
+    r"""The ids and the mask of a sweep case whose first input is ordinary ids beside their
+    mask (other inputs may follow: decoder ids, pixels)."""
     ids = case.inputs[0] if case.inputs else None
-    if (len(case.inputs) != 1 or case.mask is None or ids.is_floating_point()
-            or ids.shape != case.mask.shape or len(case.additional_forward_args) != 1
-            or case.additional_forward_args[0] is not case.mask):
+    if (ids is None or case.mask is None or ids.is_floating_point()
+            or ids.shape != case.mask.shape or not any(
+                a is case.mask for a in case.additional_forward_args)):
         raise NotApplicable("not an ids-and-mask case")
+    real = ids[case.mask.bool()]
+    if bool(((real < ORDINARY[0]) | (real >= ORDINARY[1])).any()):
+        raise NotApplicable("the ids hold special or placeholder ids")
     return ids, case.mask
 
 
 def _padded(case: Case, side: str, seed: int, holes: bool = False) -> Case:
-    r"""Three examples padded 0 / 3 / 1 tokens on ``side``; ``holes``: masked tokens inside
-    the real ones of examples 0 and 2 too."""
+    r"""Examples padded 0 / 3 / 1 tokens on ``side`` (three of them, other inputs given a third
+    example); ``holes``: masked tokens inside the real ones of examples 0 and 2 too."""
     ids, mask = _ids_case(case)
-    pad = int(ids[1, -1]) if int(mask[1, -1]) == 0 else 0
-    length = ids.shape[1]
+    if ids.shape[0] == 2:
+        case = _batch3(case, seed)
+        ids, mask = case.inputs[0], case.mask
+    pad = int(ids[1, -1]) if int(mask[1, -1]) == 0 else (int(ids[1, 0]) if int(mask[1, 0]) == 0
+                                                          else 0)
+    length, batch = ids.shape[1], ids.shape[0]
     generator = torch.Generator().manual_seed(seed)
-    new = torch.randint(*ORDINARY, (3, length), generator=generator)
-    new_mask = torch.ones(3, length, dtype=mask.dtype)
-    for row, count in enumerate((0, min(3, length - 2), min(1, length - 2))):
+    new = torch.randint(*ORDINARY, (batch, length), generator=generator)
+    new_mask = torch.ones(batch, length, dtype=mask.dtype)
+    for row, count in zip(range(batch), (0, min(3, length - 2), min(1, length - 2)), strict=False):
         cut = slice(0, count) if side == "left" else slice(length - count, length)
         new[row, cut], new_mask[row, cut] = pad, 0
     if holes:
         new_mask[0, length // 2] = 0
-        new_mask[2, 1 if side == "right" else length - 2] = 0
-    return _replace(case, (new,), (new_mask,), new_mask,
-                    f"three examples padded on the {side}" + (" with holes" if holes else ""))
+        new_mask[min(2, batch - 1), 1 if side == "right" else length - 2] = 0
+    args = tuple(new_mask if a is case.mask else a for a in case.additional_forward_args)
+    return _replace(case, (new, *case.inputs[1:]), args, new_mask,
+                    f"padded on the {side}" + (" with holes" if holes else ""))
 
 
 def _replace(case: Case, inputs: tuple, args: tuple, mask: Tensor | None, note: str,
@@ -176,6 +185,8 @@ def _embeds(case: Case) -> Case:
     ids, mask = _ids_case(case)
     import inspect
 
+    if len(case.inputs) != 1 or len(case.additional_forward_args) != 1:
+        raise NotApplicable("inputs beside the ids")
     if "inputs_embeds" not in inspect.signature(case.model.forward).parameters:
         raise NotApplicable("the model takes no inputs_embeds")
     try:
@@ -242,9 +253,10 @@ def _has_window(model_type: str) -> bool:
 
 
 def _mask_dtype(case: Case, dtype: torch.dtype) -> Case:
-    ids, mask = _ids_case(case)
+    _, mask = _ids_case(case)
     new = mask.to(dtype)
-    return _replace(case, (ids,), (new,), new, f"the mask as {dtype}")
+    args = tuple(new if a is case.mask else a for a in case.additional_forward_args)
+    return _replace(case, case.inputs, args, new, f"the mask as {dtype}")
 
 
 def _configs(model: torch.nn.Module) -> list[Any]:
@@ -280,18 +292,15 @@ def _model_setting(case: Case, variant: str) -> Case:
     return case
 
 
-def make(name: str, seed: int = 0, size: float = 1.0) -> Case:
-    r"""The case ``TYPE@VARIANT`` (:data:`VARIANTS`), weights perturbed with ``seed``."""
-    model_type, _, variant = name.partition("@")
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
-    run_seed = _seed(seed, model_type, variant)
-    head = None
-    if variant in HEADS:
-        current = B.build(model_type).class_name
-        head = _other_class(model_type, HEADS[variant], current)
-    constants = {"LENGTH": 16, "PAD_EXTRA": 3} if variant == "window" else CONFIG.get(variant, {})
-    window = WINDOW if variant == "window" else None
+def _build(model_type: str, parts: list[str], seed: int) -> Case:
+    r"""The sweep's build under the config parts of a variant (constants, head, window)."""
+    head, constants, window = None, {}, None
+    for part in parts:
+        constants.update(CONFIG.get(part, {}))
+        if part in HEADS:
+            head = _other_class(model_type, HEADS[part], B.build(model_type).class_name)
+        if part == "window":
+            constants, window = {**constants, "LENGTH": 16, "PAD_EXTRA": 3}, WINDOW
     with _constants(constants, model_type, head, seed, window):
         try:
             case = B.build(model_type)
@@ -300,23 +309,42 @@ def make(name: str, seed: int = 0, size: float = 1.0) -> Case:
         except Exception as error:  # noqa: BLE001 - a builder's config the variant made invalid
             raise NotApplicable(f"the variant's config is invalid here: {type(error).__name__}: "
                                 f"{str(error)[:200]}") from error
-    if variant == "window" and not _has_window(model_type):
+    if window and not _has_window(model_type):
         raise NotApplicable("no sliding window in the config")
-    if variant in ("pad-left", "pad-right", "holes"):
-        side = "left" if variant == "pad-left" else "right"
-        case = _padded(case, side, run_seed, holes=variant == "holes")
-    elif variant == "embeds":
-        case = _embeds(case)
-    elif variant == "batch3":
-        case = _batch3(case, run_seed)
-    elif variant.startswith("target-"):
-        case = _target(case, variant)
-    elif variant in ("bool-mask", "float-mask"):
-        case = _mask_dtype(case, torch.bool if variant == "bool-mask" else torch.float32)
-    elif variant in ("eager", "output-attentions", "double"):
-        case = _model_setting(case, variant)
+    return case
+
+
+def _transform(case: Case, part: str, seed: int) -> Case:
+    r"""One case-level part of a variant."""
+    if part in ("pad-left", "pad-right", "holes"):
+        return _padded(case, "left" if part == "pad-left" else "right", seed, part == "holes")
+    if part == "embeds":
+        return _embeds(case)
+    if part == "batch3":
+        return _batch3(case, seed)
+    if part.startswith("target-"):
+        return _target(case, part)
+    if part in ("bool-mask", "float-mask"):
+        return _mask_dtype(case, torch.bool if part == "bool-mask" else torch.float32)
+    if part in ("eager", "output-attentions", "double"):
+        return _model_setting(case, part)
+    return case
+
+
+def make(name: str, seed: int = 0, size: float = 1.0) -> Case:
+    r"""The case ``TYPE@VARIANT`` (:data:`VARIANTS`, or several joined by ``+``: ``gpt2@pad-left
+    +heads4``), weights perturbed with ``seed``."""
+    model_type, _, variant = name.partition("@")
+    parts = variant.split("+")
+    unknown = [part for part in parts if part not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}: each one of {', '.join(VARIANTS)}")
+    run_seed = _seed(seed, model_type, variant)
+    case = _build(model_type, parts, seed)
+    for part in parts:  # padding before the mask's dtype, the target after the batch
+        case = _transform(case, part, run_seed)
     if size:
-        perturb(case.model, run_seed, 4 * size if variant == "sharp" else size)
+        perturb(case.model, run_seed, 4 * size if "sharp" in parts else size)
     try:
         scores = _scores(case)
     except Exception as error:  # noqa: BLE001 - a variant the model does not run is not built
@@ -334,14 +362,28 @@ def explained_types() -> list[str]:
     return sorted(r["type"] for r in results if r["outcome"] == "explained")
 
 
-def plan(types: list[str], variants: list[str], per_type: int, seed: int) -> list[str]:
+#: the groups a composed variant draws one part from (at most one part per group)
+GROUPS = (tuple(CONFIG) + ("window",), ("pad-left", "pad-right", "holes", "embeds", "batch3"),
+          ("target-tuple", "target-list"), ("bool-mask", "float-mask"),
+          ("eager", "output-attentions", "double"), ("sharp",))
+
+
+def combo(draw: random.Random) -> str:
+    r"""A composed variant: three of :data:`GROUPS`, one part of each."""
+    groups = draw.sample(GROUPS, 3)
+    return "+".join(draw.choice(group) for group in groups)
+
+
+def plan(types: list[str], variants: list[str], per_type: int, seed: int,
+         combos: int = 0) -> list[str]:
     r"""``TYPE@VARIANT`` runs: ``per_type`` variants per type drawn with ``seed`` (all of
-    ``variants`` when ``per_type`` is 0)."""
+    ``variants`` when ``per_type`` is 0), then ``combos`` composed ones (:func:`combo`)."""
     draw = random.Random(seed)
     runs = []
     for model_type in types:
         chosen = variants if not per_type else draw.sample(variants, min(per_type,
                                                                           len(variants)))
+        chosen = [*chosen, *(combo(draw) for _ in range(combos))]
         runs += [f"{model_type}@{variant}" for variant in chosen]
     return runs
 
@@ -353,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="this many of the sweep's explained types, drawn with --seed")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--per-type", type=int, default=0, help="variants drawn per type")
+    parser.add_argument("--combos", type=int, default=0, help="composed variants per type")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=float, default=1.0, help="weight perturbation (0: none)")
     parser.add_argument("--workers", type=int, default=1)
@@ -375,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     types = [t for t in args.types.split(",") if t]
     if args.sample:
         types = sorted(random.Random(args.seed).sample(explained_types(), args.sample))
-    runs = plan(types, [v for v in args.variants.split(",") if v], args.per_type, args.seed)
+    runs = plan(types, [v for v in args.variants.split(",") if v], args.per_type, args.seed,
+                args.combos)
     print(f"{len(runs)} runs over {len(types)} types, seed {args.seed}", flush=True)
     done: list[dict[str, Any]] = []
 
