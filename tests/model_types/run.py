@@ -89,11 +89,22 @@ def _model_is_per_example(case: Any) -> bool:
     return True
 
 
+def _zero_by_correction(case: Any, verdict: tuple[str, str]) -> tuple[str, str]:
+    r"""An all-zero explanation is the rule's own answer when every read gradient of a map is
+    ``≤ 0`` (the correction keeps ``∇A⁺``): then the uncorrected run is not all zero."""
+    if verdict[0] != "fail" or "all zero" not in verdict[1]:
+        return verdict
+    _, plain = _explain(case, correction="none")
+    if checks.finite_and_nonzero(plain)[0] == "fail":
+        return verdict
+    return "n/a", f"{verdict[1]}, but not with correction='none': every ∇A it reads is ≤ 0"
+
+
 def _run_checks(case: Any, explanation: Any, stage: Any,
                 results: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
     r"""Every check into ``results`` (filled as they run: a later one that raises leaves the
     earlier verdicts)."""
-    results.update(finite=checks.finite_and_nonzero(explanation),
+    results.update(finite=_zero_by_correction(case, checks.finite_and_nonzero(explanation)),
                    padding=checks.padding_is_zero(explanation, case),
                    types=checks.node_types(explanation, case))
     if not explanation.relevance:
