@@ -341,7 +341,10 @@ def make(name: str, seed: int = 0, size: float = 1.0) -> Case:
         raise ValueError(f"unknown variant(s) {unknown}: each one of {', '.join(VARIANTS)}")
     run_seed = _seed(seed, model_type, variant)
     case = _build(model_type, parts, seed)
-    for part in parts:  # padding before the mask's dtype, the target after the batch
+    order = ("pad-left", "pad-right", "holes", "batch3", "embeds", "bool-mask", "float-mask")
+    # padding before the mask's dtype and the model's settings, the target after the batch
+    for part in sorted(parts, key=lambda p: (order.index(p) if p in order else len(order),
+                                             p.startswith("target-"))):
         case = _transform(case, part, run_seed)
     if size:
         perturb(case.model, run_seed, 4 * size if "sharp" in parts else size)
