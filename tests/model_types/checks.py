@@ -84,6 +84,57 @@ def _reads_masked_ids(case: Any) -> bool:
     return not torch.allclose(before, after, rtol=1e-5, atol=1e-7)
 
 
+def unpadded_example(case: Any, index: int) -> Any:
+    r"""Example ``index`` with its right padding cut off (every tensor laid out like the mask
+    sliced), or ``None`` where it has none (or padding elsewhere)."""
+    mask = case.mask[index]
+    real = int(mask.bool().sum())
+    if real == mask.shape[0] or real == 0 or not bool(mask[:real].bool().all()):
+        return None
+    one = case.example(index)
+    cut = lambda t: t[:, :real] if isinstance(t, Tensor) and t.shape[:2] == (  # noqa: E731
+        1, mask.shape[0]) else t
+    return type(one)(one.model_type, one.head, one.class_name, one.model, one.forward_func,
+                     tuple(cut(t) for t in one.inputs),
+                     tuple(cut(t) for t in one.additional_forward_args), one.target,
+                     cut(one.mask), one.notes, one.types)
+
+
+def unpadded_equals(explanation: Any, case: Any, explain: Any) -> Verdict:
+    r"""§9: a right-padded example's real tokens get the relevance of the same example without
+    its padding — where the model's own scores for the two agree (absolute positions and masks
+    that hide the pads wholly)."""
+    if case.mask is None or case.mask.dim() != 2:
+        return "n/a", "no attention mask"
+    compared = 0
+    for index in range(case.mask.shape[0]):
+        short = unpadded_example(case, index)
+        if short is None:
+            continue
+        with torch.no_grad():
+            torch.manual_seed(0)
+            padded = case.forward_func(*case.example(index).inputs,
+                                       *case.example(index).additional_forward_args)
+            torch.manual_seed(0)
+            alone = short.forward_func(*short.inputs, *short.additional_forward_args)
+        if padded.shape != alone.shape or not torch.allclose(padded, alone, rtol=1e-4,
+                                                             atol=1e-5):
+            continue  # the model itself reads its pads (or their count): no reference
+        single = explain(short)
+        for name, relevance in explanation.relevance.items():
+            other = single.relevance.get(name)
+            if relevance.shape[1:] != case.mask.shape[1:] or other is None:
+                continue
+            row = relevance[index:index + 1, :other.shape[1]]
+            if not _close(other, row, rtol=1e-3, atol=2e-5):
+                diff = float((other - row).abs().max())
+                return "fail", f"example {index}, source '{name}': differs from its unpadded " \
+                               f"run by {diff:.3g}"
+            compared += 1
+    return ("ok", f"{compared} compared") if compared else ("n/a", "no right-padded example "
+                                                                   "the model reads alike")
+
+
 def finite_and_nonzero(explanation: Any) -> Verdict:
     if not explanation.relevance:
         return "fail", f"no source at all (streams {dict(explanation.streams)})"

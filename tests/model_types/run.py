@@ -129,6 +129,8 @@ def _run_checks(case: Any, explanation: Any, stage: Any,
         else "return_maps=True changes relevance")
     stage("eager reference")
     results["eager"] = checks.eager_maps(with_maps, case)
+    stage("unpadded")
+    results["unpadded"] = checks.unpadded_equals(explanation, case, lambda one: _explain(one)[1])
     stage("batch == singles")
     if "packed" in " ".join(case.notes) and getattr(case, "singles", None) is not None:
         # packed examples cannot be sliced off the batch: the builder gives them
