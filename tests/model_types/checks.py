@@ -85,14 +85,15 @@ def _reads_masked_ids(case: Any) -> bool:
 
 
 def unpadded_example(case: Any, index: int) -> Any:
-    r"""Example ``index`` with its right padding cut off (every tensor laid out like the mask
-    sliced), or ``None`` where it has none (or padding elsewhere)."""
-    mask = case.mask[index]
-    real = int(mask.bool().sum())
-    if real == mask.shape[0] or real == 0 or not bool(mask[:real].bool().all()):
+    r"""Example ``index`` with its padding cut off, on either side (every tensor laid out like
+    the mask sliced), or ``None`` where it has none (or holes)."""
+    mask = case.mask[index].bool()
+    kept = mask.nonzero().flatten()
+    if len(kept) in (0, mask.shape[0]) or int(kept[-1] - kept[0]) + 1 != len(kept):
         return None
+    start, stop = int(kept[0]), int(kept[-1]) + 1
     one = case.example(index)
-    cut = lambda t: t[:, :real] if isinstance(t, Tensor) and t.shape[:2] == (  # noqa: E731
+    cut = lambda t: t[:, start:stop] if isinstance(t, Tensor) and t.shape[:2] == (  # noqa: E731
         1, mask.shape[0]) else t
     return type(one)(one.model_type, one.head, one.class_name, one.model, one.forward_func,
                      tuple(cut(t) for t in one.inputs),
@@ -101,9 +102,9 @@ def unpadded_example(case: Any, index: int) -> Any:
 
 
 def unpadded_equals(explanation: Any, case: Any, explain: Any) -> Verdict:
-    r"""§9: a right-padded example's real tokens get the relevance of the same example without
-    its padding — where the model's own scores for the two agree (absolute positions and masks
-    that hide the pads wholly)."""
+    r"""§9: a padded example's real tokens get the relevance of the same example without its
+    padding — where the model's own scores for the two agree (positions that ignore the pads,
+    masks that hide them wholly)."""
     if case.mask is None or case.mask.dim() != 2:
         return "n/a", "no attention mask"
     compared = 0
@@ -125,14 +126,15 @@ def unpadded_equals(explanation: Any, case: Any, explain: Any) -> Verdict:
             other = single.relevance.get(name)
             if relevance.shape[1:] != case.mask.shape[1:] or other is None:
                 continue
-            row = relevance[index:index + 1, :other.shape[1]]
+            start = int(case.mask[index].bool().nonzero()[0])
+            row = relevance[index:index + 1, start:start + other.shape[1]]
             if not _close(other, row, rtol=1e-3, atol=2e-5):
                 diff = float((other - row).abs().max())
                 return "fail", f"example {index}, source '{name}': differs from its unpadded " \
                                f"run by {diff:.3g}"
             compared += 1
-    return ("ok", f"{compared} compared") if compared else ("n/a", "no right-padded example "
-                                                                   "the model reads alike")
+    return ("ok", f"{compared} compared") if compared else ("n/a", "no padded example the "
+                                                                   "model reads alike")
 
 
 def finite_and_nonzero(explanation: Any) -> Verdict:
