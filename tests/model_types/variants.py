@@ -345,7 +345,12 @@ def make(name: str, seed: int = 0, size: float = 1.0) -> Case:
     # padding before the mask's dtype and the model's settings, the target after the batch
     for part in sorted(parts, key=lambda p: (order.index(p) if p in order else len(order),
                                              p.startswith("target-"))):
-        case = _transform(case, part, run_seed)
+        try:
+            case = _transform(case, part, run_seed)
+        except NotApplicable:
+            raise
+        except Exception as error:  # noqa: BLE001 - the model does not run the variant
+            raise NotApplicable(f"{part}: {type(error).__name__}: {str(error)[:200]}") from error
     if size:
         perturb(case.model, run_seed, 4 * size if "sharp" in parts else size)
     try:
