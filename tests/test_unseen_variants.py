@@ -50,3 +50,23 @@ def test_variants_change_what_is_built() -> None:
     again = variants.make("gpt2@weights", seed=2)
     assert not torch.equal(base.model.transformer.h[0].attn.c_attn.weight,
                            again.model.transformer.h[0].attn.c_attn.weight)
+
+
+def test_unpadded_check_compares_and_catches_a_wrong_row() -> None:
+    r"""``checks.unpadded_equals`` compares the padded examples with their unpadded runs (left
+    padding too, where the scores agree) and fails on an explanation whose row differs."""
+    from dataclasses import replace
+
+    from model_types import checks
+    from model_types.run import _explain
+
+    case = variants.make("llama@pad-left", seed=3)
+    _, explanation = _explain(case)
+    explain = lambda one: _explain(one)[1]  # noqa: E731
+    verdict = checks.unpadded_equals(explanation, case, explain)
+    assert verdict == ("ok", "2 compared"), verdict
+    (name, relevance), = explanation.relevance.items()
+    wrong = relevance.clone()
+    wrong[1, -1] += 0.5 * float(relevance.abs().max()) + 1e-3
+    tampered = replace(explanation, relevance={name: wrong})
+    assert checks.unpadded_equals(tampered, case, explain)[0] == "fail"
