@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--out", default="", help="append each result to this JSONL file")
+    parser.add_argument("--runs", default="", help="a file of TYPE@VARIANT lines to run")
     parser.add_argument("--one", default="", help="TYPE@VARIANT here, traceback shown")
     args = parser.parse_args(argv)
     from .sweep import _preload, _short, counts
@@ -432,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         types = sorted(random.Random(args.seed).sample(explained_types(), args.sample))
     runs = plan(types, [v for v in args.variants.split(",") if v], args.per_type, args.seed,
                 args.combos)
+    if args.runs:
+        runs = [line.strip() for line in Path(args.runs).read_text().splitlines() if line.strip()]
     print(f"{len(runs)} runs over {len(types)} types, seed {args.seed}", flush=True)
     done: list[dict[str, Any]] = []
 
