@@ -7,7 +7,8 @@ its own spread (seeded by ``--seed``, the type and the variant), so that weights
 leaves at zero or one (gates, layer scales) take part. Variants:
 
 - config: ``layers3``, ``heads4``, ``heads1``, ``hidden48`` (48 wide, 4 heads of 12), ``short``
-  (4 tokens), ``long`` (24 tokens), ``labels1`` (a regression head), ``labels5``;
+  (4 tokens), ``tokens2`` (2 tokens, one padded), ``long`` (24 tokens), ``labels1`` (a
+  regression head), ``labels5``;
 - head: ``head-lm``, ``head-base``, ``head-classifier`` (another class than the sweep's);
 - batch: ``batch3`` (a third example), and for ids with a mask ``pad-left``, ``pad-right``
   (three examples padded 0 / 3 / 1 tokens), ``holes`` (masked tokens inside real ones),
@@ -54,6 +55,7 @@ CONFIG: dict[str, dict[str, int]] = {
     "heads1": {"HEADS": 1, "HEAD_DIM": 32},
     "hidden48": {"HIDDEN": 48, "HEADS": 4, "HEAD_DIM": 12},
     "short": {"LENGTH": 4, "PAD_EXTRA": 1},
+    "tokens2": {"LENGTH": 2, "PAD_EXTRA": 1},  # example 1: one real token
     "long": {"LENGTH": 24, "PAD_EXTRA": 7},
     "labels1": {"LABELS": 1},
     "labels5": {"LABELS": 5},
