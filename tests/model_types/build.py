@@ -365,7 +365,7 @@ class Case:
     forward_func: Callable[..., Tensor]
     inputs: tuple[Tensor, ...]
     additional_forward_args: tuple = ()
-    target: int = 1
+    target: Any = 1  # Captum's target: an int, a tuple or a per-example list
     mask: Tensor | None = None
     notes: list[str] = field(default_factory=list)
     types: dict[str, str] = field(default_factory=dict)
@@ -375,7 +375,8 @@ class Case:
         pick = lambda t: t[index:index + 1] if isinstance(t, Tensor) and t.dim() else t  # noqa: E731
         return Case(self.model_type, self.head, self.class_name, self.model, self.forward_func,
                     tuple(pick(t) for t in self.inputs),
-                    tuple(pick(t) for t in self.additional_forward_args), self.target,
+                    tuple(pick(t) for t in self.additional_forward_args),
+                    self.target[index:index + 1] if isinstance(self.target, list) else self.target,
                     None if self.mask is None else pick(self.mask), self.notes, self.types)
 
 
@@ -412,7 +413,8 @@ def _score(output: Any, head: str, mask: Tensor | None) -> Tensor:
         value = value[-1]
     if head in ("lm", "seq2seq") and value.dim() == 3:
         if head == "lm" and mask is not None and mask.shape[1] == value.shape[1]:
-            last = mask.long().sum(dim=1) - 1
+            # the last real token, whichever side the padding is on (and past any hole)
+            last = (mask.long() * torch.arange(1, mask.shape[1] + 1)).argmax(dim=1)
             return value[torch.arange(value.shape[0]), last]
         return value[:, -1]
     if value.dim() == 3:

@@ -60,8 +60,81 @@ def padding_is_zero(explanation: Any, case: Any) -> Verdict:
     for name in hits:
         masked = explanation.relevance[name][case.mask == 0]
         if bool((masked != 0).any()):
+            if _reads_masked_ids(case):
+                return "n/a", ("the model's scores change with the ids its mask hides (it reads "
+                               "them: Canine's strided convolution over left padding)")
             return "fail", f"source '{name}': masked tokens get {masked.abs().max():.3g}"
     return "ok", ""
+
+
+def _reads_masked_ids(case: Any) -> bool:
+    r"""Whether the model's scores depend on the ids at the tokens the mask hides (then those
+    tokens may rightly get relevance)."""
+    ids = case.inputs[0] if case.inputs else None
+    if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.shape != case.mask.shape:
+        return False
+    hidden = case.mask == 0
+    other = ids.clone()
+    other[hidden] = 5 + (ids[hidden] + 7) % 80  # ordinary ids, each another than before
+    with torch.no_grad():
+        torch.manual_seed(0)
+        before = case.forward_func(*case.inputs, *case.additional_forward_args)
+        torch.manual_seed(0)
+        after = case.forward_func(other, *case.inputs[1:], *case.additional_forward_args)
+    return not torch.allclose(before, after, rtol=1e-5, atol=1e-7)
+
+
+def unpadded_example(case: Any, index: int) -> Any:
+    r"""Example ``index`` with its padding cut off, on either side (every tensor laid out like
+    the mask sliced), or ``None`` where it has none (or holes)."""
+    mask = case.mask[index].bool()
+    kept = mask.nonzero().flatten()
+    if len(kept) in (0, mask.shape[0]) or int(kept[-1] - kept[0]) + 1 != len(kept):
+        return None
+    start, stop = int(kept[0]), int(kept[-1]) + 1
+    one = case.example(index)
+    cut = lambda t: t[:, start:stop] if isinstance(t, Tensor) and t.shape[:2] == (  # noqa: E731
+        1, mask.shape[0]) else t
+    return type(one)(one.model_type, one.head, one.class_name, one.model, one.forward_func,
+                     tuple(cut(t) for t in one.inputs),
+                     tuple(cut(t) for t in one.additional_forward_args), one.target,
+                     cut(one.mask), one.notes, one.types)
+
+
+def unpadded_equals(explanation: Any, case: Any, explain: Any) -> Verdict:
+    r"""§9: a padded example's real tokens get the relevance of the same example without its
+    padding — where the model's own scores for the two agree (positions that ignore the pads,
+    masks that hide them wholly)."""
+    if case.mask is None or case.mask.dim() != 2:
+        return "n/a", "no attention mask"
+    compared = 0
+    for index in range(case.mask.shape[0]):
+        short = unpadded_example(case, index)
+        if short is None:
+            continue
+        with torch.no_grad():
+            torch.manual_seed(0)
+            padded = case.forward_func(*case.example(index).inputs,
+                                       *case.example(index).additional_forward_args)
+            torch.manual_seed(0)
+            alone = short.forward_func(*short.inputs, *short.additional_forward_args)
+        if padded.shape != alone.shape or not torch.allclose(padded, alone, rtol=1e-4,
+                                                             atol=1e-5):
+            continue  # the model itself reads its pads (or their count): no reference
+        single = explain(short)
+        for name, relevance in explanation.relevance.items():
+            other = single.relevance.get(name)
+            if relevance.shape[1:] != case.mask.shape[1:] or other is None:
+                continue
+            start = int(case.mask[index].bool().nonzero()[0])
+            row = relevance[index:index + 1, start:start + other.shape[1]]
+            if not _close(other, row, rtol=1e-3, atol=2e-5):
+                diff = float((other - row).abs().max())
+                return "fail", f"example {index}, source '{name}': differs from its unpadded " \
+                               f"run by {diff:.3g}"
+            compared += 1
+    return ("ok", f"{compared} compared") if compared else ("n/a", "no padded example the "
+                                                                   "model reads alike")
 
 
 def finite_and_nonzero(explanation: Any) -> Verdict:
@@ -228,6 +301,16 @@ def eager_maps(explanation: Any, case: Any) -> Verdict:
     return sdpa if sdpa is not None and sdpa[0] == "ok" else verdict
 
 
+def target_score(scores: Tensor, target: Any) -> Tensor:
+    r"""``(B,)``: Captum's ``target`` read off ``(B, ...)`` scores without Captum — an int or a
+    tuple indexes every example alike, a list gives each example its own."""
+    if isinstance(target, list):
+        rows = torch.arange(scores.shape[0])
+        return torch.stack([scores[(int(i), *(t if isinstance(t, tuple) else (t,)))]
+                            for i, t in zip(rows, target, strict=True)])
+    return scores[(slice(None), *(target if isinstance(target, tuple) else (target,)))]
+
+
 def _maps_and_gradients(case: Any, maps_of: Any) -> tuple[Tensor, list[Tensor],
                                                           list[Tensor | None]]:
     """The case's scores, the maps ``maps_of()`` collected while they were computed (with
@@ -236,7 +319,7 @@ def _maps_and_gradients(case: Any, maps_of: Any) -> tuple[Tensor, list[Tensor],
         torch.manual_seed(0)
         scores = case.forward_func(*case.inputs, *case.additional_forward_args)
     maps = [m for m in maps_of() if m.requires_grad]
-    grads = torch.autograd.grad(scores[:, case.target].sum(), maps, allow_unused=True) \
+    grads = torch.autograd.grad(target_score(scores, case.target).sum(), maps, allow_unused=True) \
         if maps else ()
     # a query row that sees no key is NaN under eager softmax and zero in every capture
     return (scores, [m.detach().nan_to_num(0.0) for m in maps],

@@ -16,6 +16,7 @@ import os
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -88,11 +89,22 @@ def _model_is_per_example(case: Any) -> bool:
     return True
 
 
+def _zero_by_correction(case: Any, verdict: tuple[str, str]) -> tuple[str, str]:
+    r"""An all-zero explanation is the rule's own answer when every read gradient of a map is
+    ``≤ 0`` (the correction keeps ``∇A⁺``): then the uncorrected run is not all zero."""
+    if verdict[0] != "fail" or "all zero" not in verdict[1]:
+        return verdict
+    _, plain = _explain(case, correction="none")
+    if checks.finite_and_nonzero(plain)[0] == "fail":
+        return verdict
+    return "n/a", f"{verdict[1]}, but not with correction='none': every ∇A it reads is ≤ 0"
+
+
 def _run_checks(case: Any, explanation: Any, stage: Any,
                 results: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
     r"""Every check into ``results`` (filled as they run: a later one that raises leaves the
     earlier verdicts)."""
-    results.update(finite=checks.finite_and_nonzero(explanation),
+    results.update(finite=_zero_by_correction(case, checks.finite_and_nonzero(explanation)),
                    padding=checks.padding_is_zero(explanation, case),
                    types=checks.node_types(explanation, case))
     if not explanation.relevance:
@@ -117,6 +129,8 @@ def _run_checks(case: Any, explanation: Any, stage: Any,
         else "return_maps=True changes relevance")
     stage("eager reference")
     results["eager"] = checks.eager_maps(with_maps, case)
+    stage("unpadded")
+    results["unpadded"] = checks.unpadded_equals(explanation, case, lambda one: _explain(one)[1])
     stage("batch == singles")
     if "packed" in " ".join(case.notes) and getattr(case, "singles", None) is not None:
         # packed examples cannot be sliced off the batch: the builder gives them
@@ -138,14 +152,16 @@ def _run_checks(case: Any, explanation: Any, stage: Any,
     return results
 
 
-def run_type(model_type: str, stage: Any = lambda _: None) -> dict[str, Any]:
-    r"""Build ``model_type``, explain it with every default and check it: a result dict with
-    ``outcome``, ``reason``, the class used, checks, our warnings and timings."""
+def run_type(model_type: str, stage: Any = lambda _: None,
+             make: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    r"""Build ``model_type`` (with ``make``, default :func:`build`), explain it with every default
+    and check it: a result dict with ``outcome``, ``reason``, the class used, checks, our warnings
+    and timings."""
     result: dict[str, Any] = {"type": model_type}
     start = time.perf_counter()
     stage("build")
     try:
-        case = build(model_type)
+        case = (make or build)(model_type)
     except BuildError as error:
         return {**result, "outcome": "skipped-build", "reason": str(error)}
     result.update(head=case.head, cls=case.class_name, build_s=time.perf_counter() - start)
@@ -190,11 +206,11 @@ def run_type(model_type: str, stage: Any = lambda _: None) -> dict[str, Any]:
     return result
 
 
-def _child(model_type: str, connection: Any) -> None:
+def _child(model_type: str, connection: Any, make: Callable[[str], Any] | None = None) -> None:
     torch.set_num_threads(1)
     try:
         result = run_type(model_type, lambda name: connection.send(
-            ("partial", name) if isinstance(name, dict) else ("stage", name)))
+            ("partial", name) if isinstance(name, dict) else ("stage", name)), make)
     except BaseException as error:  # noqa: BLE001 - reported to the parent
         outcome, reason = classify_error(error)
         result = {"type": model_type, "outcome": outcome, "reason": f"harness: {reason}"}
@@ -205,10 +221,11 @@ def _child(model_type: str, connection: Any) -> None:
 class _Running:
     r"""One forked child working on one type."""
 
-    def __init__(self, model_type: str) -> None:
+    def __init__(self, model_type: str, make: Callable[[str], Any] | None = None) -> None:
         context = multiprocessing.get_context("fork")
         self.connection, child = context.Pipe(duplex=False)
-        self.process = context.Process(target=_child, args=(model_type, child), daemon=True)
+        self.process = context.Process(target=_child, args=(model_type, child, make),
+                                       daemon=True)
         self.type, self.stage, self.result, self.partial = model_type, "start", None, None
         self.start = self.stage_start = time.perf_counter()
         self.process.start()
@@ -271,16 +288,17 @@ class _Running:
 
 
 def run_many(types: list[str], workers: int = 2, timeout: float = 180.0,
-             done: Any = lambda result: None, explain_timeout: float = 60.0
-             ) -> list[dict[str, Any]]:
-    r"""Every type in a forked child, ``workers`` at a time; ``done(result)`` is called as each
-    one finishes. The parent stays single-threaded (a fork never copies a held lock)."""
+             done: Any = lambda result: None, explain_timeout: float = 60.0,
+             make: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
+    r"""Every type in a forked child, ``workers`` at a time (built with ``make``, default
+    :func:`build`); ``done(result)`` is called as each one finishes. The parent stays
+    single-threaded (a fork never copies a held lock)."""
     from multiprocessing.connection import wait
 
     pending, running, results = list(types), [], []
     while pending or running:
         while pending and len(running) < workers:
-            running.append(_Running(pending.pop(0)))
+            running.append(_Running(pending.pop(0), make))
         wait([r.connection for r in running] + [r.process.sentinel for r in running], 1.0)
         for item in list(running):
             if item.check(timeout, explain_timeout):

@@ -104,6 +104,7 @@ class InterfaceBackend(Backend):
         if result is None:  # the model file's eager function (called here: its errors'
             catch: list[Tensor] = []  # frames stay the model's, capture/errors.py)
             eager_mask, empty = _without_empty_rows(attention_mask)
+            eager_mask = _float32_floor(eager_mask)
             session.in_interface += 1
             try:
                 if module.training and isinstance(dropout, float) and dropout > 0.0:
@@ -264,6 +265,17 @@ def _without_empty_rows(mask: Tensor | None) -> tuple[Tensor | None, Tensor | No
     if not bool(empty.any()):
         return mask, None
     return mask.masked_fill(empty[..., None], 0.0), empty
+
+
+def _float32_floor(mask: Any) -> Any:
+    r"""A float64 additive mask with its values below float32's lowest raised to it. Eager
+    functions take the softmax in float32 (``softmax(..., dtype=torch.float32)``): float64's
+    lowest there is ``-inf``, and a row it hides wholly (a left-padded query, a patch no byte
+    feeds) turns NaN, in the forward and the backward, where the model's own sdpa gives the
+    row of the finite mask. Floored, the row is what a float32 model computes."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.float64:
+        return mask
+    return mask.clamp(min=torch.finfo(torch.float32).min)
 
 
 def _with_sparse_indices(mask: Tensor | None, key: Tensor, kwargs: dict) -> tuple[Any, dict]:
