@@ -166,3 +166,15 @@ def test_many_calls_keep_no_objects():
         explainer.attribute(x, target=1)
     gc.collect()
     assert len(gc.get_objects()) - before < 50
+
+
+def test_one_walk_is_read_inside_the_block_only():
+    from captum_hetattn.capture.memo import modules_of, named_modules_of, walk_kept
+
+    model = _Model()
+    with walk_kept(model):
+        first = named_modules_of(model)
+        assert named_modules_of(model) is first  # the kept walk
+        assert modules_of(model) == [m for _, m in model.named_modules()]
+    model.extra = nn.Linear(2, 2)  # outside the block: walked afresh
+    assert "extra" in dict(named_modules_of(model))

@@ -14,14 +14,18 @@ Modules are held weakly (a dropped model frees its answers) and each keeps at mo
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
 from torch.nn.modules import module as _module_globals
 
-__all__ = ["PER_MODULE", "StructureMemo", "module_signature"]
+__all__ = ["PER_MODULE", "StructureMemo", "module_signature", "modules_of", "named_modules_of",
+           "walk_kept"]
 
 #: answers kept per module (one per call signature: shapes, masks)
 PER_MODULE = 16
@@ -93,3 +97,42 @@ class StructureMemo:
     def clear(self) -> None:
         """Forget every answer."""
         self._answers.clear()
+
+
+# ------------------------------------------------------------------------------------------
+# one walk of the model's modules while a recording installs itself
+
+_KEPT = threading.local()  # per thread: id(model) -> (model, its named modules)
+
+
+@contextlib.contextmanager
+def walk_kept(model: nn.Module) -> Iterator[None]:
+    r"""While on, :func:`named_modules_of` / :func:`modules_of` of ``model`` (in this thread)
+    read one walk of its modules, taken now, instead of walking again: a recording's set-up
+    walks the model about ten times (plan, hooks, claims, configs; ~0.9 ms a walk for
+    LXMERT-base's 505 modules). Nothing adds or removes modules while a recording installs
+    its hooks; a block running the model (which may build modules lazily) is not meant."""
+    kept = getattr(_KEPT, "walks", None)
+    if kept is None:
+        kept = _KEPT.walks = {}
+    if id(model) in kept:  # an enclosing block keeps it already
+        yield
+        return
+    kept[id(model)] = (model, tuple(model.named_modules()))
+    try:
+        yield
+    finally:
+        kept.pop(id(model), None)
+
+
+def named_modules_of(model: nn.Module) -> tuple[tuple[str, nn.Module], ...]:
+    """``tuple(model.named_modules())``, from the walk kept by :func:`walk_kept` if any."""
+    found = getattr(_KEPT, "walks", {}).get(id(model))
+    if found is not None and found[0] is model:
+        return found[1]
+    return tuple(model.named_modules())
+
+
+def modules_of(model: nn.Module) -> list[nn.Module]:
+    """``list(model.modules())``, from the walk kept by :func:`walk_kept` if any."""
+    return [module for _, module in named_modules_of(model)]

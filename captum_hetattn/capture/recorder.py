@@ -23,7 +23,7 @@ from captum_hetattn.capture.census import census
 from captum_hetattn.capture.claims import claim, release
 from captum_hetattn.capture.errors import blame_the_model
 from captum_hetattn.capture.grad_layout import keep_batch_norm_grads_in_input_layout
-from captum_hetattn.capture.memo import StructureMemo
+from captum_hetattn.capture.memo import StructureMemo, modules_of, walk_kept
 from captum_hetattn.capture.plan import BACKENDS, listed_names, plan_capture
 from captum_hetattn.capture.record import AttentionRecord
 from captum_hetattn.capture.session import Entry, Frame, Session
@@ -153,28 +153,28 @@ class AttentionRecorder:
     # ---------------------------------------------------------------- context management
 
     def __enter__(self) -> AttentionRecorder:
-        if self._session is not None:
-            raise RuntimeError("this AttentionRecorder is already active")
-        # Waits while another thread records this model (its hooks and configs are shared),
-        # raises when this thread does (nested): before anything is changed.
-        held = claim(self.model)
-        self.records, self.maps, self.embeddings, self.skipped = [], [], [], []
-        self.lifts = []
-        stack = ExitStack()
-        # first in, last out: the next recording starts once everything is restored
-        stack.callback(release, held)
-        try:
-            plan = plan_capture(self.model, self.backend, self.modules)
-            checkpointing = self.flash and any(
-                getattr(m, "gradient_checkpointing", False) is True for m in self.model.modules())
-            self._session = Session(plan, stack, self.record_io, checkpointing, memo=self.memo)
-            self._install(self._session)
-        except BaseException:
-            if self._session is None:  # no plan: only the claim to give back
-                stack.close()
-            self._close()
-            raise
-        return self
+        with walk_kept(self.model):  # one walk of the modules for the whole set-up
+            if self._session is not None:
+                raise RuntimeError("this AttentionRecorder is already active")
+            # Waits while another thread records this model (its hooks and configs are shared),
+            # raises when this thread does (nested): before anything is changed.
+            held = claim(self.model)
+            self.records, self.maps, self.embeddings, self.skipped, self.lifts = [], [], [], [], []
+            stack = ExitStack()
+            # first in, last out: the next recording starts once everything is restored
+            stack.callback(release, held)
+            try:
+                plan = plan_capture(self.model, self.backend, self.modules)
+                checkpointing = self.flash and any(getattr(m, "gradient_checkpointing", False)
+                                                   is True for m in modules_of(self.model))
+                self._session = Session(plan, stack, self.record_io, checkpointing, memo=self.memo)
+                self._install(self._session)
+            except BaseException:
+                if self._session is None:  # no plan: only the claim to give back
+                    stack.close()
+                self._close()
+                raise
+            return self
 
     def _install(self, session: Session) -> None:
         """Install the backends the plan uses and the hooks that follow the model's calls."""

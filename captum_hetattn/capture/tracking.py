@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from captum_hetattn.capture.backends.mha import MhaBackend
 from captum_hetattn.capture.backends.softmax import SoftmaxBackend
 from captum_hetattn.capture.introspect import autograd_node, call_inputs
-from captum_hetattn.capture.memo import module_signature
+from captum_hetattn.capture.memo import module_signature, named_modules_of
 from captum_hetattn.capture.record import Context
 from captum_hetattn.capture.session import Frame, Session
 
@@ -52,7 +52,7 @@ class CallTracker:
             )
             stack.callback(post.remove)
         if self.session.record_io:
-            for name, module in model.named_modules():
+            for name, module in named_modules_of(model):
                 if isinstance(module, nn.Embedding):
                     handle = module.register_forward_hook(
                         functools.partial(self._on_embedding, name)
@@ -74,7 +74,7 @@ class CallTracker:
         enclosing = {
             ".".join(name.split(".")[:k]) for name in names for k in range(name.count(".") + 1)
         }
-        for name, module in model.named_modules():
+        for name, module in named_modules_of(model):
             if name not in enclosing or id(module) in plan.tracked:
                 continue
             pre = module.register_forward_pre_hook(
