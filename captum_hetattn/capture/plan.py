@@ -163,9 +163,9 @@ def plan_capture(
     if backend == "auto":
         # Wrappers (BertAttention around BertSelfAttention) compute nothing themselves.
         handled = set(routed) | set(mha)
-        softmax = {
-            k: m for k, m in softmax.items() if not any(id(s) in handled for s in m.modules())
-        }
+        if handled:  # (no walk of every softmax module's subtree when nothing is handled)
+            softmax = {k: m for k, m in softmax.items()
+                       if not any(id(s) in handled for s in m.modules())}
     use_softmax = backend == "softmax" or (backend == "auto" and bool(softmax))
 
     tracked: Modules = {}
