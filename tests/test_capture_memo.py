@@ -178,3 +178,18 @@ def test_one_walk_is_read_inside_the_block_only():
         assert modules_of(model) == [m for _, m in model.named_modules()]
     model.extra = nn.Linear(2, 2)  # outside the block: walked afresh
     assert "extra" in dict(named_modules_of(model))
+
+
+def test_lxmert_warm_call_equals_a_fresh_explainer():
+    """LXMERT's ``LxmertAttentionOutput`` modules (tracked by name, no softmax) are answered
+    by the memo on the second call: relevance equal to the bit to a fresh explainer's."""
+    from captum_hetattn.bench.cases import build_lxmert
+
+    case = build_lxmert(2, quick=True)
+    first = case.ours()
+    warm = case.ours()
+    assert case._explainer.structures.hits > 0
+    fresh = HeterogenousAttentionAttribution(case.forward, model=case.model).attribute(
+        case.inputs, target=case.target, additional_forward_args=case.extra)
+    for a, b, c in zip(first, warm, fresh, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, c)
