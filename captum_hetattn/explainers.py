@@ -35,6 +35,7 @@ from captum_hetattn._captum_compat import (
 )
 from captum_hetattn.binding import BoundRecording
 from captum_hetattn.binding.layout_cache import LayoutCache
+from captum_hetattn.capture.memo import StructureMemo
 from captum_hetattn.engine.checks import check_flag, check_options
 from captum_hetattn.engine.pipeline import Correction, Options, run
 from captum_hetattn.engine.readout import Readout
@@ -125,6 +126,8 @@ class _AttentionAttribution(Attribution):
         self.report = Report()
         # token layouts of windowed / banded calls, found once per call signature
         self.layouts = LayoutCache()
+        # answers about module structure (whether a module that made no softmax mixes tokens)
+        self.structures = StructureMemo()
 
     def _propagator(self, noise_link: bool) -> Propagator:
         """The rules this method propagates with."""

@@ -145,3 +145,27 @@ def test_an_input_that_also_reaches_the_stream_another_way_is_traced():
         (lift,) = [lifts._Lift(m, t, o, n) for _, m, t, o, n in recorder.lifts]
         stream = recorder.records[0].query_input
         assert not lifts._only_path(stream, lift)
+
+
+@pytest.mark.parametrize("kind", ["conv", "conv_unread", "linear", "linear_unread"])
+def test_lifted_rows_fed_follow_from_the_tokens(kind):
+    """``_Lifted.feeds`` reads the rows fed off the module's tokens: equal to the rows the
+    input's elements feed (an unread token's elements feed none; a module whose weights are all
+    zero feeds no row)."""
+    torch.manual_seed(0)
+    if kind.startswith("conv"):
+        module = nn.Conv2d(3, 4, kernel_size=(4, 3), stride=(4, 3))
+        tensor = torch.randn(2, 3, 18, 14)
+    else:
+        module = nn.Linear(5, 4)
+        tensor = torch.randn(2, 6, 5)
+    if kind.endswith("unread"):
+        nn.init.zeros_(module.weight)
+    output = module(tensor)
+    lift = lifts._Lift(module, tensor, output, None)
+    tokens = output[0, 0].numel() if kind.startswith("conv") else output.shape[1]
+    codes = torch.randint(-1, 7, (2, tokens), generator=torch.Generator().manual_seed(3))
+    lifted = lifts._Lifted(7, lift.elements(codes), token_codes=lift.token_codes(codes))
+    expected = lifts._Dependence(7, lift.elements(codes)).feeds()
+    assert torch.equal(lifted.feeds(), expected)
+    assert bool(expected.any()) == (not kind.endswith("unread"))

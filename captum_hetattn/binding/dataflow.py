@@ -98,12 +98,14 @@ class _Walker:
             return frozenset(own)
         found: set[Mark] = set()
         stack = [node]
+        marks = self.marks
         while stack:
             for child, _ in getattr(stack.pop(), "next_functions", ()):
                 if child is None or child in seen:
                     continue
                 seen.add(child)
-                valid = self._valid(child, before, also)
+                # most nodes carry no mark: skip building an empty set for each (hot loop)
+                valid = self._valid(child, before, also) if child in marks else None
                 if valid:
                     found |= valid
                 else:

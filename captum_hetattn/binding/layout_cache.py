@@ -286,10 +286,15 @@ class LayoutCache:
     def dependences(self, batch: int, inputs: Sequence[object]):
         r"""The data flow's probe (``dependence(site, into, into_dim, origins, batch, exact)``,
         see :func:`~captum_hetattn.binding.dataflow.analyse`) through this cache: which rows of
-        ``into`` each origin token feeds (junction maps, the input rows) is a structure too; a
-        cached answer is used after two backward passes (a random plane of rows and its
-        complement must reach exactly the tokens it says) instead of two per bit of the row
-        count."""
+        ``into`` each origin token feeds (junction maps, the input rows) is a structure too.
+
+        A cached answer is used without a pass where the graph from ``into`` back to its one
+        origin has the fingerprint of the graph it was probed on
+        (:mod:`~captum_hetattn.binding.graph_fingerprint`: the rows a token feeds are the
+        pattern of that graph's Jacobian, as a placement is; ViT's and LXMERT's input rows);
+        else after two backward passes (a random plane of rows and its complement must reach
+        exactly the tokens it says) instead of two per bit of the row count. A graph that only
+        passes the passes is not fingerprinted: only a full probe vouches."""
         signature = self.signature(batch, inputs)
 
         def dependence(site: Any, into: Tensor, into_dim: int,
@@ -298,14 +303,16 @@ class LayoutCache:
             key = (signature, site, _shape(into), into_dim,
                    tuple((_shape(t), d) for t, d in origins), batch, exact)
             cached = self.get(key)
-            if cached is not None and _dependences_hold(cached, into, into_dim, origins, batch):
+            if cached is not None and (
+                    cached.proof is not None and _proof(into, origins) == cached.proof
+                    or _dependences_hold(cached.found, into, into_dim, origins, batch)):
                 self.hits += 1
-                return cached
+                return cached.found
             self.misses += 1
             found = _dependence(into, into_dim, origins, batch, exact=exact)
-            self.put(key, found, sum(d.codes.numel() if d.codes is not None else
-                                     d.full.numel() if d.full is not None else 0
-                                     for d in found))
+            self.put(key, _Found(found, _proof(into, origins)),
+                     sum(d.codes.numel() if d.codes is not None else
+                         d.full.numel() if d.full is not None else 0 for d in found))
             return found
 
         return dependence
@@ -314,6 +321,22 @@ class LayoutCache:
     def signature(batch: int, inputs: Sequence[object]) -> Any:
         """The part of a key shared by every call of a recording: the batch and the inputs."""
         return (batch, tuple(_value_key(x) for x in inputs))
+
+
+@dataclass
+class _Found:
+    """A probed dependence and the fingerprint of the graph it was probed on (``None``: none)."""
+
+    found: list[_Dependence]
+    proof: Fingerprint | None
+
+
+def _proof(into: Tensor, origins: Sequence[tuple[Tensor, int]]) -> Fingerprint | None:
+    """The fingerprint of the graph from ``into`` back to its one origin (``None`` for several
+    origins, or where none can be taken)."""
+    if len(origins) != 1 or not into.requires_grad:
+        return None
+    return fingerprint([into], origins[0][0])
 
 
 def _shape(tensor: Tensor | None) -> tuple[int, ...] | None:

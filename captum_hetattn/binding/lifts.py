@@ -62,6 +62,29 @@ class _Lift:
             alive = weight.detach().ne(0).any(dim=0).view(1, 1, features).to(codes.device)
         return torch.where(alive, found, -1).reshape(batch, -1)
 
+    def token_codes(self, codes: Tensor) -> Tensor:
+        """``(B, n_out)``: the row each output token feeds through some element it reads
+        (``-1``: none) — every token reads the same kernel positions or features, so all of them
+        or none do (:meth:`elements` gives every element of an unread one ``-1``)."""
+        if bool(self.module.weight.detach().ne(0).any()):
+            return codes
+        return torch.full_like(codes, -1)
+
+
+@dataclass
+class _Lifted(_Dependence):
+    r"""An input's dependence read through a :class:`_Lift`: ``codes`` per input element, and
+    ``token_codes`` per output token of the module, from which the rows fed follow exactly
+    (:meth:`feeds` on ``n_out`` tokens instead of every pixel: 20 ms a call at ViT-base
+    batch 8)."""
+
+    token_codes: Tensor | None = None
+
+    def feeds(self) -> Tensor:
+        if self.token_codes is None:
+            return super().feeds()
+        return _Dependence(self.n_into, self.token_codes).feeds()
+
 
 def _lift_of(module: nn.Module, tensor: Tensor, output: Tensor) -> bool:
     """Whether ``module`` maps ``tensor`` to tokens element by known element."""
@@ -135,8 +158,8 @@ def lifted_dependences(
             repeated.extend((position, c.name) for position, c, f in zip(
                 site[2], chosen, found, strict=True) if c is not None and f.codes is None)
         return dependence(site, into, into_dim, origins, batch, exact=exact)
-    return [_Dependence(f.n_into, c.elements(f.codes)) if c is not None else f
-            for c, f in zip(chosen, found, strict=True)]
+    return [_Lifted(f.n_into, c.elements(f.codes), token_codes=c.token_codes(f.codes))
+            if c is not None else f for c, f in zip(chosen, found, strict=True)]
 
 
 def with_lifts(

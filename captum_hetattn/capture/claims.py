@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from captum_hetattn.capture.introspect import add_config
+from captum_hetattn.capture.memo import modules_of
 
 
 @dataclass(eq=False)
@@ -37,7 +38,7 @@ def _shared_objects(model: nn.Module) -> list[Any]:
     their sub-configs (attention implementation). A second model that wraps some of the same
     modules, or that was built from the same config object, shares them."""
     found: dict[int, Any] = {}
-    for module in model.modules():
+    for module in modules_of(model):
         found.setdefault(id(module), module)
         add_config(found, getattr(module, "config", None))
     return list(found.values())

@@ -23,6 +23,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from captum_hetattn.capture.memo import modules_of
+
 
 def _contiguous(grad: Tensor) -> Tensor:
     return grad if grad.is_contiguous() else grad.contiguous()
@@ -39,7 +41,7 @@ def _on_batch_norm(module: nn.Module, args: tuple, output: Any) -> None:
 def keep_batch_norm_grads_in_input_layout(stack: ExitStack, model: nn.Module) -> None:
     r"""Hook every batch-norm module of ``model`` (see the module docstring) until ``stack``
     closes."""
-    for module in model.modules():
+    for module in modules_of(model):
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             handle = module.register_forward_hook(_on_batch_norm)
             stack.callback(handle.remove)

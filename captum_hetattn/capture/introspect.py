@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_hetattn.capture.memo import modules_of
+
 #: Argument names under which attention modules receive the key/value sequence.
 CROSS_INPUT_NAMES: tuple[str, ...] = (
     "encoder_hidden_states",
@@ -315,7 +317,7 @@ def configs_of(model: nn.Module, routed: dict[int, nn.Module]) -> list[Any]:
     """
     found: dict[int, Any] = {}
     routed_ids = set(routed)
-    for module in model.modules():
+    for module in modules_of(model):
         cfg = getattr(module, "config", None)
         if cfg is None:
             continue

@@ -23,6 +23,7 @@ from captum_hetattn.capture.introspect import (
     hf_eager_function,
     transformers_interfaces,
 )
+from captum_hetattn.capture.memo import modules_of, named_modules_of
 
 __all__ = ["BACKENDS", "Plan", "listed_names", "plan_capture"]
 
@@ -92,9 +93,9 @@ def listed_names(model: nn.Module, modules: Iterable[str] | str | None) -> froze
 def _classify(model: nn.Module, listed: frozenset[str] | None) -> tuple[Modules, Modules, Modules]:
     """``(routed, mha, other)``: the attention modules in scope that route through the
     interface, the ``nn.MultiheadAttention`` ones and the hand-written ones."""
-    named = dict(model.named_modules())
+    named = dict(named_modules_of(model))
     if listed is None:
-        in_scope = {id(m) for m in model.modules()}
+        in_scope = {id(m) for m in named.values()}
     else:
         in_scope = {id(m) for name in listed for m in named[name].modules()}
     routed: Modules = {}
@@ -162,9 +163,9 @@ def plan_capture(
     if backend == "auto":
         # Wrappers (BertAttention around BertSelfAttention) compute nothing themselves.
         handled = set(routed) | set(mha)
-        softmax = {
-            k: m for k, m in softmax.items() if not any(id(s) in handled for s in m.modules())
-        }
+        if handled:  # (no walk of every softmax module's subtree when nothing is handled)
+            softmax = {k: m for k, m in softmax.items()
+                       if not any(id(s) in handled for s in m.modules())}
     use_softmax = backend == "softmax" or (backend == "auto" and bool(softmax))
 
     tracked: Modules = {}
@@ -178,14 +179,14 @@ def plan_capture(
         if backend == "softmax":
             tracked.update(routed)
     listed_ids = None if listed is None else frozenset(
-        id(m) for n, m in model.named_modules() if n in listed)
+        id(m) for n, m in named_modules_of(model) if n in listed)
     if listed_ids is not None:
-        tracked.update((id(m), m) for m in model.modules() if id(m) in listed_ids)
+        tracked.update((id(m), m) for m in modules_of(model) if id(m) in listed_ids)
     # The mode puts every torch call through Python: it is only on while a module whose softmax
     # we want is running (about 45% slower forwards otherwise, on ViT-base).
     plain = set(mha) if backend == "softmax" else set(mha) | set(routed)
     return Plan(
-        names={id(m): n for n, m in model.named_modules()},
+        names={id(m): n for n, m in named_modules_of(model)},
         tracked=tracked,
         interface=routed if use_hf else {},
         softmax=softmax if use_softmax else {},

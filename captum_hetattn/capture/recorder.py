@@ -23,6 +23,7 @@ from captum_hetattn.capture.census import census
 from captum_hetattn.capture.claims import claim, release
 from captum_hetattn.capture.errors import blame_the_model
 from captum_hetattn.capture.grad_layout import keep_batch_norm_grads_in_input_layout
+from captum_hetattn.capture.memo import StructureMemo, modules_of, walk_kept
 from captum_hetattn.capture.plan import BACKENDS, listed_names, plan_capture
 from captum_hetattn.capture.record import AttentionRecord
 from captum_hetattn.capture.session import Entry, Frame, Session
@@ -72,6 +73,8 @@ class AttentionRecorder:
             made).
         keep_layouts: keep layouts after a reduce, for another gradient pass (:meth:`rearm`);
             also settable as the attribute :attr:`keep_layouts` before the first pass.
+        memo: answers about module structure kept between recordings (an explainer's
+            :class:`~captum_hetattn.capture.memo.StructureMemo`); ``None``: asked every time.
 
     Attributes:
         records: :class:`AttentionRecord` per attention call, in call order.
@@ -113,6 +116,7 @@ class AttentionRecorder:
         flash_budget: int | None = None,
         keep_layouts: bool = False,
         narrow_keys: Callable[[AttentionRecord], bool] | None = None,
+        memo: StructureMemo | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -126,6 +130,7 @@ class AttentionRecorder:
         self.flash = flash
         self.reduce_heads = reduce_heads
         self.narrow_keys = narrow_keys
+        self.memo = memo
         #: keep layouts after a reduce, for another gradient pass (:meth:`rearm`)
         self.keep_layouts = keep_layouts
         self.flash_budget = int(flash_budget)
@@ -148,28 +153,28 @@ class AttentionRecorder:
     # ---------------------------------------------------------------- context management
 
     def __enter__(self) -> AttentionRecorder:
-        if self._session is not None:
-            raise RuntimeError("this AttentionRecorder is already active")
-        # Waits while another thread records this model (its hooks and configs are shared),
-        # raises when this thread does (nested): before anything is changed.
-        held = claim(self.model)
-        self.records, self.maps, self.embeddings, self.skipped = [], [], [], []
-        self.lifts = []
-        stack = ExitStack()
-        # first in, last out: the next recording starts once everything is restored
-        stack.callback(release, held)
-        try:
-            plan = plan_capture(self.model, self.backend, self.modules)
-            checkpointing = self.flash and any(
-                getattr(m, "gradient_checkpointing", False) is True for m in self.model.modules())
-            self._session = Session(plan, stack, self.record_io, checkpointing)
-            self._install(self._session)
-        except BaseException:
-            if self._session is None:  # no plan: only the claim to give back
-                stack.close()
-            self._close()
-            raise
-        return self
+        with walk_kept(self.model):  # one walk of the modules for the whole set-up
+            if self._session is not None:
+                raise RuntimeError("this AttentionRecorder is already active")
+            # Waits while another thread records this model (its hooks and configs are shared),
+            # raises when this thread does (nested): before anything is changed.
+            held = claim(self.model)
+            self.records, self.maps, self.embeddings, self.skipped, self.lifts = [], [], [], [], []
+            stack = ExitStack()
+            # first in, last out: the next recording starts once everything is restored
+            stack.callback(release, held)
+            try:
+                plan = plan_capture(self.model, self.backend, self.modules)
+                checkpointing = self.flash and any(getattr(m, "gradient_checkpointing", False)
+                                                   is True for m in modules_of(self.model))
+                self._session = Session(plan, stack, self.record_io, checkpointing, memo=self.memo)
+                self._install(self._session)
+            except BaseException:
+                if self._session is None:  # no plan: only the claim to give back
+                    stack.close()
+                self._close()
+                raise
+            return self
 
     def _install(self, session: Session) -> None:
         """Install the backends the plan uses and the hooks that follow the model's calls."""

@@ -19,6 +19,7 @@ from captum_hetattn.capture.introspect import (
     token_count_at,
     token_dim,
 )
+from captum_hetattn.capture.memo import StructureMemo
 from captum_hetattn.capture.plan import Plan
 from captum_hetattn.capture.record import AttentionRecord, Context
 
@@ -80,6 +81,8 @@ class Session:
         muted: backward passes leave the records alone.
         tracing: > 0 while flash calls must not hand their maps over.
         callback_queued: an end-of-backward callback is queued.
+        memo: the explainer's answers about module structure kept between recordings
+            (:mod:`~captum_hetattn.capture.memo`), ``None``: every question asked afresh.
     """
 
     plan: Plan
@@ -99,6 +102,7 @@ class Session:
     muted: bool = False
     tracing: int = 0
     callback_queued: bool = False
+    memo: StructureMemo | None = None
 
     def in_scope(self, module: nn.Module) -> bool:
         r"""Whether a call of ``module`` now is recorded (inside a listed module)."""

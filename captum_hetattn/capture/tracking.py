@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from captum_hetattn.capture.backends.mha import MhaBackend
 from captum_hetattn.capture.backends.softmax import SoftmaxBackend
 from captum_hetattn.capture.introspect import autograd_node, call_inputs
+from captum_hetattn.capture.memo import module_signature, named_modules_of
 from captum_hetattn.capture.record import Context
 from captum_hetattn.capture.session import Frame, Session
 
@@ -51,7 +52,7 @@ class CallTracker:
             )
             stack.callback(post.remove)
         if self.session.record_io:
-            for name, module in model.named_modules():
+            for name, module in named_modules_of(model):
                 if isinstance(module, nn.Embedding):
                     handle = module.register_forward_hook(
                         functools.partial(self._on_embedding, name)
@@ -73,7 +74,7 @@ class CallTracker:
         enclosing = {
             ".".join(name.split(".")[:k]) for name in names for k in range(name.count(".") + 1)
         }
-        for name, module in model.named_modules():
+        for name, module in named_modules_of(model):
             if name not in enclosing or id(module) in plan.tracked:
                 continue
             pre = module.register_forward_pre_hook(
@@ -179,6 +180,12 @@ class CallTracker:
                 and out.dim() == 3 and hidden.shape[:2] == out.shape[:2]
                 and hidden.shape[1] > 1 and hidden.requires_grad and out.requires_grad):
             return True
+        memo = self.session.memo
+        key = None if memo is None else (
+            "mixes_tokens", module_signature(frame.module), _tensor_key(hidden),
+            _tensor_key(out), type(out.grad_fn).__name__, _tensor_key(frame.mask))
+        if memo is not None and (kept := memo.get(frame.module, key)) is not None:
+            return kept  # the same code, submodules, hooks and shapes: the same answer
         weights = torch.zeros_like(out)
         weights[:, -1] = 1.0
         previous, self.session.muted = self.session.muted, True
@@ -189,7 +196,10 @@ class CallTracker:
             return True
         finally:
             self.session.muted = previous
-        return grad is not None and bool(grad[:, :-1].any())
+        mixes = grad is not None and bool(grad[:, :-1].any())
+        if memo is not None:
+            memo.put(frame.module, key, mixes)
+        return mixes
 
     def _attach_output(self, frame: Frame, output: Any) -> None:
         """Give the records made inside this call the module's output (``record_io``)."""
@@ -221,6 +231,13 @@ class CallTracker:
             # leave the recorded lookup as it was
             return output.clone()
         return None
+
+
+def _tensor_key(tensor: Tensor | None) -> tuple[Any, ...] | None:
+    """A tensor as a structural answer sees it: shape, strides, dtype, device."""
+    if tensor is None:
+        return None
+    return (tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device)
 
 
 def first_tensor(output: Any) -> Tensor | None:

@@ -45,6 +45,10 @@ def _softmax_dim(func: Callable[..., Any], args: tuple, kwargs: dict) -> int | N
     return dim if isinstance(dim, int) else None
 
 
+def _ignore(*args: Any) -> None:
+    """A recording's softmax callback once it is over."""
+
+
 def _is_softmax(func: Callable[..., Any]) -> bool:
     try:
         if func in _SOFTMAX_FUNCTIONS:
@@ -145,7 +149,15 @@ class SoftmaxBackend(Backend):
             stack.callback(setattr, cfg, "_attn_implementation_internal",
                            cfg._attn_implementation_internal)
             cfg._attn_implementation_internal = "eager"
+        stack.callback(self._unlink)  # runs after the next line's (last in, first out)
         stack.callback(self.leave, all_levels=True)
+
+    def _unlink(self) -> None:
+        """Drop the mode's callbacks (bound methods of this backend, which holds the mode): the
+        cycle would keep the recorder and its records alive until a full garbage collection."""
+        mode = self.mode
+        mode._callback = _ignore  # type: ignore[assignment]
+        mode._on_linear = mode._on_fused = mode.on_sdpa = None
 
     def enter(self) -> None:
         r"""A ``mode`` module starts: the mode is on from the first one."""
