@@ -436,3 +436,57 @@ def test_a_call_reuses_the_memory_of_a_sum_the_adjoint_has_dropped(monkeypatch, 
     fresh = explain()
     for name, value in fresh.relevance.items():
         assert torch.equal(reused.relevance[name], value)
+
+
+def _causal(n, batch=1, low=MIN):
+    return torch.full((n, n), low).triu(1)[None, None].repeat(batch, 1, 1, 1)
+
+
+def test_causal_masks_are_read_as_the_kernels_causal_mode():
+    n = 40
+    flash_module._CAUSAL_READ = None
+    assert flash_module.causal_kernel(_causal(n), n, n) == (True, False)
+    assert flash_module.causal_kernel(_causal(n, low=float("-inf")), n, n) == (True, False)
+    padded = _causal(n, batch=2)
+    padded[1, ..., :3] = MIN  # example 1's first keys are padding: its first queries see none
+    assert flash_module.causal_kernel(padded, n, n) == (False, True)
+    padded[1, 0, :3, :3] = _causal(3)[0, 0]  # ... unless they see the keys up to themselves
+    assert flash_module.causal_kernel(padded, n, n) == (True, True)
+    leaky = _causal(n)
+    leaky[..., 5, 30] = -1.0  # one later key seen
+    assert flash_module.causal_kernel(leaky, n, n) == (False, True)
+    assert flash_module.causal_kernel(None, n, n) == (False, False)
+    assert flash_module.causal_kernel(_causal(n)[..., :30], n, 30) == (False, True)
+    mask = _causal(n)
+    assert flash_module.causal_kernel(mask, n, n) == (True, False)
+    mask[..., 7, 9] = 0  # an in-place change is read again
+    assert flash_module.causal_kernel(mask, n, n) == (False, True)
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_the_causal_kernel_gives_the_masked_kernels_outputs_and_maps_to_the_bit(padding,
+                                                                                monkeypatch):
+    """Over more keys than the kernel's blocks (its causal mode skips whole blocks)."""
+    n = 1100
+    query, key, value = _states(batch=2, heads=2, n=n, d=8)
+    mask = _causal(n, batch=2)
+    if padding:
+        mask[0, ..., 1:, 0] = MIN  # a padded key the later queries do not see
+    seen = []
+    read = flash_module.causal_kernel
+
+    def watched(*args):
+        seen.append(read(*args))
+        return seen[-1]
+
+    flash_module._CAUSAL_READ = None
+    monkeypatch.setattr(flash_module, "causal_kernel", watched)
+    out_c, grads_c, chunks_c = _run(query, key, value, mask, None, True, monkeypatch)
+    assert seen == [(True, padding)]
+    monkeypatch.setattr(flash_module, "causal_kernel", lambda *a: (False, True))  # the old path
+    out_m, grads_m, chunks_m = _run(query, key, value, mask, None, True, monkeypatch)
+    assert torch.equal(out_c, out_m)
+    assert all(torch.equal(a, b) for a, b in zip(grads_c, grads_m, strict=True))
+    assert len(chunks_c) == len(chunks_m) == 1
+    assert torch.equal(chunks_c[0][1], chunks_m[0][1]) and torch.equal(chunks_c[0][2],
+                                                                        chunks_m[0][2])

@@ -87,6 +87,49 @@ def _fused_cpu(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
     return choice == int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 
 
+def causal_kernel(mask: Tensor | None, n_query: int, n_key: int) -> tuple[bool, bool]:
+    r"""How the kernel may take ``mask``: ``(causal, mask needed)``. Where the mask hides
+    every key after each query (a causal mask over a square map) and every query sees some
+    key, the kernel runs causal — it then skips the blocks of keys after each query's block,
+    as the plain model's ``is_causal`` call does, instead of adding the mask over the whole
+    square (half the work) — and without the mask where it hides nothing else. The same
+    output and log-sum-exp to the bit: each skipped entry contributed an exact 0 (``exp`` of
+    a hidden score, the row's maximum being over a key it sees). Read once per mask tensor
+    (the layers of a forward share it), in blocks of rows (small temporaries)."""
+    if (mask is None or n_query != n_key or n_query < 2 or mask.dim() < 2
+            or tuple(mask.shape[-2:]) != (n_query, n_key) or not mask.is_floating_point()):
+        return False, mask is not None
+    global _CAUSAL_READ
+    read = _CAUSAL_READ
+    stamp = (mask.data_ptr(), mask._version, tuple(mask.shape), tuple(mask.stride()))
+    if read is not None and read[0]() is mask and read[1] == stamp:
+        return read[2]
+    level = torch.finfo(mask.dtype).min / 2
+    step = max(1, 2**22 // max(mask.numel() // n_query, 1))
+    causal, needed = True, False
+    for start in range(0, n_query, step):
+        block = mask[..., start:start + step, :]
+        hidden = block <= level  # (NaN: not hidden)
+        rows = hidden.numel() // n_key
+        # every key after each row hidden, no row hidden from every key
+        if (int(hidden.triu(start + 1).sum()) != _upper_count(start, block.shape[-2], n_key)
+                * (rows // block.shape[-2]) or bool(hidden.all(-1).any())):
+            causal, needed = False, True
+            break
+        needed = needed or bool(block.tril(start).any())  # it hides something else too
+    _CAUSAL_READ = (weakref.ref(mask), stamp, (causal, needed))
+    return causal, needed
+
+
+def _upper_count(start: int, rows: int, n_key: int) -> int:
+    """Entries after the diagonal in rows ``start .. start + rows`` of a square map."""
+    return rows * (n_key - 1) - (start * rows + rows * (rows - 1) // 2)
+
+
+#: the last mask :func:`causal_kernel` read: ``(tensor, stamp, verdict)``
+_CAUSAL_READ: tuple[Any, tuple, tuple[bool, bool]] | None = None
+
+
 def lse_map(query: Tensor, key: Tensor | None, mask: Tensor | None, scale: float,
             logsumexp: Tensor, out: Tensor | None = None,
             extended: Tensor | None = None) -> Tensor:
@@ -211,8 +254,11 @@ class FlashAttention(torch.autograd.Function):
         ctx.rows, ctx.narrow = rows, narrow
         ctx.fused = _fused_cpu(query, key, value, mask, scale)
         if ctx.fused:  # the kernel F.scaled_dot_product_attention picks, with its log-sum-exp
+            ctx.causal, needed = causal_kernel(mask, query.shape[2], key.shape[2])
+            ctx.kernel_mask = needed  # (the rebuilt maps take the mask whole)
             output, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, 0.0, False, attn_mask=mask, scale=scale)
+                query, key, value, 0.0, ctx.causal, attn_mask=mask if needed else None,
+                scale=scale)
             ctx.save_for_backward(query, key, value, mask, output, logsumexp)
             return output
         ctx.save_for_backward(query, key, value, mask)
@@ -275,8 +321,8 @@ class FlashAttention(torch.autograd.Function):
         grads: tuple[Tensor | None, ...] = (None, None, None)
         if any(_executed(ctx)[:3]):  # (the first layer's are wanted by no one: not computed)
             grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                grad_output, query, key, value, output, logsumexp, 0.0, False, attn_mask=mask,
-                scale=ctx.scale)
+                grad_output, query, key, value, output, logsumexp, 0.0, ctx.causal,
+                attn_mask=mask if ctx.kernel_mask else None, scale=ctx.scale)
         heads, n_query = query.shape[1], query.shape[2]
         chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
         blocks = _row_blocks(n_query, ctx.rows)
