@@ -131,8 +131,8 @@ _CAUSAL_READ: tuple[Any, tuple, tuple[bool, bool]] | None = None
 
 
 def lse_map(query: Tensor, key: Tensor | None, mask: Tensor | None, scale: float,
-            logsumexp: Tensor, out: Tensor | None = None,
-            extended: Tensor | None = None) -> Tensor:
+            logsumexp: Tensor | None, out: Tensor | None = None,
+            extended: Tensor | None = None, shifted: Tensor | None = None) -> Tensor:
     r"""``softmax(Q Kᵀ · scale + mask)`` from the kernel's row log-sum-exp: ``exp(Q' K'ᵀ +
     mask)`` with ``Q' = [Q · scale, -lse]`` and ``K' = [K, 1]`` (the shift is in the product:
     one pass over the map fewer). Equal to :func:`attention_map` to float32 rounding
@@ -141,12 +141,19 @@ def lse_map(query: Tensor, key: Tensor | None, mask: Tensor | None, scale: float
     large finite mask hides wholly is lost to rounding here (the caller builds those blocks with
     :func:`attention_map`, see :func:`huge_rows`). ``out``: where to write it; ``extended``:
     ``K'ᵀ`` (:func:`extended_keys`), built once by a caller that rebuilds the map in blocks of
-    query rows."""
+    query rows; ``shifted``: ``Q'`` (:func:`shifted_queries`), likewise."""
     if extended is None:
         extended = extended_keys(key)
-    shifted = torch.cat([query * scale, -logsumexp.unsqueeze(-1).to(query.dtype)], dim=-1)
+    if shifted is None:
+        assert logsumexp is not None
+        shifted = shifted_queries(query, scale, logsumexp)
     scores = torch.matmul(shifted, extended, out=out)
     return _plus_mask(scores, mask, in_place=True).exp_()
+
+
+def shifted_queries(query: Tensor, scale: float, logsumexp: Tensor) -> Tensor:
+    r"""``[Q · scale, -lse]``: the left side of :func:`lse_map`'s product."""
+    return torch.cat([query * scale, -logsumexp.unsqueeze(-1).to(query.dtype)], dim=-1)
 
 
 def extended_keys(key: Tensor) -> Tensor:
@@ -341,11 +348,13 @@ class FlashAttention(torch.autograd.Function):
             extents, emptied = shared
             extended = extended_keys(key[:, part])
             value_t = value[:, part].transpose(-1, -2)
+            # (once per chunk, not per block: fewer small calls; the same entries)
+            shifted = shifted_queries(query[:, part], ctx.scale, logsumexp[:, part])
             for index, rows in enumerate(blocks):
                 width = key.shape[2] if extents is None else extents[index]
                 attention, gradient = _block_maps(
                     ctx, query[:, part, rows], extended[..., :width], value_t[..., :width],
-                    _mask_rows(head_mask, rows, width), logsumexp[:, part, rows],
+                    _mask_rows(head_mask, rows, width), shifted[:, :, rows],
                     grad_output[:, part, rows], emptied[index])
                 at_row = () if rows.stop - rows.start == n_query else (rows.start,)
                 done = ctx.sink(attention, gradient, first, heads, *at_row)
@@ -386,20 +395,20 @@ def _read_mask(mask: Tensor | None, blocks: list[slice], n_key: int, narrow: boo
 
 
 def _block_maps(ctx: Any, query: Tensor, extended: Tensor, value_t: Tensor, mask: Tensor | None,
-                logsumexp: Tensor, grad_output: Tensor, emptied: bool = True
+                shifted: Tensor, grad_output: Tensor, emptied: bool = True
                 ) -> tuple[Tensor, Tensor]:
     """One block's map (its empty rows cleared, where ``emptied`` says the mask hides a row
     of it from every key) and ``G = dO · Vᵀ``, over the keys of ``extended`` (``K'ᵀ``,
-    :func:`extended_keys`) and ``value_t`` (``Vᵀ``), written into the workspace where there is
-    one."""
+    :func:`extended_keys`) and ``value_t`` (``Vᵀ``), from the block's ``shifted`` queries
+    (``Q'``, :func:`shifted_queries`), written into the workspace where there is one."""
     shape = (*query.shape[:3], extended.shape[-1])
     into = ctx.workspace.take(shape, query) if ctx.workspace is not None else (None,) * 2
     if emptied and huge_rows(mask):  # rows a finite mask hides wholly: the softmax itself
         key = extended[..., :-1, :].transpose(-1, -2)
         attention = attention_map(query, key, mask, ctx.scale)
     else:
-        attention = lse_map(query, None, mask, ctx.scale, logsumexp, out=into[0],
-                            extended=extended)
+        attention = lse_map(query, None, mask, ctx.scale, None, out=into[0],
+                            extended=extended, shifted=shifted)
     gradient = torch.matmul(grad_output, value_t, out=into[1])
     return (clear_empty_rows(attention, mask) if emptied else attention), gradient
 
