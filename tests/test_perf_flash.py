@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from captum_hetattn import HeterogenousAttentionAttribution
 from captum_hetattn.capture.backends import flash as flash_module
+from captum_hetattn.capture.backends import flash_blocks
 from captum_hetattn.capture.backends.flash import FlashAttention, Workspace, attention_map
 from captum_hetattn.engine import reduce as reduce_module
 from captum_hetattn.rules.ops import corrected
@@ -444,7 +445,7 @@ def _causal(n, batch=1, low=MIN):
 
 def test_causal_masks_are_read_as_the_kernels_causal_mode():
     n = 40
-    flash_module._CAUSAL_READ = None
+    flash_blocks._CAUSAL_READ = None
     assert flash_module.causal_kernel(_causal(n), n, n) == (True, False)
     assert flash_module.causal_kernel(_causal(n, low=float("-inf")), n, n) == (True, False)
     padded = _causal(n, batch=2)
@@ -479,7 +480,7 @@ def test_the_causal_kernel_gives_the_masked_kernels_outputs_and_maps_to_the_bit(
         seen.append(read(*args))
         return seen[-1]
 
-    flash_module._CAUSAL_READ = None
+    flash_blocks._CAUSAL_READ = None
     monkeypatch.setattr(flash_module, "causal_kernel", watched)
     out_c, grads_c, chunks_c = _run(query, key, value, mask, None, True, monkeypatch)
     assert seen == [(True, padding)]
@@ -490,3 +491,74 @@ def test_the_causal_kernel_gives_the_masked_kernels_outputs_and_maps_to_the_bit(
     assert len(chunks_c) == len(chunks_m) == 1
     assert torch.equal(chunks_c[0][1], chunks_m[0][1]) and torch.equal(chunks_c[0][2],
                                                                         chunks_m[0][2])
+
+
+def _gpt2(length=45):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=99, n_positions=64)
+    model = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(5, 99, (2, length), generator=torch.Generator().manual_seed(3))
+    return model, ids
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_blocks_no_output_gradient_reaches_go_unbuilt_and_reduce_the_same(name, monkeypatch,
+                                                                          count_flash):
+    """Under a one-token readout the last layer's blocks without that token get no output
+    gradient: they reach the reduce unbuilt (zero keys), and the relevance is the same to the
+    bit as with every block built."""
+    if name == "bert":
+        model, ids, mask = _bert(7, length=45)
+
+        def forward(i, m):
+            return model(input_ids=i, attention_mask=m).logits
+        extra, target = (mask,), 1
+    else:
+        model, ids = _gpt2()
+
+        def forward(i):
+            return model(input_ids=i).logits[:, -1]
+        extra, target = None, 7
+    monkeypatch.setattr(flash_module, "ROW_BUDGET", 1)  # blocks of MIN_ROWS rows
+    widths = []
+    reduce_heads = reduce_module.Capture.reduce_heads
+
+    def watched(self, record, attention, *args):
+        widths.append(attention.shape[-1])
+        return reduce_heads(self, record, attention, *args)
+
+    watched.rows = watched.keeps_no_chunk = True  # (as the method says of itself)
+    monkeypatch.setattr(reduce_module.Capture, "reduce_heads", watched)
+
+    def explain():
+        explainer = HeterogenousAttentionAttribution(forward, model=model)
+        return explainer.explain(ids, target=target, additional_forward_args=extra)
+
+    unbuilt = explain()
+    assert count_flash and widths.count(0) > 0 and any(widths)
+    widths.clear()
+    monkeypatch.setattr(flash_module, "_dead_blocks", lambda ctx, g, blocks: [False] * len(blocks))
+    built = explain()
+    assert 0 not in widths
+    for got, expected in ((unbuilt.relevance, built.relevance),
+                          (unbuilt.padding, built.padding)):
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(got[key], value)
+
+
+def test_a_block_without_output_gradient_is_built_where_the_reduce_cannot_settle_it():
+    """Nothing settles whether a call is causal before its first block: a dead first block of
+    a call without a causal mask is built."""
+    from captum_hetattn.capture import AttentionRecord
+
+    capture = reduce_module.Capture("pos")
+    record = AttentionRecord(name="a", call_index=0, role=None, attention=None, gradient=None,
+                             shape=(1, 2, 40, 40))
+    capture.corrections[("a", 0)] = "pos"
+    assert not capture.takes_dead_blocks(record, False)
+    assert capture.takes_dead_blocks(record, True)
+    capture.mass_of.add(("a", 0))  # its key mass is read: every block built
+    assert not capture.takes_dead_blocks(record, True)

@@ -37,6 +37,19 @@ from captum_hetattn.capture.backends.base import (
     huge_rows,
     masked_keys,
 )
+from captum_hetattn.capture.backends.flash_blocks import (  # (MIN_ROWS, key_extents: as before)
+    MIN_ROWS as MIN_ROWS,
+)
+from captum_hetattn.capture.backends.flash_blocks import (
+    _dead_blocks,
+    _mask_rows,
+    _read_mask,
+    _row_blocks,
+    causal_kernel,
+)
+from captum_hetattn.capture.backends.flash_blocks import (
+    key_extents as key_extents,
+)
 from captum_hetattn.capture.session import Entry, Session
 
 if TYPE_CHECKING:
@@ -87,49 +100,6 @@ def _fused_cpu(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
     return choice == int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 
 
-def causal_kernel(mask: Tensor | None, n_query: int, n_key: int) -> tuple[bool, bool]:
-    r"""How the kernel may take ``mask``: ``(causal, mask needed)``. Where the mask hides
-    every key after each query (a causal mask over a square map) and every query sees some
-    key, the kernel runs causal — it then skips the blocks of keys after each query's block,
-    as the plain model's ``is_causal`` call does, instead of adding the mask over the whole
-    square (half the work) — and without the mask where it hides nothing else. The same
-    output and log-sum-exp to the bit: each skipped entry contributed an exact 0 (``exp`` of
-    a hidden score, the row's maximum being over a key it sees). Read once per mask tensor
-    (the layers of a forward share it), in blocks of rows (small temporaries)."""
-    if (mask is None or n_query != n_key or n_query < 2 or mask.dim() < 2
-            or tuple(mask.shape[-2:]) != (n_query, n_key) or not mask.is_floating_point()):
-        return False, mask is not None
-    global _CAUSAL_READ
-    read = _CAUSAL_READ
-    stamp = (mask.data_ptr(), mask._version, tuple(mask.shape), tuple(mask.stride()))
-    if read is not None and read[0]() is mask and read[1] == stamp:
-        return read[2]
-    level = torch.finfo(mask.dtype).min / 2
-    step = max(1, 2**22 // max(mask.numel() // n_query, 1))
-    causal, needed = True, False
-    for start in range(0, n_query, step):
-        block = mask[..., start:start + step, :]
-        hidden = block <= level  # (NaN: not hidden)
-        rows = hidden.numel() // n_key
-        # every key after each row hidden, no row hidden from every key
-        if (int(hidden.triu(start + 1).sum()) != _upper_count(start, block.shape[-2], n_key)
-                * (rows // block.shape[-2]) or bool(hidden.all(-1).any())):
-            causal, needed = False, True
-            break
-        needed = needed or bool(block.tril(start).any())  # it hides something else too
-    _CAUSAL_READ = (weakref.ref(mask), stamp, (causal, needed))
-    return causal, needed
-
-
-def _upper_count(start: int, rows: int, n_key: int) -> int:
-    """Entries after the diagonal in rows ``start .. start + rows`` of a square map."""
-    return rows * (n_key - 1) - (start * rows + rows * (rows - 1) // 2)
-
-
-#: the last mask :func:`causal_kernel` read: ``(tensor, stamp, verdict)``
-_CAUSAL_READ: tuple[Any, tuple, tuple[bool, bool]] | None = None
-
-
 def lse_map(query: Tensor, key: Tensor | None, mask: Tensor | None, scale: float,
             logsumexp: Tensor | None, out: Tensor | None = None,
             extended: Tensor | None = None, shifted: Tensor | None = None) -> Tensor:
@@ -159,35 +129,6 @@ def shifted_queries(query: Tensor, scale: float, logsumexp: Tensor) -> Tensor:
 def extended_keys(key: Tensor) -> Tensor:
     r"""``[K, 1]ᵀ``: the right side of :func:`lse_map`'s product."""
     return torch.cat([key, key.new_ones(*key.shape[:-1], 1)], dim=-1).transpose(-1, -2)
-
-
-#: the fewest query rows of a block: a product of one or two rows may round differently from
-#: the same rows of the whole product (a matrix-vector kernel), from three on it was the same
-#: to the bit (tests/test_perf_flash.py)
-MIN_ROWS = 16
-
-
-def _row_blocks(n_query: int, rows: int | None) -> list[slice]:
-    """``rows`` query rows at a time (all at once when ``None``), at least :data:`MIN_ROWS`:
-    a shorter last block joins the one before."""
-    block = n_query if rows is None else max(MIN_ROWS, int(rows))
-    starts = list(range(0, n_query, block)) or [0]
-    if len(starts) > 1 and n_query - starts[-1] < MIN_ROWS:
-        starts.pop()
-    return [slice(start, end) for start, end in zip(starts, [*starts[1:], n_query],
-                                                    strict=True)]
-
-
-def _mask_rows(mask: Tensor | None, rows: slice, width: int | None = None) -> Tensor | None:
-    """The query rows ``rows`` (and the leading ``width`` keys) of a mask laid out over the
-    scores (one broadcast over the rows or keys stays whole)."""
-    if mask is None or mask.dim() < 2:
-        return mask
-    if mask.shape[-2] != 1:
-        mask = mask[..., rows, :]
-    if width is not None and mask.shape[-1] > width:
-        mask = mask[..., :width]
-    return mask
 
 
 def recorded_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
@@ -256,9 +197,9 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, mask, probe, scale, sink, chunk=None,  # noqa: D102
-                workspace=None, rows=None, narrow=None):
+                workspace=None, rows=None, narrow=None, dead=None):
         ctx.scale, ctx.sink, ctx.chunk, ctx.workspace = scale, sink, chunk, workspace
-        ctx.rows, ctx.narrow = rows, narrow
+        ctx.rows, ctx.narrow, ctx.dead = rows, narrow, dead
         ctx.fused = _fused_cpu(query, key, value, mask, scale)
         if ctx.fused:  # the kernel F.scaled_dot_product_attention picks, with its log-sum-exp
             ctx.causal, needed = causal_kernel(mask, query.shape[2], key.shape[2])
@@ -311,7 +252,7 @@ class FlashAttention(torch.autograd.Function):
         if not wants_states:
             grad_query = grad_key = grad_value = None
         return (grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None,
-                None, None, None)
+                None, None, None, None)
 
     @staticmethod
     def _fused_backward(ctx, grad_output):
@@ -323,7 +264,9 @@ class FlashAttention(torch.autograd.Function):
         row's index (the same values: each row's map and gradient depend on that row only),
         so the map-sized temporaries are one block's. Where ``narrow()`` says the sink takes
         them, a block holds only the leading keys some query of the block sees
-        (:func:`key_extents`: a causal mask's later keys are built for no row)."""
+        (:func:`key_extents`: a causal mask's later keys are built for no row); a block no
+        output gradient reaches goes unbuilt where ``dead`` says the sink takes it
+        (:func:`_dead_blocks`)."""
         query, key, value, mask, output, logsumexp = ctx.saved_tensors
         grads: tuple[Tensor | None, ...] = (None, None, None)
         if any(_executed(ctx)[:3]):  # (the first layer's are wanted by no one: not computed)
@@ -339,6 +282,7 @@ class FlashAttention(torch.autograd.Function):
             # what a causal mask hides, down to a size that keeps the products fast)
             blocks = _row_blocks(n_query, min(ctx.rows, NARROW_ROWS))
         per_head = mask is not None and mask.dim() == 4 and mask.shape[1] == heads > 1
+        dead = _dead_blocks(ctx, grad_output, blocks)
         shared = None  # a mask over every head: what it says about the blocks, read once
         for first in range(0, heads, chunk):
             part = slice(first, first + chunk)
@@ -351,6 +295,10 @@ class FlashAttention(torch.autograd.Function):
             # (once per chunk, not per block: fewer small calls; the same entries)
             shifted = shifted_queries(query[:, part], ctx.scale, logsumexp[:, part])
             for index, rows in enumerate(blocks):
+                if dead[index] and ctx.dead(ctx.causal):  # (asked per block: see the sink's)
+                    empty = grad_output.new_empty(*query[:, part, rows].shape[:3], 0)
+                    ctx.sink(empty, empty, first, heads, rows.start)
+                    continue
                 width = key.shape[2] if extents is None else extents[index]
                 attention, gradient = _block_maps(
                     ctx, query[:, part, rows], extended[..., :width], value_t[..., :width],
@@ -361,7 +309,7 @@ class FlashAttention(torch.autograd.Function):
                 if done is not True and ctx.workspace is not None:
                     ctx.workspace.drop()  # the sink keeps them: the next block gets new memory
                 del attention, gradient
-        return *grads, None, torch.zeros(()), None, None, None, None, None, None
+        return *grads, None, torch.zeros(()), None, None, None, None, None, None, None
 
 
 def _executed(ctx: Any) -> list[bool]:
@@ -376,22 +324,6 @@ def _executed(ctx: Any) -> list[bool]:
         except RuntimeError:  # pragma: no cover - a leaf input under autograd.grad
             wanted.append(True)
     return wanted
-
-
-def _read_mask(mask: Tensor | None, blocks: list[slice], n_key: int, narrow: bool
-               ) -> tuple[list[int] | None, list[bool]]:
-    """What a call's mask says about its blocks of query rows, read once per call (per chunk
-    of heads only for a mask per head): their key extents (with ``narrow``,
-    :func:`key_extents`) and whether each holds a row the mask hides from every key (only
-    those are looked at again: :func:`huge_rows`, :func:`clear_empty_rows`)."""
-    extents = key_extents(mask, blocks, n_key) if narrow else None
-    if mask is None or mask.dim() < 2 or not mask.is_floating_point():
-        return extents, [mask is not None] * len(blocks)
-    hidden = (mask <= torch.finfo(mask.dtype).min / 2).all(-1)
-    hidden = hidden.reshape(-1, hidden.shape[-1]).any(0)  # per query row (or one broadcast)
-    if hidden.numel() == 1:
-        return extents, [bool(hidden)] * len(blocks)
-    return extents, [bool(hidden[rows].any()) for rows in blocks]
 
 
 def _block_maps(ctx: Any, query: Tensor, extended: Tensor, value_t: Tensor, mask: Tensor | None,
@@ -411,25 +343,6 @@ def _block_maps(ctx: Any, query: Tensor, extended: Tensor, value_t: Tensor, mask
                             extended=extended, shifted=shifted)
     gradient = torch.matmul(grad_output, value_t, out=into[1])
     return (clear_empty_rows(attention, mask) if emptied else attention), gradient
-
-
-def key_extents(mask: Tensor | None, blocks: list[slice], n_key: int) -> list[int]:
-    r"""Per block of query rows, how many leading keys some row of the block sees: past it,
-    ``mask`` hides every key from every row (a causal mask: the keys after the block's last
-    row), so the block's map is zero there. ``n_key`` for a block with a row that sees no key
-    (its row is the softmax of the mask itself, or zero: built whole as before) and without a
-    mask over the rows and keys."""
-    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1 or mask.shape[-1] != n_key:
-        return [n_key] * len(blocks)
-    seen = mask > torch.finfo(mask.dtype).min / 2
-    seen = seen.reshape(-1, *seen.shape[-2:]).any(0)  # (n_query, n_key): any example or head
-    # one past the last key each row sees (0 for a row that sees none)
-    last = torch.where(seen.any(-1), n_key - seen.flip(-1).int().argmax(-1), 0)
-    extents = []
-    for rows in blocks:
-        block = last[rows]
-        extents.append(n_key if bool((block == 0).any()) else int(block.max()))
-    return extents
 
 
 class Workspace:
@@ -643,7 +556,8 @@ class FlashBackend(Backend):
         output = FlashAttention.apply(query, key, value, mask, probe, scale,
                                       functools.partial(self._on_flash, entry), chunk,
                                       self.workspace, rows,
-                                      functools.partial(self._narrowable, entry))
+                                      functools.partial(self._narrowable, entry),
+                                      functools.partial(self._takes_dead, entry))
         return output.transpose(1, 2).contiguous(), None
 
     def _add_flash(self, module: nn.Module, probe: Tensor, shape: tuple[int, ...]) -> Entry:
@@ -662,6 +576,16 @@ class FlashBackend(Backend):
         return (narrow_keys is not None and self.recorder.reduce_heads is not None
                 and record.reduced is None and not self.session.tracing
                 and record.part_of is None and entry.buffer is None and narrow_keys(record))
+
+    def _takes_dead(self, entry: Entry, causal: bool) -> bool:
+        """Whether a block of rows that no output gradient reaches may go to ``reduce_heads``
+        unbuilt, as a block of zero keys: where the reduce's ``takes_dead_blocks(record,
+        causal)`` says so (``causal``: the kernel read the mask as causal), as for
+        :meth:`_narrowable` never where the chunks are assembled."""
+        record, reduce_heads = entry.record, self.recorder.reduce_heads
+        takes = getattr(getattr(reduce_heads, "__self__", None), "takes_dead_blocks", None)
+        return (takes is not None and record.reduced is None and not self.session.tracing
+                and record.part_of is None and entry.buffer is None and takes(record, causal))
 
     def _on_flash(self, entry: Entry, attention: Tensor, gradient: Tensor, first: int = 0,
                   heads: int | None = None, row: int = 0) -> bool:
