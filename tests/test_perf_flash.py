@@ -522,6 +522,7 @@ def test_blocks_no_output_gradient_reaches_go_unbuilt_and_reduce_the_same(name, 
             return model(input_ids=i).logits[:, -1]
         extra, target = None, 7
     monkeypatch.setattr(flash_module, "ROW_BUDGET", 1)  # blocks of MIN_ROWS rows
+    monkeypatch.setattr(flash_module, "SPARSE_STATES", False)  # (the kernel's q/k/v gradients)
     widths = []
     reduce_heads = reduce_module.Capture.reduce_heads
 
@@ -562,3 +563,72 @@ def test_a_block_without_output_gradient_is_built_where_the_reduce_cannot_settle
     assert capture.takes_dead_blocks(record, True)
     capture.mass_of.add(("a", 0))  # its key mass is read: every block built
     assert not capture.takes_dead_blocks(record, True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_state_gradients_from_the_live_blocks_equal_the_kernels(causal, monkeypatch):
+    """Where most rows get no output gradient, the q/k/v gradients come from the rebuilt maps
+    of the others: the kernel's to float rounding, and the blocks handed over the same."""
+    n = 70
+    query, key, value = _states(n=n)
+    mask = torch.full((n, n), MIN).triu(1)[None, None] if causal else None
+    d_out = torch.zeros(2, 4, n, 8)
+    d_out[:, :, 20:30] = torch.randn(2, 4, 10, 8, generator=torch.Generator().manual_seed(4))
+    started = []
+    start = flash_module.SparseStates.start
+
+    def watched(*args):
+        started.append(start(*args))
+        return started[-1]
+
+    monkeypatch.setattr(flash_module.SparseStates, "start", staticmethod(watched))
+
+    def run(sparse):
+        monkeypatch.setattr(flash_module, "SPARSE_STATES", sparse)
+        leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+        handed = []
+
+        def sink(attention, gradient, first, heads, row=0):
+            handed.append((first, row, attention.clone(), gradient.clone()))
+            return True
+
+        output = FlashAttention.apply(*leaves, mask, torch.zeros((), requires_grad=True), 0.35,
+                                      sink, 1, Workspace(), 16, None, lambda causal: True)
+        output.backward(d_out)
+        return [t.grad for t in leaves], handed
+
+    sparse, handed_sparse = run(True)
+    assert started[-1] is not None
+    kernel, handed_kernel = run(False)
+    assert started[-1] is None
+    for got, expected in zip(sparse, kernel, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert len(handed_sparse) == len(handed_kernel) == 4 * 4  # heads x blocks
+    assert [b[2].shape[-1] for b in handed_sparse[:4]] == [0, n, 0, 0]  # rows 16-31 live
+    for a, b in zip(handed_sparse, handed_kernel, strict=True):
+        assert a[:2] == b[:2] and torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_relevance_with_state_gradients_from_the_live_blocks_is_the_kernels(name, monkeypatch,
+                                                                            count_flash):
+    model, ids = _gpt2() if name == "gpt2" else _bert(0, length=45)[:2]
+
+    def forward(i):
+        out = model(input_ids=i).logits
+        return out[:, -1] if name == "gpt2" else out
+    monkeypatch.setattr(flash_module, "ROW_BUDGET", 1)  # blocks of MIN_ROWS rows
+    started = []
+    start = flash_module.SparseStates.start
+    monkeypatch.setattr(flash_module.SparseStates, "start",
+                        staticmethod(lambda *a: started.append(start(*a)) or started[-1]))
+
+    def explain(sparse):
+        monkeypatch.setattr(flash_module, "SPARSE_STATES", sparse)
+        return HeterogenousAttentionAttribution(forward, model=model).explain(ids, target=1)
+
+    sparse = explain(True)
+    assert count_flash and any(s is not None for s in started)
+    kernel = explain(False)
+    for key, value in kernel.relevance.items():
+        torch.testing.assert_close(sparse.relevance[key], value, atol=1e-6, rtol=1e-5)

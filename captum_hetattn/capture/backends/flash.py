@@ -266,13 +266,9 @@ class FlashAttention(torch.autograd.Function):
         them, a block holds only the leading keys some query of the block sees
         (:func:`key_extents`: a causal mask's later keys are built for no row); a block no
         output gradient reaches goes unbuilt where ``dead`` says the sink takes it
-        (:func:`_dead_blocks`)."""
+        (:func:`_dead_blocks`), and where most are, ``Q, K, V``'s gradients come from the
+        others' maps (:class:`SparseStates`)."""
         query, key, value, mask, output, logsumexp = ctx.saved_tensors
-        grads: tuple[Tensor | None, ...] = (None, None, None)
-        if any(_executed(ctx)[:3]):  # (the first layer's are wanted by no one: not computed)
-            grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                grad_output, query, key, value, output, logsumexp, 0.0, ctx.causal,
-                attn_mask=mask if ctx.kernel_mask else None, scale=ctx.scale)
         heads, n_query = query.shape[1], query.shape[2]
         chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
         blocks = _row_blocks(n_query, ctx.rows)
@@ -283,6 +279,14 @@ class FlashAttention(torch.autograd.Function):
             blocks = _row_blocks(n_query, min(ctx.rows, NARROW_ROWS))
         per_head = mask is not None and mask.dim() == 4 and mask.shape[1] == heads > 1
         dead = _dead_blocks(ctx, grad_output, blocks)
+        grads: tuple[Tensor | None, ...] = (None, None, None)
+        states = None
+        if any(_executed(ctx)[:3]):  # (the first layer's are wanted by no one: not computed)
+            states = SparseStates.start(ctx, dead, grad_output)
+            if states is None:
+                grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    grad_output, query, key, value, output, logsumexp, 0.0, ctx.causal,
+                    attn_mask=mask if ctx.kernel_mask else None, scale=ctx.scale)
         shared = None  # a mask over every head: what it says about the blocks, read once
         for first in range(0, heads, chunk):
             part = slice(first, first + chunk)
@@ -304,12 +308,59 @@ class FlashAttention(torch.autograd.Function):
                     ctx, query[:, part, rows], extended[..., :width], value_t[..., :width],
                     _mask_rows(head_mask, rows, width), shifted[:, :, rows],
                     grad_output[:, part, rows], emptied[index])
+                if states is not None and not dead[index]:
+                    states.add(attention, gradient, part, rows)
                 at_row = () if rows.stop - rows.start == n_query else (rows.start,)
                 done = ctx.sink(attention, gradient, first, heads, *at_row)
                 if done is not True and ctx.workspace is not None:
                     ctx.workspace.drop()  # the sink keeps them: the next block gets new memory
                 del attention, gradient
+        if states is not None:
+            grads = states.grads
         return *grads, None, torch.zeros(()), None, None, None, None, None, None, None
+
+
+#: whether the query/key/value gradients of a call most of whose rows get no output gradient
+#: come from the rebuilt maps of the others (:class:`SparseStates`)
+SPARSE_STATES = True
+
+
+class SparseStates:
+    r"""The gradients of ``Q, K, V`` from the rebuilt maps of the row blocks that an output
+    gradient reaches, where at most half do (the last layer under a one-token readout): the
+    kernel's backward would run over every row. Over those blocks ``dV += Aᵀ dO``,
+    ``dS = A ⊙ (G − D)`` with ``D = rowsum(dO ⊙ O)``, ``dQ = dS K · scale``,
+    ``dK += dSᵀ Q · scale``; the other rows add exact zeros (``dO = 0`` there). The kernel's
+    gradients to float rounding (the same sums in another order)."""
+
+    def __init__(self, ctx: Any, grad_output: Tensor) -> None:
+        query, key, value, _, output, _ = ctx.saved_tensors
+        self.scale, self.query, self.key, self.grad_output = ctx.scale, query, key, grad_output
+        self.delta = (grad_output * output).sum(-1, keepdim=True)
+        self.grads = tuple(torch.zeros(t.shape, dtype=t.dtype, device=t.device)
+                           for t in (query, key, value))
+
+    @staticmethod
+    def start(ctx: Any, dead: list[bool], grad_output: Tensor) -> SparseStates | None:
+        """The gradients to come from the maps, or ``None`` (the kernel's backward): where at
+        most half the blocks are live and every row sees a key (no cleared or softmax-of-mask
+        rows: a causal mask, or none)."""
+        mask = ctx.saved_tensors[3]
+        if (not SPARSE_STATES or not any(dead) or 2 * dead.count(False) > len(dead)
+                or not (mask is None or ctx.causal)):
+            return None
+        return SparseStates(ctx, grad_output)
+
+    def add(self, attention: Tensor, gradient: Tensor, part: slice, rows: slice) -> None:
+        """One block's map and gradient (before the sink reuses their memory)."""
+        width = attention.shape[-1]
+        d_scores = (gradient - self.delta[:, part, rows]) * attention
+        grad_query, grad_key, grad_value = self.grads
+        grad_query[:, part, rows] = torch.matmul(d_scores, self.key[:, part, :width]) * self.scale
+        grad_key[:, part, :width] += torch.matmul(
+            d_scores.transpose(-1, -2), self.query[:, part, rows]) * self.scale
+        grad_value[:, part, :width] += torch.matmul(attention.transpose(-1, -2),
+                                                    self.grad_output[:, part, rows])
 
 
 def _executed(ctx: Any) -> list[bool]:
