@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from captum_hetattn import HeterogenousAttentionAttribution
 from captum_hetattn.capture.backends import flash as flash_module
+from captum_hetattn.capture.backends import flash_blocks
 from captum_hetattn.capture.backends.flash import FlashAttention, Workspace, attention_map
 from captum_hetattn.engine import reduce as reduce_module
 from captum_hetattn.rules.ops import corrected
@@ -436,3 +437,198 @@ def test_a_call_reuses_the_memory_of_a_sum_the_adjoint_has_dropped(monkeypatch, 
     fresh = explain()
     for name, value in fresh.relevance.items():
         assert torch.equal(reused.relevance[name], value)
+
+
+def _causal(n, batch=1, low=MIN):
+    return torch.full((n, n), low).triu(1)[None, None].repeat(batch, 1, 1, 1)
+
+
+def test_causal_masks_are_read_as_the_kernels_causal_mode():
+    n = 40
+    flash_blocks._CAUSAL_READ = None
+    assert flash_module.causal_kernel(_causal(n), n, n) == (True, False)
+    assert flash_module.causal_kernel(_causal(n, low=float("-inf")), n, n) == (True, False)
+    padded = _causal(n, batch=2)
+    padded[1, ..., :3] = MIN  # example 1's first keys are padding: its first queries see none
+    assert flash_module.causal_kernel(padded, n, n) == (False, True)
+    padded[1, 0, :3, :3] = _causal(3)[0, 0]  # ... unless they see the keys up to themselves
+    assert flash_module.causal_kernel(padded, n, n) == (True, True)
+    leaky = _causal(n)
+    leaky[..., 5, 30] = -1.0  # one later key seen
+    assert flash_module.causal_kernel(leaky, n, n) == (False, True)
+    assert flash_module.causal_kernel(None, n, n) == (False, False)
+    assert flash_module.causal_kernel(_causal(n)[..., :30], n, 30) == (False, True)
+    mask = _causal(n)
+    assert flash_module.causal_kernel(mask, n, n) == (True, False)
+    mask[..., 7, 9] = 0  # an in-place change is read again
+    assert flash_module.causal_kernel(mask, n, n) == (False, True)
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_the_causal_kernel_gives_the_masked_kernels_outputs_and_maps_to_the_bit(padding,
+                                                                                monkeypatch):
+    """Over more keys than the kernel's blocks (its causal mode skips whole blocks)."""
+    n = 1100
+    query, key, value = _states(batch=2, heads=2, n=n, d=8)
+    mask = _causal(n, batch=2)
+    if padding:
+        mask[0, ..., 1:, 0] = MIN  # a padded key the later queries do not see
+    seen = []
+    read = flash_module.causal_kernel
+
+    def watched(*args):
+        seen.append(read(*args))
+        return seen[-1]
+
+    flash_blocks._CAUSAL_READ = None
+    monkeypatch.setattr(flash_module, "causal_kernel", watched)
+    out_c, grads_c, chunks_c = _run(query, key, value, mask, None, True, monkeypatch)
+    assert seen == [(True, padding)]
+    monkeypatch.setattr(flash_module, "causal_kernel", lambda *a: (False, True))  # the old path
+    out_m, grads_m, chunks_m = _run(query, key, value, mask, None, True, monkeypatch)
+    assert torch.equal(out_c, out_m)
+    assert all(torch.equal(a, b) for a, b in zip(grads_c, grads_m, strict=True))
+    assert len(chunks_c) == len(chunks_m) == 1
+    assert torch.equal(chunks_c[0][1], chunks_m[0][1]) and torch.equal(chunks_c[0][2],
+                                                                        chunks_m[0][2])
+
+
+def _gpt2(length=45):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=99, n_positions=64)
+    model = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(5, 99, (2, length), generator=torch.Generator().manual_seed(3))
+    return model, ids
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_blocks_no_output_gradient_reaches_go_unbuilt_and_reduce_the_same(name, monkeypatch,
+                                                                          count_flash):
+    """Under a one-token readout the last layer's blocks without that token get no output
+    gradient: they reach the reduce unbuilt (zero keys), and the relevance is the same to the
+    bit as with every block built."""
+    if name == "bert":
+        model, ids, mask = _bert(7, length=45)
+
+        def forward(i, m):
+            return model(input_ids=i, attention_mask=m).logits
+        extra, target = (mask,), 1
+    else:
+        model, ids = _gpt2()
+
+        def forward(i):
+            return model(input_ids=i).logits[:, -1]
+        extra, target = None, 7
+    monkeypatch.setattr(flash_module, "ROW_BUDGET", 1)  # blocks of MIN_ROWS rows
+    monkeypatch.setattr(flash_module, "SPARSE_STATES", False)  # (the kernel's q/k/v gradients)
+    widths = []
+    reduce_heads = reduce_module.Capture.reduce_heads
+
+    def watched(self, record, attention, *args):
+        widths.append(attention.shape[-1])
+        return reduce_heads(self, record, attention, *args)
+
+    watched.rows = watched.keeps_no_chunk = True  # (as the method says of itself)
+    monkeypatch.setattr(reduce_module.Capture, "reduce_heads", watched)
+
+    def explain():
+        explainer = HeterogenousAttentionAttribution(forward, model=model)
+        return explainer.explain(ids, target=target, additional_forward_args=extra)
+
+    unbuilt = explain()
+    assert count_flash and widths.count(0) > 0 and any(widths)
+    widths.clear()
+    monkeypatch.setattr(flash_module, "_dead_blocks", lambda ctx, g, blocks: [False] * len(blocks))
+    built = explain()
+    assert 0 not in widths
+    for got, expected in ((unbuilt.relevance, built.relevance),
+                          (unbuilt.padding, built.padding)):
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(got[key], value)
+
+
+def test_a_block_without_output_gradient_is_built_where_the_reduce_cannot_settle_it():
+    """Nothing settles whether a call is causal before its first block: a dead first block of
+    a call without a causal mask is built."""
+    from captum_hetattn.capture import AttentionRecord
+
+    capture = reduce_module.Capture("pos")
+    record = AttentionRecord(name="a", call_index=0, role=None, attention=None, gradient=None,
+                             shape=(1, 2, 40, 40))
+    capture.corrections[("a", 0)] = "pos"
+    assert not capture.takes_dead_blocks(record, False)
+    assert capture.takes_dead_blocks(record, True)
+    capture.mass_of.add(("a", 0))  # its key mass is read: every block built
+    assert not capture.takes_dead_blocks(record, True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_state_gradients_from_the_live_blocks_equal_the_kernels(causal, monkeypatch):
+    """Where most rows get no output gradient, the q/k/v gradients come from the rebuilt maps
+    of the others: the kernel's to float rounding, and the blocks handed over the same."""
+    n = 70
+    query, key, value = _states(n=n)
+    mask = torch.full((n, n), MIN).triu(1)[None, None] if causal else None
+    d_out = torch.zeros(2, 4, n, 8)
+    d_out[:, :, 20:30] = torch.randn(2, 4, 10, 8, generator=torch.Generator().manual_seed(4))
+    started = []
+    start = flash_module.SparseStates.start
+
+    def watched(*args):
+        started.append(start(*args))
+        return started[-1]
+
+    monkeypatch.setattr(flash_module.SparseStates, "start", staticmethod(watched))
+
+    def run(sparse):
+        monkeypatch.setattr(flash_module, "SPARSE_STATES", sparse)
+        leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+        handed = []
+
+        def sink(attention, gradient, first, heads, row=0):
+            handed.append((first, row, attention.clone(), gradient.clone()))
+            return True
+
+        output = FlashAttention.apply(*leaves, mask, torch.zeros((), requires_grad=True), 0.35,
+                                      sink, 1, Workspace(), 16, None, lambda causal: True)
+        output.backward(d_out)
+        return [t.grad for t in leaves], handed
+
+    sparse, handed_sparse = run(True)
+    assert started[-1] is not None
+    kernel, handed_kernel = run(False)
+    assert started[-1] is None
+    for got, expected in zip(sparse, kernel, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert len(handed_sparse) == len(handed_kernel) == 4 * 4  # heads x blocks
+    assert [b[2].shape[-1] for b in handed_sparse[:4]] == [0, n, 0, 0]  # rows 16-31 live
+    for a, b in zip(handed_sparse, handed_kernel, strict=True):
+        assert a[:2] == b[:2] and torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_relevance_with_state_gradients_from_the_live_blocks_is_the_kernels(name, monkeypatch,
+                                                                            count_flash):
+    model, ids = _gpt2() if name == "gpt2" else _bert(0, length=45)[:2]
+
+    def forward(i):
+        out = model(input_ids=i).logits
+        return out[:, -1] if name == "gpt2" else out
+    monkeypatch.setattr(flash_module, "ROW_BUDGET", 1)  # blocks of MIN_ROWS rows
+    started = []
+    start = flash_module.SparseStates.start
+    monkeypatch.setattr(flash_module.SparseStates, "start",
+                        staticmethod(lambda *a: started.append(start(*a)) or started[-1]))
+
+    def explain(sparse):
+        monkeypatch.setattr(flash_module, "SPARSE_STATES", sparse)
+        return HeterogenousAttentionAttribution(forward, model=model).explain(ids, target=1)
+
+    sparse = explain(True)
+    assert count_flash and any(s is not None for s in started)
+    kernel = explain(False)
+    for key, value in kernel.relevance.items():
+        torch.testing.assert_close(sparse.relevance[key], value, atol=1e-6, rtol=1e-5)

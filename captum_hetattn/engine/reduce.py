@@ -92,6 +92,19 @@ class Capture:
         return (key in self.corrections and not self.keep_heads and key not in self.values
                 and record.layout is None)
 
+    def takes_dead_blocks(self, record: AttentionRecord, causal: bool) -> bool:
+        """Whether :meth:`reduce_heads` takes a block of rows that no output gradient reaches
+        unbuilt, as a block of zero keys (the flash backward's): its part of ``f(G) ⊙ A`` is
+        zero for a correction that weighs by ``G``, nobody reads its key mass, and whether
+        the call is causal is settled without it — by the mask (``causal``: it hides every
+        later key from every row, this block's too) or by an earlier block that was not."""
+        key = (record.name, record.call_index)
+        if (not self.takes_narrow_blocks(record) or key in self.mass_of
+                or self.corrections[key] not in ("pos", "abs", "full")):
+            return False
+        earlier = self._partial.get(key)
+        return causal or (earlier is not None and not earlier[2])
+
     def reduce_heads(self, record: AttentionRecord, attention: Tensor, gradient: Tensor,
                      first: int, heads: int, row: int = 0) -> Tensor | None:
         """:meth:`reduce` chunk by chunk of heads (flash capture's backward), each chunk whole

@@ -37,6 +37,19 @@ from captum_hetattn.capture.backends.base import (
     huge_rows,
     masked_keys,
 )
+from captum_hetattn.capture.backends.flash_blocks import (  # (MIN_ROWS, key_extents: as before)
+    MIN_ROWS as MIN_ROWS,
+)
+from captum_hetattn.capture.backends.flash_blocks import (
+    _dead_blocks,
+    _mask_rows,
+    _read_mask,
+    _row_blocks,
+    causal_kernel,
+)
+from captum_hetattn.capture.backends.flash_blocks import (
+    key_extents as key_extents,
+)
 from captum_hetattn.capture.session import Entry, Session
 
 if TYPE_CHECKING:
@@ -88,8 +101,8 @@ def _fused_cpu(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
 
 
 def lse_map(query: Tensor, key: Tensor | None, mask: Tensor | None, scale: float,
-            logsumexp: Tensor, out: Tensor | None = None,
-            extended: Tensor | None = None) -> Tensor:
+            logsumexp: Tensor | None, out: Tensor | None = None,
+            extended: Tensor | None = None, shifted: Tensor | None = None) -> Tensor:
     r"""``softmax(Q Kᵀ · scale + mask)`` from the kernel's row log-sum-exp: ``exp(Q' K'ᵀ +
     mask)`` with ``Q' = [Q · scale, -lse]`` and ``K' = [K, 1]`` (the shift is in the product:
     one pass over the map fewer). Equal to :func:`attention_map` to float32 rounding
@@ -98,46 +111,24 @@ def lse_map(query: Tensor, key: Tensor | None, mask: Tensor | None, scale: float
     large finite mask hides wholly is lost to rounding here (the caller builds those blocks with
     :func:`attention_map`, see :func:`huge_rows`). ``out``: where to write it; ``extended``:
     ``K'ᵀ`` (:func:`extended_keys`), built once by a caller that rebuilds the map in blocks of
-    query rows."""
+    query rows; ``shifted``: ``Q'`` (:func:`shifted_queries`), likewise."""
     if extended is None:
         extended = extended_keys(key)
-    shifted = torch.cat([query * scale, -logsumexp.unsqueeze(-1).to(query.dtype)], dim=-1)
+    if shifted is None:
+        assert logsumexp is not None
+        shifted = shifted_queries(query, scale, logsumexp)
     scores = torch.matmul(shifted, extended, out=out)
     return _plus_mask(scores, mask, in_place=True).exp_()
+
+
+def shifted_queries(query: Tensor, scale: float, logsumexp: Tensor) -> Tensor:
+    r"""``[Q · scale, -lse]``: the left side of :func:`lse_map`'s product."""
+    return torch.cat([query * scale, -logsumexp.unsqueeze(-1).to(query.dtype)], dim=-1)
 
 
 def extended_keys(key: Tensor) -> Tensor:
     r"""``[K, 1]ᵀ``: the right side of :func:`lse_map`'s product."""
     return torch.cat([key, key.new_ones(*key.shape[:-1], 1)], dim=-1).transpose(-1, -2)
-
-
-#: the fewest query rows of a block: a product of one or two rows may round differently from
-#: the same rows of the whole product (a matrix-vector kernel), from three on it was the same
-#: to the bit (tests/test_perf_flash.py)
-MIN_ROWS = 16
-
-
-def _row_blocks(n_query: int, rows: int | None) -> list[slice]:
-    """``rows`` query rows at a time (all at once when ``None``), at least :data:`MIN_ROWS`:
-    a shorter last block joins the one before."""
-    block = n_query if rows is None else max(MIN_ROWS, int(rows))
-    starts = list(range(0, n_query, block)) or [0]
-    if len(starts) > 1 and n_query - starts[-1] < MIN_ROWS:
-        starts.pop()
-    return [slice(start, end) for start, end in zip(starts, [*starts[1:], n_query],
-                                                    strict=True)]
-
-
-def _mask_rows(mask: Tensor | None, rows: slice, width: int | None = None) -> Tensor | None:
-    """The query rows ``rows`` (and the leading ``width`` keys) of a mask laid out over the
-    scores (one broadcast over the rows or keys stays whole)."""
-    if mask is None or mask.dim() < 2:
-        return mask
-    if mask.shape[-2] != 1:
-        mask = mask[..., rows, :]
-    if width is not None and mask.shape[-1] > width:
-        mask = mask[..., :width]
-    return mask
 
 
 def recorded_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
@@ -206,13 +197,16 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, mask, probe, scale, sink, chunk=None,  # noqa: D102
-                workspace=None, rows=None, narrow=None):
+                workspace=None, rows=None, narrow=None, dead=None):
         ctx.scale, ctx.sink, ctx.chunk, ctx.workspace = scale, sink, chunk, workspace
-        ctx.rows, ctx.narrow = rows, narrow
+        ctx.rows, ctx.narrow, ctx.dead = rows, narrow, dead
         ctx.fused = _fused_cpu(query, key, value, mask, scale)
         if ctx.fused:  # the kernel F.scaled_dot_product_attention picks, with its log-sum-exp
+            ctx.causal, needed = causal_kernel(mask, query.shape[2], key.shape[2])
+            ctx.kernel_mask = needed  # (the rebuilt maps take the mask whole)
             output, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, 0.0, False, attn_mask=mask, scale=scale)
+                query, key, value, 0.0, ctx.causal, attn_mask=mask if needed else None,
+                scale=scale)
             ctx.save_for_backward(query, key, value, mask, output, logsumexp)
             return output
         ctx.save_for_backward(query, key, value, mask)
@@ -258,7 +252,7 @@ class FlashAttention(torch.autograd.Function):
         if not wants_states:
             grad_query = grad_key = grad_value = None
         return (grad_query, grad_key, grad_value, grad_mask, torch.zeros(()), None, None, None,
-                None, None, None)
+                None, None, None, None)
 
     @staticmethod
     def _fused_backward(ctx, grad_output):
@@ -270,13 +264,11 @@ class FlashAttention(torch.autograd.Function):
         row's index (the same values: each row's map and gradient depend on that row only),
         so the map-sized temporaries are one block's. Where ``narrow()`` says the sink takes
         them, a block holds only the leading keys some query of the block sees
-        (:func:`key_extents`: a causal mask's later keys are built for no row)."""
+        (:func:`key_extents`: a causal mask's later keys are built for no row); a block no
+        output gradient reaches goes unbuilt where ``dead`` says the sink takes it
+        (:func:`_dead_blocks`), and where most are, ``Q, K, V``'s gradients come from the
+        others' maps (:class:`SparseStates`)."""
         query, key, value, mask, output, logsumexp = ctx.saved_tensors
-        grads: tuple[Tensor | None, ...] = (None, None, None)
-        if any(_executed(ctx)[:3]):  # (the first layer's are wanted by no one: not computed)
-            grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                grad_output, query, key, value, output, logsumexp, 0.0, False, attn_mask=mask,
-                scale=ctx.scale)
         heads, n_query = query.shape[1], query.shape[2]
         chunk = heads if ctx.chunk is None else max(1, min(int(ctx.chunk), heads))
         blocks = _row_blocks(n_query, ctx.rows)
@@ -286,6 +278,15 @@ class FlashAttention(torch.autograd.Function):
             # what a causal mask hides, down to a size that keeps the products fast)
             blocks = _row_blocks(n_query, min(ctx.rows, NARROW_ROWS))
         per_head = mask is not None and mask.dim() == 4 and mask.shape[1] == heads > 1
+        dead = _dead_blocks(ctx, grad_output, blocks)
+        grads: tuple[Tensor | None, ...] = (None, None, None)
+        states = None
+        if any(_executed(ctx)[:3]):  # (the first layer's are wanted by no one: not computed)
+            states = SparseStates.start(ctx, dead, grad_output)
+            if states is None:
+                grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    grad_output, query, key, value, output, logsumexp, 0.0, ctx.causal,
+                    attn_mask=mask if ctx.kernel_mask else None, scale=ctx.scale)
         shared = None  # a mask over every head: what it says about the blocks, read once
         for first in range(0, heads, chunk):
             part = slice(first, first + chunk)
@@ -295,18 +296,71 @@ class FlashAttention(torch.autograd.Function):
             extents, emptied = shared
             extended = extended_keys(key[:, part])
             value_t = value[:, part].transpose(-1, -2)
+            # (once per chunk, not per block: fewer small calls; the same entries)
+            shifted = shifted_queries(query[:, part], ctx.scale, logsumexp[:, part])
             for index, rows in enumerate(blocks):
+                if dead[index] and ctx.dead(ctx.causal):  # (asked per block: see the sink's)
+                    empty = grad_output.new_empty(*query[:, part, rows].shape[:3], 0)
+                    ctx.sink(empty, empty, first, heads, rows.start)
+                    continue
                 width = key.shape[2] if extents is None else extents[index]
                 attention, gradient = _block_maps(
                     ctx, query[:, part, rows], extended[..., :width], value_t[..., :width],
-                    _mask_rows(head_mask, rows, width), logsumexp[:, part, rows],
+                    _mask_rows(head_mask, rows, width), shifted[:, :, rows],
                     grad_output[:, part, rows], emptied[index])
+                if states is not None and not dead[index]:
+                    states.add(attention, gradient, part, rows)
                 at_row = () if rows.stop - rows.start == n_query else (rows.start,)
                 done = ctx.sink(attention, gradient, first, heads, *at_row)
                 if done is not True and ctx.workspace is not None:
                     ctx.workspace.drop()  # the sink keeps them: the next block gets new memory
                 del attention, gradient
-        return *grads, None, torch.zeros(()), None, None, None, None, None, None
+        if states is not None:
+            grads = states.grads
+        return *grads, None, torch.zeros(()), None, None, None, None, None, None, None
+
+
+#: whether the query/key/value gradients of a call most of whose rows get no output gradient
+#: come from the rebuilt maps of the others (:class:`SparseStates`)
+SPARSE_STATES = True
+
+
+class SparseStates:
+    r"""The gradients of ``Q, K, V`` from the rebuilt maps of the row blocks that an output
+    gradient reaches, where at most half do (the last layer under a one-token readout): the
+    kernel's backward would run over every row. Over those blocks ``dV += Aᵀ dO``,
+    ``dS = A ⊙ (G − D)`` with ``D = rowsum(dO ⊙ O)``, ``dQ = dS K · scale``,
+    ``dK += dSᵀ Q · scale``; the other rows add exact zeros (``dO = 0`` there). The kernel's
+    gradients to float rounding (the same sums in another order)."""
+
+    def __init__(self, ctx: Any, grad_output: Tensor) -> None:
+        query, key, value, _, output, _ = ctx.saved_tensors
+        self.scale, self.query, self.key, self.grad_output = ctx.scale, query, key, grad_output
+        self.delta = (grad_output * output).sum(-1, keepdim=True)
+        self.grads = tuple(torch.zeros(t.shape, dtype=t.dtype, device=t.device)
+                           for t in (query, key, value))
+
+    @staticmethod
+    def start(ctx: Any, dead: list[bool], grad_output: Tensor) -> SparseStates | None:
+        """The gradients to come from the maps, or ``None`` (the kernel's backward): where at
+        most half the blocks are live and every row sees a key (no cleared or softmax-of-mask
+        rows: a causal mask, or none)."""
+        mask = ctx.saved_tensors[3]
+        if (not SPARSE_STATES or not any(dead) or 2 * dead.count(False) > len(dead)
+                or not (mask is None or ctx.causal)):
+            return None
+        return SparseStates(ctx, grad_output)
+
+    def add(self, attention: Tensor, gradient: Tensor, part: slice, rows: slice) -> None:
+        """One block's map and gradient (before the sink reuses their memory)."""
+        width = attention.shape[-1]
+        d_scores = (gradient - self.delta[:, part, rows]) * attention
+        grad_query, grad_key, grad_value = self.grads
+        grad_query[:, part, rows] = torch.matmul(d_scores, self.key[:, part, :width]) * self.scale
+        grad_key[:, part, :width] += torch.matmul(
+            d_scores.transpose(-1, -2), self.query[:, part, rows]) * self.scale
+        grad_value[:, part, :width] += torch.matmul(attention.transpose(-1, -2),
+                                                    self.grad_output[:, part, rows])
 
 
 def _executed(ctx: Any) -> list[bool]:
@@ -323,58 +377,23 @@ def _executed(ctx: Any) -> list[bool]:
     return wanted
 
 
-def _read_mask(mask: Tensor | None, blocks: list[slice], n_key: int, narrow: bool
-               ) -> tuple[list[int] | None, list[bool]]:
-    """What a call's mask says about its blocks of query rows, read once per call (per chunk
-    of heads only for a mask per head): their key extents (with ``narrow``,
-    :func:`key_extents`) and whether each holds a row the mask hides from every key (only
-    those are looked at again: :func:`huge_rows`, :func:`clear_empty_rows`)."""
-    extents = key_extents(mask, blocks, n_key) if narrow else None
-    if mask is None or mask.dim() < 2 or not mask.is_floating_point():
-        return extents, [mask is not None] * len(blocks)
-    hidden = (mask <= torch.finfo(mask.dtype).min / 2).all(-1)
-    hidden = hidden.reshape(-1, hidden.shape[-1]).any(0)  # per query row (or one broadcast)
-    if hidden.numel() == 1:
-        return extents, [bool(hidden)] * len(blocks)
-    return extents, [bool(hidden[rows].any()) for rows in blocks]
-
-
 def _block_maps(ctx: Any, query: Tensor, extended: Tensor, value_t: Tensor, mask: Tensor | None,
-                logsumexp: Tensor, grad_output: Tensor, emptied: bool = True
+                shifted: Tensor, grad_output: Tensor, emptied: bool = True
                 ) -> tuple[Tensor, Tensor]:
     """One block's map (its empty rows cleared, where ``emptied`` says the mask hides a row
     of it from every key) and ``G = dO · Vᵀ``, over the keys of ``extended`` (``K'ᵀ``,
-    :func:`extended_keys`) and ``value_t`` (``Vᵀ``), written into the workspace where there is
-    one."""
+    :func:`extended_keys`) and ``value_t`` (``Vᵀ``), from the block's ``shifted`` queries
+    (``Q'``, :func:`shifted_queries`), written into the workspace where there is one."""
     shape = (*query.shape[:3], extended.shape[-1])
     into = ctx.workspace.take(shape, query) if ctx.workspace is not None else (None,) * 2
     if emptied and huge_rows(mask):  # rows a finite mask hides wholly: the softmax itself
         key = extended[..., :-1, :].transpose(-1, -2)
         attention = attention_map(query, key, mask, ctx.scale)
     else:
-        attention = lse_map(query, None, mask, ctx.scale, logsumexp, out=into[0],
-                            extended=extended)
+        attention = lse_map(query, None, mask, ctx.scale, None, out=into[0],
+                            extended=extended, shifted=shifted)
     gradient = torch.matmul(grad_output, value_t, out=into[1])
     return (clear_empty_rows(attention, mask) if emptied else attention), gradient
-
-
-def key_extents(mask: Tensor | None, blocks: list[slice], n_key: int) -> list[int]:
-    r"""Per block of query rows, how many leading keys some row of the block sees: past it,
-    ``mask`` hides every key from every row (a causal mask: the keys after the block's last
-    row), so the block's map is zero there. ``n_key`` for a block with a row that sees no key
-    (its row is the softmax of the mask itself, or zero: built whole as before) and without a
-    mask over the rows and keys."""
-    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1 or mask.shape[-1] != n_key:
-        return [n_key] * len(blocks)
-    seen = mask > torch.finfo(mask.dtype).min / 2
-    seen = seen.reshape(-1, *seen.shape[-2:]).any(0)  # (n_query, n_key): any example or head
-    # one past the last key each row sees (0 for a row that sees none)
-    last = torch.where(seen.any(-1), n_key - seen.flip(-1).int().argmax(-1), 0)
-    extents = []
-    for rows in blocks:
-        block = last[rows]
-        extents.append(n_key if bool((block == 0).any()) else int(block.max()))
-    return extents
 
 
 class Workspace:
@@ -588,7 +607,8 @@ class FlashBackend(Backend):
         output = FlashAttention.apply(query, key, value, mask, probe, scale,
                                       functools.partial(self._on_flash, entry), chunk,
                                       self.workspace, rows,
-                                      functools.partial(self._narrowable, entry))
+                                      functools.partial(self._narrowable, entry),
+                                      functools.partial(self._takes_dead, entry))
         return output.transpose(1, 2).contiguous(), None
 
     def _add_flash(self, module: nn.Module, probe: Tensor, shape: tuple[int, ...]) -> Entry:
@@ -607,6 +627,16 @@ class FlashBackend(Backend):
         return (narrow_keys is not None and self.recorder.reduce_heads is not None
                 and record.reduced is None and not self.session.tracing
                 and record.part_of is None and entry.buffer is None and narrow_keys(record))
+
+    def _takes_dead(self, entry: Entry, causal: bool) -> bool:
+        """Whether a block of rows that no output gradient reaches may go to ``reduce_heads``
+        unbuilt, as a block of zero keys: where the reduce's ``takes_dead_blocks(record,
+        causal)`` says so (``causal``: the kernel read the mask as causal), as for
+        :meth:`_narrowable` never where the chunks are assembled."""
+        record, reduce_heads = entry.record, self.recorder.reduce_heads
+        takes = getattr(getattr(reduce_heads, "__self__", None), "takes_dead_blocks", None)
+        return (takes is not None and record.reduced is None and not self.session.tracing
+                and record.part_of is None and entry.buffer is None and takes(record, causal))
 
     def _on_flash(self, entry: Entry, attention: Tensor, gradient: Tensor, first: int = 0,
                   heads: int | None = None, row: int = 0) -> bool:
