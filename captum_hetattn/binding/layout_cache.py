@@ -8,9 +8,10 @@ read from, the batch, and the inputs' shapes with the values of their integer an
 from them) — to a :class:`Placement`: the call is a plain map, or is left out (and why), or
 is folded by a :class:`~captum_hetattn.binding.canonical.TokenLayout` over a named choice of
 hidden states. A placement is used again only after a cheap check on the tensors of the new
-forward: one random plane of the canonical tokens (and its complement) pushed forward through the
-projections must reach exactly the state rows or score entries the placement says (two products,
-where probing takes two per bit of the token count). A check that fails re-probes, never folds
+forward: one random plane of the canonical tokens, its complement and one plane per bit of the
+token numbers (:func:`_planes`: no reordering of the tokens passes them all) pushed forward through
+the projections must reach exactly the state rows or score entries the placement says (two
+products and one per bit, where probing takes two per bit of the token count). A check that fails re-probes, never folds
 with a stale map.
 
 A placement read from the scores skips those passes (a double backward through the layer's
@@ -19,8 +20,8 @@ between the scores and the canonical tokens has the fingerprint it had when the 
 found or last checked (:mod:`~captum_hetattn.binding.graph_fingerprint`, which says why equal
 fingerprints mean the same placement), for the same index tensors at the same versions (a
 replaced or modified index is not vouched for). Another fingerprint over the same index is
-another graph: probed afresh, not checked by the passes (their one random plane passes a key
-token moved within it about one time in two; the cache key holds the integer inputs' values for
+another graph: probed afresh, not checked by the passes (a key token moved within the passes'
+planes can pass the placement's own rows; the cache key holds the integer inputs' values for
 that reason). A graph without a fingerprint, or a replaced index, is checked by the passes, and
 one that passes them is fingerprinted for the next call.
 """
@@ -143,9 +144,8 @@ class Placement:
         found = fingerprint([r.scores for r in group], query.tensor)  # type: ignore[misc]
         if found is not None and self.proof is not None \
                 and _same(self.proof[1], self._vouched()):
-            # another graph over the same index: probe afresh. The passes sample one random
-            # plane and its complement, which a key token moved within the plane passes
-            # (LED's global columns moved under a key blind to them: about one seed in two)
+            # another graph over the same index: probe afresh. The passes' random plane let
+            # LED's global columns, moved under a key blind to them, pass one seed in two
             return self.proof[0] == found
         if self.tokens is None or self.tokens[0] is not self.layout.dense_index \
                 or self.tokens[1] is not self.layout.raw_index:
@@ -292,8 +292,9 @@ class LayoutCache:
         origin has the fingerprint of the graph it was probed on
         (:mod:`~captum_hetattn.binding.graph_fingerprint`: the rows a token feeds are the
         pattern of that graph's Jacobian, as a placement is; ViT's and LXMERT's input rows);
-        else after two backward passes (a random plane of rows and its complement must reach
-        exactly the tokens it says) instead of two per bit of the row count. A graph that only
+        else after the check's backward passes (:func:`_planes`: a random plane of rows, its
+        complement and one plane per bit of the row numbers must reach exactly the tokens they
+        say) instead of two per bit of the row count. A graph that only
         passes the passes is not fingerprinted: only a full probe vouches."""
         signature = self.signature(batch, inputs)
 
@@ -359,8 +360,8 @@ def _value_key(value: object) -> Any:
 
     Integer and bool tensors are keyed by their values (a digest): a layout can follow from
     them inside the model (a splice at placeholder ids, global tokens chosen from separator
-    ids, a mask built from padding ids), and the check before reuse samples one random plane,
-    which a swap of two rows within it would pass. Float inputs (pixels, features) are keyed by
+    ids, a mask built from padding ids), and a check before reuse vouches for where rows go, not
+    for which tokens a changed id makes global. Float inputs (pixels, features) are keyed by
     shape: no model we know places tokens by their values (the check guards the rest).
     """
     if isinstance(value, Tensor):
@@ -431,9 +432,16 @@ def _weights(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -
     return torch.randn(shape, generator=_CHECKS).to(dtype=dtype, device=device)
 
 
-def _planes(tokens: int) -> tuple[Tensor, Tensor]:
+def _planes(tokens: int) -> tuple[Tensor, ...]:
+    """The token planes a check passes through: a random plane and its complement (a row that
+    moved off its plane, a token no row reads any more), then one plane per bit of the token
+    numbers. Why the bit planes: a random plane is blind to a move that keeps it (two tokens
+    swapped on the same side: one time in two); a permutation that keeps every bit plane keeps
+    every token's number, so any reordering of the rows fails one of them."""
     chosen = torch.rand(tokens, generator=_CHECKS) < 0.5
-    return chosen, ~chosen
+    numbers = torch.arange(tokens)
+    bits = [(numbers >> bit) & 1 == 1 for bit in range(max(tokens - 1, 0).bit_length())]
+    return (chosen, ~chosen, *bits)
 
 
 def _tokens(origin: _Canonical) -> int:
@@ -443,9 +451,9 @@ def _tokens(origin: _Canonical) -> int:
 def _states_hold(group: list[AttentionRecord], query: _Canonical, key: _Canonical | None,
                  sources: tuple[list[Tensor], list[Tensor]]) -> bool:
     """Whether the per-head state rows still read the tokens the placement says: for one
-    random plane of tokens and for its complement, a backward pass from the rows the placement
-    puts on that plane (and the padding rows) must reach exactly their tokens (two first-order
-    passes; a row that moved off its plane, or a token no row reads any more, fails it)."""
+    plane of tokens (:func:`_planes`), a backward pass from the rows the placement puts on that
+    plane (and the padding rows) must reach exactly their tokens (a row that moved off its
+    plane, or a token no row reads any more, fails it)."""
     sides = [(query, [r.states[0] for r in group], sources[0])]  # type: ignore[index]
     keys = [r.states[1] for r in group]  # type: ignore[index]
     if key is None:  # self-attention: both sides read the same tokens
@@ -477,7 +485,7 @@ def _states_hold(group: list[AttentionRecord], query: _Canonical, key: _Canonica
 def _dependences_hold(cached: list[_Dependence], into: Tensor, into_dim: int,
                       origins: Sequence[tuple[Tensor, int]], batch: int) -> bool:
     """Whether the rows each origin token feeds are still the cached ones: a backward pass from
-    a random plane of rows, and one from its complement, reach exactly the tokens they say."""
+    each plane of rows (:func:`_planes`) reaches exactly the tokens they say."""
     view = tokens_view(into, into_dim)
     if not into.requires_grad:
         return False
@@ -513,7 +521,7 @@ def _entry_tokens(layout: TokenLayout) -> tuple[Tensor, ...]:
 def _scores_hold(group: list[AttentionRecord], canonical: _Canonical,
                  layout: TokenLayout, tokens: tuple[Tensor, ...]) -> bool:
     """Whether every placed score entry still reads exactly the query token and key tokens the
-    layout folds it onto, on one random plane of tokens and its complement (``tokens``: from
+    layout folds it onto, on every plane of tokens of :func:`_planes` (``tokens``: from
     :func:`_entry_tokens`)."""
     push = _pushes([r.scores for r in group], canonical)  # type: ignore[misc]
     if push is None:
