@@ -11,8 +11,8 @@ hidden states. A placement is used again only after a cheap check on the tensors
 forward: one random plane of the canonical tokens, its complement and one plane per bit of the
 token numbers (:func:`_planes`: no reordering of the tokens passes them all) pushed forward through
 the projections must reach exactly the state rows or score entries the placement says (two
-products and one per bit, where probing takes two per bit of the token count). A check that fails re-probes, never folds
-with a stale map.
+products and one per bit, where probing takes two per bit of the token count). A check that
+fails re-probes, never folds with a stale map.
 
 A placement read from the scores skips those passes (a double backward through the layer's
 projections: about a layer's forward and backward at LED-base sizes) where the autograd graph
