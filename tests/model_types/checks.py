@@ -95,6 +95,8 @@ def unpadded_example(case: Any, index: int) -> Any:
     one = case.example(index)
     cut = lambda t: t[:, start:stop] if isinstance(t, Tensor) and t.shape[:2] == (  # noqa: E731
         1, mask.shape[0]) else t
+    if all(cut(t) is t for t in one.inputs):
+        return None  # the mask is not laid out over an input (TimesFM's patches of a series)
     return type(one)(one.model_type, one.head, one.class_name, one.model, one.forward_func,
                      tuple(cut(t) for t in one.inputs),
                      tuple(cut(t) for t in one.additional_forward_args), one.target,
