@@ -8,10 +8,9 @@ read from, the batch, and the inputs' shapes with the values of their integer an
 from them) — to a :class:`Placement`: the call is a plain map, or is left out (and why), or
 is folded by a :class:`~captum_hetattn.binding.canonical.TokenLayout` over a named choice of
 hidden states. A placement is used again only after a cheap check on the tensors of the new
-forward: one random plane of the canonical tokens, its complement and one plane per bit of the
-token numbers (:func:`_planes`: no reordering of the tokens passes them all) pushed forward through
-the projections must reach exactly the state rows or score entries the placement says (two
-products and one per bit, where probing takes two per bit of the token count). A check that
+forward: one random plane of the canonical tokens (and its complement) pushed forward through the
+projections must reach exactly the state rows or score entries the placement says (two products,
+where probing takes two per bit of the token count). A check that
 fails re-probes, never folds with a stale map.
 
 A placement read from the scores skips those passes (a double backward through the layer's
@@ -20,8 +19,8 @@ between the scores and the canonical tokens has the fingerprint it had when the 
 found or last checked (:mod:`~captum_hetattn.binding.graph_fingerprint`, which says why equal
 fingerprints mean the same placement), for the same index tensors at the same versions (a
 replaced or modified index is not vouched for). Another fingerprint over the same index is
-another graph: probed afresh, not checked by the passes (a key token moved within the passes'
-planes can pass the placement's own rows; the cache key holds the integer inputs' values for
+another graph: probed afresh, not checked by the passes (their one random plane passes a key
+token moved within it about one time in two; the cache key holds the integer inputs' values for
 that reason). A graph without a fingerprint, or a replaced index, is checked by the passes, and
 one that passes them is fingerprinted for the next call.
 """
@@ -432,13 +431,18 @@ def _weights(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -
     return torch.randn(shape, generator=_CHECKS).to(dtype=dtype, device=device)
 
 
-def _planes(tokens: int) -> tuple[Tensor, ...]:
+def _planes(tokens: int, numbered: bool = False) -> tuple[Tensor, ...]:
     """The token planes a check passes through: a random plane and its complement (a row that
-    moved off its plane, a token no row reads any more), then one plane per bit of the token
-    numbers. Why the bit planes: a random plane is blind to a move that keeps it (two tokens
-    swapped on the same side: one time in two); a permutation that keeps every bit plane keeps
-    every token's number, so any reordering of the rows fails one of them."""
+    moved off its plane, a token no row reads any more), and with ``numbered`` one plane per
+    bit of the token numbers. Why the bit planes: a random plane is blind to a move that keeps
+    it (two tokens swapped on the same side: one time in two); a permutation that keeps every
+    bit plane keeps every token's number, so any reordering of the rows fails one of them. They
+    cost a pass each: the input rows' check (a pass through the embeddings) takes them; the
+    states' and scores' checks (double passes through a layer: Swin-T warm 0.72 -> 1.03 s with
+    them) keep the random pair, behind the fingerprint and the cache key."""
     chosen = torch.rand(tokens, generator=_CHECKS) < 0.5
+    if not numbered:
+        return chosen, ~chosen
     numbers = torch.arange(tokens)
     bits = [(numbers >> bit) & 1 == 1 for bit in range(max(tokens - 1, 0).bit_length())]
     return (chosen, ~chosen, *bits)
@@ -451,9 +455,9 @@ def _tokens(origin: _Canonical) -> int:
 def _states_hold(group: list[AttentionRecord], query: _Canonical, key: _Canonical | None,
                  sources: tuple[list[Tensor], list[Tensor]]) -> bool:
     """Whether the per-head state rows still read the tokens the placement says: for one
-    plane of tokens (:func:`_planes`), a backward pass from the rows the placement puts on that
-    plane (and the padding rows) must reach exactly their tokens (a row that moved off its
-    plane, or a token no row reads any more, fails it)."""
+    random plane of tokens and for its complement (:func:`_planes`), a backward pass from the
+    rows the placement puts on that plane (and the padding rows) must reach exactly their tokens
+    (a row that moved off its plane, or a token no row reads any more, fails it)."""
     sides = [(query, [r.states[0] for r in group], sources[0])]  # type: ignore[index]
     keys = [r.states[1] for r in group]  # type: ignore[index]
     if key is None:  # self-attention: both sides read the same tokens
@@ -489,7 +493,7 @@ def _dependences_hold(cached: list[_Dependence], into: Tensor, into_dim: int,
     view = tokens_view(into, into_dim)
     if not into.requires_grad:
         return False
-    for plane in _planes(view.shape[1]):
+    for plane in _planes(view.shape[1], numbered=True):
         plane = plane.to(view.device)
         reached = _pass_rows(into, into_dim, origins, batch, plane.to(view.dtype), _CHECKS)
         for found, got in zip(cached, reached, strict=True):
@@ -521,8 +525,8 @@ def _entry_tokens(layout: TokenLayout) -> tuple[Tensor, ...]:
 def _scores_hold(group: list[AttentionRecord], canonical: _Canonical,
                  layout: TokenLayout, tokens: tuple[Tensor, ...]) -> bool:
     """Whether every placed score entry still reads exactly the query token and key tokens the
-    layout folds it onto, on every plane of tokens of :func:`_planes` (``tokens``: from
-    :func:`_entry_tokens`)."""
+    layout folds it onto, on one random plane of tokens and its complement (:func:`_planes`;
+    ``tokens``: from :func:`_entry_tokens`)."""
     push = _pushes([r.scores for r in group], canonical)  # type: ignore[misc]
     if push is None:
         return False
