@@ -7,21 +7,11 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import SelfAttention
 from torch import nn
 
 from captum_hetattn import HeterogenousAttentionAttribution
 from captum_hetattn.capture.memo import StructureMemo, module_signature
-
-
-class _Attention(nn.Module):
-    def __init__(self, dim: int = 16, heads: int = 2) -> None:
-        super().__init__()
-        self.num_heads, self.qkv, self.out = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, hidden):
-        q, k, v = self.qkv(hidden).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
-        weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-        return self.out((weights @ v).transpose(1, 2).flatten(2))
 
 
 class _TokenWise(nn.Module):
@@ -57,7 +47,7 @@ class _Model(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.embed, self.head = nn.Linear(4, 16), nn.Linear(16, 3)
-        self.first, self.gate, self.second = _Attention(), _GateAttention(), _Attention()
+        self.first, self.gate, self.second = SelfAttention(), _GateAttention(), SelfAttention()
 
     def forward(self, x):
         hidden = self.embed(x)

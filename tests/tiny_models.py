@@ -379,6 +379,19 @@ def perceiver() -> Built:
     return PerceiverModel(config), dict(inputs=_floats(2, 6, 16))
 
 
+class SelfAttention(nn.Module):
+    """A hand-written softmax self-attention (fused q/k/v projection, ``heads`` heads)."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.qkv, self.out = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        q, k, v = self.qkv(hidden).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+        return self.out((weights @ v).transpose(1, 2).flatten(2))
+
+
 class TinyTorchTransformer(nn.Module):
     r"""A plain-PyTorch encoder–decoder on ``nn.TransformerEncoder`` / ``nn.TransformerDecoder``
     (``nn.MultiheadAttention`` inside), with a classification head on the target token
